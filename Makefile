@@ -1,0 +1,43 @@
+# Every target works on a fresh clone: it makes the venv and stubs it needs.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PORT   ?= 8000
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test proto lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+proto: $(STAMP)
+	rm -rf bridge/_proto
+	mkdir -p bridge/_proto/v1
+	$(PY) -m grpc_tools.protoc -Ibridge/_proto=proto/bridge \
+		--python_out=. --grpc_python_out=. --pyi_out=. \
+		proto/bridge/v1/predictor.proto
+	touch bridge/_proto/__init__.py bridge/_proto/v1/__init__.py
+
+bridge/_proto/v1/predictor_pb2.py: proto/bridge/v1/predictor.proto | $(STAMP)
+	$(MAKE) proto
+
+# The demo backends and the bridge in the foreground; Ctrl-C stops them all.
+run: bridge/_proto/v1/predictor_pb2.py
+	exec $(PY) -m bridge run-demo --host 127.0.0.1 --port $(PORT)
+
+test: bridge/_proto/v1/predictor_pb2.py
+	$(PY) -m ruff check bridge tests bench
+	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check bridge tests bench
+	$(PY) -m ruff format --check bridge tests bench
+
+bench: bridge/_proto/v1/predictor_pb2.py
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) bridge/_proto .pytest_cache

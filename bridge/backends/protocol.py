@@ -1,0 +1,131 @@
+"""Translation between bridge.v1 protobuf messages and plain Python values.
+
+Protobuf types stop here: the rest of the bridge sees the dataclasses below.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2
+
+from bridge._proto.v1 import predictor_pb2 as pb
+
+__all__ = [
+    "LogLine",
+    "MetricsUpdate",
+    "ModelInfo",
+    "OutputChunks",
+    "Started",
+    "StreamItem",
+    "log_response",
+    "metrics_response",
+    "model_info_from_pb",
+    "model_info_to_pb",
+    "output_response",
+    "predict_request",
+    "request_input",
+    "stream_item_from_pb",
+]
+
+
+@dataclass(frozen=True)
+class Started:
+    """The backend accepted the call and started predicting."""
+
+
+@dataclass(frozen=True)
+class OutputChunks:
+    """One or more output chunks: ``str`` for text, any JSON value otherwise."""
+
+    chunks: list[Any]
+
+
+@dataclass(frozen=True)
+class LogLine:
+    line: str
+
+
+@dataclass(frozen=True)
+class MetricsUpdate:
+    values: dict[str, float]
+
+
+StreamItem = Started | OutputChunks | LogLine | MetricsUpdate
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``Describe`` says about a model."""
+
+    name: str
+    version: str
+    input_schema: dict[str, Any] = field(default_factory=dict)
+    output_schema: dict[str, Any] = field(default_factory=dict)
+
+
+def predict_request(prediction_id: str, input: dict[str, Any]) -> pb.PredictRequest:
+    request = pb.PredictRequest(id=prediction_id)
+    request.input.update(input)
+    return request
+
+
+def request_input(request: pb.PredictRequest) -> dict[str, Any]:
+    return json_format.MessageToDict(request.input)
+
+
+def stream_item_from_pb(response: pb.PredictResponse) -> StreamItem:
+    kind = response.WhichOneof("kind")
+    if kind == "output":
+        return OutputChunks([_chunk_value(c) for c in response.output.chunks])
+    if kind == "log":
+        return LogLine(response.log)
+    if kind == "metrics":
+        return MetricsUpdate(dict(response.metrics.values))
+    raise ValueError(f"PredictResponse carries nothing this bridge knows ({kind!r})")
+
+
+def _chunk_value(chunk: pb.Chunk) -> Any:
+    if chunk.WhichOneof("value") == "json":
+        return json_format.MessageToDict(chunk.json)
+    return chunk.text
+
+
+def output_response(chunks: list[Any]) -> pb.PredictResponse:
+    out = pb.Output()
+    for value in chunks:
+        if isinstance(value, str):
+            out.chunks.add(text=value)
+        else:
+            json_value = struct_pb2.Value()
+            json_format.ParseDict(value, json_value)
+            out.chunks.add(json=json_value)
+    return pb.PredictResponse(output=out)
+
+
+def log_response(line: str) -> pb.PredictResponse:
+    return pb.PredictResponse(log=line)
+
+
+def metrics_response(values: dict[str, float]) -> pb.PredictResponse:
+    return pb.PredictResponse(metrics=pb.Metrics(values=values))
+
+
+def model_info_from_pb(response: pb.DescribeResponse) -> ModelInfo:
+    return ModelInfo(
+        name=response.name,
+        version=response.version,
+        input_schema=json.loads(response.input_schema_json or "{}"),
+        output_schema=json.loads(response.output_schema_json or "{}"),
+    )
+
+
+def model_info_to_pb(info: ModelInfo) -> pb.DescribeResponse:
+    return pb.DescribeResponse(
+        name=info.name,
+        version=info.version,
+        input_schema_json=json.dumps(info.input_schema),
+        output_schema_json=json.dumps(info.output_schema),
+    )

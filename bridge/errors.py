@@ -1,0 +1,112 @@
+"""The bridge's errors: one small tree, each class knowing its HTTP status.
+
+::
+
+    BridgeError                    500, base of everything below
+    ├── BadRequest                 400, malformed JSON or body
+    ├── NotFound                   404, unknown model, version or prediction
+    ├── InvalidInput               422, input fails the model's schema
+    └── PredictionError            a prediction failed; str(exc) is its `error`
+        ├── BackendUnavailable     503, the model backend cannot be reached
+        ├── BackendTimeout         504, a gRPC deadline expired
+        ├── BackendProtocolError   502, the backend does not speak bridge.v1
+        └── ModelError             502, the model itself raised
+
+Foreign errors are translated at exactly one boundary: ``grpc.RpcError``
+becomes a ``PredictionError`` in :mod:`bridge.backends.grpc_loop` and
+nowhere else. HTTP handlers render any ``BridgeError`` as
+``application/problem+json``; a running stream renders it as an SSE
+``error`` event.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BackendProtocolError",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "BadRequest",
+    "BridgeError",
+    "InvalidInput",
+    "ModelError",
+    "NotFound",
+    "PredictionError",
+]
+
+
+class BridgeError(Exception):
+    """Base of every error the bridge reports to a client."""
+
+    status: int = 500
+    title: str = "Internal server error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    def problem(self) -> dict[str, Any]:
+        """The RFC 9457 problem details body for this error."""
+        return {"title": self.title, "detail": self.detail, "status": self.status}
+
+
+class BadRequest(BridgeError):
+    """The request body is not valid JSON, or not the shape the API takes."""
+
+    status = 400
+    title = "Bad request"
+
+
+class NotFound(BridgeError):
+    """No such model, version or prediction."""
+
+    status = 404
+    title = "Not found"
+
+
+class InvalidInput(BridgeError):
+    """The prediction's input does not match the model's input schema."""
+
+    status = 422
+    title = "Input validation failed"
+
+    def __init__(self, detail: str, invalid_fields: list[dict[str, str]]) -> None:
+        super().__init__(detail)
+        self.invalid_fields = invalid_fields
+
+    def problem(self) -> dict[str, Any]:
+        return {**super().problem(), "invalid_fields": self.invalid_fields}
+
+
+class PredictionError(BridgeError):
+    """A prediction failed; the message is what users see as its ``error``."""
+
+    status = 502
+    title = "Prediction failed"
+
+
+class BackendUnavailable(PredictionError):
+    """The model backend could not be reached (gRPC ``UNAVAILABLE``)."""
+
+    status = 503
+    title = "Model backend unavailable"
+
+
+class BackendTimeout(PredictionError):
+    """A deadline on the gRPC call expired (gRPC ``DEADLINE_EXCEEDED``)."""
+
+    status = 504
+    title = "Model backend timed out"
+
+
+class BackendProtocolError(PredictionError):
+    """The backend answered, but not as a ``bridge.v1.Predictor`` should."""
+
+    title = "Model backend protocol error"
+
+
+class ModelError(PredictionError):
+    """The model raised; the message is the model's own."""
+
+    title = "Model error"
