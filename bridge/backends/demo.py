@@ -20,7 +20,7 @@ from importlib import resources
 
 from .sdk import Log, Model, Predictor
 
-__all__ = ["MODELS", "echo", "Story"]
+__all__ = ["MODELS", "Story", "echo"]
 
 _WORD = re.compile(r"\S+\s*|\s+")
 

@@ -126,11 +126,14 @@ class PredictStream:
                 self._token.run_sync_soon(self._wake)
 
     async def _pump(
-        self, channel: grpc.aio.Channel, request: predictor_pb2.PredictRequest,
-        timeout: float | None,
+        self,
+        channel: grpc.aio.Channel,
+        request: predictor_pb2.PredictRequest,
+        grpc_timeout: float | None,
     ) -> PredictionError | None:
         assert self._credits is not None
-        call = predictor_pb2_grpc.PredictorStub(channel).Predict(request, timeout=timeout)
+        stub = predictor_pb2_grpc.PredictorStub(channel)
+        call = stub.Predict(request, timeout=grpc_timeout)
         try:
             await call.initial_metadata()
             if not call.done() or await call.code() is grpc.StatusCode.OK:

@@ -112,8 +112,9 @@ def input_schema_for(func: Callable[..., Any]) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     required: list[str] = []
     params = inspect.signature(func).parameters.values()
-    for order, param in enumerate(p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD
-                                  or p.kind is p.KEYWORD_ONLY):
+    for order, param in enumerate(
+        p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY
+    ):
         prop = {"title": param.name.replace("_", " ").title(), "x-order": order}
         prop |= _schema_for(hints.get(param.name, param.annotation))
         if param.default is param.empty:
@@ -223,10 +224,10 @@ class _Servicer(predictor_pb2_grpc.PredictorServicer):
         self._model = model
         self._executor = executor
 
-    async def Describe(self, request: Any, context: Any) -> predictor_pb2.DescribeResponse:  # noqa: N802
+    async def Describe(self, request: Any, context: Any) -> predictor_pb2.DescribeResponse:
         return protocol.model_info_to_pb(self._model.info)
 
-    async def Predict(  # noqa: N802
+    async def Predict(
         self, request: predictor_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[predictor_pb2.PredictResponse]:
         input = self._model.coerce_input(protocol.request_input(request))
@@ -356,8 +357,9 @@ class ModelServer:
                 self.port = bound
                 self._ready.set()
 
-            await serve_async(self.model, host=self.host, port=self.port, ready=ready,
-                              stop=self._stop)
+            await serve_async(
+                self.model, host=self.host, port=self.port, ready=ready, stop=self._stop
+            )
 
         try:
             asyncio.run(main())

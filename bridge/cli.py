@@ -1,0 +1,165 @@
+"""``python -m bridge``: the bridge, the demo backends, and both at once.
+
+::
+
+    python -m bridge serve --config bridge.toml [--host H] [--port P]
+    python -m bridge demo-backend [--host H] [--port P] [--model demo/echo]
+    python -m bridge run-demo [--host H] [--port P]     # what `make run` runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from .config import ConfigError, ModelSettings, Settings
+
+__all__ = ["main"]
+
+log = logging.getLogger("bridge")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bridge",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the bridge")
+    serve.add_argument("--config", required=True, help="TOML file naming the models")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+
+    demo = sub.add_parser("demo-backend", help="serve the demo models over gRPC")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument(
+        "--port",
+        type=int,
+        default=50051,
+        help="first port: demo/echo here, demo/story on the next (0 picks free ports)",
+    )
+    demo.add_argument(
+        "--model", choices=["demo/echo", "demo/story"], help="serve only this model, on --port"
+    )
+
+    run = sub.add_parser("run-demo", help="the demo backends and the bridge together")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "serve":
+            settings = Settings.from_toml(args.config, host=args.host, port=args.port)
+            trio.run(_serve_until_signal, settings)
+        elif args.command == "demo-backend":
+            asyncio.run(_demo_backend(args.host, args.port, args.model))
+        elif args.command == "run-demo":
+            trio.run(_run_demo, args.host, args.port)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+async def _serve_until_signal(settings: Settings) -> None:
+    """Serve until SIGINT or SIGTERM. Signals stay caught until the end, so
+    an impatient second Ctrl-C cannot break the orderly shutdown."""
+    from .server import serve
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+        async def first_signal() -> None:
+            async for signum in signals:
+                log.info("%s: shutting down", signal.Signals(signum).name)
+                return
+
+        await serve(settings, shutdown_trigger=first_signal)
+
+
+async def _demo_backend(host: str, port: int, only: str | None) -> None:
+    from .backends.demo import make_models
+    from .backends.sdk import serve_async
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    models = make_models()
+    names = [only] if only else list(models)
+
+    def ready(name: str, bound: int) -> None:
+        print(f"{name} listening on {host}:{bound}", flush=True)
+
+    async with asyncio.TaskGroup() as tasks:
+        for offset, name in enumerate(names):
+            tasks.create_task(
+                serve_async(
+                    models[name],
+                    host=host,
+                    port=port + offset if port else 0,
+                    ready=lambda bound, name=name: ready(name, bound),
+                    stop=stop,
+                )
+            )
+
+
+_LISTENING = re.compile(rb"^(\S+/\S+) listening on (\S+:\d+)$", re.MULTILINE)
+
+
+async def _run_demo(host: str, port: int) -> None:
+    """Start the demo backend process, then the bridge in front of it; on
+    SIGINT/SIGTERM stop the bridge, then the backend."""
+    command = [sys.executable, "-m", "bridge", "demo-backend", "--host", "127.0.0.1", "--port", "0"]
+    async with trio.open_nursery() as nursery:
+        backend = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
+        try:
+            targets: dict[str, str] = {}
+            seen = b""
+            with trio.fail_after(60):
+                while len(targets) < 2:
+                    data = await backend.stdout.receive_some()
+                    if not data:
+                        raise RuntimeError("demo backend exited before it listened")
+                    seen += data
+                    targets = {m[1].decode(): m[2].decode() for m in _LISTENING.finditer(seen)}
+            nursery.start_soon(_drain, backend.stdout)
+            settings = Settings(
+                host=host,
+                port=port,
+                models={n: ModelSettings(n, (t,)) for n, t in targets.items()},
+            )
+            await _serve_until_signal(settings)
+        finally:
+            with trio.CancelScope(shield=True):
+                if backend.returncode is None:
+                    backend.terminate()
+                with trio.move_on_after(5):
+                    await backend.wait()
+                if backend.returncode is None:
+                    backend.kill()
+                    await backend.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def _drain(stream: trio.abc.ReceiveStream) -> None:
+    while data := await stream.receive_some():
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()

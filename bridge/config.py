@@ -1,0 +1,91 @@
+"""Settings: one frozen value, built once (defaults, then TOML) and passed in.
+
+A config file names each model and where its backends listen::
+
+    [models."demo/echo"]
+    targets = ["127.0.0.1:50051"]
+
+    [server]                      # all optional
+    public_url = "https://bridge.example.com"   # else taken from each request
+    keepalive_seconds = 15
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ConfigError", "ModelSettings", "Settings"]
+
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*/[a-z0-9][a-z0-9_.-]*$", re.IGNORECASE)
+
+
+class ConfigError(ValueError):
+    """Raised when a config file or value is not usable; says which and why."""
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str
+    #: gRPC targets (``host:port``); several are used round-robin.
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    models: dict[str, ModelSettings] = field(default_factory=dict)
+    #: Base of the absolute URLs in responses; None takes it from the request.
+    public_url: str | None = None
+    #: Idle streams get a ``: ping`` comment this often.
+    keepalive_seconds: float = 15.0
+    #: How long a create waits for the backend's Describe before going on.
+    describe_timeout_seconds: float = 2.0
+    #: Hypercorn's grace for open connections at shutdown.
+    shutdown_timeout_seconds: float = 5.0
+    #: Largest request body accepted.
+    max_body_bytes: int = 1 << 20
+
+    @classmethod
+    def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        return cls.from_dict(data, **overrides)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> Settings:
+        models = {}
+        for name, spec in (data.get("models") or {}).items():
+            if not _MODEL_NAME.match(name):
+                raise ConfigError(f"model name {name!r} is not of the form owner/name")
+            targets = spec.get("targets") if isinstance(spec, dict) else None
+            if (
+                not isinstance(targets, list)
+                or not targets
+                or not all(isinstance(t, str) and t for t in targets)
+            ):
+                raise ConfigError(f'[models."{name}"] needs targets = ["host:port", ...]')
+            models[name] = ModelSettings(name, tuple(targets))
+        server = dict(data.get("server") or {})
+        known = {
+            "host",
+            "port",
+            "public_url",
+            "keepalive_seconds",
+            "describe_timeout_seconds",
+            "shutdown_timeout_seconds",
+            "max_body_bytes",
+        }
+        unknown = set(server) - known
+        if unknown:
+            raise ConfigError(f"unknown [server] keys: {', '.join(sorted(unknown))}")
+        values = {**server, **{k: v for k, v in overrides.items() if v is not None}}
+        if values.get("public_url"):
+            values["public_url"] = values["public_url"].rstrip("/")
+        return cls(models=models, **values)
