@@ -27,8 +27,10 @@ __all__ = ["KEEPALIVE", "LINE_BREAK", "encode_event", "normalize_line_breaks"]
 LINE_BREAK = re.compile("\r\n|[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 #: A comment line: keeps proxies and clients from timing the stream out and
-#: is ignored by every parser (an unknown event name would not be).
-KEEPALIVE = b": ping\n\n"
+#: is ignored by every parser (an unknown event name would not be). No blank
+#: line after it: a blank line is "dispatch", and some parsers (httpx-sse)
+#: then emit an empty ``message`` event that Replicate's client would reject.
+KEEPALIVE = b": ping\n"
 
 _EVENT_NAMES = frozenset({"output", "logs", "error", "done"})
 

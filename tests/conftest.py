@@ -1,0 +1,80 @@
+"""Real parts: gRPC model servers on 127.0.0.1:0, a real hypercorn bridge,
+real HTTP clients. No mocks."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from bridge.backends.demo import make_models
+from bridge.backends.sdk import ModelServer
+from bridge.config import ModelSettings, Settings
+from bridge.server import serve
+
+from .sse_clients import Ev, replicate_events, spec_events
+
+
+@pytest.fixture(scope="session")
+def demo_targets() -> Iterator[dict[str, str]]:
+    """The demo models, each on its own real gRPC server, for the session."""
+    models = make_models()
+    with ModelServer(models["demo/echo"]) as echo, ModelServer(models["demo/story"]) as story:
+        yield {"demo/echo": echo.target, "demo/story": story.target}
+
+
+def closed_port_target() -> str:
+    """A 127.0.0.1 address nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+StartBridge = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def start_bridge(nursery: trio.Nursery, demo_targets: dict[str, str]) -> StartBridge:
+    """Start a bridge on a free port in the test's nursery; returns its URL.
+    ``targets`` adds or replaces models; other keywords are Settings."""
+
+    async def start(targets: dict[str, str] | None = None, **settings: Any) -> str:
+        all_targets = {**demo_targets, **(targets or {})}
+        models = {n: ModelSettings(n, (t,)) for n, t in all_targets.items()}
+        port = await nursery.start(serve, Settings(port=0, models=models, **settings))
+        return f"http://127.0.0.1:{port}"
+
+    return start
+
+
+@pytest.fixture
+async def client(start_bridge: StartBridge) -> Any:
+    async with httpx.AsyncClient(base_url=await start_bridge(), timeout=30) as client:
+        yield client
+
+
+async def read_stream(
+    client: httpx.AsyncClient, url: str, headers: dict[str, str] | None = None
+) -> tuple[list[Ev], bytes]:
+    """Read a whole SSE stream; both real parsers must agree on it."""
+    pieces = []
+    async with client.stream("GET", url, headers=headers) as response:
+        assert response.status_code == 200, await response.aread()
+        assert response.headers["content-type"].split(";")[0] == "text/event-stream"
+        async for piece in response.aiter_raw():
+            pieces.append(piece)
+    events = spec_events(pieces)
+    assert replicate_events(pieces) == events
+    return events, b"".join(pieces)
+
+
+async def create(
+    client: httpx.AsyncClient, model: str, input: dict[str, Any], status: int = 201
+) -> dict[str, Any]:
+    response = await client.post(f"/v1/models/{model}/predictions", json={"input": input})
+    assert response.status_code == status, response.text
+    return response.json()
