@@ -1,0 +1,118 @@
+"""The asyncio-loop adapter: batching, credits, deadlines, cleanup, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import grpc
+import pytest
+import trio
+
+from bridge._proto.v1 import predictor_pb2_grpc
+from bridge.backends import protocol
+from bridge.backends.grpc_loop import map_rpc_error, open_grpc_loop
+from bridge.errors import BackendProtocolError, BackendTimeout, BackendUnavailable, ModelError
+from tests.conftest import closed_port_target
+
+
+class _RawServicer(predictor_pb2_grpc.PredictorServicer):
+    """A backend written against the raw stubs, to see what the bridge sends."""
+
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        yield protocol.output_response([f"{context.time_remaining()}"])
+
+
+@pytest.fixture(scope="module")
+def raw_target() -> Any:
+    started = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        predictor_pb2_grpc.add_PredictorServicer_to_server(_RawServicer(), server)
+        holder["port"] = server.add_insecure_port("127.0.0.1:0")
+        holder["stop"] = asyncio.Event()
+        holder["loop"] = asyncio.get_running_loop()
+        await server.start()
+        started.set()
+        await holder["stop"].wait()
+        await server.stop(None)
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),))
+    thread.start()
+    started.wait()
+    yield f"127.0.0.1:{holder['port']}"
+    holder["loop"].call_soon_threadsafe(holder["stop"].set)
+    thread.join()
+
+
+async def test_trio_deadline_becomes_the_grpc_deadline(raw_target: str) -> None:
+    async with open_grpc_loop() as grpc_loop:
+        with trio.fail_after(7):
+            async with grpc_loop.predict(raw_target, "d", {}) as stream:
+                with_deadline = [i async for b in stream for i in b]
+        async with grpc_loop.predict(raw_target, "d", {}) as stream:
+            no_deadline = [i async for b in stream for i in b]
+    remaining = float(with_deadline[-1].chunks[0])
+    assert 5 < remaining <= 7
+    assert no_deadline[-1].chunks == ["None"]
+
+
+async def test_loop_thread_and_calls_are_cleaned_up(demo_targets: dict[str, str]) -> None:
+    before = {t.ident for t in threading.enumerate()}
+    async with open_grpc_loop() as grpc_loop:
+        assert len({t.ident for t in threading.enumerate()} - before) == 1
+        with trio.move_on_after(0.2):
+            async with grpc_loop.predict(
+                demo_targets["demo/echo"], "slow", {"prompt": "a b c", "delay_ms": 1000}
+            ) as stream:
+                async for _ in stream:
+                    assert grpc_loop.active_calls == 1
+        assert grpc_loop.active_calls == 0
+    assert {t.ident for t in threading.enumerate()} - before == set()
+
+
+async def test_credit_window_bounds_what_is_in_flight(demo_targets: dict[str, str]) -> None:
+    window = 8
+    sizes = []
+    async with open_grpc_loop(window=window) as grpc_loop:
+        target = demo_targets["demo/echo"]
+        async with grpc_loop.predict(target, "w", {"prompt": "x " * 400}) as stream:
+            async for batch in stream:
+                sizes.append(len(batch))
+                await trio.sleep(0.01)  # a slow consumer
+                assert len(stream._items) <= window + 2
+    assert sum(sizes) == 400 + 2  # started, log line, 400 chunks
+    assert max(sizes) > 1  # several messages per wake-up
+
+
+async def test_unreachable_backend_is_unavailable() -> None:
+    async with open_grpc_loop() as grpc_loop:
+        with pytest.raises(BackendUnavailable, match=r"^model backend unavailable: "):
+            async with grpc_loop.predict(closed_port_target(), "x", {}) as stream:
+                async for _ in stream:
+                    pass
+        with pytest.raises(BackendUnavailable):
+            await grpc_loop.describe(closed_port_target())
+        assert await grpc_loop.check_health(closed_port_target()) == "UNAVAILABLE"
+
+
+@pytest.mark.parametrize(
+    ("code", "error", "message"),
+    [
+        (grpc.StatusCode.UNAVAILABLE, BackendUnavailable, "model backend unavailable: gone"),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, BackendTimeout, "model backend timed out: "),
+        (grpc.StatusCode.UNIMPLEMENTED, BackendProtocolError, "does not implement bridge.v1"),
+        (grpc.StatusCode.UNKNOWN, ModelError, "gone"),
+        (grpc.StatusCode.INTERNAL, ModelError, "model backend error INTERNAL: gone"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, ModelError, "RESOURCE_EXHAUSTED: gone"),
+        (grpc.StatusCode.CANCELLED, BackendUnavailable, "cancelled the call: gone"),
+    ],
+)
+def test_status_codes_map_in_one_place(code: grpc.StatusCode, error: type, message: str) -> None:
+    exc = grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="gone")
+    mapped = map_rpc_error(exc)
+    assert type(mapped) is error
+    assert message in str(mapped)

@@ -1,0 +1,186 @@
+"""The model SDK: a function or Cog-style class becomes a real gRPC backend."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import grpc
+import pytest
+import trio
+
+from bridge._proto.v1 import predictor_pb2_grpc
+from bridge.backends import protocol
+from bridge.backends.grpc_loop import GrpcLoop, open_grpc_loop
+from bridge.backends.sdk import Log, Metrics, Model, ModelServer, Predictor, input_schema_for
+from bridge.errors import ModelError
+
+
+async def collect(grpc_loop: GrpcLoop, target: str, input: dict[str, Any]) -> list[Any]:
+    items: list[Any] = []
+    async with grpc_loop.predict(target, "test", input) as stream:
+        async for batch in stream:
+            items.extend(batch)
+    return items
+
+
+def outputs(items: list[Any]) -> list[Any]:
+    return [c for i in items if isinstance(i, protocol.OutputChunks) for c in i.chunks]
+
+
+class Words(Predictor):
+    """Cog-style: setup once, predict yields."""
+
+    setups = 0
+
+    def setup(self) -> None:
+        Words.setups += 1
+        self.suffix = "!"
+
+    def predict(self, prompt: str, shout: bool = False) -> Iterator[str]:
+        for word in prompt.split():
+            yield (word.upper() if shout else word) + self.suffix
+
+
+async def test_cog_style_predictor() -> None:
+    with ModelServer(Model("test/words", Words)) as server:
+        async with open_grpc_loop() as grpc_loop:
+            info = await grpc_loop.describe(server.target)
+            items = await collect(grpc_loop, server.target, {"prompt": "a b", "shout": True})
+            assert await grpc_loop.check_health(server.target) == "SERVING"
+    assert Words.setups == 1
+    assert isinstance(items[0], protocol.Started)
+    assert outputs(items) == ["A!", "B!"]
+    assert info.name == "test/words"
+    assert info.input_schema["required"] == ["prompt"]
+    assert info.output_schema["x-cog-array-type"] == "iterator"
+    assert info.output_schema["x-cog-array-display"] == "concatenate"
+
+
+async def test_plain_function_logs_metrics_and_json_values() -> None:
+    def predict(n: int) -> Iterator[Any]:
+        yield Log("starting")
+        yield {"n": n, "half": n / 2}
+        yield Metrics({"input_token_count": 3})
+        yield [1, "two"]
+
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    with ModelServer(Model("test/gen", predict)) as gen, ModelServer(Model("t/sum", total)) as s:
+        async with open_grpc_loop() as grpc_loop:
+            items = await collect(grpc_loop, gen.target, {"n": 3})
+            assert outputs(await collect(grpc_loop, s.target, {"values": [1, 2, 3]})) == [6]
+    assert protocol.LogLine("starting") in items
+    assert protocol.MetricsUpdate({"input_token_count": 3.0}) in items
+    assert outputs(items) == [{"n": 3, "half": 1.5}, [1, "two"]]
+
+
+async def test_model_exception_is_grpc_unknown_with_its_message() -> None:
+    def predict(prompt: str) -> Iterator[str]:
+        yield "one"
+        raise ValueError(f"cannot continue {prompt!r}")
+
+    with ModelServer(Model("test/raises", predict)) as server:
+        # Seen by a plain gRPC client: status UNKNOWN, the exception's message.
+        def call() -> grpc.RpcError:
+            with grpc.insecure_channel(server.target) as channel:
+                stub = predictor_pb2_grpc.PredictorStub(channel)
+                try:
+                    list(stub.Predict(protocol.predict_request("x", {"prompt": "p"})))
+                except grpc.RpcError as exc:
+                    return exc
+            raise AssertionError("the call succeeded")
+
+        error = await trio.to_thread.run_sync(call)
+        assert error.code() is grpc.StatusCode.UNKNOWN
+        assert error.details() == "cannot continue 'p'"
+        # Seen through the bridge's adapter: a ModelError with that message.
+        async with open_grpc_loop() as grpc_loop:
+            with pytest.raises(ModelError, match=r"^cannot continue 'p'$"):
+                await collect(grpc_loop, server.target, {"prompt": "p"})
+
+
+class Endless:
+    """Counts the tokens it makes and notices when it is closed."""
+
+    def __init__(self) -> None:
+        self.made = 0
+        self.closed = threading.Event()
+        self.made_at_close = -1
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_cancellation_reaches_the_generator(kind: str) -> None:
+    state = Endless()
+
+    def sync_predict(prompt: str) -> Iterator[str]:
+        try:
+            while True:
+                time.sleep(0.005)
+                state.made += 1
+                yield prompt
+        finally:
+            state.made_at_close = state.made
+            state.closed.set()
+
+    async def async_predict(prompt: str) -> AsyncIterator[str]:
+        import asyncio
+
+        try:
+            while True:
+                await asyncio.sleep(0.005)
+                state.made += 1
+                yield prompt
+        finally:
+            state.made_at_close = state.made
+            state.closed.set()
+
+    model = Model("test/endless", sync_predict if kind == "sync" else async_predict)
+    with ModelServer(model) as server:
+        async with open_grpc_loop() as grpc_loop:
+            received = 0
+            async with grpc_loop.predict(server.target, "c", {"prompt": "x"}) as stream:
+                async for batch in stream:
+                    received += len(outputs(batch))
+                    if received >= 5:
+                        break  # leaving the block cancels the call
+            assert grpc_loop.active_calls == 0
+            assert await trio.to_thread.run_sync(state.closed.wait, 10)
+            made_at_close = state.made_at_close
+            await trio.sleep(0.1)  # would be ~20 more tokens if it were still running
+    assert state.made == made_at_close
+    assert received >= 5
+
+
+def test_input_schema_from_signature() -> None:
+    def predict(
+        prompt: str, temperature: float = 0.7, n: int | None = None, stop: list[str] | None = None
+    ) -> Iterator[str]:
+        yield prompt
+
+    schema = input_schema_for(predict)
+    assert schema["required"] == ["prompt"]
+    props = schema["properties"]
+    assert props["prompt"]["type"] == "string"
+    assert props["temperature"] == {
+        "title": "Temperature", "x-order": 1, "type": "number", "default": 0.7,
+    }  # fmt: skip
+    assert props["n"]["type"] == "integer" and "default" not in props["n"]
+    assert props["stop"] == {
+        "title": "Stop", "x-order": 3, "type": "array", "items": {"type": "string"},
+    }  # fmt: skip
+
+
+def test_version_is_stable_and_changes_with_the_schema() -> None:
+    def a(prompt: str) -> Iterator[str]:
+        yield prompt
+
+    def b(prompt: str, extra: int = 1) -> Iterator[str]:
+        yield prompt
+
+    assert Model("t/m", a).info.version == Model("t/m", a).info.version
+    assert Model("t/m", a).info.version != Model("t/m", b).info.version
+    assert Model("t/m", a, version="v1").info.version == "v1"
