@@ -1,0 +1,101 @@
+"""The commands users type, run as real processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import trio
+
+from tests.conftest import create, read_stream
+
+ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
+
+
+async def _wait_for_line(stream: trio.abc.ReceiveStream, pattern: bytes, seen: list) -> re.Match:
+    """Read *stream* until a line matches *pattern*; keep what was read."""
+    with trio.fail_after(60):
+        while True:
+            found = re.search(pattern, b"".join(seen))
+            if found:
+                return found
+            data = await stream.receive_some()
+            assert data, b"".join(seen).decode()
+            seen.append(data)
+
+
+async def _start(args: list[str]) -> trio.Process:
+    return await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bridge", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+    )
+
+
+async def _stop(proc: trio.Process, sig: int) -> int:
+    proc.send_signal(sig)
+    with trio.fail_after(20):
+        return await proc.wait()
+
+
+async def test_demo_backend_and_serve_with_a_config_file(tmp_path: Path) -> None:
+    backend = await _start(
+        ["demo-backend", "--host", "127.0.0.1", "--port", "0", "--model", "demo/echo"]
+    )
+    try:
+        out: list[bytes] = []
+        target = (await _wait_for_line(backend.stdout, rb"demo/echo listening on (\S+)\n", out))[1]
+        config = tmp_path / "bridge.toml"
+        config.write_text(f'[models."demo/echo"]\ntargets = ["{target.decode()}"]\n')
+        bridge = await _start(
+            ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", "0"]
+        )
+        try:
+            err: list[bytes] = []
+            port = (await _wait_for_line(bridge.stderr, rb"Running on http://[\d.]+:(\d+)", err))[1]
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port.decode()}") as client:
+                prediction = await create(client, "demo/echo", {"prompt": "from a config file"})
+                events, _ = await read_stream(client, prediction["urls"]["stream"])
+            assert "".join(e.data for e in events if e.event == "output") == "from a config file"
+        finally:
+            assert await _stop(bridge, signal.SIGINT) == 0
+    finally:
+        assert await _stop(backend, signal.SIGTERM) == 0
+
+
+async def test_run_demo_streams_a_story_and_stops_everything_on_sigterm() -> None:
+    run = await _start(["run-demo", "--host", "127.0.0.1", "--port", "0"])
+    err: list[bytes] = []
+    port = (await _wait_for_line(run.stderr, rb"Running on http://[\d.]+:(\d+)", err))[1]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port.decode()}") as client:
+        prediction = await create(
+            client, "demo/story", {"prompt": "Tell me a story", "max_words": 8, "delay_ms": 1}
+        )
+        events, _ = await read_stream(client, prediction["urls"]["stream"])
+        assert len([e for e in events if e.event == "output"]) >= 3
+        assert events[-1].event == "done"
+        children = await trio.run_process(["pgrep", "-P", str(run.pid)], capture_stdout=True)
+        backend_pids = [int(p) for p in children.stdout.split()]
+        assert len(backend_pids) == 1
+    assert await _stop(run, signal.SIGTERM) == 0
+    for pid in backend_pids:
+        assert not await trio.Path(f"/proc/{pid}").exists()  # stopped and reaped
+
+
+async def test_bad_config_exits_2_with_a_message(tmp_path: Path) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text('[models."nope"]\ntargets = ["127.0.0.1:1"]\n')
+    result = await trio.run_process(
+        [sys.executable, "-m", "bridge", "serve", "--config", str(config)],
+        capture_stderr=True,
+        check=False,
+        env=ENV,
+    )
+    assert result.returncode == 2
+    assert b"owner/name" in result.stderr

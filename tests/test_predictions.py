@@ -1,0 +1,120 @@
+"""The prediction lifecycle table and the event log, without any I/O."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+
+from bridge.config import ConfigError, Settings
+from bridge.predictions import IllegalTransition, Prediction, Status
+
+
+def make() -> Prediction:
+    return Prediction(model="o/m", version="v", input={"prompt": "x"})
+
+
+def test_happy_path_and_final_event() -> None:
+    p = make()
+    p.start()
+    p.add_output(["a", {"k": 1}])
+    p.add_log("line")
+    p.succeed()
+    assert p.status is Status.SUCCEEDED
+    names = [e.name for e in p.events.read(0)]
+    assert names == ["output", "output", "logs", "done"]
+    assert p.events.read(0)[1].data == '{"k": 1}'
+    assert p.events.closed
+    body = p.to_json("http://h")
+    assert body["output"] == ["a", {"k": 1}] and body["logs"] == "line\n"
+    assert set(body["metrics"]) >= {"predict_time", "time_to_first_token"}
+
+
+@pytest.mark.parametrize("end", ["succeed", "fail", "cancel"])
+def test_terminal_states_are_final(end: str) -> None:
+    p = make()
+    getattr(p, end)(*(["boom"] if end == "fail" else []))
+    assert p.done
+    for again in (p.start, p.succeed, p.cancel, lambda: p.fail("x")):
+        with pytest.raises(IllegalTransition):
+            again()
+    assert [e.name for e in p.events.read(0)][-1] == "done"
+    assert len(p.events) == (2 if end == "fail" else 1)
+
+
+def test_failure_writes_error_then_done() -> None:
+    p = make()
+    p.fail("it broke")
+    events = p.events.read(0)
+    assert [(e.name, json.loads(e.data)) for e in events] == [
+        ("error", {"detail": "it broke"}),
+        ("done", {"reason": "error"}),
+    ]
+    assert p.to_json("http://h")["error"] == "it broke"
+
+
+def test_cannot_start_twice() -> None:
+    p = make()
+    p.start()
+    with pytest.raises(IllegalTransition):
+        p.start()
+
+
+def test_ids_are_seconds_and_index() -> None:
+    p = make()
+    p.add_output(["a", "b", "c"])
+    ids = [e.id for e in p.events.read(0)]
+    assert [int(i.split(":")[1]) for i in ids] == [0, 1, 2]
+    assert p.events.index_after(ids[1]) == 2
+    for bad in ("", "abc", "1:", ":1", "1:x", "-1:2"):
+        with pytest.raises(ValueError, match="Last-Event-ID"):
+            p.events.index_after(bad)
+
+
+async def test_readers_wake_on_append_and_close() -> None:
+    p = make()
+    woke = []
+
+    async def reader() -> None:
+        await p.events.wait_beyond(0)
+        woke.append(len(p.events))
+        await p.events.wait_beyond(5)
+        woke.append(p.events.closed)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        p.add_output(["a"])
+        await trio.testing.wait_all_tasks_blocked()
+        p.succeed()
+    assert woke == [1, True]
+
+
+def test_config_from_toml(tmp_path) -> None:
+    path = tmp_path / "bridge.toml"
+    path.write_text(
+        '[models."demo/echo"]\ntargets = ["127.0.0.1:50051"]\n'
+        '[server]\nkeepalive_seconds = 5\npublic_url = "https://x.example/"\n'
+    )
+    settings = Settings.from_toml(path, port=9000)
+    assert settings.models["demo/echo"].targets == ("127.0.0.1:50051",)
+    assert settings.keepalive_seconds == 5 and settings.port == 9000
+    assert settings.public_url == "https://x.example"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[models."echo"]\ntargets = ["a:1"]', "owner/name"),
+        ('[models."demo/echo"]\ntargets = []', "targets"),
+        ('[models."demo/echo"]\n', "targets"),
+        ("[server]\nprot = 1", "unknown"),
+        ("not toml [", "cannot read"),
+    ],
+)
+def test_config_errors_say_what_is_wrong(tmp_path, text: str, message: str) -> None:
+    path = tmp_path / "bridge.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_toml(path)
