@@ -1,5 +1,5 @@
 # Every target works on a fresh clone: it makes the venv and stubs it needs.
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8000
