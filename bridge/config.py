@@ -49,6 +49,10 @@ class Settings:
     shutdown_timeout_seconds: float = 5.0
     #: Largest request body accepted.
     max_body_bytes: int = 1 << 20
+    #: Listen backlog. Hypercorn's default (100) overflows when many clients
+    #: connect at once, and the kernel then drops SYNs that clients resend
+    #: only after 1, 3, 7 s (measured: 1,000 concurrent creates took 23 s).
+    backlog: int = 2048
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:

@@ -19,6 +19,7 @@ nothing and never change what it does.
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 import secrets
@@ -66,12 +67,9 @@ class IllegalTransition(RuntimeError):
     """Raised when a prediction is moved to a status its table forbids."""
 
 
-_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
-
-
 def new_prediction_id() -> str:
     """26 base32 characters: 130 random bits, unguessable, like Replicate's."""
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(26))
+    return base64.b32encode(secrets.token_bytes(20)).decode().lower()[:26]
 
 
 @dataclass(frozen=True, slots=True)

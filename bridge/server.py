@@ -43,6 +43,7 @@ async def serve(
     bound port through *task_status*."""
     config = hypercorn.config.Config()
     config.bind = [f"{settings.host}:{settings.port}"]
+    config.backlog = settings.backlog
     config.graceful_timeout = settings.shutdown_timeout_seconds
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")

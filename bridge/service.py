@@ -10,7 +10,9 @@ prediction.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import json
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +33,11 @@ log = logging.getLogger(__name__)
 SHUTDOWN_ERROR = "the bridge shut down before the prediction finished; retry it"
 
 
+@functools.lru_cache(maxsize=256)
+def _validator(schema_json: str) -> jsonschema.protocols.Validator:
+    return jsonschema.Draft202012Validator(json.loads(schema_json))
+
+
 def validate_input(schema: dict[str, Any], input: Any) -> None:
     """Raise :class:`InvalidInput` listing every field that fails *schema*."""
     if not isinstance(input, dict):
@@ -38,7 +45,7 @@ def validate_input(schema: dict[str, Any], input: Any) -> None:
             "input: must be a JSON object",
             [{"type": "type", "field": "input", "description": "input must be an object"}],
         )
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = _validator(json.dumps(schema, sort_keys=True))
     fields = []
     for error in sorted(validator.iter_errors(input), key=lambda e: list(e.path)):
         if error.validator == "required":

@@ -56,7 +56,7 @@ async def test_trio_deadline_becomes_the_grpc_deadline(raw_target: str) -> None:
         async with grpc_loop.predict(raw_target, "d", {}) as stream:
             no_deadline = [i async for b in stream for i in b]
     remaining = float(with_deadline[-1].chunks[0])
-    assert 5 < remaining <= 7
+    assert 5 < remaining <= 7.1  # grpc-timeout is rounded up on the wire
     assert no_deadline[-1].chunks == ["None"]
 
 

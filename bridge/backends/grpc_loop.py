@@ -185,7 +185,6 @@ class PredictStream:
         if self._items:
             await trio.lowlevel.checkpoint()
         while not self._items:
-            self._give_back_credits()
             self._wakeup = trio.Event()
             await self._wakeup.wait()
         batch: list[protocol.StreamItem] = []
@@ -200,6 +199,9 @@ class PredictStream:
                     raise item.error
                 raise trio.EndOfChannel
             batch.append(self._items.popleft())  # type: ignore[arg-type]
+        # Credits go back in batches of half a window, never one by one: the
+        # pump blocks only once a whole window is out, and by then half of
+        # it has been consumed here.
         self._consumed += len(batch)
         if self._consumed >= self._window // 2:
             self._give_back_credits()
@@ -342,8 +344,12 @@ class GrpcLoop:
             stream._credits = asyncio.Semaphore(self.window)
             stream._task = loop.create_task(stream._pump(self._channel(target), request, timeout))
             self.active_calls += 1
-            stream._task.add_done_callback(stream._on_pump_done)
-            stream._task.add_done_callback(self._call_done)
+            stream._task.add_done_callback(finished)
+
+        def finished(task: asyncio.Task[PredictionError | None]) -> None:  # on the loop thread
+            # Count the call as gone before Trio can learn it ended.
+            self.active_calls -= 1
+            stream._on_pump_done(task)
 
         loop.call_soon_threadsafe(start)
         try:
@@ -353,9 +359,6 @@ class GrpcLoop:
                 loop.call_soon_threadsafe(stream._cancel)
                 with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
                     await stream._wait_ended()
-
-    def _call_done(self, _: object) -> None:
-        self.active_calls -= 1
 
 
 @contextlib.asynccontextmanager
