@@ -271,7 +271,10 @@ class GrpcLoop:
         assert self._loop is not None and self._thread is not None
         self._loop.call_soon_threadsafe(self._loop.stop)
         await self._stopped.wait()
-        await trio.to_thread.run_sync(self._thread.join)
+        # Setting _stopped was the thread's last act: it is returning now, so
+        # this join is immediate (and a worker thread for it would outlive us
+        # in Trio's thread cache).
+        self._thread.join(timeout=1.0)
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         """The channel for *target*; loop thread only (grpc.aio objects
