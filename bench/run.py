@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -93,6 +94,16 @@ class ThreadPeak:
             self.peak -= 1  # not counting the sampler itself
 
 
+def _measure(result: Result, run: Callable[[], object], pid: int | None = None) -> Result:
+    """Run *run*, recording its wall time and the peak thread count."""
+    with ThreadPeak(pid) as peak:
+        start = time.monotonic()
+        run()
+        result.wall = time.monotonic() - start
+    result.peak_threads = peak.peak
+    return result
+
+
 def _request(i: int, args: argparse.Namespace) -> object:
     return protocol.predict_request(
         f"b{i}", {"tokens": args.tokens, "interval_ms": args.interval_ms}
@@ -114,12 +125,7 @@ def bench_asyncio(target: str, args: argparse.Namespace) -> Result:
 
             await asyncio.gather(*(one(i) for i in range(args.streams)))
 
-    with ThreadPeak() as peak:
-        start = time.monotonic()
-        asyncio.run(main())
-        result.wall = time.monotonic() - start
-    result.peak_threads = peak.peak
-    return result
+    return _measure(result, lambda: asyncio.run(main()))
 
 
 def bench_adapter(target: str, args: argparse.Namespace) -> Result:
@@ -140,12 +146,7 @@ def bench_adapter(target: str, args: argparse.Namespace) -> Result:
             for i in range(args.streams):
                 nursery.start_soon(one, grpc_loop, i)
 
-    with ThreadPeak() as peak:
-        start = time.monotonic()
-        trio.run(main)
-        result.wall = time.monotonic() - start
-    result.peak_threads = peak.peak
-    return result
+    return _measure(result, lambda: trio.run(main))
 
 
 def bench_threads(target: str, args: argparse.Namespace) -> Result:
@@ -169,12 +170,7 @@ def bench_threads(target: str, args: argparse.Namespace) -> Result:
                 nursery.start_soon(lambda i=i: trio.to_thread.run_sync(one, i, limiter=limiter))
         channel.close()
 
-    with ThreadPeak() as peak:
-        start = time.monotonic()
-        trio.run(main)
-        result.wall = time.monotonic() - start
-    result.peak_threads = peak.peak
-    return result
+    return _measure(result, lambda: trio.run(main))
 
 
 def bench_http(target: str, args: argparse.Namespace) -> Result:
@@ -236,11 +232,7 @@ def bench_http(target: str, args: argparse.Namespace) -> Result:
                 for i in range(args.streams):
                     nursery.start_soon(one, client, i)
 
-        with ThreadPeak(bridge.pid) as peak:
-            start = time.monotonic()
-            trio.run(main)
-            result.wall = time.monotonic() - start
-        result.peak_threads = peak.peak
+        _measure(result, lambda: trio.run(main), pid=bridge.pid)
         result.name += " *"
     finally:
         bridge.terminate()

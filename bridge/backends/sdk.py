@@ -39,7 +39,6 @@ import threading
 import types
 import typing
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -65,18 +64,11 @@ class Predictor:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
-class Log:
-    """Yield one of these from ``predict`` to emit a log line."""
+#: Yield ``Log("...")`` from ``predict`` to emit a log line.
+Log = protocol.LogLine
 
-    line: str
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """Yield one of these from ``predict`` to report numbers it measured."""
-
-    values: dict[str, float]
+#: Yield ``Metrics({...})`` from ``predict`` to report numbers it measured.
+Metrics = protocol.MetricsUpdate
 
 
 _JSON_TYPES: dict[Any, str] = {
