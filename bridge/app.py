@@ -7,8 +7,10 @@ The API is Replicate's predictions API; errors are
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import trio
 from quart import Response, request
@@ -16,7 +18,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from . import sse
-from .errors import BadRequest, BridgeError
+from .errors import BackendUnavailable, BadRequest, BridgeError, NotFound
+from .models import ModelEntry
 from .predictions import EventLog, Prediction
 from .service import Bridge
 
@@ -51,23 +54,46 @@ async def _json_body() -> dict[str, Any]:
     return body
 
 
-async def sse_body(events: EventLog, start: int, keepalive: float) -> AsyncIterator[bytes]:
+async def sse_body(
+    events: EventLog,
+    start: int,
+    keepalive: float,
+    on_disconnect: Callable[[], object] | None = None,
+) -> AsyncIterator[bytes]:
     """The stream from event *start* on: everything already logged at once,
     then each new batch as it comes, a keep-alive comment when idle, and the
-    end of the response after the log closes (after ``done``)."""
+    end of the response after the log closes (after ``done``). If the client
+    goes away before that, *on_disconnect* is called."""
     cursor = start
-    while True:
-        batch = events.read(cursor)
-        if batch:
-            cursor += len(batch)
-            yield b"".join(sse.encode_event(e.name, e.id, e.data) for e in batch)
-        elif events.closed:
-            return
-        else:
-            with trio.move_on_after(keepalive) as idle:
-                await events.wait_beyond(cursor)
-            if idle.cancelled_caught:
-                yield sse.KEEPALIVE
+    try:
+        while True:
+            batch = events.read(cursor)
+            if batch:
+                cursor += len(batch)
+                yield b"".join(sse.encode_event(e.name, e.id, e.data) for e in batch)
+            elif events.closed:
+                return
+            else:
+                with trio.move_on_after(keepalive) as idle:
+                    await events.wait_beyond(cursor)
+                if idle.cancelled_caught:
+                    yield sse.KEEPALIVE
+    finally:
+        if on_disconnect is not None and not (events.closed and cursor >= len(events)):
+            on_disconnect()
+
+
+_PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:\s*=\s*(\d+))?(?=$|[,;\s])", re.IGNORECASE)
+MAX_WAIT_SECONDS = 60
+
+
+def prefer_wait(header: str | None) -> float | None:
+    """Seconds asked for by ``Prefer: wait`` / ``wait=N`` (1..60), or None."""
+    match = _PREFER_WAIT.search(header or "")
+    if match is None:
+        return None
+    seconds = int(match[1]) if match[1] else MAX_WAIT_SECONDS
+    return float(min(max(seconds, 1), MAX_WAIT_SECONDS))
 
 
 def create_app(bridge: Bridge) -> QuartTrio:
@@ -90,6 +116,45 @@ def create_app(bridge: Bridge) -> QuartTrio:
     async def http_error(exc: HTTPException) -> Response:
         return _problem({"title": exc.name, "detail": exc.description, "status": exc.code})
 
+    def stream_response(
+        prediction: Prediction, start: int = 0, *, owned: bool = False, status: int = 200
+    ) -> Response:
+        """The SSE response for *prediction*; if the stream *owned* it, the
+        client going away cancels it."""
+        on_disconnect = (lambda: bridge.cancel(prediction)) if owned else None
+        body = sse_body(prediction.events, start, settings.keepalive_seconds, on_disconnect)
+        headers = dict(_SSE_HEADERS)
+        if owned:
+            headers["Location"] = prediction.to_json(base_url())["urls"]["get"]
+        response = Response(body, status=status, content_type="text/event-stream", headers=headers)
+        response.timeout = None  # Quart would cut the stream at 60 s
+        return response
+
+    async def create(entry: ModelEntry, body: dict[str, Any], version: str | None) -> Response:
+        prediction = await bridge.create(
+            entry,
+            body.get("input", {}),
+            version=version,
+            webhook=body.get("webhook"),
+            webhook_events_filter=body.get("webhook_events_filter"),
+        )
+        if "text/event-stream" in request.headers.get("Accept", ""):
+            # The OpenAI-style use: this response is the stream, and it owns
+            # the prediction.
+            return stream_response(prediction, owned=True, status=201)
+        wait = prefer_wait(request.headers.get("Prefer"))
+        if wait is None:
+            return prediction_response(prediction, 201)
+        with trio.move_on_after(wait):
+            await prediction.events.wait_closed()
+        body = prediction.to_json(base_url())
+        if not prediction.done:
+            # Replicate's clients read any other status as final.
+            body["status"] = "starting"
+        response = _json(body, 201)
+        response.headers["Preference-Applied"] = "wait"
+        return response
+
     @app.post("/v1/predictions")
     async def create_prediction() -> Response:
         body = await _json_body()
@@ -97,19 +162,40 @@ def create_app(bridge: Bridge) -> QuartTrio:
         if not isinstance(ref, str) or not ref:
             raise BadRequest('"version" is required: a version id or "owner/name:version"')
         entry, version = await bridge.resolve_version(ref)
-        prediction = await bridge.create(entry, body.get("input", {}), version=version)
-        return prediction_response(prediction, 201)
+        return await create(entry, body, version)
 
     @app.post("/v1/models/<owner>/<name>/predictions")
     async def create_model_prediction(owner: str, name: str) -> Response:
         body = await _json_body()
-        entry = bridge.model(f"{owner}/{name}")
-        prediction = await bridge.create(entry, body.get("input", {}))
-        return prediction_response(prediction, 201)
+        return await create(bridge.model(f"{owner}/{name}"), body, None)
+
+    @app.get("/v1/predictions")
+    async def list_predictions() -> Response:
+        try:
+            page = bridge.page(request.args.get("cursor"), settings.page_size)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        base = base_url()
+
+        def link(cursor: str | None) -> str | None:
+            return f"{base}/v1/predictions?{urlencode({'cursor': cursor})}" if cursor else None
+
+        return _json(
+            {
+                "previous": link(page.previous),
+                "next": link(page.next),
+                "results": [p.to_json(base) for p in page.results],
+            }
+        )
 
     @app.get("/v1/predictions/<prediction_id>")
     async def get_prediction(prediction_id: str) -> Response:
         return prediction_response(bridge.get(prediction_id))
+
+    @app.post("/v1/predictions/<prediction_id>/cancel")
+    async def cancel_prediction(prediction_id: str) -> Response:
+        # No body is read: clients send none, or an empty one.
+        return prediction_response(bridge.cancel(bridge.get(prediction_id)))
 
     @app.get("/v1/predictions/<prediction_id>/stream")
     async def stream_prediction(prediction_id: str) -> Response:
@@ -121,14 +207,29 @@ def create_app(bridge: Bridge) -> QuartTrio:
                 start = prediction.events.index_after(last_event_id)
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
-        response = Response(
-            sse_body(prediction.events, start, settings.keepalive_seconds),
-            status=200,
-            content_type="text/event-stream",
-            headers=_SSE_HEADERS,
-        )
-        response.timeout = None  # Quart would cut the stream at 60 s
-        return response
+        return stream_response(prediction, start)
+
+    @app.get("/v1/models/<owner>/<name>")
+    async def get_model(owner: str, name: str) -> Response:
+        entry = bridge.model(f"{owner}/{name}")
+        await bridge.try_describe(entry)
+        return _json(entry.model_json(base_url()))
+
+    @app.get("/v1/models/<owner>/<name>/versions/<version_id>")
+    async def get_version(owner: str, name: str, version_id: str) -> Response:
+        entry = bridge.model(f"{owner}/{name}")
+        if await bridge.try_describe(entry) is None:
+            raise BackendUnavailable(f"the backend of {entry.name} cannot say what it serves")
+        version = entry.version_json()
+        if version is None or version["id"] != version_id:
+            raise NotFound(f"version {version_id} of {entry.name} is not served here")
+        return _json(version)
+
+    @app.get("/v1/webhooks/default/secret")
+    async def webhook_secret() -> Response:
+        if bridge.webhooks is None:
+            raise NotFound("webhooks are not enabled")
+        return _json({"key": bridge.webhooks.secret})
 
     @app.get("/health")
     async def health() -> Response:

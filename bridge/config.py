@@ -12,15 +12,22 @@ A config file names each model and where its backends listen::
 
 from __future__ import annotations
 
+import base64
+import os
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 __all__ = ["ConfigError", "ModelSettings", "Settings"]
 
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*/[a-z0-9][a-z0-9_.-]*$", re.IGNORECASE)
+
+
+def _state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "grpc-sse-bridge"
 
 
 class ConfigError(ValueError):
@@ -53,6 +60,14 @@ class Settings:
     #: connect at once, and the kernel then drops SYNs that clients resend
     #: only after 1, 3, 7 s (measured: 1,000 concurrent creates took 23 s).
     backlog: int = 2048
+    #: Predictions per page of ``GET /v1/predictions``.
+    page_size: int = 100
+    #: Webhook signing secret (``whsec_<base64>``); None: the one stored in
+    #: ``webhook_secret_file``, generated there on first start.
+    webhook_secret: str | None = None
+    webhook_secret_file: str = field(default_factory=lambda: str(_state_dir() / "webhook_secret"))
+    #: How long a failing ``completed`` webhook is retried.
+    webhook_retry_seconds: float = 60.0
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:
@@ -77,19 +92,34 @@ class Settings:
                 raise ConfigError(f'[models."{name}"] needs targets = ["host:port", ...]')
             models[name] = ModelSettings(name, tuple(targets))
         server = dict(data.get("server") or {})
-        known = {
-            "host",
-            "port",
-            "public_url",
-            "keepalive_seconds",
-            "describe_timeout_seconds",
-            "shutdown_timeout_seconds",
-            "max_body_bytes",
-        }
-        unknown = set(server) - known
-        if unknown:
-            raise ConfigError(f"unknown [server] keys: {', '.join(sorted(unknown))}")
+        settable = {f.name for f in fields(cls)} - {"models"}
+        _check_keys("server", server, {k for k in settable if not k.startswith("webhook_")})
+        webhooks = dict(data.get("webhooks") or {})
+        _check_keys(
+            "webhooks",
+            webhooks,
+            {k.removeprefix("webhook_") for k in settable if k.startswith("webhook_")},
+        )
+        secret = webhooks.get("secret")
+        if secret is not None and not _is_secret(secret):
+            raise ConfigError("[webhooks] secret must look like whsec_<base64 of 16+ bytes>")
+        server |= {f"webhook_{k}": v for k, v in webhooks.items()}
         values = {**server, **{k: v for k, v in overrides.items() if v is not None}}
         if values.get("public_url"):
             values["public_url"] = values["public_url"].rstrip("/")
         return cls(models=models, **values)
+
+
+def _check_keys(section: str, table: dict[str, Any], known: set[str]) -> None:
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"unknown [{section}] keys: {', '.join(sorted(unknown))}")
+
+
+def _is_secret(value: object) -> bool:
+    if not isinstance(value, str) or not value.startswith("whsec_"):
+        return False
+    try:
+        return len(base64.b64decode(value.removeprefix("whsec_"), validate=True)) >= 16
+    except ValueError:
+        return False

@@ -36,6 +36,7 @@ __all__ = [
     "IllegalTransition",
     "Prediction",
     "Status",
+    "iso_time",
     "new_prediction_id",
 ]
 
@@ -119,6 +120,11 @@ class EventLog:
         while len(self._events) <= index and not self._closed:
             await self._changed.wait()
 
+    async def wait_closed(self) -> None:
+        """Wait until the log is closed (its prediction has ended)."""
+        while not self._closed:
+            await self._changed.wait()
+
     def index_after(self, last_event_id: str) -> int:
         """Where a reader that saw *last_event_id* resumes.
 
@@ -130,7 +136,8 @@ class EventLog:
         return int(n) + 1
 
 
-def _iso(timestamp: float | None) -> str | None:
+def iso_time(timestamp: float | None) -> str | None:
+    """ISO 8601 in UTC with a ``Z``, as Replicate writes times."""
     if timestamp is None:
         return None
     return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
@@ -147,8 +154,11 @@ class Prediction:
         input: dict[str, Any],
         streams: bool = True,
         id: str | None = None,
+        seq: int = 0,
     ) -> None:
         self.id = id or new_prediction_id()
+        #: Creation order, for listing newest first.
+        self.seq = seq
         self.model = model
         self.version = version
         self.input = input
@@ -256,8 +266,8 @@ class Prediction:
             "logs": "".join(f"{line}\n" for line in self.logs),
             "error": self.error,
             "metrics": dict(self.metrics),
-            "created_at": _iso(self.created_at),
-            "started_at": _iso(self.started_at),
-            "completed_at": _iso(self.completed_at),
+            "created_at": iso_time(self.created_at),
+            "started_at": iso_time(self.started_at),
+            "completed_at": iso_time(self.completed_at),
             "urls": urls,
         }

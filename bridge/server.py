@@ -3,9 +3,10 @@
 Ownership, outermost first::
 
     serve()
-    └── open_grpc_loop()        the asyncio thread with every gRPC call
-        └── predictions nursery  one task per prediction (app lifetime)
-            └── hypercorn        HTTP connections, each a reader of predictions
+    └── open_grpc_loop()             the asyncio thread with every gRPC call
+        └── HTTP client              webhook deliveries
+            └── predictions nursery  a task per prediction and per webhook
+                └── hypercorn        HTTP connections, readers of predictions
 
 At shutdown the order reverses: running predictions are cancelled (their
 streams get ``error`` + ``done``), hypercorn closes the connections (with its
@@ -18,7 +19,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
 
+import httpx
 import hypercorn.config
 import hypercorn.trio
 import trio
@@ -27,6 +30,7 @@ from .app import create_app
 from .backends.grpc_loop import open_grpc_loop
 from .config import Settings
 from .service import Bridge
+from .webhooks import WebhookSender, load_or_create_secret
 
 __all__ = ["serve"]
 
@@ -48,8 +52,14 @@ async def serve(
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
 
-    async with open_grpc_loop() as grpc_loop, trio.open_nursery() as predictions:
-        bridge = Bridge(settings, grpc_loop, predictions)
+    secret = load_or_create_secret(settings.webhook_secret, Path(settings.webhook_secret_file))
+    async with (
+        open_grpc_loop() as grpc_loop,
+        httpx.AsyncClient(follow_redirects=False) as http_client,
+        trio.open_nursery() as predictions,
+    ):
+        webhooks = WebhookSender(http_client, secret, retry_for=settings.webhook_retry_seconds)
+        bridge = Bridge(settings, grpc_loop, predictions, webhooks)
         app = create_app(bridge)
         stop_http = trio.Event()
         async with trio.open_nursery() as http:
@@ -57,6 +67,7 @@ async def serve(
                 partial(hypercorn.trio.serve, app, config, shutdown_trigger=stop_http.wait)
             )
             port = int(binds[0].rsplit(":", 1)[1])
+            bridge.base_url = settings.public_url or f"http://{settings.host}:{port}"
             log.info("bridge listening on http://%s:%d", settings.host, port)
             task_status.started(port)
             try:

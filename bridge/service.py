@@ -14,19 +14,21 @@ import functools
 import itertools
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import trio
 
 from .backends import protocol
 from .backends.grpc_loop import GrpcLoop
-from .config import ModelSettings, Settings
+from .config import Settings
 from .errors import BridgeError, InvalidInput, NotFound, PredictionError
+from .models import ModelEntry
 from .predictions import Prediction
+from .webhooks import EVENTS, WebhookSender
 
-__all__ = ["Bridge", "ModelEntry", "validate_input"]
+__all__ = ["Bridge", "Page", "validate_input", "validate_webhook"]
 
 log = logging.getLogger(__name__)
 
@@ -66,40 +68,69 @@ def validate_input(schema: dict[str, Any], input: Any) -> None:
         raise InvalidInput(detail, unique)
 
 
-def _streams(info: protocol.ModelInfo | None) -> bool:
-    if info is None:
-        return True  # bridge.v1 is a streaming protocol; assume so until told
-    return info.output_schema.get("x-cog-array-type") == "iterator"
+def validate_webhook(url: Any, events: Any) -> frozenset[str]:
+    """The webhook events asked for; raises :class:`InvalidInput` for a URL
+    that is not absolute http(s) or an unknown event name."""
+    fields = []
+    if url is not None:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            fields.append(
+                {
+                    "type": "format",
+                    "field": "webhook",
+                    "description": "webhook must be an absolute http(s) URL",
+                }
+            )
+    if events is None:
+        chosen = frozenset(EVENTS)
+    elif isinstance(events, list) and all(e in EVENTS for e in events):
+        chosen = frozenset(events)
+    else:
+        chosen = frozenset()
+        fields.append(
+            {
+                "type": "enum",
+                "field": "webhook_events_filter",
+                "description": f"webhook_events_filter must list some of {list(EVENTS)}",
+            }
+        )
+    if fields:
+        raise InvalidInput("; ".join(f["description"] for f in fields), fields)
+    return chosen
 
 
-class ModelEntry:
-    """A configured model: where its backends are and what Describe said."""
+class Page:
+    """One page of a listing: results and the cursors around it."""
 
-    def __init__(self, settings: ModelSettings) -> None:
-        self.settings = settings
-        self.name = settings.name
-        self.info: protocol.ModelInfo | None = None
-        self._targets: Iterator[str] = itertools.cycle(settings.targets)
-
-    def next_target(self) -> str:
-        return next(self._targets)
-
-    @property
-    def owner_and_name(self) -> tuple[str, str]:
-        owner, _, name = self.name.partition("/")
-        return owner, name
+    def __init__(self, results: list[Prediction], next: str | None, previous: str | None) -> None:
+        self.results = results
+        self.next = next
+        self.previous = previous
 
 
 class Bridge:
     """Creates, runs and finds predictions."""
 
-    def __init__(self, settings: Settings, grpc_loop: GrpcLoop, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        grpc_loop: GrpcLoop,
+        nursery: trio.Nursery,
+        webhooks: WebhookSender | None = None,
+    ) -> None:
         self.settings = settings
         self.grpc = grpc_loop
+        self.webhooks = webhooks
         self._nursery = nursery
         self.models = {name: ModelEntry(m) for name, m in settings.models.items()}
         self.predictions: dict[str, Prediction] = {}
+        self._seq = itertools.count(1)
+        self._webhook_scopes: set[trio.CancelScope] = set()
         self.closing = False
+        #: Where the bridge is reached, for URLs outside any request
+        #: (webhooks); set by serve() once it knows its port.
+        self.base_url = settings.public_url or f"http://{settings.host}:{settings.port}"
 
     # -- models ----------------------------------------------------------
 
@@ -151,14 +182,21 @@ class Bridge:
     # -- predictions -----------------------------------------------------
 
     async def create(
-        self, entry: ModelEntry, input: Any, *, version: str | None = None
+        self,
+        entry: ModelEntry,
+        input: Any,
+        *,
+        version: str | None = None,
+        webhook: Any = None,
+        webhook_events_filter: Any = None,
     ) -> Prediction:
-        """Validate *input* and start a prediction of *entry*.
+        """Validate *input* (and the webhook) and start a prediction of *entry*.
 
         If the backend cannot describe the model right now, the prediction is
         still created; it validates and fails (or runs) once the backend
         answers, so a backend that is briefly away costs no request.
         """
+        events = validate_webhook(webhook, webhook_events_filter)
         info = await self.try_describe(entry)
         if info is not None:
             validate_input(info.input_schema, input)
@@ -168,11 +206,68 @@ class Bridge:
             model=entry.name,
             version=version or (info.version if info else ""),
             input=input,
-            streams=_streams(info),
+            streams=entry.streams,
+            seq=next(self._seq),
         )
         self.predictions[prediction.id] = prediction
+        entry.run_count += 1
         self._nursery.start_soon(self._run, prediction, entry, info is not None)
+        if webhook and self.webhooks is not None:
+            self._nursery.start_soon(self._follow_webhook, prediction, webhook, events)
         return prediction
+
+    def cancel(self, prediction: Prediction) -> Prediction:
+        """Cancel *prediction* (idempotent: an ended one stays as it is).
+
+        It is ``canceled`` at once, its streams get ``done``; its task then
+        unwinds and cancels the gRPC call, which the backend sees.
+        """
+        if not prediction.done:
+            prediction.cancel()
+            prediction.cancel_scope.cancel()
+        return prediction
+
+    def page(self, cursor: str | None, size: int) -> Page:
+        """Predictions newest first, *size* at a time.
+
+        Cursors are ``b<seq>`` (older than that) or ``a<seq>`` (newer than
+        that); raises ValueError for any other.
+        """
+        newest_first = sorted(self.predictions.values(), key=lambda p: p.seq, reverse=True)
+        if not cursor:
+            results = newest_first[:size]
+        elif cursor[:1] == "b" and cursor[1:].isdigit():
+            results = [p for p in newest_first if p.seq < int(cursor[1:])][:size]
+        elif cursor[:1] == "a" and cursor[1:].isdigit():
+            results = [p for p in newest_first if p.seq > int(cursor[1:])][-size:]
+        else:
+            raise ValueError(f"cursor {cursor!r} is not one this server gave out")
+        if not results:
+            return Page([], None, None)
+        older = newest_first[-1].seq < results[-1].seq
+        newer = newest_first[0].seq > results[0].seq
+        return Page(
+            results,
+            f"b{results[-1].seq}" if older else None,
+            f"a{results[0].seq}" if newer else None,
+        )
+
+    async def _follow_webhook(
+        self, prediction: Prediction, url: str, events: frozenset[str]
+    ) -> None:
+        assert self.webhooks is not None
+
+        def render(p: Prediction) -> bytes:
+            return json.dumps(p.to_json(self.base_url)).encode()
+
+        with trio.CancelScope() as scope:
+            self._webhook_scopes.add(scope)
+            if self.closing:
+                scope.deadline = trio.current_time() + self.settings.shutdown_timeout_seconds
+            try:
+                await self.webhooks.follow(prediction, url, events, render)
+            finally:
+                self._webhook_scopes.discard(scope)
 
     def get(self, prediction_id: str) -> Prediction:
         try:
@@ -185,10 +280,12 @@ class Bridge:
             with prediction.cancel_scope:
                 await self._predict(prediction, entry, validated)
         except BridgeError as exc:
-            prediction.fail(exc.detail)
+            if not prediction.done:  # else it was canceled meanwhile
+                prediction.fail(exc.detail)
         except Exception:
             log.exception("prediction %s: bridge error", prediction.id)
-            prediction.fail("internal error in the bridge")
+            if not prediction.done:
+                prediction.fail("internal error in the bridge")
         finally:
             if not prediction.done:  # cancelled
                 if self.closing:
@@ -215,7 +312,11 @@ class Bridge:
         prediction.succeed()
 
     def close(self) -> None:
-        """Cancel every running prediction (they record why)."""
+        """Cancel every running prediction (they record why); pending
+        webhooks get the shutdown grace to be delivered."""
         self.closing = True
         for prediction in self.predictions.values():
             prediction.cancel_scope.cancel()
+        deadline = trio.current_time() + self.settings.shutdown_timeout_seconds
+        for scope in self._webhook_scopes:
+            scope.deadline = min(scope.deadline, deadline)

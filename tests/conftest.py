@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,15 +38,23 @@ def closed_port_target() -> str:
 StartBridge = Callable[..., Awaitable[str]]
 
 
+def bridge_settings(tmp_path: Path, targets: dict[str, str], **settings: Any) -> Settings:
+    """Settings for a bridge on a free port that writes nothing outside *tmp_path*."""
+    models = {n: ModelSettings(n, (t,)) for n, t in targets.items()}
+    settings.setdefault("webhook_secret_file", str(tmp_path / "webhook_secret"))
+    return Settings(port=0, models=models, **settings)
+
+
 @pytest.fixture
-def start_bridge(nursery: trio.Nursery, demo_targets: dict[str, str]) -> StartBridge:
+def start_bridge(
+    nursery: trio.Nursery, demo_targets: dict[str, str], tmp_path: Path
+) -> StartBridge:
     """Start a bridge on a free port in the test's nursery; returns its URL.
     ``targets`` adds or replaces models; other keywords are Settings."""
 
     async def start(targets: dict[str, str] | None = None, **settings: Any) -> str:
         all_targets = {**demo_targets, **(targets or {})}
-        models = {n: ModelSettings(n, (t,)) for n, t in all_targets.items()}
-        port = await nursery.start(serve, Settings(port=0, models=models, **settings))
+        port = await nursery.start(serve, bridge_settings(tmp_path, all_targets, **settings))
         return f"http://127.0.0.1:{port}"
 
     return start

@@ -10,11 +10,18 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from tests.conftest import create, read_stream
 
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _state_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The processes keep their state (the webhook secret) in tmp_path."""
+    monkeypatch.setitem(ENV, "XDG_STATE_HOME", str(tmp_path / "state"))
 
 
 async def _wait_for_line(stream: trio.abc.ReceiveStream, pattern: bytes, seen: list) -> re.Match:

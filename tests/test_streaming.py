@@ -4,12 +4,13 @@ real HTTP clients."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import trio
 
 from bridge.sse import normalize_line_breaks
-from tests.conftest import StartBridge, closed_port_target, create, read_stream
+from tests.conftest import StartBridge, bridge_settings, closed_port_target, create, read_stream
 from tests.test_sse import CHUNKS
 
 PROMPT = "The quick  brown fox\njumps over the lazy dog. "
@@ -178,17 +179,19 @@ async def test_health_reports_each_backend(start_bridge: StartBridge) -> None:
     }
 
 
-async def test_shutdown_ends_open_streams_and_leaves_no_thread(demo_targets: dict) -> None:
+async def test_shutdown_ends_open_streams_and_leaves_no_thread(
+    demo_targets: dict, tmp_path: Path
+) -> None:
     import threading
 
-    from bridge.config import ModelSettings, Settings
     from bridge.server import serve
     from bridge.service import SHUTDOWN_ERROR
 
     threads_before = {t.name for t in threading.enumerate()}
     stop = trio.Event()
-    models = {"demo/echo": ModelSettings("demo/echo", (demo_targets["demo/echo"],))}
-    settings = Settings(port=0, models=models, shutdown_timeout_seconds=2)
+    settings = bridge_settings(
+        tmp_path, {"demo/echo": demo_targets["demo/echo"]}, shutdown_timeout_seconds=2
+    )
     got: dict = {}
     async with trio.open_nursery() as nursery:
         port = await nursery.start(

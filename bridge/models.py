@@ -1,0 +1,90 @@
+"""Configured models: where their backends are, what they said they are, and
+how Replicate's API shows them (model and version objects)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .backends import protocol
+from .config import ModelSettings
+from .predictions import iso_time
+
+__all__ = ["ModelEntry"]
+
+#: What versions report as ``cog_version``: not a Cog version (the Python
+#: client then applies no pre-0.3.9 compatibility rules to the schema).
+COG_VERSION = "grpc-sse-bridge/bridge.v1"
+
+
+class ModelEntry:
+    """A configured model and the last thing its backend's Describe said."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.owner, _, self.short_name = settings.name.partition("/")
+        self.run_count = 0
+        self._info: protocol.ModelInfo | None = None
+        self._described_at = 0.0
+        self._targets: Iterator[str] = itertools.cycle(settings.targets)
+
+    @property
+    def info(self) -> protocol.ModelInfo | None:
+        return self._info
+
+    @info.setter
+    def info(self, info: protocol.ModelInfo) -> None:
+        if self._info is None or self._info.version != info.version:
+            self._described_at = time.time()
+        self._info = info
+
+    def next_target(self) -> str:
+        return next(self._targets)
+
+    @property
+    def streams(self) -> bool:
+        """Whether output is a stream of chunks (assumed until Describe says)."""
+        if self._info is None:
+            return True  # bridge.v1 is a streaming protocol
+        return self._info.output_schema.get("x-cog-array-type") == "iterator"
+
+    def version_json(self) -> dict[str, Any] | None:
+        """Replicate's version object, or None before the backend described it."""
+        if self._info is None:
+            return None
+        return {
+            "id": self._info.version,
+            "created_at": iso_time(self._described_at),
+            "cog_version": COG_VERSION,
+            "openapi_schema": {
+                "openapi": "3.0.2",
+                "info": {"title": self.name, "version": self._info.version},
+                "paths": {},
+                "components": {
+                    "schemas": {
+                        "Input": self._info.input_schema,
+                        "Output": self._info.output_schema,
+                    }
+                },
+            },
+        }
+
+    def model_json(self, base_url: str) -> dict[str, Any]:
+        """Replicate's model object."""
+        return {
+            "url": f"{base_url}/v1/models/{self.name}",
+            "owner": self.owner,
+            "name": self.short_name,
+            "description": None,
+            "visibility": "public",
+            "github_url": None,
+            "paper_url": None,
+            "license_url": None,
+            "cover_image_url": None,
+            "run_count": self.run_count,
+            "default_example": None,
+            "latest_version": self.version_json(),
+        }
