@@ -3,8 +3,10 @@ real HTTP clients. No mocks."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +15,55 @@ import pytest
 import trio
 
 from bridge.backends.demo import make_models
-from bridge.backends.sdk import ModelServer
+from bridge.backends.sdk import Model, ModelServer
 from bridge.config import ModelSettings, Settings
 from bridge.server import serve
 
 from .sse_clients import Ev, replicate_events, spec_events
 
 
+class Probe:
+    """What the ``test/endless`` backend did for one ``key``, seen from the
+    backend's side: tokens made, and whether its generator was closed."""
+
+    def __init__(self) -> None:
+        self.made = 0
+        self.closed = threading.Event()
+
+
+PROBES: dict[str, Probe] = {}
+
+
+async def endless(key: str, delay_ms: int = 20) -> AsyncIterator[str]:
+    """Yields tokens until cancelled; records what it did in PROBES[key]."""
+    probe = PROBES.setdefault(key, Probe())
+    try:
+        while True:
+            await asyncio.sleep(delay_ms / 1000)
+            probe.made += 1
+            yield f"t{probe.made} "
+    finally:
+        probe.closed.set()
+
+
 @pytest.fixture(scope="session")
 def demo_targets() -> Iterator[dict[str, str]]:
-    """The demo models, each on its own real gRPC server, for the session."""
+    """The demo models and ``test/endless``, each on its own real gRPC
+    server, for the session."""
     models = make_models()
-    with ModelServer(models["demo/echo"]) as echo, ModelServer(models["demo/story"]) as story:
-        yield {"demo/echo": echo.target, "demo/story": story.target}
+    with (
+        ModelServer(models["demo/echo"]) as echo,
+        ModelServer(models["demo/story"]) as story,
+        ModelServer(Model("test/endless", endless)) as probe,
+    ):
+        yield {"demo/echo": echo.target, "demo/story": story.target, "test/endless": probe.target}
+
+
+async def wait_closed(key: str) -> Probe:
+    """The probe for *key* once its generator was closed (fails after 10 s)."""
+    probe = PROBES.setdefault(key, Probe())
+    assert await trio.to_thread.run_sync(probe.closed.wait, 10), f"{key} never closed"
+    return probe
 
 
 def closed_port_target() -> str:

@@ -175,7 +175,12 @@ async def test_health_reports_each_backend(start_bridge: StartBridge) -> None:
     assert response.json() == {
         "status": "degraded",
         "ready": False,
-        "models": {"demo/echo": "SERVING", "demo/story": "SERVING", "demo/down": "UNAVAILABLE"},
+        "models": {
+            "demo/echo": "SERVING",
+            "demo/story": "SERVING",
+            "test/endless": "SERVING",
+            "demo/down": "UNAVAILABLE",
+        },
     }
 
 
