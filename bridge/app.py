@@ -149,8 +149,11 @@ def create_app(bridge: Bridge) -> QuartTrio:
             await prediction.events.wait_closed()
         body = prediction.to_json(base_url())
         if not prediction.done:
-            # Replicate's clients read any other status as final.
-            body["status"] = "starting"
+            # Replicate's clients read any status but "starting" as final
+            # here, and then poll with output_iterator(), which skips the
+            # output already in this answer: so show it as a starting
+            # prediction, with no output yet. Polling then yields it all.
+            body |= {"status": "starting", "output": None, "started_at": None}
         response = _json(body, 201)
         response.headers["Preference-Applied"] = "wait"
         return response

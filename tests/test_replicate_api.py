@@ -115,7 +115,10 @@ async def test_prefer_wait(client: httpx.AsyncClient, path: str) -> None:
     slow = await client.post(path, json=slow_body, headers={"Prefer": "wait=1"})
     assert 0.9 < trio.current_time() - start < 5
     assert slow.headers["Preference-Applied"] == "wait"
-    assert slow.json()["status"] == "starting"  # not done: clients then poll
+    # Not done: it reads as starting, with no output yet, so that clients
+    # polling from here (replicate's output_iterator) miss no chunk.
+    assert slow.json()["status"] == "starting"
+    assert slow.json()["output"] is None
     plain = await client.post(path, json=body)
     assert "Preference-Applied" not in plain.headers
 
