@@ -28,7 +28,14 @@ bridge/_proto/v1/predictor_pb2.py: proto/bridge/v1/predictor.proto | $(STAMP)
 run: bridge/_proto/v1/predictor_pb2.py
 	exec $(PY) -m bridge run-demo --host 127.0.0.1 --port $(PORT)
 
-test: bridge/_proto/v1/predictor_pb2.py
+# Replicate's JS client, for tests/test_replicate_js.py (no lockfile kept).
+JS_CLIENT := tests/js/node_modules/replicate/package.json
+$(JS_CLIENT): tests/js/package.json
+	command -v npm >/dev/null || { apt-get update && apt-get install -y nodejs npm; }
+	cd tests/js && npm install --no-package-lock --no-audit --no-fund --loglevel=error
+	touch $(JS_CLIENT)
+
+test: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT)
 	$(PY) -m ruff check bridge tests bench
 	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q
 
@@ -40,4 +47,4 @@ bench: bridge/_proto/v1/predictor_pb2.py
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) bridge/_proto .pytest_cache
+	rm -rf $(VENV) bridge/_proto .pytest_cache tests/js/node_modules

@@ -1,0 +1,60 @@
+"""Replicate's official JS client (replicate 1.4.0 from npm, installed by
+``make test`` into tests/js), unmodified, against a real bridge."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from tests.conftest import PROBES, StartBridge, wait_closed
+
+SCRIPT = Path(__file__).parent / "js" / "client.mjs"
+
+
+async def node(base_url: str, command: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            ["node", str(SCRIPT), base_url, command, json.dumps(args)],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr.decode()
+    return [json.loads(line) for line in result.stdout.decode().splitlines()]
+
+
+async def test_js_stream_prints_the_exact_chunks(start_bridge: StartBridge) -> None:
+    url = await start_bridge()
+    tokens = ["Hello", ", ", "wörld", "!\n", "two\r\nlines", ""]
+    lines = await node(
+        url, "stream", {"model": "demo/echo", "input": {"prompt": "-", "tokens": tokens}}
+    )
+    assert lines[0] == {"done": {}}
+    # The JS client reads the stream as browsers do: line breaks become \n.
+    assert lines[1] == {"chunks": ["Hello", ", ", "wörld", "!\n", "two\nlines", ""]}
+
+
+async def test_js_cancel_ends_the_stream_and_the_backend(start_bridge: StartBridge) -> None:
+    url = await start_bridge()
+    key = uuid.uuid4().hex
+    (result,) = await node(url, "cancel", {"model": "test/endless", "input": {"key": key}})
+    assert result["canceledStatus"] == "canceled"
+    assert result["status"] == "canceled"
+    assert result["lastEvent"].startswith("event: done\n")
+    assert result["lastEvent"].endswith('data: {"reason":"canceled"}')
+    await wait_closed(key)
+    made = PROBES[key].made
+    await trio.sleep(0.2)
+    assert PROBES[key].made == made
+
+
+async def test_js_run_waits_for_the_output(start_bridge: StartBridge) -> None:
+    url = await start_bridge()
+    (result,) = await node(
+        url, "run", {"ref": "demo/echo", "input": {"prompt": "run me", "delay_ms": 50}}
+    )
+    assert result == {"output": ["run ", "me"]}
