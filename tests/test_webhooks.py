@@ -1,0 +1,193 @@
+"""Webhooks, delivered to a real HTTP receiver and validated with
+Replicate's own validators (Python and JS)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import httpx
+import hypercorn.config
+import hypercorn.trio
+import pytest
+import trio
+from quart import Response, request
+from quart_trio import QuartTrio
+from replicate.webhook import InvalidSignatureError, Webhooks, WebhookSigningSecret
+
+from bridge.webhooks import new_secret
+from tests.conftest import StartBridge
+from tests.test_replicate_js import node
+
+SECRET = new_secret()
+
+
+@dataclass
+class Delivery:
+    at: float
+    headers: dict[str, str]
+    body: str
+
+    @property
+    def prediction(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+    @property
+    def completed(self) -> bool:
+        return self.prediction["status"] in ("succeeded", "failed", "canceled")
+
+
+@dataclass
+class Receiver:
+    url: str
+    deliveries: list[Delivery] = field(default_factory=list)
+    fail_completed: int = 0  # answer 500 to this many completed deliveries
+    got_completed: trio.Event = field(default_factory=trio.Event)
+
+    async def wait_completed(self) -> None:
+        with trio.fail_after(30):
+            await self.got_completed.wait()
+
+
+@pytest.fixture
+async def receiver(nursery: trio.Nursery) -> Receiver:
+    app = QuartTrio("receiver")
+    state = Receiver(url="")
+
+    @app.post("/hook")
+    async def hook() -> Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        delivery = Delivery(trio.current_time(), headers, (await request.get_data()).decode())
+        state.deliveries.append(delivery)
+        if delivery.completed and state.fail_completed > 0:
+            state.fail_completed -= 1
+            return Response("not now", status=503)
+        if delivery.completed:
+            state.got_completed.set()
+        return Response("", status=204)
+
+    config = hypercorn.config.Config()
+    config.bind = ["127.0.0.1:0"]
+    config.accesslog = config.errorlog = None
+    binds = await nursery.start(partial(hypercorn.trio.serve, app, config))
+    state.url = f"{binds[0]}/hook"
+    return state
+
+
+def validate(delivery: Delivery, secret: str = SECRET) -> None:
+    """Raises unless Replicate's Python validator accepts the delivery."""
+    Webhooks.validate(
+        headers=delivery.headers, body=delivery.body, secret=WebhookSigningSecret(key=secret)
+    )
+
+
+async def test_start_throttled_output_and_completed(
+    start_bridge: StartBridge, receiver: Receiver
+) -> None:
+    url = await start_bridge(webhook_secret=SECRET)
+    words = " ".join(f"w{i}" for i in range(30))
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.post(
+            "/v1/models/demo/echo/predictions",
+            json={"input": {"prompt": words, "delay_ms": 50}, "webhook": receiver.url},
+        )
+        prediction = response.json()
+        await receiver.wait_completed()
+    deliveries = receiver.deliveries
+    for delivery in deliveries:
+        validate(delivery)
+        assert delivery.prediction["id"] == prediction["id"]
+    assert deliveries[0].prediction["status"] == "starting"  # start
+    assert deliveries[-1].prediction["status"] == "succeeded"  # completed
+    assert "".join(deliveries[-1].prediction["output"]) == words
+    middle = deliveries[1:-1]
+    assert 1 <= len(middle) <= 5  # 1.5 s of output, at most one per 500 ms
+    assert all(d.prediction["output"] or d.prediction["logs"] for d in middle)
+    gaps = [b.at - a.at for a, b in itertools.pairwise(middle)]
+    assert all(gap >= 0.45 for gap in gaps), gaps
+    lengths = [len(d.prediction["output"] or []) for d in deliveries]
+    assert lengths == sorted(lengths)
+    assert len({d.headers["webhook-id"] for d in deliveries}) == len(deliveries)
+
+
+async def test_events_filter_completed_only(start_bridge: StartBridge, receiver: Receiver) -> None:
+    url = await start_bridge(webhook_secret=SECRET)
+    async with httpx.AsyncClient(base_url=url) as client:
+        await client.post(
+            "/v1/models/demo/echo/predictions",
+            json={
+                "input": {"prompt": "a b c d", "delay_ms": 100},
+                "webhook": receiver.url,
+                "webhook_events_filter": ["completed"],
+            },
+        )
+        await receiver.wait_completed()
+    assert [d.prediction["status"] for d in receiver.deliveries] == ["succeeded"]
+
+
+async def test_failed_completed_is_retried(start_bridge: StartBridge, receiver: Receiver) -> None:
+    receiver.fail_completed = 2
+    url = await start_bridge(webhook_secret=SECRET)
+    async with httpx.AsyncClient(base_url=url) as client:
+        await client.post(
+            "/v1/models/demo/echo/predictions",
+            json={
+                "input": {"prompt": "a b"},
+                "webhook": receiver.url,
+                "webhook_events_filter": ["completed"],
+            },
+        )
+        await receiver.wait_completed()
+    completed = [d for d in receiver.deliveries if d.completed]
+    assert len(completed) == 3  # 503, 503, then accepted
+    assert len({d.headers["webhook-id"] for d in completed}) == 1  # one message, retried
+    for delivery in completed:
+        validate(delivery)
+    assert completed[1].at - completed[0].at >= 0.4  # backoff between tries
+
+
+async def test_signature_checks(start_bridge: StartBridge, receiver: Receiver) -> None:
+    url = await start_bridge(webhook_secret=SECRET)
+    async with httpx.AsyncClient(base_url=url) as client:
+        # The secret the bridge signs with is the one its API hands out.
+        assert (await client.get("/v1/webhooks/default/secret")).json() == {"key": SECRET}
+        await client.post(
+            "/v1/models/demo/echo/predictions",
+            json={
+                "input": {"prompt": "sign me"},
+                "webhook": receiver.url,
+                "webhook_events_filter": ["completed"],
+            },
+        )
+        await receiver.wait_completed()
+    (delivery,) = receiver.deliveries
+    validate(delivery)
+    with pytest.raises(InvalidSignatureError):
+        validate(delivery, new_secret())
+    tampered = Delivery(delivery.at, delivery.headers, delivery.body.replace("sign", "SIGN"))
+    with pytest.raises(InvalidSignatureError):
+        validate(tampered)
+    # And the JS client's validateWebhook agrees.
+    args = {
+        "id": delivery.headers["webhook-id"],
+        "timestamp": delivery.headers["webhook-timestamp"],
+        "signature": delivery.headers["webhook-signature"],
+        "body": delivery.body,
+    }
+    assert await node(url, "webhook-valid", args | {"secret": SECRET}) == [{"valid": True}]
+    assert await node(url, "webhook-valid", args | {"secret": new_secret()}) == [{"valid": False}]
+
+
+async def test_secret_is_generated_once_and_kept(start_bridge: StartBridge, tmp_path) -> None:
+    path = tmp_path / "kept" / "secret"
+    keys = []
+    for _ in range(2):
+        url = await start_bridge(webhook_secret_file=str(path))
+        async with httpx.AsyncClient(base_url=url) as client:
+            keys.append((await client.get("/v1/webhooks/default/secret")).json()["key"])
+    assert keys[0] == keys[1] and keys[0].startswith("whsec_")
+    assert path.read_text().strip() == keys[0]
+    assert path.stat().st_mode & 0o777 == 0o600
