@@ -67,7 +67,7 @@ class Story(Predictor):
         seed: int | None = None,
     ) -> AsyncIterator[str]:
         """Tell a story; the prompt's words steer where it starts."""
-        rng = random.Random(seed if seed is not None else prompt)
+        rng = random.Random(seed)  # None: a different story each time
         asked = {w.strip(".,!?").lower() for w in prompt.split()}
         steered = [k for k in self.chain if k[0].lower() in asked and k[0][0].isupper()]
         state = rng.choice(steered or self.starts)
