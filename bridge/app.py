@@ -13,17 +13,30 @@ from typing import Any
 from urllib.parse import urlencode
 
 import trio
+from prometheus_client import Gauge
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from . import sse
-from .errors import BackendUnavailable, BadRequest, BridgeError, NotFound
+from .errors import (
+    BackendUnavailable,
+    BadRequest,
+    BridgeError,
+    NotFound,
+    Overloaded,
+    ShuttingDown,
+    Unauthorized,
+)
+from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .models import ModelEntry
 from .predictions import EventLog, Prediction
 from .service import Bridge
 
 __all__ = ["create_app"]
+
+_CORS_HEADERS = "Authorization, Content-Type, Prefer, Last-Event-ID, Cache-Control"
+_CORS_EXPOSE = "Location, Preference-Applied, Retry-After"
 
 _SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
@@ -59,12 +72,16 @@ async def sse_body(
     start: int,
     keepalive: float,
     on_disconnect: Callable[[], object] | None = None,
+    clients: Gauge | None = None,
 ) -> AsyncIterator[bytes]:
     """The stream from event *start* on: everything already logged at once,
     then each new batch as it comes, a keep-alive comment when idle, and the
     end of the response after the log closes (after ``done``). If the client
-    goes away before that, *on_disconnect* is called."""
+    goes away before that, *on_disconnect* is called. *clients* counts the
+    streams open."""
     cursor = start
+    if clients is not None:
+        clients.inc()
     try:
         while True:
             batch = events.read(cursor)
@@ -79,6 +96,8 @@ async def sse_body(
                 if idle.cancelled_caught:
                     yield sse.KEEPALIVE
     finally:
+        if clients is not None:
+            clients.dec()
         if on_disconnect is not None and not (events.closed and cursor >= len(events)):
             on_disconnect()
 
@@ -99,6 +118,7 @@ def prefer_wait(header: str | None) -> float | None:
 def create_app(bridge: Bridge) -> QuartTrio:
     """The Quart-Trio app serving *bridge*."""
     app = QuartTrio(__name__)
+    metrics = Metrics(bridge)
     app.config["MAX_CONTENT_LENGTH"] = bridge.settings.max_body_bytes
     settings = bridge.settings
 
@@ -110,7 +130,59 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.errorhandler(BridgeError)
     async def bridge_error(exc: BridgeError) -> Response:
-        return _problem(exc.problem())
+        response = _problem(exc.problem())
+        if isinstance(exc, Overloaded | ShuttingDown):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        if isinstance(exc, Unauthorized):
+            response.headers["WWW-Authenticate"] = 'Bearer realm="bridge"'
+        return response
+
+    def caller() -> str | None:
+        """The caller's token, checked (None when auth is off)."""
+        if not settings.auth_tokens:
+            return None
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() not in ("bearer", "token") or token not in settings.auth_tokens:
+            raise Unauthorized("send Authorization: Bearer <token> with a valid token")
+        return token
+
+    @app.before_request
+    async def authenticate() -> Response | None:
+        if request.method == "OPTIONS":
+            return cors_preflight()
+        # Stream URLs carry an unguessable id and need no token, as on
+        # Replicate (an EventSource cannot send one).
+        if request.path.startswith("/v1/") and not request.path.endswith("/stream"):
+            caller()
+        return None
+
+    def cors_origin() -> str | None:
+        origin = request.headers.get("Origin")
+        allowed = settings.cors_allow_origins
+        if origin and ("*" in allowed or origin.rstrip("/") in allowed):
+            return origin
+        return None
+
+    def cors_preflight() -> Response:
+        response = Response("", status=204)
+        if cors_origin() is not None:
+            asked = request.headers.get("Access-Control-Request-Headers", "")
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            response.headers["Access-Control-Allow-Headers"] = asked or _CORS_HEADERS
+            response.headers["Access-Control-Max-Age"] = "600"
+        return response
+
+    @app.after_request
+    async def cors(response: Response) -> Response:
+        origin = cors_origin()
+        if origin is not None:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+            response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
+        if settings.cors_allow_origins:
+            response.vary.add("Origin")
+        return response
 
     @app.errorhandler(HTTPException)
     async def http_error(exc: HTTPException) -> Response:
@@ -122,7 +194,13 @@ def create_app(bridge: Bridge) -> QuartTrio:
         """The SSE response for *prediction*; if the stream *owned* it, the
         client going away cancels it."""
         on_disconnect = (lambda: bridge.cancel(prediction)) if owned else None
-        body = sse_body(prediction.events, start, settings.keepalive_seconds, on_disconnect)
+        body = sse_body(
+            prediction.events,
+            start,
+            settings.keepalive_seconds,
+            on_disconnect,
+            metrics.stream_clients,
+        )
         headers = dict(_SSE_HEADERS)
         if owned:
             headers["Location"] = prediction.to_json(base_url())["urls"]["get"]
@@ -137,6 +215,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
             version=version,
             webhook=body.get("webhook"),
             webhook_events_filter=body.get("webhook_events_filter"),
+            owner=caller(),
         )
         if "text/event-stream" in request.headers.get("Accept", ""):
             # The OpenAI-style use: this response is the stream, and it owns
@@ -175,7 +254,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
     @app.get("/v1/predictions")
     async def list_predictions() -> Response:
         try:
-            page = bridge.page(request.args.get("cursor"), settings.page_size)
+            page = bridge.page(request.args.get("cursor"), settings.page_size, caller())
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         base = base_url()
@@ -193,12 +272,12 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.get("/v1/predictions/<prediction_id>")
     async def get_prediction(prediction_id: str) -> Response:
-        return prediction_response(bridge.get(prediction_id))
+        return prediction_response(bridge.get(prediction_id, caller()))
 
     @app.post("/v1/predictions/<prediction_id>/cancel")
     async def cancel_prediction(prediction_id: str) -> Response:
         # No body is read: clients send none, or an empty one.
-        return prediction_response(bridge.cancel(bridge.get(prediction_id)))
+        return prediction_response(bridge.cancel(bridge.get(prediction_id, caller())))
 
     @app.get("/v1/predictions/<prediction_id>/stream")
     async def stream_prediction(prediction_id: str) -> Response:
@@ -241,7 +320,14 @@ def create_app(bridge: Bridge) -> QuartTrio:
             with trio.move_on_after(1.0):
                 models[entry.name] = await bridge.grpc.check_health(entry.next_target())
             models.setdefault(entry.name, "UNAVAILABLE")
+        if bridge.draining:
+            # Not ready: load balancers stop sending; running streams go on.
+            return _json({"status": "draining", "ready": False, "models": models}, 503)
         ready = all(status == "SERVING" for status in models.values())
         return _json({"status": "ok" if ready else "degraded", "ready": ready, "models": models})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), content_type=CONTENT_TYPE_LATEST)
 
     return app

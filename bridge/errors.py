@@ -6,9 +6,15 @@
     ├── BadRequest                 400, malformed JSON or body
     ├── NotFound                   404, unknown model, version or prediction
     ├── InvalidInput               422, input fails the model's schema
+    ├── Unauthorized               401, no valid bearer token
+    ├── PayloadTooLarge            413, request body over the limit
+    ├── Overloaded                 429, over capacity (with Retry-After)
+    ├── ShuttingDown               503, draining (with Retry-After)
     └── PredictionError            a prediction failed; str(exc) is its `error`
         ├── BackendUnavailable     503, the model backend cannot be reached
         ├── BackendTimeout         504, a gRPC deadline expired
+        ├── DeadlineExceeded       504, a configured deadline expired
+        ├── OutputTooLarge         507, output over max_output_bytes
         ├── BackendProtocolError   502, the backend does not speak bridge.v1
         └── ModelError             502, the model itself raised
 
@@ -29,10 +35,16 @@ __all__ = [
     "BackendUnavailable",
     "BadRequest",
     "BridgeError",
+    "DeadlineExceeded",
     "InvalidInput",
     "ModelError",
     "NotFound",
+    "OutputTooLarge",
+    "Overloaded",
+    "PayloadTooLarge",
     "PredictionError",
+    "ShuttingDown",
+    "Unauthorized",
 ]
 
 
@@ -79,6 +91,42 @@ class InvalidInput(BridgeError):
         return {**super().problem(), "invalid_fields": self.invalid_fields}
 
 
+class Unauthorized(BridgeError):
+    """The API needs a bearer token and the request has no valid one."""
+
+    status = 401
+    title = "Unauthorized"
+
+
+class PayloadTooLarge(BridgeError):
+    """The request body is larger than the configured limit."""
+
+    status = 413
+    title = "Request body too large"
+
+
+class Overloaded(BridgeError):
+    """Too many predictions running and waiting; retry after a while."""
+
+    status = 429
+    title = "Too many predictions"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class ShuttingDown(BridgeError):
+    """The bridge is draining for shutdown and takes no new predictions."""
+
+    status = 503
+    title = "Shutting down"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class PredictionError(BridgeError):
     """A prediction failed; the message is what users see as its ``error``."""
 
@@ -98,6 +146,20 @@ class BackendTimeout(PredictionError):
 
     status = 504
     title = "Model backend timed out"
+
+
+class DeadlineExceeded(PredictionError):
+    """A deadline of the model's config expired; the message names it."""
+
+    status = 504
+    title = "Deadline exceeded"
+
+
+class OutputTooLarge(PredictionError):
+    """The prediction's output went over its byte limit."""
+
+    status = 507
+    title = "Output too large"
 
 
 class BackendProtocolError(PredictionError):

@@ -155,10 +155,14 @@ class Prediction:
         streams: bool = True,
         id: str | None = None,
         seq: int = 0,
+        owner: str | None = None,
     ) -> None:
         self.id = id or new_prediction_id()
         #: Creation order, for listing newest first.
         self.seq = seq
+        #: The token that created it (with auth on), the only one that sees it.
+        self.owner = owner
+        self.output_bytes = 0
         self.model = model
         self.version = version
         self.input = input

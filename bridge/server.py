@@ -8,23 +8,28 @@ Ownership, outermost first::
             └── predictions nursery  a task per prediction and per webhook
                 └── hypercorn        HTTP connections, readers of predictions
 
-At shutdown the order reverses: running predictions are cancelled (their
-streams get ``error`` + ``done``), hypercorn closes the connections (with its
-own hard deadline, since a client that stopped reading could hold it open),
-the nursery ends, and the loop thread closes its channels and exits.
+At shutdown: the bridge drains (health answers 503, creates get 503, running
+predictions may finish for ``drain_seconds``), then running predictions are
+cancelled (their streams get ``error`` + ``done`` saying to retry), hypercorn
+closes the connections (under a hard deadline of ours, since a client that
+stopped reading could hold it open), the nursery ends, and the loop thread
+closes its channels and exits.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
 import httpx
 import hypercorn.config
-import hypercorn.trio
 import trio
+from hypercorn.config import Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from .app import create_app
 from .backends.grpc_loop import open_grpc_loop
@@ -62,9 +67,16 @@ async def serve(
         bridge = Bridge(settings, grpc_loop, predictions, webhooks)
         app = create_app(bridge)
         stop_http = trio.Event()
+        sockets = _listen(config, settings.stall_seconds)
         async with trio.open_nursery() as http:
             binds = await http.start(
-                partial(hypercorn.trio.serve, app, config, shutdown_trigger=stop_http.wait)
+                partial(
+                    worker_serve,
+                    wrap_app(app, config.wsgi_max_body_size, "asgi"),
+                    config,
+                    sockets=sockets,
+                    shutdown_trigger=stop_http.wait,
+                )
             )
             port = int(binds[0].rsplit(":", 1)[1])
             bridge.base_url = settings.public_url or f"http://{settings.host}:{port}"
@@ -72,6 +84,8 @@ async def serve(
             task_status.started(port)
             try:
                 await (shutdown_trigger or trio.sleep_forever)()
+                log.info("draining: up to %g s for running predictions", settings.drain_seconds)
+                await bridge.drain(settings.drain_seconds)
             finally:
                 bridge.close()
                 stop_http.set()
@@ -81,3 +95,19 @@ async def serve(
                     trio.current_time() + settings.shutdown_timeout_seconds + 1
                 )
         log.info("bridge stopped")
+
+
+def _listen(config: hypercorn.config.Config, stall_seconds: float) -> Sockets:
+    """Hypercorn's listening sockets, with TCP_USER_TIMEOUT set (accepted
+    connections inherit it): a reader whose connection takes no data for
+    *stall_seconds* (zero window) is cut off by the kernel. Hypercorn writes
+    under a shielded scope, so nothing in the app could unblock that write;
+    the reader can reconnect and resume with Last-Event-ID."""
+    sockets = config.create_sockets()
+    for sock in sockets.insecure_sockets:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, max(1, int(stall_seconds * 1000)))
+        sock.listen(config.backlog)
+    return sockets
+
+
+_TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)  # Linux

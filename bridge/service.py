@@ -10,20 +10,35 @@ prediction.
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import json
 import logging
+import math
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
 import trio
 
+from .admission import Admission, Ticket
 from .backends import protocol
 from .backends.grpc_loop import GrpcLoop
 from .config import Settings
-from .errors import BridgeError, InvalidInput, NotFound, PredictionError
+from .errors import (
+    BackendTimeout,
+    BackendUnavailable,
+    BridgeError,
+    DeadlineExceeded,
+    InvalidInput,
+    NotFound,
+    OutputTooLarge,
+    PredictionError,
+    ShuttingDown,
+)
 from .models import ModelEntry
 from .predictions import Prediction
 from .webhooks import EVENTS, WebhookSender
@@ -66,6 +81,10 @@ def validate_input(schema: dict[str, Any], input: Any) -> None:
         unique = list({(f["field"], f["description"]): f for f in fields}.values())
         detail = "; ".join(f"input.{f['field']}: {f['description']}" for f in unique)
         raise InvalidInput(detail, unique)
+
+
+def _size(chunk: Any) -> int:
+    return len(chunk.encode()) if isinstance(chunk, str) else len(json.dumps(chunk))
 
 
 def validate_webhook(url: Any, events: Any) -> frozenset[str]:
@@ -127,6 +146,14 @@ class Bridge:
         self.predictions: dict[str, Prediction] = {}
         self._seq = itertools.count(1)
         self._webhook_scopes: set[trio.CancelScope] = set()
+        self._ended: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self.admission = Admission(settings.max_running, settings.max_queued)
+        #: Prediction tasks alive (running or queued).
+        self.active = 0
+        self._idle = trio.Event()
+        #: Called with each prediction once its task has ended.
+        self.on_finish: Callable[[Prediction], object] = lambda _: None
+        self.draining = False
         self.closing = False
         #: Where the bridge is reached, for URLs outside any request
         #: (webhooks); set by serve() once it knows its port.
@@ -189,6 +216,7 @@ class Bridge:
         version: str | None = None,
         webhook: Any = None,
         webhook_events_filter: Any = None,
+        owner: str | None = None,
     ) -> Prediction:
         """Validate *input* (and the webhook) and start a prediction of *entry*.
 
@@ -196,22 +224,33 @@ class Bridge:
         still created; it validates and fails (or runs) once the backend
         answers, so a backend that is briefly away costs no request.
         """
+        if self.draining:
+            raise ShuttingDown(
+                "the bridge is shutting down; retry the prediction",
+                self.settings.retry_after_seconds,
+            )
         events = validate_webhook(webhook, webhook_events_filter)
         info = await self.try_describe(entry)
         if info is not None:
             validate_input(info.input_schema, input)
         elif not isinstance(input, dict):
             validate_input({}, input)
+        ticket = self.admission.admit(
+            entry.name, entry.settings.max_running, self.settings.retry_after_seconds
+        )
         prediction = Prediction(
             model=entry.name,
             version=version or (info.version if info else ""),
             input=input,
             streams=entry.streams,
             seq=next(self._seq),
+            owner=owner,
         )
+        self._prune()
         self.predictions[prediction.id] = prediction
         entry.run_count += 1
-        self._nursery.start_soon(self._run, prediction, entry, info is not None)
+        self.active += 1
+        self._nursery.start_soon(self._run, prediction, entry, ticket, info is not None)
         if webhook and self.webhooks is not None:
             self._nursery.start_soon(self._follow_webhook, prediction, webhook, events)
         return prediction
@@ -227,13 +266,18 @@ class Bridge:
             prediction.cancel_scope.cancel()
         return prediction
 
-    def page(self, cursor: str | None, size: int) -> Page:
+    def page(self, cursor: str | None, size: int, owner: str | None = None) -> Page:
         """Predictions newest first, *size* at a time.
 
         Cursors are ``b<seq>`` (older than that) or ``a<seq>`` (newer than
         that); raises ValueError for any other.
         """
-        newest_first = sorted(self.predictions.values(), key=lambda p: p.seq, reverse=True)
+        self._prune()
+        newest_first = sorted(
+            (p for p in self.predictions.values() if owner is None or p.owner == owner),
+            key=lambda p: p.seq,
+            reverse=True,
+        )
         if not cursor:
             results = newest_first[:size]
         elif cursor[:1] == "b" and cursor[1:].isdigit():
@@ -269,15 +313,31 @@ class Bridge:
             finally:
                 self._webhook_scopes.discard(scope)
 
-    def get(self, prediction_id: str) -> Prediction:
-        try:
-            return self.predictions[prediction_id]
-        except KeyError:
-            raise NotFound(f"prediction {prediction_id} not found") from None
+    def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
+        """The prediction, if *owner* may see it (with auth on, only the
+        token that created it may; to anyone else it does not exist)."""
+        self._prune()
+        prediction = self.predictions.get(prediction_id)
+        if prediction is None or (owner is not None and prediction.owner != owner):
+            raise NotFound(f"prediction {prediction_id} not found")
+        return prediction
 
-    async def _run(self, prediction: Prediction, entry: ModelEntry, validated: bool) -> None:
+    def _prune(self) -> None:
+        """Forget ended predictions past the retention window or count."""
+        horizon = time.time() - self.settings.retention_seconds
+        while self._ended and (
+            len(self._ended) > self.settings.retention_count
+            or next(iter(self._ended.values())) < horizon
+        ):
+            prediction_id, _ = self._ended.popitem(last=False)
+            self.predictions.pop(prediction_id, None)
+
+    async def _run(
+        self, prediction: Prediction, entry: ModelEntry, ticket: Ticket, validated: bool
+    ) -> None:
         try:
             with prediction.cancel_scope:
+                await ticket.wait()  # queued until a slot is free
                 await self._predict(prediction, entry, validated)
         except BridgeError as exc:
             if not prediction.done:  # else it was canceled meanwhile
@@ -287,21 +347,83 @@ class Bridge:
             if not prediction.done:
                 prediction.fail("internal error in the bridge")
         finally:
+            ticket.release()
             if not prediction.done:  # cancelled
                 if self.closing:
                     prediction.fail(SHUTDOWN_ERROR)
                 else:
                     prediction.cancel()
+            self._ended[prediction.id] = prediction.completed_at or time.time()
+            self.active -= 1
+            if self.active == 0:
+                self._idle.set()
+                self._idle = trio.Event()
+            self.on_finish(prediction)
 
     async def _predict(self, prediction: Prediction, entry: ModelEntry, validated: bool) -> None:
-        if not validated:
-            info = entry.info or await self.describe(entry)
-            validate_input(info.input_schema, prediction.input)
-            prediction.version = prediction.version or info.version
+        """Run it under its total deadline (which is also the gRPC deadline)."""
+        total = entry.settings.total_seconds
+        expired = False
+        with trio.move_on_after(total or math.inf) as scope:
+            try:
+                await self._start(prediction, entry, validated)
+            except BackendTimeout:
+                if not total:
+                    raise
+                expired = True  # the gRPC side of the same deadline
+        if expired or scope.cancelled_caught:
+            raise DeadlineExceeded(
+                f"deadline exceeded: the prediction ran longer than total_seconds ({total:g} s)"
+            )
+
+    async def _start(self, prediction: Prediction, entry: ModelEntry, validated: bool) -> None:
+        """Call the backend, retrying one that cannot be reached until the
+        model's start_timeout_seconds; once it started, no retry."""
+        give_up_at = trio.current_time() + entry.settings.start_timeout_seconds
+        backoff = 0.1
+        while True:
+            try:
+                if not validated:
+                    with trio.move_on_at(give_up_at):
+                        info = entry.info or await self.describe(entry)
+                    if entry.info is None:
+                        raise BackendUnavailable("model backend unavailable: Describe timed out")
+                    validate_input(info.input_schema, prediction.input)
+                    prediction.version = prediction.version or info.version
+                    validated = True
+                await self._stream(prediction, entry)
+                return
+            except BackendUnavailable:
+                if prediction.started_at is not None or trio.current_time() + backoff > give_up_at:
+                    raise
+            await trio.sleep(backoff)
+            backoff = min(2 * backoff, 1.0)
+
+    async def _stream(self, prediction: Prediction, entry: ModelEntry) -> None:
+        config = entry.settings
+        cap = config.max_output_bytes or self.settings.max_output_bytes
         async with self.grpc.predict(entry.next_target(), prediction.id, prediction.input) as s:
-            async for batch in s:
+            while True:
+                deadline, name = (
+                    (config.idle_seconds, "idle_seconds")
+                    if prediction.output
+                    else (config.first_output_seconds, "first_output_seconds")
+                )
+                with trio.move_on_after(deadline or math.inf) as waited:
+                    try:
+                        batch = await s.receive_batch()
+                    except trio.EndOfChannel:
+                        break
+                if waited.cancelled_caught:
+                    what = "between outputs" if prediction.output else "before the first output"
+                    raise DeadlineExceeded(
+                        f"deadline exceeded: no output for {name} ({deadline:g} s) {what}"
+                    )
                 for item in batch:
                     if isinstance(item, protocol.OutputChunks):
+                        prediction.output_bytes += sum(map(_size, item.chunks))
+                        if prediction.output_bytes > cap:
+                            raise OutputTooLarge(f"output exceeded max_output_bytes ({cap} bytes)")
                         prediction.add_output(item.chunks)
                     elif isinstance(item, protocol.LogLine):
                         prediction.add_log(item.line)
@@ -310,6 +432,13 @@ class Bridge:
                     elif isinstance(item, protocol.Started) and not prediction.started_at:
                         prediction.start()
         prediction.succeed()
+
+    async def drain(self, seconds: float) -> None:
+        """Stop taking predictions; wait up to *seconds* for running ones."""
+        self.draining = True
+        with trio.move_on_after(seconds):
+            while self.active:
+                await self._idle.wait()
 
     def close(self) -> None:
         """Cancel every running prediction (they record why); pending

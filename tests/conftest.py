@@ -76,9 +76,16 @@ def closed_port_target() -> str:
 StartBridge = Callable[..., Awaitable[str]]
 
 
-def bridge_settings(tmp_path: Path, targets: dict[str, str], **settings: Any) -> Settings:
-    """Settings for a bridge on a free port that writes nothing outside *tmp_path*."""
-    models = {n: ModelSettings(n, (t,)) for n, t in targets.items()}
+def bridge_settings(
+    tmp_path: Path,
+    targets: dict[str, str],
+    model_options: dict[str, dict[str, Any]] | None = None,
+    **settings: Any,
+) -> Settings:
+    """Settings for a bridge on a free port that writes nothing outside
+    *tmp_path*; *model_options* are ModelSettings fields, by model."""
+    options = model_options or {}
+    models = {n: ModelSettings(n, (t,), **options.get(n, {})) for n, t in targets.items()}
     settings.setdefault("webhook_secret_file", str(tmp_path / "webhook_secret"))
     return Settings(port=0, models=models, **settings)
 
@@ -90,9 +97,14 @@ def start_bridge(
     """Start a bridge on a free port in the test's nursery; returns its URL.
     ``targets`` adds or replaces models; other keywords are Settings."""
 
-    async def start(targets: dict[str, str] | None = None, **settings: Any) -> str:
+    async def start(
+        targets: dict[str, str] | None = None,
+        model_options: dict[str, dict[str, Any]] | None = None,
+        **settings: Any,
+    ) -> str:
         all_targets = {**demo_targets, **(targets or {})}
-        port = await nursery.start(serve, bridge_settings(tmp_path, all_targets, **settings))
+        config = bridge_settings(tmp_path, all_targets, model_options, **settings)
+        port = await nursery.start(serve, config)
         return f"http://127.0.0.1:{port}"
 
     return start

@@ -153,7 +153,10 @@ async def test_story_streams_word_by_word(client: httpx.AsyncClient) -> None:
 
 
 async def test_backend_down_fails_the_prediction_readably(start_bridge: StartBridge) -> None:
-    url = await start_bridge(targets={"demo/down": closed_port_target()})
+    url = await start_bridge(
+        targets={"demo/down": closed_port_target()},
+        model_options={"demo/down": {"start_timeout_seconds": 0.3}},
+    )
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         prediction = await create(client, "demo/down", {"prompt": "anyone there?"})
         assert prediction["status"] == "starting"
@@ -195,7 +198,10 @@ async def test_shutdown_ends_open_streams_and_leaves_no_thread(
     threads_before = {t.name for t in threading.enumerate()}
     stop = trio.Event()
     settings = bridge_settings(
-        tmp_path, {"demo/echo": demo_targets["demo/echo"]}, shutdown_timeout_seconds=2
+        tmp_path,
+        {"demo/echo": demo_targets["demo/echo"]},
+        shutdown_timeout_seconds=2,
+        drain_seconds=0.2,
     )
     got: dict = {}
     async with trio.open_nursery() as nursery:
