@@ -394,9 +394,10 @@ class Bridge:
                 await self._stream(prediction, entry)
                 return
             except BackendUnavailable:
-                if prediction.started_at is not None or trio.current_time() + backoff > give_up_at:
+                left = give_up_at - trio.current_time()
+                if prediction.started_at is not None or left <= 0:
                     raise
-            await trio.sleep(backoff)
+            await trio.sleep(min(backoff, left))
             backoff = min(2 * backoff, 1.0)
 
     async def _stream(self, prediction: Prediction, entry: ModelEntry) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -14,6 +14,7 @@ from bridge._proto.v1 import predictor_pb2_grpc
 from bridge.backends import protocol
 from bridge.backends.grpc_loop import map_rpc_error, open_grpc_loop
 from bridge.errors import BackendProtocolError, BackendTimeout, BackendUnavailable, ModelError
+from tests.backends import RawServer
 from tests.conftest import closed_port_target
 
 
@@ -25,27 +26,9 @@ class _RawServicer(predictor_pb2_grpc.PredictorServicer):
 
 
 @pytest.fixture(scope="module")
-def raw_target() -> Any:
-    started = threading.Event()
-    holder: dict[str, Any] = {}
-
-    async def main() -> None:
-        server = grpc.aio.server()
-        predictor_pb2_grpc.add_PredictorServicer_to_server(_RawServicer(), server)
-        holder["port"] = server.add_insecure_port("127.0.0.1:0")
-        holder["stop"] = asyncio.Event()
-        holder["loop"] = asyncio.get_running_loop()
-        await server.start()
-        started.set()
-        await holder["stop"].wait()
-        await server.stop(None)
-
-    thread = threading.Thread(target=asyncio.run, args=(main(),))
-    thread.start()
-    started.wait()
-    yield f"127.0.0.1:{holder['port']}"
-    holder["loop"].call_soon_threadsafe(holder["stop"].set)
-    thread.join()
+def raw_target() -> Iterator[str]:
+    with RawServer(_RawServicer()) as server:
+        yield server.target
 
 
 async def test_trio_deadline_becomes_the_grpc_deadline(raw_target: str) -> None:

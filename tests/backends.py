@@ -1,0 +1,122 @@
+"""Backends that misbehave on purpose, and a demo backend in a process of
+its own (so that a test can kill it)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import grpc
+import trio
+
+from bridge._proto.v1 import predictor_pb2_grpc
+from bridge.backends import protocol
+
+ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
+
+
+class Misbehaving(predictor_pb2_grpc.PredictorServicer):
+    """``behave`` in the input says how: ``hang`` (send nothing), ``one then
+    hang`` (one chunk, then nothing), or a gRPC status code name to fail with
+    after one chunk."""
+
+    async def Describe(self, request: Any, context: Any) -> Any:
+        info = protocol.ModelInfo(
+            "test/misbehaving",
+            "v1",
+            {"type": "object"},
+            {"type": "array", "x-cog-array-type": "iterator"},
+        )
+        return protocol.model_info_to_pb(info)
+
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        behave = protocol.request_input(request)["behave"]
+        if behave == "hang":
+            await asyncio.sleep(3600)
+        yield protocol.output_response(["one "])
+        if behave == "one then hang":
+            await asyncio.sleep(3600)
+        await context.abort(grpc.StatusCode[behave], f"told to fail with {behave}")
+
+
+class RawServer:
+    """Any ``PredictorServicer`` on a real grpc.aio server on 127.0.0.1:0,
+    run from a thread with its own asyncio loop::
+
+        with RawServer(Misbehaving()) as server:
+            server.target
+    """
+
+    def __init__(self, servicer: predictor_pb2_grpc.PredictorServicer) -> None:
+        self.servicer = servicer
+        self.target = ""
+        self._started = threading.Event()
+
+    def __enter__(self) -> RawServer:
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),))
+        self._thread.start()
+        self._started.wait()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = grpc.aio.server()
+        predictor_pb2_grpc.add_PredictorServicer_to_server(self.servicer, server)
+        self.target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+        await server.start()
+        self._started.set()
+        await self._stop.wait()
+        await server.stop(None)
+
+
+class BackendProcess:
+    """``python -m bridge demo-backend --model demo/echo`` as a process."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
+        self.process: trio.Process | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> BackendProcess:
+        self.process = await trio.lowlevel.open_process(
+            [
+                sys.executable,
+                "-m",
+                "bridge",
+                "demo-backend",
+                "--model",
+                "demo/echo",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            stdout=subprocess.PIPE,
+            env=ENV,
+        )
+        seen = b""
+        with trio.fail_after(30):
+            while not (found := re.search(rb"listening on 127\.0\.0\.1:(\d+)\n", seen)):
+                data = await self.process.stdout.receive_some()
+                assert data, "demo backend exited"
+                seen += data
+        self.port = int(found[1])
+        return self
+
+    async def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        await self.process.wait()

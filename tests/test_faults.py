@@ -1,0 +1,153 @@
+"""Backends that die, are away, hang or fail; deadlines. Each ends the
+prediction failed with a readable error, and the stream with error + done,
+in bounded time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import grpc
+import httpx
+import pytest
+import trio
+
+from tests.backends import BackendProcess, Misbehaving, RawServer
+from tests.conftest import StartBridge, closed_port_target, create, read_stream
+
+
+@pytest.fixture(scope="module")
+def misbehaving() -> Iterator[str]:
+    with RawServer(Misbehaving()) as server:
+        yield server.target
+
+
+async def failed_with(client: httpx.AsyncClient, prediction: dict) -> str:
+    """The prediction's stream ends in error + done; returns the error."""
+    with trio.fail_after(20):
+        events, _ = await read_stream(client, prediction["urls"]["stream"])
+    assert [e.event for e in events[-2:]] == ["error", "done"]
+    assert json.loads(events[-1].data) == {"reason": "error"}
+    detail = json.loads(events[-2].data)["detail"]
+    final = (await client.get(prediction["urls"]["get"])).json()
+    assert final["status"] == "failed"
+    assert final["error"] == detail
+    return detail
+
+
+async def test_backend_killed_mid_stream_then_back(start_bridge: StartBridge) -> None:
+    backend = await BackendProcess().start()
+    url = await start_bridge(targets={"demo/echo": backend.target})
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        prediction = await create(
+            client, "demo/echo", {"prompt": "slow words " * 50, "delay_ms": 100}
+        )
+        async with client.stream("GET", prediction["urls"]["stream"]) as response:
+            async for line in response.aiter_lines():
+                if line == "event: output":
+                    break
+        await backend.kill()
+        detail = await failed_with(client, prediction)
+        assert detail.startswith("model backend unavailable")
+        # The backend comes back on its port: new predictions work, no restart.
+        await BackendProcess(backend.port).start()
+        again = await create(client, "demo/echo", {"prompt": "back again"})
+        events, _ = await read_stream(client, again["urls"]["stream"])
+        assert [e.data for e in events if e.event == "output"] == ["back ", "again"]
+        assert events[-1].data == "{}"
+
+
+async def test_backend_away_at_create_is_waited_for(start_bridge: StartBridge) -> None:
+    port = int(closed_port_target().rsplit(":", 1)[1])
+    url = await start_bridge(
+        targets={"demo/echo": f"127.0.0.1:{port}"},
+        model_options={"demo/echo": {"start_timeout_seconds": 20}},
+    )
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        prediction = await create(client, "demo/echo", {"prompt": "worth the wait"})
+        await trio.sleep(0.5)
+        assert (await client.get(prediction["urls"]["get"])).json()["status"] == "starting"
+        await BackendProcess(port).start()  # it comes up within the start window
+        events, _ = await read_stream(client, prediction["urls"]["stream"])
+    assert "".join(e.data for e in events if e.event == "output") == "worth the wait"
+
+
+async def test_backend_away_past_the_start_window_fails(start_bridge: StartBridge) -> None:
+    url = await start_bridge(
+        targets={"demo/echo": closed_port_target()},
+        model_options={"demo/echo": {"start_timeout_seconds": 1}},
+    )
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        start = trio.current_time()
+        prediction = await create(client, "demo/echo", {"prompt": "x"})
+        assert prediction["status"] == "starting"
+        detail = await failed_with(client, prediction)
+        assert 0.9 < trio.current_time() - start < 10
+    assert detail.startswith("model backend unavailable")
+
+
+@pytest.mark.parametrize(
+    ("options", "behave", "message"),
+    [
+        (
+            {"first_output_seconds": 0.3},
+            "hang",
+            "deadline exceeded: no output for first_output_seconds (0.3 s) before the first output",
+        ),
+        (
+            {"idle_seconds": 0.3},
+            "one then hang",
+            "deadline exceeded: no output for idle_seconds (0.3 s) between outputs",
+        ),
+        (
+            {"total_seconds": 0.4},
+            "one then hang",
+            "deadline exceeded: the prediction ran longer than total_seconds (0.4 s)",
+        ),
+    ],
+)
+async def test_deadlines(
+    start_bridge: StartBridge, misbehaving: str, options: dict, behave: str, message: str
+) -> None:
+    url = await start_bridge(
+        targets={"test/misbehaving": misbehaving}, model_options={"test/misbehaving": options}
+    )
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        prediction = await create(client, "test/misbehaving", {"behave": behave})
+        assert await failed_with(client, prediction) == message
+        metrics = (await client.get("/metrics")).text
+    assert "bridge_grpc_calls_active 0.0" in metrics
+
+
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("UNAVAILABLE", "model backend unavailable: told to fail with UNAVAILABLE"),
+        ("UNKNOWN", "told to fail with UNKNOWN"),
+        ("INTERNAL", "model backend error INTERNAL: told to fail with INTERNAL"),
+        ("INVALID_ARGUMENT", "model backend error INVALID_ARGUMENT: told to fail with"),
+        ("RESOURCE_EXHAUSTED", "model backend error RESOURCE_EXHAUSTED: told to fail"),
+        ("UNIMPLEMENTED", "model backend does not implement bridge.v1: told to fail"),
+        ("DEADLINE_EXCEEDED", "model backend timed out: deadline exceeded"),
+        ("PERMISSION_DENIED", "model backend error PERMISSION_DENIED: told to fail"),
+        ("CANCELLED", "model backend cancelled the call: told to fail with CANCELLED"),
+    ],
+)
+async def test_each_grpc_error(
+    start_bridge: StartBridge, misbehaving: str, code: str, message: str
+) -> None:
+    assert code in grpc.StatusCode.__members__
+    url = await start_bridge(targets={"test/misbehaving": misbehaving})
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        prediction = await create(client, "test/misbehaving", {"behave": code})
+        assert (await failed_with(client, prediction)).startswith(message)
+
+
+async def test_output_over_the_cap_fails(start_bridge: StartBridge) -> None:
+    url = await start_bridge(max_output_bytes=100)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        prediction = await create(client, "demo/echo", {"prompt": "0123456789 " * 20})
+        detail = await failed_with(client, prediction)
+        final = (await client.get(prediction["urls"]["get"])).json()
+    assert detail == "output exceeded max_output_bytes (100 bytes)"
+    assert sum(len(c) for c in final["output"]) <= 100
