@@ -137,3 +137,11 @@ async def create(
     response = await client.post(f"/v1/models/{model}/predictions", json={"input": input})
     assert response.status_code == status, response.text
     return response.json()
+
+
+async def poll_until(check: Callable[[], Awaitable[bool]], timeout: float = 20) -> None:
+    """Ask the server until *check* holds: state seen over HTTP has no event
+    to wait on. Fails after *timeout* seconds."""
+    with trio.fail_after(timeout):
+        while not await check():  # noqa: ASYNC110 - polling over HTTP
+            await trio.sleep(0.05)
