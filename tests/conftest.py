@@ -139,9 +139,9 @@ async def create(
     return response.json()
 
 
-async def poll_until(check: Callable[[], Awaitable[bool]], timeout: float = 20) -> None:
+async def poll_until(check: Callable[[], Awaitable[bool]], within: float = 20) -> None:
     """Ask the server until *check* holds: state seen over HTTP has no event
-    to wait on. Fails after *timeout* seconds."""
-    with trio.fail_after(timeout):
+    to wait on. Fails after *within* seconds."""
+    with trio.fail_after(within):
         while not await check():  # noqa: ASYNC110 - polling over HTTP
             await trio.sleep(0.05)

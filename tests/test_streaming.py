@@ -4,13 +4,12 @@ real HTTP clients."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import httpx
 import trio
 
 from bridge.sse import normalize_line_breaks
-from tests.conftest import StartBridge, bridge_settings, closed_port_target, create, read_stream
+from tests.conftest import StartBridge, closed_port_target, create, read_stream
 from tests.test_sse import CHUNKS
 
 PROMPT = "The quick  brown fox\njumps over the lazy dog. "
@@ -185,47 +184,3 @@ async def test_health_reports_each_backend(start_bridge: StartBridge) -> None:
             "demo/down": "UNAVAILABLE",
         },
     }
-
-
-async def test_shutdown_ends_open_streams_and_leaves_no_thread(
-    demo_targets: dict, tmp_path: Path
-) -> None:
-    import threading
-
-    from bridge.server import serve
-    from bridge.service import SHUTDOWN_ERROR
-
-    threads_before = {t.name for t in threading.enumerate()}
-    stop = trio.Event()
-    settings = bridge_settings(
-        tmp_path,
-        {"demo/echo": demo_targets["demo/echo"]},
-        shutdown_timeout_seconds=2,
-        drain_seconds=0.2,
-    )
-    got: dict = {}
-    async with trio.open_nursery() as nursery:
-        port = await nursery.start(
-            lambda task_status: serve(settings, shutdown_trigger=stop.wait, task_status=task_status)
-        )
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            prediction = await create(
-                client, "demo/echo", {"prompt": "never finishes", "delay_ms": 200, "repeat": 1000}
-            )
-
-            async def reader() -> None:
-                got["events"], _ = await read_stream(client, prediction["urls"]["stream"])
-
-            with trio.fail_after(10):
-                async with trio.open_nursery() as readers:
-                    readers.start_soon(reader)
-                    async with client.stream("GET", prediction["urls"]["stream"]) as response:
-                        async for line in response.aiter_lines():
-                            if line == "event: output":
-                                break  # it is streaming: now shut down
-                    stop.set()
-    events = got["events"]
-    assert [e.event for e in events[-2:]] == ["error", "done"]
-    assert json.loads(events[-2].data) == {"detail": SHUTDOWN_ERROR}
-    assert [e.event for e in events].count("output") >= 1
-    assert {t.name for t in threading.enumerate()} - threads_before == set()

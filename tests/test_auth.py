@@ -1,0 +1,109 @@
+"""Bearer tokens, per-token isolation, and CORS."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.conftest import StartBridge, create, read_stream
+from tests.test_api import assert_problem
+
+ALICE = {"Authorization": "Bearer r8_alice"}
+BOB = {"Authorization": "Bearer r8_bob"}
+
+
+@pytest.fixture
+async def url(start_bridge: StartBridge) -> str:
+    return await start_bridge(
+        auth_tokens=frozenset({"r8_alice", "r8_bob"}),
+        cors_allow_origins=("http://app.example",),
+    )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "r8_alice"},
+        {"Authorization": "Basic r8_alice"},
+    ],
+)
+async def test_no_valid_token_is_401(url: str, headers: dict) -> None:
+    async with httpx.AsyncClient(base_url=url, headers=headers) as client:
+        for method, path in [
+            ("POST", "/v1/predictions"),
+            ("GET", "/v1/predictions"),
+            ("GET", "/v1/predictions/x"),
+            ("GET", "/v1/models/demo/echo"),
+            ("GET", "/v1/webhooks/default/secret"),
+        ]:
+            response = await client.request(method, path, json={})
+            assert_problem(response, 401)
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_each_token_sees_only_its_own(url: str) -> None:
+    async with (
+        httpx.AsyncClient(base_url=url, headers=ALICE) as alice,
+        httpx.AsyncClient(base_url=url, headers=BOB) as bob,
+        httpx.AsyncClient(base_url=url) as anyone,
+    ):
+        mine = await create(alice, "demo/echo", {"prompt": "private words"})
+        theirs = await create(bob, "demo/echo", {"prompt": "other words"})
+        assert (await alice.get(mine["urls"]["get"])).status_code == 200
+        assert_problem(await bob.get(mine["urls"]["get"]), 404)
+        assert_problem(await bob.post(mine["urls"]["cancel"]), 404)
+        listed = (await bob.get("/v1/predictions")).json()["results"]
+        assert [p["id"] for p in listed] == [theirs["id"]]
+        # The stream URL needs no token (an EventSource cannot send one): its
+        # id is the secret, 130 random bits.
+        events, _ = await read_stream(anyone, mine["urls"]["stream"])
+        assert "".join(e.data for e in events if e.event == "output") == "private words"
+        assert (await alice.get(mine["urls"]["get"])).json()["status"] == "succeeded"
+        # Replicate's older "Token" scheme works too.
+        legacy = {"Authorization": "Token r8_alice"}
+        assert (await anyone.get(mine["urls"]["get"], headers=legacy)).status_code == 200
+
+
+async def test_cors_for_allowed_origins(url: str) -> None:
+    origin = {"Origin": "http://app.example"}
+    async with httpx.AsyncClient(base_url=url) as client:
+        preflight = await client.options(
+            "/v1/predictions",
+            headers=origin
+            | {
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type",
+            },
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["Access-Control-Allow-Origin"] == "http://app.example"
+        assert preflight.headers["Access-Control-Allow-Credentials"] == "true"
+        assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+        assert preflight.headers["Access-Control-Allow-Headers"] == "authorization, content-type"
+
+        created = await client.post(
+            "/v1/models/demo/echo/predictions",
+            headers=origin | ALICE,
+            json={"input": {"prompt": "cross origin"}},
+        )
+        assert created.headers["Access-Control-Allow-Origin"] == "http://app.example"
+        assert "Origin" in created.headers["Vary"]
+        # An EventSource with withCredentials from that origin.
+        async with client.stream(
+            "GET",
+            created.json()["urls"]["stream"],
+            headers=origin | {"Accept": "text/event-stream", "Cookie": "session=1"},
+        ) as stream:
+            assert stream.headers["Access-Control-Allow-Origin"] == "http://app.example"
+            assert stream.headers["Access-Control-Allow-Credentials"] == "true"
+            assert b"event: done" in await stream.aread()
+
+        other = {"Origin": "http://evil.example"}
+        refused = await client.options(
+            "/v1/predictions", headers=other | {"Access-Control-Request-Method": "POST"}
+        )
+        assert "Access-Control-Allow-Origin" not in refused.headers
+        plain = await client.get("/health", headers=other)
+        assert "Access-Control-Allow-Origin" not in plain.headers
