@@ -277,7 +277,8 @@ def create_app(bridge: Bridge) -> QuartTrio:
     @app.post("/v1/predictions/<prediction_id>/cancel")
     async def cancel_prediction(prediction_id: str) -> Response:
         # No body is read: clients send none, or an empty one.
-        return prediction_response(bridge.cancel(bridge.get(prediction_id, caller())))
+        prediction = bridge.get(prediction_id, caller())
+        return prediction_response(await bridge.cancel_and_wait(prediction))
 
     @app.get("/v1/predictions/<prediction_id>/stream")
     async def stream_prediction(prediction_id: str) -> Response:

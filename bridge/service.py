@@ -26,7 +26,7 @@ import trio
 
 from .admission import Admission, Ticket
 from .backends import protocol
-from .backends.grpc_loop import GrpcLoop
+from .backends.grpc_loop import CLEANUP_TIMEOUT, GrpcLoop
 from .config import Settings
 from .errors import (
     BackendTimeout,
@@ -255,15 +255,19 @@ class Bridge:
             self._nursery.start_soon(self._follow_webhook, prediction, webhook, events)
         return prediction
 
-    def cancel(self, prediction: Prediction) -> Prediction:
-        """Cancel *prediction* (idempotent: an ended one stays as it is).
+    def cancel(self, prediction: Prediction) -> None:
+        """Ask *prediction*'s task to stop (idempotent; an ended prediction
+        stays as it is). The task is the only writer of its prediction: it
+        cancels the gRPC call (the backend sees CANCELLED), then records
+        ``canceled``, and its streams get ``done``."""
+        prediction.cancel_scope.cancel()
 
-        It is ``canceled`` at once, its streams get ``done``; its task then
-        unwinds and cancels the gRPC call, which the backend sees.
-        """
-        if not prediction.done:
-            prediction.cancel()
-            prediction.cancel_scope.cancel()
+    async def cancel_and_wait(self, prediction: Prediction) -> Prediction:
+        """Cancel, and return the prediction once its task recorded the end
+        (which takes as long as cancelling the gRPC call: milliseconds)."""
+        self.cancel(prediction)
+        with trio.move_on_after(CLEANUP_TIMEOUT + 1):
+            await prediction.events.wait_closed()
         return prediction
 
     def page(self, cursor: str | None, size: int, owner: str | None = None) -> Page:
