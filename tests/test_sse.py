@@ -3,7 +3,11 @@ a spec-following parser and by Replicate's splitlines-based client."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.sse import KEEPALIVE, encode_event, normalize_line_breaks
 from tests.sse_clients import PARSERS, Ev
@@ -101,3 +105,43 @@ def test_only_the_four_event_names(name: str) -> None:
 def test_ids_cannot_break_framing(bad_id: str) -> None:
     with pytest.raises(ValueError, match="id"):
         encode_event("output", bad_id, "x")
+
+
+# Characters that stress framing most, mixed into otherwise arbitrary text.
+_HOSTILE = st.sampled_from(
+    [
+        "\n",
+        "\r",
+        "\r\n",
+        "\v",
+        "\f",
+        "\x1c",
+        "\x1d",
+        "\x1e",
+        "\x85",
+        "\u2028",
+        "\u2029",
+        "\x00",
+        ":",
+        " ",
+        "event: done",
+        "data: ",
+        "id: 1:0",
+        "\n\n",
+    ]
+)
+_CHUNK = st.lists(st.one_of(st.text(), _HOSTILE), max_size=8).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=st.lists(_CHUNK, max_size=12), cuts=st.lists(st.integers(0, 10_000), max_size=6))
+def test_property_any_chunks_read_back_and_forge_nothing(
+    chunks: list[str], cuts: list[int]
+) -> None:
+    """For any chunks, split across reads anywhere, both parsers read back
+    exactly those chunks (line breaks as \\n) and exactly one done."""
+    data = _stream(chunks)
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    pieces = [data[a:b] for a, b in itertools.pairwise(points)]
+    for parse in PARSERS.values():
+        assert parse(pieces) == _expected(chunks)
