@@ -59,10 +59,11 @@ class ModelSettings:
     #: How long a prediction keeps retrying a backend that cannot be reached
     #: before it fails with "model backend unavailable".
     start_timeout_seconds: float = 10.0
-    #: Deadlines, each off unless set: from start to the first output,
-    #: between outputs, and for the whole prediction (also the gRPC deadline).
-    first_output_seconds: float | None = None
-    idle_seconds: float | None = None
+    #: Deadlines: from start to the first output, between outputs, and for
+    #: the whole prediction (also the gRPC deadline; off unless set). The
+    #: first two are on by default, so a backend that hangs ends in time.
+    first_output_seconds: float | None = 120.0
+    idle_seconds: float | None = 60.0
     total_seconds: float | None = None
     #: Output bytes one prediction may produce (None: the global cap).
     max_output_bytes: int | None = None
