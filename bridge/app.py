@@ -24,8 +24,7 @@ from .errors import (
     BadRequest,
     BridgeError,
     NotFound,
-    Overloaded,
-    ShuttingDown,
+    RetryLater,
     Unauthorized,
 )
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -131,7 +130,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
     @app.errorhandler(BridgeError)
     async def bridge_error(exc: BridgeError) -> Response:
         response = _problem(exc.problem())
-        if isinstance(exc, Overloaded | ShuttingDown):
+        if isinstance(exc, RetryLater):
             response.headers["Retry-After"] = str(exc.retry_after)
         if isinstance(exc, Unauthorized):
             response.headers["WWW-Authenticate"] = 'Bearer realm="bridge"'

@@ -8,8 +8,9 @@
     ├── InvalidInput               422, input fails the model's schema
     ├── Unauthorized               401, no valid bearer token
     ├── PayloadTooLarge            413, request body over the limit
-    ├── Overloaded                 429, over capacity (with Retry-After)
-    ├── ShuttingDown               503, draining (with Retry-After)
+    ├── RetryLater                 answered with Retry-After
+    │   ├── Overloaded             429, over capacity
+    │   └── ShuttingDown           503, draining
     └── PredictionError            a prediction failed; str(exc) is its `error`
         ├── BackendUnavailable     503, the model backend cannot be reached
         ├── BackendTimeout         504, a gRPC deadline expired
@@ -43,6 +44,7 @@ __all__ = [
     "Overloaded",
     "PayloadTooLarge",
     "PredictionError",
+    "RetryLater",
     "ShuttingDown",
     "Unauthorized",
 ]
@@ -105,26 +107,26 @@ class PayloadTooLarge(BridgeError):
     title = "Request body too large"
 
 
-class Overloaded(BridgeError):
+class RetryLater(BridgeError):
+    """Not now: answered with ``Retry-After: retry_after`` (seconds)."""
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+class Overloaded(RetryLater):
     """Too many predictions running and waiting; retry after a while."""
 
     status = 429
     title = "Too many predictions"
 
-    def __init__(self, detail: str, retry_after: int) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
 
-
-class ShuttingDown(BridgeError):
+class ShuttingDown(RetryLater):
     """The bridge is draining for shutdown and takes no new predictions."""
 
     status = 503
     title = "Shutting down"
-
-    def __init__(self, detail: str, retry_after: int) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
 
 
 class PredictionError(BridgeError):

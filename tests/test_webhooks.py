@@ -77,6 +77,21 @@ async def receiver(nursery: trio.Nursery) -> Receiver:
     return state
 
 
+async def run_with_webhook(
+    url: str, receiver: Receiver, input: dict, events: list[str] | None = None
+) -> dict:
+    """Create a prediction whose webhook is *receiver*; return it once the
+    receiver accepted its ``completed`` delivery."""
+    body = {"input": input, "webhook": receiver.url}
+    if events is not None:
+        body["webhook_events_filter"] = events
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.post("/v1/models/demo/echo/predictions", json=body)
+        assert response.status_code == 201, response.text
+        await receiver.wait_completed()
+    return response.json()
+
+
 def validate(delivery: Delivery, secret: str = SECRET) -> None:
     """Raises unless Replicate's Python validator accepts the delivery."""
     Webhooks.validate(
@@ -89,13 +104,7 @@ async def test_start_throttled_output_and_completed(
 ) -> None:
     url = await start_bridge(webhook_secret=SECRET)
     words = " ".join(f"w{i}" for i in range(30))
-    async with httpx.AsyncClient(base_url=url) as client:
-        response = await client.post(
-            "/v1/models/demo/echo/predictions",
-            json={"input": {"prompt": words, "delay_ms": 50}, "webhook": receiver.url},
-        )
-        prediction = response.json()
-        await receiver.wait_completed()
+    prediction = await run_with_webhook(url, receiver, {"prompt": words, "delay_ms": 50})
     deliveries = receiver.deliveries
     for delivery in deliveries:
         validate(delivery)
@@ -115,33 +124,20 @@ async def test_start_throttled_output_and_completed(
 
 async def test_events_filter_completed_only(start_bridge: StartBridge, receiver: Receiver) -> None:
     url = await start_bridge(webhook_secret=SECRET)
-    async with httpx.AsyncClient(base_url=url) as client:
-        await client.post(
-            "/v1/models/demo/echo/predictions",
-            json={
-                "input": {"prompt": "a b c d", "delay_ms": 100},
-                "webhook": receiver.url,
-                "webhook_events_filter": ["completed"],
-            },
-        )
-        await receiver.wait_completed()
-    assert [d.prediction["status"] for d in receiver.deliveries] == ["succeeded"]
+    prediction = await run_with_webhook(
+        url, receiver, {"prompt": "a b c d", "delay_ms": 100}, ["completed"]
+    )
+    assert [(d.prediction["id"], d.prediction["status"]) for d in receiver.deliveries] == [
+        (prediction["id"], "succeeded")
+    ]
 
 
 async def test_failed_completed_is_retried(start_bridge: StartBridge, receiver: Receiver) -> None:
     receiver.fail_completed = 2
     url = await start_bridge(webhook_secret=SECRET)
-    async with httpx.AsyncClient(base_url=url) as client:
-        await client.post(
-            "/v1/models/demo/echo/predictions",
-            json={
-                "input": {"prompt": "a b"},
-                "webhook": receiver.url,
-                "webhook_events_filter": ["completed"],
-            },
-        )
-        await receiver.wait_completed()
+    prediction = await run_with_webhook(url, receiver, {"prompt": "a b"}, ["completed"])
     completed = [d for d in receiver.deliveries if d.completed]
+    assert {d.prediction["id"] for d in completed} == {prediction["id"]}
     assert len(completed) == 3  # 503, 503, then accepted
     assert len({d.headers["webhook-id"] for d in completed}) == 1  # one message, retried
     for delivery in completed:
@@ -154,16 +150,9 @@ async def test_signature_checks(start_bridge: StartBridge, receiver: Receiver) -
     async with httpx.AsyncClient(base_url=url) as client:
         # The secret the bridge signs with is the one its API hands out.
         assert (await client.get("/v1/webhooks/default/secret")).json() == {"key": SECRET}
-        await client.post(
-            "/v1/models/demo/echo/predictions",
-            json={
-                "input": {"prompt": "sign me"},
-                "webhook": receiver.url,
-                "webhook_events_filter": ["completed"],
-            },
-        )
-        await receiver.wait_completed()
+    prediction = await run_with_webhook(url, receiver, {"prompt": "sign me"}, ["completed"])
     (delivery,) = receiver.deliveries
+    assert delivery.prediction["id"] == prediction["id"]
     validate(delivery)
     with pytest.raises(InvalidSignatureError):
         validate(delivery, new_secret())
