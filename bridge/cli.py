@@ -126,10 +126,14 @@ _LISTENING = re.compile(rb"^(\S+/\S+) listening on (\S+:\d+)$", re.MULTILINE)
 
 async def _run_demo(host: str, port: int) -> None:
     """Start the demo backend process, then the bridge in front of it; on
-    SIGINT/SIGTERM stop the bridge, then the backend."""
+    SIGINT/SIGTERM stop the bridge (which drains first), then the backend."""
     command = [sys.executable, "-m", "bridge", "demo-backend", "--host", "127.0.0.1", "--port", "0"]
     async with trio.open_nursery() as nursery:
-        backend = await trio.lowlevel.open_process(command, stdout=subprocess.PIPE)
+        # Its own session: a Ctrl-C at the terminal reaches only the bridge,
+        # which drains while the backend goes on; then we stop the backend.
+        backend = await trio.lowlevel.open_process(
+            command, stdout=subprocess.PIPE, start_new_session=True
+        )
         try:
             targets: dict[str, str] = {}
             seen = b""

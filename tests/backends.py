@@ -117,6 +117,7 @@ class BackendProcess:
         return self
 
     async def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        await self.process.wait()
+        """Kill it (SIGKILL: no goodbye to its clients) and reap it."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()

@@ -76,21 +76,39 @@ async def test_demo_backend_and_serve_with_a_config_file(tmp_path: Path) -> None
         assert await _stop(backend, signal.SIGTERM) == 0
 
 
-async def test_run_demo_streams_a_story_and_stops_everything_on_sigterm() -> None:
-    run = await _start(["run-demo", "--host", "127.0.0.1", "--port", "0"])
+async def test_run_demo_drains_a_story_on_ctrl_c_and_stops_everything() -> None:
+    # Its own session, so that a Ctrl-C (SIGINT to the whole group, as a
+    # terminal sends it) reaches it and not this test.
+    run = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bridge", "run-demo", "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+        start_new_session=True,
+    )
     err: list[bytes] = []
     port = (await _wait_for_line(run.stderr, rb"Running on http://[\d.]+:(\d+)", err))[1]
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port.decode()}") as client:
-        prediction = await create(
-            client, "demo/story", {"prompt": "Tell me a story", "max_words": 8, "delay_ms": 1}
-        )
-        events, _ = await read_stream(client, prediction["urls"]["stream"])
-        assert len([e for e in events if e.event == "output"]) >= 3
-        assert events[-1].event == "done"
         children = await trio.run_process(["pgrep", "-P", str(run.pid)], capture_stdout=True)
         backend_pids = [int(p) for p in children.stdout.split()]
         assert len(backend_pids) == 1
-    assert await _stop(run, signal.SIGTERM) == 0
+        prediction = await create(
+            client, "demo/story", {"prompt": "Tell me a story", "max_words": 20, "delay_ms": 50}
+        )
+        async with trio.open_nursery() as nursery:
+            got: dict = {}
+
+            async def read() -> None:
+                got["events"], _ = await read_stream(client, prediction["urls"]["stream"])
+
+            nursery.start_soon(read)
+            await trio.sleep(0.2)  # mid-story
+            os.killpg(run.pid, signal.SIGINT)
+    # The story was allowed to finish (drain), then everything stopped.
+    assert got["events"][-1].event == "done" and got["events"][-1].data == "{}"
+    assert len([e for e in got["events"] if e.event == "output"]) >= 3
+    with trio.fail_after(20):
+        assert await run.wait() == 0
     for pid in backend_pids:
         assert not await trio.Path(f"/proc/{pid}").exists()  # stopped and reaped
 

@@ -5,7 +5,7 @@ in bounded time."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import grpc
 import httpx
@@ -14,6 +14,24 @@ import trio
 
 from tests.backends import BackendProcess, Misbehaving, RawServer
 from tests.conftest import StartBridge, closed_port_target, create, read_stream
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[Callable[..., Awaitable[BackendProcess]]]:
+    """Starts demo backend processes (on a port, if given); kills them all
+    at the end of the test, whatever happened."""
+    started: list[BackendProcess] = []
+
+    async def start(port: int = 0) -> BackendProcess:
+        started.append(BackendProcess(port))
+        return await started[-1].start()
+
+    try:
+        yield start
+    finally:
+        with trio.CancelScope(shield=True):
+            for backend in started:
+                await backend.kill()
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +53,10 @@ async def failed_with(client: httpx.AsyncClient, prediction: dict) -> str:
     return detail
 
 
-async def test_backend_killed_mid_stream_then_back(start_bridge: StartBridge) -> None:
-    backend = await BackendProcess().start()
+async def test_backend_killed_mid_stream_then_back(
+    start_bridge: StartBridge, backends: Callable[..., Awaitable[BackendProcess]]
+) -> None:
+    backend = await backends()
     url = await start_bridge(targets={"demo/echo": backend.target})
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         prediction = await create(
@@ -50,14 +70,16 @@ async def test_backend_killed_mid_stream_then_back(start_bridge: StartBridge) ->
         detail = await failed_with(client, prediction)
         assert detail.startswith("model backend unavailable")
         # The backend comes back on its port: new predictions work, no restart.
-        await BackendProcess(backend.port).start()
+        await backends(backend.port)
         again = await create(client, "demo/echo", {"prompt": "back again"})
         events, _ = await read_stream(client, again["urls"]["stream"])
         assert [e.data for e in events if e.event == "output"] == ["back ", "again"]
         assert events[-1].data == "{}"
 
 
-async def test_backend_away_at_create_is_waited_for(start_bridge: StartBridge) -> None:
+async def test_backend_away_at_create_is_waited_for(
+    start_bridge: StartBridge, backends: Callable[..., Awaitable[BackendProcess]]
+) -> None:
     port = int(closed_port_target().rsplit(":", 1)[1])
     url = await start_bridge(
         targets={"demo/echo": f"127.0.0.1:{port}"},
@@ -67,7 +89,7 @@ async def test_backend_away_at_create_is_waited_for(start_bridge: StartBridge) -
         prediction = await create(client, "demo/echo", {"prompt": "worth the wait"})
         await trio.sleep(0.5)
         assert (await client.get(prediction["urls"]["get"])).json()["status"] == "starting"
-        await BackendProcess(port).start()  # it comes up within the start window
+        await backends(port)  # it comes up within the start window
         events, _ = await read_stream(client, prediction["urls"]["stream"])
     assert "".join(e.data for e in events if e.event == "output") == "worth the wait"
 
