@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8000
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test proto lint bench clean
+.PHONY: run test proto lint bench clean screenshot
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,9 +35,19 @@ $(JS_CLIENT): tests/js/package.json
 	cd tests/js && npm install --no-package-lock --no-audit --no-fund --loglevel=error
 	touch $(JS_CLIENT)
 
-test: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT)
+# Debian's Chromium, for tests/test_browser.py (Playwright drives it; it
+# never downloads a browser of its own).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
+
+test: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM)
 	$(PY) -m ruff check bridge tests bench
 	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q
+
+# Retake docs/screenshot.png (the browser test takes it).
+screenshot: bridge/_proto/v1/predictor_pb2.py $(CHROMIUM)
+	UPDATE_SCREENSHOT=1 GRPC_VERBOSITY=ERROR $(PY) -m pytest -q tests/test_browser.py -k story
 
 lint: $(STAMP)
 	$(PY) -m ruff check bridge tests bench

@@ -116,7 +116,7 @@ def prefer_wait(header: str | None) -> float | None:
 
 def create_app(bridge: Bridge) -> QuartTrio:
     """The Quart-Trio app serving *bridge*."""
-    app = QuartTrio(__name__)
+    app = QuartTrio(__name__, static_folder="static", static_url_path="/static")
     metrics = Metrics(bridge)
     app.config["MAX_CONTENT_LENGTH"] = bridge.settings.max_body_bytes
     settings = bridge.settings
@@ -290,6 +290,18 @@ def create_app(bridge: Bridge) -> QuartTrio:
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
         return stream_response(prediction, start)
+
+    @app.get("/v1/models")
+    async def list_models() -> Response:
+        base = base_url()
+        for entry in bridge.models.values():
+            await bridge.try_describe(entry)
+        results = [entry.model_json(base) for entry in bridge.models.values()]
+        return _json({"previous": None, "next": None, "results": results})
+
+    @app.get("/")
+    async def page() -> Response:
+        return await app.send_static_file("index.html")
 
     @app.get("/v1/models/<owner>/<name>")
     async def get_model(owner: str, name: str) -> Response:

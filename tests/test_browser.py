@@ -1,0 +1,213 @@
+"""The page at /, in a real headless Chromium (Debian's, installed by
+``make test``), against the bridge and demo backends run as processes."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Page, sync_playwright
+
+from tests.backends import ENV
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
+DOCS = Path(__file__).parent.parent / "docs"
+
+CROSS_ORIGIN_PAGE = """<!doctype html><meta charset="utf-8"><pre id="out"></pre><script>
+const source = new EventSource(new URLSearchParams(location.search).get("stream"),
+                               { withCredentials: true });
+source.addEventListener("output", (e) => { document.getElementById("out").textContent += e.data; });
+source.addEventListener("done", () => { source.close(); document.title = "done"; });
+</script>"""
+
+
+def _wait_for(stream, pattern: bytes) -> re.Match:
+    seen = b""
+    deadline = time.monotonic() + 60
+    while not (found := re.search(pattern, seen)):
+        assert time.monotonic() < deadline, seen.decode()
+        line = stream.readline()
+        assert line, seen.decode()
+        seen += line
+    return found
+
+
+@pytest.fixture(scope="module")
+def other_origin() -> Iterator[str]:
+    """Another origin (another port) serving a page with a plain EventSource."""
+    root = Path(tempfile.mkdtemp())
+    (root / "cross.html").write_text(CROSS_ORIGIN_PAGE)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    thread.join()
+
+
+@pytest.fixture(scope="module")
+def bridge(other_origin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    tmp = tmp_path_factory.mktemp("browser")
+    env = ENV | {"XDG_STATE_HOME": str(tmp)}
+    backend = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "demo-backend", "--port", "0"],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    procs = [backend]
+    try:
+        echo = _wait_for(backend.stdout, rb"demo/echo listening on (\S+)")[1].decode()
+        story = _wait_for(backend.stdout, rb"demo/story listening on (\S+)")[1].decode()
+        config = tmp / "bridge.toml"
+        config.write_text(
+            f'[models."demo/story"]\ntargets = ["{story}"]\n'
+            f'[models."demo/echo"]\ntargets = ["{echo}"]\n'
+            f'[cors]\nallow_origins = ["{other_origin}"]\n'
+        )
+        server = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "serve", "--config", str(config), "--port", "0"],
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        procs.append(server)
+        yield _wait_for(server.stderr, rb"Running on (http://\S+)")[1].decode()
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(20)
+
+
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=CHROMIUM,
+            args=ARGS,
+            headless=True,
+            viewport={"width": 1000, "height": 760},
+        )
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def page(browser_context) -> Iterator[Page]:
+    page = browser_context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    page.close()
+    assert errors == []  # no uncaught JavaScript error
+
+
+def start(page: Page, bridge: str, model: str, **input: object) -> None:
+    page.goto(bridge + "/")
+    page.wait_for_selector("#inputs [name=prompt]")
+    page.select_option("#model", model)
+    for name, value in input.items():
+        page.fill(f"#inputs [name={name}]", str(value))
+    page.click("#start")
+
+
+def test_page_streams_a_story(page: Page, bridge: str) -> None:
+    start(page, bridge, "demo/story", prompt="Tell me a story", max_words=80, delay_ms=40, seed=7)
+    seen = []
+    for _ in range(8):
+        page.wait_for_timeout(250)
+        seen.append(len(page.text_content("#output")))
+    assert len(set(seen)) >= 4 and seen == sorted(seen)  # it grows, word by word
+    page.wait_for_selector('#status[data-status="succeeded"]', timeout=30_000)
+    assert page.text_content("#status") == "succeeded"
+    assert re.fullmatch(r"\d+ ms|\d+\.\d\d s", page.text_content("#ttft"))
+    assert float(page.text_content("#tps")) > 0
+    assert len(page.text_content("#output").split()) >= 20
+    shot = Path(tempfile.mkdtemp()) / "page.png"
+    page.screenshot(path=shot)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("UPDATE_SCREENSHOT"):  # make screenshot
+        DOCS.mkdir(exist_ok=True)
+        shutil.copy(shot, DOCS / "screenshot.png")
+    # The link reopens the finished prediction and replays it.
+    text = page.text_content("#output")
+    page.goto(page.get_attribute("#link", "href"))
+    page.wait_for_selector('#status[data-status="succeeded"]', timeout=30_000)
+    assert page.text_content("#output") == text
+    assert page.input_value("#inputs [name=prompt]") == "Tell me a story"
+
+
+def test_cancel_stops_a_long_echo(page: Page, bridge: str) -> None:
+    start(page, bridge, "demo/echo", prompt="on and on and on", delay_ms=100, repeat=100)
+    page.wait_for_function("document.getElementById('count').textContent >= 3")
+    page.click("#cancel")
+    page.wait_for_selector('#status[data-status="canceled"]', timeout=10_000)
+    stopped_at = page.text_content("#output")
+    page.wait_for_timeout(600)  # six more tokens, were it still running
+    assert page.text_content("#output") == stopped_at
+    assert page.is_hidden("#error")
+
+
+def test_failure_is_shown(page: Page, bridge: str) -> None:
+    start(page, bridge, "demo/echo", prompt="a b c d", fail_after=2)
+    page.wait_for_selector('#status[data-status="failed"]', timeout=10_000)
+    assert page.text_content("#error") == "echo failed after 2 chunks, as asked (fail_after)"
+    assert page.text_content("#output") == "a b "
+
+
+def test_the_servers_validation_errors_are_shown(page: Page, bridge: str) -> None:
+    page.goto(bridge + "/")
+    page.wait_for_selector("#inputs [name=prompt]")
+    page.select_option("#model", "demo/echo")
+    # Past the browser's own check, to see the server's 422 on the page.
+    page.evaluate("document.querySelector('#inputs [name=prompt]').required = false")
+    page.click("#start")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.text_content("#error") == (
+        "Input validation failed: input.prompt: prompt is required\n• prompt: prompt is required"
+    )
+    assert page.text_content("#status") == "idle"
+
+
+def test_fits_a_phone(browser_context, bridge: str) -> None:
+    page = browser_context.new_page()
+    page.set_viewport_size({"width": 375, "height": 740})
+    page.goto(bridge + "/")
+    page.wait_for_selector("#inputs [name=prompt]")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    box = page.locator("#start").bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375
+    page.close()
+
+
+def test_event_source_from_an_allowed_origin(page: Page, bridge: str, other_origin: str) -> None:
+    prediction = httpx.post(
+        f"{bridge}/v1/models/demo/echo/predictions",
+        json={"input": {"prompt": "from another origin", "delay_ms": 50}},
+    )
+    stream = prediction.json()["urls"]["stream"]
+    page.goto(f"{other_origin}/cross.html?stream={stream}")
+    page.wait_for_function("document.title === 'done'", timeout=10_000)
+    assert page.text_content("#out") == "from another origin"
