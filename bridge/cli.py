@@ -5,6 +5,7 @@
     python -m bridge serve --config bridge.toml [--host H] [--port P]
     python -m bridge demo-backend [--host H] [--port P] [--model demo/echo]
     python -m bridge run-demo [--host H] [--port P]     # what `make run` runs
+    python -m bridge predict demo/story prompt="Tell me a story" [--json] [--wait]
 """
 
 from __future__ import annotations
@@ -52,6 +53,14 @@ def _parser() -> argparse.ArgumentParser:
         "--model", choices=["demo/echo", "demo/story"], help="serve only this model, on --port"
     )
 
+    predict = sub.add_parser("predict", help="run a prediction, streaming it to the terminal")
+    predict.add_argument("model", help="owner/name")
+    predict.add_argument("input", nargs="*", help='key=value, e.g. prompt="Tell me a story"')
+    predict.add_argument("--url", help="the bridge (default $BRIDGE_URL or http://127.0.0.1:8000)")
+    predict.add_argument("--token", help="API token (default $BRIDGE_TOKEN)")
+    predict.add_argument("--json", action="store_true", help="one JSON event per line")
+    predict.add_argument("--wait", action="store_true", help="poll instead of streaming")
+
     run = sub.add_parser("run-demo", help="the demo backends and the bridge together")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
@@ -60,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "predict":
+        from .client import main_predict
+
+        return main_predict(args)
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,

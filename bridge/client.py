@@ -1,0 +1,205 @@
+"""``python -m bridge predict``: run a prediction from the terminal.
+
+::
+
+    python -m bridge predict demo/story prompt="Tell me a story"
+    python -m bridge predict demo/echo prompt=hi repeat=3 --json
+    python -m bridge predict demo/echo prompt=hi --wait
+
+Output goes to stdout as it arrives; a status line (status, time to first
+token, tokens/s) goes to stderr. ``--json`` prints each event as one JSON
+line instead; ``--wait`` polls the prediction rather than streaming it.
+Ctrl-C cancels the prediction. ``--url`` / ``BRIDGE_URL`` and ``--token`` /
+``BRIDGE_TOKEN`` say where and who. Exit status: 0 succeeded, 1 failed,
+3 canceled, 130 interrupted (after cancelling), 2 for a request the bridge
+refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+import httpx
+
+__all__ = ["EXIT", "parse_inputs", "predict"]
+
+EXIT = {"succeeded": 0, "failed": 1, "canceled": 3}
+EXIT_REFUSED = 2
+EXIT_INTERRUPTED = 130
+
+
+class Refused(Exception):
+    """The bridge answered with an error (problem+json)."""
+
+
+def parse_inputs(pairs: list[str], schema: dict[str, Any]) -> dict[str, Any]:
+    """``key=value`` pairs as the model's input, typed by its *schema*."""
+    props = schema.get("properties", {})
+    input: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"input {pair!r} is not key=value")
+        kind = props.get(key, {}).get("type")
+        if kind == "string":
+            input[key] = raw
+        elif kind == "array" and not raw.startswith("["):
+            input[key] = [item.strip() for item in raw.split(",")]
+        else:
+            try:
+                input[key] = json.loads(raw)
+            except ValueError:
+                input[key] = raw
+    return input
+
+
+def _check(response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        try:
+            problem = response.json()
+            message = f"{problem['title']} ({problem['status']}): {problem['detail']}"
+        except (ValueError, KeyError):
+            message = f"HTTP {response.status_code}: {response.text[:200]}"
+        raise Refused(message)
+    return response.json()
+
+
+def _status_line(prediction: dict[str, Any], err: TextIO) -> None:
+    metrics = prediction.get("metrics") or {}
+    parts = [prediction["status"]]
+    if "time_to_first_token" in metrics:
+        parts.append(f"first token {metrics['time_to_first_token'] * 1000:.0f} ms")
+    if "tokens_per_second" in metrics:
+        parts.append(f"{metrics['tokens_per_second']:.1f} tokens/s")
+    if isinstance(prediction.get("output"), list):
+        parts.append(f"{len(prediction['output'])} tokens")
+    if prediction.get("error"):
+        parts.append(f"error: {prediction['error']}")
+    print("\n" + " · ".join(parts), file=err, flush=True)
+
+
+def _events(response: httpx.Response) -> Any:
+    """(event, id, data) for each SSE event of *response*."""
+    event, event_id, data = None, "", []
+    for line in response.iter_lines():
+        if not line:
+            if event is not None:
+                yield event, event_id, "\n".join(data)
+            event, data = None, []
+        elif line.startswith(":"):
+            continue
+        else:
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if field == "event":
+                event = value
+            elif field == "id":
+                event_id = value
+            elif field == "data":
+                data.append(value)
+
+
+def predict(
+    model: str,
+    pairs: list[str],
+    *,
+    url: str,
+    token: str | None,
+    as_json: bool = False,
+    wait: bool = False,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> int:
+    """Run one prediction of *model*; returns the exit status."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    timeout = httpx.Timeout(30, read=None)  # a stream may idle between tokens
+    with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as client:
+        created: dict[str, str] = {}  # the prediction's id, once known (for Ctrl-C)
+        try:
+            info = client.get(f"/v1/models/{model}")
+            if info.status_code in (401, 404):
+                _check(info)
+            version = info.json().get("latest_version") if info.status_code == 200 else None
+            schema = version["openapi_schema"]["components"]["schemas"]["Input"] if version else {}
+            body = {"input": parse_inputs(pairs, schema)}
+            path = f"/v1/models/{model}/predictions"
+            if wait:
+                prediction = _check(client.post(path, json=body, headers={"Prefer": "wait=5"}))
+                created["id"] = prediction["id"]
+                prediction = _poll(client, prediction, as_json, out)
+            else:
+                prediction = _stream(client, path, body, created, as_json, out)
+        except KeyboardInterrupt:
+            if "id" in created:
+                canceled = client.post(f"/v1/predictions/{created['id']}/cancel")
+                if canceled.status_code < 400:
+                    _status_line(canceled.json(), err)
+            return EXIT_INTERRUPTED
+        except (Refused, ValueError) as exc:
+            print(f"error: {exc}", file=err, flush=True)
+            return EXIT_REFUSED
+        except httpx.HTTPError as exc:
+            print(f"error: cannot reach the bridge at {url}: {exc}", file=err, flush=True)
+            return EXIT_REFUSED
+        if not as_json:
+            _status_line(prediction, err)
+        return EXIT.get(prediction["status"], 1)
+
+
+def _stream(
+    client: httpx.Client,
+    path: str,
+    body: dict[str, Any],
+    created: dict[str, str],
+    as_json: bool,
+    out: TextIO,
+) -> dict[str, Any]:
+    # A direct streaming create: if this process dies, the bridge cancels.
+    with client.stream("POST", path, json=body, headers={"Accept": "text/event-stream"}) as r:
+        if r.status_code >= 400:
+            r.read()
+            _check(r)
+        location = r.headers["Location"]
+        created["id"] = location.rsplit("/", 1)[1]
+        for event, event_id, data in _events(r):
+            if as_json:
+                print(
+                    json.dumps({"event": event, "id": event_id, "data": data}), file=out, flush=True
+                )
+            elif event == "output":
+                out.write(data)
+                out.flush()
+    return _check(client.get(location))
+
+
+def _poll(client: httpx.Client, prediction: dict[str, Any], as_json: bool, out: TextIO) -> Any:
+    shown = 0
+    while True:
+        output = prediction.get("output") or []
+        for chunk in output[shown:]:
+            if as_json:
+                print(json.dumps({"event": "output", "data": chunk}), file=out, flush=True)
+            else:
+                out.write(chunk if isinstance(chunk, str) else json.dumps(chunk))
+                out.flush()
+        shown = len(output)
+        if prediction["status"] in EXIT:
+            if as_json:
+                print(
+                    json.dumps({"event": "done", "data": prediction["status"]}),
+                    file=out,
+                    flush=True,
+                )
+            return prediction
+        time.sleep(0.25)
+        prediction = _check(client.get(f"/v1/predictions/{prediction['id']}"))
+
+
+def main_predict(args: Any) -> int:
+    url = args.url or os.environ.get("BRIDGE_URL") or "http://127.0.0.1:8000"
+    token = args.token or os.environ.get("BRIDGE_TOKEN")
+    return predict(args.model, args.input, url=url, token=token, as_json=args.json, wait=args.wait)

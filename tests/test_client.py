@@ -1,0 +1,97 @@
+"""``python -m bridge predict``, run as a process against a real bridge."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import uuid
+
+import httpx
+import trio
+
+from tests.backends import ENV
+from tests.conftest import StartBridge, wait_closed
+
+
+async def predict(url: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    with trio.fail_after(30):
+        return await trio.run_process(
+            [sys.executable, "-m", "bridge", "predict", *args],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=ENV | {"BRIDGE_URL": url} | (env or {}),
+        )
+
+
+async def test_streams_to_stdout_with_a_status_line(start_bridge: StartBridge) -> None:
+    url = await start_bridge()
+    result = await predict(url, "demo/echo", "prompt=hello big  world", "delay_ms=20", "repeat=2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == "hello big  world" * 2
+    status = result.stderr.decode().strip()
+    assert status.startswith("succeeded · first token ")
+    assert " tokens/s · 6 tokens" in status
+
+
+async def test_json_prints_one_event_per_line(start_bridge: StartBridge) -> None:
+    url = await start_bridge()
+    result = await predict(url, "demo/echo", "prompt=a b", "--json")
+    events = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert [(e["event"], e["data"]) for e in events] == [
+        ("logs", "echoing 2 chunks"), ("output", "a "), ("output", "b"), ("done", "{}")
+    ]  # fmt: skip
+    assert all(e["id"] for e in events)
+
+
+async def test_wait_polls_instead_of_streaming(start_bridge: StartBridge) -> None:
+    url = await start_bridge()
+    result = await predict(url, "demo/echo", "prompt=slow and steady", "delay_ms=150", "--wait")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode() == "slow and steady"
+
+
+async def test_failure_and_refusals_exit_nonzero(start_bridge: StartBridge) -> None:
+    url = await start_bridge()
+    failed = await predict(url, "demo/echo", "prompt=x y", "fail_after=1")
+    assert failed.returncode == 1
+    assert "echo failed after 1 chunks" in failed.stderr.decode()
+    refused = await predict(url, "demo/echo", "repeat=twice")
+    assert refused.returncode == 2
+    assert "prompt is required" in refused.stderr.decode()
+    unknown = await predict(url, "demo/nope", "prompt=x")
+    assert unknown.returncode == 2 and "404" in unknown.stderr.decode()
+    down = await predict("http://127.0.0.1:9", "demo/echo", "prompt=x")
+    assert down.returncode == 2 and "cannot reach the bridge" in down.stderr.decode()
+
+
+async def test_token_from_the_environment_or_the_flag(start_bridge: StartBridge) -> None:
+    url = await start_bridge(auth_tokens=frozenset({"r8_me"}))
+    missing = await predict(url, "demo/echo", "prompt=x")
+    assert missing.returncode == 2 and "401" in missing.stderr.decode()
+    by_env = await predict(url, "demo/echo", "prompt=from env", env={"BRIDGE_TOKEN": "r8_me"})
+    assert by_env.stdout.decode() == "from env"
+    by_flag = await predict(url, "demo/echo", "prompt=from flag", "--token", "r8_me")
+    assert by_flag.stdout.decode() == "from flag"
+
+
+async def test_ctrl_c_cancels_the_prediction(start_bridge: StartBridge) -> None:
+    url = await start_bridge()
+    key = uuid.uuid4().hex
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bridge", "predict", "test/endless", f"key={key}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV | {"BRIDGE_URL": url},
+    )
+    with trio.fail_after(30):
+        first = await process.stdout.receive_some()  # it is streaming
+        assert first.startswith(b"t1 ")
+        process.send_signal(signal.SIGINT)
+        assert await process.wait() == 130
+    await wait_closed(key)  # the backend stopped
+    async with httpx.AsyncClient(base_url=url) as client:
+        (prediction,) = (await client.get("/v1/predictions")).json()["results"]
+    assert prediction["status"] == "canceled"
