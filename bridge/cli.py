@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import trio
 
 from .config import ConfigError, ModelSettings, Settings
+from .logs import setup_logging
 
 __all__ = ["main"]
 
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, help="TOML file naming the models")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument("--log-format", choices=["text", "json"], default="text")
 
     demo = sub.add_parser("demo-backend", help="serve the demo models over gRPC")
     demo.add_argument("--host", default="127.0.0.1")
@@ -64,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run-demo", help="the demo backends and the bridge together")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--log-format", choices=["text", "json"], default="text")
     return parser
 
 
@@ -73,11 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .client import main_predict
 
         return main_predict(args)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(getattr(args, "log_format", "text"))
     try:
         if args.command == "serve":
             settings = Settings.from_toml(args.config, host=args.host, port=args.port)

@@ -2,48 +2,93 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .predictions import Prediction
-from .service import Bridge
+from .service import Bridge, Observer
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
+#: Latency buckets from a millisecond to two minutes.
+_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
-class Metrics:
-    """The bridge's gauges and counters, read at scrape time where possible."""
+
+class Metrics(Observer):
+    """The bridge's metrics; gauges are read at scrape time."""
 
     def __init__(self, bridge: Bridge) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = r = CollectorRegistry()
         Gauge(
-            "bridge_predictions_active",
-            "Predictions running or waiting for a slot.",
-            registry=self.registry,
+            "bridge_predictions_active", "Predictions running or waiting for a slot.", registry=r
         ).set_function(lambda: bridge.active)
         Gauge(
-            "bridge_predictions_queued",
-            "Predictions waiting for a slot.",
-            registry=self.registry,
+            "bridge_predictions_queued", "Predictions waiting for a slot.", registry=r
         ).set_function(lambda: bridge.admission.queued)
         Gauge(
-            "bridge_grpc_calls_active",
-            "Predict calls open on the gRPC loop thread.",
-            registry=self.registry,
+            "bridge_grpc_calls_active", "Predict calls open on the gRPC loop thread.", registry=r
         ).set_function(lambda: bridge.grpc.active_calls)
-        self.stream_clients = Gauge(
-            "bridge_stream_clients_active", "Open SSE streams.", registry=self.registry
-        )
+        self.stream_clients = Gauge("bridge_stream_clients_active", "Open SSE streams.", registry=r)
         self.predictions_total = Counter(
             "bridge_predictions",
             "Predictions ended, by model and final status.",
             ["model", "status"],
-            registry=self.registry,
+            registry=r,
         )
-        bridge.on_finish = self.finished
+        self.tokens_total = Counter(
+            "bridge_tokens", "Output chunks streamed, by model.", ["model"], registry=r
+        )
+        self.time_to_first_token = Histogram(
+            "bridge_time_to_first_token_seconds",
+            "From start to the first output chunk.",
+            ["model"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.inter_token = Histogram(
+            "bridge_inter_token_seconds",
+            "Between output chunks.",
+            ["model"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.duration = Histogram(
+            "bridge_prediction_duration_seconds",
+            "From start to end, by final status.",
+            ["model", "status"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "bridge_queue_wait_seconds",
+            "From create to a running slot.",
+            ["model"],
+            buckets=_SECONDS,
+            registry=r,
+        )
+        bridge.observer = self
+
+    def admitted(self, prediction: Prediction, waited: float) -> None:
+        self.queue_wait.labels(prediction.model).observe(waited)
+
+    def output(self, prediction: Prediction, chunks: int, gap: float | None) -> None:
+        self.tokens_total.labels(prediction.model).inc(chunks)
+        if gap is None:
+            if prediction.started_at is not None and prediction.first_output_at is not None:
+                first = prediction.first_output_at - prediction.started_at
+                self.time_to_first_token.labels(prediction.model).observe(first)
+            return
+        inter = self.inter_token.labels(prediction.model)
+        for _ in range(chunks):  # chunks that came together share the gap
+            inter.observe(gap / chunks)
 
     def finished(self, prediction: Prediction) -> None:
-        self.predictions_total.labels(prediction.model, str(prediction.status)).inc()
+        status = str(prediction.status)
+        self.predictions_total.labels(prediction.model, status).inc()
+        if prediction.started_at is not None and prediction.completed_at is not None:
+            self.duration.labels(prediction.model, status).observe(
+                prediction.completed_at - prediction.started_at
+            )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -176,6 +176,7 @@ class Prediction:
         self.started_at: float | None = None
         self.completed_at: float | None = None
         self.first_output_at: float | None = None
+        self.last_output_at: float | None = None
         self.events = EventLog()
         #: Cancelling this cancels the prediction's task (and its gRPC call).
         self.cancel_scope = trio.CancelScope()

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,7 +42,7 @@ from .models import ModelEntry
 from .predictions import Prediction
 from .webhooks import EVENTS, WebhookSender
 
-__all__ = ["Bridge", "Page", "validate_input", "validate_webhook"]
+__all__ = ["Bridge", "Observer", "Page", "validate_input", "validate_webhook"]
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +118,19 @@ def validate_webhook(url: Any, events: Any) -> frozenset[str]:
     return chosen
 
 
+class Observer:
+    """What the bridge tells its metrics about predictions (no-ops here)."""
+
+    def admitted(self, prediction: Prediction, waited: float) -> None:
+        """*prediction* got a slot after *waited* seconds in the queue."""
+
+    def output(self, prediction: Prediction, chunks: int, gap: float | None) -> None:
+        """*chunks* arrived, *gap* seconds after the previous ones (None: first)."""
+
+    def finished(self, prediction: Prediction) -> None:
+        """*prediction*'s task has ended; its status is final."""
+
+
 class Page:
     """One page of a listing: results and the cursors around it."""
 
@@ -151,8 +163,7 @@ class Bridge:
         #: Prediction tasks alive (running or queued).
         self.active = 0
         self._idle = trio.Event()
-        #: Called with each prediction once its task has ended.
-        self.on_finish: Callable[[Prediction], object] = lambda _: None
+        self.observer = Observer()
         self.draining = False
         self.closing = False
         #: Where the bridge is reached, for URLs outside any request
@@ -248,6 +259,12 @@ class Bridge:
         )
         self._prune()
         self.predictions[prediction.id] = prediction
+        log.info(
+            "prediction %s created for %s",
+            prediction.id,
+            entry.name,
+            extra={"prediction_id": prediction.id, "model": entry.name},
+        )
         entry.run_count += 1
         self.active += 1
         self._nursery.start_soon(self._run, prediction, entry, ticket, info is not None)
@@ -342,12 +359,15 @@ class Bridge:
         try:
             with prediction.cancel_scope:
                 await ticket.wait()  # queued until a slot is free
+                self.observer.admitted(prediction, time.time() - prediction.created_at)
                 await self._predict(prediction, entry, validated)
         except BridgeError as exc:
             if not prediction.done:  # else it was canceled meanwhile
                 prediction.fail(exc.detail)
         except Exception:
-            log.exception("prediction %s: bridge error", prediction.id)
+            log.exception(
+                "prediction %s: bridge error", prediction.id, extra={"prediction_id": prediction.id}
+            )
             if not prediction.done:
                 prediction.fail("internal error in the bridge")
         finally:
@@ -362,7 +382,18 @@ class Bridge:
             if self.active == 0:
                 self._idle.set()
                 self._idle = trio.Event()
-            self.on_finish(prediction)
+            log.info(
+                "prediction %s %s",
+                prediction.id,
+                prediction.status,
+                extra={
+                    "prediction_id": prediction.id,
+                    "model": entry.name,
+                    "status": str(prediction.status),
+                    "error": prediction.error,
+                },
+            )
+            self.observer.finished(prediction)
 
     async def _predict(self, prediction: Prediction, entry: ModelEntry, validated: bool) -> None:
         """Run it under its total deadline (which is also the gRPC deadline)."""
@@ -429,7 +460,12 @@ class Bridge:
                         prediction.output_bytes += sum(map(_size, item.chunks))
                         if prediction.output_bytes > cap:
                             raise OutputTooLarge(f"output exceeded max_output_bytes ({cap} bytes)")
+                        now = time.time()
+                        last = prediction.last_output_at
                         prediction.add_output(item.chunks)
+                        prediction.last_output_at = now
+                        gap = None if last is None else now - last
+                        self.observer.output(prediction, len(item.chunks), gap)
                     elif isinstance(item, protocol.LogLine):
                         prediction.add_log(item.line)
                     elif isinstance(item, protocol.MetricsUpdate):

@@ -125,7 +125,11 @@ class WebhookSender:
             if "completed" in events:
                 await self._deliver(url, render(prediction), retry=True)
         except Exception:
-            log.exception("prediction %s: webhook delivery failed", prediction.id)
+            log.exception(
+                "prediction %s: webhook delivery failed",
+                prediction.id,
+                extra={"prediction_id": prediction.id},
+            )
 
     async def _deliver(self, url: str, body: bytes, *, retry: bool) -> bool:
         """POST *body*; with *retry*, keep trying transient failures for

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -61,7 +62,17 @@ async def test_demo_backend_and_serve_with_a_config_file(tmp_path: Path) -> None
         config = tmp_path / "bridge.toml"
         config.write_text(f'[models."demo/echo"]\ntargets = ["{target.decode()}"]\n')
         bridge = await _start(
-            ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", "0"]
+            [
+                "serve",
+                "--config",
+                str(config),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--log-format",
+                "json",
+            ]
         )
         try:
             err: list[bytes] = []
@@ -70,6 +81,15 @@ async def test_demo_backend_and_serve_with_a_config_file(tmp_path: Path) -> None
                 prediction = await create(client, "demo/echo", {"prompt": "from a config file"})
                 events, _ = await read_stream(client, prediction["urls"]["stream"])
             assert "".join(e.data for e in events if e.event == "output") == "from a config file"
+            # Structured logs: JSON lines, those about it carrying its id.
+            await _wait_for_line(bridge.stderr, rb'"status": "succeeded"', err)
+            lines = [json.loads(line) for line in b"".join(err).decode().splitlines()]
+            mine = [line for line in lines if line.get("prediction_id") == prediction["id"]]
+            assert [line["message"] for line in mine] == [
+                f"prediction {prediction['id']} created for demo/echo",
+                f"prediction {prediction['id']} succeeded",
+            ]
+            assert mine[-1]["model"] == "demo/echo" and mine[-1]["level"] == "info"
         finally:
             assert await _stop(bridge, signal.SIGINT) == 0
     finally:

@@ -1,0 +1,46 @@
+"""/metrics after predictions: gauges, counters and the latency histograms."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from tests.conftest import StartBridge, create, read_stream
+
+
+def sample(metrics: str, name: str, labels: str) -> float:
+    return float(
+        re.search(rf"^{re.escape(name)}{{{re.escape(labels)}}} (\S+)$", metrics, re.MULTILINE)[1]
+    )
+
+
+async def test_histograms_per_model(start_bridge: StartBridge) -> None:
+    url = await start_bridge()
+    async with httpx.AsyncClient(base_url=url) as client:
+        for _ in range(2):
+            p = await create(client, "demo/echo", {"prompt": "one two three four", "delay_ms": 30})
+            await read_stream(client, p["urls"]["stream"])
+        failed = await create(client, "demo/echo", {"prompt": "x y", "fail_after": 1})
+        await read_stream(client, failed["urls"]["stream"])
+        response = await client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    m = response.text
+    echo = 'model="demo/echo"'
+    assert sample(m, "bridge_predictions_total", f'{echo},status="succeeded"') == 2
+    assert sample(m, "bridge_predictions_total", f'{echo},status="failed"') == 1
+    assert sample(m, "bridge_tokens_total", echo) == 2 * 4 + 1
+    assert sample(m, "bridge_time_to_first_token_seconds_count", echo) == 3
+    assert sample(m, "bridge_inter_token_seconds_count", echo) == 2 * 3
+    # 30 ms between tokens: none under 10 ms, all under 250 ms.
+    assert sample(m, "bridge_inter_token_seconds_bucket", f'le="0.01",{echo}') == 0
+    assert sample(m, "bridge_inter_token_seconds_bucket", f'le="0.25",{echo}') == 6
+    assert sample(m, "bridge_prediction_duration_seconds_count", f'{echo},status="succeeded"') == 2
+    assert sample(m, "bridge_queue_wait_seconds_count", echo) == 3
+    for gauge in (
+        "bridge_predictions_active",
+        "bridge_grpc_calls_active",
+        "bridge_stream_clients_active",
+        "bridge_predictions_queued",
+    ):
+        assert re.search(rf"^{gauge} 0\.0$", m, re.MULTILINE), gauge
