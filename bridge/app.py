@@ -29,6 +29,7 @@ from .errors import (
 )
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .models import ModelEntry
+from .openapi import spec
 from .predictions import EventLog, Prediction
 from .service import Bridge
 
@@ -102,21 +103,22 @@ async def sse_body(
 
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:\s*=\s*(\d+))?(?=$|[,;\s])", re.IGNORECASE)
-MAX_WAIT_SECONDS = 60
 
 
-def prefer_wait(header: str | None) -> float | None:
-    """Seconds asked for by ``Prefer: wait`` / ``wait=N`` (1..60), or None."""
+def prefer_wait(header: str | None, longest: float) -> float | None:
+    """Seconds asked for by ``Prefer: wait`` / ``wait=N``, at least 1 and at
+    most *longest*; None if the header asks for no wait."""
     match = _PREFER_WAIT.search(header or "")
     if match is None:
         return None
-    seconds = int(match[1]) if match[1] else MAX_WAIT_SECONDS
-    return float(min(max(seconds, 1), MAX_WAIT_SECONDS))
+    seconds = int(match[1]) if match[1] else longest
+    return float(min(max(seconds, 1), longest))
 
 
 def create_app(bridge: Bridge) -> QuartTrio:
     """The Quart-Trio app serving *bridge*."""
     app = QuartTrio(__name__, static_folder="static", static_url_path="/static")
+    api_spec = spec()
     metrics = Metrics(bridge)
     app.config["MAX_CONTENT_LENGTH"] = bridge.settings.max_body_bytes
     settings = bridge.settings
@@ -220,7 +222,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
             # The OpenAI-style use: this response is the stream, and it owns
             # the prediction.
             return stream_response(prediction, owned=True, status=201)
-        wait = prefer_wait(request.headers.get("Prefer"))
+        wait = prefer_wait(request.headers.get("Prefer"), settings.max_wait_seconds)
         if wait is None:
             return prediction_response(prediction, 201)
         with trio.move_on_after(wait):
@@ -337,6 +339,10 @@ def create_app(bridge: Bridge) -> QuartTrio:
             return _json({"status": "draining", "ready": False, "models": models}, 503)
         ready = all(status == "SERVING" for status in models.values())
         return _json({"status": "ok" if ready else "degraded", "ready": ready, "models": models})
+
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        return _json(api_spec)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

@@ -103,6 +103,8 @@ class Settings:
     #: Ended predictions are kept this long, and at most this many (then 404).
     retention_seconds: float = 3600.0
     retention_count: int = 10_000
+    #: The longest ``Prefer: wait`` honoured (Replicate's is 60 s).
+    max_wait_seconds: float = 60.0
     #: Predictions per page of ``GET /v1/predictions``.
     page_size: int = 100
     #: Bearer tokens accepted; empty: no auth. Each token sees only the

@@ -1,0 +1,400 @@
+"""The OpenAPI 3.1 description of the bridge's HTTP API, served at
+``/openapi.json``: every endpoint, body and error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .webhooks import EVENTS
+
+__all__ = ["spec"]
+
+_STATUS = ["starting", "processing", "succeeded", "failed", "canceled"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_PROBLEMS = {
+    400: "Malformed JSON, or a body or parameter of the wrong shape.",
+    401: "A token is required (auth is on) and none valid was sent.",
+    404: "No such model, version or prediction (or not visible to this token).",
+    413: "The request body is over max_body_bytes.",
+    422: "The input does not match the model's input schema.",
+    429: "Over capacity: too many predictions running and waiting.",
+    503: "Shutting down (draining), or the model's backend cannot say what it is.",
+}
+
+
+def _problems(*codes: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for code in codes:
+        response: dict[str, Any] = {
+            "description": _PROBLEMS[code],
+            "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        }
+        if code in (429, 503):
+            response["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before trying again.",
+                    "schema": {"type": "string"},
+                }
+            }
+        if code == 401:
+            response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+        out[str(code)] = response
+    return out
+
+
+def _create(body: str, summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "parameters": [
+                *params,
+                {
+                    "name": "Prefer",
+                    "in": "header",
+                    "required": False,
+                    "description": "`wait` or `wait=N` (1 to 60): answer when the prediction ends "
+                    "or after N seconds; unfinished, it reads as `starting`.",
+                    "schema": {"type": "string", "pattern": "^wait(=[1-9][0-9]?)?$"},
+                },
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(body), "example": _EXAMPLES[body]}},
+            },
+            "responses": {
+                "201": {
+                    "description": "Created. With `Accept: text/event-stream`, the answer is "
+                    "the prediction's event stream, which then owns it.",
+                    "headers": {
+                        "Preference-Applied": {"schema": {"type": "string"}},
+                        "Location": {"schema": {"type": "string"}},
+                    },
+                    "content": {
+                        "application/json": {"schema": _ref("Prediction")},
+                        "text/event-stream": {"schema": _ref("SSEEvent")},
+                    },
+                },
+                **_problems(400, 401, 404, 413, 422, 429, 503),
+            },
+        }
+    }
+
+
+_EXAMPLES = {
+    "PredictionRequest": {"version": "demo/echo", "input": {"prompt": "Hello there"}},
+    "ModelPredictionRequest": {"input": {"prompt": "Tell me a story"}},
+}
+_ID = {"name": "prediction_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_OWNER = {
+    "name": "owner",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "example": "demo",
+}
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "example": "echo",
+}
+_NULLABLE_STRING = {"type": ["string", "null"]}
+
+
+def spec() -> dict[str, Any]:
+    """The whole OpenAPI document."""
+    input_fields = {
+        "input": {"type": "object", "description": "Checked against the model's schema."},
+        "stream": {"type": "boolean", "description": "Accepted; streams are always on."},
+        "webhook": {"type": "string", "description": "Absolute http(s) URL."},
+        "webhook_events_filter": {"type": "array", "items": {"enum": list(EVENTS)}},
+    }
+    schemas = {
+        "Problem": {
+            "type": "object",
+            "required": ["title", "detail", "status"],
+            "properties": {
+                "title": {"type": "string"},
+                "detail": {"type": "string"},
+                "status": {"type": "integer"},
+                "invalid_fields": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["type", "field", "description"],
+                        "properties": {
+                            "type": {"type": "string"},
+                            "field": {"type": "string"},
+                            "description": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+        "PredictionRequest": {
+            "type": "object",
+            "required": ["version"],
+            "properties": {
+                "version": {
+                    "type": "string",
+                    "description": "A version id, `owner/name:id` or `owner/name`.",
+                },
+                **input_fields,
+            },
+        },
+        "ModelPredictionRequest": {"type": "object", "properties": input_fields},
+        "Prediction": {
+            "type": "object",
+            "required": [
+                "id",
+                "model",
+                "version",
+                "status",
+                "input",
+                "output",
+                "logs",
+                "error",
+                "metrics",
+                "created_at",
+                "started_at",
+                "completed_at",
+                "urls",
+            ],
+            "properties": {
+                "id": {"type": "string"},
+                "model": {"type": "string"},
+                "version": {"type": "string"},
+                "status": {"enum": _STATUS},
+                "input": {"type": "object"},
+                "output": {"description": "The chunks so far (streaming models), or the value."},
+                "logs": {"type": "string"},
+                "error": _NULLABLE_STRING,
+                "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+                "created_at": {"type": "string", "format": "date-time"},
+                "started_at": _NULLABLE_STRING,
+                "completed_at": _NULLABLE_STRING,
+                "urls": {
+                    "type": "object",
+                    "required": ["get", "cancel"],
+                    "properties": {k: {"type": "string"} for k in ("get", "cancel", "stream")},
+                },
+            },
+        },
+        "PredictionPage": {
+            "type": "object",
+            "required": ["previous", "next", "results"],
+            "properties": {
+                "previous": _NULLABLE_STRING,
+                "next": _NULLABLE_STRING,
+                "results": {"type": "array", "items": _ref("Prediction")},
+            },
+        },
+        "Version": {
+            "type": "object",
+            "required": ["id", "created_at", "cog_version", "openapi_schema"],
+            "properties": {
+                "id": {"type": "string"},
+                "created_at": {"type": "string"},
+                "cog_version": {"type": "string"},
+                "openapi_schema": {"type": "object"},
+            },
+        },
+        "Model": {
+            "type": "object",
+            "required": ["url", "owner", "name", "visibility", "run_count", "latest_version"],
+            "properties": {
+                "url": {"type": "string"},
+                "owner": {"type": "string"},
+                "name": {"type": "string"},
+                "visibility": {"enum": ["public", "private"]},
+                "run_count": {"type": "integer"},
+                "latest_version": {"oneOf": [_ref("Version"), {"type": "null"}]},
+            },
+        },
+        "ModelPage": {
+            "type": "object",
+            "required": ["previous", "next", "results"],
+            "properties": {
+                "previous": {"type": "null"},
+                "next": {"type": "null"},
+                "results": {"type": "array", "items": _ref("Model")},
+            },
+        },
+        "SSEEvent": {
+            "description": "One event of a stream: output chunks in order, log lines, an "
+            'error (data {"detail"}), then exactly one done (data {}, '
+            '{"reason":"canceled"} or {"reason":"error"}).',
+            "type": "object",
+            "required": ["event", "id", "data"],
+            "properties": {
+                "event": {"enum": ["output", "logs", "error", "done"]},
+                "id": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
+                "data": {"type": "string"},
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status", "ready", "models"],
+            "properties": {
+                "status": {"enum": ["ok", "degraded", "draining"]},
+                "ready": {"type": "boolean"},
+                "models": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        },
+    }
+    sse = {"text/event-stream": {"schema": _ref("SSEEvent")}}
+    paths: dict[str, Any] = {
+        "/v1/predictions": {
+            **_create("PredictionRequest", "Create a prediction", []),
+            "get": {
+                "summary": "List predictions, newest first",
+                "parameters": [
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _json(_ref("PredictionPage"), "A page."),
+                    **_problems(400, 401),
+                },
+            },
+        },
+        "/v1/models/{owner}/{name}/predictions": _create(
+            "ModelPredictionRequest", "Create a prediction of a model", [_OWNER, _NAME]
+        ),
+        "/v1/predictions/{prediction_id}": {
+            "get": {
+                "summary": "Get a prediction as it is now",
+                "parameters": [_ID],
+                "responses": {
+                    "200": _json(_ref("Prediction"), "The prediction."),
+                    **_problems(401, 404),
+                },
+            }
+        },
+        "/v1/predictions/{prediction_id}/cancel": {
+            "post": {
+                "summary": "Cancel a prediction (idempotent; no body needed)",
+                "parameters": [_ID],
+                "responses": {
+                    "200": _json(_ref("Prediction"), "The prediction, ended."),
+                    **_problems(401, 404),
+                },
+            }
+        },
+        "/v1/predictions/{prediction_id}/stream": {
+            "get": {
+                "summary": "The prediction's server-sent events (no token needed)",
+                "parameters": [
+                    _ID,
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "description": "Resume after this event id (`<seconds>:<n>`).",
+                        "schema": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
+                    },
+                ],
+                "responses": {
+                    "200": {"description": "output, logs, error and done events.", "content": sse},
+                    **_problems(400, 404),
+                },
+            }
+        },
+        "/v1/models": {
+            "get": {
+                "summary": "The models this bridge serves",
+                "responses": {"200": _json(_ref("ModelPage"), "All of them."), **_problems(401)},
+            }
+        },
+        "/v1/models/{owner}/{name}": {
+            "get": {
+                "summary": "A model",
+                "parameters": [_OWNER, _NAME],
+                "responses": {"200": _json(_ref("Model"), "The model."), **_problems(401, 404)},
+            }
+        },
+        "/v1/models/{owner}/{name}/versions/{version_id}": {
+            "get": {
+                "summary": "A model version",
+                "parameters": [
+                    _OWNER,
+                    _NAME,
+                    {
+                        "name": "version_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                ],
+                "responses": {
+                    "200": _json(_ref("Version"), "The version."),
+                    **_problems(401, 404, 503),
+                },
+            }
+        },
+        "/v1/webhooks/default/secret": {
+            "get": {
+                "summary": "The key webhooks are signed with",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "required": ["key"],
+                            "properties": {"key": {"type": "string"}},
+                        },
+                        "The key.",
+                    ),
+                    **_problems(401, 404),
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "Liveness and readiness, with each backend's health",
+                "responses": {
+                    "200": _json(_ref("Health"), "Serving."),
+                    "503": _json(_ref("Health"), "Draining for shutdown."),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "grpc-sse-bridge",
+            "version": "1",
+            "description": "Replicate's predictions API in front of gRPC model "
+            "backends, with live server-sent event streams.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}, {}],
+    }
