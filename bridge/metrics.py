@@ -66,19 +66,28 @@ class Metrics(Observer):
             buckets=_SECONDS,
             registry=r,
         )
+        # labels() takes a lock and a lookup; output() runs once per batch of
+        # tokens, so it uses each model's children, found once.
+        self._per_model: dict[str, tuple[Counter, Histogram]] = {}
         bridge.observer = self
 
     def admitted(self, prediction: Prediction, waited: float) -> None:
         self.queue_wait.labels(prediction.model).observe(waited)
 
     def output(self, prediction: Prediction, chunks: int, gap: float | None) -> None:
-        self.tokens_total.labels(prediction.model).inc(chunks)
+        children = self._per_model.get(prediction.model)
+        if children is None:
+            children = self._per_model[prediction.model] = (
+                self.tokens_total.labels(prediction.model),
+                self.inter_token.labels(prediction.model),
+            )
+        tokens, inter = children
+        tokens.inc(chunks)
         if gap is None:
             if prediction.started_at is not None and prediction.first_output_at is not None:
                 first = prediction.first_output_at - prediction.started_at
                 self.time_to_first_token.labels(prediction.model).observe(first)
             return
-        inter = self.inter_token.labels(prediction.model)
         for _ in range(chunks):  # chunks that came together share the gap
             inter.observe(gap / chunks)
 
