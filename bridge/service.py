@@ -293,14 +293,15 @@ class Bridge:
                 await ticket.wait()  # queued until a slot is free
                 self.observer.admitted(prediction, time.time() - prediction.created_at)
                 await self._predict(prediction, entry, validated)
+        # This task is its prediction's only writer: whatever ends it is
+        # recorded here, once.
         except BridgeError as exc:
-            if not prediction.done:  # else it was canceled meanwhile
-                prediction.fail(exc.detail)
+            prediction.fail(exc.detail)
         except Exception:
             log.exception(
                 "prediction %s: bridge error", prediction.id, extra={"prediction_id": prediction.id}
             )
-            if not prediction.done:
+            if not prediction.done:  # a bug may strike after the end, too
                 prediction.fail("internal error in the bridge")
         finally:
             ticket.release()
@@ -418,7 +419,7 @@ class Bridge:
         webhooks get the shutdown grace to be delivered."""
         self.closing = True
         for prediction in self.predictions.values():
-            prediction.cancel_scope.cancel()
+            self.cancel(prediction)
         deadline = trio.current_time() + self.settings.shutdown_timeout_seconds
         for scope in self._webhook_scopes:
             scope.deadline = min(scope.deadline, deadline)
