@@ -1,21 +1,56 @@
-"""A bench backend: each chunk is the monotonic time it was sent at, so a
-consumer in another process on this machine can compute the delay."""
+"""The bench's model backend: ``bench/ticks`` and ``demo/echo``, one process.
+
+``bench/ticks`` yields ``tokens`` chunks, one every ``interval_ms``, each the
+``time.monotonic()`` it was made at (``"<seconds> "``), so a reader in
+another process of this machine computes each chunk's delay. When its
+generator is closed before the end (the prediction was cancelled), it prints
+``cancelled <key> <monotonic>``: the moment the model saw the cancel.
+
+Prints ``<model> listening on <host:port>`` for each model, then serves
+until SIGTERM.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import sys
+import signal
 import time
 from collections.abc import AsyncIterator
 
-from bridge.backends.sdk import Model, serve
+from bridge.demo import echo
+from bridge.sdk import Model, serve_async
 
 
-async def ticks(tokens: int = 50, interval_ms: int = 20) -> AsyncIterator[str]:
-    for _ in range(tokens):
-        await asyncio.sleep(interval_ms / 1000)
-        yield f"{time.monotonic():.6f}"
+async def ticks(key: str = "", tokens: int = 50, interval_ms: int = 20) -> AsyncIterator[str]:
+    """*tokens* timestamps, one per *interval_ms* (0: as fast as possible)."""
+    finished = False
+    try:
+        for _ in range(tokens):
+            if interval_ms:
+                await asyncio.sleep(interval_ms / 1000)
+            yield f"{time.monotonic():.6f} "
+        finished = True
+    finally:
+        if not finished:
+            print(f"cancelled {key} {time.monotonic():.6f}", flush=True)
+
+
+async def main() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def ready(name: str):
+        return lambda port: print(f"{name} listening on 127.0.0.1:{port}", flush=True)
+
+    await asyncio.gather(
+        *(
+            serve_async(Model(name, func), ready=ready(name), stop=stop)
+            for name, func in (("bench/ticks", ticks), ("demo/echo", echo))
+        )
+    )
 
 
 if __name__ == "__main__":
-    serve(Model("bench/ticks", ticks), port=int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    asyncio.run(main())

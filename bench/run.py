@@ -6,7 +6,7 @@ one every I ms, each chunk its send time), four consumers, one at a time:
 * ``asyncio grpc.aio``: a plain asyncio program reading the calls (baseline:
   the floor of any Python consumer);
 * ``bridge adapter``: Trio tasks reading through the bridge's asyncio-loop
-  thread (bridge.backends.grpc_loop);
+  thread (bridge.grpc_loop);
 * ``thread per stream``: Trio with one ``trio.to_thread`` thread per stream
   running sync grpc, handing each message to Trio (the rejected design);
 * ``HTTP/SSE end to end``: the real bridge process, N SSE clients over HTTP.
@@ -36,9 +36,9 @@ import grpc
 import httpx
 import trio
 
+from bridge import protocol
 from bridge._proto.v1 import predictor_pb2_grpc
-from bridge.backends import protocol
-from bridge.backends.grpc_loop import open_grpc_loop
+from bridge.grpc_loop import open_grpc_loop
 
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
 

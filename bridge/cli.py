@@ -107,8 +107,8 @@ async def _serve_until_signal(settings: Settings) -> None:
 
 
 async def _demo_backend(host: str, port: int, only: str | None) -> None:
-    from .backends.demo import make_models
-    from .backends.sdk import serve_async
+    from .demo import make_models
+    from .sdk import serve_async
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

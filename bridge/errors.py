@@ -20,7 +20,7 @@
         └── ModelError             502, the model itself raised
 
 Foreign errors are translated at exactly one boundary: ``grpc.RpcError``
-becomes a ``PredictionError`` in :mod:`bridge.backends.grpc_loop` and
+becomes a ``PredictionError`` in :mod:`bridge.grpc_loop` and
 nowhere else. HTTP handlers render any ``BridgeError`` as
 ``application/problem+json``; a running stream renders it as an SSE
 ``error`` event.

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from .backends import protocol
+from . import protocol
 from .config import ModelSettings
 from .predictions import iso_time
 

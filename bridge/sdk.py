@@ -1,8 +1,361 @@
-"""The model SDK's public names: serve a model over bridge.v1 in a few lines.
+"""Serve a model over bridge.v1 gRPC in a few lines.
 
-See :mod:`bridge.backends.sdk` for how it works.
+A model is a function, or a Cog-style class with ``setup()`` and
+``predict(**input)``. ``predict`` yields output tokens (a generator or an
+async generator: the output streams) or returns one value. It may also
+yield :class:`Log` and :class:`Metrics` objects. Its input schema is derived
+from its signature unless one is given::
+
+    from bridge.sdk import Model, serve
+
+    def predict(prompt: str, repeat: int = 1):
+        for word in prompt.split() * repeat:
+            yield word + " "
+
+    serve(Model("me/words", predict), port=50051)
+
+Cancellation of the RPC reaches the model: an async generator is closed at
+its current ``await``; a sync generator (run one ``next()`` at a time in a
+worker thread) is closed right after the ``next()`` in progress returns, so
+no further token is computed. An exception ends the RPC with status
+``UNKNOWN`` and the exception's message.
+
+The server is grpc.aio (asyncio). Tests and programs that are not asyncio
+use :class:`ModelServer`, which runs it in a thread of its own.
 """
 
-from .backends.sdk import Log, Metrics, Model, ModelServer, Predictor, serve, serve_async
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import hashlib
+import inspect
+import json
+import logging
+import signal
+import threading
+import types
+import typing
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from bridge._proto.v1 import predictor_pb2, predictor_pb2_grpc
+
+from . import protocol
 
 __all__ = ["Log", "Metrics", "Model", "ModelServer", "Predictor", "serve", "serve_async"]
+
+log = logging.getLogger(__name__)
+
+
+class Predictor:
+    """Cog-style base class; subclassing it is optional (any object with a
+    ``predict`` method will do)."""
+
+    def setup(self) -> None:
+        """Load weights and other slow state; called once before serving."""
+
+    def predict(self, **input: Any) -> Any:
+        raise NotImplementedError
+
+
+#: Yield ``Log("...")`` from ``predict`` to emit a log line.
+Log = protocol.LogLine
+
+#: Yield ``Metrics({...})`` from ``predict`` to report numbers it measured.
+Metrics = protocol.MetricsUpdate
+
+
+_JSON_TYPES: dict[Any, str] = {
+    str: "string",
+    int: "integer",
+    float: "number",
+    bool: "boolean",
+    dict: "object",
+    list: "array",
+}
+
+
+def _schema_for(annotation: Any) -> dict[str, Any]:
+    """A JSON schema for a parameter annotation (the common cases only)."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return {}
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _schema_for(args[0]) if len(args) == 1 else {}
+    if origin is list:
+        (item,) = typing.get_args(annotation) or (Any,)
+        return {"type": "array", "items": _schema_for(item)}
+    if origin is dict:
+        return {"type": "object"}
+    json_type = _JSON_TYPES.get(annotation)
+    return {"type": json_type} if json_type else {}
+
+
+def input_schema_for(func: Callable[..., Any]) -> dict[str, Any]:
+    """The input schema of a predict function, from its signature."""
+    hints = typing.get_type_hints(func)
+    properties: dict[str, Any] = {}
+    required: list[str] = []
+    params = inspect.signature(func).parameters.values()
+    for order, param in enumerate(
+        p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY
+    ):
+        prop = {"title": param.name.replace("_", " ").title(), "x-order": order}
+        prop |= _schema_for(hints.get(param.name, param.annotation))
+        if param.default is param.empty:
+            required.append(param.name)
+        elif param.default is not None:
+            prop["default"] = param.default
+        properties[param.name] = prop
+    schema: dict[str, Any] = {"type": "object", "title": "Input", "properties": properties}
+    if required:
+        schema["required"] = required
+    return schema
+
+
+def output_schema_for(func: Callable[..., Any]) -> dict[str, Any]:
+    """Streaming output (a generator) is a concatenated iterator of strings."""
+    if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
+        return {
+            "type": "array",
+            "title": "Output",
+            "items": {"type": "string"},
+            "x-cog-array-type": "iterator",
+            "x-cog-array-display": "concatenate",
+        }
+    return {"title": "Output"}
+
+
+def _coerce(value: Any, schema: dict[str, Any]) -> Any:
+    """Undo protobuf Struct's numbers-are-doubles for integer fields."""
+    kind = schema.get("type")
+    if kind == "integer" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind == "array" and isinstance(value, list):
+        return [_coerce(v, schema.get("items", {})) for v in value]
+    return value
+
+
+class Model:
+    """A predict function or predictor object, described for the bridge."""
+
+    def __init__(
+        self,
+        name: str,
+        predictor: Callable[..., Any] | Any,
+        *,
+        version: str | None = None,
+        input_schema: dict[str, Any] | None = None,
+        output_schema: dict[str, Any] | None = None,
+    ) -> None:
+        if inspect.isclass(predictor):
+            predictor = predictor()
+        self._setup: Callable[[], None] | None = getattr(predictor, "setup", None)
+        func = predictor if inspect.isroutine(predictor) else predictor.predict
+        self.predict: Callable[..., Any] = func
+        in_schema = input_schema if input_schema is not None else input_schema_for(func)
+        out_schema = output_schema if output_schema is not None else output_schema_for(func)
+        if version is None:
+            spec = json.dumps([name, in_schema, out_schema], sort_keys=True).encode()
+            version = hashlib.sha256(spec).hexdigest()
+        self.info = protocol.ModelInfo(name, version, in_schema, out_schema)
+
+    def setup(self) -> None:
+        if self._setup is not None:
+            self._setup()
+
+    def coerce_input(self, raw: dict[str, Any]) -> dict[str, Any]:
+        props = self.info.input_schema.get("properties", {})
+        return {k: _coerce(v, props.get(k, {})) for k, v in raw.items()}
+
+
+def _next_or_done(iterator: Iterator[Any], done: object) -> Any:
+    return next(iterator, done)
+
+
+async def _iterate(result: Any, executor: concurrent.futures.Executor) -> AsyncIterator[Any]:
+    """Everything ``predict`` produces, whatever kind of callable it is."""
+    if inspect.isasyncgen(result):
+        try:
+            async for item in result:
+                yield item
+        finally:
+            await result.aclose()
+    elif inspect.isgenerator(result):
+        done = object()
+        step: concurrent.futures.Future[Any] | None = None
+        try:
+            while True:
+                step = executor.submit(_next_or_done, result, done)
+                item = await asyncio.wrap_future(step)
+                if item is done:
+                    return
+                yield item
+        finally:
+            # Close the generator in a worker thread once the next() in
+            # progress (if any) has returned: never while it runs.
+            if step is None:
+                executor.submit(result.close)
+            else:
+                step.add_done_callback(lambda _: executor.submit(result.close))
+    elif inspect.isawaitable(result):
+        yield await result
+    else:
+        yield result
+
+
+class _Servicer(predictor_pb2_grpc.PredictorServicer):
+    def __init__(self, model: Model, executor: concurrent.futures.Executor) -> None:
+        self._model = model
+        self._executor = executor
+
+    async def Describe(self, request: Any, context: Any) -> predictor_pb2.DescribeResponse:
+        return protocol.model_info_to_pb(self._model.info)
+
+    async def Predict(
+        self, request: predictor_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[predictor_pb2.PredictResponse]:
+        input = self._model.coerce_input(protocol.request_input(request))
+        log.info("prediction %s started", request.id)
+        # Headers now tell the bridge the model is running.
+        await context.send_initial_metadata(())
+        try:
+            func = self._model.predict
+            if (
+                inspect.isgeneratorfunction(func)
+                or inspect.isasyncgenfunction(func)
+                or inspect.iscoroutinefunction(func)
+            ):
+                result = func(**input)
+            else:
+                # A plain function may block: call it off the event loop.
+                result = await asyncio.wrap_future(
+                    self._executor.submit(functools.partial(func, **input))
+                )
+            async for item in _iterate(result, self._executor):
+                if isinstance(item, Log):
+                    yield protocol.log_response(item.line)
+                elif isinstance(item, Metrics):
+                    yield protocol.metrics_response(item.values)
+                else:
+                    yield protocol.output_response([item])
+        except Exception as exc:
+            log.info("prediction %s failed: %r", request.id, exc)
+            context.set_code(grpc.StatusCode.UNKNOWN)
+            context.set_details(str(exc) or type(exc).__name__)
+
+
+async def serve_async(
+    model: Model,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready: Callable[[int], None] | None = None,
+    stop: asyncio.Event | None = None,
+    max_threads: int = 64,
+) -> None:
+    """Serve *model* until *stop* is set (or forever); *ready* gets the port."""
+    with concurrent.futures.ThreadPoolExecutor(max_threads, "model") as executor:
+        await asyncio.get_running_loop().run_in_executor(executor, model.setup)
+        server = grpc.aio.server()
+        predictor_pb2_grpc.add_PredictorServicer_to_server(_Servicer(model, executor), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        bound = server.add_insecure_port(f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot listen on {host}:{port}")
+        await server.start()
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await health_servicer.set("", serving)
+        await health_servicer.set("bridge.v1.Predictor", serving)
+        if ready is not None:
+            ready(bound)
+        try:
+            await (stop.wait() if stop is not None else server.wait_for_termination())
+        finally:
+            await health_servicer.enter_graceful_shutdown()
+            # Running predictions get a moment, then are cancelled.
+            await server.stop(grace=1.0)
+
+
+def serve(model: Model, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    """Serve *model* in the foreground until SIGINT or SIGTERM."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+        def ready(bound: int) -> None:
+            print(f"{model.info.name} listening on {host}:{bound}", flush=True)
+
+        await serve_async(model, host=host, port=port, ready=ready, stop=stop)
+
+    asyncio.run(main())
+
+
+class ModelServer:
+    """A model served from a thread with its own asyncio loop.
+
+    For tests and for programs that are not asyncio::
+
+        with ModelServer(model) as server:
+            target = server.target   # "127.0.0.1:<port>"
+    """
+
+    def __init__(self, model: Model, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.model = model
+        self.host = host
+        self.port = port
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def target(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def __enter__(self) -> ModelServer:
+        self._thread = threading.Thread(target=self._main, name=f"model {self.model.info.name}")
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        assert self._loop is not None and self._stop is not None and self._thread is not None
+        with contextlib.suppress(RuntimeError):  # loop already gone
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+
+    def _main(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+
+            def ready(bound: int) -> None:
+                self.port = bound
+                self._ready.set()
+
+            await serve_async(
+                self.model, host=self.host, port=self.port, ready=ready, stop=self._stop
+            )
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._ready.set()

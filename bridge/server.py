@@ -32,8 +32,8 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
 from .app import create_app
-from .backends.grpc_loop import open_grpc_loop
 from .config import Settings
+from .grpc_loop import open_grpc_loop
 from .service import Bridge
 from .webhooks import WebhookSender, load_or_create_secret
 

@@ -20,9 +20,8 @@ from typing import Any
 
 import trio
 
+from . import protocol
 from .admission import Admission, Ticket
-from .backends import protocol
-from .backends.grpc_loop import CLEANUP_TIMEOUT, GrpcLoop
 from .config import Settings
 from .errors import (
     BackendTimeout,
@@ -34,6 +33,7 @@ from .errors import (
     PredictionError,
     ShuttingDown,
 )
+from .grpc_loop import CLEANUP_TIMEOUT, GrpcLoop
 from .models import ModelEntry
 from .predictions import Prediction
 from .validation import validate_input, validate_webhook

@@ -14,9 +14,9 @@ import httpx
 import pytest
 import trio
 
-from bridge.backends.demo import make_models
-from bridge.backends.sdk import Model, ModelServer
 from bridge.config import ModelSettings, Settings
+from bridge.demo import make_models
+from bridge.sdk import Model, ModelServer
 from bridge.server import serve
 
 from .sse_clients import Ev, replicate_events, spec_events

@@ -10,10 +10,10 @@ import grpc
 import pytest
 import trio
 
+from bridge import protocol
 from bridge._proto.v1 import predictor_pb2_grpc
-from bridge.backends import protocol
-from bridge.backends.grpc_loop import map_rpc_error, open_grpc_loop
 from bridge.errors import BackendProtocolError, BackendTimeout, BackendUnavailable, ModelError
+from bridge.grpc_loop import map_rpc_error, open_grpc_loop
 from tests.backends import RawServer
 from tests.conftest import closed_port_target
 

@@ -96,7 +96,7 @@ class PredictStream:
     """The Trio end of one ``Predict`` call.
 
     ``async for batch in stream`` yields lists of
-    :data:`~bridge.backends.protocol.StreamItem`; the loop ends when the call
+    :data:`~bridge.protocol.StreamItem`; the loop ends when the call
     succeeds and raises a :class:`~bridge.errors.PredictionError` if it fails.
     """
 
