@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $(STAMP)
 
 proto: $(STAMP)
@@ -53,8 +53,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check bridge tests bench
 	$(PY) -m ruff format --check bridge tests bench
 
+# The bridge against the direct gRPC drain and the FastAPI peer, in one run;
+# writes bench/out/results.md and results.json (about two minutes).
 bench: bridge/_proto/v1/predictor_pb2.py
-	$(PY) bench/run.py
+	GRPC_VERBOSITY=ERROR $(PY) bench/run.py
 
 clean:
 	rm -rf $(VENV) bridge/_proto .pytest_cache tests/js/node_modules

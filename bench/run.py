@@ -1,288 +1,556 @@
-"""How fast messages get from a gRPC backend to their reader, four ways.
+"""``make bench``: the bridge against the direct gRPC drain and a hand-written
+peer, everything in one run.
 
-One run, one backend process (``bench/backend.py``: N streams of T chunks,
-one every I ms, each chunk its send time), four consumers, one at a time:
+One run starts its own processes: the backend (``bench/backend.py``:
+``bench/ticks``, whose chunks are the monotonic time they were made at, and
+``demo/echo``), the bridge (``python -m bridge serve``), and the peer
+(``bench/peer.py``: FastAPI + sse-starlette + grpc.aio on uvicorn). Readers
+are processes of their own (``bench/readers.py``: raw sockets, or grpc.aio
+for the direct drain), and their CPU is shown, so they are seen not to be
+the bottleneck. Ratios are against baselines of the same run: these
+machines are shared and noisy, so compare ratios, not milliseconds, across
+runs.
 
-* ``asyncio grpc.aio``: a plain asyncio program reading the calls (baseline:
-  the floor of any Python consumer);
-* ``bridge adapter``: Trio tasks reading through the bridge's asyncio-loop
-  thread (bridge.grpc_loop);
-* ``thread per stream``: Trio with one ``trio.to_thread`` thread per stream
-  running sync grpc, handing each message to Trio (the rejected design);
-* ``HTTP/SSE end to end``: the real bridge process, N SSE clients over HTTP.
+Measured:
 
-Delay = receive time - send time (both ``time.monotonic``, one machine).
-Ratios are against the baseline of the same run: these machines are shared
-and noisy, so compare ratios, not milliseconds, across runs.
+* one stream as fast as the backend sends (``demo/echo``, 2-character
+  chunks): chunks/s direct over gRPC, through the bridge, through the peer
+  (the median of a few rounds, taken in turns);
+* 100 and 1,000 concurrent streams at 20 chunks/s: the gap between
+  consecutive chunks of a stream and each chunk's delay, p50/p99/max,
+  streams not whole, and the server's CPU and peak RSS;
+* time to first chunk (sequential requests) direct, through the bridge
+  (the direct streaming create) and the peer; ``cancel`` (the HTTP call) to
+  the model's generator seeing it;
+* memory, in a fresh bridge process: RSS per retained 2-character chunk,
+  per idle open stream, per stalled late reader of a long prediction.
 
-    .venv/bin/python bench/run.py [--streams 200] [--tokens 50] [--interval-ms 20]
+Writes ``results.md`` and ``results.json`` to ``--out`` (``bench/out``).
+
+    .venv/bin/python bench/run.py [--smoke] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
+import http.client
+import json
 import os
 import re
+import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
-import grpc
-import httpx
-import trio
-
-from bridge import protocol
-from bridge._proto.v1 import predictor_pb2_grpc
-from bridge.grpc_loop import open_grpc_loop
-
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
+TICKS, ECHO = "bench/ticks", "demo/echo"
 
 
-@dataclass
-class Result:
-    name: str
-    delays: list[float] = field(default_factory=list)
-    received: int = 0  # more than len(delays) where replayed events are left out
-    wall: float = 0.0
-    peak_threads: int = 0
+# -- processes -------------------------------------------------------------
 
-    def row(self, base: Result | None) -> str:
-        d = sorted(self.delays)
-        p50, p99 = d[len(d) // 2] * 1000, d[int(len(d) * 0.99)] * 1000
-        ratio = ""
-        if base is not None:
-            b = sorted(base.delays)
-            b50, b99 = b[len(b) // 2] * 1000, b[int(len(b) * 0.99)] * 1000
-            ratio = f"{p50 / b50:7.2f}x {p99 / b99:7.2f}x"
-        received = self.received or len(d)
-        return (
-            f"{self.name:<22}{received:>8}{p50:>10.2f}{p99:>10.2f}"
-            f"{received / self.wall:>11.0f}{self.peak_threads:>9}  {ratio}"
+
+class Proc:
+    """A child process we own: started, read for a pattern, stopped by PID."""
+
+    def __init__(self, argv: list[str], pattern: str, *, stderr: bool = False) -> None:
+        self.popen = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT if stderr else subprocess.DEVNULL,
+            env=ENV,
+            text=True,
+            cwd=HERE.parent,
         )
-
-
-class ThreadPeak:
-    """Samples a thread count (ours, or another process's) in the background."""
-
-    def __init__(self, pid: int | None = None) -> None:
-        self.pid, self.peak, self._stop = pid, 0, threading.Event()
-
-    def _count(self) -> int:
-        if self.pid is None:
-            return threading.active_count()
-        with open(f"/proc/{self.pid}/status") as f:
-            return int(re.search(r"Threads:\s+(\d+)", f.read())[1])
-
-    def __enter__(self) -> ThreadPeak:
-        def run() -> None:
-            while not self._stop.wait(0.02):
-                self.peak = max(self.peak, self._count())
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        if self.pid is None:
-            self.peak -= 1  # not counting the sampler itself
-
-
-def _measure(result: Result, run: Callable[[], object], pid: int | None = None) -> Result:
-    """Run *run*, recording its wall time and the peak thread count."""
-    with ThreadPeak(pid) as peak:
-        start = time.monotonic()
-        run()
-        result.wall = time.monotonic() - start
-    result.peak_threads = peak.peak
-    return result
-
-
-def _request(i: int, args: argparse.Namespace) -> object:
-    return protocol.predict_request(
-        f"b{i}", {"tokens": args.tokens, "interval_ms": args.interval_ms}
-    )
-
-
-def bench_asyncio(target: str, args: argparse.Namespace) -> Result:
-    result = Result("asyncio grpc.aio")
-
-    async def main() -> None:
-        async with grpc.aio.insecure_channel(target) as channel:
-            stub = predictor_pb2_grpc.PredictorStub(channel)
-
-            async def one(i: int) -> None:
-                async for response in stub.Predict(_request(i, args)):
-                    now = time.monotonic()
-                    for c in response.output.chunks:
-                        result.delays.append(now - float(c.text))
-
-            await asyncio.gather(*(one(i) for i in range(args.streams)))
-
-    return _measure(result, lambda: asyncio.run(main()))
-
-
-def bench_adapter(target: str, args: argparse.Namespace) -> Result:
-    result = Result("bridge adapter")
-
-    async def one(grpc_loop, i: int) -> None:
-        async with grpc_loop.predict(
-            target, f"b{i}", {"tokens": args.tokens, "interval_ms": args.interval_ms}
-        ) as s:
-            async for batch in s:
-                now = time.monotonic()
-                for item in batch:
-                    if isinstance(item, protocol.OutputChunks):
-                        result.delays.extend(now - float(c) for c in item.chunks)
-
-    async def main() -> None:
-        async with open_grpc_loop() as grpc_loop, trio.open_nursery() as nursery:
-            for i in range(args.streams):
-                nursery.start_soon(one, grpc_loop, i)
-
-    return _measure(result, lambda: trio.run(main))
-
-
-def bench_threads(target: str, args: argparse.Namespace) -> Result:
-    result = Result("thread per stream")
-
-    async def main() -> None:
-        limiter = trio.CapacityLimiter(args.streams)
-        channel = grpc.insecure_channel(target)
-        stub = predictor_pb2_grpc.PredictorStub(channel)
-
-        def receive(text: str) -> None:
-            result.delays.append(time.monotonic() - float(text))
-
-        def one(i: int) -> None:
-            for response in stub.Predict(_request(i, args)):
-                for c in response.output.chunks:
-                    trio.from_thread.run_sync(receive, c.text)
-
-        async with trio.open_nursery() as nursery:
-            for i in range(args.streams):
-                nursery.start_soon(lambda i=i: trio.to_thread.run_sync(one, i, limiter=limiter))
-        channel.close()
-
-    return _measure(result, lambda: trio.run(main))
-
-
-def bench_http(target: str, args: argparse.Namespace) -> Result:
-    result = Result("HTTP/SSE end to end")
-    with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as config:
-        config.write(f'[models."bench/ticks"]\ntargets = ["{target}"]\n')
-    bridge = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "serve", "--config", config.name, "--port", "0"],
-        stderr=subprocess.PIPE,
-        env=ENV,
-        text=True,
-    )
-    try:
-        for line in bridge.stderr:
-            if m := re.search(r"Running on (http://\S+)", line):
-                url = m[1]
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self.found: list[str] = []
+        regex = re.compile(pattern)
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:  # until its first line that says where it is
+            if m := regex.search(line):
+                self.found.append(m[1])
                 break
-        threading.Thread(target=lambda: bridge.stderr.read(), daemon=True).start()
+        else:
+            raise RuntimeError(f"{argv} exited before saying where it listens")
+        threading.Thread(target=self._drain, daemon=True).start()
 
-        host, port = url.removeprefix("http://").rsplit(":", 1)
-        body = f'{{"input": {{"tokens": {args.tokens}, "interval_ms": {args.interval_ms}}}}}'
-        output = re.compile(rb"event: output\nid: [^\n]*\ndata: ([0-9.]+)\n")
+    def _drain(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
 
-        # httpx's pool spends O(waiters) per request: with 1,000 creates in
-        # flight the client, not the bridge, would be measured.
-        creating = trio.CapacityLimiter(50)
+    def wait_line(self, pattern: str, timeout: float) -> re.Match[str] | None:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    if m := regex.search(line):
+                        return m
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._changed.wait(left):
+                    return None
 
-        async def one(client: httpx.AsyncClient, i: int) -> None:
-            async with creating:
-                r = await client.post("/v1/models/bench/ticks/predictions", content=body)
-            path = r.json()["urls"]["stream"].removeprefix(url)
-            # A minimal raw HTTP/1.1 SSE reader: httpx's line parsing costs
-            # more CPU than the bridge does, and would measure the client.
-            stream = await trio.open_tcp_stream(host, int(port))
-            async with stream:
-                await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-                connected = time.monotonic()
-                buffer = b""
-                while data := await stream.receive_some(65536):
-                    now = time.monotonic()
-                    buffer += data
-                    end = 0
-                    for m in output.finditer(buffer):
-                        result.received += 1
-                        # Events sent before this reader connected are a
-                        # replay (late join), not a delay: leave them out.
-                        if (sent := float(m[1])) >= connected:
-                            result.delays.append(now - sent)
-                        end = m.end()
-                    buffer = buffer[end:]
-                    if b"event: done" in buffer:
-                        break
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
 
-        async def main() -> None:
-            async with (
-                httpx.AsyncClient(base_url=url, timeout=120) as client,
-                trio.open_nursery() as nursery,
-            ):
-                for i in range(args.streams):
-                    nursery.start_soon(one, client, i)
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
 
-        _measure(result, lambda: trio.run(main), pid=bridge.pid)
-        result.name += " *"
+
+def start_backend() -> tuple[Proc, dict[str, str]]:
+    proc = Proc([PY, str(HERE / "backend.py")], r"listening on (\S+)")
+    targets = {}
+    # Two lines: one per model, in order.
+    first = proc.found[0]
+    second = proc.wait_line(r"demo/echo listening on (\S+)", 10)
+    assert second is not None, "backend did not start"
+    targets[TICKS], targets[ECHO] = first, second[1]
+    return proc, targets
+
+
+def start_bridge(targets: dict[str, str], tmp: Path) -> tuple[Proc, str]:
+    config = tmp / "bridge.toml"
+    models = "".join(f'[models."{n}"]\ntargets = ["{t}"]\n' for n, t in targets.items())
+    config.write_text(
+        "[server]\nmax_running = 4096\nmax_queued = 4096\n"
+        f'[webhooks]\nsecret_file = "{tmp / "secret"}"\n{models}'
+    )
+    argv = [PY, "-m", "bridge", "serve", "--config", str(config), "--port", "0"]
+    proc = Proc(argv, r"bridge listening on http://(\S+)", stderr=True)
+    return proc, proc.found[0]
+
+
+def start_peer(targets: dict[str, str]) -> tuple[Proc, str]:
+    argv = [PY, str(HERE / "peer.py"), "--port", "0", *(f"{n}={t}" for n, t in targets.items())]
+    proc = Proc(argv, r"peer listening on http://(\S+)")
+    return proc, proc.found[0]
+
+
+# -- what a process uses ---------------------------------------------------
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read())[1]) * 1024
+
+
+def _cpu(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def usage(pid: int) -> Iterator[dict[str, float]]:
+    """CPU seconds and peak RSS (MiB) of *pid* while the block runs."""
+    out: dict[str, float] = {"peak_rss_mib": 0.0}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while True:
+            out["peak_rss_mib"] = max(out["peak_rss_mib"], _rss(pid) / 2**20)
+            if stop.wait(0.05):
+                return
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    cpu = _cpu(pid)
+    sampler.start()
+    try:
+        yield out
     finally:
-        bridge.terminate()
-        bridge.wait(10)
-        os.unlink(config.name)
-    return result
+        stop.set()
+        sampler.join()
+        out["cpu_s"] = _cpu(pid) - cpu
+
+
+# -- readers ---------------------------------------------------------------
+
+
+def readers(
+    kind: str,
+    where: str,
+    model: str,
+    input: dict[str, Any],
+    streams: int,
+    *,
+    procs: int = 1,
+    ticks: bool = False,
+    sequential: bool = False,
+) -> dict[str, Any]:
+    """Run *streams* streams split over *procs* reader processes; merged."""
+    argv = [PY, str(HERE / "readers.py"), kind, "--model", model, "--input", json.dumps(input)]
+    argv += ["--addr" if kind == "sse" else "--target", where]
+    argv += ["--ticks"] * ticks + ["--sequential"] * sequential
+    shares = [streams // procs + (i < streams % procs) for i in range(procs)]
+    running = [
+        subprocess.Popen([*argv, "--streams", str(n)], stdout=subprocess.PIPE, env=ENV)
+        for n in shares
+        if n
+    ]
+    outs = [json.loads(p.communicate()[0]) for p in running]
+    return {
+        "cpu": sum(o["cpu"] for o in outs),
+        "wall": max(o["wall"] for o in outs),
+        "streams": [s for o in outs for s in o["streams"]],
+    }
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * q))]
+
+
+def ms(values: list[float]) -> dict[str, float | None]:
+    def r(v: float | None) -> float | None:
+        return None if v is None else round(v * 1000, 2)
+
+    return {"p50": r(pct(values, 0.5)), "p99": r(pct(values, 0.99)), "max": r(pct(values, 1))}
+
+
+# -- the measurements ------------------------------------------------------
+
+
+def one_stream(urls: dict[str, str], targets: dict[str, str], chunks: int, rounds: int) -> dict:
+    input = {"prompt": "-", "tokens": ["ab"], "repeat": chunks}
+    runs: dict[str, list[float]] = {"direct": [], "bridge": [], "peer": []}
+    cpu: dict[str, float] = {}
+    for _ in range(rounds):
+        for name in runs:
+            if name == "direct":
+                out = readers("grpc", targets[ECHO], ECHO, input, 1)
+            else:
+                out = readers("sse", urls[name], ECHO, input, 1)
+            (stream,) = out["streams"]
+            assert stream["error"] is None and stream["chunks"] == chunks, (name, stream)
+            runs[name].append(stream["end"])
+            cpu[name] = out["cpu"]
+    rates = {name: chunks / statistics.median(ends) for name, ends in runs.items()}
+    return {
+        "chunks": chunks,
+        "chunks_per_s": {k: round(v) for k, v in rates.items()},
+        "bridge_vs_direct": round(rates["bridge"] / rates["direct"], 2),
+        "bridge_vs_peer": round(rates["bridge"] / rates["peer"], 2),
+        "reader_cpu_s": cpu,
+    }
+
+
+def many_streams(urls: dict[str, str], pids: dict[str, int], streams: int, seconds: float) -> dict:
+    per_second = 20
+    tokens = int(seconds * per_second)
+    input = {"tokens": tokens, "interval_ms": 1000 // per_second}
+    out: dict[str, Any] = {"streams": streams, "chunks_per_stream": tokens}
+    for name in ("bridge", "peer"):
+        with usage(pids[name]) as used:
+            result = readers("sse", urls[name], TICKS, input, streams, procs=2, ticks=True)
+        whole = [s for s in result["streams"] if s["error"] is None and s["chunks"] == tokens]
+        out[name] = {
+            "gap_ms": ms([g for s in result["streams"] for g in s["gaps"]]),
+            "delay_ms": ms([d for s in result["streams"] for d in s["delays"]]),
+            "not_whole": streams - len(whole),
+            "errors": sorted({s["error"] for s in result["streams"] if s["error"]})[:3],
+            "server_cpu_s": round(used["cpu_s"], 2),
+            "server_peak_rss_mib": round(used["peak_rss_mib"], 1),
+            "reader_cpu_s": round(result["cpu"], 2),
+        }
+    return out
+
+
+def first_token(urls: dict[str, str], targets: dict[str, str], trials: int) -> dict:
+    input = {"tokens": 1, "interval_ms": 0}
+    each = {"ticks": True, "sequential": True}
+    firsts = {
+        "direct": readers("grpc", targets[TICKS], TICKS, input, trials, **each),
+        "bridge": readers("sse", urls["bridge"], TICKS, input, trials, **each),
+        "peer": readers("sse", urls["peer"], TICKS, input, trials, **each),
+    }
+    out = {k: ms([s["first"] for s in v["streams"] if s["first"] is not None])
+           for k, v in firsts.items()}  # fmt: skip
+    out["bridge_added_p50_ms"] = round(out["bridge"]["p50"] - out["direct"]["p50"], 2)
+    out["bridge_added_p99_ms"] = round(out["bridge"]["p99"] - out["direct"]["p99"], 2)
+    return out
+
+
+def _http(addr: str, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+    host, port = addr.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        data = None if body is None else json.dumps(body)
+        conn.request(method, path, data, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _open_stream(addr: str, path: str, rcvbuf: int | None = None) -> socket.socket:
+    host, port = addr.rsplit(":", 1)
+    sock = socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect((host, int(port)))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    return sock
+
+
+def cancel_latency(addr: str, backend: Proc, trials: int) -> dict:
+    """HTTP cancel sent -> the model's generator closed (its own clock line)."""
+    latencies = []
+    for i in range(trials):
+        key = f"c{i}-{os.getpid()}"
+        input = {"key": key, "tokens": 10**9, "interval_ms": 10}
+        status, body = _http(addr, "POST", f"/v1/models/{TICKS}/predictions", {"input": input})
+        assert status == 201, body
+        prediction = json.loads(body)
+        with _open_stream(addr, prediction["urls"]["stream"].split(addr, 1)[1]) as sock:
+            seen = b""
+            while b"event: output" not in seen:  # running: the first chunk came
+                seen += sock.recv(65536)
+            sent = time.monotonic()
+            status, _ = _http(addr, "POST", f"/v1/predictions/{prediction['id']}/cancel")
+            assert status == 200
+        line = backend.wait_line(rf"cancelled {re.escape(key)} (\S+)", 10)
+        assert line is not None, f"the backend never saw cancel {key}"
+        latencies.append(float(line[1]) - sent)
+    return ms(latencies)
+
+
+def _active(addr: str, gauge: str) -> float:
+    _, text = _http(addr, "GET", "/metrics")
+    return float(re.search(rf"^{gauge} (\S+)$", text.decode(), re.M)[1])
+
+
+def _settled_rss(pid: int, timeout: float = 10.0) -> int:
+    """RSS once it stops moving (within 64 KiB over half a second)."""
+    last, deadline = _rss(pid), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _rss(pid)
+        if abs(now - last) < 65536:
+            return now
+        last = now
+    return last
+
+
+def memory(targets: dict[str, str], tmp: Path, chunks: int, idle: int, stalled: int) -> dict:
+    bridge, addr = start_bridge(targets, tmp)
+    sockets: list[socket.socket] = []
+    try:
+        _http(addr, "GET", f"/v1/models/{ECHO}")  # described, warm
+        _http(addr, "GET", f"/v1/models/{TICKS}")
+        before = _settled_rss(bridge.pid)
+        status, body = _http(
+            addr,
+            "POST",
+            f"/v1/models/{ECHO}/predictions",
+            {"input": {"prompt": "-", "tokens": ["ab"], "repeat": chunks}},
+        )
+        assert status == 201, body
+        long = json.loads(body)
+        while _active(addr, "bridge_predictions_active"):
+            time.sleep(0.1)
+        retained = _settled_rss(bridge.pid)
+        per_chunk = (retained - before) / chunks
+
+        status, body = _http(
+            addr,
+            "POST",
+            f"/v1/models/{TICKS}/predictions",
+            {"input": {"tokens": 1, "interval_ms": 600_000}},
+        )
+        path = json.loads(body)["urls"]["stream"].split(addr, 1)[1]
+        before = _settled_rss(bridge.pid)
+        sockets += [_open_stream(addr, path) for _ in range(idle)]
+        while _active(addr, "bridge_stream_clients_active") < idle:
+            time.sleep(0.1)
+        per_idle = (_settled_rss(bridge.pid) - before) / idle
+
+        before = _rss(bridge.pid)
+        path = long["urls"]["stream"].split(addr, 1)[1]
+        sockets += [_open_stream(addr, path, rcvbuf=4096) for _ in range(stalled)]
+        time.sleep(1.0)
+        per_stalled = (_settled_rss(bridge.pid) - before) / stalled
+    finally:
+        for sock in sockets:
+            sock.close()
+        bridge.stop()
+    return {
+        "retained_chunks": chunks,
+        "rss_per_retained_chunk_bytes": round(per_chunk, 1),
+        "rss_per_idle_stream_kib": round(per_idle / 1024, 1),
+        "rss_per_stalled_late_reader_kib": round(per_stalled / 1024, 1),
+    }
+
+
+# -- the report ------------------------------------------------------------
+
+
+def _mark(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def report(r: dict[str, Any]) -> str:
+    one = r["one_stream"]
+    rate = one["chunks_per_s"]
+    lines = [
+        f"`make bench`: {r['machine']}; everything in one run, ratios against it.",
+        "",
+        "| | direct gRPC drain (the limit) | this bridge | the FastAPI peer |",
+        "|---|---|---|---|",
+        f"| one stream, {one['chunks']:,} chunks of `demo/echo`: chunks/s | {rate['direct']:,} | "
+        f"{rate['bridge']:,} ({one['bridge_vs_direct']}x the limit) | {rate['peer']:,} "
+        f"(the bridge is {one['bridge_vs_peer']}x the peer) |",
+    ]
+    for key in ("streams_100", "streams_1000"):
+        m = r.get(key)
+        if not m:
+            continue
+        b, p = m["bridge"], m["peer"]
+        n = f"{m['streams']:,} streams at 20 chunks/s"
+
+        def fmt(d: dict) -> str:
+            return f"{d['p50']} / {d['p99']} / {d['max']}"
+
+        lines += [
+            f"| {n}: gap between chunks p50 / p99 / max, ms (50 ideal) | - | "
+            f"{fmt(b['gap_ms'])} | {fmt(p['gap_ms'])} |",
+            f"| {n}: delay p50 / p99 / max, ms | - | {fmt(b['delay_ms'])} | {fmt(p['delay_ms'])} |",
+            f"| {n}: streams not whole; server CPU s, peak RSS MiB; readers' CPU s | - | "
+            f"{b['not_whole']}; {b['server_cpu_s']}, {b['server_peak_rss_mib']}; "
+            f"{b['reader_cpu_s']} | {p['not_whole']}; {p['server_cpu_s']}, "
+            f"{p['server_peak_rss_mib']}; {p['reader_cpu_s']} |",
+        ]
+    t = r["first_token"]
+    c, mem = r["cancel_ms"], r["memory"]
+    lines += [
+        f"| time to first chunk p50 / p99, ms | {t['direct']['p50']} / {t['direct']['p99']} | "
+        f"{t['bridge']['p50']} / {t['bridge']['p99']} (+{t['bridge_added_p50_ms']} p50) | "
+        f"{t['peer']['p50']} / {t['peer']['p99']} |",
+        f"| cancel to the model seeing it p50 / p99, ms | - | {c['p50']} / {c['p99']} | - |",
+        f"| RSS per retained 2-character chunk ({mem['retained_chunks']:,} retained) | - | "
+        f"{mem['rss_per_retained_chunk_bytes']} bytes | - |",
+        f"| RSS per idle open stream | - | {mem['rss_per_idle_stream_kib']} KiB | - |",
+        f"| RSS per stalled late reader of that prediction | - | "
+        f"{mem['rss_per_stalled_late_reader_kib']} KiB | - |",
+        "",
+        "| target | measured | |",
+        "|---|---|---|",
+    ]
+    targets = [
+        ("one stream ≥ 0.9x the direct rate", f"{one['bridge_vs_direct']}x",
+         one["bridge_vs_direct"] >= 0.9),
+        ("one stream ≥ 1.5x the peer", f"{one['bridge_vs_peer']}x", one["bridge_vs_peer"] >= 1.5),
+    ]  # fmt: skip
+    if m := r.get("streams_1000"):
+        b, p = m["bridge"]["gap_ms"], m["peer"]["gap_ms"]
+        targets.append((
+            "1,000 streams whole, gap p99 ≤ 100 ms and below the peer's",
+            f"{m['bridge']['not_whole']} not whole, {b['p99']} ms vs {p['p99']} ms",
+            m["bridge"]["not_whole"] == 0 and b["p99"] <= 100 and b["p99"] < p["p99"],
+        ))  # fmt: skip
+    targets += [
+        ("added time to first chunk p50 ≤ 3 ms", f"{t['bridge_added_p50_ms']} ms",
+         t["bridge_added_p50_ms"] <= 3),
+        ("cancel reaches the model p99 ≤ 50 ms", f"{c['p99']} ms", c["p99"] <= 50),
+        ("≤ 100 bytes per retained 2-character chunk",
+         f"{mem['rss_per_retained_chunk_bytes']} bytes",
+         mem["rss_per_retained_chunk_bytes"] <= 100),
+        ("≤ 1 MiB per stalled late reader", f"{mem['rss_per_stalled_late_reader_kib']} KiB",
+         mem["rss_per_stalled_late_reader_kib"] <= 1024),
+        ("≤ 40 KiB per idle open stream", f"{mem['rss_per_idle_stream_kib']} KiB",
+         mem["rss_per_idle_stream_kib"] <= 40),
+    ]  # fmt: skip
+    lines += [f"| {name} | {value} | {_mark(ok)} |" for name, value, ok in targets]
+    return "\n".join(lines) + "\n"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--streams", type=int, default=200)
-    parser.add_argument("--tokens", type=int, default=50)
-    parser.add_argument("--interval-ms", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true", help="seconds-long, tiny sizes")
+    parser.add_argument("--out", type=Path, default=HERE / "out")
     parser.add_argument(
-        "--skip-threads",
-        action="store_true",
-        help="skip the thread-per-stream design (slow at 1,000 streams)",
+        "--only", help="comma-separated: one,streams,first,cancel,memory (default: all)"
     )
     args = parser.parse_args()
-
-    backend = subprocess.Popen(
-        [sys.executable, "bench/backend.py"], stdout=subprocess.PIPE, env=ENV, text=True
+    only = (
+        set(args.only.split(",")) if args.only else {"one", "streams", "first", "cancel", "memory"}
     )
-    try:
-        target = re.search(r"listening on (\S+)", backend.stdout.readline())[1]
-        print(
-            f"{args.streams} streams x {args.tokens} chunks, one per {args.interval_ms} ms; "
-            f"{os.cpu_count()} cores\n"
-        )
-        print(
-            f"{'consumer':<22}{'msgs':>8}{'p50 ms':>10}{'p99 ms':>10}{'msgs/s':>11}"
-            f"{'threads':>9}  vs baseline (p50, p99)"
-        )
-        base = bench_asyncio(target, args)
-        print(base.row(None), flush=True)
-        runs = [bench_adapter]
-        if not args.skip_threads:
-            runs.append(bench_threads)
-        runs.append(bench_http)
-        for run in runs:
-            print(run(target, args).row(base), flush=True)
-        print(
-            "\n* threads of the bridge process; the HTTP clients run in this process;"
-            " delays of live events only (not those replayed to a reader that joined late)"
-        )
-    finally:
-        backend.terminate()
-        backend.wait(10)
+    smoke = args.smoke
+    results: dict[str, Any] = {
+        "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, "
+        f"{time.strftime('%Y-%m-%d')}"
+        + (" (smoke run: sizes too small to mean anything)" if smoke else ""),
+    }
+    procs: list[Proc] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            backend, targets = start_backend()
+            procs.append(backend)
+            bridge, bridge_addr = start_bridge(targets, Path(tmp))
+            procs.append(bridge)
+            peer, peer_addr = start_peer(targets)
+            procs.append(peer)
+            urls = {"bridge": bridge_addr, "peer": peer_addr}
+            pids = {"bridge": bridge.pid, "peer": peer.pid}
+            for addr in urls.values():  # connected, described, warm
+                readers("sse", addr, ECHO, {"prompt": "warm up"}, 4)
+
+            def step(name: str) -> None:
+                print(f"bench: {name}", file=sys.stderr, flush=True)
+
+            if "one" in only:
+                step("one stream")
+                results["one_stream"] = one_stream(
+                    urls, targets, 2000 if smoke else 20000, 1 if smoke else 5
+                )
+            for n in ((10,) if smoke else (100, 1000)) if "streams" in only else ():
+                step(f"{n} streams")
+                results[f"streams_{100 if smoke else n}"] = many_streams(
+                    urls, pids, n, 1 if smoke else 8
+                )
+            if "first" in only:
+                step("time to first chunk")
+                results["first_token"] = first_token(urls, targets, 5 if smoke else 100)
+            if "cancel" in only:
+                step("cancel")
+                results["cancel_ms"] = cancel_latency(bridge_addr, backend, 3 if smoke else 50)
+            if "memory" in only:
+                step("memory")
+                results["memory"] = memory(
+                    targets, Path(tmp), *((2000, 20, 2) if smoke else (200_000, 500, 10))
+                )
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = report(results) if only >= {"one", "first", "cancel", "memory"} else ""
+    (args.out / "results.md").write_text(table)
+    print(table or json.dumps(results, indent=1))
     return 0
 
 

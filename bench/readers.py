@@ -1,0 +1,215 @@
+"""Lean readers for the bench, run as processes of their own.
+
+Each reads N streams at once (or one after another with ``--sequential``)
+and prints one JSON object: per stream whether it was whole, its time to
+first chunk, and for ``--ticks`` streams the delay of every chunk (receive
+time minus the monotonic time the backend wrote into it) and the gap
+between consecutive chunks; plus the process's own CPU seconds, so a run
+can show that readers were not the bottleneck.
+
+* ``sse``: raw sockets, an HTTP/1.0 request (so the body comes with no
+  chunked framing to undo), a regex over the bytes; no HTTP library.
+* ``grpc``: grpc.aio straight to the backend, the limit any bridge has.
+
+    python bench/readers.py sse --addr 127.0.0.1:8000 --model bench/ticks \\
+        --input '{"tokens": 20}' --streams 100 --ticks
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import resource
+import sys
+import time
+from typing import Any
+
+TICK = re.compile(rb"(\d+\.\d{6}) ")
+DONE = b"event: done"  # sse-starlette frames with CRLF, the bridge with LF
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Stream:
+    """What one stream saw."""
+
+    def __init__(self, ticks: bool, count: bytes) -> None:
+        self.ticks = ticks
+        self.count = count
+        self.chunks = 0
+        self.started = time.monotonic()
+        self.first: float | None = None
+        self.ended: float | None = None
+        self.last: float | None = None
+        self.delays: list[float] = []
+        self.gaps: list[float] = []
+        self.error: str | None = None
+
+    def chunks_in(self, data: bytes, now: float) -> int:
+        """Count (and for ticks, time) the chunks in *data*; returns the
+        offset up to which *data* was consumed."""
+        if not self.ticks:
+            self.chunks += data.count(self.count)
+            return max(0, len(data) - len(self.count) + 1)
+        end = 0
+        for match in TICK.finditer(data):
+            self.delays.append(now - float(match[1]))
+            if self.last is not None:
+                self.gaps.append(now - self.last)
+            self.last = now
+            self.chunks += 1
+            end = match.end()
+        return end
+
+    def seen(self, now: float) -> None:
+        if self.first is None and self.chunks:
+            self.first = now - self.started
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "chunks": self.chunks,
+            "first": self.first,
+            "end": None if self.ended is None else self.ended - self.started,
+            "error": self.error,
+            "delays": [round(d, 6) for d in self.delays],
+            "gaps": [round(g, 6) for g in self.gaps],
+        }
+
+
+class SSEReader(asyncio.Protocol):
+    def __init__(self, request: bytes, stream: Stream, done: asyncio.Future[None]) -> None:
+        self.request = request
+        self.stream = stream
+        self.done = done
+        self.head = b""
+        self.body = False
+        self.tail = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self.stream.started = time.monotonic()
+        transport.write(self.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        now = time.monotonic()
+        if not self.body:
+            self.head += data
+            end = self.head.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            status = self.head[9:12]
+            if not status.startswith(b"2"):
+                self._finish(f"HTTP {status.decode()}")
+                return
+            self.body = True
+            data, self.head = self.head[end + 4 :], b""
+        buffer = self.tail + data
+        consumed = self.stream.chunks_in(buffer, now)
+        self.stream.seen(now)
+        if DONE in buffer:
+            self.stream.ended = now
+            self._finish(None)
+        self.tail = buffer[consumed:][-64:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(f"connection lost before done: {exc}")
+
+    def _finish(self, error: str | None) -> None:
+        if not self.done.done():
+            self.stream.error = error
+            self.done.set_result(None)
+            self.transport.close()
+
+
+async def read_sse(args: argparse.Namespace) -> list[Stream]:
+    host, port = args.addr.rsplit(":", 1)
+    body = json.dumps({"input": json.loads(args.input)}).encode()
+    request = (
+        f"POST /v1/models/{args.model}/predictions HTTP/1.0\r\nHost: {host}\r\n"
+        f"Accept: text/event-stream\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    loop = asyncio.get_running_loop()
+
+    async def one() -> Stream:
+        stream = Stream(args.ticks, args.count.encode())
+        done = loop.create_future()
+        try:
+            await loop.create_connection(lambda: SSEReader(request, stream, done), host, int(port))
+            await done
+        except OSError as exc:
+            stream.error = f"connect: {exc}"
+        return stream
+
+    return await _run(one, args)
+
+
+async def read_grpc(args: argparse.Namespace) -> list[Stream]:
+    import grpc
+
+    from bridge._proto.v1 import predictor_pb2, predictor_pb2_grpc
+
+    request = predictor_pb2.PredictRequest(id="direct")
+    request.input.update(json.loads(args.input))
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        stub = predictor_pb2_grpc.PredictorStub(channel)
+        await channel.channel_ready()
+
+        async def one() -> Stream:
+            stream = Stream(args.ticks, args.count.encode())
+            try:
+                async for message in stub.Predict(request):
+                    now = time.monotonic()
+                    # The least any consumer does: take each chunk's text.
+                    text = "".join([c.text for c in message.output.chunks]).encode()
+                    stream.chunks_in(text, now)
+                    stream.seen(now)
+                stream.ended = time.monotonic()
+            except grpc.RpcError as exc:
+                stream.error = f"gRPC {exc.code().name}"
+            return stream
+
+        return await _run(one, args)
+
+
+async def _run(one: Any, args: argparse.Namespace) -> list[Stream]:
+    if args.sequential:
+        return [await one() for _ in range(args.streams)]
+    return list(await asyncio.gather(*(one() for _ in range(args.streams))))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("kind", choices=["sse", "grpc"])
+    parser.add_argument("--addr", help="host:port of the HTTP server (sse)")
+    parser.add_argument("--target", help="host:port of the gRPC backend (grpc)")
+    parser.add_argument("--model", default="bench/ticks")
+    parser.add_argument("--input", default="{}", help="the prediction's input, JSON")
+    parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--sequential", action="store_true")
+    parser.add_argument("--ticks", action="store_true", help="chunks are timestamps")
+    parser.add_argument("--count", default="ab", help="the chunk to count (not --ticks)")
+    args = parser.parse_args()
+    try:
+        from uvloop import run
+    except ImportError:
+        run = asyncio.run
+    cpu = _cpu()
+    started = time.monotonic()
+    streams = run(read_sse(args) if args.kind == "sse" else read_grpc(args))
+    out = {
+        "wall": time.monotonic() - started,
+        "cpu": _cpu() - cpu,
+        "streams": [s.result() for s in streams],
+    }
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""``make bench`` still runs: a seconds-long smoke run of it, end to end.
+
+No timing is asserted (speed is measured by ``make bench``, never by a
+test); what is checked is that every phase ran against real processes and
+every stream came through whole.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.backends import ENV
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+
+
+@pytest.mark.timeout(110)  # about 20 s; more on a busy machine
+def test_bench_smoke_run(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--smoke", "--out", str(tmp_path)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) >= {"one_stream", "streams_100", "first_token", "cancel_ms", "memory"}
+    assert set(results["one_stream"]["chunks_per_s"]) == {"direct", "bridge", "peer"}
+    for server in ("bridge", "peer"):
+        assert results["streams_100"][server]["not_whole"] == 0, results["streams_100"]
+    assert results["cancel_ms"]["p99"] is not None
+    assert results["memory"]["rss_per_retained_chunk_bytes"] > 0
+    table = (tmp_path / "results.md").read_text()
+    assert "| one stream, 2,000 chunks" in table and "| target |" in table
+    assert table in done.stdout
