@@ -14,11 +14,18 @@ from its signature unless one is given::
 
     serve(Model("me/words", predict), port=50051)
 
+Tokens go to the bridge in batches, never one message per token unless
+they come one at a time: whatever the model yields while the previous write
+to the bridge is in flight goes out as one ``Output`` message, and a token
+that comes alone goes at once. A sync generator runs in a worker thread of
+its own for the whole prediction (at most 1,024 items ahead of what was
+written); an async one runs on the server's loop.
+
 Cancellation of the RPC reaches the model: an async generator is closed at
-its current ``await``; a sync generator (run one ``next()`` at a time in a
-worker thread) is closed right after the ``next()`` in progress returns, so
-no further token is computed. An exception ends the RPC with status
-``UNKNOWN`` and the exception's message.
+its current ``await``; a sync generator is closed right after the
+``next()`` in progress returns, so no further token is computed. An
+exception ends the RPC with status ``UNKNOWN`` and the exception's message,
+after everything yielded before it was sent.
 
 The server is grpc.aio (asyncio). Tests and programs that are not asyncio
 use :class:`ModelServer`, which runs it in a thread of its own.
@@ -38,7 +45,7 @@ import signal
 import threading
 import types
 import typing
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -176,39 +183,131 @@ class Model:
         return {k: _coerce(v, props.get(k, {})) for k, v in raw.items()}
 
 
-def _next_or_done(iterator: Iterator[Any], done: object) -> Any:
-    return next(iterator, done)
+#: A batch is split into Output messages of about this many bytes of text,
+#: far below gRPC's 4 MiB default limit on a received message.
+MESSAGE_BYTES = 64 * 1024
+
+#: Items a model may produce ahead of what was written to the bridge.
+OUTBOX_LIMIT = 1024
 
 
-async def _iterate(result: Any, executor: concurrent.futures.Executor) -> AsyncIterator[Any]:
-    """Everything ``predict`` produces, whatever kind of callable it is."""
-    if inspect.isasyncgen(result):
-        try:
-            async for item in result:
-                yield item
-        finally:
-            await result.aclose()
-    elif inspect.isgenerator(result):
-        done = object()
-        step: concurrent.futures.Future[Any] | None = None
-        try:
-            while True:
-                step = executor.submit(_next_or_done, result, done)
-                item = await asyncio.wrap_future(step)
-                if item is done:
-                    return
-                yield item
-        finally:
-            # Close the generator in a worker thread once the next() in
-            # progress (if any) has returned: never while it runs.
-            if step is None:
-                executor.submit(result.close)
+class _Outbox:
+    """What a model produced that is not written yet.
+
+    The producer (the model's generator, on the loop or in a worker thread)
+    puts items; the writer takes all of them at once, each time its previous
+    write completed. So the tokens a model yields while a write is in flight
+    go out together as one message, and a token that comes alone goes out at
+    once. At most :data:`OUTBOX_LIMIT` items wait; past that the producer
+    waits too.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int = OUTBOX_LIMIT) -> None:
+        self._loop = loop
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)  # for a producer thread
+        self._taken = asyncio.Event()  # for a producer on the loop
+        self._ready = asyncio.Event()  # for the writer
+        self._items: list[Any] = []
+        self._signalled = False  # the writer was told about what is in _items
+        self._ended = False
+        self._error: BaseException | None = None
+        self._cancelled = False
+
+    def _signal(self) -> bool:
+        """Under the lock: whether the writer must now be told (once per batch)."""
+        first, self._signalled = not self._signalled, True
+        return first
+
+    async def put(self, item: Any) -> None:
+        """Add *item* (on the loop thread)."""
+        while len(self._items) >= self._limit:
+            self._taken.clear()
+            await self._taken.wait()
+        with self._lock:
+            self._items.append(item)
+            tell = self._signal()
+        if tell:
+            self._ready.set()
+            # An idle writer sends this item now; what the model yields while
+            # that write is in flight waits here, for the next batch.
+            await asyncio.sleep(0)
+
+    def put_blocking(self, item: Any) -> bool:
+        """Add *item* from a worker thread; False once the call is cancelled."""
+        with self._lock:
+            while len(self._items) >= self._limit and not self._cancelled:
+                self._room.wait()
+            if self._cancelled:
+                return False
+            self._items.append(item)
+            tell = self._signal()
+        if tell:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        return True
+
+    def end(self, error: BaseException | None = None) -> None:
+        """No more items (on the loop thread); *error* if the model raised."""
+        with self._lock:
+            self._ended, self._error = True, error
+            self._signal()
+        self._ready.set()
+
+    def cancel(self) -> None:
+        """Stop a producer thread at its next item."""
+        with self._lock:
+            self._cancelled = True
+            self._room.notify_all()
+
+    async def take(self) -> tuple[list[Any], bool, BaseException | None]:
+        """Everything waiting (at least one item, or the end): items, ended, error."""
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            with self._lock:
+                items, self._items = self._items, []
+                self._signalled = False
+                ended, error = self._ended, self._error
+                self._room.notify_all()
+            self._taken.set()
+            if items or ended:
+                return items, ended, error
+
+
+def _drain_generator(generator: Iterator[Any], outbox: _Outbox) -> None:
+    """Run a sync generator to its end in this worker thread. Cancelled, it is
+    closed right after the ``next()`` in progress returns: never while it runs."""
+    try:
+        for item in generator:
+            if not outbox.put_blocking(item):
+                return
+    finally:
+        generator.close()
+
+
+def _messages(items: list[Any]) -> Iterator[predictor_pb2.PredictResponse]:
+    """The fewest messages for *items*, in order: consecutive outputs share an
+    ``Output`` message (up to :data:`MESSAGE_BYTES` of text)."""
+    chunks: list[Any] = []
+    size = 0
+    for item in items:
+        if isinstance(item, Log | Metrics):
+            if chunks:
+                yield protocol.output_response(chunks)
+                chunks, size = [], 0
+            if isinstance(item, Log):
+                yield protocol.log_response(item.line)
             else:
-                step.add_done_callback(lambda _: executor.submit(result.close))
-    elif inspect.isawaitable(result):
-        yield await result
-    else:
-        yield result
+                yield protocol.metrics_response(item.values)
+            continue
+        chunks.append(item)
+        size += len(item) if isinstance(item, str) else 64
+        if size >= MESSAGE_BYTES:
+            yield protocol.output_response(chunks)
+            chunks, size = [], 0
+    if chunks:
+        yield protocol.output_response(chunks)
 
 
 class _Servicer(predictor_pb2_grpc.PredictorServicer):
@@ -219,15 +318,11 @@ class _Servicer(predictor_pb2_grpc.PredictorServicer):
     async def Describe(self, request: Any, context: Any) -> predictor_pb2.DescribeResponse:
         return protocol.model_info_to_pb(self._model.info)
 
-    async def Predict(
-        self, request: predictor_pb2.PredictRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[predictor_pb2.PredictResponse]:
-        input = self._model.coerce_input(protocol.request_input(request))
-        log.info("prediction %s started", request.id)
-        # Headers now tell the bridge the model is running.
-        await context.send_initial_metadata(())
+    async def _produce(self, input: dict[str, Any], outbox: _Outbox) -> None:
+        """Everything ``predict`` produces, whatever kind of callable it is,
+        into *outbox*; its end (or its exception) last."""
+        func = self._model.predict
         try:
-            func = self._model.predict
             if (
                 inspect.isgeneratorfunction(func)
                 or inspect.isasyncgenfunction(func)
@@ -236,20 +331,50 @@ class _Servicer(predictor_pb2_grpc.PredictorServicer):
                 result = func(**input)
             else:
                 # A plain function may block: call it off the event loop.
-                result = await asyncio.wrap_future(
-                    self._executor.submit(functools.partial(func, **input))
-                )
-            async for item in _iterate(result, self._executor):
-                if isinstance(item, Log):
-                    yield protocol.log_response(item.line)
-                elif isinstance(item, Metrics):
-                    yield protocol.metrics_response(item.values)
-                else:
-                    yield protocol.output_response([item])
+                call = functools.partial(func, **input)
+                result = await asyncio.wrap_future(self._executor.submit(call))
+            if inspect.isasyncgen(result):
+                try:
+                    async for item in result:
+                        await outbox.put(item)
+                finally:
+                    await result.aclose()
+            elif inspect.isgenerator(result):
+                try:
+                    await asyncio.wrap_future(
+                        self._executor.submit(_drain_generator, result, outbox)
+                    )
+                finally:
+                    outbox.cancel()
+            else:
+                await outbox.put(await result if inspect.isawaitable(result) else result)
         except Exception as exc:
-            log.info("prediction %s failed: %r", request.id, exc)
+            outbox.end(exc)
+        else:
+            outbox.end()
+
+    async def Predict(
+        self, request: predictor_pb2.PredictRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        input = self._model.coerce_input(protocol.request_input(request))
+        log.info("prediction %s started", request.id)
+        # Headers now tell the bridge the model is running.
+        await context.send_initial_metadata(())
+        outbox = _Outbox(asyncio.get_running_loop())
+        # The producer is this call's child: a cancelled call (or a failed
+        # write) cancels it, which closes the model's generator.
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._produce(input, outbox))
+            while True:
+                items, ended, error = await outbox.take()
+                for message in _messages(items):
+                    await context.write(message)
+                if ended:
+                    break
+        if error is not None:
+            log.info("prediction %s failed: %r", request.id, error)
             context.set_code(grpc.StatusCode.UNKNOWN)
-            context.set_details(str(exc) or type(exc).__name__)
+            context.set_details(str(error) or type(error).__name__)
 
 
 async def serve_async(

@@ -22,7 +22,12 @@ class _RawServicer(predictor_pb2_grpc.PredictorServicer):
     """A backend written against the raw stubs, to see what the bridge sends."""
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        yield protocol.output_response([f"{context.time_remaining()}"])
+        messages = protocol.request_input(request).get("messages")
+        if messages is None:
+            yield protocol.output_response([f"{context.time_remaining()}"])
+            return
+        for i in range(int(messages)):  # one message per chunk, unbatched
+            yield protocol.output_response([f"{i} "])
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +62,16 @@ async def test_loop_thread_and_calls_are_cleaned_up(demo_targets: dict[str, str]
     assert {t.ident for t in threading.enumerate()} - before == set()
 
 
-async def test_credit_window_bounds_what_is_in_flight(demo_targets: dict[str, str]) -> None:
+async def test_credit_window_bounds_what_is_in_flight(raw_target: str) -> None:
     window = 8
     sizes = []
     async with open_grpc_loop(window=window) as grpc_loop:
-        target = demo_targets["demo/echo"]
-        async with grpc_loop.predict(target, "w", {"prompt": "x " * 400}) as stream:
+        async with grpc_loop.predict(raw_target, "w", {"messages": 400}) as stream:
             async for batch in stream:
                 sizes.append(len(batch))
                 await trio.sleep(0.01)  # a slow consumer
                 assert len(stream._items) <= window + 2
-    assert sum(sizes) == 400 + 2  # started, log line, 400 chunks
+    assert sum(sizes) == 400 + 1  # started, 400 messages
     assert max(sizes) > 1  # several messages per wake-up
 
 

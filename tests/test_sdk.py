@@ -184,3 +184,68 @@ def test_version_is_stable_and_changes_with_the_schema() -> None:
     assert Model("t/m", a).info.version == Model("t/m", a).info.version
     assert Model("t/m", a).info.version != Model("t/m", b).info.version
     assert Model("t/m", a, version="v1").info.version == "v1"
+
+
+def _messages(target: str, input: dict[str, Any]) -> list[list[Any]]:
+    """The output chunks of each message of one Predict call, as a plain
+    gRPC client sees them."""
+    with grpc.insecure_channel(target) as channel:
+        stub = predictor_pb2_grpc.PredictorStub(channel)
+        responses = stub.Predict(protocol.predict_request("x", input))
+        return [
+            item.chunks
+            for item in map(protocol.stream_item_from_pb, responses)
+            if isinstance(item, protocol.OutputChunks)
+        ]
+
+
+def _burst_models() -> dict[str, Any]:
+    def sync_burst(n: int) -> Iterator[str]:
+        for i in range(n):
+            yield f"{i} "
+
+    async def async_burst(n: int) -> AsyncIterator[str]:
+        for i in range(n):
+            yield f"{i} "
+
+    return {"sync": sync_burst, "async": async_burst}
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_burst_of_tokens_goes_out_in_few_messages(kind: str) -> None:
+    """Tokens yielded while a write is in flight share the next message."""
+    with ModelServer(Model("test/burst", _burst_models()[kind])) as server:
+        messages = await trio.to_thread.run_sync(_messages, server.target, {"n": 1000})
+    assert [c for m in messages for c in m] == [f"{i} " for i in range(1000)]
+    assert len(messages) <= 10, [len(m) for m in messages]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_lone_token_is_not_held_back(kind: str) -> None:
+    """A token followed by a long pause reaches the bridge during the pause."""
+    release = threading.Event()
+
+    def sync_slow() -> Iterator[str]:
+        yield "first "
+        release.wait(30)
+        yield "second"
+
+    async def async_slow() -> AsyncIterator[str]:
+        import asyncio
+
+        yield "first "
+        while not release.is_set():
+            await asyncio.sleep(0.01)
+        yield "second"
+
+    with ModelServer(Model("test/slow", sync_slow if kind == "sync" else async_slow)) as server:
+        async with open_grpc_loop() as grpc_loop:
+            async with grpc_loop.predict(server.target, "s", {}) as stream:
+                with trio.fail_after(10):  # the pause is 30 s
+                    chunks: list[Any] = []
+                    while not chunks:
+                        chunks = outputs(await stream.receive_batch())
+                assert chunks == ["first "]
+                release.set()
+                rest = [c async for batch in stream for c in outputs(batch)]
+    assert rest == ["second"]
