@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlencode
 
 import trio
-from prometheus_client import Gauge
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from . import sse
+from . import stream
 from .errors import (
     BackendUnavailable,
     BadRequest,
@@ -30,18 +28,13 @@ from .errors import (
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .models import ModelEntry
 from .openapi import spec
-from .predictions import EventLog, Prediction
+from .predictions import Prediction
 from .service import Bridge
 
 __all__ = ["create_app"]
 
 _CORS_HEADERS = "Authorization, Content-Type, Prefer, Last-Event-ID, Cache-Control"
 _CORS_EXPOSE = "Location, Preference-Applied, Retry-After"
-
-_SSE_HEADERS = {
-    "Cache-Control": "no-cache, no-transform",
-    "X-Accel-Buffering": "no",
-}
 
 
 def _problem(body: dict[str, Any]) -> Response:
@@ -65,41 +58,6 @@ async def _json_body() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
-
-
-async def sse_body(
-    events: EventLog,
-    start: int,
-    keepalive: float,
-    on_disconnect: Callable[[], object] | None = None,
-    clients: Gauge | None = None,
-) -> AsyncIterator[bytes]:
-    """The stream from event *start* on: everything already logged at once,
-    then each new batch as it comes, a keep-alive comment when idle, and the
-    end of the response after the log closes (after ``done``). If the client
-    goes away before that, *on_disconnect* is called. *clients* counts the
-    streams open."""
-    cursor = start
-    if clients is not None:
-        clients.inc()
-    try:
-        while True:
-            batch = events.read(cursor)
-            if batch:
-                cursor += len(batch)
-                yield b"".join(sse.encode_event(e.name, e.id, e.data) for e in batch)
-            elif events.closed:
-                return
-            else:
-                with trio.move_on_after(keepalive) as idle:
-                    await events.wait_beyond(cursor)
-                if idle.cancelled_caught:
-                    yield sse.KEEPALIVE
-    finally:
-        if clients is not None:
-            clients.dec()
-        if on_disconnect is not None and not (events.closed and cursor >= len(events)):
-            on_disconnect()
 
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:\s*=\s*(\d+))?(?=$|[,;\s])", re.IGNORECASE)
@@ -194,20 +152,15 @@ def create_app(bridge: Bridge) -> QuartTrio:
     ) -> Response:
         """The SSE response for *prediction*; if the stream *owned* it, the
         client going away cancels it."""
-        on_disconnect = (lambda: bridge.cancel(prediction)) if owned else None
-        body = sse_body(
+        return stream.stream_response(
             prediction.events,
             start,
-            settings.keepalive_seconds,
-            on_disconnect,
-            metrics.stream_clients,
+            keepalive=settings.keepalive_seconds,
+            clients=metrics.stream_clients,
+            cancel=(lambda: bridge.cancel(prediction)) if owned else None,
+            status=status,
+            location=f"{base_url()}/v1/predictions/{prediction.id}" if owned else None,
         )
-        headers = dict(_SSE_HEADERS)
-        if owned:
-            headers["Location"] = prediction.to_json(base_url())["urls"]["get"]
-        response = Response(body, status=status, content_type="text/event-stream", headers=headers)
-        response.timeout = None  # Quart would cut the stream at 60 s
-        return response
 
     async def create(entry: ModelEntry, body: dict[str, Any], version: str | None) -> Response:
         prediction = await bridge.create(

@@ -10,29 +10,24 @@ A prediction is *terminal* once it reaches succeeded, failed or canceled; its
 status is final before its ``done`` event is appended, so a client that reads
 the prediction right after ``done`` sees the final state.
 
-The :class:`EventLog` holds every SSE event of one prediction, in order, with
-ids ``<unix seconds>:<n>`` where ``n`` is the event's index in the log. A
-stream request is only a reader with a cursor into the log, so any number of
-readers, late joiners and ``Last-Event-ID`` resumes cost the prediction
-nothing and never change what it does.
+Its output and logs live only in its :class:`~bridge.events.EventLog`: the
+stream and the prediction object are two views of one record.
 """
 
 from __future__ import annotations
 
 import base64
 import enum
-import json
 import secrets
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import trio
 
+from .events import EventLog, OutputBatch
+
 __all__ = [
-    "Event",
-    "EventLog",
     "IllegalTransition",
     "Prediction",
     "Status",
@@ -73,69 +68,6 @@ def new_prediction_id() -> str:
     return base64.b32encode(secrets.token_bytes(20)).decode().lower()[:26]
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
-    name: str
-    id: str
-    data: str
-
-
-class EventLog:
-    """Append-only list of events that readers follow by index."""
-
-    def __init__(self) -> None:
-        self._events: list[Event] = []
-        self._closed = False
-        self._changed = trio.Event()
-
-    def __len__(self) -> int:
-        return len(self._events)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def append(self, name: str, data: str) -> Event:
-        if self._closed:
-            raise RuntimeError("event log is closed")
-        event = Event(name, f"{int(time.time())}:{len(self._events)}", data)
-        self._events.append(event)
-        self._notify()
-        return event
-
-    def close(self) -> None:
-        self._closed = True
-        self._notify()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def read(self, start: int) -> list[Event]:
-        """The events from index *start* on (possibly none yet)."""
-        return self._events[start:]
-
-    async def wait_beyond(self, index: int) -> None:
-        """Wait until the log holds more than *index* events or is closed."""
-        while len(self._events) <= index and not self._closed:
-            await self._changed.wait()
-
-    async def wait_closed(self) -> None:
-        """Wait until the log is closed (its prediction has ended)."""
-        while not self._closed:
-            await self._changed.wait()
-
-    def index_after(self, last_event_id: str) -> int:
-        """Where a reader that saw *last_event_id* resumes.
-
-        Raises ``ValueError`` for an id this log could not have written.
-        """
-        seconds, sep, n = last_event_id.strip().partition(":")
-        if not (sep and seconds.isdigit() and n.isdigit()):
-            raise ValueError(f"Last-Event-ID {last_event_id!r} is not of the form <seconds>:<n>")
-        return int(n) + 1
-
-
 def iso_time(timestamp: float | None) -> str | None:
     """ISO 8601 in UTC with a ``Z``, as Replicate writes times."""
     if timestamp is None:
@@ -162,14 +94,13 @@ class Prediction:
         self.seq = seq
         #: The token that created it (with auth on), the only one that sees it.
         self.owner = owner
+        #: Bytes of output so far (what max_output_bytes bounds).
         self.output_bytes = 0
         self.model = model
         self.version = version
         self.input = input
         self.streams = streams
         self.status = Status.STARTING
-        self.output: list[Any] = []
-        self.logs: list[str] = []
         self.error: str | None = None
         self.metrics: dict[str, float] = {}
         self.created_at = time.time()
@@ -196,18 +127,23 @@ class Prediction:
         self._move(Status.PROCESSING)
         self.started_at = time.time()
 
-    def add_output(self, chunks: list[Any]) -> None:
+    @property
+    def output_count(self) -> int:
+        """Output chunks so far."""
+        return self.events.output_count
+
+    def add_output(self, chunks: list[Any] | OutputBatch) -> None:
+        """Append a batch of chunks (one event each, readers woken once)."""
+        batch = chunks if isinstance(chunks, OutputBatch) else OutputBatch(chunks)
         if self.status is Status.STARTING:
             self.start()
-        if self.first_output_at is None and chunks:
+        if self.first_output_at is None and batch.count:
             self.first_output_at = time.time()
-        for chunk in chunks:
-            self.output.append(chunk)
-            self.events.append("output", chunk if isinstance(chunk, str) else json.dumps(chunk))
+        self.output_bytes += len(batch)
+        self.events.append_output(batch)
 
     def add_log(self, line: str) -> None:
-        self.logs.append(line)
-        self.events.append("logs", line)
+        self.events.append_log(line)
 
     def add_metrics(self, values: dict[str, float]) -> None:
         self.metrics.update(values)
@@ -228,10 +164,7 @@ class Prediction:
         self._move(status)
         self.completed_at = time.time()
         self._record_timing()
-        if status is Status.FAILED:
-            self.events.append("error", json.dumps({"detail": self.error}))
-        self.events.append("done", json.dumps(done, separators=(",", ":")))
-        self.events.close()
+        self.events.finish(self.error if status is Status.FAILED else None, done)
 
     def _record_timing(self) -> None:
         assert self.completed_at is not None
@@ -242,17 +175,18 @@ class Prediction:
                     self.first_output_at - self.started_at, 6
                 )
                 generating = self.completed_at - self.first_output_at
-                if generating > 0 and len(self.output) > 1:
+                if generating > 0 and self.output_count > 1:
                     self.metrics["tokens_per_second"] = round(
-                        (len(self.output) - 1) / generating, 3
+                        (self.output_count - 1) / generating, 3
                     )
 
     # -- what clients see ---------------------------------------------------
 
     def _output_json(self) -> Any:
-        if not self.streams:  # a model that returns one value
-            return self.output[-1] if self.output else None
-        return list(self.output) if self.output or self.done else None
+        if not self.output_count and not (self.done and self.streams):
+            return None
+        output = self.events.outputs()
+        return output if self.streams else output[-1]  # a model that returns one value
 
     def to_json(self, base_url: str) -> dict[str, Any]:
         """The prediction object of Replicate's API; *base_url* has no
@@ -268,7 +202,7 @@ class Prediction:
             "status": str(self.status),
             "input": self.input,
             "output": self._output_json(),
-            "logs": "".join(f"{line}\n" for line in self.logs),
+            "logs": "".join(f"{line}\n" for line in self.events.logs()),
             "error": self.error,
             "metrics": dict(self.metrics),
             "created_at": iso_time(self.created_at),

@@ -1,4 +1,5 @@
-"""The bridge's core: models, and predictions running as Trio tasks.
+"""The bridge's core: models, and the registry of predictions, each running
+as a Trio task (what the task does is :mod:`bridge.runner`).
 
 :class:`Bridge` owns every prediction. Each runs as a task in the nursery
 the bridge is given (app lifetime, see :func:`bridge.server.serve`), so a
@@ -14,22 +15,17 @@ import collections
 import itertools
 import json
 import logging
-import math
 import time
 from typing import Any
 
 import trio
 
-from . import protocol
+from . import protocol, runner
 from .admission import Admission, Ticket
 from .config import Settings
 from .errors import (
-    BackendTimeout,
-    BackendUnavailable,
     BridgeError,
-    DeadlineExceeded,
     NotFound,
-    OutputTooLarge,
     PredictionError,
     ShuttingDown,
 )
@@ -44,10 +40,6 @@ __all__ = ["Bridge", "Observer", "Page"]
 log = logging.getLogger(__name__)
 
 SHUTDOWN_ERROR = "the bridge shut down before the prediction finished; retry it"
-
-
-def _size(chunk: Any) -> int:
-    return len(chunk.encode()) if isinstance(chunk, str) else len(json.dumps(chunk))
 
 
 class Observer:
@@ -292,7 +284,15 @@ class Bridge:
             with prediction.cancel_scope:
                 await ticket.wait()  # queued until a slot is free
                 self.observer.admitted(prediction, time.time() - prediction.created_at)
-                await self._predict(prediction, entry, validated)
+                await runner.run(
+                    prediction,
+                    entry,
+                    grpc=self.grpc,
+                    describe=self.describe,
+                    observer=self.observer,
+                    max_output_bytes=self.settings.max_output_bytes,
+                    validated=validated,
+                )
         # This task is its prediction's only writer: whatever ends it is
         # recorded here, once.
         except BridgeError as exc:
@@ -327,85 +327,6 @@ class Bridge:
                 },
             )
             self.observer.finished(prediction)
-
-    async def _predict(self, prediction: Prediction, entry: ModelEntry, validated: bool) -> None:
-        """Run it under its total deadline (which is also the gRPC deadline)."""
-        total = entry.settings.total_seconds
-        expired = False
-        with trio.move_on_after(total or math.inf) as scope:
-            try:
-                await self._start(prediction, entry, validated)
-            except BackendTimeout:
-                if not total:
-                    raise
-                expired = True  # the gRPC side of the same deadline
-        if expired or scope.cancelled_caught:
-            raise DeadlineExceeded(
-                f"deadline exceeded: the prediction ran longer than total_seconds ({total:g} s)"
-            )
-
-    async def _start(self, prediction: Prediction, entry: ModelEntry, validated: bool) -> None:
-        """Call the backend, retrying one that cannot be reached until the
-        model's start_timeout_seconds; once it started, no retry."""
-        give_up_at = trio.current_time() + entry.settings.start_timeout_seconds
-        backoff = 0.1
-        while True:
-            try:
-                if not validated:
-                    with trio.move_on_at(give_up_at):
-                        info = entry.info or await self.describe(entry)
-                    if entry.info is None:
-                        raise BackendUnavailable("model backend unavailable: Describe timed out")
-                    validate_input(info.input_schema, prediction.input)
-                    prediction.version = prediction.version or info.version
-                    validated = True
-                await self._stream(prediction, entry)
-                return
-            except BackendUnavailable:
-                left = give_up_at - trio.current_time()
-                if prediction.started_at is not None or left <= 0:
-                    raise
-            await trio.sleep(min(backoff, left))
-            backoff = min(2 * backoff, 1.0)
-
-    async def _stream(self, prediction: Prediction, entry: ModelEntry) -> None:
-        config = entry.settings
-        cap = config.max_output_bytes or self.settings.max_output_bytes
-        async with self.grpc.predict(entry.next_target(), prediction.id, prediction.input) as s:
-            while True:
-                deadline, name = (
-                    (config.idle_seconds, "idle_seconds")
-                    if prediction.output
-                    else (config.first_output_seconds, "first_output_seconds")
-                )
-                with trio.move_on_after(deadline or math.inf) as waited:
-                    try:
-                        batch = await s.receive_batch()
-                    except trio.EndOfChannel:
-                        break
-                if waited.cancelled_caught:
-                    what = "between outputs" if prediction.output else "before the first output"
-                    raise DeadlineExceeded(
-                        f"deadline exceeded: no output for {name} ({deadline:g} s) {what}"
-                    )
-                for item in batch:
-                    if isinstance(item, protocol.OutputChunks):
-                        prediction.output_bytes += sum(map(_size, item.chunks))
-                        if prediction.output_bytes > cap:
-                            raise OutputTooLarge(f"output exceeded max_output_bytes ({cap} bytes)")
-                        now = time.time()
-                        last = prediction.last_output_at
-                        prediction.add_output(item.chunks)
-                        prediction.last_output_at = now
-                        gap = None if last is None else now - last
-                        self.observer.output(prediction, len(item.chunks), gap)
-                    elif isinstance(item, protocol.LogLine):
-                        prediction.add_log(item.line)
-                    elif isinstance(item, protocol.MetricsUpdate):
-                        prediction.add_metrics(item.values)
-                    elif isinstance(item, protocol.Started) and not prediction.started_at:
-                        prediction.start()
-        prediction.succeed()
 
     async def drain(self, seconds: float) -> None:
         """Stop taking predictions; wait up to *seconds* for running ones."""

@@ -109,9 +109,9 @@ class WebhookSender:
             wanted = {"output", "logs"} & events
             while not prediction.done:
                 await prediction.events.wait_beyond(cursor)
-                new = prediction.events.read(cursor)
-                cursor += len(new)
-                if prediction.done or not wanted & {e.name for e in new}:
+                new = prediction.events.names(cursor)
+                cursor = len(prediction.events)
+                if prediction.done or not wanted & new:
                     continue
                 # Coalesce: whatever comes during the throttle window goes
                 # out with this delivery.

@@ -65,12 +65,14 @@ async def test_loop_thread_and_calls_are_cleaned_up(demo_targets: dict[str, str]
 async def test_credit_window_bounds_what_is_in_flight(raw_target: str) -> None:
     window = 8
     sizes = []
-    async with open_grpc_loop(window=window) as grpc_loop:
-        async with grpc_loop.predict(raw_target, "w", {"messages": 400}) as stream:
-            async for batch in stream:
-                sizes.append(len(batch))
-                await trio.sleep(0.01)  # a slow consumer
-                assert len(stream._items) <= window + 2
+    async with (
+        open_grpc_loop(window=window) as grpc_loop,
+        grpc_loop.predict(raw_target, "w", {"messages": 400}) as stream,
+    ):
+        async for batch in stream:
+            sizes.append(len(batch))
+            await trio.sleep(0.01)  # a slow consumer
+            assert len(stream._items) <= window + 2
     assert sum(sizes) == 400 + 1  # started, 400 messages
     assert max(sizes) > 1  # several messages per wake-up
 

@@ -9,10 +9,19 @@ import trio
 
 from bridge.config import ConfigError, Settings
 from bridge.predictions import IllegalTransition, Prediction, Status
+from tests.sse_clients import Ev, replicate_events, spec_events
 
 
 def make() -> Prediction:
     return Prediction(model="o/m", version="v", input={"prompt": "x"})
+
+
+def events(p: Prediction, start: int = 0) -> list[Ev]:
+    """The prediction's log from *start* on, read as a client reads it."""
+    data, end = p.events.read(start, limit=10**9)
+    assert end == len(p.events)
+    assert replicate_events([data]) == spec_events([data])
+    return spec_events([data])
 
 
 def test_happy_path_and_final_event() -> None:
@@ -22,9 +31,9 @@ def test_happy_path_and_final_event() -> None:
     p.add_log("line")
     p.succeed()
     assert p.status is Status.SUCCEEDED
-    names = [e.name for e in p.events.read(0)]
+    names = [e.event for e in events(p)]
     assert names == ["output", "output", "logs", "done"]
-    assert p.events.read(0)[1].data == '{"k": 1}'
+    assert events(p)[1].data == '{"k": 1}'
     assert p.events.closed
     body = p.to_json("http://h")
     assert body["output"] == ["a", {"k": 1}] and body["logs"] == "line\n"
@@ -39,15 +48,14 @@ def test_terminal_states_are_final(end: str) -> None:
     for again in (p.start, p.succeed, p.cancel, lambda: p.fail("x")):
         with pytest.raises(IllegalTransition):
             again()
-    assert [e.name for e in p.events.read(0)][-1] == "done"
+    assert [e.event for e in events(p)][-1] == "done"
     assert len(p.events) == (2 if end == "fail" else 1)
 
 
 def test_failure_writes_error_then_done() -> None:
     p = make()
     p.fail("it broke")
-    events = p.events.read(0)
-    assert [(e.name, json.loads(e.data)) for e in events] == [
+    assert [(e.event, json.loads(e.data)) for e in events(p)] == [
         ("error", {"detail": "it broke"}),
         ("done", {"reason": "error"}),
     ]
@@ -64,7 +72,7 @@ def test_cannot_start_twice() -> None:
 def test_ids_are_seconds_and_index() -> None:
     p = make()
     p.add_output(["a", "b", "c"])
-    ids = [e.id for e in p.events.read(0)]
+    ids = [e.id for e in events(p)]
     assert [int(i.split(":")[1]) for i in ids] == [0, 1, 2]
     assert p.events.index_after(ids[1]) == 2
     for bad in ("", "abc", "1:", ":1", "1:x", "-1:2"):

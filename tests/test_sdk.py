@@ -234,18 +234,17 @@ async def test_a_lone_token_is_not_held_back(kind: str) -> None:
         import asyncio
 
         yield "first "
-        while not release.is_set():
-            await asyncio.sleep(0.01)
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 30)
         yield "second"
 
-    with ModelServer(Model("test/slow", sync_slow if kind == "sync" else async_slow)) as server:
-        async with open_grpc_loop() as grpc_loop:
-            async with grpc_loop.predict(server.target, "s", {}) as stream:
-                with trio.fail_after(10):  # the pause is 30 s
-                    chunks: list[Any] = []
-                    while not chunks:
-                        chunks = outputs(await stream.receive_batch())
-                assert chunks == ["first "]
-                release.set()
-                rest = [c async for batch in stream for c in outputs(batch)]
+    model = Model("test/slow", sync_slow if kind == "sync" else async_slow)
+    with ModelServer(model) as server:
+        async with open_grpc_loop() as grpc_loop, grpc_loop.predict(server.target, "s", {}) as s:
+            with trio.fail_after(10):  # the pause is 30 s
+                chunks: list[Any] = []
+                while not chunks:
+                    chunks = outputs(await s.receive_batch())
+            assert chunks == ["first "]
+            release.set()
+            rest = [c async for batch in s for c in outputs(batch)]
     assert rest == ["second"]

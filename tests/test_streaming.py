@@ -8,8 +8,10 @@ import json
 import httpx
 import trio
 
+from bridge.events import SLICE_BYTES
 from bridge.sse import normalize_line_breaks
-from tests.conftest import StartBridge, closed_port_target, create, read_stream
+from tests.conftest import StartBridge, closed_port_target, create, poll_until, read_stream
+from tests.sse_clients import spec_events
 from tests.test_sse import CHUNKS
 
 PROMPT = "The quick  brown fox\njumps over the lazy dog. "
@@ -184,3 +186,89 @@ async def test_health_reports_each_backend(start_bridge: StartBridge) -> None:
             "demo/down": "UNAVAILABLE",
         },
     }
+
+
+async def _writes(url: str, method: str, path: str, body: bytes = b"") -> list[bytes]:
+    """Each write of the server's response body, as it arrived: a raw
+    HTTP/1.1 client that undoes chunked framing, where one chunk is one write
+    (hypercorn frames each body message of the app as one chunk)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        )
+        await stream.send_all(head.encode() + body)
+        buffer = b""
+
+        async def need(n: int) -> None:
+            nonlocal buffer
+            while len(buffer) < n:
+                data = await stream.receive_some(65536)
+                assert data, "connection closed mid-response"
+                buffer += data
+
+        await need(4)
+        while b"\r\n\r\n" not in buffer:
+            await need(len(buffer) + 1)
+        headers, buffer = buffer.split(b"\r\n\r\n", 1)
+        assert headers.startswith(b"HTTP/1.1 20"), headers
+        assert b"transfer-encoding: chunked" in headers.lower()
+        writes = []
+        while True:
+            while b"\r\n" not in buffer:
+                await need(len(buffer) + 1)
+            size_line, buffer = buffer.split(b"\r\n", 1)
+            size = int(size_line, 16)
+            await need(size + 2)
+            if size == 0:
+                return writes
+            writes.append(buffer[:size])
+            buffer = buffer[size + 2 :]
+
+
+async def test_a_burst_arrives_as_several_events_in_one_write(
+    start_bridge: StartBridge,
+) -> None:
+    """A model's burst travels as one batch: one message, one append, one write."""
+    url = await start_bridge()
+    tokens = [f"t{i} " for i in range(200)]
+    body = json.dumps({"input": {"prompt": "-", "tokens": tokens}}).encode()
+    writes = await _writes(url, "POST", "/v1/models/demo/echo/predictions", body)
+    per_write = [w.count(b"event: output\n") for w in writes]
+    assert sum(per_write) == 200
+    assert max(per_write) >= 50, per_write  # not one write per token
+    outputs = [e.data for e in spec_events(writes) if e.event == "output"]
+    assert outputs == tokens
+
+
+async def test_a_lone_token_is_written_at_once(start_bridge: StartBridge) -> None:
+    """Nothing waits to fill a batch: a token followed by a pause is written
+    on its own, before the next one exists."""
+    url = await start_bridge()
+    body = json.dumps({"input": {"prompt": "-", "tokens": ["a ", "b "], "delay_ms": 1000}})
+    writes = await _writes(url, "POST", "/v1/models/demo/echo/predictions", body.encode())
+    outputs = [w.count(b"event: output\n") for w in writes if b"event: output\n" in w]
+    assert outputs == [1, 1]
+
+
+async def test_a_late_reader_gets_the_backlog_in_bounded_slices(
+    client: httpx.AsyncClient,
+) -> None:
+    chunks = 60_000
+    prediction = await create(
+        client, "demo/echo", {"prompt": "-", "tokens": ["ab"], "repeat": chunks}
+    )
+
+    async def ended() -> bool:
+        return (await client.get(prediction["urls"]["get"])).json()["status"] == "succeeded"
+
+    await poll_until(ended)
+    path = prediction["urls"]["stream"].removeprefix(str(client.base_url).rstrip("/"))
+    writes = await _writes(str(client.base_url).rstrip("/"), "GET", path)
+    assert max(map(len, writes)) <= SLICE_BYTES + 64  # a slice and at most one frame
+    assert len(writes) >= sum(map(len, writes)) // (SLICE_BYTES + 64)
+    events = spec_events(writes)
+    assert [e.data for e in events if e.event == "output"] == ["ab"] * chunks
+    assert events[-1].event == "done"

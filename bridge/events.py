@@ -1,0 +1,239 @@
+"""A prediction's event log: bytes, not objects.
+
+Every SSE event of one prediction, in order. Event *n* has the id
+``<unix seconds>:<n>``; a stream request is only a reader with a cursor (an
+event index) into the log, so any number of readers, late joiners and
+``Last-Event-ID`` resumes cost the prediction nothing.
+
+Storage is flat, because a long prediction is hundreds of thousands of
+small chunks: the payloads (UTF-8, back to back) in one ``bytearray``, each
+event's end offset in an ``array`` of 32-bit integers, its kind in one byte,
+and the id's seconds run-length encoded. A retained 2-character chunk costs
+about 7 bytes; nothing is allocated per event. Frames are computed on read,
+a bounded slice at a time (:meth:`EventLog.read`), so a reader far behind
+holds at most one slice of encoded bytes, however long the prediction.
+
+Writers append a batch at a time (:meth:`EventLog.append_output`: every
+chunk of a gRPC batch at once) and readers are woken once per batch.
+
+The interface readers and writers use is what a log kept elsewhere (a Redis
+Stream shared by several bridge processes: one entry per batch, ``XADD`` to
+append, ``XREAD BLOCK`` behind :meth:`wait_beyond`, ``XRANGE`` behind
+:meth:`read`) implements too: ``append_output``, ``append_log``, ``finish``,
+``len()``, ``closed``, ``wait_beyond``, ``wait_closed``, ``read``, ``names``,
+``index_after``, ``outputs`` and ``logs``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import json
+import time
+from array import array
+from typing import Any
+
+import trio
+
+from .sse import LINE_BREAK, encode_event
+
+__all__ = ["SLICE_BYTES", "EventLog", "OutputBatch"]
+
+#: The most encoded bytes one :meth:`EventLog.read` returns (at least one
+#: event, however large): what a reader holds at a time.
+SLICE_BYTES = 64 * 1024
+
+# An event's kind byte. _BREAKS is set on a text payload that holds a line
+# break, which is framed by bridge.sse as several data: lines.
+_TEXT, _JSON, _LOGS, _ERROR, _DONE = range(5)
+_BREAKS = 0x80
+_NAMES = {_TEXT: "output", _JSON: "output", _LOGS: "logs", _ERROR: "error", _DONE: "done"}
+_HEADS = {k: f"event: {name}\nid: ".encode() for k, name in _NAMES.items()}
+
+
+class OutputBatch:
+    """Output chunks encoded for the log: what they cost is known before
+    they are appended (``len(batch)`` is their size in bytes)."""
+
+    __slots__ = ("count", "kinds", "lengths", "payload")
+
+    def __init__(self, chunks: list[Any]) -> None:
+        self.count = len(chunks)
+        if all(type(c) is str for c in chunks):
+            joined = "".join(chunks)
+            self.payload = joined.encode()
+            kind = _TEXT if LINE_BREAK.search(joined) is None else _TEXT | _BREAKS
+            if kind == _TEXT:
+                self.kinds = bytes([_TEXT]) * len(chunks)
+            else:
+                self.kinds = bytes(
+                    _TEXT | _BREAKS if LINE_BREAK.search(c) else _TEXT for c in chunks
+                )
+            if joined.isascii():
+                self.lengths: list[int] = list(map(len, chunks))
+            else:
+                self.lengths = [len(c.encode()) for c in chunks]
+            return
+        texts = [c if type(c) is str else json.dumps(c) for c in chunks]
+        encoded = [t.encode() for t in texts]
+        self.payload = b"".join(encoded)
+        self.lengths = list(map(len, encoded))
+        self.kinds = bytes(
+            _JSON if type(c) is not str else _TEXT | _BREAKS if LINE_BREAK.search(c) else _TEXT
+            for c in chunks
+        )
+
+    def __len__(self) -> int:
+        return len(self.payload)
+
+
+class EventLog:
+    """Append-only events that readers follow by index."""
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._ends = array("I")  # event n's payload is _data[_ends[n-1]:_ends[n]]
+        self._kinds = bytearray()
+        self._second_starts = array("I")  # first event index of each second
+        self._seconds = array("Q")  # the unix seconds of that run
+        self._closed = False
+        self._waiters = trio.lowlevel.ParkingLot()
+        #: Output chunks in the log.
+        self.output_count = 0
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- writing ------------------------------------------------------------
+
+    def _stamp(self) -> None:
+        now = int(time.time())
+        if not self._seconds or self._seconds[-1] != now:
+            self._second_starts.append(len(self._kinds))
+            self._seconds.append(now)
+
+    def _append(self, payload: bytes, lengths: list[int], kinds: bytes) -> None:
+        if self._closed:
+            raise RuntimeError("event log is closed")
+        self._stamp()
+        start = len(self._data)
+        self._data += payload
+        self._ends.extend(itertools.accumulate(lengths, initial=start))
+        del self._ends[len(self._kinds)]  # the initial value, start, is not an end
+        self._kinds += kinds
+        self._waiters.unpark_all()
+
+    def append_output(self, batch: OutputBatch) -> None:
+        """Append every chunk of *batch*, one ``output`` event each."""
+        self._append(batch.payload, batch.lengths, batch.kinds)
+        self.output_count += batch.count
+
+    def append_log(self, line: str) -> None:
+        payload = line.encode()
+        self._append(payload, [len(payload)], bytes([_LOGS | _BREAKS * _has_break(line)]))
+
+    def finish(self, error: str | None, done: dict[str, str]) -> None:
+        """Append ``error`` (if *error*) and ``done``, and close the log."""
+        if error is not None:
+            payload = json.dumps({"detail": error}).encode()
+            self._append(payload, [len(payload)], bytes([_ERROR]))
+        payload = json.dumps(done, separators=(",", ":")).encode()
+        self._append(payload, [len(payload)], bytes([_DONE]))
+        self._closed = True
+
+    def close(self) -> None:
+        self._closed = True
+        self._waiters.unpark_all()
+
+    # -- following ----------------------------------------------------------
+
+    async def wait_beyond(self, index: int) -> None:
+        """Wait until the log holds more than *index* events or is closed."""
+        while len(self._kinds) <= index and not self._closed:
+            await self._waiters.park()
+
+    async def wait_closed(self) -> None:
+        """Wait until the log is closed (its prediction has ended)."""
+        while not self._closed:
+            await self._waiters.park()
+
+    def index_after(self, last_event_id: str) -> int:
+        """Where a reader that saw *last_event_id* resumes.
+
+        Raises ``ValueError`` for an id this log could not have written.
+        """
+        seconds, sep, n = last_event_id.strip().partition(":")
+        if not (sep and seconds.isdigit() and n.isdigit()):
+            raise ValueError(f"Last-Event-ID {last_event_id!r} is not of the form <seconds>:<n>")
+        return int(n) + 1
+
+    def read(self, start: int, limit: int = SLICE_BYTES) -> tuple[bytes, int]:
+        """The SSE frames of the events from *start* on, at most about
+        *limit* bytes of them (but at least one event, if there is one), and
+        the index after the last one returned."""
+        end = len(self._kinds)
+        frames: list[bytes] = []
+        size = 0
+        i = start
+        data, ends, kinds = self._data, self._ends, self._kinds
+        while i < end and size < limit:
+            run = bisect.bisect_right(self._second_starts, i) - 1
+            seconds = self._seconds[run]
+            run_end = self._second_starts[run + 1] if run + 1 < len(self._second_starts) else end
+            begin = ends[i - 1] if i else 0
+            for j in range(i, min(run_end, end)):
+                stop = ends[j]
+                kind = kinds[j]
+                if kind & _BREAKS:
+                    name = _NAMES[kind & ~_BREAKS]
+                    text = data[begin:stop].decode()
+                    frame = encode_event(name, f"{seconds}:{j}", text)
+                else:
+                    frame = b"%b%d:%d\ndata: %b\n\n" % (
+                        _HEADS[kind],
+                        seconds,
+                        j,
+                        data[begin:stop],
+                    )
+                frames.append(frame)
+                size += len(frame)
+                begin = stop
+                i = j + 1
+                if size >= limit:
+                    break
+        return b"".join(frames), i
+
+    def names(self, start: int) -> set[str]:
+        """The names of the events from *start* on."""
+        return {_NAMES[kind & ~_BREAKS] for kind in set(self._kinds[start:])}
+
+    # -- what the prediction object shows -----------------------------------
+
+    def _payloads(self, wanted: frozenset[int]) -> list[tuple[int, str]]:
+        out = []
+        begin = 0
+        data, ends = self._data, self._ends
+        for j, kind in enumerate(self._kinds):
+            stop = ends[j]
+            if kind & ~_BREAKS in wanted:
+                out.append((kind & ~_BREAKS, data[begin:stop].decode()))
+            begin = stop
+        return out
+
+    def outputs(self) -> list[Any]:
+        """Every output chunk, as the model sent it (text or a JSON value)."""
+        return [
+            text if kind == _TEXT else json.loads(text)
+            for kind, text in self._payloads(frozenset({_TEXT, _JSON}))
+        ]
+
+    def logs(self) -> list[str]:
+        return [text for _, text in self._payloads(frozenset({_LOGS}))]
+
+
+def _has_break(text: str) -> bool:
+    return LINE_BREAK.search(text) is not None

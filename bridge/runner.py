@@ -1,0 +1,156 @@
+"""A prediction's run loop: from the backend's messages to its event log.
+
+:func:`run` is what a prediction's task does once it has a running slot:
+call the backend (retrying one that cannot be reached, within
+``start_timeout_seconds``), apply the deadlines and the output cap, and
+append what arrives to the prediction, a batch at a time: every output
+message that arrived while the task was busy becomes one append, which
+wakes the prediction's readers once. Errors are raised, never recorded
+here: the task that owns the prediction (:mod:`bridge.service`) records how
+it ended, once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import trio
+
+from . import protocol
+from .errors import BackendTimeout, BackendUnavailable, DeadlineExceeded, OutputTooLarge
+from .events import OutputBatch
+from .grpc_loop import GrpcLoop
+from .models import ModelEntry
+from .predictions import Prediction
+from .validation import validate_input
+
+__all__ = ["OutputObserver", "run"]
+
+
+class OutputObserver(Protocol):
+    def output(self, prediction: Prediction, chunks: int, gap: float | None) -> None:
+        """*chunks* arrived together, *gap* seconds after the previous ones
+        (None: the first)."""
+
+
+Describe = Callable[[ModelEntry], Awaitable[protocol.ModelInfo]]
+
+
+async def run(
+    prediction: Prediction,
+    entry: ModelEntry,
+    *,
+    grpc: GrpcLoop,
+    describe: Describe,
+    observer: OutputObserver,
+    max_output_bytes: int,
+    validated: bool,
+) -> None:
+    """Run *prediction* under its total deadline (also the gRPC deadline);
+    *max_output_bytes* is the server's cap, unless the model has its own."""
+    total = entry.settings.total_seconds
+    cap = entry.settings.max_output_bytes or max_output_bytes
+    expired = False
+    with trio.move_on_after(total or math.inf) as scope:
+        try:
+            await _start(prediction, entry, grpc, describe, observer, cap, validated)
+        except BackendTimeout:
+            if not total:
+                raise
+            expired = True  # the gRPC side of the same deadline
+    if expired or scope.cancelled_caught:
+        raise DeadlineExceeded(
+            f"deadline exceeded: the prediction ran longer than total_seconds ({total:g} s)"
+        )
+
+
+async def _start(
+    prediction: Prediction,
+    entry: ModelEntry,
+    grpc: GrpcLoop,
+    describe: Describe,
+    observer: OutputObserver,
+    cap: int,
+    validated: bool,
+) -> None:
+    """Call the backend, retrying one that cannot be reached until the
+    model's start_timeout_seconds; once it started, no retry."""
+    give_up_at = trio.current_time() + entry.settings.start_timeout_seconds
+    backoff = 0.1
+    while True:
+        try:
+            if not validated:
+                with trio.move_on_at(give_up_at):
+                    await describe(entry)
+                info = entry.info
+                if info is None:
+                    raise BackendUnavailable("model backend unavailable: Describe timed out")
+                validate_input(info.input_schema, prediction.input)
+                prediction.version = prediction.version or info.version
+                validated = True
+            await _stream(prediction, entry, grpc, observer, cap)
+            return
+        except BackendUnavailable:
+            left = give_up_at - trio.current_time()
+            if prediction.started_at is not None or left <= 0:
+                raise
+        await trio.sleep(min(backoff, left))
+        backoff = min(2 * backoff, 1.0)
+
+
+async def _stream(
+    prediction: Prediction,
+    entry: ModelEntry,
+    grpc: GrpcLoop,
+    observer: OutputObserver,
+    cap: int,
+) -> None:
+    config = entry.settings
+    async with grpc.predict(entry.next_target(), prediction.id, prediction.input) as stream:
+        while True:
+            deadline, name = (
+                (config.idle_seconds, "idle_seconds")
+                if prediction.output_count
+                else (config.first_output_seconds, "first_output_seconds")
+            )
+            with trio.move_on_after(deadline or math.inf) as waited:
+                try:
+                    batch = await stream.receive_batch()
+                except trio.EndOfChannel:
+                    break
+            if waited.cancelled_caught:
+                what = "between outputs" if prediction.output_count else "before the first output"
+                raise DeadlineExceeded(
+                    f"deadline exceeded: no output for {name} ({deadline:g} s) {what}"
+                )
+            chunks: list[Any] = []  # consecutive outputs: appended as one batch
+            for item in batch:
+                if isinstance(item, protocol.OutputChunks):
+                    chunks += item.chunks
+                    continue
+                if chunks:
+                    _output(prediction, chunks, observer, cap)
+                    chunks = []
+                if isinstance(item, protocol.LogLine):
+                    prediction.add_log(item.line)
+                elif isinstance(item, protocol.MetricsUpdate):
+                    prediction.add_metrics(item.values)
+                elif isinstance(item, protocol.Started) and not prediction.started_at:
+                    prediction.start()
+            if chunks:
+                _output(prediction, chunks, observer, cap)
+    prediction.succeed()
+
+
+def _output(prediction: Prediction, chunks: list[Any], observer: OutputObserver, cap: int) -> None:
+    batch = OutputBatch(chunks)
+    if prediction.output_bytes + len(batch) > cap:
+        raise OutputTooLarge(f"output exceeded max_output_bytes ({cap} bytes)")
+    now = time.time()
+    last = prediction.last_output_at
+    prediction.add_output(batch)
+    prediction.last_output_at = now
+    observer.output(prediction, batch.count, None if last is None else now - last)

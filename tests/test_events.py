@@ -1,0 +1,116 @@
+"""The event log on its own: bytes in, SSE frames out, in bounded slices."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import pytest
+import trio
+
+from bridge import events as events_module
+from bridge.events import EventLog, OutputBatch
+from bridge.sse import encode_event, normalize_line_breaks
+from tests.sse_clients import replicate_events, spec_events
+from tests.test_sse import CHUNKS
+
+
+def read_all(log: EventLog, start: int = 0, limit: int = 4096) -> list[bytes]:
+    slices = []
+    while start < len(log):
+        data, start = log.read(start, limit)
+        slices.append(data)
+    return slices
+
+
+def test_frames_are_exactly_the_encoder_s_for_any_chunk(monkeypatch) -> None:
+    """Hostile chunks (line breaks of every kind) framed as bridge.sse does."""
+    monkeypatch.setattr(events_module.time, "time", lambda: 1700000000.5)
+    log = EventLog()
+    log.append_output(OutputBatch(["plain ", *CHUNKS, {"k": [1, "\n"]}]))
+    log.append_log("a log\rline")
+    log.finish("it \n broke", {"reason": "error"})
+    expected = [encode_event("output", "1700000000:0", "plain ")]
+    expected += [encode_event("output", f"1700000000:{i + 1}", c) for i, c in enumerate(CHUNKS)]
+    n = len(CHUNKS) + 1
+    expected += [
+        encode_event("output", f"1700000000:{n}", json.dumps({"k": [1, "\n"]})),
+        encode_event("logs", f"1700000000:{n + 1}", "a log\rline"),
+        encode_event("error", f"1700000000:{n + 2}", json.dumps({"detail": "it \n broke"})),
+        encode_event("done", f"1700000000:{n + 3}", '{"reason":"error"}'),
+    ]
+    assert b"".join(read_all(log, limit=1)) == b"".join(expected)
+    assert log.read(0, 10**9) == (b"".join(expected), len(expected))
+    assert log.outputs() == ["plain ", *CHUNKS, {"k": [1, "\n"]}]
+    assert log.logs() == ["a log\rline"]
+    assert log.closed
+
+
+def test_ids_carry_the_second_of_their_batch(monkeypatch) -> None:
+    clock = iter([100.2, 100.9, 102.0])
+    monkeypatch.setattr(events_module.time, "time", lambda: next(clock))
+    log = EventLog()
+    for batch in (["a", "b"], ["c"], ["d", "e"]):
+        log.append_output(OutputBatch(batch))
+    ids = [e.id for e in spec_events(read_all(log))]
+    assert ids == ["100:0", "100:1", "100:2", "102:3", "102:4"]
+    assert [e.id for e in spec_events(read_all(log, start=3))] == ["102:3", "102:4"]
+    assert log.index_after("102:3") == 4
+
+
+def test_a_long_log_is_read_in_bounded_slices() -> None:
+    log = EventLog()
+    chunks = [f"{i % 97:02d}" for i in range(20_000)] + CHUNKS
+    for i in range(0, len(chunks), 1000):
+        log.append_output(OutputBatch(chunks[i : i + 1000]))
+    slices = read_all(log, limit=4096)
+    largest_frame = max(len(encode_event("output", "1:99999", c)) for c in chunks)
+    assert all(len(s) < 4096 + largest_frame for s in slices)
+    assert len(slices) > sum(map(len, slices)) // (4096 + largest_frame)
+    got = spec_events(slices)
+    assert got == replicate_events(slices)
+    assert [e.data for e in got] == [normalize_line_breaks(c) for c in chunks]
+    assert [int(e.id.split(":")[1]) for e in got] == list(range(len(chunks)))
+
+
+def test_a_retained_chunk_costs_bytes_not_objects() -> None:
+    """100,000 2-character chunks: a few bytes each, however they came."""
+    tracemalloc.start()
+    try:
+        log = EventLog()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(1000):
+            log.append_output(OutputBatch(["ab"] * 100))
+        per_chunk = (tracemalloc.get_traced_memory()[0] - before) / 100_000
+    finally:
+        tracemalloc.stop()
+    assert per_chunk < 12, per_chunk  # 2 of text, 4 of offset, 1 of kind, growth slack
+    assert log.output_count == 100_000
+
+
+@pytest.mark.parametrize("chunks", [["a"], ["a"] * 500])
+async def test_readers_wake_once_per_batch(chunks: list[str]) -> None:
+    log = EventLog()
+    wakes = []
+
+    async def reader() -> None:
+        cursor = 0
+        while not log.closed:
+            await log.wait_beyond(cursor)
+            wakes.append(len(log) - cursor)
+            cursor = len(log)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        log.append_output(OutputBatch(chunks))
+        await trio.testing.wait_all_tasks_blocked()
+        log.finish(None, {})
+    assert wakes == [len(chunks), 1]  # the batch at once, then done
+
+
+def test_a_closed_log_takes_nothing() -> None:
+    log = EventLog()
+    log.finish(None, {})
+    with pytest.raises(RuntimeError, match="closed"):
+        log.append_output(OutputBatch(["late"]))
