@@ -6,9 +6,12 @@ thread runs an asyncio event loop; every channel is created on it and every
 call runs on it. A Trio task asks the loop to start a call and receives the
 call's messages through a :class:`PredictStream`:
 
-* the asyncio side (the *pump*) appends each message to a deque and asks
-  Trio for one wake-up per batch (``TrioToken.run_sync_soon``, only when
-  none is pending), never one per message, and never blocks its loop;
+* the asyncio side (the *pump*) appends each message to its stream's deque
+  and marks the stream ready; the first stream marked since Trio last
+  looked asks Trio for one wake-up (``TrioToken.run_sync_soon``), which
+  wakes every ready stream: one cross-thread wake-up per loop iteration
+  for all the streams that have news, never one per message or per stream,
+  and the loop never blocks;
 * a credit window (an ``asyncio.Semaphore``) bounds the messages in flight;
   the Trio side hands credits back in batches;
 * Trio cancellation becomes ``task.cancel()`` on the loop, which cancels the
@@ -100,12 +103,12 @@ class PredictStream:
     succeeds and raises a :class:`~bridge.errors.PredictionError` if it fails.
     """
 
-    def __init__(self, token: trio.lowlevel.TrioToken, window: int) -> None:
-        self._token = token
+    def __init__(self, hub: _WakeHub, window: int) -> None:
+        self._hub = hub
         self._window = window
         self._items: collections.deque[protocol.StreamItem | _End] = collections.deque()
-        self._wakeup = trio.Event()
-        self._wake_pending = False  # written by both threads; see _push
+        self._waiters = trio.lowlevel.ParkingLot()
+        self._ready = False  # in the hub's ready list; written by both threads, see _push
         self._consumed = 0
         self._ended = False
         # Asyncio side, touched only on the loop thread.
@@ -118,12 +121,12 @@ class PredictStream:
     def _push(self, item: protocol.StreamItem | _End) -> None:
         self._items.append(item)
         # The append happens before this read, and Trio clears the flag
-        # before it drains: either a wake-up is pending that will see the
-        # item, or we schedule one. One wake-up per batch, never one lost.
-        if not self._wake_pending:
-            self._wake_pending = True
-            with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(self._wake)
+        # before it wakes the consumer: either this stream is in the hub's
+        # ready list (and will be woken after the append), or we put it
+        # there. Never a wake-up lost.
+        if not self._ready:
+            self._ready = True
+            self._hub.mark(self)
 
     async def _pump(
         self,
@@ -165,8 +168,8 @@ class PredictStream:
     # -- Trio side ------------------------------------------------------
 
     def _wake(self) -> None:
-        self._wake_pending = False
-        self._wakeup.set()
+        self._ready = False
+        self._waiters.unpark_all()
 
     def _give_back_credits(self) -> None:
         if self._consumed and self._loop is not None and not self._ended:
@@ -185,8 +188,7 @@ class PredictStream:
         if self._items:
             await trio.lowlevel.checkpoint()
         while not self._items:
-            self._wakeup = trio.Event()
-            await self._wakeup.wait()
+            await self._waiters.park()
         batch: list[protocol.StreamItem] = []
         while self._items:
             item = self._items[0]
@@ -223,8 +225,34 @@ class PredictStream:
                 if isinstance(self._items.popleft(), _End):
                     self._ended = True
             if not self._ended:
-                self._wakeup = trio.Event()
-                await self._wakeup.wait()
+                await self._waiters.park()
+
+
+class _WakeHub:
+    """Wakes, in Trio, every stream the loop thread marked ready since the
+    last wake-up: one ``run_sync_soon`` per loop iteration for all of them."""
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self._token = token
+        self._ready: collections.deque[PredictStream] = collections.deque()
+        self._pending = False  # written by both threads; see mark and _wake_all
+
+    def mark(self, stream: PredictStream) -> None:
+        """On the loop thread: *stream* has news."""
+        self._ready.append(stream)
+        # As in PredictStream._push: Trio clears the flag before it drains
+        # the list, so a stream appended is either seen by the pending
+        # wake-up or schedules a new one.
+        if not self._pending:
+            self._pending = True
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._wake_all)
+
+    def _wake_all(self) -> None:
+        self._pending = False
+        ready = self._ready
+        while ready:
+            ready.popleft()._wake()
 
 
 class GrpcLoop:
@@ -234,6 +262,7 @@ class GrpcLoop:
         self.window = window
         self.active_calls = 0  # written only on the loop thread
         self._token = trio.lowlevel.current_trio_token()
+        self._hub = _WakeHub(self._token)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._thread: threading.Thread | None = None
@@ -338,7 +367,7 @@ class GrpcLoop:
         """Start a ``Predict`` call; leaving the block cancels it if running."""
         assert self._loop is not None
         loop = self._loop
-        stream = PredictStream(self._token, self.window)
+        stream = PredictStream(self._hub, self.window)
         request = protocol.predict_request(prediction_id, input)
         timeout = _grpc_timeout()
 

@@ -109,39 +109,44 @@ async def _stream(
     cap: int,
 ) -> None:
     config = entry.settings
+    first, idle = config.first_output_seconds or math.inf, config.idle_seconds or math.inf
     async with grpc.predict(entry.next_target(), prediction.id, prediction.input) as stream:
-        while True:
-            deadline, name = (
-                (config.idle_seconds, "idle_seconds")
-                if prediction.output_count
-                else (config.first_output_seconds, "first_output_seconds")
-            )
-            with trio.move_on_after(deadline or math.inf) as waited:
+        # One scope for the whole call, its deadline moved on after each
+        # batch: first_output_seconds until the first output, idle_seconds
+        # after each batch once there was output.
+        with trio.CancelScope(deadline=trio.current_time() + first) as waited:
+            while True:
                 try:
                     batch = await stream.receive_batch()
                 except trio.EndOfChannel:
                     break
-            if waited.cancelled_caught:
-                what = "between outputs" if prediction.output_count else "before the first output"
-                raise DeadlineExceeded(
-                    f"deadline exceeded: no output for {name} ({deadline:g} s) {what}"
-                )
-            chunks: list[Any] = []  # consecutive outputs: appended as one batch
-            for item in batch:
-                if isinstance(item, protocol.OutputChunks):
-                    chunks += item.chunks
-                    continue
+                chunks: list[Any] = []  # consecutive outputs: appended as one batch
+                for item in batch:
+                    if isinstance(item, protocol.OutputChunks):
+                        chunks += item.chunks
+                        continue
+                    if chunks:
+                        _output(prediction, chunks, observer, cap)
+                        chunks = []
+                    if isinstance(item, protocol.LogLine):
+                        prediction.add_log(item.line)
+                    elif isinstance(item, protocol.MetricsUpdate):
+                        prediction.add_metrics(item.values)
+                    elif isinstance(item, protocol.Started) and not prediction.started_at:
+                        prediction.start()
                 if chunks:
                     _output(prediction, chunks, observer, cap)
-                    chunks = []
-                if isinstance(item, protocol.LogLine):
-                    prediction.add_log(item.line)
-                elif isinstance(item, protocol.MetricsUpdate):
-                    prediction.add_metrics(item.values)
-                elif isinstance(item, protocol.Started) and not prediction.started_at:
-                    prediction.start()
-            if chunks:
-                _output(prediction, chunks, observer, cap)
+                waited.deadline = trio.current_time() + (idle if prediction.output_count else first)
+        if waited.cancelled_caught:
+            name, deadline = (
+                ("idle_seconds", idle)
+                if prediction.output_count
+                else ("first_output_seconds", first)
+            )
+            what = "between outputs" if prediction.output_count else "before the first output"
+            raise DeadlineExceeded(
+                f"deadline exceeded: no output for {name} ({deadline:g} s) {what}"
+            )
     prediction.succeed()
 
 

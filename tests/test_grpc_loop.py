@@ -13,7 +13,7 @@ import trio
 from bridge import protocol
 from bridge._proto.v1 import predictor_pb2_grpc
 from bridge.errors import BackendProtocolError, BackendTimeout, BackendUnavailable, ModelError
-from bridge.grpc_loop import map_rpc_error, open_grpc_loop
+from bridge.grpc_loop import PredictStream, map_rpc_error, open_grpc_loop
 from tests.backends import RawServer
 from tests.conftest import closed_port_target
 
@@ -105,3 +105,31 @@ def test_status_codes_map_in_one_place(code: grpc.StatusCode, error: type, messa
     mapped = map_rpc_error(exc)
     assert type(mapped) is error
     assert message in str(mapped)
+
+
+async def test_one_trio_wake_up_for_all_streams_with_news() -> None:
+    """Streams that got messages in one loop iteration cost Trio one
+    wake-up between them, not one each."""
+    async with open_grpc_loop() as grpc_loop:
+        hub = grpc_loop._hub
+        wake_ups = []
+        real_token = hub._token
+
+        class CountingToken:
+            def run_sync_soon(self, fn: Any) -> None:
+                wake_ups.append(fn)
+                real_token.run_sync_soon(fn)
+
+        hub._token = CountingToken()
+        streams = [PredictStream(hub, 8) for _ in range(50)]
+
+        def news_for_all() -> None:  # one loop iteration, on the loop thread
+            for stream in streams:
+                stream._push(protocol.Started())
+
+        assert grpc_loop._loop is not None
+        grpc_loop._loop.call_soon_threadsafe(news_for_all)
+        with trio.fail_after(10):
+            batches = [await stream.receive_batch() for stream in streams]
+    assert batches == [[protocol.Started()]] * 50
+    assert len(wake_ups) == 1
