@@ -14,8 +14,9 @@ runs.
 Measured:
 
 * one stream as fast as the backend sends (``demo/echo``, 2-character
-  chunks): chunks/s direct over gRPC, through the bridge, through the peer
-  (the median of a few rounds, taken in turns);
+  chunks), 20,000 and 200,000 of them: chunks/s direct over gRPC, through
+  the bridge, through the peer (the median of a few rounds, taken in turns;
+  the targets are judged on the longer, sustained stream);
 * 100 and 1,000 concurrent streams at 20 chunks/s: the gap between
   consecutive chunks of a stream and each chunk's delay, p50/p99/max,
   streams not whole, and the server's CPU and peak RSS;
@@ -413,16 +414,20 @@ def _mark(ok: bool) -> str:
 
 def report(r: dict[str, Any]) -> str:
     one = r["one_stream"]
-    rate = one["chunks_per_s"]
     lines = [
         f"`make bench`: {r['machine']}; everything in one run, ratios against it.",
         "",
         "| | direct gRPC drain (the limit) | this bridge | the FastAPI peer |",
         "|---|---|---|---|",
-        f"| one stream, {one['chunks']:,} chunks of `demo/echo`: chunks/s | {rate['direct']:,} | "
-        f"{rate['bridge']:,} ({one['bridge_vs_direct']}x the limit) | {rate['peer']:,} "
-        f"(the bridge is {one['bridge_vs_peer']}x the peer) |",
     ]
+    for o in filter(None, (one, r.get("one_stream_long"))):
+        rate = o["chunks_per_s"]
+        lines.append(
+            f"| one stream, {o['chunks']:,} chunks of `demo/echo`: chunks/s | "
+            f"{rate['direct']:,} | {rate['bridge']:,} ({o['bridge_vs_direct']}x the limit) | "
+            f"{rate['peer']:,} (the bridge is {o['bridge_vs_peer']}x the peer) |"
+        )
+    one = r.get("one_stream_long", one)
     for key in ("streams_100", "streams_1000"):
         m = r.get(key)
         if not m:
@@ -459,9 +464,11 @@ def report(r: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     targets = [
-        ("one stream ≥ 0.9x the direct rate", f"{one['bridge_vs_direct']}x",
+        (f"one stream ({one['chunks']:,} chunks) ≥ 0.9x the direct rate",
+         f"{one['bridge_vs_direct']}x",
          one["bridge_vs_direct"] >= 0.9),
-        ("one stream ≥ 1.5x the peer", f"{one['bridge_vs_peer']}x", one["bridge_vs_peer"] >= 1.5),
+        (f"one stream ({one['chunks']:,} chunks) ≥ 1.5x the peer", f"{one['bridge_vs_peer']}x",
+         one["bridge_vs_peer"] >= 1.5),
     ]  # fmt: skip
     if m := r.get("streams_1000"):
         b, p = m["bridge"]["gap_ms"], m["peer"]["gap_ms"]
@@ -527,6 +534,10 @@ def main() -> int:
                 results["one_stream"] = one_stream(
                     urls, targets, 2000 if smoke else 20000, 1 if smoke else 5
                 )
+                if not smoke:
+                    # At a million chunks/s, 20,000 chunks last 20 ms: mostly
+                    # request setup (measured apart, as time to first chunk).
+                    results["one_stream_long"] = one_stream(urls, targets, 200_000, 5)
             for n in ((10,) if smoke else (100, 1000)) if "streams" in only else ():
                 step(f"{n} streams")
                 results[f"streams_{100 if smoke else n}"] = many_streams(

@@ -49,6 +49,8 @@ _TEXT, _JSON, _LOGS, _ERROR, _DONE = range(5)
 _BREAKS = 0x80
 _NAMES = {_TEXT: "output", _JSON: "output", _LOGS: "logs", _ERROR: "error", _DONE: "done"}
 _HEADS = {k: f"event: {name}\nid: ".encode() for k, name in _NAMES.items()}
+#: The least a frame adds to its payload ("event: output\nid: s:n\ndata: ...").
+_FRAME_OVERHEAD = len(b"event: output\nid: 1700000000:0\ndata: \n\n")
 
 
 class OutputBatch:
@@ -185,6 +187,23 @@ class EventLog:
             seconds = self._seconds[run]
             run_end = self._second_starts[run + 1] if run + 1 < len(self._second_starts) else end
             begin = ends[i - 1] if i else 0
+            # Fast path: a stretch of plain text chunks, all framed alike.
+            stretch = min(run_end, i + max(1, (limit - size) // _FRAME_OVERHEAD))
+            stretch = min(stretch, bisect.bisect_left(ends, begin + limit - size, i, stretch) + 1)
+            if stretch - i > 1 and kinds.count(_TEXT, i, stretch) == stretch - i:
+                prefix = b"event: output\nid: %d:" % seconds
+                starts = ends[i - 1 : stretch - 1] if i else [0, *ends[: stretch - 1]]
+                stretch_frames = [
+                    b"%b%d\ndata: %b\n\n" % (prefix, j, data[a:b])
+                    for j, a, b in zip(range(i, stretch), starts, ends[i:stretch], strict=True)
+                ]
+                # Up to the frame that reaches the limit, as below.
+                sums = list(itertools.accumulate(map(len, stretch_frames)))
+                keep = min(len(sums), bisect.bisect_left(sums, limit - size) + 1)
+                frames += stretch_frames[:keep]
+                size += sums[keep - 1]
+                i += keep
+                continue
             for j in range(i, min(run_end, end)):
                 stop = ends[j]
                 kind = kinds[j]

@@ -79,7 +79,11 @@ def request_input(request: pb.PredictRequest) -> dict[str, Any]:
 def stream_item_from_pb(response: pb.PredictResponse) -> StreamItem:
     kind = response.WhichOneof("kind")
     if kind == "output":
-        return OutputChunks([_chunk_value(c) for c in response.output.chunks])
+        chunks = response.output.chunks
+        texts = [c.text for c in chunks]
+        if all(texts):  # every chunk is non-empty text: no oneof to look at
+            return OutputChunks(texts)
+        return OutputChunks([_chunk_value(c) for c in chunks])
     if kind == "log":
         return LogLine(response.log)
     if kind == "metrics":
