@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import re
 import time
 from array import array
 from typing import Any
@@ -48,9 +49,10 @@ SLICE_BYTES = 64 * 1024
 _TEXT, _JSON, _LOGS, _ERROR, _DONE = range(5)
 _BREAKS = 0x80
 _NAMES = {_TEXT: "output", _JSON: "output", _LOGS: "logs", _ERROR: "error", _DONE: "done"}
-_HEADS = {k: f"event: {name}\nid: ".encode() for k, name in _NAMES.items()}
-#: The least a frame adds to its payload ("event: output\nid: s:n\ndata: ...").
-_FRAME_OVERHEAD = len(b"event: output\nid: 1700000000:0\ndata: \n\n")
+_HEADS = [f"event: {_NAMES[k]}\nid: ".encode() for k in range(len(_NAMES))]
+#: The smallest frame there is: no frame adds less to its payload.
+_MIN_FRAME = len(b"event: logs\nid: 0:0\ndata: \n\n")
+_WITH_BREAKS = re.compile(b"[\x80-\xff]")  # a kind byte with _BREAKS set
 
 
 class OutputBatch:
@@ -64,26 +66,19 @@ class OutputBatch:
         if all(type(c) is str for c in chunks):
             joined = "".join(chunks)
             self.payload = joined.encode()
-            kind = _TEXT if LINE_BREAK.search(joined) is None else _TEXT | _BREAKS
-            if kind == _TEXT:
-                self.kinds = bytes([_TEXT]) * len(chunks)
+            if _breaks(joined):
+                self.kinds = bytes(_TEXT | _breaks(c) for c in chunks)
             else:
-                self.kinds = bytes(
-                    _TEXT | _BREAKS if LINE_BREAK.search(c) else _TEXT for c in chunks
-                )
+                self.kinds = bytes([_TEXT]) * len(chunks)
             if joined.isascii():
-                self.lengths: list[int] = list(map(len, chunks))
+                self.lengths = list(map(len, chunks))
             else:
                 self.lengths = [len(c.encode()) for c in chunks]
             return
-        texts = [c if type(c) is str else json.dumps(c) for c in chunks]
-        encoded = [t.encode() for t in texts]
+        encoded = [(c if type(c) is str else json.dumps(c)).encode() for c in chunks]
         self.payload = b"".join(encoded)
         self.lengths = list(map(len, encoded))
-        self.kinds = bytes(
-            _JSON if type(c) is not str else _TEXT | _BREAKS if LINE_BREAK.search(c) else _TEXT
-            for c in chunks
-        )
+        self.kinds = bytes(_TEXT | _breaks(c) if type(c) is str else _JSON for c in chunks)
 
     def __len__(self) -> int:
         return len(self.payload)
@@ -136,7 +131,7 @@ class EventLog:
 
     def append_log(self, line: str) -> None:
         payload = line.encode()
-        self._append(payload, [len(payload)], bytes([_LOGS | _BREAKS * _has_break(line)]))
+        self._append(payload, [len(payload)], bytes([_LOGS | _breaks(line)]))
 
     def finish(self, error: str | None, done: dict[str, str]) -> None:
         """Append ``error`` (if *error*) and ``done``, and close the log."""
@@ -146,10 +141,6 @@ class EventLog:
         payload = json.dumps(done, separators=(",", ":")).encode()
         self._append(payload, [len(payload)], bytes([_DONE]))
         self._closed = True
-
-    def close(self) -> None:
-        self._closed = True
-        self._waiters.unpark_all()
 
     # -- following ----------------------------------------------------------
 
@@ -187,43 +178,33 @@ class EventLog:
             seconds = self._seconds[run]
             run_end = self._second_starts[run + 1] if run + 1 < len(self._second_starts) else end
             begin = ends[i - 1] if i else 0
-            # Fast path: a stretch of plain text chunks, all framed alike.
-            stretch = min(run_end, i + max(1, (limit - size) // _FRAME_OVERHEAD))
-            stretch = min(stretch, bisect.bisect_left(ends, begin + limit - size, i, stretch) + 1)
-            if stretch - i > 1 and kinds.count(_TEXT, i, stretch) == stretch - i:
-                prefix = b"event: output\nid: %d:" % seconds
-                starts = ends[i - 1 : stretch - 1] if i else [0, *ends[: stretch - 1]]
-                stretch_frames = [
-                    b"%b%d\ndata: %b\n\n" % (prefix, j, data[a:b])
-                    for j, a, b in zip(range(i, stretch), starts, ends[i:stretch], strict=True)
-                ]
-                # Up to the frame that reaches the limit, as below.
-                sums = list(itertools.accumulate(map(len, stretch_frames)))
-                keep = min(len(sums), bisect.bisect_left(sums, limit - size) + 1)
-                frames += stretch_frames[:keep]
-                size += sums[keep - 1]
-                i += keep
+            if kinds[i] & _BREAKS:  # several data: lines: bridge.sse frames it
+                text = data[begin : ends[i]].decode()
+                frames.append(encode_event(_NAMES[kinds[i] & ~_BREAKS], f"{seconds}:{i}", text))
+                size += len(frames[-1])
+                i += 1
                 continue
-            for j in range(i, min(run_end, end)):
-                stop = ends[j]
-                kind = kinds[j]
-                if kind & _BREAKS:
-                    name = _NAMES[kind & ~_BREAKS]
-                    text = data[begin:stop].decode()
-                    frame = encode_event(name, f"{seconds}:{j}", text)
-                else:
-                    frame = b"%b%d:%d\ndata: %b\n\n" % (
-                        _HEADS[kind],
-                        seconds,
-                        j,
-                        data[begin:stop],
-                    )
-                frames.append(frame)
-                size += len(frame)
-                begin = stop
-                i = j + 1
-                if size >= limit:
-                    break
+            # The events up to the next one with a line break (or the end of
+            # this second), framed alike; no more than can fit in the limit.
+            found = _WITH_BREAKS.search(kinds, i, run_end)
+            stop = min(
+                found.start() if found else run_end,
+                i + (limit - size) // _MIN_FRAME + 1,
+                bisect.bisect_left(ends, begin + limit - size, i, run_end) + 1,
+            )
+            heads = [head + b"%d:" % seconds for head in _HEADS]
+            stretch = [
+                b"%b%d\ndata: %b\n\n" % (heads[kinds[j]], j, data[a:b])
+                for j, a, b in zip(
+                    range(i, stop), [begin, *ends[i : stop - 1]], ends[i:stop], strict=True
+                )
+            ]
+            # Up to the frame that reaches the limit.
+            sums = list(itertools.accumulate(map(len, stretch)))
+            keep = min(len(sums), bisect.bisect_left(sums, limit - size) + 1)
+            frames += stretch[:keep]
+            size += sums[keep - 1]
+            i += keep
         return b"".join(frames), i
 
     def names(self, start: int) -> set[str]:
@@ -254,5 +235,6 @@ class EventLog:
         return [text for _, text in self._payloads(frozenset({_LOGS}))]
 
 
-def _has_break(text: str) -> bool:
-    return LINE_BREAK.search(text) is not None
+def _breaks(text: str) -> int:
+    """The kind flag for *text*: ``_BREAKS`` if it holds a line break."""
+    return _BREAKS if LINE_BREAK.search(text) else 0

@@ -132,9 +132,8 @@ class Prediction:
         """Output chunks so far."""
         return self.events.output_count
 
-    def add_output(self, chunks: list[Any] | OutputBatch) -> None:
+    def add_output(self, batch: OutputBatch) -> None:
         """Append a batch of chunks (one event each, readers woken once)."""
-        batch = chunks if isinstance(chunks, OutputBatch) else OutputBatch(chunks)
         if self.status is Status.STARTING:
             self.start()
         if self.first_output_at is None and batch.count:

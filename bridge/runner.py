@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -27,13 +27,10 @@ from .models import ModelEntry
 from .predictions import Prediction
 from .validation import validate_input
 
-__all__ = ["OutputObserver", "run"]
+if TYPE_CHECKING:  # service imports this module
+    from .service import Observer
 
-
-class OutputObserver(Protocol):
-    def output(self, prediction: Prediction, chunks: int, gap: float | None) -> None:
-        """*chunks* arrived together, *gap* seconds after the previous ones
-        (None: the first)."""
+__all__ = ["run"]
 
 
 Describe = Callable[[ModelEntry], Awaitable[protocol.ModelInfo]]
@@ -45,7 +42,7 @@ async def run(
     *,
     grpc: GrpcLoop,
     describe: Describe,
-    observer: OutputObserver,
+    observer: Observer,
     max_output_bytes: int,
     validated: bool,
 ) -> None:
@@ -72,7 +69,7 @@ async def _start(
     entry: ModelEntry,
     grpc: GrpcLoop,
     describe: Describe,
-    observer: OutputObserver,
+    observer: Observer,
     cap: int,
     validated: bool,
 ) -> None:
@@ -105,7 +102,7 @@ async def _stream(
     prediction: Prediction,
     entry: ModelEntry,
     grpc: GrpcLoop,
-    observer: OutputObserver,
+    observer: Observer,
     cap: int,
 ) -> None:
     config = entry.settings
@@ -150,7 +147,7 @@ async def _stream(
     prediction.succeed()
 
 
-def _output(prediction: Prediction, chunks: list[Any], observer: OutputObserver, cap: int) -> None:
+def _output(prediction: Prediction, chunks: list[Any], observer: Observer, cap: int) -> None:
     batch = OutputBatch(chunks)
     if prediction.output_bytes + len(batch) > cap:
         raise OutputTooLarge(f"output exceeded max_output_bytes ({cap} bytes)")

@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from bridge.config import ConfigError, Settings
+from bridge.events import OutputBatch
 from bridge.predictions import IllegalTransition, Prediction, Status
 from tests.sse_clients import Ev, replicate_events, spec_events
 
@@ -27,7 +28,7 @@ def events(p: Prediction, start: int = 0) -> list[Ev]:
 def test_happy_path_and_final_event() -> None:
     p = make()
     p.start()
-    p.add_output(["a", {"k": 1}])
+    p.add_output(OutputBatch(["a", {"k": 1}]))
     p.add_log("line")
     p.succeed()
     assert p.status is Status.SUCCEEDED
@@ -71,7 +72,7 @@ def test_cannot_start_twice() -> None:
 
 def test_ids_are_seconds_and_index() -> None:
     p = make()
-    p.add_output(["a", "b", "c"])
+    p.add_output(OutputBatch(["a", "b", "c"]))
     ids = [e.id for e in events(p)]
     assert [int(i.split(":")[1]) for i in ids] == [0, 1, 2]
     assert p.events.index_after(ids[1]) == 2
@@ -93,7 +94,7 @@ async def test_readers_wake_on_append_and_close() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reader)
         await trio.testing.wait_all_tasks_blocked()
-        p.add_output(["a"])
+        p.add_output(OutputBatch(["a"]))
         await trio.testing.wait_all_tasks_blocked()
         p.succeed()
     assert woke == [1, True]
