@@ -194,9 +194,13 @@ class EventLog:
             )
             heads = [head + b"%d:" % seconds for head in _HEADS]
             stretch = [
-                b"%b%d\ndata: %b\n\n" % (heads[kinds[j]], j, data[a:b])
-                for j, a, b in zip(
-                    range(i, stop), [begin, *ends[i : stop - 1]], ends[i:stop], strict=True
+                b"%b%d\ndata: %b\n\n" % (head, j, data[a:b])
+                for head, j, a, b in zip(
+                    map(heads.__getitem__, kinds[i:stop]),
+                    range(i, stop),
+                    [begin, *ends[i : stop - 1]],
+                    ends[i:stop],
+                    strict=True,
                 )
             ]
             # Up to the frame that reaches the limit.
