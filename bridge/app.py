@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 import trio
 from quart import Response, request
 from quart_trio import QuartTrio
+from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
 from . import stream
@@ -73,9 +74,39 @@ def prefer_wait(header: str | None, longest: float) -> float | None:
     return float(min(max(seconds, 1), longest))
 
 
+class _HTTPConnection(TrioASGIHTTPConnection):
+    """Quart-Trio's request handling, with the last message of a response
+    sent under a shield.
+
+    Hypercorn handles that message all the way to the connection's fate:
+    it ends the response, tells the app ``http.disconnect``, then either
+    recycles the connection (restarting its keep-alive timer) or closes it
+    (``Connection: close``, HTTP/1.0). Quart-Trio cancels the request's
+    nursery as soon as it receives that disconnect, which lands while the
+    same task is still inside hypercorn's send, so neither the recycle nor
+    the close ever happened: every connection stayed open for as long as the
+    client liked. The shielded part is bounded: an empty body, a chunked
+    terminator and a socket close (hypercorn shields its writes anyway).
+    """
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        async def send_last_shielded(message: Any) -> None:
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                with trio.CancelScope(shield=True):
+                    await send(message)
+            else:
+                await send(message)
+
+        await super().__call__(receive, send_last_shielded)
+
+
+class _App(QuartTrio):
+    asgi_http_class = _HTTPConnection
+
+
 def create_app(bridge: Bridge) -> QuartTrio:
     """The Quart-Trio app serving *bridge*."""
-    app = QuartTrio(__name__, static_folder="static", static_url_path="/static")
+    app = _App(__name__, static_folder="static", static_url_path="/static")
     api_spec = spec()
     metrics = Metrics(bridge)
     app.config["MAX_CONTENT_LENGTH"] = bridge.settings.max_body_bytes

@@ -81,6 +81,8 @@ class Settings:
     #: A reader whose connection accepts no data for this long is cut off
     #: (TCP_USER_TIMEOUT); it can reconnect and resume with Last-Event-ID.
     stall_seconds: float = 30.0
+    #: An HTTP connection idle between requests is closed after this long.
+    keep_alive_seconds: float = 5.0
     #: How long a create waits for the backend's Describe before going on.
     describe_timeout_seconds: float = 2.0
     #: At SIGTERM, running predictions may finish for this long, then are

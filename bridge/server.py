@@ -53,6 +53,7 @@ async def serve(
     config = hypercorn.config.Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.backlog = settings.backlog
+    config.keep_alive_timeout = settings.keep_alive_seconds
     config.graceful_timeout = settings.shutdown_timeout_seconds
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
