@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import urlencode
 
@@ -87,6 +89,8 @@ class _HTTPConnection(TrioASGIHTTPConnection):
     the close ever happened: every connection stayed open for as long as the
     client liked. The shielded part is bounded: an empty body, a chunked
     terminator and a socket close (hypercorn shields its writes anyway).
+
+    It also runs the callbacks given to :func:`when_request_ends`.
     """
 
     async def __call__(self, receive: Any, send: Any) -> None:
@@ -97,7 +101,24 @@ class _HTTPConnection(TrioASGIHTTPConnection):
             else:
                 await send(message)
 
-        await super().__call__(receive, send_last_shielded)
+        callbacks: list[Callable[[], object]] = []
+        token = _request_ends.set(callbacks)
+        try:
+            await super().__call__(receive, send_last_shielded)
+        finally:
+            _request_ends.reset(token)
+            for callback in callbacks:
+                callback()
+
+
+_request_ends: ContextVar[list[Callable[[], object]]] = ContextVar("request_ends")
+
+
+def when_request_ends(callback: Callable[[], object]) -> None:
+    """Call *callback* once the current request is over, however it ends:
+    answered, its client gone (before, during or after the answer's
+    headers), or the server shutting down."""
+    _request_ends.get().append(callback)
 
 
 class _App(QuartTrio):
@@ -181,14 +202,17 @@ def create_app(bridge: Bridge) -> QuartTrio:
     def stream_response(
         prediction: Prediction, start: int = 0, *, owned: bool = False, status: int = 200
     ) -> Response:
-        """The SSE response for *prediction*; if the stream *owned* it, the
-        client going away cancels it."""
+        """The SSE response for *prediction*. A stream that *owned* it holds it
+        for the request's lifetime: if the request ends before the
+        prediction, however it ends, the prediction is cancelled (a finished
+        one stays as it is)."""
+        if owned:
+            when_request_ends(lambda: bridge.cancel(prediction))
         return stream.stream_response(
             prediction.events,
             start,
             keepalive=settings.keepalive_seconds,
             clients=metrics.stream_clients,
-            cancel=(lambda: bridge.cancel(prediction)) if owned else None,
             status=status,
             location=f"{base_url()}/v1/predictions/{prediction.id}" if owned else None,
         )

@@ -9,13 +9,14 @@ idle it writes a ``: ping`` comment every ``keepalive`` seconds; after the
 log closes (after ``done``) the response ends.
 
 A reader never changes the prediction: its disconnect is nothing to the
-prediction, except for a stream that *owns* its prediction (the direct
-streaming create), whose client going away cancels it.
+prediction. (A stream that *owns* its prediction, the direct streaming
+create, cancels it when its request ends, whether or not this body ever
+started: see :func:`bridge.app.when_request_ends`.)
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import trio
 from prometheus_client import Gauge
@@ -36,11 +37,9 @@ async def sse_body(
     events: EventLog,
     start: int,
     keepalive: float,
-    on_disconnect: Callable[[], object] | None = None,
     clients: Gauge | None = None,
 ) -> AsyncIterator[bytes]:
-    """The stream from event *start* on. If the client goes away before the
-    end, *on_disconnect* is called. *clients* counts the streams open."""
+    """The stream from event *start* on. *clients* counts the streams open."""
     cursor = start
     if clients is not None:
         clients.inc()
@@ -59,8 +58,6 @@ async def sse_body(
     finally:
         if clients is not None:
             clients.dec()
-        if on_disconnect is not None and not (events.closed and cursor >= len(events)):
-            on_disconnect()
 
 
 def stream_response(
@@ -69,16 +66,14 @@ def stream_response(
     *,
     keepalive: float,
     clients: Gauge | None = None,
-    cancel: Callable[[], object] | None = None,
     status: int = 200,
     location: str | None = None,
 ) -> Response:
-    """The SSE response for *events* from *start* on. With *cancel*, the
-    stream owns its prediction: the client going away before the end calls it."""
+    """The SSE response for *events* from *start* on."""
     headers = dict(SSE_HEADERS)
     if location is not None:
         headers["Location"] = location
-    body = sse_body(events, start, keepalive, cancel, clients)
+    body = sse_body(events, start, keepalive, clients)
     response = Response(body, status=status, content_type="text/event-stream", headers=headers)
     response.timeout = None  # Quart would cut the stream at 60 s
     return response

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import struct
 
+import httpx
 import trio
 
-from tests.conftest import StartBridge
+from tests.conftest import StartBridge, poll_until
 
 
 async def connect(url: str) -> trio.SocketStream:
@@ -96,3 +99,62 @@ async def test_a_finished_stream_closes_its_connection(start_bridge: StartBridge
             )
             answer = await read_until_closed(stream, within=10)
         assert b"event: done" in answer, answer
+
+
+def reset(stream: trio.SocketStream) -> None:
+    """Close with a TCP reset, as a client that crashed or was killed."""
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    stream.socket.close()
+
+
+async def gauge(client: httpx.AsyncClient, name: str) -> float:
+    metrics = (await client.get("/metrics")).text
+    return float(re.search(rf"^{name} (\S+)$", metrics, re.MULTILINE)[1])
+
+
+async def test_an_abandoned_direct_stream_cancels_its_prediction(
+    start_bridge: StartBridge,
+) -> None:
+    """A direct streaming create owns its prediction whenever its client goes
+    away: before the answer starts, while its headers are written, or once
+    the stream runs. The model never ends by itself, so only that ownership
+    can end these predictions."""
+    url = await start_bridge()
+    body = json.dumps({"input": {"key": "abandoned", "delay_ms": 50}}).encode()
+    raw = request(
+        "POST",
+        "/v1/models/test/endless/predictions",
+        body=body,
+        Accept="text/event-stream",
+        Content_Type="application/json",
+    )
+
+    async def abandon(after: float, read_first: bool) -> None:
+        stream = await connect(url)
+        await stream.send_all(raw)
+        if read_first:
+            with trio.fail_after(10):
+                await stream.receive_some(1)
+        await trio.sleep(after)
+        reset(stream)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(40):
+            # Resets spread over the first 20 ms after the request, where
+            # the create runs and its answer starts; then some mid-stream.
+            nursery.start_soon(abandon, i / 2000, False)
+        for i in range(10):
+            nursery.start_soon(abandon, i / 100, True)
+
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def all_let_go() -> bool:
+            return (
+                await gauge(client, "bridge_predictions_active") == 0
+                and await gauge(client, "bridge_grpc_calls_active") == 0
+            )
+
+        await poll_until(all_let_go, within=15)
+        listed = (await client.get("/v1/predictions")).json()["results"]
+        assert len(listed) >= 10  # the mid-stream ones at least were created
+        assert {p["status"] for p in listed} == {"canceled"}
