@@ -24,6 +24,7 @@ from .errors import (
     BackendUnavailable,
     BadRequest,
     BridgeError,
+    Gone,
     NotFound,
     RetryLater,
     Unauthorized,
@@ -262,22 +263,26 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.get("/v1/predictions")
     async def list_predictions() -> Response:
+        base = base_url()
         try:
-            page = bridge.page(request.args.get("cursor"), settings.page_size, caller())
+            page = await bridge.page(
+                request.args.get("cursor"),
+                caller(),
+                lambda p: json.dumps(p.to_json(base)).encode(),
+            )
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        base = base_url()
 
-        def link(cursor: str | None) -> str | None:
-            return f"{base}/v1/predictions?{urlencode({'cursor': cursor})}" if cursor else None
+        def link(cursor: str | None) -> str:
+            url = f"{base}/v1/predictions?{urlencode({'cursor': cursor})}" if cursor else None
+            return json.dumps(url)
 
-        return _json(
-            {
-                "previous": link(page.previous),
-                "next": link(page.next),
-                "results": [p.to_json(base) for p in page.results],
-            }
+        body = b'{"previous": %b, "next": %b, "results": [%b]}' % (
+            link(page.previous).encode(),
+            link(page.next).encode(),
+            b", ".join(page.results),
         )
+        return Response(body, content_type="application/json")
 
     @app.get("/v1/predictions/<prediction_id>")
     async def get_prediction(prediction_id: str) -> Response:
@@ -292,6 +297,8 @@ def create_app(bridge: Bridge) -> QuartTrio:
     @app.get("/v1/predictions/<prediction_id>/stream")
     async def stream_prediction(prediction_id: str) -> Response:
         prediction = bridge.get(prediction_id)
+        if prediction.data_removed:
+            raise Gone(f"prediction {prediction_id}'s output was removed (data_removed)")
         start = 0
         last_event_id = request.headers.get("Last-Event-ID")
         if last_event_id:

@@ -100,15 +100,23 @@ class Settings:
     max_running: int = 256
     max_queued: int = 1024
     retry_after_seconds: int = 1
-    #: Output bytes one prediction may produce; past it, it fails.
+    #: Output and logs one prediction may keep, in bytes (each chunk or log
+    #: line costs 8 bytes besides its text); past it, it fails.
     max_output_bytes: int = 8 << 20
+    #: Every prediction's input, output and logs together, in bytes. To make
+    #: room the data of the earliest ended predictions goes first (they stay
+    #: listable with ``data_removed``); if running ones fill it, the one that
+    #: asks for more fails and creates get 429.
+    max_retained_bytes: int = 512 << 20
     #: Ended predictions are kept this long, and at most this many (then 404).
     retention_seconds: float = 3600.0
     retention_count: int = 10_000
     #: The longest ``Prefer: wait`` honoured (Replicate's is 60 s).
     max_wait_seconds: float = 60.0
-    #: Predictions per page of ``GET /v1/predictions``.
+    #: Predictions per page of ``GET /v1/predictions``, and the most bytes
+    #: of JSON in one page (at least one prediction, whatever its size).
     page_size: int = 100
+    max_page_bytes: int = 1 << 20
     #: Bearer tokens accepted; empty: no auth. Each token sees only the
     #: predictions it created.
     auth_tokens: frozenset[str] = frozenset()

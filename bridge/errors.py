@@ -5,6 +5,7 @@
     BridgeError                    500, base of everything below
     ├── BadRequest                 400, malformed JSON or body
     ├── NotFound                   404, unknown model, version or prediction
+    ├── Gone                       410, a prediction whose data was removed
     ├── InvalidInput               422, input fails the model's schema
     ├── Unauthorized               401, no valid bearer token
     ├── PayloadTooLarge            413, request body over the limit
@@ -37,6 +38,7 @@ __all__ = [
     "BadRequest",
     "BridgeError",
     "DeadlineExceeded",
+    "Gone",
     "InvalidInput",
     "ModelError",
     "NotFound",
@@ -77,6 +79,13 @@ class NotFound(BridgeError):
 
     status = 404
     title = "Not found"
+
+
+class Gone(BridgeError):
+    """The prediction is known, but what was asked of it was let go of."""
+
+    status = 410
+    title = "Gone"
 
 
 class InvalidInput(BridgeError):

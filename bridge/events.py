@@ -38,11 +38,16 @@ import trio
 
 from .sse import LINE_BREAK, encode_event
 
-__all__ = ["SLICE_BYTES", "EventLog", "OutputBatch"]
+__all__ = ["EVENT_COST", "SLICE_BYTES", "EventLog", "OutputBatch", "log_cost"]
 
 #: The most encoded bytes one :meth:`EventLog.read` returns (at least one
 #: event, however large): what a reader holds at a time.
 SLICE_BYTES = 64 * 1024
+
+#: What keeping one event costs beyond its payload bytes: its end offset (4)
+#: and kind byte (1), plus the slack of the growing arrays that hold them.
+#: An empty chunk is not free: it costs this.
+EVENT_COST = 8
 
 # An event's kind byte. _BREAKS is set on a text payload that holds a line
 # break, which is framed by bridge.sse as several data: lines.
@@ -56,8 +61,8 @@ _WITH_BREAKS = re.compile(b"[\x80-\xff]")  # a kind byte with _BREAKS set
 
 
 class OutputBatch:
-    """Output chunks encoded for the log: what they cost is known before
-    they are appended (``len(batch)`` is their size in bytes)."""
+    """Output chunks encoded for the log: what they cost to keep is known
+    before they are appended (:attr:`cost`)."""
 
     __slots__ = ("count", "kinds", "lengths", "payload")
 
@@ -80,8 +85,15 @@ class OutputBatch:
         self.lengths = list(map(len, encoded))
         self.kinds = bytes(_TEXT | _breaks(c) if type(c) is str else _JSON for c in chunks)
 
-    def __len__(self) -> int:
-        return len(self.payload)
+    @property
+    def cost(self) -> int:
+        """Bytes the log needs to keep these chunks."""
+        return len(self.payload) + EVENT_COST * self.count
+
+
+def log_cost(line: str) -> int:
+    """Bytes the log needs to keep a log line."""
+    return len(line.encode()) + EVENT_COST
 
 
 class EventLog:
@@ -104,6 +116,17 @@ class EventLog:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def drop(self) -> None:
+        """Let go of every event (their prediction's data was removed): the
+        log is closed and empty, and readers following it end."""
+        self._data = bytearray()
+        self._ends = array("I")
+        self._kinds = bytearray()
+        self._second_starts = array("I")
+        self._seconds = array("Q")
+        self._closed = True
+        self._waiters.unpark_all()
 
     # -- writing ------------------------------------------------------------
 

@@ -24,9 +24,11 @@ _PROBLEMS = {
     400: "Malformed JSON, or a body or parameter of the wrong shape.",
     401: "A token is required (auth is on) and none valid was sent.",
     404: "No such model, version or prediction (or not visible to this token).",
+    410: "The prediction's data was removed (data_removed); its metadata remains.",
     413: "The request body is over max_body_bytes.",
     422: "The input does not match the model's input schema.",
-    429: "Over capacity: too many predictions running and waiting.",
+    429: "Over capacity: too many predictions running and waiting, or their data "
+    "fills max_retained_bytes.",
     503: "Shutting down (draining), or the model's backend cannot say what it is.",
 }
 
@@ -164,6 +166,7 @@ def spec() -> dict[str, Any]:
                 "output",
                 "logs",
                 "error",
+                "data_removed",
                 "metrics",
                 "created_at",
                 "started_at",
@@ -179,6 +182,11 @@ def spec() -> dict[str, Any]:
                 "output": {"description": "The chunks so far (streaming models), or the value."},
                 "logs": {"type": "string"},
                 "error": _NULLABLE_STRING,
+                "data_removed": {
+                    "type": "boolean",
+                    "description": "Its input, output and logs were let go of "
+                    "(max_retained_bytes): input is {}, output null.",
+                },
                 "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
                 "created_at": {"type": "string", "format": "date-time"},
                 "started_at": _NULLABLE_STRING,
@@ -310,7 +318,7 @@ def spec() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": {"description": "output, logs, error and done events.", "content": sse},
-                    **_problems(400, 404),
+                    **_problems(400, 404, 410),
                 },
             }
         },

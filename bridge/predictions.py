@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import json
 import secrets
 import time
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from typing import Any
 
 import trio
 
-from .events import EventLog, OutputBatch
+from .events import EventLog, OutputBatch, log_cost
 
 __all__ = [
     "IllegalTransition",
@@ -94,11 +95,16 @@ class Prediction:
         self.seq = seq
         #: The token that created it (with auth on), the only one that sees it.
         self.owner = owner
-        #: Bytes of output so far (what max_output_bytes bounds).
-        self.output_bytes = 0
         self.model = model
         self.version = version
-        self.input = input
+        # Kept as JSON: its size is what it costs (Python objects of a
+        # JSON body can take 20 times its bytes).
+        self._input = json.dumps(input, separators=(",", ":")).encode()
+        #: Bytes its output and logs take in the log (what max_output_bytes
+        #: bounds); what the bridge keeps for it is this plus its input's.
+        self.output_bytes = 0
+        #: Its input, output and logs were let go of (retention).
+        self.data_removed = False
         self.streams = streams
         self.status = Status.STARTING
         self.error: str | None = None
@@ -115,6 +121,23 @@ class Prediction:
     @property
     def done(self) -> bool:
         return self.status.terminal
+
+    @property
+    def input(self) -> dict[str, Any]:
+        return json.loads(self._input)
+
+    @property
+    def kept_bytes(self) -> int:
+        """What keeping its data costs: input, output and logs."""
+        return 0 if self.data_removed else len(self._input) + self.output_bytes
+
+    def remove_data(self) -> None:
+        """Let go of its input, output and logs (it must have ended); what
+        remains is its small metadata, shown with ``data_removed``."""
+        assert self.done, "only an ended prediction's data can be removed"
+        self._input = b"{}"
+        self.events.drop()
+        self.data_removed = True
 
     def _move(self, status: Status) -> None:
         if status not in _TRANSITIONS[self.status]:
@@ -138,10 +161,11 @@ class Prediction:
             self.start()
         if self.first_output_at is None and batch.count:
             self.first_output_at = time.time()
-        self.output_bytes += len(batch)
+        self.output_bytes += batch.cost
         self.events.append_output(batch)
 
     def add_log(self, line: str) -> None:
+        self.output_bytes += log_cost(line)
         self.events.append_log(line)
 
     def add_metrics(self, values: dict[str, float]) -> None:
@@ -182,7 +206,7 @@ class Prediction:
     # -- what clients see ---------------------------------------------------
 
     def _output_json(self) -> Any:
-        if not self.output_count and not (self.done and self.streams):
+        if self.data_removed or (not self.output_count and not (self.done and self.streams)):
             return None
         output = self.events.outputs()
         return output if self.streams else output[-1]  # a model that returns one value
@@ -203,6 +227,7 @@ class Prediction:
             "output": self._output_json(),
             "logs": "".join(f"{line}\n" for line in self.events.logs()),
             "error": self.error,
+            "data_removed": self.data_removed,
             "metrics": dict(self.metrics),
             "created_at": iso_time(self.created_at),
             "started_at": iso_time(self.started_at),

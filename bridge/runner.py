@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import protocol
-from .errors import BackendTimeout, BackendUnavailable, DeadlineExceeded, OutputTooLarge
-from .events import OutputBatch
+from .errors import BackendTimeout, BackendUnavailable, DeadlineExceeded
+from .events import OutputBatch, log_cost
 from .grpc_loop import GrpcLoop
 from .models import ModelEntry
 from .predictions import Prediction
+from .retention import Retention
 from .validation import validate_input
 
 if TYPE_CHECKING:  # service imports this module
@@ -43,17 +44,21 @@ async def run(
     grpc: GrpcLoop,
     describe: Describe,
     observer: Observer,
+    retention: Retention,
     max_output_bytes: int,
     validated: bool,
 ) -> None:
     """Run *prediction* under its total deadline (also the gRPC deadline);
-    *max_output_bytes* is the server's cap, unless the model has its own."""
+    what it appends is charged to *retention*, where *max_output_bytes* is
+    the server's cap, unless the model has its own."""
     total = entry.settings.total_seconds
-    cap = entry.settings.max_output_bytes or max_output_bytes
+    sink = _Sink(
+        prediction, observer, retention, entry.settings.max_output_bytes or max_output_bytes
+    )
     expired = False
     with trio.move_on_after(total or math.inf) as scope:
         try:
-            await _start(prediction, entry, grpc, describe, observer, cap, validated)
+            await _start(prediction, entry, grpc, describe, sink, validated)
         except BackendTimeout:
             if not total:
                 raise
@@ -69,8 +74,7 @@ async def _start(
     entry: ModelEntry,
     grpc: GrpcLoop,
     describe: Describe,
-    observer: Observer,
-    cap: int,
+    sink: _Sink,
     validated: bool,
 ) -> None:
     """Call the backend, retrying one that cannot be reached until the
@@ -88,7 +92,7 @@ async def _start(
                 validate_input(info.input_schema, prediction.input)
                 prediction.version = prediction.version or info.version
                 validated = True
-            await _stream(prediction, entry, grpc, observer, cap)
+            await _stream(prediction, entry, grpc, sink)
             return
         except BackendUnavailable:
             left = give_up_at - trio.current_time()
@@ -102,8 +106,7 @@ async def _stream(
     prediction: Prediction,
     entry: ModelEntry,
     grpc: GrpcLoop,
-    observer: Observer,
-    cap: int,
+    sink: _Sink,
 ) -> None:
     config = entry.settings
     first, idle = config.first_output_seconds or math.inf, config.idle_seconds or math.inf
@@ -123,16 +126,16 @@ async def _stream(
                         chunks += item.chunks
                         continue
                     if chunks:
-                        _output(prediction, chunks, observer, cap)
+                        sink.output(chunks)
                         chunks = []
                     if isinstance(item, protocol.LogLine):
-                        prediction.add_log(item.line)
+                        sink.log(item.line)
                     elif isinstance(item, protocol.MetricsUpdate):
                         prediction.add_metrics(item.values)
                     elif isinstance(item, protocol.Started) and not prediction.started_at:
                         prediction.start()
                 if chunks:
-                    _output(prediction, chunks, observer, cap)
+                    sink.output(chunks)
                 waited.deadline = trio.current_time() + (idle if prediction.output_count else first)
         if waited.cancelled_caught:
             name, deadline = (
@@ -147,12 +150,28 @@ async def _stream(
     prediction.succeed()
 
 
-def _output(prediction: Prediction, chunks: list[Any], observer: Observer, cap: int) -> None:
-    batch = OutputBatch(chunks)
-    if prediction.output_bytes + len(batch) > cap:
-        raise OutputTooLarge(f"output exceeded max_output_bytes ({cap} bytes)")
-    now = time.time()
-    last = prediction.last_output_at
-    prediction.add_output(batch)
-    prediction.last_output_at = now
-    observer.output(prediction, batch.count, None if last is None else now - last)
+class _Sink:
+    """Where a prediction's output and logs go: charged to the retention
+    ledger (which may refuse them), then appended and observed."""
+
+    def __init__(
+        self, prediction: Prediction, observer: Observer, retention: Retention, cap: int
+    ) -> None:
+        self.prediction = prediction
+        self.observer = observer
+        self.retention = retention
+        self.cap = cap
+
+    def output(self, chunks: list[Any]) -> None:
+        prediction = self.prediction
+        batch = OutputBatch(chunks)
+        self.retention.charge(prediction, batch.cost, self.cap)
+        now = time.time()
+        last = prediction.last_output_at
+        prediction.add_output(batch)
+        prediction.last_output_at = now
+        self.observer.output(prediction, batch.count, None if last is None else now - last)
+
+    def log(self, line: str) -> None:
+        self.retention.charge(self.prediction, log_cost(line), self.cap)
+        self.prediction.add_log(line)

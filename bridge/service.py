@@ -11,11 +11,11 @@ prediction.
 
 from __future__ import annotations
 
-import collections
 import itertools
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -32,6 +32,7 @@ from .errors import (
 from .grpc_loop import CLEANUP_TIMEOUT, GrpcLoop
 from .models import ModelEntry
 from .predictions import Prediction
+from .retention import Retention
 from .validation import validate_input, validate_webhook
 from .webhooks import WebhookSender
 
@@ -56,9 +57,9 @@ class Observer:
 
 
 class Page:
-    """One page of a listing: results and the cursors around it."""
+    """One page of a listing: its results, encoded, and the cursors around it."""
 
-    def __init__(self, results: list[Prediction], next: str | None, previous: str | None) -> None:
+    def __init__(self, results: list[bytes], next: str | None, previous: str | None) -> None:
         self.results = results
         self.next = next
         self.previous = previous
@@ -82,7 +83,13 @@ class Bridge:
         self.predictions: dict[str, Prediction] = {}
         self._seq = itertools.count(1)
         self._webhook_scopes: set[trio.CancelScope] = set()
-        self._ended: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self.retention = Retention(
+            self.predictions,
+            max_bytes=settings.max_retained_bytes,
+            seconds=settings.retention_seconds,
+            count=settings.retention_count,
+            retry_after=settings.retry_after_seconds,
+        )
         self.admission = Admission(settings.max_running, settings.max_queued)
         #: Prediction tasks alive (running or queued).
         self.active = 0
@@ -170,9 +177,6 @@ class Bridge:
             validate_input(info.input_schema, input)
         elif not isinstance(input, dict):
             validate_input({}, input)
-        ticket = self.admission.admit(
-            entry.name, entry.settings.max_running, self.settings.retry_after_seconds
-        )
         prediction = Prediction(
             model=entry.name,
             version=version or (info.version if info else ""),
@@ -181,7 +185,15 @@ class Bridge:
             seq=next(self._seq),
             owner=owner,
         )
-        self._prune()
+        ticket = self.admission.admit(
+            entry.name, entry.settings.max_running, self.settings.retry_after_seconds
+        )
+        self.retention.prune()
+        try:
+            self.retention.admit(prediction)
+        except BridgeError:
+            ticket.release()
+            raise
         self.predictions[prediction.id] = prediction
         log.info(
             "prediction %s created for %s",
@@ -211,34 +223,57 @@ class Bridge:
             await prediction.events.wait_closed()
         return prediction
 
-    def page(self, cursor: str | None, size: int, owner: str | None = None) -> Page:
-        """Predictions newest first, *size* at a time.
+    async def page(
+        self,
+        cursor: str | None,
+        owner: str | None,
+        encode: Callable[[Prediction], bytes],
+    ) -> Page:
+        """Predictions newest first, each as *encode* makes it: at most
+        ``page_size`` of them, and no more than ``max_page_bytes`` of
+        encodings (but at least one).
 
         Cursors are ``b<seq>`` (older than that) or ``a<seq>`` (newer than
-        that); raises ValueError for any other.
+        that); raises ValueError for any other. Encoding yields to other
+        tasks between predictions, so a page of large ones stalls no one.
         """
-        self._prune()
+        self.retention.prune()
         newest_first = sorted(
             (p for p in self.predictions.values() if owner is None or p.owner == owner),
             key=lambda p: p.seq,
             reverse=True,
         )
+        newer_first = True
         if not cursor:
-            results = newest_first[:size]
+            walk = newest_first
         elif cursor[:1] == "b" and cursor[1:].isdigit():
-            results = [p for p in newest_first if p.seq < int(cursor[1:])][:size]
+            walk = [p for p in newest_first if p.seq < int(cursor[1:])]
         elif cursor[:1] == "a" and cursor[1:].isdigit():
-            results = [p for p in newest_first if p.seq > int(cursor[1:])][-size:]
+            # Newer than the cursor: the ones next to it first.
+            walk = [p for p in reversed(newest_first) if p.seq > int(cursor[1:])]
+            newer_first = False
         else:
             raise ValueError(f"cursor {cursor!r} is not one this server gave out")
-        if not results:
+        taken: list[tuple[Prediction, bytes]] = []
+        size = 0
+        for prediction in walk[: self.settings.page_size]:
+            encoded = encode(prediction)
+            if taken and size + len(encoded) > self.settings.max_page_bytes:
+                break
+            taken.append((prediction, encoded))
+            size += len(encoded)
+            await trio.lowlevel.checkpoint()
+        if not taken:
             return Page([], None, None)
-        older = newest_first[-1].seq < results[-1].seq
-        newer = newest_first[0].seq > results[0].seq
+        if not newer_first:
+            taken.reverse()
+        first, last = taken[0][0], taken[-1][0]
+        older = newest_first[-1].seq < last.seq
+        newer = newest_first[0].seq > first.seq
         return Page(
-            results,
-            f"b{results[-1].seq}" if older else None,
-            f"a{results[0].seq}" if newer else None,
+            [encoded for _, encoded in taken],
+            f"b{last.seq}" if older else None,
+            f"a{first.seq}" if newer else None,
         )
 
     async def _follow_webhook(
@@ -261,21 +296,11 @@ class Bridge:
     def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
         """The prediction, if *owner* may see it (with auth on, only the
         token that created it may; to anyone else it does not exist)."""
-        self._prune()
+        self.retention.prune()
         prediction = self.predictions.get(prediction_id)
         if prediction is None or (owner is not None and prediction.owner != owner):
             raise NotFound(f"prediction {prediction_id} not found")
         return prediction
-
-    def _prune(self) -> None:
-        """Forget ended predictions past the retention window or count."""
-        horizon = time.time() - self.settings.retention_seconds
-        while self._ended and (
-            len(self._ended) > self.settings.retention_count
-            or next(iter(self._ended.values())) < horizon
-        ):
-            prediction_id, _ = self._ended.popitem(last=False)
-            self.predictions.pop(prediction_id, None)
 
     async def _run(
         self, prediction: Prediction, entry: ModelEntry, ticket: Ticket, validated: bool
@@ -290,6 +315,7 @@ class Bridge:
                     grpc=self.grpc,
                     describe=self.describe,
                     observer=self.observer,
+                    retention=self.retention,
                     max_output_bytes=self.settings.max_output_bytes,
                     validated=validated,
                 )
@@ -310,7 +336,7 @@ class Bridge:
                     prediction.fail(SHUTDOWN_ERROR)
                 else:
                     prediction.cancel()
-            self._ended[prediction.id] = prediction.completed_at or time.time()
+            self.retention.ended(prediction)
             self.active -= 1
             if self.active == 0:
                 self._idle.set()

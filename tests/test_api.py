@@ -26,8 +26,9 @@ async def test_prediction_object_shape(client: httpx.AsyncClient) -> None:
     body = await create(client, "demo/echo", {"prompt": "hi"})
     assert set(body) == {
         "id", "model", "version", "status", "input", "output", "logs", "error", "metrics",
-        "created_at", "started_at", "completed_at", "urls",
+        "created_at", "started_at", "completed_at", "urls", "data_removed",
     }  # fmt: skip
+    assert body["data_removed"] is False
     assert re.fullmatch(r"[a-z2-7]{26}", body["id"])
     assert body["model"] == "demo/echo"
     assert re.fullmatch(r"[0-9a-f]{64}", body["version"])

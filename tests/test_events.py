@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from bridge import events as events_module
-from bridge.events import EventLog, OutputBatch
+from bridge.events import EVENT_COST, EventLog, OutputBatch
 from bridge.sse import encode_event, normalize_line_breaks
 from tests.sse_clients import replicate_events, spec_events
 from tests.test_sse import CHUNKS
@@ -73,18 +73,25 @@ def test_a_long_log_is_read_in_bounded_slices() -> None:
     assert [int(e.id.split(":")[1]) for e in got] == list(range(len(chunks)))
 
 
-def test_a_retained_chunk_costs_bytes_not_objects() -> None:
-    """100,000 2-character chunks: a few bytes each, however they came."""
+@pytest.mark.parametrize("chunk", ["", "a", "ab", "héllo wörld "])
+def test_a_retained_chunk_costs_what_it_is_charged(chunk: str) -> None:
+    """100,000 chunks cost a few bytes each, however they came, and never
+    more than OutputBatch.cost says (what the output bounds count): an
+    empty chunk is not free."""
     tracemalloc.start()
     try:
         log = EventLog()
+        charged = 0
         before = tracemalloc.get_traced_memory()[0]
         for _ in range(1000):
-            log.append_output(OutputBatch(["ab"] * 100))
-        per_chunk = (tracemalloc.get_traced_memory()[0] - before) / 100_000
+            batch = OutputBatch([chunk] * 100)
+            charged += batch.cost
+            log.append_output(batch)
+        used = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert per_chunk < 12, per_chunk  # 2 of text, 4 of offset, 1 of kind, growth slack
+    assert used <= charged, (used, charged)
+    assert charged == 100_000 * (len(chunk.encode()) + EVENT_COST)
     assert log.output_count == 100_000
 
 

@@ -171,5 +171,19 @@ async def test_output_over_the_cap_fails(start_bridge: StartBridge) -> None:
         prediction = await create(client, "demo/echo", {"prompt": "0123456789 " * 20})
         detail = await failed_with(client, prediction)
         final = (await client.get(prediction["urls"]["get"])).json()
-    assert detail == "output exceeded max_output_bytes (100 bytes)"
-    assert sum(len(c) for c in final["output"]) <= 100
+    assert detail.startswith("output exceeded max_output_bytes (100 bytes, counting 8 bytes")
+    # What it kept fits the cap: each chunk's text and 8 bytes for its place.
+    assert sum(len(c.encode()) + 8 for c in final["output"]) <= 100
+
+
+async def test_empty_chunks_are_not_free(start_bridge: StartBridge) -> None:
+    """A model yielding empty strings without end is stopped by the cap too."""
+    url = await start_bridge(max_output_bytes=80_000)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        prediction = await create(
+            client, "demo/echo", {"prompt": "x", "tokens": [""], "repeat": 10**9}
+        )
+        detail = await failed_with(client, prediction)
+        final = (await client.get(prediction["urls"]["get"])).json()
+    assert detail.startswith("output exceeded max_output_bytes (80000 bytes")
+    assert 0 < len(final["output"]) <= 10_000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import uuid
@@ -85,6 +86,85 @@ async def test_ended_predictions_are_kept_for_a_while_then_404(start_bridge: Sta
         await trio.sleep(1.1)
         assert_problem(await client.get(done[2]["urls"]["get"]), 404)
         assert_problem(await client.get(done[2]["urls"]["stream"]), 404)
+
+
+async def run_to_end(client: httpx.AsyncClient, input: dict) -> dict:
+    prediction = await create(client, "demo/echo", input)
+    await read_stream(client, prediction["urls"]["stream"])
+    return (await client.get(prediction["urls"]["get"])).json()
+
+
+async def test_retained_data_is_bounded_the_earliest_ended_goes_first(
+    start_bridge: StartBridge,
+) -> None:
+    """Three predictions of ~40 kB each where 100 kB may be kept: the first
+    one's data goes; its metadata stays, marked data_removed."""
+    url = await start_bridge(max_retained_bytes=100_000)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        big = {"prompt": "x", "tokens": ["y" * 992], "repeat": 40}  # 40 x (992 + 8)
+        done = [await run_to_end(client, big | {"delay_ms": i}) for i in range(3)]
+        first, second, third = [(await client.get(p["urls"]["get"])).json() for p in done]
+        assert first["data_removed"] is True
+        assert (first["input"], first["output"], first["logs"]) == ({}, None, "")
+        assert first["status"] == "succeeded" and first["metrics"]["predict_time"] > 0
+        for kept in (second, third):
+            assert kept["data_removed"] is False
+            assert kept["output"] == ["y" * 992] * 40 and kept["input"]["tokens"]
+        listed = (await client.get("/v1/predictions")).json()["results"]
+        assert [(p["id"], p["data_removed"]) for p in listed] == [
+            (third["id"], False),
+            (second["id"], False),
+            (first["id"], True),
+        ]
+        assert_problem(await client.get(first["urls"]["stream"]), 410)
+
+        # A running prediction that alone would pass the bound fails; the
+        # ended ones made room for it first.
+        prediction = await create(client, "demo/echo", big | {"repeat": 200})
+        events, _ = await read_stream(client, prediction["urls"]["stream"])
+        assert "max_retained_bytes" in json.loads(events[-2].data)["detail"]
+        for p in (second, third):
+            assert (await client.get(p["urls"]["get"])).json()["data_removed"] is True
+
+
+async def test_creates_are_refused_while_running_predictions_fill_the_bound(
+    start_bridge: StartBridge,
+) -> None:
+    url = await start_bridge(max_retained_bytes=3000)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        running = await create(client, "test/endless", {"key": "x" * 2000})
+        response = await client.post(
+            "/v1/models/test/endless/predictions", json={"input": {"key": "y" * 2000}}
+        )
+        assert_problem(response, 429)
+        assert "max_retained_bytes" in response.json()["detail"]
+        await client.post(running["urls"]["cancel"])
+        # Once it ended, its data makes room.
+        await create(client, "test/endless", {"key": "y" * 2000, "delay_ms": 10**6})
+
+
+async def test_list_pages_are_bounded_in_bytes(start_bridge: StartBridge) -> None:
+    url = await start_bridge(max_page_bytes=40_000)
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        big = {"prompt": "x", "tokens": ["z" * 9_000]}
+        ids = [(await run_to_end(client, big | {"delay_ms": i}))["id"] for i in range(7)]
+        ids.reverse()  # newest first
+        pages = []
+        next_url = "/v1/predictions"
+        while next_url:
+            response = await client.get(next_url)
+            pages.append(response)
+            next_url = response.json()["next"]
+        assert all(len(page.content) <= 40_000 + 200 for page in pages)
+        seen = [[p["id"] for p in page.json()["results"]] for page in pages]
+        assert seen == [ids[0:2], ids[2:4], ids[4:6], ids[6:]]
+        # Back from the last page, the same pages.
+        back = pages[-1].json()["previous"]
+        assert [p["id"] for p in (await client.get(back)).json()["results"]] == ids[4:6]
+        # One prediction larger than a page still gets a page of its own.
+        huge = await run_to_end(client, {"prompt": "x", "tokens": ["w" * 40_000]})
+        first = (await client.get("/v1/predictions")).json()
+        assert [p["id"] for p in first["results"]] == [huge["id"]]
 
 
 async def test_a_stalled_reader_costs_nothing_is_cut_off_and_resumes(
