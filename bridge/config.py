@@ -23,6 +23,7 @@ else is optional (README, "Operating it", lists every key)::
 
     [webhooks]
     secret = "whsec_..."            # else generated and kept
+    allow_hosts = ["hooks.internal"]  # else public addresses only
 """
 
 from __future__ import annotations
@@ -128,6 +129,14 @@ class Settings:
     webhook_secret_file: str = field(default_factory=lambda: str(_state_dir() / "webhook_secret"))
     #: How long a failing ``completed`` webhook is retried.
     webhook_retry_seconds: float = 60.0
+    #: One delivery attempt's deadline, and deliveries at once to one host.
+    webhook_timeout_seconds: float = 5.0
+    webhook_host_connections: int = 4
+    #: Hosts webhooks may go to whatever their addresses, and whether
+    #: loopback, private and link-local addresses are allowed at all (both
+    #: for development: by default webhooks go to public addresses only).
+    webhook_allow_hosts: tuple[str, ...] = ()
+    webhook_allow_private: bool = False
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:
@@ -160,6 +169,10 @@ class Settings:
             values["cors_allow_origins"] = tuple(
                 o.rstrip("/")
                 for o in _strings("[cors] allow_origins", values["cors_allow_origins"])
+            )
+        if "webhook_allow_hosts" in values:
+            values["webhook_allow_hosts"] = tuple(
+                _strings("[webhooks] allow_hosts", values["webhook_allow_hosts"])
             )
         secret = values.get("webhook_secret")
         if secret is not None and not _is_secret(secret):

@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
-import httpx
 import hypercorn.config
 import trio
 from hypercorn.config import Sockets
@@ -35,7 +34,7 @@ from .app import create_app
 from .config import Settings
 from .grpc_loop import open_grpc_loop
 from .service import Bridge
-from .webhooks import WebhookSender, load_or_create_secret
+from .webhooks import WebhookPolicy, WebhookSender, load_or_create_secret, open_webhook_client
 
 __all__ = ["serve"]
 
@@ -59,13 +58,24 @@ async def serve(
     config.errorlog = logging.getLogger("hypercorn.error")
 
     secret = load_or_create_secret(settings.webhook_secret, Path(settings.webhook_secret_file))
+    policy = WebhookPolicy(
+        settings.webhook_allow_hosts, allow_private=settings.webhook_allow_private
+    )
     async with (
         open_grpc_loop() as grpc_loop,
-        httpx.AsyncClient(follow_redirects=False) as http_client,
+        open_webhook_client(
+            policy, request_seconds=settings.webhook_timeout_seconds
+        ) as http_client,
         trio.open_nursery() as predictions,
     ):
-        webhooks = WebhookSender(http_client, secret, retry_for=settings.webhook_retry_seconds)
-        bridge = Bridge(settings, grpc_loop, predictions, webhooks)
+        webhooks = WebhookSender(
+            http_client,
+            secret,
+            retry_for=settings.webhook_retry_seconds,
+            timeout=settings.webhook_timeout_seconds,
+            host_connections=settings.webhook_host_connections,
+        )
+        bridge = Bridge(settings, grpc_loop, predictions, webhooks, policy)
         app = create_app(bridge)
         stop_http = trio.Event()
         sockets = _listen(config, settings.stall_seconds)

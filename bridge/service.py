@@ -34,7 +34,7 @@ from .models import ModelEntry
 from .predictions import Prediction
 from .retention import Retention
 from .validation import validate_input, validate_webhook
-from .webhooks import WebhookSender
+from .webhooks import WebhookPolicy, WebhookSender
 
 __all__ = ["Bridge", "Observer", "Page"]
 
@@ -74,10 +74,12 @@ class Bridge:
         grpc_loop: GrpcLoop,
         nursery: trio.Nursery,
         webhooks: WebhookSender | None = None,
+        webhook_policy: WebhookPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.grpc = grpc_loop
         self.webhooks = webhooks
+        self.webhook_policy = webhook_policy or WebhookPolicy()
         self._nursery = nursery
         self.models = {name: ModelEntry(m) for name, m in settings.models.items()}
         self.predictions: dict[str, Prediction] = {}
@@ -172,6 +174,8 @@ class Bridge:
                 self.settings.retry_after_seconds,
             )
         events = validate_webhook(webhook, webhook_events_filter)
+        if webhook is not None:
+            await self.webhook_policy.check(webhook)
         info = await self.try_describe(entry)
         if info is not None:
             validate_input(info.input_schema, input)

@@ -11,6 +11,18 @@ a slow or failing receiver never slows the prediction:
 * ``completed``: once it has ended, retried with exponential backoff on a
   connection error, a timeout, 429 or 5xx, for about ``retry_for`` (60 s).
 
+Where they may go (:class:`WebhookPolicy`): only to public addresses, so a
+webhook cannot reach the bridge itself, a loopback or private service, or a
+cloud metadata endpoint. A URL is checked at create (every address its host
+resolves to; 422 if one is not public) and again at connect time, against
+the address actually connected to (so DNS rebinding gains nothing).
+``[webhooks] allow_hosts`` names hosts exempt from this, ``allow_private``
+lifts it (for development).
+
+Deliveries have their own connection pool, at most ``host_connections``
+at a time to one host and short timeouts, so receivers that hang hold up
+only their own deliveries.
+
 Deliveries are signed as Standard Webhooks (what Replicate's clients
 validate): ``webhook-id`` (the same for retries of one delivery),
 ``webhook-timestamp`` (unix seconds) and ``webhook-signature:
@@ -23,19 +35,34 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import secrets
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 import trio
 
+from .errors import InvalidInput
 from .predictions import Prediction
 
-__all__ = ["EVENTS", "WebhookSender", "load_or_create_secret", "sign"]
+__all__ = [
+    "EVENTS",
+    "WebhookPolicy",
+    "WebhookRefused",
+    "WebhookSender",
+    "load_or_create_secret",
+    "open_webhook_client",
+    "sign",
+]
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +101,162 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(digest).decode()
 
 
+class WebhookRefused(Exception):
+    """A webhook's host is not one deliveries may go to; says why."""
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _public(ip: IPAddress) -> bool:
+    """Whether *ip* is a public unicast address, looking through IPv6
+    forms that carry an IPv4 address (mapped, 6to4, NAT64)."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is None and ip in _NAT64:
+            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if embedded is not None and not _public(embedded):
+            return False
+    return ip.is_global and not ip.is_multicast
+
+
+class WebhookPolicy:
+    """Where webhooks may be delivered: hosts whose every address is
+    public, hosts in *allow_hosts*, and with *allow_private* anywhere."""
+
+    def __init__(
+        self,
+        allow_hosts: Iterable[str] = (),
+        *,
+        allow_private: bool = False,
+        resolve_timeout: float = 5.0,
+    ) -> None:
+        self.allow_hosts = frozenset(h.lower().strip("[]") for h in allow_hosts)
+        self.allow_private = allow_private
+        self.resolve_timeout = resolve_timeout
+
+    async def addresses(self, host: str, port: int) -> list[str]:
+        """The addresses to connect to for *host*, each one allowed; raises
+        :class:`WebhookRefused` if any it resolves to is not (or it does not
+        resolve)."""
+        host = host.lower().strip("[]")
+        try:
+            with trio.fail_after(self.resolve_timeout):
+                infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, trio.TooSlowError) as exc:
+            raise WebhookRefused(f"webhook host {host} does not resolve ({exc})") from None
+        found = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if not (self.allow_private or host in self.allow_hosts):
+            for address in found:
+                if not _public(ipaddress.ip_address(address.partition("%")[0])):
+                    raise WebhookRefused(
+                        f"webhook host {host} is at {address}, which is not a public "
+                        "address (loopback, private, link-local and unspecified ones are "
+                        "refused; [webhooks] allow_hosts or allow_private lift this)"
+                    )
+        return found
+
+    async def check(self, url: str) -> None:
+        """Raises :class:`InvalidInput` (422) unless webhooks may go to *url*."""
+        parts = urlsplit(url)
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            await self.addresses(parts.hostname or "", port)
+        except (WebhookRefused, ValueError) as exc:
+            detail = str(exc)
+            raise InvalidInput(
+                detail, [{"type": "format", "field": "webhook", "description": detail}]
+            ) from None
+
+
+class _CheckedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's Trio backend, connecting only to addresses the policy
+    allows, checked when the connection is made."""
+
+    def __init__(self, policy: WebhookPolicy) -> None:
+        self.policy = policy
+        self.backend = httpcore.TrioBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            addresses = await self.policy.addresses(host, port)
+        except WebhookRefused as exc:
+            raise httpcore.ConnectError(str(exc)) from None
+        error: Exception = httpcore.ConnectError(f"{host} has no address")
+        for address in addresses:
+            try:
+                # TLS still checks the certificate against *host*: httpcore
+                # takes the server name from the URL, not from here.
+                return await self.backend.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                error = exc
+        raise error
+
+    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("webhooks are not delivered over unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.backend.sleep(seconds)
+
+
+@asynccontextmanager
+async def open_webhook_client(
+    policy: WebhookPolicy, *, max_connections: int = 256, request_seconds: float = 5.0
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The HTTP client webhooks are delivered with: its own pool, no
+    redirects, no proxy from the environment (a proxy would connect for us,
+    past the policy), and connections only where *policy* allows."""
+    transport = httpx.AsyncHTTPTransport(trust_env=False)
+    # httpx takes no network backend, so its pool is made again with ours.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(trust_env=False),
+        max_connections=max_connections,
+        max_keepalive_connections=max_connections // 4,
+        keepalive_expiry=5.0,
+        network_backend=_CheckedBackend(policy),
+    )
+    async with httpx.AsyncClient(
+        transport=transport,
+        follow_redirects=False,
+        trust_env=False,
+        timeout=httpx.Timeout(request_seconds, connect=min(request_seconds, 3.0)),
+    ) as client:
+        yield client
+
+
+class _HostSlots:
+    """At most *limit* deliveries at once to one host; the others wait."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._hosts: dict[str, tuple[trio.Semaphore, list[int]]] = {}
+
+    @asynccontextmanager
+    async def slot(self, host: str) -> AsyncIterator[None]:
+        semaphore, users = self._hosts.setdefault(host, (trio.Semaphore(self.limit), [0]))
+        users[0] += 1
+        try:
+            async with semaphore:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._hosts[host]
+
+
 class WebhookSender:
-    """Delivers webhooks through one shared HTTP client."""
+    """Delivers webhooks through *client* (see :func:`open_webhook_client`),
+    at most *host_connections* at a time to one host."""
 
     def __init__(
         self,
@@ -84,13 +265,15 @@ class WebhookSender:
         *,
         throttle: float = 0.5,
         retry_for: float = 60.0,
-        timeout: float = 10.0,
+        timeout: float = 5.0,
+        host_connections: int = 4,
     ) -> None:
         self.client = client
         self.secret = secret
         self.throttle = throttle
         self.retry_for = retry_for
         self.timeout = timeout
+        self._slots = _HostSlots(host_connections)
 
     async def follow(
         self,
@@ -135,23 +318,25 @@ class WebhookSender:
         """POST *body*; with *retry*, keep trying transient failures for
         ``retry_for`` seconds. True once the receiver answered 2xx."""
         msg_id = "msg_" + secrets.token_hex(16)
+        host = urlsplit(url).hostname or ""
         give_up_at = trio.current_time() + self.retry_for
         backoff = 0.5
         while True:
-            timestamp = int(time.time())
-            headers = {
-                "Content-Type": "application/json",
-                "webhook-id": msg_id,
-                "webhook-timestamp": str(timestamp),
-                "webhook-signature": sign(self.secret, msg_id, timestamp, body),
-            }
             status = None
-            with trio.move_on_after(self.timeout):
-                try:
-                    response = await self.client.post(url, content=body, headers=headers)
-                    status = response.status_code
-                except httpx.HTTPError as exc:
-                    log.info("webhook %s to %s: %s", msg_id, url, exc)
+            async with self._slots.slot(host):
+                timestamp = int(time.time())
+                headers = {
+                    "Content-Type": "application/json",
+                    "webhook-id": msg_id,
+                    "webhook-timestamp": str(timestamp),
+                    "webhook-signature": sign(self.secret, msg_id, timestamp, body),
+                }
+                with trio.move_on_after(self.timeout):
+                    try:
+                        response = await self.client.post(url, content=body, headers=headers)
+                        status = response.status_code
+                    except httpx.HTTPError as exc:
+                        log.info("webhook %s to %s: %s", msg_id, url, exc)
             if status is not None and 200 <= status < 300:
                 return True
             transient = status is None or status == 429 or status >= 500

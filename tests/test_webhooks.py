@@ -18,11 +18,14 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from replicate.webhook import InvalidSignatureError, Webhooks, WebhookSigningSecret
 
-from bridge.webhooks import new_secret
-from tests.conftest import StartBridge
+from bridge.webhooks import WebhookPolicy, new_secret, open_webhook_client
+from tests.conftest import StartBridge, create
 from tests.test_replicate_js import node
 
 SECRET = new_secret()
+#: The receivers here run on 127.0.0.1, which webhooks may not reach unless
+#: allowed.
+LOCAL = ("127.0.0.1",)
 
 
 @dataclass
@@ -102,7 +105,7 @@ def validate(delivery: Delivery, secret: str = SECRET) -> None:
 async def test_start_throttled_output_and_completed(
     start_bridge: StartBridge, receiver: Receiver
 ) -> None:
-    url = await start_bridge(webhook_secret=SECRET)
+    url = await start_bridge(webhook_secret=SECRET, webhook_allow_hosts=LOCAL)
     words = " ".join(f"w{i}" for i in range(30))
     prediction = await run_with_webhook(url, receiver, {"prompt": words, "delay_ms": 50})
     deliveries = receiver.deliveries
@@ -125,7 +128,7 @@ async def test_start_throttled_output_and_completed(
 
 
 async def test_events_filter_completed_only(start_bridge: StartBridge, receiver: Receiver) -> None:
-    url = await start_bridge(webhook_secret=SECRET)
+    url = await start_bridge(webhook_secret=SECRET, webhook_allow_hosts=LOCAL)
     prediction = await run_with_webhook(
         url, receiver, {"prompt": "a b c d", "delay_ms": 100}, ["completed"]
     )
@@ -136,7 +139,7 @@ async def test_events_filter_completed_only(start_bridge: StartBridge, receiver:
 
 async def test_failed_completed_is_retried(start_bridge: StartBridge, receiver: Receiver) -> None:
     receiver.fail_completed = 2
-    url = await start_bridge(webhook_secret=SECRET)
+    url = await start_bridge(webhook_secret=SECRET, webhook_allow_hosts=LOCAL)
     prediction = await run_with_webhook(url, receiver, {"prompt": "a b"}, ["completed"])
     completed = [d for d in receiver.deliveries if d.completed]
     assert {d.prediction["id"] for d in completed} == {prediction["id"]}
@@ -148,7 +151,7 @@ async def test_failed_completed_is_retried(start_bridge: StartBridge, receiver: 
 
 
 async def test_signature_checks(start_bridge: StartBridge, receiver: Receiver) -> None:
-    url = await start_bridge(webhook_secret=SECRET)
+    url = await start_bridge(webhook_secret=SECRET, webhook_allow_hosts=LOCAL)
     async with httpx.AsyncClient(base_url=url) as client:
         # The secret the bridge signs with is the one its API hands out.
         assert (await client.get("/v1/webhooks/default/secret")).json() == {"key": SECRET}
@@ -182,3 +185,101 @@ async def test_secret_is_generated_once_and_kept(start_bridge: StartBridge, tmp_
     assert keys[0] == keys[1] and keys[0].startswith("whsec_")
     assert path.read_text().strip() == keys[0]
     assert path.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://127.0.0.1:9/h",
+        "http://localhost/h",
+        "http://10.1.2.3/h",
+        "http://192.168.0.1/h",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://0.0.0.0/h",
+        "http://[::1]/h",
+        "http://[::ffff:127.0.0.1]/h",
+        "http://[fd00::1]/h",
+        "BRIDGE/v1/models/demo/echo/predictions",
+    ],
+)
+async def test_webhooks_to_non_public_addresses_are_refused(
+    start_bridge: StartBridge, target: str
+) -> None:
+    url = await start_bridge()
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.post(
+            "/v1/models/demo/echo/predictions",
+            json={"input": {"prompt": "x"}, "webhook": target.replace("BRIDGE", url)},
+        )
+        problem = response.json()
+        assert response.status_code == 422, problem
+        assert [f["field"] for f in problem["invalid_fields"]] == ["webhook"]
+        assert "not a public address" in problem["detail"]
+        assert (await client.get("/v1/predictions")).json()["results"] == []
+
+
+async def test_allow_private_lets_webhooks_reach_local_receivers(
+    start_bridge: StartBridge, receiver: Receiver
+) -> None:
+    url = await start_bridge(webhook_secret=SECRET, webhook_allow_private=True)
+    prediction = await run_with_webhook(url, receiver, {"prompt": "here"}, ["completed"])
+    assert [d.prediction["id"] for d in receiver.deliveries] == [prediction["id"]]
+
+
+async def test_the_address_is_checked_again_at_connect_time(receiver: Receiver) -> None:
+    """What the create-time check passed is checked again when connecting,
+    against the addresses the name resolves to then (DNS rebinding)."""
+    body = b'{"status": "starting"}'
+    async with open_webhook_client(WebhookPolicy()) as client:
+        with pytest.raises(httpx.ConnectError, match="not a public address"):
+            await client.post(receiver.url, content=body)
+    assert receiver.deliveries == []
+    async with open_webhook_client(WebhookPolicy(["127.0.0.1"])) as client:
+        assert (await client.post(receiver.url, content=body)).status_code == 204
+    assert len(receiver.deliveries) == 1
+
+
+async def test_receivers_that_hang_delay_no_one_else(
+    start_bridge: StartBridge, receiver: Receiver, nursery: trio.Nursery
+) -> None:
+    """600 predictions whose receiver accepts and never answers; another
+    prediction's start and completed still arrive at once."""
+    held: list[trio.SocketStream] = []
+    some_held = trio.Event()
+
+    async def hang(stream: trio.SocketStream) -> None:
+        held.append(stream)
+        if len(held) >= 4:
+            some_held.set()
+        await trio.sleep_forever()
+
+    (listener,) = await nursery.start(partial(trio.serve_tcp, hang, 0, host="127.0.0.1"))
+    hanging = f"http://localhost:{listener.socket.getsockname()[1]}/hook"
+    url = await start_bridge(webhook_secret=SECRET, webhook_allow_hosts=("localhost", "127.0.0.1"))
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def create_hung(i: int) -> None:
+            body = {"input": {"prompt": f"p{i}"}, "webhook": hanging}
+            response = await client.post("/v1/models/demo/echo/predictions", json=body)
+            assert response.status_code == 201, response.text
+
+        for batch in range(6):
+            async with trio.open_nursery() as creates:
+                for i in range(100):
+                    creates.start_soon(create_hung, batch * 100 + i)
+        with trio.fail_after(5):
+            await some_held.wait()
+        start = trio.current_time()
+        body = {"input": {"prompt": "on time"}, "webhook": receiver.url}
+        response = await client.post("/v1/models/demo/echo/predictions", json=body)
+        assert response.status_code == 201
+        with trio.fail_after(5):
+            await receiver.got_completed.wait()
+        statuses = [d.prediction["status"] for d in receiver.deliveries]
+        assert statuses[0] == "starting" and statuses[-1] == "succeeded"
+        assert receiver.deliveries[0].at - start < 2
+        # The hung host got its share of connections, no more.
+        assert len(held) <= 4
+        # And the API answers meanwhile.
+        with trio.fail_after(2):
+            await create(client, "demo/echo", {"prompt": "still quick"})
