@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator
 
 from bridge.demo import echo
+from bridge.lifeline import stop_on_eof
 from bridge.sdk import Model, serve_async
 
 
@@ -53,4 +54,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    stop_on_eof()  # bench/run.py holds our stdin: we end with it
     asyncio.run(main())

@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from sse_starlette.sse import EventSourceResponse
 
 from bridge._proto.v1 import predictor_pb2, predictor_pb2_grpc
+from bridge.lifeline import stop_on_eof
 
 stubs: dict[str, predictor_pb2_grpc.PredictorStub] = {}
 
@@ -61,6 +62,7 @@ async def predict(owner: str, name: str, request: Request) -> EventSourceRespons
 TARGETS: dict[str, str] = {}
 
 if __name__ == "__main__":
+    stop_on_eof()  # bench/run.py holds our stdin: we end with it
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("targets", nargs="+", help="owner/name=host:port")

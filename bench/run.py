@@ -63,8 +63,12 @@ class Proc:
     """A child process we own: started, read for a pattern, stopped by PID."""
 
     def __init__(self, argv: list[str], pattern: str, *, stderr: bool = False) -> None:
+        # A pipe as stdin, which each of our servers watches (the bridge
+        # with --stop-on-eof, the others through bridge.lifeline): if this
+        # process dies, however it dies, they stop too.
         self.popen = subprocess.Popen(
             argv,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if stderr else subprocess.DEVNULL,
             env=ENV,
@@ -137,7 +141,7 @@ def start_bridge(targets: dict[str, str], tmp: Path) -> tuple[Proc, str]:
         "[server]\nmax_running = 4096\nmax_queued = 4096\n"
         f'[webhooks]\nsecret_file = "{tmp / "secret"}"\n{models}'
     )
-    argv = [PY, "-m", "bridge", "serve", "--config", str(config), "--port", "0"]
+    argv = [PY, "-m", "bridge", "serve", "--stop-on-eof", "--config", str(config), "--port", "0"]
     proc = Proc(argv, r"bridge listening on http://(\S+)", stderr=True)
     return proc, proc.found[0]
 

@@ -5,6 +5,10 @@
     python -m bridge serve --config bridge.toml [--host H] [--port P]
     python -m bridge demo-backend [--host H] [--port P] [--model demo/echo]
     python -m bridge run-demo [--host H] [--port P]     # what `make run` runs
+
+``serve``, ``demo-backend`` and ``run-demo`` take ``--stop-on-eof``: a
+process started with a pipe as stdin stops when that pipe closes, so it
+ends with the process that started it.
     python -m bridge predict demo/story prompt="Tell me a story" [--json] [--wait]
 """
 
@@ -22,6 +26,7 @@ from collections.abc import Sequence
 import trio
 
 from .config import ConfigError, ModelSettings, Settings
+from .lifeline import stop_on_eof
 from .logs import setup_logging
 
 __all__ = ["main"]
@@ -36,14 +41,22 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    # For a process another one starts: it stops when its parent is gone.
+    child = argparse.ArgumentParser(add_help=False)
+    child.add_argument(
+        "--stop-on-eof",
+        action="store_true",
+        help="stop (as on SIGTERM) when stdin reaches end-of-file: a parent that "
+        "holds a pipe to it ties this process's life to its own",
+    )
 
-    serve = sub.add_parser("serve", help="run the bridge")
+    serve = sub.add_parser("serve", help="run the bridge", parents=[child])
     serve.add_argument("--config", required=True, help="TOML file naming the models")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
 
-    demo = sub.add_parser("demo-backend", help="serve the demo models over gRPC")
+    demo = sub.add_parser("demo-backend", help="serve the demo models over gRPC", parents=[child])
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument(
         "--port",
@@ -63,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="one JSON event per line")
     predict.add_argument("--wait", action="store_true", help="poll instead of streaming")
 
-    run = sub.add_parser("run-demo", help="the demo backends and the bridge together")
+    run = sub.add_parser(
+        "run-demo", help="the demo backends and the bridge together", parents=[child]
+    )
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -77,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return main_predict(args)
     setup_logging(getattr(args, "log_format", "text"))
+    if args.stop_on_eof:
+        stop_on_eof()
     try:
         if args.command == "serve":
             settings = Settings.from_toml(args.config, host=args.host, port=args.port)
@@ -139,12 +156,14 @@ _LISTENING = re.compile(rb"^(\S+/\S+) listening on (\S+:\d+)$", re.MULTILINE)
 async def _run_demo(host: str, port: int) -> None:
     """Start the demo backend process, then the bridge in front of it; on
     SIGINT/SIGTERM stop the bridge (which drains first), then the backend."""
-    command = [sys.executable, "-m", "bridge", "demo-backend", "--host", "127.0.0.1", "--port", "0"]
+    command = [sys.executable, "-m", "bridge", "demo-backend", "--stop-on-eof"]
+    command += ["--host", "127.0.0.1", "--port", "0"]
     async with trio.open_nursery() as nursery:
         # Its own session: a Ctrl-C at the terminal reaches only the bridge,
         # which drains while the backend goes on; then we stop the backend.
+        # Its stdin is a pipe we hold: if we die, even by SIGKILL, it stops.
         backend = await trio.lowlevel.open_process(
-            command, stdout=subprocess.PIPE, start_new_session=True
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
         )
         try:
             targets: dict[str, str] = {}

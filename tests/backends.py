@@ -97,6 +97,7 @@ class BackendProcess:
                 "-m",
                 "bridge",
                 "demo-backend",
+                "--stop-on-eof",  # with stdin a pipe: it ends with this test run
                 "--model",
                 "demo/echo",
                 "--host",
@@ -104,6 +105,7 @@ class BackendProcess:
                 "--port",
                 str(self.port),
             ],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=ENV,
         )

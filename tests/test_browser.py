@@ -22,6 +22,8 @@ from playwright.sync_api import Page, sync_playwright
 
 from tests.backends import ENV
 
+BRIDGE = [sys.executable, "-m", "bridge"]
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = [
     "--headless",
@@ -72,8 +74,10 @@ def other_origin() -> Iterator[str]:
 def bridge(other_origin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("browser")
     env = ENV | {"XDG_STATE_HOME": str(tmp)}
+    # Pipes as stdin and --stop-on-eof: they end with this test run.
     backend = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "demo-backend", "--port", "0"],
+        [sys.executable, "-m", "bridge", "demo-backend", "--stop-on-eof", "--port", "0"],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env=env,
     )
@@ -88,7 +92,8 @@ def bridge(other_origin: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
             f'[cors]\nallow_origins = ["{other_origin}"]\n'
         )
         server = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "serve", "--config", str(config), "--port", "0"],
+            [*BRIDGE, "serve", "--stop-on-eof", "--config", str(config), "--port", "0"],
+            stdin=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=env,
         )

@@ -16,6 +16,7 @@ import trio
 
 from tests.conftest import create, read_stream
 
+BRIDGE = [sys.executable, "-m", "bridge"]
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
 
 
@@ -38,12 +39,23 @@ async def _wait_for_line(stream: trio.abc.ReceiveStream, pattern: bytes, seen: l
 
 
 async def _start(args: list[str]) -> trio.Process:
+    # With a pipe as stdin and --stop-on-eof, it ends with this test run.
     return await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bridge", *args],
+        [sys.executable, "-m", "bridge", *args[:1], "--stop-on-eof", *args[1:]],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=ENV,
     )
+
+
+def _gone(pid: int) -> bool:
+    """Whether *pid* has exited (a zombie not yet reaped counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
 async def _stop(proc: trio.Process, sig: int) -> int:
@@ -100,7 +112,8 @@ async def test_run_demo_drains_a_story_on_ctrl_c_and_stops_everything() -> None:
     # Its own session, so that a Ctrl-C (SIGINT to the whole group, as a
     # terminal sends it) reaches it and not this test.
     run = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bridge", "run-demo", "--host", "127.0.0.1", "--port", "0"],
+        [*BRIDGE, "run-demo", "--stop-on-eof", "--host", "127.0.0.1", "--port", "0"],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=ENV,
@@ -131,6 +144,34 @@ async def test_run_demo_drains_a_story_on_ctrl_c_and_stops_everything() -> None:
         assert await run.wait() == 0
     for pid in backend_pids:
         assert not await trio.Path(f"/proc/{pid}").exists()  # stopped and reaped
+
+
+async def test_the_demo_backend_ends_with_run_demo_even_on_sigkill() -> None:
+    run = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bridge", "run-demo", "--host", "127.0.0.1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+        start_new_session=True,
+    )
+    await _wait_for_line(run.stderr, rb"Running on http://[\d.]+:(\d+)", [])
+    children = await trio.run_process(["pgrep", "-P", str(run.pid)], capture_stdout=True)
+    (backend_pid,) = [int(p) for p in children.stdout.split()]
+    run.kill()
+    assert await run.wait() == -signal.SIGKILL
+    # Gone, and with it every socket it held (a zombie holds none).
+    with trio.fail_after(10):
+        while not _gone(backend_pid):  # noqa: ASYNC110 - no event for another's exit
+            await trio.sleep(0.05)
+
+
+async def test_a_process_started_with_stop_on_eof_ends_when_its_parent_does() -> None:
+    backend = await _start(["demo-backend", "--host", "127.0.0.1", "--port", "0"])
+    await _wait_for_line(backend.stdout, rb"demo/story listening", [])
+    assert backend.stdin is not None
+    await backend.stdin.aclose()  # what the kernel does when the parent dies
+    with trio.fail_after(10):
+        assert await backend.wait() == 0
 
 
 async def test_bad_config_exits_2_with_a_message(tmp_path: Path) -> None:
