@@ -16,7 +16,12 @@ call's messages through a :class:`PredictStream`:
   the Trio side hands credits back in batches;
 * Trio cancellation becomes ``task.cancel()`` on the loop, which cancels the
   RPC (the backend sees CANCELLED); the Trio side then waits, shielded and
-  briefly, for the pump to finish, so no call outlives its owner.
+  briefly, for the pump to finish, so no call outlives its owner. The same
+  holds for the unary calls (``Describe``, health checks).
+* Every wait on the thread is bounded (:data:`CLEANUP_TIMEOUT`): starting
+  it, stopping it, and the end of a cancelled call. A wedged loop thread
+  is logged and left behind (it is a daemon thread), never waited on
+  forever.
 
 ``grpc.RpcError`` never leaves this module: :func:`map_rpc_error` is the one
 place where gRPC status codes become the bridge's errors. Deadlines are
@@ -29,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import math
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -53,6 +59,8 @@ from . import protocol
 __all__ = ["GrpcLoop", "PredictStream", "map_rpc_error", "open_grpc_loop"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 #: How long cleanup may wait for the loop thread to confirm a cancelled call.
 CLEANUP_TIMEOUT = 5.0
@@ -260,7 +268,9 @@ class GrpcLoop:
 
     def __init__(self, window: int = 64) -> None:
         self.window = window
-        self.active_calls = 0  # written only on the loop thread
+        #: gRPC calls (Predict, Describe, health) not yet ended on the loop
+        #: thread; written only there.
+        self.active_calls = 0
         self._token = trio.lowlevel.current_trio_token()
         self._hub = _WakeHub(self._token)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -292,18 +302,27 @@ class GrpcLoop:
             self._token.run_sync_soon(self._stopped.set)
 
     async def _start(self) -> None:
-        self._thread = threading.Thread(target=self._thread_main, name="grpc-asyncio-loop")
+        # A daemon thread: if it ever wedges, it cannot keep the process alive.
+        self._thread = threading.Thread(
+            target=self._thread_main, name="grpc-asyncio-loop", daemon=True
+        )
         self._thread.start()
-        await self._started.wait()
+        with trio.fail_after(CLEANUP_TIMEOUT):
+            await self._started.wait()
 
-    async def _stop(self) -> None:
+    async def _stop(self, seconds: float) -> None:
+        """Stop the loop (closing every channel), waiting up to *seconds*."""
         assert self._loop is not None and self._thread is not None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        await self._stopped.wait()
-        # Setting _stopped was the thread's last act: it is returning now, so
-        # this join is immediate (and a worker thread for it would outlive us
-        # in Trio's thread cache).
-        self._thread.join(timeout=1.0)
+        with contextlib.suppress(RuntimeError):  # the loop is already closed
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        with trio.move_on_after(seconds):
+            await self._stopped.wait()
+            # Setting _stopped was the thread's last act: it is returning
+            # now, so this join is immediate (and a worker thread for it
+            # would outlive us in Trio's thread cache).
+            self._thread.join(timeout=1.0)
+            return
+        log.error("the gRPC loop thread did not stop within %g s; leaving it", seconds)
 
     def _channel(self, target: str) -> grpc.aio.Channel:
         """The channel for *target*; loop thread only (grpc.aio objects
@@ -317,19 +336,28 @@ class GrpcLoop:
     # -- calls ------------------------------------------------------------
 
     async def _run(self, make: Callable[[], Awaitable[T]]) -> T:
-        """Run ``make()`` on the loop thread; Trio cancellation cancels it."""
+        """Run the call ``make()`` on the loop thread. Trio cancellation
+        cancels it there, and returns only once it has ended (within
+        CLEANUP_TIMEOUT): the call never outlives its caller."""
         assert self._loop is not None
-        done = trio.Event()
+        ended = trio.Event()
 
         async def on_loop() -> T:
-            return await make()
+            self.active_calls += 1
+            try:
+                return await make()
+            finally:
+                self.active_calls -= 1
+                self._token.run_sync_soon(ended.set)
 
         future = asyncio.run_coroutine_threadsafe(on_loop(), self._loop)
-        future.add_done_callback(lambda _: self._token.run_sync_soon(done.set))
         try:
-            await done.wait()
+            await ended.wait()
         finally:
-            future.cancel()  # a no-op once it is done
+            if not ended.is_set():
+                future.cancel()  # cancels the task on the loop, and the call
+                with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+                    await ended.wait()
         return future.result()
 
     async def describe(self, target: str) -> protocol.ModelInfo:
@@ -394,12 +422,15 @@ class GrpcLoop:
 
 
 @contextlib.asynccontextmanager
-async def open_grpc_loop(window: int = 64) -> AsyncIterator[GrpcLoop]:
-    """Start the loop thread; stop it (closing every channel) on exit."""
+async def open_grpc_loop(
+    window: int = 64, stop_timeout: float = CLEANUP_TIMEOUT
+) -> AsyncIterator[GrpcLoop]:
+    """Start the loop thread; stop it (closing every channel) on exit,
+    waiting for it at most *stop_timeout* seconds."""
     grpc_loop = GrpcLoop(window)
     await grpc_loop._start()
     try:
         yield grpc_loop
     finally:
         with trio.CancelScope(shield=True):
-            await grpc_loop._stop()
+            await grpc_loop._stop(stop_timeout)

@@ -26,7 +26,7 @@ class Metrics(Observer):
             "bridge_predictions_queued", "Predictions waiting for a slot.", registry=r
         ).set_function(lambda: bridge.admission.queued)
         Gauge(
-            "bridge_grpc_calls_active", "Predict calls open on the gRPC loop thread.", registry=r
+            "bridge_grpc_calls_active", "gRPC calls open (Predict, Describe, health).", registry=r
         ).set_function(lambda: bridge.grpc.active_calls)
         self.stream_clients = Gauge("bridge_stream_clients_active", "Open SSE streams.", registry=r)
         self.predictions_total = Counter(

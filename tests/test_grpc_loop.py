@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -133,3 +134,45 @@ async def test_one_trio_wake_up_for_all_streams_with_news() -> None:
             batches = [await stream.receive_batch() for stream in streams]
     assert batches == [[protocol.Started()]] * 50
     assert len(wake_ups) == 1
+
+
+class _HangingDescribe(predictor_pb2_grpc.PredictorServicer):
+    """A backend whose Describe never answers; it records the cancel."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    async def Describe(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            self.cancelled.set()
+
+
+async def test_a_unary_call_never_outlives_its_caller() -> None:
+    servicer = _HangingDescribe()
+    with RawServer(servicer) as server:
+        async with open_grpc_loop() as grpc_loop:
+            with trio.move_on_after(0.3):
+                await grpc_loop.describe(server.target)
+            # Back in Trio, the call has already ended on the loop thread...
+            assert grpc_loop.active_calls == 0
+            # ...and the backend saw it cancelled.
+            assert await trio.to_thread.run_sync(servicer.cancelled.wait, 5)
+
+
+async def test_a_wedged_loop_thread_cannot_hang_shutdown() -> None:
+    release = threading.Event()
+    try:
+        with trio.fail_after(5):
+            async with open_grpc_loop(stop_timeout=0.5) as grpc_loop:
+                thread, loop = grpc_loop._thread, grpc_loop._loop
+                assert thread is not None and loop is not None
+                loop.call_soon_threadsafe(release.wait)  # wedges the loop
+        # Shutdown went on without it; left behind, it cannot keep the
+        # process alive.
+        assert thread.is_alive() and thread.daemon
+    finally:
+        release.set()
+    await trio.to_thread.run_sync(thread.join, 5)
+    assert not thread.is_alive()
