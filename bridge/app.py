@@ -306,6 +306,17 @@ def create_app(bridge: Bridge) -> QuartTrio:
                 start = prediction.events.index_after(last_event_id)
             except ValueError as exc:
                 raise BadRequest(str(exc)) from None
+            events = prediction.events
+            if events.closed and start >= len(events):
+                # The client has seen the end: 204 tells an EventSource to
+                # stop reconnecting (an empty 200 would have it reconnect
+                # forever).
+                return Response("", status=204)
+            if start > len(events):
+                raise BadRequest(
+                    f"Last-Event-ID {last_event_id!r} is past the end of this "
+                    f"prediction's events ({len(events)} so far)"
+                )
         return stream_response(prediction, start)
 
     @app.get("/v1/models")

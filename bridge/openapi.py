@@ -21,7 +21,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _PROBLEMS = {
-    400: "Malformed JSON, or a body or parameter of the wrong shape.",
+    400: "Malformed JSON, or a body, header or parameter of the wrong shape.",
     401: "A token is required (auth is on) and none valid was sent.",
     404: "No such model, version or prediction (or not visible to this token).",
     410: "The prediction's data was removed (data_removed); its metadata remains.",
@@ -318,6 +318,10 @@ def spec() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": {"description": "output, logs, error and done events.", "content": sse},
+                    "204": {
+                        "description": "Last-Event-ID is at or past the end of a finished "
+                        "prediction: nothing more will come (EventSource stops reconnecting)."
+                    },
                     **_problems(400, 404, 410),
                 },
             }

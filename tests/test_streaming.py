@@ -4,6 +4,7 @@ real HTTP clients."""
 from __future__ import annotations
 
 import json
+import uuid
 
 import httpx
 import trio
@@ -91,11 +92,34 @@ async def test_late_join_gets_the_whole_stream(client: httpx.AsyncClient) -> Non
 async def test_last_event_id_resumes_after_that_event(client: httpx.AsyncClient) -> None:
     prediction = await create(client, "demo/echo", {"prompt": PROMPT})
     events, _ = await read_stream(client, prediction["urls"]["stream"])
-    for k in (0, 3, len(events) - 2, len(events) - 1):
+    for k in (0, 3, len(events) - 2):
         resumed, _ = await read_stream(
             client, prediction["urls"]["stream"], {"Last-Event-ID": events[k].id}
         )
         assert resumed == events[k + 1 :]
+
+
+async def test_a_finished_stream_resumed_at_its_end_is_204(client: httpx.AsyncClient) -> None:
+    """204 is what tells an EventSource to stop reconnecting: a client that
+    saw done (or lost only the connection after it) is told the stream is
+    over, instead of an empty 200 that makes it reconnect forever."""
+    prediction = await create(client, "demo/echo", {"prompt": PROMPT})
+    events, _ = await read_stream(client, prediction["urls"]["stream"])
+    seconds = events[-1].id.split(":")[0]
+    for last in (events[-1].id, f"{seconds}:{len(events) + 5}"):
+        response = await client.get(prediction["urls"]["stream"], headers={"Last-Event-ID": last})
+        assert response.status_code == 204, (last, response.text)
+        assert response.content == b""
+
+
+async def test_resuming_a_running_stream_past_its_end_is_400(client: httpx.AsyncClient) -> None:
+    key = uuid.uuid4().hex
+    prediction = await create(client, "test/endless", {"key": key, "delay_ms": 1000})
+    url = prediction["urls"]["stream"]
+    response = await client.get(url, headers={"Last-Event-ID": "1700000000:1000"})
+    problem = response.json()
+    assert response.status_code == 400 and "past the end" in problem["detail"], problem
+    await client.post(prediction["urls"]["cancel"])
 
 
 async def test_malformed_last_event_id_is_400(client: httpx.AsyncClient) -> None:
