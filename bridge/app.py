@@ -159,21 +159,39 @@ def create_app(bridge: Bridge) -> QuartTrio:
             raise Unauthorized("send Authorization: Bearer <token> with a valid token")
         return token
 
+    def is_stream_route() -> bool:
+        """Whether this request is for a stream URL: decided by the route the
+        request matched, never by how its path looks."""
+        return request.endpoint == "stream_prediction"
+
     @app.before_request
     async def authenticate() -> Response | None:
         if request.method == "OPTIONS":
             return cors_preflight()
         # Stream URLs carry an unguessable id and need no token, as on
         # Replicate (an EventSource cannot send one).
-        if request.path.startswith("/v1/") and not request.path.endswith("/stream"):
+        if request.path.startswith("/v1/") and not is_stream_route():
             caller()
         return None
 
-    def cors_origin() -> str | None:
+    def cors_origin() -> tuple[str, bool] | None:
+        """The ``Access-Control-Allow-Origin`` for this request and whether
+        credentials are allowed with it; None: no CORS answer.
+
+        Stream URLs are capability URLs (130 random bits, no token), so
+        they answer any origin, reflected with credentials: the seed's
+        ``new EventSource(url, {withCredentials: true})`` works from any
+        page. Everything else follows ``[cors] allow_origins``: a listed
+        origin is reflected with credentials; ``"*"`` lets any other origin
+        read answers, as ``*`` without credentials, never reflected."""
         origin = request.headers.get("Origin")
+        if not origin:
+            return None
         allowed = settings.cors_allow_origins
-        if origin and ("*" in allowed or origin.rstrip("/") in allowed):
-            return origin
+        if is_stream_route() or origin.rstrip("/") in allowed:
+            return origin, True
+        if "*" in allowed:
+            return "*", False
         return None
 
     def cors_preflight() -> Response:
@@ -187,12 +205,14 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.after_request
     async def cors(response: Response) -> Response:
-        origin = cors_origin()
-        if origin is not None:
+        answer = cors_origin()
+        if answer is not None:
+            origin, credentials = answer
             response.headers["Access-Control-Allow-Origin"] = origin
-            response.headers["Access-Control-Allow-Credentials"] = "true"
+            if credentials:
+                response.headers["Access-Control-Allow-Credentials"] = "true"
             response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
-        if settings.cors_allow_origins:
+        if settings.cors_allow_origins or is_stream_route():
             response.vary.add("Origin")
         return response
 

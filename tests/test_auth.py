@@ -107,3 +107,48 @@ async def test_cors_for_allowed_origins(url: str) -> None:
         assert "Access-Control-Allow-Origin" not in refused.headers
         plain = await client.get("/health", headers=other)
         assert "Access-Control-Allow-Origin" not in plain.headers
+
+
+async def test_stream_urls_answer_any_origin_by_default(start_bridge: StartBridge) -> None:
+    """No [cors] at all: stream URLs still answer any page's EventSource,
+    with credentials; the rest of the API answers no other origin."""
+    url = await start_bridge()
+    origin = {"Origin": "http://anywhere.example"}
+    async with httpx.AsyncClient(base_url=url) as client:
+        prediction = await create(client, "demo/echo", {"prompt": "capability"})
+        async with client.stream(
+            "GET", prediction["urls"]["stream"], headers=origin | {"Cookie": "s=1"}
+        ) as stream:
+            assert stream.headers["Access-Control-Allow-Origin"] == "http://anywhere.example"
+            assert stream.headers["Access-Control-Allow-Credentials"] == "true"
+            assert "Origin" in stream.headers["Vary"]
+            assert b"event: done" in await stream.aread()
+        preflight = await client.options(
+            prediction["urls"]["stream"],
+            headers=origin | {"Access-Control-Request-Method": "GET"},
+        )
+        assert preflight.headers["Access-Control-Allow-Origin"] == "http://anywhere.example"
+        for path in ("/v1/predictions", prediction["urls"]["get"]):
+            assert "Access-Control-Allow-Origin" not in (
+                await client.get(path, headers=origin)
+            ).headers
+
+
+async def test_star_never_reflects_origins_with_credentials(start_bridge: StartBridge) -> None:
+    url = await start_bridge(
+        auth_tokens=frozenset({"r8_alice"}), cors_allow_origins=("*", "http://app.example")
+    )
+    async with httpx.AsyncClient(base_url=url, headers=ALICE) as client:
+        anyone = await client.get("/v1/predictions", headers={"Origin": "http://evil.example"})
+        assert anyone.headers["Access-Control-Allow-Origin"] == "*"
+        assert "Access-Control-Allow-Credentials" not in anyone.headers
+        listed = await client.get("/v1/predictions", headers={"Origin": "http://app.example"})
+        assert listed.headers["Access-Control-Allow-Origin"] == "http://app.example"
+        assert listed.headers["Access-Control-Allow-Credentials"] == "true"
+
+
+async def test_only_the_stream_route_is_exempt_from_tokens(url: str) -> None:
+    """A path that merely ends in /stream is not a stream URL."""
+    async with httpx.AsyncClient(base_url=url) as client:
+        for path in ("/v1/models/demo/echo/versions/stream", "/v1/predictions/stream"):
+            assert_problem(await client.get(path), 401)
