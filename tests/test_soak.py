@@ -5,6 +5,7 @@ Bounded: 500 predictions of 20 chunks, well under a minute."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 import uuid
@@ -12,7 +13,7 @@ import uuid
 import httpx
 import trio
 
-from tests.conftest import StartBridge, poll_until
+from tests.conftest import StartBridge, create, poll_until, read_stream
 from tests.sse_clients import spec_events
 
 N = 500
@@ -23,9 +24,38 @@ def gauge(metrics: str, name: str) -> float:
     return float(re.search(rf"^{name} (\S+)$", metrics, re.MULTILINE)[1])
 
 
+def open_fds() -> int:
+    """File descriptors open in this process (the bridge runs in it)."""
+    return len(os.listdir("/proc/self/fd"))
+
+
+def connections_held(port: int) -> int:
+    """Accepted connections the bridge on *port* still has a socket for
+    (the kernel's TCP table, local port *port*, not listening, with an fd)."""
+    held = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                local_port = int(fields[1].rsplit(":", 1)[1], 16)
+                if local_port == port and fields[3] != "0A" and fields[9] != "0":
+                    held += 1
+    return held
+
+
 async def test_soak(start_bridge: StartBridge) -> None:
-    url = await start_bridge(max_queued=N)  # 256 run at once, the rest wait
+    # 256 run at once, the rest wait.
+    url = await start_bridge(max_queued=N, keep_alive_seconds=1)
+    port = int(url.rsplit(":", 1)[1])
+    # One prediction of each model first, so that the gRPC channels (which
+    # live as long as the bridge) are open before the count is taken.
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        warm = await create(client, "demo/echo", {"prompt": "warm"})
+        await read_stream(client, warm["urls"]["stream"])
+        endless = await create(client, "test/endless", {"key": uuid.uuid4().hex})
+        await client.post(endless["urls"]["cancel"])
     threads_at_start = {t.ident for t in threading.enumerate()}
+    fds_at_start = open_fds()
     # Room for every stream, create and cancel at once: a cancel that waited
     # for a free connection could come after its prediction ended.
     limits = httpx.Limits(max_connections=2 * N)
@@ -83,6 +113,12 @@ async def test_soak(start_bridge: StartBridge) -> None:
         await poll_until(all_idle)
         metrics = (await client.get("/metrics")).text
 
+        # The client still holds its pooled connections: the bridge lets go
+        # of its side of each once it is idle for keep_alive_seconds.
+        with trio.fail_after(10):
+            while connections_held(port):  # noqa: ASYNC110 - no event for a kernel count
+                await trio.sleep(0.05)
+
     assert len(ids) == N and len(streams) == N // 2
     for i in range(N):
         assert statuses[i] == ("canceled" if i % 4 == 0 else "succeeded"), i
@@ -99,8 +135,13 @@ async def test_soak(start_bridge: StartBridge) -> None:
         else:
             assert events[-1].data == "{}"
             assert outputs == WORDS, i
-    assert 'bridge_predictions_total{model="test/endless",status="canceled"} 125.0' in metrics
-    assert 'bridge_predictions_total{model="demo/echo",status="succeeded"} 375.0' in metrics
+    assert 'bridge_predictions_total{model="test/endless",status="canceled"} 126.0' in metrics
+    assert 'bridge_predictions_total{model="demo/echo",status="succeeded"} 376.0' in metrics
     # No thread started during the soak is left (threads of earlier tests in
     # this process may have ended meanwhile, so counts alone would mislead).
     assert {t.ident for t in threading.enumerate()} - threads_at_start == set()
+    # Every connection of the run is closed: the bridge's file descriptors
+    # are back to where they were (its side closes once the client's does).
+    with trio.fail_after(10):
+        while open_fds() > fds_at_start:  # noqa: ASYNC110 - no event for a kernel count
+            await trio.sleep(0.05)
