@@ -129,9 +129,10 @@ async def test_stream_urls_answer_any_origin_by_default(start_bridge: StartBridg
         )
         assert preflight.headers["Access-Control-Allow-Origin"] == "http://anywhere.example"
         for path in ("/v1/predictions", prediction["urls"]["get"]):
-            assert "Access-Control-Allow-Origin" not in (
-                await client.get(path, headers=origin)
-            ).headers
+            assert (
+                "Access-Control-Allow-Origin"
+                not in (await client.get(path, headers=origin)).headers
+            )
 
 
 async def test_star_never_reflects_origins_with_credentials(start_bridge: StartBridge) -> None:
