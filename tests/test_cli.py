@@ -148,30 +148,42 @@ async def test_run_demo_drains_a_story_on_ctrl_c_and_stops_everything() -> None:
 
 async def test_the_demo_backend_ends_with_run_demo_even_on_sigkill() -> None:
     run = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bridge", "run-demo", "--host", "127.0.0.1", "--port", "0"],
+        [*BRIDGE, "run-demo", "--stop-on-eof", "--host", "127.0.0.1", "--port", "0"],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=ENV,
         start_new_session=True,
     )
-    await _wait_for_line(run.stderr, rb"Running on http://[\d.]+:(\d+)", [])
-    children = await trio.run_process(["pgrep", "-P", str(run.pid)], capture_stdout=True)
-    (backend_pid,) = [int(p) for p in children.stdout.split()]
-    run.kill()
-    assert await run.wait() == -signal.SIGKILL
-    # Gone, and with it every socket it held (a zombie holds none).
-    with trio.fail_after(10):
-        while not _gone(backend_pid):  # noqa: ASYNC110 - no event for another's exit
-            await trio.sleep(0.05)
+    backend_pid = None
+    try:
+        await _wait_for_line(run.stderr, rb"Running on http://[\d.]+:(\d+)", [])
+        children = await trio.run_process(["pgrep", "-P", str(run.pid)], capture_stdout=True)
+        (backend_pid,) = [int(p) for p in children.stdout.split()]
+        run.kill()
+        assert await run.wait() == -signal.SIGKILL
+        # Gone, and with it every socket it held (a zombie holds none).
+        with trio.fail_after(10):
+            while not _gone(backend_pid):  # noqa: ASYNC110 - no event for another's exit
+                await trio.sleep(0.05)
+    finally:  # whatever failed, nothing of this test runs on
+        if run.returncode is None:
+            run.kill()
+        if backend_pid is not None and not _gone(backend_pid):
+            os.kill(backend_pid, signal.SIGKILL)
 
 
 async def test_a_process_started_with_stop_on_eof_ends_when_its_parent_does() -> None:
     backend = await _start(["demo-backend", "--host", "127.0.0.1", "--port", "0"])
-    await _wait_for_line(backend.stdout, rb"demo/story listening", [])
-    assert backend.stdin is not None
-    await backend.stdin.aclose()  # what the kernel does when the parent dies
-    with trio.fail_after(10):
-        assert await backend.wait() == 0
+    try:
+        await _wait_for_line(backend.stdout, rb"demo/story listening", [])
+        assert backend.stdin is not None
+        await backend.stdin.aclose()  # what the kernel does when the parent dies
+        with trio.fail_after(10):
+            assert await backend.wait() == 0
+    finally:
+        if backend.returncode is None:
+            backend.kill()
 
 
 async def test_bad_config_exits_2_with_a_message(tmp_path: Path) -> None:
