@@ -273,13 +273,15 @@ async def test_receivers_that_hang_delay_no_one_else(
         body = {"input": {"prompt": "on time"}, "webhook": receiver.url}
         response = await client.post("/v1/models/demo/echo/predictions", json=body)
         assert response.status_code == 201
-        with trio.fail_after(5):
+        with trio.fail_after(10):
             await receiver.got_completed.wait()
+        # Its start was not lost waiting for a connection (start is not
+        # retried), and came well before a delivery timeout (5 s).
         statuses = [d.prediction["status"] for d in receiver.deliveries]
         assert statuses[0] == "starting" and statuses[-1] == "succeeded"
-        assert receiver.deliveries[0].at - start < 2
+        assert receiver.deliveries[0].at - start < 4
         # The hung host got its share of connections, no more.
         assert len(held) <= 4
         # And the API answers meanwhile.
-        with trio.fail_after(2):
+        with trio.fail_after(4):
             await create(client, "demo/echo", {"prompt": "still quick"})
