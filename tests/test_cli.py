@@ -108,9 +108,10 @@ async def test_demo_backend_and_serve_with_a_config_file(tmp_path: Path) -> None
         assert await _stop(backend, signal.SIGTERM) == 0
 
 
-async def test_run_demo_drains_a_story_on_ctrl_c_and_stops_everything() -> None:
-    # Its own session, so that a Ctrl-C (SIGINT to the whole group, as a
-    # terminal sends it) reaches it and not this test.
+async def _start_run_demo() -> tuple[trio.Process, str, int]:
+    """``run-demo`` in its own session, so that a Ctrl-C (SIGINT to the
+    whole group, as a terminal sends it) reaches it and not this test; its
+    URL and its demo backend's pid once it listens."""
     run = await trio.lowlevel.open_process(
         [*BRIDGE, "run-demo", "--stop-on-eof", "--host", "127.0.0.1", "--port", "0"],
         stdin=subprocess.PIPE,
@@ -119,12 +120,19 @@ async def test_run_demo_drains_a_story_on_ctrl_c_and_stops_everything() -> None:
         env=ENV,
         start_new_session=True,
     )
-    err: list[bytes] = []
-    port = (await _wait_for_line(run.stderr, rb"Running on http://[\d.]+:(\d+)", err))[1]
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port.decode()}") as client:
+    try:
+        port = (await _wait_for_line(run.stderr, rb"Running on http://[\d.]+:(\d+)", []))[1]
         children = await trio.run_process(["pgrep", "-P", str(run.pid)], capture_stdout=True)
-        backend_pids = [int(p) for p in children.stdout.split()]
-        assert len(backend_pids) == 1
+        (backend_pid,) = [int(p) for p in children.stdout.split()]
+    except BaseException:
+        run.kill()
+        raise
+    return run, f"http://127.0.0.1:{port.decode()}", backend_pid
+
+
+async def test_run_demo_drains_a_story_on_ctrl_c_and_stops_everything() -> None:
+    run, url, backend_pid = await _start_run_demo()
+    async with httpx.AsyncClient(base_url=url) as client:
         prediction = await create(
             client, "demo/story", {"prompt": "Tell me a story", "max_words": 20, "delay_ms": 50}
         )
@@ -142,24 +150,12 @@ async def test_run_demo_drains_a_story_on_ctrl_c_and_stops_everything() -> None:
     assert len([e for e in got["events"] if e.event == "output"]) >= 3
     with trio.fail_after(20):
         assert await run.wait() == 0
-    for pid in backend_pids:
-        assert not await trio.Path(f"/proc/{pid}").exists()  # stopped and reaped
+    assert not await trio.Path(f"/proc/{backend_pid}").exists()  # stopped and reaped
 
 
 async def test_the_demo_backend_ends_with_run_demo_even_on_sigkill() -> None:
-    run = await trio.lowlevel.open_process(
-        [*BRIDGE, "run-demo", "--stop-on-eof", "--host", "127.0.0.1", "--port", "0"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=ENV,
-        start_new_session=True,
-    )
-    backend_pid = None
+    run, _, backend_pid = await _start_run_demo()
     try:
-        await _wait_for_line(run.stderr, rb"Running on http://[\d.]+:(\d+)", [])
-        children = await trio.run_process(["pgrep", "-P", str(run.pid)], capture_stdout=True)
-        (backend_pid,) = [int(p) for p in children.stdout.split()]
         run.kill()
         assert await run.wait() == -signal.SIGKILL
         # Gone, and with it every socket it held (a zombie holds none).
@@ -169,7 +165,7 @@ async def test_the_demo_backend_ends_with_run_demo_even_on_sigkill() -> None:
     finally:  # whatever failed, nothing of this test runs on
         if run.returncode is None:
             run.kill()
-        if backend_pid is not None and not _gone(backend_pid):
+        if not _gone(backend_pid):
             os.kill(backend_pid, signal.SIGKILL)
 
 

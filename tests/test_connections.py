@@ -10,6 +10,7 @@ import socket
 import struct
 
 import httpx
+import pytest
 import trio
 
 from tests.conftest import StartBridge, poll_until
@@ -43,7 +44,9 @@ async def read_answer(stream: trio.SocketStream) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
-def request(method: str, path: str, *, version: str = "1.1", body: bytes = b"", **headers: str):
+def request(
+    method: str, path: str, *, version: str = "1.1", body: bytes = b"", **headers: str
+) -> bytes:
     lines = [f"{method} {path} HTTP/{version}", "Host: x"]
     lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
     if body:
@@ -51,21 +54,23 @@ def request(method: str, path: str, *, version: str = "1.1", body: bytes = b"", 
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def test_connection_close_is_honoured(start_bridge: StartBridge) -> None:
+@pytest.mark.parametrize(
+    "raw",
+    [
+        request("GET", "/health", Connection="close"),
+        request("GET", "/health", version="1.0"),  # HTTP/1.0 closes by default
+    ],
+    ids=["connection-close", "http-1.0"],
+)
+async def test_the_connection_is_closed_after_the_answer(
+    start_bridge: StartBridge, raw: bytes
+) -> None:
     url = await start_bridge()
     async with await connect(url) as stream:
-        await stream.send_all(request("GET", "/health", Connection="close"))
+        await stream.send_all(raw)
         answer = await read_until_closed(stream, within=5)
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert answer.rstrip().endswith(b"}"), answer  # the whole JSON body
-
-
-async def test_http_1_0_is_closed_after_its_answer(start_bridge: StartBridge) -> None:
-    url = await start_bridge()
-    async with await connect(url) as stream:
-        await stream.send_all(request("GET", "/health", version="1.0"))
-        answer = await read_until_closed(stream, within=5)
-    assert answer.startswith(b"HTTP/1.1 200"), answer
 
 
 async def test_an_idle_keep_alive_connection_is_closed(start_bridge: StartBridge) -> None:
