@@ -77,6 +77,16 @@ def prefer_wait(header: str | None, longest: float) -> float | None:
     return float(min(max(seconds, 1), longest))
 
 
+_request_ends: ContextVar[list[Callable[[], object]]] = ContextVar("request_ends")
+
+
+def when_request_ends(callback: Callable[[], object]) -> None:
+    """Call *callback* once the current request is over, however it ends:
+    answered, its client gone (before, during or after the answer's
+    headers), or the server shutting down."""
+    _request_ends.get().append(callback)
+
+
 class _HTTPConnection(TrioASGIHTTPConnection):
     """Quart-Trio's request handling, with the last message of a response
     sent under a shield.
@@ -110,16 +120,6 @@ class _HTTPConnection(TrioASGIHTTPConnection):
             _request_ends.reset(token)
             for callback in callbacks:
                 callback()
-
-
-_request_ends: ContextVar[list[Callable[[], object]]] = ContextVar("request_ends")
-
-
-def when_request_ends(callback: Callable[[], object]) -> None:
-    """Call *callback* once the current request is over, however it ends:
-    answered, its client gone (before, during or after the answer's
-    headers), or the server shutting down."""
-    _request_ends.get().append(callback)
 
 
 class _App(QuartTrio):

@@ -5,11 +5,11 @@
     python -m bridge serve --config bridge.toml [--host H] [--port P]
     python -m bridge demo-backend [--host H] [--port P] [--model demo/echo]
     python -m bridge run-demo [--host H] [--port P]     # what `make run` runs
+    python -m bridge predict demo/story prompt="Tell me a story" [--json] [--wait]
 
 ``serve``, ``demo-backend`` and ``run-demo`` take ``--stop-on-eof``: a
 process started with a pipe as stdin stops when that pipe closes, so it
 ends with the process that started it.
-    python -m bridge predict demo/story prompt="Tell me a story" [--json] [--wait]
 """
 
 from __future__ import annotations
