@@ -24,6 +24,12 @@ else is optional (README, "Operating it", lists every key)::
     [webhooks]
     secret = "whsec_..."            # else generated and kept
     allow_hosts = ["hooks.internal"]  # else public addresses only
+
+Every value is type- and range-checked when the file is loaded (msgspec, one
+C extension that converts and checks a whole table at once), and an error
+names the file, the key and what its value must be: ``bridge.toml: [server]
+port: expected `int`, got `str```. Values built in code
+(``Settings(port=0)``) are trusted as they are.
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ import base64
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 __all__ = ["ConfigError", "ModelSettings", "Settings"]
 
@@ -50,134 +57,143 @@ class ConfigError(ValueError):
     """Raised when a config file or value is not usable; says which and why."""
 
 
-@dataclass(frozen=True)
-class ModelSettings:
+# The types values must have, checked by msgspec when a config is loaded.
+Text = Annotated[str, msgspec.Meta(min_length=1)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0: any free port
+Count = Annotated[int, msgspec.Meta(ge=1)]
+Bytes = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+Grace = Annotated[float, msgspec.Meta(ge=0)]  # seconds; 0: none
+URL = Annotated[str, msgspec.Meta(pattern=r"^https?://[^/?#\s]+")]
+Secret = Annotated[str, msgspec.Meta(pattern=r"^whsec_")]
+
+
+class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     #: gRPC targets (``host:port``); several are used round-robin.
-    targets: tuple[str, ...]
+    targets: Annotated[tuple[Text, ...], msgspec.Meta(min_length=1)]
     #: This model's limit on running predictions (None: only the global one).
-    max_running: int | None = None
+    max_running: Count | None = None
     #: How long a prediction keeps retrying a backend that cannot be reached
     #: before it fails with "model backend unavailable".
-    start_timeout_seconds: float = 10.0
+    start_timeout_seconds: Seconds = 10.0
     #: Deadlines: from start to the first output, between outputs, and for
     #: the whole prediction (also the gRPC deadline; off unless set). The
     #: first two are on by default, so a backend that hangs ends in time.
-    first_output_seconds: float | None = 120.0
-    idle_seconds: float | None = 60.0
-    total_seconds: float | None = None
+    first_output_seconds: Seconds | None = 120.0
+    idle_seconds: Seconds | None = 60.0
+    total_seconds: Seconds | None = None
     #: Output bytes one prediction may produce (None: the global cap).
-    max_output_bytes: int | None = None
+    max_output_bytes: Bytes | None = None
 
 
-@dataclass(frozen=True)
-class Settings:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    models: dict[str, ModelSettings] = field(default_factory=dict)
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    host: Text = "127.0.0.1"
+    port: Port = 8000
+    models: dict[str, ModelSettings] = msgspec.field(default_factory=dict)
     #: Base of the absolute URLs in responses; None takes it from the request.
-    public_url: str | None = None
+    public_url: URL | None = None
     #: Idle streams get a ``: ping`` comment this often.
-    keepalive_seconds: float = 15.0
+    keepalive_seconds: Seconds = 15.0
     #: A reader whose connection accepts no data for this long is cut off
     #: (TCP_USER_TIMEOUT); it can reconnect and resume with Last-Event-ID.
-    stall_seconds: float = 30.0
+    stall_seconds: Seconds = 30.0
     #: An HTTP connection idle between requests is closed after this long.
-    keep_alive_seconds: float = 5.0
+    keep_alive_seconds: Seconds = 5.0
     #: How long a create waits for the backend's Describe before going on.
-    describe_timeout_seconds: float = 2.0
+    describe_timeout_seconds: Seconds = 2.0
     #: At SIGTERM, running predictions may finish for this long, then are
     #: cancelled; then open connections get ``shutdown_timeout_seconds``.
-    drain_seconds: float = 10.0
-    shutdown_timeout_seconds: float = 5.0
+    drain_seconds: Grace = 10.0
+    shutdown_timeout_seconds: Grace = 5.0
     #: Largest request body accepted (413 above).
-    max_body_bytes: int = 1 << 20
+    max_body_bytes: Bytes = 1 << 20
     #: Listen backlog. Hypercorn's default (100) overflows when many clients
     #: connect at once, and the kernel then drops SYNs that clients resend
     #: only after 1, 3, 7 s (measured: 1,000 concurrent creates took 23 s).
-    backlog: int = 2048
+    backlog: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 2048
     #: Predictions running at once (all models) and waiting for a slot;
     #: past both, creates get 429 with Retry-After.
-    max_running: int = 256
-    max_queued: int = 1024
-    retry_after_seconds: int = 1
+    max_running: Count = 256
+    max_queued: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    retry_after_seconds: Count = 1
     #: Output and logs one prediction may keep, in bytes (each chunk or log
     #: line costs 8 bytes besides its text); past it, it fails.
-    max_output_bytes: int = 8 << 20
+    max_output_bytes: Bytes = 8 << 20
     #: Every prediction's input, output and logs together, in bytes. To make
     #: room the data of the earliest ended predictions goes first (they stay
     #: listable with ``data_removed``); if running ones fill it, the one that
     #: asks for more fails and creates get 429.
-    max_retained_bytes: int = 512 << 20
+    max_retained_bytes: Bytes = 512 << 20
     #: Ended predictions are kept this long, and at most this many (then 404).
-    retention_seconds: float = 3600.0
-    retention_count: int = 10_000
+    retention_seconds: Grace = 3600.0
+    retention_count: Annotated[int, msgspec.Meta(ge=0)] = 10_000
     #: The longest ``Prefer: wait`` honoured (Replicate's is 60 s).
-    max_wait_seconds: float = 60.0
+    max_wait_seconds: Seconds = 60.0
     #: Predictions per page of ``GET /v1/predictions``, and the most bytes
     #: of JSON in one page (at least one prediction, whatever its size).
-    page_size: int = 100
-    max_page_bytes: int = 1 << 20
+    page_size: Count = 100
+    max_page_bytes: Bytes = 1 << 20
     #: Bearer tokens accepted; empty: no auth. Each token sees only the
     #: predictions it created.
-    auth_tokens: frozenset[str] = frozenset()
+    auth_tokens: frozenset[Text] = frozenset()
     #: Origins allowed to call the API from a browser ("*": any).
-    cors_allow_origins: tuple[str, ...] = ()
+    cors_allow_origins: tuple[Text, ...] = ()
     #: Webhook signing secret (``whsec_<base64>``); None: the one stored in
     #: ``webhook_secret_file``, generated there on first start.
-    webhook_secret: str | None = None
-    webhook_secret_file: str = field(default_factory=lambda: str(_state_dir() / "webhook_secret"))
+    webhook_secret: Secret | None = None
+    webhook_secret_file: Text = msgspec.field(
+        default_factory=lambda: str(_state_dir() / "webhook_secret")
+    )
     #: How long a failing ``completed`` webhook is retried.
-    webhook_retry_seconds: float = 60.0
+    webhook_retry_seconds: Grace = 60.0
     #: One delivery attempt's deadline, and deliveries at once to one host.
-    webhook_timeout_seconds: float = 5.0
-    webhook_host_connections: int = 4
+    webhook_timeout_seconds: Seconds = 5.0
+    webhook_host_connections: Count = 4
     #: Hosts webhooks may go to whatever their addresses, and whether
     #: loopback, private and link-local addresses are allowed at all (both
     #: for development: by default webhooks go to public addresses only).
-    webhook_allow_hosts: tuple[str, ...] = ()
+    webhook_allow_hosts: tuple[Text, ...] = ()
     webhook_allow_private: bool = False
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:
+        """Settings from the TOML file at *path* (then *overrides*, None
+        ones ignored); a :class:`ConfigError` names the file, the key and
+        what its value must be."""
         try:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
-        return cls.from_dict(data, **overrides)
+        try:
+            return cls.from_dict(data, **overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> Settings:
+        """Settings from a config file's tables, each value type- and
+        range-checked."""
         _check_keys("top level", data, {"models", *_SECTIONS})
-        models = {name: _model(name, spec) for name, spec in (data.get("models") or {}).items()}
+        models = _table(data, "models")
         values: dict[str, Any] = {}
-        names = [f.name for f in fields(cls) if f.name != "models"]
         for section, prefix in _SECTIONS.items():
-            table = data.get(section) or {}
-            if prefix:
-                known = {n.removeprefix(prefix) for n in names if n.startswith(prefix)}
-            else:
-                known = {n for n in names if not n.startswith(_PREFIXES)}
-            _check_keys(section, table, known)
-            values |= {prefix + k: v for k, v in table.items()}
+            table = _table(data, section)
+            _check_keys(section, table, _section_keys(section))
+            values |= {prefix + key: value for key, value in table.items()}
         values |= {k: v for k, v in overrides.items() if v is not None}
-        if values.get("public_url"):
-            values["public_url"] = values["public_url"].rstrip("/")
-        if "auth_tokens" in values:
-            values["auth_tokens"] = frozenset(_strings("[auth] tokens", values["auth_tokens"]))
-        if "cors_allow_origins" in values:
-            values["cors_allow_origins"] = tuple(
-                o.rstrip("/")
-                for o in _strings("[cors] allow_origins", values["cors_allow_origins"])
-            )
-        if "webhook_allow_hosts" in values:
-            values["webhook_allow_hosts"] = tuple(
-                _strings("[webhooks] allow_hosts", values["webhook_allow_hosts"])
-            )
-        secret = values.get("webhook_secret")
-        if secret is not None and not _is_secret(secret):
+        values["models"] = {name: _model(name, spec) for name, spec in models.items()}
+        try:
+            settings = msgspec.convert(values, cls)
+        except msgspec.ValidationError as exc:
+            raise ConfigError(_where(exc, _setting_key)) from None
+        if settings.webhook_secret is not None and not _is_secret(settings.webhook_secret):
             raise ConfigError("[webhooks] secret must look like whsec_<base64 of 16+ bytes>")
-        return cls(models=models, **values)
+        return msgspec.structs.replace(
+            settings,
+            public_url=settings.public_url and settings.public_url.rstrip("/"),
+            cors_allow_origins=tuple(o.rstrip("/") for o in settings.cors_allow_origins),
+        )
 
 
 #: TOML section -> prefix of its Settings fields ([server] has none).
@@ -185,24 +201,48 @@ _SECTIONS = {"server": "", "auth": "auth_", "cors": "cors_", "webhooks": "webhoo
 _PREFIXES = tuple(p for p in _SECTIONS.values() if p)
 
 
+def _section_keys(section: str) -> set[str]:
+    names = set(Settings.__struct_fields__) - {"models"}
+    prefix = _SECTIONS[section]
+    if prefix:
+        return {n.removeprefix(prefix) for n in names if n.startswith(prefix)}
+    return {n for n in names if not n.startswith(_PREFIXES)}
+
+
+def _setting_key(field: str) -> str:
+    """``[section] key`` for a Settings field name."""
+    for section, prefix in _SECTIONS.items():
+        if prefix and field.startswith(prefix):
+            return f"[{section}] {field.removeprefix(prefix)}"
+    return f"[server] {field}"
+
+
+def _where(exc: msgspec.ValidationError, key: Any) -> str:
+    """msgspec's ``Expected `int`, got `str` - at `$.port``` as
+    ``[server] port: expected `int`, got `str```."""
+    what, _, path = str(exc).partition(" - at `$.")
+    field, _, inner = path.rstrip("`").partition("[")
+    where = key(field) + (f"[{inner}" if inner else "")
+    return f"{where}: {what[:1].lower()}{what[1:]}"
+
+
+def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
+    table = data.get(key) or {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{key}] must be a table")
+    return table
+
+
 def _model(name: str, spec: Any) -> ModelSettings:
     if not _MODEL_NAME.match(name):
         raise ConfigError(f"model name {name!r} is not of the form owner/name")
-    spec = dict(spec) if isinstance(spec, dict) else {}
-    targets = spec.pop("targets", None)
-    if not isinstance(targets, list) or not targets:
+    if not isinstance(spec, dict) or "targets" not in spec:
         raise ConfigError(f'[models."{name}"] needs targets = ["host:port", ...]')
-    known = {f.name for f in fields(ModelSettings)} - {"name", "targets"}
-    _check_keys(f'models."{name}"', spec, known)
-    return ModelSettings(name, tuple(_strings(f'[models."{name}"] targets', targets)), **spec)
-
-
-def _strings(what: str, value: Any) -> list[str]:
-    if not isinstance(value, list | tuple | frozenset | set) or not all(
-        isinstance(v, str) and v for v in value
-    ):
-        raise ConfigError(f"{what} must be a list of non-empty strings")
-    return list(value)
+    _check_keys(f'models."{name}"', spec, set(ModelSettings.__struct_fields__) - {"name"})
+    try:
+        return msgspec.convert({**spec, "name": name}, ModelSettings)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_where(exc, lambda field: f'[models."{name}"] {field}')) from None
 
 
 def _check_keys(section: str, table: dict[str, Any], known: set[str]) -> None:

@@ -193,3 +193,16 @@ async def test_bad_config_exits_2_with_a_message(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert b"owner/name" in result.stderr
+    config.write_text(
+        '[models."demo/echo"]\ntargets = ["127.0.0.1:1"]\n[server]\nport = "eighty"\n'
+    )
+    result = await trio.run_process(
+        [sys.executable, "-m", "bridge", "serve", "--config", str(config)],
+        capture_stderr=True,
+        check=False,
+        env=ENV,
+    )
+    assert result.returncode == 2
+    assert result.stderr.decode().strip() == (
+        f"error: {config}: [server] port: expected `int`, got `str`"
+    )

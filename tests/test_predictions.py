@@ -120,10 +120,31 @@ def test_config_from_toml(tmp_path) -> None:
         ('[models."demo/echo"]\n', "targets"),
         ("[server]\nprot = 1", "unknown"),
         ("not toml [", "cannot read"),
+        ('[server]\nport = "eighty"', r"\[server\] port: expected `int`, got `str`"),
+        ("[server]\nport = 70000", r"\[server\] port: expected `int` <= 65535"),
+        ("[server]\nmax_running = -3", r"\[server\] max_running: expected `int` >= 1"),
+        ("[server]\nkeepalive_seconds = 0", r"keepalive_seconds: expected `float` > 0"),
+        ("[server]\nmax_queued = 1.5", r"max_queued: expected `int`, got `float`"),
+        ('[server]\npublic_url = "bridge.example"', r"public_url: expected `str` matching"),
+        ('[auth]\ntokens = "r8_abc"', r"\[auth\] tokens: expected `array`, got `str`"),
+        ('[auth]\ntokens = ["r8_abc", ""]', r"\[auth\] tokens\[1\]: expected `str` of length"),
+        ("[webhooks]\nallow_private = 1", r"\[webhooks\] allow_private: expected `bool`"),
+        ('[webhooks]\nsecret = "hunter2"', r"\[webhooks\] secret: expected `str` matching"),
+        ("server = 5", r"\[server\] must be a table"),
+        (
+            '[models."demo/echo"]\ntargets = ["a:1"]\nidle_seconds = "ten"',
+            r'\[models."demo/echo"\] idle_seconds: expected `float \| null`, got `str`',
+        ),
+        (
+            '[models."demo/echo"]\ntargets = ["a:1"]\nmax_running = 0',
+            r'\[models."demo/echo"\] max_running: expected `int` >= 1',
+        ),
+        ('[models."demo/echo"]\ntargets = "a:1"', r"targets: expected `array`, got `str`"),
     ],
 )
 def test_config_errors_say_what_is_wrong(tmp_path, text: str, message: str) -> None:
     path = tmp_path / "bridge.toml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message) as raised:
         Settings.from_toml(path)
+    assert str(path) in str(raised.value)  # which file
