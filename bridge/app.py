@@ -34,6 +34,7 @@ from .models import ModelEntry
 from .openapi import spec
 from .predictions import Prediction
 from .service import Bridge
+from .validation import parse_json
 
 __all__ = ["create_app"]
 
@@ -41,24 +42,25 @@ _CORS_HEADERS = "Authorization, Content-Type, Prefer, Last-Event-ID, Cache-Contr
 _CORS_EXPOSE = "Location, Preference-Applied, Retry-After"
 
 
+def _dumps(body: Any) -> str:
+    """JSON as every parser reads it: never a bare NaN or Infinity."""
+    return json.dumps(body, allow_nan=False)
+
+
 def _problem(body: dict[str, Any]) -> Response:
     return Response(
-        json.dumps(body),
+        _dumps(body),
         status=body["status"],
         content_type="application/problem+json",
     )
 
 
 def _json(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body), status=status, content_type="application/json")
+    return Response(_dumps(body), status=status, content_type="application/json")
 
 
 async def _json_body() -> dict[str, Any]:
-    raw = await request.get_data(as_text=False)
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    body = parse_json(await request.get_data(as_text=False) or b"{}")
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     return body
@@ -73,7 +75,10 @@ def prefer_wait(header: str | None, longest: float) -> float | None:
     match = _PREFER_WAIT.search(header or "")
     if match is None:
         return None
-    seconds = int(match[1]) if match[1] else longest
+    digits = match[1].lstrip("0") if match[1] else None
+    # More digits than any wait needs is the longest (int() of thousands
+    # of digits raises, and costs quadratic time).
+    seconds = longest if digits is None or len(digits) > 9 else int(digits or 0)
     return float(min(max(seconds, 1), longest))
 
 
@@ -239,6 +244,10 @@ def create_app(bridge: Bridge) -> QuartTrio:
         )
 
     async def create(entry: ModelEntry, body: dict[str, Any], version: str | None) -> Response:
+        # Headers are read before anything is created: a bad one must not
+        # leave a prediction running behind an error.
+        direct = "text/event-stream" in request.headers.get("Accept", "")
+        wait = prefer_wait(request.headers.get("Prefer"), settings.max_wait_seconds)
         prediction = await bridge.create(
             entry,
             body.get("input", {}),
@@ -247,11 +256,10 @@ def create_app(bridge: Bridge) -> QuartTrio:
             webhook_events_filter=body.get("webhook_events_filter"),
             owner=caller(),
         )
-        if "text/event-stream" in request.headers.get("Accept", ""):
+        if direct:
             # The OpenAI-style use: this response is the stream, and it owns
             # the prediction.
             return stream_response(prediction, owned=True, status=201)
-        wait = prefer_wait(request.headers.get("Prefer"), settings.max_wait_seconds)
         if wait is None:
             return prediction_response(prediction, 201)
         with trio.move_on_after(wait):
@@ -288,7 +296,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
             page = await bridge.page(
                 request.args.get("cursor"),
                 caller(),
-                lambda p: json.dumps(p.to_json(base)).encode(),
+                lambda p: _dumps(p.to_json(base)).encode(),
             )
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
@@ -343,7 +351,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
     async def list_models() -> Response:
         base = base_url()
         for entry in bridge.models.values():
-            await bridge.try_describe(entry)
+            await bridge.known_info(entry)
         results = [entry.model_json(base) for entry in bridge.models.values()]
         return _json({"previous": None, "next": None, "results": results})
 

@@ -155,7 +155,7 @@ class PredictStream:
         except grpc.RpcError as exc:
             return map_rpc_error(exc)
         except ValueError as exc:
-            return BackendProtocolError(f"model backend sent a bad message: {exc}")
+            return BackendProtocolError(f"model backend sent {exc}")
         finally:
             call.cancel()  # explicit; a no-op once the call has ended
         return None
@@ -372,6 +372,8 @@ class GrpcLoop:
             return protocol.model_info_from_pb(await self._run(call))
         except grpc.RpcError as exc:
             raise map_rpc_error(exc) from None
+        except ValueError as exc:
+            raise BackendProtocolError(f"model backend sent {exc}") from None
 
     async def check_health(self, target: str) -> str:
         """The backend's ``grpc.health.v1`` status name, or ``UNAVAILABLE``."""
@@ -384,9 +386,14 @@ class GrpcLoop:
         try:
             response = await self._run(call)
         except grpc.RpcError as exc:
-            code = getattr(exc, "code", lambda: None)()
-            return "UNKNOWN" if code is grpc.StatusCode.UNIMPLEMENTED else "UNAVAILABLE"
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+            error = map_rpc_error(exc)
+            # A backend that answers, but not with a health service, is up
+            # in an unknown state; one that cannot be reached is not.
+            return "UNKNOWN" if isinstance(error, BackendProtocolError) else "UNAVAILABLE"
+        try:
+            return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+        except ValueError:  # a status this grpcio does not know
+            return "UNKNOWN"
 
     @contextlib.asynccontextmanager
     async def predict(

@@ -29,7 +29,7 @@ class JsonFormatter(logging.Formatter):
         line |= {f: getattr(record, f) for f in FIELDS if getattr(record, f, None) is not None}
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line)
+        return json.dumps(line, allow_nan=False)
 
 
 def setup_logging(log_format: str = "text") -> None:

@@ -6,9 +6,11 @@ Protobuf types stop here: the rest of the bridge sees the dataclasses below.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import jsonschema
 from google.protobuf import json_format, struct_pb2
 
 from bridge._proto.v1 import predictor_pb2 as pb
@@ -87,13 +89,19 @@ def stream_item_from_pb(response: pb.PredictResponse) -> StreamItem:
     if kind == "log":
         return LogLine(response.log)
     if kind == "metrics":
-        return MetricsUpdate(dict(response.metrics.values))
-    raise ValueError(f"PredictResponse carries nothing this bridge knows ({kind!r})")
+        values = dict(response.metrics.values)
+        if not all(math.isfinite(v) for v in values.values()):
+            raise ValueError(f"metrics that are not finite numbers ({values})")
+        return MetricsUpdate(values)
+    raise ValueError(f"a PredictResponse carrying nothing this bridge knows ({kind!r})")
 
 
 def _chunk_value(chunk: pb.Chunk) -> Any:
     if chunk.WhichOneof("value") == "json":
-        return json_format.MessageToDict(chunk.json)
+        try:
+            return json_format.MessageToDict(chunk.json)
+        except ValueError as exc:  # NaN or Infinity
+            raise ValueError(f"an output chunk that is not JSON ({exc})") from None
     return chunk.text
 
 
@@ -118,12 +126,32 @@ def metrics_response(values: dict[str, float]) -> pb.PredictResponse:
 
 
 def model_info_from_pb(response: pb.DescribeResponse) -> ModelInfo:
+    """What a Describe said; raises ValueError, naming what is wrong, for a
+    schema that is not a JSON object or not a JSON Schema."""
     return ModelInfo(
         name=response.name,
         version=response.version,
-        input_schema=json.loads(response.input_schema_json or "{}"),
-        output_schema=json.loads(response.output_schema_json or "{}"),
+        input_schema=_schema("input", response.input_schema_json),
+        output_schema=_schema("output", response.output_schema_json),
     )
+
+
+def _schema(which: str, text: str) -> dict[str, Any]:
+    try:
+        schema = json.loads(text or "{}", parse_constant=_not_json)
+    except ValueError as exc:
+        raise ValueError(f"an {which} schema that is not JSON ({exc})") from None
+    if not isinstance(schema, dict):
+        raise ValueError(f"an {which} schema that is not a JSON object")
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ValueError(f"an {which} schema that is not a JSON Schema ({exc.message})") from None
+    return schema
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def model_info_to_pb(info: ModelInfo) -> pb.DescribeResponse:

@@ -124,6 +124,11 @@ def input_schema_for(func: Callable[..., Any]) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "object", "title": "Input", "properties": properties}
     if required:
         schema["required"] = required
+    if not any(p.kind is p.VAR_KEYWORD for p in params):
+        # Only what the signature takes: the bridge answers 422 for any
+        # other field, instead of a prediction failing with "unexpected
+        # keyword argument".
+        schema["additionalProperties"] = False
     return schema
 
 

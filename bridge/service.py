@@ -24,6 +24,8 @@ from . import protocol, runner
 from .admission import Admission, Ticket
 from .config import Settings
 from .errors import (
+    BackendTimeout,
+    BackendUnavailable,
     BridgeError,
     NotFound,
     PredictionError,
@@ -123,15 +125,28 @@ class Bridge:
         return info
 
     async def try_describe(self, entry: ModelEntry) -> protocol.ModelInfo | None:
-        """Describe within the configured timeout; None if the backend is away."""
+        """Describe within the configured timeout; None if the backend is
+        away (unreachable or slow). A backend that answers wrongly (a schema
+        that is not JSON, no bridge.v1, a Describe that raised) raises its
+        :class:`PredictionError` (502)."""
         if entry.info is not None:
             return entry.info
         with trio.move_on_after(self.settings.describe_timeout_seconds):
             try:
                 return await self.describe(entry)
-            except PredictionError as exc:
+            except (BackendUnavailable, BackendTimeout) as exc:
                 log.info("cannot describe %s yet: %s", entry.name, exc)
         return None
+
+    async def known_info(self, entry: ModelEntry) -> protocol.ModelInfo | None:
+        """:meth:`try_describe`, with a backend that answers wrongly logged
+        and taken as away: for listings, which one bad backend must not
+        break."""
+        try:
+            return await self.try_describe(entry)
+        except PredictionError as exc:
+            log.warning("cannot describe %s: %s", entry.name, exc)
+            return None
 
     async def resolve_version(self, ref: str) -> tuple[ModelEntry, str | None]:
         """The model and version id for a ``version`` field: a version id,
@@ -145,7 +160,7 @@ class Bridge:
                     raise NotFound(f"version {version} of {entry.name} is not served here")
             return entry, version or None
         for entry in self.models.values():
-            info = await self.try_describe(entry)
+            info = await self.known_info(entry)
             if info is not None and info.version == ref:
                 return entry, ref
         raise NotFound(f"version {ref} is not served here")
@@ -286,7 +301,7 @@ class Bridge:
         assert self.webhooks is not None
 
         def render(p: Prediction) -> bytes:
-            return json.dumps(p.to_json(self.base_url)).encode()
+            return json.dumps(p.to_json(self.base_url), allow_nan=False).encode()
 
         with trio.CancelScope() as scope:
             self._webhook_scopes.add(scope)

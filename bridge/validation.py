@@ -1,20 +1,77 @@
-"""Checking what a create asks for, before anything starts: the input
-against the model's JSON schema, and the webhook fields. Failures raise
-:class:`~bridge.errors.InvalidInput` (422) listing every bad field."""
+"""Checking what a create asks for, before anything starts: the body as
+strict JSON (:func:`parse_json`, 400), the input against the model's JSON
+schema and the webhook fields (422, :class:`~bridge.errors.InvalidInput`
+listing every bad field)."""
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
 
-from .errors import InvalidInput
+from .errors import BadRequest, InvalidInput
 from .webhooks import EVENTS
 
-__all__ = ["validate_input", "validate_webhook"]
+__all__ = ["MAX_JSON_DEPTH", "parse_json", "validate_input", "validate_webhook"]
+
+#: How deep a request body may nest (the body object is level 1, so a
+#: prediction's ``input`` may nest 31 levels). Protobuf, which carries the
+#: input to the backend as a ``Struct``, refuses more than 33 levels of
+#: objects when it decodes one.
+MAX_JSON_DEPTH = 32
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of range for a double")
+    return value
+
+
+def parse_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """*raw* as strict JSON: no ``NaN``/``Infinity`` (nor numbers too large
+    to be finite), no lone surrogates in strings or keys, and nesting no
+    deeper than *max_depth*. Raises :class:`BadRequest` (400) saying what is
+    wrong, so nothing that JSON.parse or UTF-8 would choke on is stored."""
+    try:
+        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise BadRequest(f"request body nests deeper than {max_depth} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    # One walk over the containers and strings, without recursion.
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            _check_text(item)
+        elif isinstance(item, dict | list):
+            if depth > max_depth:
+                raise BadRequest(f"request body nests deeper than {max_depth} levels")
+            if isinstance(item, dict):
+                stack.extend((key, depth) for key in item)
+                item = item.values()
+            stack.extend((child, depth + 1) for child in item)
+    return value
+
+
+def _check_text(text: str) -> None:
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise BadRequest(
+                f"request body has a lone surrogate in a string ({text[:40]!r}): "
+                "it is not Unicode text"
+            ) from None
 
 
 @functools.lru_cache(maxsize=256)
@@ -38,6 +95,16 @@ def validate_input(schema: dict[str, Any], input: Any) -> None:
                 fields.append(
                     {"type": "required", "field": name, "description": f"{name} is required"}
                 )
+        elif error.validator == "additionalProperties" and not error.path:
+            known = error.schema.get("properties", {})
+            for name in (p for p in error.instance if p not in known):
+                fields.append(
+                    {
+                        "type": "additionalProperties",
+                        "field": name,
+                        "description": f"{name} is not an input of this model",
+                    }
+                )
         else:
             name = ".".join(str(p) for p in error.path) or "input"
             fields.append(
@@ -54,16 +121,14 @@ def validate_webhook(url: Any, events: Any) -> frozenset[str]:
     """The webhook events asked for; raises :class:`InvalidInput` for a URL
     that is not absolute http(s) or an unknown event name."""
     fields = []
-    if url is not None:
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-            fields.append(
-                {
-                    "type": "format",
-                    "field": "webhook",
-                    "description": "webhook must be an absolute http(s) URL",
-                }
-            )
+    if url is not None and not _is_http_url(url):
+        fields.append(
+            {
+                "type": "format",
+                "field": "webhook",
+                "description": "webhook must be an absolute http(s) URL",
+            }
+        )
     if events is None:
         chosen = frozenset(EVENTS)
     elif isinstance(events, list) and all(e in EVENTS for e in events):
@@ -80,3 +145,14 @@ def validate_webhook(url: Any, events: Any) -> frozenset[str]:
     if fields:
         raise InvalidInput("; ".join(f["description"] for f in fields), fields)
     return chosen
+
+
+def _is_http_url(url: Any) -> bool:
+    if not isinstance(url, str):
+        return False
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a bad one
+    except ValueError:  # e.g. "http://[::1" or "http://host:99999"
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)

@@ -53,12 +53,13 @@ async def test_loop_thread_and_calls_are_cleaned_up(demo_targets: dict[str, str]
     before = {t.ident for t in threading.enumerate()}
     async with open_grpc_loop() as grpc_loop:
         assert len({t.ident for t in threading.enumerate()} - before) == 1
-        with trio.move_on_after(0.2):
-            async with grpc_loop.predict(
-                demo_targets["demo/echo"], "slow", {"prompt": "a b c", "delay_ms": 1000}
-            ) as stream:
-                async for _ in stream:
-                    assert grpc_loop.active_calls == 1
+        async with grpc_loop.predict(
+            demo_targets["demo/echo"], "slow", {"prompt": "a b c", "delay_ms": 60_000}
+        ) as stream:
+            # The call is under way (the backend started it) ...
+            assert isinstance((await stream.receive_batch())[0], protocol.Started)
+            assert grpc_loop.active_calls == 1
+        # ... and leaving the block, mid-call, ended it.
         assert grpc_loop.active_calls == 0
     assert {t.ident for t in threading.enumerate()} - before == set()
 
@@ -76,6 +77,16 @@ async def test_credit_window_bounds_what_is_in_flight(raw_target: str) -> None:
             assert len(stream._items) <= window + 2
     assert sum(sizes) == 400 + 1  # started, 400 messages
     assert max(sizes) > 1  # several messages per wake-up
+
+
+async def test_health_of_a_backend_without_the_health_service_is_unknown(
+    raw_target: str,
+) -> None:
+    async with open_grpc_loop() as grpc_loop:
+        # It answers (UNIMPLEMENTED, mapped as everywhere else): up, in a
+        # state it does not say; one that cannot be reached is UNAVAILABLE.
+        assert await grpc_loop.check_health(raw_target) == "UNKNOWN"
+        assert await grpc_loop.check_health(closed_port_target()) == "UNAVAILABLE"
 
 
 async def test_unreachable_backend_is_unavailable() -> None:

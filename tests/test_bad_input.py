@@ -1,0 +1,210 @@
+"""Bad input from a careless client: each a clear 4xx (or a 502 naming the
+backend's fault) before anything is created, never a 500, and never a
+created prediction that then fails inside."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from bridge import protocol
+from bridge._proto.v1 import predictor_pb2 as pb
+from bridge._proto.v1 import predictor_pb2_grpc
+from bridge.sdk import Model, ModelServer
+from bridge.validation import MAX_JSON_DEPTH
+from tests.backends import RawServer
+from tests.conftest import StartBridge, create
+
+from .test_api import assert_problem
+
+ECHO = "/v1/models/demo/echo/predictions"
+
+
+async def assert_nothing_created(client: httpx.AsyncClient) -> None:
+    listed = await client.get("/v1/predictions")
+    assert listed.status_code == 200
+    assert listed.json()["results"] == []
+
+
+def nested(depth: int) -> Any:
+    """A JSON object nested *depth* levels (itself being level 1)."""
+    value: Any = {"leaf": 1}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def depth_of(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((depth_of(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((depth_of(v) for v in value), default=0)
+    return 0
+
+
+def measure(value: dict) -> int:
+    """test/nest: how deep the value the backend received is."""
+    return depth_of(value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"input": {"prompt": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+        json.dumps({"input": {"prompt": nested(40)}}).encode(),
+        # Deep enough for Python's parser, too deep for protobuf's Struct.
+        json.dumps({"input": {"prompt": nested(MAX_JSON_DEPTH)}}).encode(),
+    ],
+    ids=["100k-deep", "40-deep", "one-past-the-bound"],
+)
+async def test_json_nested_too_deep_is_400(client: httpx.AsyncClient, body: bytes) -> None:
+    response = await client.post(ECHO, content=body, headers={"Content-Type": "application/json"})
+    problem = assert_problem(response, 400)
+    assert f"deeper than {MAX_JSON_DEPTH} levels" in problem["detail"]
+    await assert_nothing_created(client)
+
+
+@pytest.fixture
+async def nest(start_bridge: StartBridge) -> AsyncIterator[httpx.AsyncClient]:
+    """A bridge serving test/nest, whose one input takes any object."""
+    with ModelServer(Model("test/nest", measure)) as server:
+        url = await start_bridge({"test/nest": server.target})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            yield client
+
+
+NEST = "/v1/models/test/nest/predictions"
+
+
+async def test_the_deepest_input_allowed_reaches_the_backend_whole(
+    nest: httpx.AsyncClient,
+) -> None:
+    # The body is level 1, "input" level 2, so "value" may nest to the
+    # bound less two.
+    response = await nest.post(
+        NEST, json={"input": {"value": nested(MAX_JSON_DEPTH - 2)}}, headers={"Prefer": "wait"}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "succeeded", response.json()
+    assert response.json()["output"] == MAX_JSON_DEPTH - 2
+    # One level more is refused before anything is created.
+    response = await nest.post(NEST, json={"input": {"value": nested(MAX_JSON_DEPTH - 1)}})
+    assert_problem(response, 400)
+    assert len((await nest.get("/v1/predictions")).json()["results"]) == 1
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400", "[1, NaN]", "-1e999"])
+async def test_non_standard_numbers_are_400(nest: httpx.AsyncClient, literal: str) -> None:
+    body = '{"input": {"value": {"x": ' + literal + "}}}"
+    response = await nest.post(NEST, content=body, headers={"Content-Type": "application/json"})
+    problem = assert_problem(response, 400)
+    assert "NaN" in problem["detail"] or "out of range" in problem["detail"]
+    await assert_nothing_created(nest)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        r'{"input": {"prompt": "a\ud800b"}}',
+        r'{"input": {"prompt": "hi", "tokens": ["\udfff"]}}',
+        r'{"input": {"prompt": "hi", "\ud800": 1}}',
+    ],
+    ids=["in-a-value", "in-a-list", "in-a-key"],
+)
+async def test_lone_surrogates_are_400(client: httpx.AsyncClient, body: str) -> None:
+    response = await client.post(ECHO, content=body, headers={"Content-Type": "application/json"})
+    problem = assert_problem(response, 400)
+    assert "lone surrogate" in problem["detail"]
+    await assert_nothing_created(client)
+
+
+async def test_a_surrogate_pair_is_one_character_and_fine(client: httpx.AsyncClient) -> None:
+    body = r'{"input": {"prompt": "\ud83e\udd8a fox"}}'
+    response = await client.post(
+        ECHO, content=body, headers={"Content-Type": "application/json", "Prefer": "wait"}
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["output"] == ["\N{FOX FACE} ", "fox"]
+
+
+@pytest.mark.parametrize(
+    "webhook", ["http://[::1", "http://[::1]:99999/hook", "https://", "http://:80/x", "ftp://x/"]
+)
+async def test_malformed_webhook_urls_are_422(client: httpx.AsyncClient, webhook: str) -> None:
+    response = await client.post(ECHO, json={"input": {"prompt": "hi"}, "webhook": webhook})
+    problem = assert_problem(response, 422)
+    assert problem["invalid_fields"][0]["field"] == "webhook"
+    await assert_nothing_created(client)
+
+
+async def test_prefer_wait_with_thousands_of_digits_is_the_longest_wait(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.post(
+        ECHO, json={"input": {"prompt": "hi there"}}, headers={"Prefer": "wait=" + "9" * 5000}
+    )
+    assert response.status_code == 201, response.text
+    assert response.headers["Preference-Applied"] == "wait"
+    assert response.json()["status"] == "succeeded"
+    listed = (await client.get("/v1/predictions")).json()["results"]
+    assert [p["id"] for p in listed] == [response.json()["id"]]
+
+
+async def test_unknown_input_fields_are_422_naming_each(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        ECHO, json={"input": {"prompt": "hi", "temprature": 0.7, "top_q": 1}}
+    )
+    problem = assert_problem(response, 422)
+    assert sorted(f["field"] for f in problem["invalid_fields"]) == ["temprature", "top_q"]
+    assert {f["type"] for f in problem["invalid_fields"]} == {"additionalProperties"}
+    assert "temprature" in problem["detail"]
+    await assert_nothing_created(client)
+
+
+class BadSchema(predictor_pb2_grpc.PredictorServicer):
+    """A backend whose Describe sends an input schema that is not JSON."""
+
+    def __init__(self, input_schema_json: str) -> None:
+        self.input_schema_json = input_schema_json
+
+    async def Describe(self, request: Any, context: Any) -> Any:
+        return pb.DescribeResponse(
+            name="test/bad", version="v1", input_schema_json=self.input_schema_json
+        )
+
+    async def Predict(self, request: Any, context: Any) -> Any:
+        yield protocol.output_response(["never "])
+
+
+@pytest.mark.parametrize(
+    ("schema", "said"),
+    [
+        ("{not json", "an input schema that is not JSON"),
+        ('{"type": NaN}', "an input schema that is not JSON"),
+        ("[1, 2]", "an input schema that is not a JSON object"),
+        ('{"type": 5}', "an input schema that is not a JSON Schema"),
+    ],
+)
+async def test_a_backend_that_sends_a_bad_schema_is_502(
+    start_bridge: StartBridge, schema: str, said: str
+) -> None:
+    with RawServer(BadSchema(schema)) as server:
+        url = await start_bridge({"test/bad": server.target})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            created = await client.post(
+                "/v1/models/test/bad/predictions", json={"input": {"prompt": "x"}}
+            )
+            problem = assert_problem(created, 502)
+            assert problem["detail"].startswith(f"model backend sent {said}")
+            assert_problem(await client.get("/v1/models/test/bad"), 502)
+            await assert_nothing_created(client)
+            # One broken backend does not break the listing of the others.
+            listed = await client.get("/v1/models")
+            assert listed.status_code == 200
+            names = {m["name"]: m["latest_version"] for m in listed.json()["results"]}
+            assert names["bad"] is None and names["echo"] is not None
+            await create(client, "demo/echo", {"prompt": "still fine"})
