@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
+from collections import Counter
+
 import httpx
 import pytest
 
@@ -27,6 +30,10 @@ async def url(start_bridge: StartBridge) -> str:
         {"Authorization": "Bearer wrong"},
         {"Authorization": "r8_alice"},
         {"Authorization": "Basic r8_alice"},
+        {"Authorization": "Bearer r8_alic"},  # a prefix of a token
+        {"Authorization": "Bearer r8_alice2"},  # a token and more
+        {"Authorization": "Bearer r8_alice r8_bob"},
+        {"Authorization": "Bearer R8_ALICE"},
     ],
 )
 async def test_no_valid_token_is_401(url: str, headers: dict) -> None:
@@ -153,3 +160,32 @@ async def test_only_the_stream_route_is_exempt_from_tokens(url: str) -> None:
     async with httpx.AsyncClient(base_url=url) as client:
         for path in ("/v1/models/demo/echo/versions/stream", "/v1/predictions/stream"):
             assert_problem(await client.get(path), 401)
+
+
+async def test_tokens_are_compared_in_constant_time_with_every_token(
+    start_bridge: StartBridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every request compares what it sent with each configured token,
+    with hmac.compare_digest, whether it matches the first, the last or
+    none: how long the check takes says nothing of the tokens."""
+    tokens = {"r8_alice", "r8_bob", "r8_carol"}
+    url = await start_bridge(auth_tokens=frozenset(tokens))
+    compared: list[bytes] = []
+
+    def compare_digest(a: bytes, b: bytes) -> bool:
+        compared.append(b)
+        return hmac_compare(a, b)
+
+    hmac_compare = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", compare_digest)
+    async with httpx.AsyncClient(base_url=url) as client:
+        for sent, status in [("r8_alice", 200), ("r8_carol", 200), ("r8_zed", 401)]:
+            compared.clear()
+            response = await client.get(
+                "/v1/predictions", headers={"Authorization": f"Bearer {sent}"}
+            )
+            assert response.status_code == status
+            # (The check runs once before the route and once in it.)
+            counts = Counter(compared)
+            assert set(counts) == {t.encode() for t in tokens}
+            assert len(set(counts.values())) == 1
