@@ -4,14 +4,17 @@ in bounded time."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import grpc
 import httpx
 import pytest
 import trio
 
+from bridge import protocol
 from tests.backends import BackendProcess, Misbehaving, RawServer
 from tests.conftest import StartBridge, closed_port_target, create, read_stream
 
@@ -187,3 +190,47 @@ async def test_empty_chunks_are_not_free(start_bridge: StartBridge) -> None:
         final = (await client.get(prediction["urls"]["get"])).json()
     assert detail.startswith("output exceeded max_output_bytes (80000 bytes")
     assert 0 < len(final["output"]) <= 10_000
+
+
+class SlowDescribe(Misbehaving):
+    """Its first two Describe calls hang (until the server stops); later
+    ones answer at once."""
+
+    def __init__(self) -> None:
+        self.describes = 0
+
+    async def Describe(self, request: Any, context: Any) -> Any:
+        self.describes += 1
+        if self.describes <= 2:
+            await asyncio.sleep(3600)
+        return await super().Describe(request, context)
+
+    async def Predict(self, request: Any, context: Any) -> Any:
+        yield protocol.output_response(["fine "])
+
+
+async def test_a_model_described_by_another_task_as_the_start_deadline_fires(
+    start_bridge: StartBridge,
+) -> None:
+    """The prediction's own Describe is cut off by start_timeout_seconds
+    just after another request described the model: the prediction runs,
+    with the info the other request got."""
+    backend = SlowDescribe()
+    with RawServer(backend) as server:
+        url = await start_bridge(
+            targets={"test/misbehaving": server.target},
+            model_options={"test/misbehaving": {"start_timeout_seconds": 3}},
+            describe_timeout_seconds=0.1,
+        )
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            # Describe 1 (the create's) gives up after 0.1 s: not validated.
+            prediction = await create(client, "test/misbehaving", {})
+            # Describe 2 is the prediction's own, until its start deadline.
+            with trio.fail_after(10):
+                while backend.describes < 2:  # noqa: ASYNC110 - a count in another thread
+                    await trio.sleep(0.01)
+            # Describe 3 answers: the model is known when that deadline fires.
+            model = (await client.get("/v1/models/test/misbehaving")).json()
+            assert model["latest_version"]["id"] == "v1"
+            events, _ = await read_stream(client, prediction["urls"]["stream"])
+    assert [(e.event, e.data) for e in events] == [("output", "fine "), ("done", "{}")]
