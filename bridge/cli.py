@@ -87,6 +87,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Ctrl-C works however this process was started: a shell that runs a
+    # command in the background without job control (``cmd &`` in a script,
+    # some CI runners) starts it with SIGINT ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if args.command == "predict":
         from .client import main_predict
 

@@ -46,17 +46,41 @@ async def endless(key: str, delay_ms: int = 20) -> AsyncIterator[str]:
         probe.closed.set()
 
 
+#: ``test/gate`` predictions wait for their key's gate to open.
+GATES: dict[str, threading.Event] = {}
+
+
+async def gate(key: str) -> AsyncIterator[str]:
+    """Yields ``waiting``, then ``through`` once ``GATES[key]`` is set:
+    a prediction that ends exactly when a test says so."""
+    opened = GATES.setdefault(key, threading.Event())
+    yield "waiting "
+    while not opened.is_set():  # noqa: ASYNC110 - set from another thread
+        await asyncio.sleep(0.005)
+    yield "through"
+
+
+def open_gate(key: str) -> None:
+    GATES.setdefault(key, threading.Event()).set()
+
+
 @pytest.fixture(scope="session")
 def demo_targets() -> Iterator[dict[str, str]]:
-    """The demo models and ``test/endless``, each on its own real gRPC
-    server, for the session."""
+    """The demo models, ``test/endless`` and ``test/gate``, each on its own
+    real gRPC server, for the session."""
     models = make_models()
     with (
         ModelServer(models["demo/echo"]) as echo,
         ModelServer(models["demo/story"]) as story,
         ModelServer(Model("test/endless", endless)) as probe,
+        ModelServer(Model("test/gate", gate)) as gated,
     ):
-        yield {"demo/echo": echo.target, "demo/story": story.target, "test/endless": probe.target}
+        yield {
+            "demo/echo": echo.target,
+            "demo/story": story.target,
+            "test/endless": probe.target,
+            "test/gate": gated.target,
+        }
 
 
 async def wait_closed(key: str) -> Probe:

@@ -9,6 +9,7 @@ import sys
 import uuid
 
 import httpx
+import pytest
 import trio
 
 from tests.backends import ENV
@@ -77,7 +78,14 @@ async def test_token_from_the_environment_or_the_flag(start_bridge: StartBridge)
     assert by_flag.stdout.decode() == "from flag"
 
 
-async def test_ctrl_c_cancels_the_prediction(start_bridge: StartBridge) -> None:
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+async def test_ctrl_c_cancels_the_prediction(start_bridge: StartBridge, inherited: str) -> None:
+    """Also when started with SIGINT ignored, as ``cmd &`` in a script
+    starts it."""
     url = await start_bridge()
     key = uuid.uuid4().hex
     process = await trio.lowlevel.open_process(
@@ -85,6 +93,7 @@ async def test_ctrl_c_cancels_the_prediction(start_bridge: StartBridge) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=ENV | {"BRIDGE_URL": url},
+        preexec_fn=ignore_sigint if inherited == "ignored" else None,
     )
     with trio.fail_after(30):
         first = await process.stdout.receive_some()  # it is streaming

@@ -10,7 +10,7 @@ import uuid
 import httpx
 import trio
 
-from tests.conftest import StartBridge, create, poll_until, read_stream
+from tests.conftest import PROBES, StartBridge, create, open_gate, poll_until, read_stream
 from tests.test_api import assert_problem
 
 
@@ -25,36 +25,76 @@ async def wait_status(client: httpx.AsyncClient, prediction: dict, want: str) ->
     await poll_until(reached)
 
 
+async def gauge(client: httpx.AsyncClient, name: str) -> float:
+    metrics = (await client.get("/metrics")).text
+    return float(re.search(rf"^{name} (\S+)$", metrics, re.MULTILINE)[1])
+
+
 async def test_over_capacity_is_429_and_the_queue_is_fifo(start_bridge: StartBridge) -> None:
-    url = await start_bridge(max_running=1, max_queued=1, retry_after_seconds=3)
+    url = await start_bridge(max_running=1, max_queued=4, retry_after_seconds=3)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        running = await create(client, "test/endless", {"key": uuid.uuid4().hex})
+        key = uuid.uuid4().hex
+        running = await create(client, "test/gate", {"key": key})
         await wait_status(client, running, "processing")
-        queued = await create(client, "demo/echo", {"prompt": "after you"})
+        queued = [await create(client, "demo/echo", {"prompt": f"queued {i}"}) for i in range(4)]
         refused = await client.post(
             "/v1/models/demo/echo/predictions", json={"input": {"prompt": "no room"}}
         )
         assert_problem(refused, 429)
         assert refused.headers["Retry-After"] == "3"
-        await trio.sleep(0.2)
-        assert await status(client, queued) == "starting"  # waits its turn
-        metrics = (await client.get("/metrics")).text
-        assert "bridge_predictions_queued 1.0" in metrics
-        await client.post(running["urls"]["cancel"])
-        events, _ = await read_stream(client, queued["urls"]["stream"])
-        assert "".join(e.data for e in events if e.event == "output") == "after you"
+        # Nothing of the queue can run while the gate holds the one slot.
+        assert await gauge(client, "bridge_predictions_queued") == 4
+        assert [await status(client, p) for p in queued] == ["starting"] * 4
+        open_gate(key)
+        for prediction in queued:
+            events, _ = await read_stream(client, prediction["urls"]["stream"])
+            assert events[-1].event == "done"
+        started = [(await client.get(p["urls"]["get"])).json()["started_at"] for p in queued]
+        # One slot: each ran after the one before it, in the order created.
+        assert started == sorted(started)
         # Capacity is back: a create is accepted again.
         await create(client, "demo/echo", {"prompt": "room now"})
 
 
-async def test_a_model_at_its_limit_does_not_block_others(start_bridge: StartBridge) -> None:
-    url = await start_bridge(model_options={"test/endless": {"max_running": 1}})
+async def test_cancelling_a_queued_prediction(start_bridge: StartBridge) -> None:
+    url = await start_bridge(max_running=1, max_queued=2)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        key, never = uuid.uuid4().hex, uuid.uuid4().hex
+        running = await create(client, "test/gate", {"key": key})
+        await wait_status(client, running, "processing")
+        doomed = await create(client, "test/endless", {"key": never})
+        after = await create(client, "demo/echo", {"prompt": "next in line"})
+        canceled = await client.post(doomed["urls"]["cancel"])
+        assert canceled.json()["status"] == "canceled"
+        assert canceled.json()["started_at"] is None
+        events, _ = await read_stream(client, doomed["urls"]["stream"])
+        assert [(e.event, json.loads(e.data)) for e in events] == [("done", {"reason": "canceled"})]
+        # Its place in the queue is free, and the one behind it moves up.
+        assert await gauge(client, "bridge_predictions_queued") == 1
+        await create(client, "demo/echo", {"prompt": "room in the queue"})
+        open_gate(key)
+        events, _ = await read_stream(client, after["urls"]["stream"])
+        assert events[-1].data == "{}"
+    # The backend never saw the canceled one.
+    assert never not in PROBES
+
+
+async def test_a_model_at_its_limit_does_not_block_others(start_bridge: StartBridge) -> None:
+    """The queue's head is a model at its own limit; a slot frees: the
+    prediction of another model behind it takes it."""
+    url = await start_bridge(max_running=2, model_options={"test/endless": {"max_running": 1}})
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        key = uuid.uuid4().hex
         first = await create(client, "test/endless", {"key": uuid.uuid4().hex})
-        second = await create(client, "test/endless", {"key": uuid.uuid4().hex})
+        holder = await create(client, "test/gate", {"key": key})
         await wait_status(client, first, "processing")
+        await wait_status(client, holder, "processing")
+        second = await create(client, "test/endless", {"key": uuid.uuid4().hex})
         other = await create(client, "demo/echo", {"prompt": "not blocked"})
-        events, _ = await read_stream(client, other["urls"]["stream"])
+        assert await gauge(client, "bridge_predictions_queued") == 2  # second, then other
+        open_gate(key)  # one slot frees; second still may not run
+        with trio.fail_after(10):
+            events, _ = await read_stream(client, other["urls"]["stream"])
         assert events[-1].data == "{}"
         assert await status(client, second) == "starting"
         await client.post(first["urls"]["cancel"])

@@ -53,6 +53,50 @@ def test_terminal_states_are_final(end: str) -> None:
     assert len(p.events) == (2 if end == "fail" else 1)
 
 
+#: The lifecycle, written out again here (not read from the code under test).
+ALLOWED = {
+    ("starting", "processing"),
+    ("starting", "succeeded"),
+    ("starting", "failed"),
+    ("starting", "canceled"),
+    ("processing", "succeeded"),
+    ("processing", "failed"),
+    ("processing", "canceled"),
+}
+#: How to move a prediction to each status.
+MOVE = {
+    "processing": lambda p: p.start(),
+    "succeeded": lambda p: p.succeed(),
+    "failed": lambda p: p.fail("boom"),
+    "canceled": lambda p: p.cancel(),
+}
+
+
+@pytest.mark.parametrize("to", [s.value for s in Status])
+@pytest.mark.parametrize("frm", [s.value for s in Status])
+def test_the_whole_transition_table(frm: str, to: str) -> None:
+    """Every status x status pair: allowed ones move, every other raises and
+    leaves the prediction (and its event log) as it was."""
+    p = make()
+    if frm != "starting":
+        if frm != "processing":
+            p.start()  # any path there will do; starting -> end is covered too
+        MOVE[frm](p)
+    assert p.status == frm
+    logged = len(p.events)
+    if to == "starting":  # nothing moves a prediction back to starting
+        assert (frm, to) not in ALLOWED
+        return
+    if (frm, to) in ALLOWED:
+        MOVE[to](p)
+        assert p.status == to
+        assert p.events.closed == Status(to).terminal
+    else:
+        with pytest.raises(IllegalTransition):
+            MOVE[to](p)
+        assert p.status == frm and len(p.events) == logged
+
+
 def test_failure_writes_error_then_done() -> None:
     p = make()
     p.fail("it broke")

@@ -47,10 +47,9 @@ async def test_cancel_stops_the_backend_and_ends_every_stream(client: httpx.Asyn
         assert events[-1].event == "done"
         assert json.loads(events[-1].data) == {"reason": "canceled"}
         assert "error" not in [e.event for e in events]
-    probe = await wait_closed(key)  # the backend's generator was closed
+    # The backend's generator was closed (it never ends by itself).
+    probe = await wait_closed(key)
     made = probe.made
-    await trio.sleep(0.2)  # ten more tokens if it were still running
-    assert probe.made == made
     final = (await client.get(prediction["urls"]["get"])).json()
     assert final["status"] == "canceled" and final["completed_at"]
     assert len(final["output"]) <= made

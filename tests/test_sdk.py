@@ -109,7 +109,6 @@ class Endless:
     def __init__(self) -> None:
         self.made = 0
         self.closed = threading.Event()
-        self.made_at_close = -1
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
@@ -123,7 +122,6 @@ async def test_cancellation_reaches_the_generator(kind: str) -> None:
                 state.made += 1
                 yield prompt
         finally:
-            state.made_at_close = state.made
             state.closed.set()
 
     async def async_predict(prompt: str) -> AsyncIterator[str]:
@@ -135,7 +133,6 @@ async def test_cancellation_reaches_the_generator(kind: str) -> None:
                 state.made += 1
                 yield prompt
         finally:
-            state.made_at_close = state.made
             state.closed.set()
 
     model = Model("test/endless", sync_predict if kind == "sync" else async_predict)
@@ -148,10 +145,8 @@ async def test_cancellation_reaches_the_generator(kind: str) -> None:
                     if received >= 5:
                         break  # leaving the block cancels the call
             assert grpc_loop.active_calls == 0
+            # The model's generator was closed (it never ends by itself).
             assert await trio.to_thread.run_sync(state.closed.wait, 10)
-            made_at_close = state.made_at_close
-            await trio.sleep(0.1)  # would be ~20 more tokens if it were still running
-    assert state.made == made_at_close
     assert received >= 5
 
 
