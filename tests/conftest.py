@@ -102,14 +102,18 @@ StartBridge = Callable[..., Awaitable[str]]
 
 def bridge_settings(
     tmp_path: Path,
-    targets: dict[str, str],
+    targets: dict[str, str | tuple[str, ...]],
     model_options: dict[str, dict[str, Any]] | None = None,
     **settings: Any,
 ) -> Settings:
     """Settings for a bridge on a free port that writes nothing outside
-    *tmp_path*; *model_options* are ModelSettings fields, by model."""
+    *tmp_path*; *targets* are a target or several per model, and
+    *model_options* ModelSettings fields, by model."""
     options = model_options or {}
-    models = {n: ModelSettings(n, (t,), **options.get(n, {})) for n, t in targets.items()}
+    models = {
+        name: ModelSettings(name, (t,) if isinstance(t, str) else tuple(t), **options.get(name, {}))
+        for name, t in targets.items()
+    }
     settings.setdefault("webhook_secret_file", str(tmp_path / "webhook_secret"))
     return Settings(port=0, models=models, **settings)
 
@@ -122,7 +126,7 @@ def start_bridge(
     ``targets`` adds or replaces models; other keywords are Settings."""
 
     async def start(
-        targets: dict[str, str] | None = None,
+        targets: dict[str, str | tuple[str, ...]] | None = None,
         model_options: dict[str, dict[str, Any]] | None = None,
         **settings: Any,
     ) -> str:

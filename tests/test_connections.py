@@ -74,17 +74,18 @@ async def test_the_connection_is_closed_after_the_answer(
 
 
 async def test_an_idle_keep_alive_connection_is_closed(start_bridge: StartBridge) -> None:
-    url = await start_bridge(keep_alive_seconds=0.5)
+    url = await start_bridge(keep_alive_seconds=1)
     async with await connect(url) as stream:
-        # Two requests on one connection: keep-alive works...
+        # Two requests on one connection, the second sent as soon as the
+        # first is answered: keep-alive works...
         for _ in range(2):
             await stream.send_all(request("GET", "/health"))
             answer = await read_answer(stream)
             assert answer.startswith(b"HTTP/1.1 200"), answer
         # ...and once idle for keep_alive_seconds, the server lets it go.
-        start = trio.current_time()
-        assert await read_until_closed(stream, within=5) == b""
-        assert trio.current_time() - start >= 0.4
+        # (How long it waited is not measured here: the client's view of it
+        # is shorter by however late it read the answer.)
+        assert await read_until_closed(stream, within=10) == b""
 
 
 async def test_a_finished_stream_closes_its_connection(start_bridge: StartBridge) -> None:

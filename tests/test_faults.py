@@ -179,6 +179,22 @@ async def test_output_over_the_cap_fails(start_bridge: StartBridge) -> None:
     assert sum(len(c.encode()) + 8 for c in final["output"]) <= 100
 
 
+async def test_a_model_can_have_its_own_output_cap(start_bridge: StartBridge) -> None:
+    """demo/echo may keep 100 bytes; demo/story, beside it, the global cap."""
+    url = await start_bridge(
+        max_output_bytes=100_000, model_options={"demo/echo": {"max_output_bytes": 100}}
+    )
+    words = {"prompt": "0123456789 " * 20}  # 20 chunks of 11 bytes
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        capped = await create(client, "demo/echo", words)
+        detail = await failed_with(client, capped)
+        assert detail.startswith("output exceeded max_output_bytes (100 bytes")
+        story = await create(client, "demo/story", {"prompt": "x", "max_words": 40, "delay_ms": 0})
+        events, _ = await read_stream(client, story["urls"]["stream"])
+    assert events[-1].event == "done" and events[-1].data == "{}"
+    assert sum(len(e.data.encode()) + 8 for e in events if e.event == "output") > 100
+
+
 async def test_empty_chunks_are_not_free(start_bridge: StartBridge) -> None:
     """A model yielding empty strings without end is stopped by the cap too."""
     url = await start_bridge(max_output_bytes=80_000)

@@ -3,13 +3,16 @@ real HTTP clients."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
+from collections.abc import Callable
 
 import httpx
 import trio
 
 from bridge.events import SLICE_BYTES
+from bridge.sdk import Model, ModelServer
 from bridge.sse import normalize_line_breaks
 from tests.conftest import StartBridge, closed_port_target, create, poll_until, read_stream
 from tests.sse_clients import spec_events
@@ -296,3 +299,31 @@ async def test_a_late_reader_gets_the_backlog_in_bounded_slices(
     events = spec_events(writes)
     assert [e.data for e in events if e.event == "output"] == ["ab"] * chunks
     assert events[-1].event == "done"
+
+
+def backend_named(label: str) -> Callable[[str], str]:
+    def who(prompt: str) -> str:
+        return label
+
+    return who
+
+
+async def test_several_targets_are_used_round_robin(start_bridge: StartBridge) -> None:
+    """One model served by two backends: predictions alternate between them."""
+    with (
+        ModelServer(Model("test/who", backend_named("a"))) as a,
+        ModelServer(Model("test/who", backend_named("b"))) as b,
+    ):
+        url = await start_bridge({"test/who": (a.target, b.target)})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            served = []
+            for _ in range(6):
+                response = await client.post(
+                    "/v1/models/test/who/predictions",
+                    json={"input": {"prompt": "who?"}},
+                    headers={"Prefer": "wait"},
+                )
+                assert response.json()["status"] == "succeeded", response.text
+                served.append(response.json()["output"])
+    assert sorted(served) == ["a"] * 3 + ["b"] * 3
+    assert all(x != y for x, y in itertools.pairwise(served)), served
