@@ -21,12 +21,16 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _PROBLEMS = {
-    400: "Malformed JSON, or a body, header or parameter of the wrong shape.",
+    400: "Malformed JSON, or a body, header or parameter of the wrong shape; JSON nested "
+    "deeper than 32 levels, with NaN or Infinity, or with a lone surrogate.",
     401: "A token is required (auth is on) and none valid was sent.",
     404: "No such model, version or prediction (or not visible to this token).",
     410: "The prediction's data was removed (data_removed); its metadata remains.",
     413: "The request body is over max_body_bytes.",
-    422: "The input does not match the model's input schema.",
+    422: "The input does not match the model's input schema, or the webhook is not an "
+    "absolute http(s) URL to a public address.",
+    502: "The model's backend answered Describe with something that is not a schema "
+    "(not JSON, not an object, not a JSON Schema).",
     429: "Over capacity: too many predictions running and waiting, or their data "
     "fills max_retained_bytes.",
     503: "Shutting down (draining), or the model's backend cannot say what it is.",
@@ -85,7 +89,7 @@ def _create(body: str, summary: str, params: list[dict[str, Any]]) -> dict[str, 
                         "text/event-stream": {"schema": _ref("SSEEvent")},
                     },
                 },
-                **_problems(400, 401, 404, 413, 422, 429, 503),
+                **_problems(400, 401, 404, 413, 422, 429, 502, 503),
             },
         }
     }
@@ -336,7 +340,10 @@ def spec() -> dict[str, Any]:
             "get": {
                 "summary": "A model",
                 "parameters": [_OWNER, _NAME],
-                "responses": {"200": _json(_ref("Model"), "The model."), **_problems(401, 404)},
+                "responses": {
+                    "200": _json(_ref("Model"), "The model."),
+                    **_problems(401, 404, 502),
+                },
             }
         },
         "/v1/models/{owner}/{name}/versions/{version_id}": {
@@ -354,7 +361,7 @@ def spec() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": _json(_ref("Version"), "The version."),
-                    **_problems(401, 404, 503),
+                    **_problems(401, 404, 502, 503),
                 },
             }
         },
