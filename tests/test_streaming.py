@@ -210,6 +210,7 @@ async def test_health_reports_each_backend(start_bridge: StartBridge) -> None:
             "demo/echo": "SERVING",
             "demo/story": "SERVING",
             "test/endless": "SERVING",
+            "test/gate": "SERVING",
             "demo/down": "UNAVAILABLE",
         },
     }
