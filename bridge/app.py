@@ -20,7 +20,7 @@ from quart_trio import QuartTrio
 from quart_trio.asgi import TrioASGIHTTPConnection
 from werkzeug.exceptions import HTTPException
 
-from . import stream
+from . import stream, strictjson
 from .errors import (
     BackendUnavailable,
     BadRequest,
@@ -43,21 +43,16 @@ _CORS_HEADERS = "Authorization, Content-Type, Prefer, Last-Event-ID, Cache-Contr
 _CORS_EXPOSE = "Location, Preference-Applied, Retry-After"
 
 
-def _dumps(body: Any) -> str:
-    """JSON as every parser reads it: never a bare NaN or Infinity."""
-    return json.dumps(body, allow_nan=False)
-
-
 def _problem(body: dict[str, Any]) -> Response:
     return Response(
-        _dumps(body),
+        strictjson.dumps(body),
         status=body["status"],
         content_type="application/problem+json",
     )
 
 
 def _json(body: Any, status: int = 200) -> Response:
-    return Response(_dumps(body), status=status, content_type="application/json")
+    return Response(strictjson.dumps(body), status=status, content_type="application/json")
 
 
 async def _json_body() -> dict[str, Any]:
@@ -303,7 +298,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
             page = await bridge.page(
                 request.args.get("cursor"),
                 caller(),
-                lambda p: _dumps(p.to_json(base)).encode(),
+                lambda p: strictjson.dumps(p.to_json(base)).encode(),
             )
         except ValueError as exc:
             raise BadRequest(str(exc)) from None

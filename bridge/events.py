@@ -36,6 +36,7 @@ from typing import Any
 
 import trio
 
+from . import strictjson
 from .sse import LINE_BREAK, encode_event
 
 __all__ = ["EVENT_COST", "SLICE_BYTES", "EventLog", "OutputBatch", "log_cost"]
@@ -80,9 +81,7 @@ class OutputBatch:
             else:
                 self.lengths = [len(c.encode()) for c in chunks]
             return
-        encoded = [
-            (c if type(c) is str else json.dumps(c, allow_nan=False)).encode() for c in chunks
-        ]
+        encoded = [(c if type(c) is str else strictjson.dumps(c)).encode() for c in chunks]
         self.payload = b"".join(encoded)
         self.lengths = list(map(len, encoded))
         self.kinds = bytes(_TEXT | _breaks(c) if type(c) is str else _JSON for c in chunks)
@@ -161,9 +160,9 @@ class EventLog:
     def finish(self, error: str | None, done: dict[str, str]) -> None:
         """Append ``error`` (if *error*) and ``done``, and close the log."""
         if error is not None:
-            payload = json.dumps({"detail": error}, allow_nan=False).encode()
+            payload = strictjson.dumps({"detail": error}).encode()
             self._append(payload, [len(payload)], bytes([_ERROR]))
-        payload = json.dumps(done, separators=(",", ":"), allow_nan=False).encode()
+        payload = strictjson.dumps(done, separators=(",", ":")).encode()
         self._append(payload, [len(payload)], bytes([_DONE]))
         self._closed = True
 

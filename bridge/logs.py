@@ -7,10 +7,11 @@ predictions and metrics.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from datetime import UTC, datetime
+
+from . import strictjson
 
 __all__ = ["FIELDS", "JsonFormatter", "setup_logging"]
 
@@ -29,7 +30,7 @@ class JsonFormatter(logging.Formatter):
         line |= {f: getattr(record, f) for f in FIELDS if getattr(record, f, None) is not None}
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, allow_nan=False)
+        return strictjson.dumps(line)
 
 
 def setup_logging(log_format: str = "text") -> None:

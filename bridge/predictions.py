@@ -26,6 +26,7 @@ from typing import Any
 
 import trio
 
+from . import strictjson
 from .events import EventLog, OutputBatch, log_cost
 
 __all__ = [
@@ -99,7 +100,7 @@ class Prediction:
         self.version = version
         # Kept as JSON: its size is what it costs (Python objects of a
         # JSON body can take 20 times its bytes).
-        self._input = json.dumps(input, separators=(",", ":"), allow_nan=False).encode()
+        self._input = strictjson.dumps(input, separators=(",", ":")).encode()
         #: Bytes its output and logs take in the log (what max_output_bytes
         #: bounds); what the bridge keeps for it is this plus its input's.
         self.output_bytes = 0

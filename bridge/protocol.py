@@ -5,7 +5,6 @@ Protobuf types stop here: the rest of the bridge sees the dataclasses below.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +13,8 @@ import jsonschema
 from google.protobuf import json_format, struct_pb2
 
 from bridge._proto.v1 import predictor_pb2 as pb
+
+from . import strictjson
 
 __all__ = [
     "LogLine",
@@ -138,7 +139,7 @@ def model_info_from_pb(response: pb.DescribeResponse) -> ModelInfo:
 
 def _schema(which: str, text: str) -> dict[str, Any]:
     try:
-        schema = json.loads(text or "{}", parse_constant=_not_json)
+        schema = strictjson.loads(text or "{}")
     except ValueError as exc:
         raise ValueError(f"an {which} schema that is not JSON ({exc})") from None
     if not isinstance(schema, dict):
@@ -150,14 +151,10 @@ def _schema(which: str, text: str) -> dict[str, Any]:
     return schema
 
 
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def model_info_to_pb(info: ModelInfo) -> pb.DescribeResponse:
     return pb.DescribeResponse(
         name=info.name,
         version=info.version,
-        input_schema_json=json.dumps(info.input_schema),
-        output_schema_json=json.dumps(info.output_schema),
+        input_schema_json=strictjson.dumps(info.input_schema),
+        output_schema_json=strictjson.dumps(info.output_schema),
     )

@@ -12,7 +12,6 @@ prediction.
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from typing import Any
 
 import trio
 
-from . import protocol, runner
+from . import protocol, runner, strictjson
 from .admission import Admission, Ticket
 from .config import Settings
 from .errors import (
@@ -301,7 +300,7 @@ class Bridge:
         assert self.webhooks is not None
 
         def render(p: Prediction) -> bytes:
-            return json.dumps(p.to_json(self.base_url), allow_nan=False).encode()
+            return strictjson.dumps(p.to_json(self.base_url)).encode()
 
         with trio.CancelScope() as scope:
             self._webhook_scopes.add(scope)

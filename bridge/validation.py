@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
 
+from . import strictjson
 from .errors import BadRequest, InvalidInput
 from .webhooks import EVENTS
 
@@ -25,24 +25,13 @@ __all__ = ["MAX_JSON_DEPTH", "parse_json", "validate_input", "validate_webhook"]
 MAX_JSON_DEPTH = 32
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON (RFC 8259 has no NaN or Infinity)")
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text} is out of range for a double")
-    return value
-
-
 def parse_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """*raw* as strict JSON: no ``NaN``/``Infinity`` (nor numbers too large
     to be finite), no lone surrogates in strings or keys, and nesting no
     deeper than *max_depth*. Raises :class:`BadRequest` (400) saying what is
     wrong, so nothing that JSON.parse or UTF-8 would choke on is stored."""
     try:
-        value = json.loads(raw, parse_constant=_no_constant, parse_float=_finite)
+        value = strictjson.loads(raw)
     except RecursionError:
         raise BadRequest(f"request body nests deeper than {max_depth} levels") from None
     except (ValueError, UnicodeDecodeError) as exc:
