@@ -31,7 +31,7 @@ from .errors import (
     Unauthorized,
 )
 from .metrics import CONTENT_TYPE_LATEST, Metrics
-from .models import ModelEntry
+from .models import ModelEntry, deployment_json
 from .openapi import spec
 from .predictions import Prediction
 from .service import Bridge
@@ -39,7 +39,7 @@ from .validation import parse_json
 
 __all__ = ["create_app"]
 
-_CORS_HEADERS = "Authorization, Content-Type, Prefer, Last-Event-ID, Cache-Control"
+_CORS_HEADERS = "Authorization, Content-Type, Prefer, Cancel-After, Last-Event-ID, Cache-Control"
 _CORS_EXPOSE = "Location, Preference-Applied, Retry-After"
 
 
@@ -76,6 +76,42 @@ def prefer_wait(header: str | None, longest: float) -> float | None:
     # of digits raises, and costs quadratic time).
     seconds = longest if digits is None or len(digits) > 9 else int(digits or 0)
     return float(min(max(seconds, 1), longest))
+
+
+_DURATION = re.compile(
+    r"(?:(\d{1,9})h)?(?:(\d{1,9})m)?(?:(\d{1,9}(?:\.\d{1,6})?)s)?", re.IGNORECASE
+)
+
+#: What ``Cancel-After`` may ask for: at least a second, at most a day.
+CANCEL_AFTER_RANGE = (1.0, 86400.0)
+
+
+def cancel_after(header: str | None) -> float | None:
+    """Seconds from ``Cancel-After`` (``30s``, ``5m``, ``1h30m``, ``90``:
+    hours, minutes and seconds, or plain seconds); None if absent. Raises
+    :class:`BadRequest` for anything else, or out of range."""
+    if header is None:
+        return None
+    text = header.strip()
+    plain = re.fullmatch(r"\d{1,9}(?:\.\d{1,6})?", text)
+    parts = None if plain else _DURATION.fullmatch(text)
+    if plain:
+        seconds = float(text)
+    elif parts is not None and text:
+        hours, minutes, secs = (float(p) if p else 0.0 for p in parts.groups())
+        seconds = hours * 3600 + minutes * 60 + secs
+    else:
+        raise BadRequest(
+            f"Cancel-After {header[:40]!r} is not a duration: write seconds (90) or "
+            "hours, minutes and seconds (30s, 5m, 1h30m)"
+        )
+    low, high = CANCEL_AFTER_RANGE
+    if not low <= seconds <= high:
+        raise BadRequest(
+            f"Cancel-After must be from {low:g} s to {high:g} s (24h); {header[:40]!r} "
+            f"is {seconds:g} s"
+        )
+    return seconds
 
 
 _request_ends: ContextVar[list[Callable[[], object]]] = ContextVar("request_ends")
@@ -250,12 +286,15 @@ def create_app(bridge: Bridge) -> QuartTrio:
         # leave a prediction running behind an error.
         direct = "text/event-stream" in request.headers.get("Accept", "")
         wait = prefer_wait(request.headers.get("Prefer"), settings.max_wait_seconds)
+        deadline = cancel_after(request.headers.get("Cancel-After"))
         prediction = await bridge.create(
             entry,
             body.get("input", {}),
             version=version,
             webhook=body.get("webhook"),
             webhook_events_filter=body.get("webhook_events_filter"),
+            stream=body.get("stream"),
+            cancel_after=deadline,
             owner=caller(),
         )
         if direct:
@@ -290,6 +329,30 @@ def create_app(bridge: Bridge) -> QuartTrio:
     async def create_model_prediction(owner: str, name: str) -> Response:
         body = await _json_body()
         return await create(bridge.model(f"{owner}/{name}"), body, None)
+
+    @app.post("/v1/deployments/<owner>/<name>/predictions")
+    async def create_deployment_prediction(owner: str, name: str) -> Response:
+        body = await _json_body()
+        _, entry = bridge.deployment(f"{owner}/{name}")
+        return await create(entry, body, None)
+
+    async def deployment_response(name: str) -> dict[str, Any]:
+        _, entry = bridge.deployment(name)
+        if await bridge.try_describe(entry) is None:
+            raise BackendUnavailable(f"the backend of {entry.name} cannot say what it serves")
+        return deployment_json(name, entry, bridge.started_at)
+
+    @app.get("/v1/deployments/<owner>/<name>")
+    async def get_deployment(owner: str, name: str) -> Response:
+        return _json(await deployment_response(f"{owner}/{name}"))
+
+    @app.get("/v1/deployments")
+    async def list_deployments() -> Response:
+        results = []
+        for name, deployment in settings.deployments.items():
+            if await bridge.known_info(bridge.models[deployment.model]) is not None:
+                results.append(await deployment_response(name))
+        return _json({"previous": None, "next": None, "results": results})
 
     @app.get("/v1/predictions")
     async def list_predictions() -> Response:

@@ -15,6 +15,9 @@ else is optional (README, "Operating it", lists every key)::
     max_running = 256               # predictions running at once, all models
     max_queued = 1024               # waiting for a slot; past that, 429
 
+    [deployments."acme/storyteller"]
+    model = "demo/story"            # served as this deployment too
+
     [auth]
     tokens = ["r8_..."]             # bearer tokens; none: no auth
 
@@ -43,7 +46,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-__all__ = ["ConfigError", "ModelSettings", "Settings"]
+__all__ = ["ConfigError", "DeploymentSettings", "ModelSettings", "Settings"]
 
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*/[a-z0-9][a-z0-9_.-]*$", re.IGNORECASE)
 
@@ -87,10 +90,20 @@ class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_output_bytes: Bytes | None = None
 
 
+class DeploymentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A deployment (Replicate's ``owner/name`` that runs a model): here, a
+    second name for a configured model."""
+
+    name: str
+    #: The configured model it serves.
+    model: str
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: Text = "127.0.0.1"
     port: Port = 8000
     models: dict[str, ModelSettings] = msgspec.field(default_factory=dict)
+    deployments: dict[str, DeploymentSettings] = msgspec.field(default_factory=dict)
     #: Base of the absolute URLs in responses; None takes it from the request.
     public_url: URL | None = None
     #: Idle streams get a ``: ping`` comment this often.
@@ -125,9 +138,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: listable with ``data_removed``); if running ones fill it, the one that
     #: asks for more fails and creates get 429.
     max_retained_bytes: Bytes = 512 << 20
-    #: Ended predictions are kept this long, and at most this many (then 404).
+    #: Ended predictions keep their input, output and logs this long, and
+    #: at most this many of them do; then their data goes (``data_removed``).
     retention_seconds: Grace = 3600.0
     retention_count: Annotated[int, msgspec.Meta(ge=0)] = 10_000
+    #: Ended predictions stay listable and gettable (their metadata: about
+    #: 1.6 kB each) this long, and at most this many; then they are 404.
+    #: At least the data window and count.
+    metadata_retention_seconds: Grace = 7 * 86400.0
+    metadata_retention_count: Annotated[int, msgspec.Meta(ge=0)] = 50_000
     #: The longest ``Prefer: wait`` honoured (Replicate's is 60 s).
     max_wait_seconds: Seconds = 60.0
     #: Predictions per page of ``GET /v1/predictions``, and the most bytes
@@ -174,8 +193,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> Settings:
         """Settings from a config file's tables, each value type- and
         range-checked."""
-        _check_keys("top level", data, {"models", *_SECTIONS})
+        _check_keys("top level", data, {"models", "deployments", *_SECTIONS})
         models = _table(data, "models")
+        deployments = _table(data, "deployments")
         values: dict[str, Any] = {}
         for section, prefix in _SECTIONS.items():
             table = _table(data, section)
@@ -183,12 +203,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             values |= {prefix + key: value for key, value in table.items()}
         values |= {k: v for k, v in overrides.items() if v is not None}
         values["models"] = {name: _model(name, spec) for name, spec in models.items()}
+        values["deployments"] = {
+            name: _deployment(name, spec, values["models"]) for name, spec in deployments.items()
+        }
         try:
             settings = msgspec.convert(values, cls)
         except msgspec.ValidationError as exc:
             raise ConfigError(_where(exc, _setting_key)) from None
         if settings.webhook_secret is not None and not _is_secret(settings.webhook_secret):
             raise ConfigError("[webhooks] secret must look like whsec_<base64 of 16+ bytes>")
+        for window in ("seconds", "count"):
+            data_bound = getattr(settings, f"retention_{window}")
+            if getattr(settings, f"metadata_retention_{window}") < data_bound:
+                raise ConfigError(
+                    f"[server] metadata_retention_{window} must be at least "
+                    f"retention_{window} ({data_bound:g})"
+                )
         return msgspec.structs.replace(
             settings,
             public_url=settings.public_url and settings.public_url.rstrip("/"),
@@ -243,6 +273,19 @@ def _model(name: str, spec: Any) -> ModelSettings:
         return msgspec.convert({**spec, "name": name}, ModelSettings)
     except msgspec.ValidationError as exc:
         raise ConfigError(_where(exc, lambda field: f'[models."{name}"] {field}')) from None
+
+
+def _deployment(name: str, spec: Any, models: dict[str, ModelSettings]) -> DeploymentSettings:
+    where = f'[deployments."{name}"]'
+    if not _MODEL_NAME.match(name):
+        raise ConfigError(f"deployment name {name!r} is not of the form owner/name")
+    if not isinstance(spec, dict):
+        raise ConfigError(f'{where} must be a table: model = "owner/name"')
+    _check_keys(f'deployments."{name}"', spec, {"model"})
+    model = spec.get("model")
+    if model not in models:
+        raise ConfigError(f"{where} model must name a model configured in [models], not {model!r}")
+    return DeploymentSettings(name, model)
 
 
 def _check_keys(section: str, table: dict[str, Any], known: set[str]) -> None:

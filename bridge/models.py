@@ -12,7 +12,7 @@ from . import protocol
 from .config import ModelSettings
 from .predictions import iso_time
 
-__all__ = ["ModelEntry"]
+__all__ = ["ModelEntry", "deployment_json"]
 
 #: What versions report as ``cog_version``: not a Cog version (the Python
 #: client then applies no pre-0.3.9 compatibility rules to the schema).
@@ -88,3 +88,33 @@ class ModelEntry:
             "default_example": None,
             "latest_version": self.version_json(),
         }
+
+
+def deployment_json(name: str, entry: ModelEntry, created_at: float) -> dict[str, Any]:
+    """Replicate's deployment object for deployment *name* serving *entry*,
+    whose backend has described itself. One release, made when this bridge
+    started; its instances are the model's configured targets."""
+    assert entry.info is not None, "a deployment shows its model's version"
+    owner, _, short_name = name.partition("/")
+    targets = len(entry.settings.targets)
+    return {
+        "owner": owner,
+        "name": short_name,
+        "current_release": {
+            "number": 1,
+            "model": entry.name,
+            "version": entry.info.version,
+            "created_at": iso_time(created_at),
+            "created_by": {
+                "type": "organization",
+                "username": owner,
+                "name": owner,
+                "github_url": None,
+            },
+            "configuration": {
+                "hardware": "bridge.v1",
+                "min_instances": targets,
+                "max_instances": targets,
+            },
+        },
+    }

@@ -21,14 +21,17 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 _PROBLEMS = {
-    400: "Malformed JSON, or a body, header or parameter of the wrong shape; JSON nested "
-    "deeper than 32 levels, with NaN or Infinity, or with a lone surrogate.",
+    400: "Malformed JSON, or a body, header or parameter of the wrong shape (such as a "
+    "Cancel-After that is not a duration from 1 s to 24 h); JSON nested deeper than 32 "
+    "levels, with NaN or Infinity, or with a lone surrogate.",
     401: "A token is required (auth is on) and none valid was sent.",
-    404: "No such model, version or prediction (or not visible to this token).",
+    404: "No such model, version, deployment or prediction (or not visible to this "
+    "token), or a prediction past the metadata retention window.",
     410: "The prediction's data was removed (data_removed); its metadata remains.",
     413: "The request body is over max_body_bytes.",
-    422: "The input does not match the model's input schema, or the webhook is not an "
-    "absolute http(s) URL to a public address.",
+    422: "The input does not match the model's input schema, the webhook is not an "
+    "absolute http(s) URL to a public address, or stream is true for a model whose "
+    "output is one value (or not a boolean).",
     502: "The model's backend answered Describe with something that is not a schema "
     "(not JSON, not an object, not a JSON Schema).",
     429: "Over capacity: too many predictions running and waiting, or their data "
@@ -70,6 +73,16 @@ def _create(body: str, summary: str, params: list[dict[str, Any]]) -> dict[str, 
                     "description": "`wait` or `wait=N` (1 to 60): answer when the prediction ends "
                     "or after N seconds; unfinished, it reads as `starting`.",
                     "schema": {"type": "string", "pattern": "^wait(=[1-9][0-9]?)?$"},
+                },
+                {
+                    "name": "Cancel-After",
+                    "in": "header",
+                    "required": False,
+                    "description": "Cancel the prediction this long after it is created, "
+                    "queued or running: seconds (`90`, `1.5`) or hours, minutes and seconds "
+                    "(`30s`, `5m`, `1h30m`), from 1 s to 24 h; anything else is a 400. The "
+                    "prediction ends `canceled` (never Replicate's `aborted`).",
+                    "schema": {"type": "string", "example": "5m"},
                 },
             ],
             "requestBody": {
@@ -121,7 +134,11 @@ def spec() -> dict[str, Any]:
     """The whole OpenAPI document."""
     input_fields = {
         "input": {"type": "object", "description": "Checked against the model's schema."},
-        "stream": {"type": "boolean", "description": "Accepted; streams are always on."},
+        "stream": {
+            "type": "boolean",
+            "description": "Optional: streaming models always have a stream URL; true for "
+            "a model whose output is one value is a 422.",
+        },
         "webhook": {"type": "string", "description": "Absolute http(s) URL."},
         "webhook_events_filter": {"type": "array", "items": {"enum": list(EVENTS)}},
     }
@@ -189,16 +206,25 @@ def spec() -> dict[str, Any]:
                 "data_removed": {
                     "type": "boolean",
                     "description": "Its input, output and logs were let go of "
-                    "(max_retained_bytes): input is {}, output null.",
+                    "(retention_seconds, retention_count or max_retained_bytes): input is "
+                    "{}, output null; the rest stays until the metadata window ends.",
                 },
-                "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+                "metrics": {
+                    "type": "object",
+                    "description": "predict_time, time_to_first_token, tokens_per_second, "
+                    "total_time (creation to completion) and what the model reported.",
+                    "additionalProperties": {"type": "number"},
+                },
                 "created_at": {"type": "string", "format": "date-time"},
                 "started_at": _NULLABLE_STRING,
                 "completed_at": _NULLABLE_STRING,
                 "urls": {
                     "type": "object",
-                    "required": ["get", "cancel"],
-                    "properties": {k: {"type": "string"} for k in ("get", "cancel", "stream")},
+                    "description": "web is the bridge's page, opened on this prediction.",
+                    "required": ["get", "cancel", "web"],
+                    "properties": {
+                        k: {"type": "string"} for k in ("get", "cancel", "stream", "web")
+                    },
                 },
             },
         },
@@ -240,6 +266,37 @@ def spec() -> dict[str, Any]:
                 "previous": {"type": "null"},
                 "next": {"type": "null"},
                 "results": {"type": "array", "items": _ref("Model")},
+            },
+        },
+        "Deployment": {
+            "type": "object",
+            "required": ["owner", "name", "current_release"],
+            "properties": {
+                "owner": {"type": "string"},
+                "name": {"type": "string"},
+                "current_release": {
+                    "type": "object",
+                    "description": "One release, made when the bridge started; its instances "
+                    "are the model's configured targets.",
+                    "required": ["number", "model", "version", "created_at", "configuration"],
+                    "properties": {
+                        "number": {"type": "integer"},
+                        "model": {"type": "string"},
+                        "version": {"type": "string"},
+                        "created_at": {"type": "string"},
+                        "created_by": {"type": "object"},
+                        "configuration": {"type": "object"},
+                    },
+                },
+            },
+        },
+        "DeploymentPage": {
+            "type": "object",
+            "required": ["previous", "next", "results"],
+            "properties": {
+                "previous": {"type": "null"},
+                "next": {"type": "null"},
+                "results": {"type": "array", "items": _ref("Deployment")},
             },
         },
         "SSEEvent": {
@@ -287,6 +344,30 @@ def spec() -> dict[str, Any]:
         "/v1/models/{owner}/{name}/predictions": _create(
             "ModelPredictionRequest", "Create a prediction of a model", [_OWNER, _NAME]
         ),
+        "/v1/deployments/{owner}/{name}/predictions": _create(
+            "ModelPredictionRequest",
+            "Create a prediction of the model a deployment serves",
+            [_OWNER, _NAME],
+        ),
+        "/v1/deployments": {
+            "get": {
+                "summary": "The configured deployments",
+                "responses": {
+                    "200": _json(_ref("DeploymentPage"), "Those whose backend answers."),
+                    **_problems(401),
+                },
+            }
+        },
+        "/v1/deployments/{owner}/{name}": {
+            "get": {
+                "summary": "A deployment: a second name for a configured model",
+                "parameters": [_OWNER, _NAME],
+                "responses": {
+                    "200": _json(_ref("Deployment"), "The deployment."),
+                    **_problems(401, 404, 502, 503),
+                },
+            }
+        },
         "/v1/predictions/{prediction_id}": {
             "get": {
                 "summary": "Get a prediction as it is now",

@@ -192,6 +192,8 @@ class Prediction:
 
     def _record_timing(self) -> None:
         assert self.completed_at is not None
+        # Creation to completion, queueing included, as Replicate reports it.
+        self.metrics["total_time"] = round(self.completed_at - self.created_at, 6)
         if self.started_at is not None:
             self.metrics["predict_time"] = round(self.completed_at - self.started_at, 6)
             if self.first_output_at is not None:
@@ -216,7 +218,8 @@ class Prediction:
         """The prediction object of Replicate's API; *base_url* has no
         trailing slash and makes every URL absolute."""
         url = f"{base_url}/v1/predictions/{self.id}"
-        urls = {"get": url, "cancel": f"{url}/cancel"}
+        # web: the bridge's page, opened on this prediction (it replays it).
+        urls = {"get": url, "cancel": f"{url}/cancel", "web": f"{base_url}/?prediction={self.id}"}
         if self.streams:
             urls["stream"] = f"{url}/stream"
         return {

@@ -11,8 +11,12 @@ grows (:meth:`Retention.charge`), against two bounds:
   ones alone fill it, the prediction that asks for more fails, and a create
   is refused with 429 until room is back.
 
-Ended predictions are forgotten entirely after ``retention_seconds`` or past
-``retention_count`` (then they are 404).
+Time and count bound both, in two steps, as on Replicate: an ended
+prediction's data is let go of after ``retention_seconds`` or past
+``retention_count`` ended predictions with data (it stays gettable and
+listable with ``data_removed: true``); its metadata is forgotten after
+``metadata_retention_seconds`` or past ``metadata_retention_count`` ended
+predictions (then it is 404). Both windows count from completion.
 """
 
 from __future__ import annotations
@@ -38,17 +42,23 @@ class Retention:
         max_bytes: int,
         seconds: float,
         count: int,
+        metadata_seconds: float,
+        metadata_count: int,
         retry_after: int,
     ) -> None:
         self._predictions = predictions
         self._max_bytes = max_bytes
         self._seconds = seconds
         self._count = count
+        self._metadata_seconds = metadata_seconds
+        self._metadata_count = metadata_count
         self._retry_after = retry_after
         #: Bytes kept for every prediction's data together.
         self.bytes = 0
+        # Ended predictions, in the order they ended, with when they ended:
+        # all of them, and those whose data is still kept.
         self._ended: collections.OrderedDict[str, float] = collections.OrderedDict()
-        self._with_data: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._with_data: collections.OrderedDict[str, float] = collections.OrderedDict()
 
     def admit(self, prediction: Prediction) -> None:
         """Count a new prediction's input; raises :class:`Overloaded` if it
@@ -79,28 +89,36 @@ class Retention:
 
     def ended(self, prediction: Prediction) -> None:
         """*prediction* has ended: its data may go first when room is needed."""
-        self._ended[prediction.id] = prediction.completed_at or time.time()
-        self._with_data[prediction.id] = None
+        ended_at = prediction.completed_at or time.time()
+        self._ended[prediction.id] = ended_at
+        self._with_data[prediction.id] = ended_at
         self.prune()
 
     def prune(self) -> None:
-        """Forget ended predictions past the retention window or count."""
-        horizon = time.time() - self._seconds
-        while self._ended and (
-            len(self._ended) > self._count or next(iter(self._ended.values())) < horizon
+        """Let go of the data of ended predictions past the data window or
+        count, and forget those past the metadata window or count."""
+        now = time.time()
+        data = self._with_data
+        while data and (len(data) > self._count or next(iter(data.values())) < now - self._seconds):
+            self._remove_data(data.popitem(last=False)[0])
+        ended = self._ended
+        while ended and (
+            len(ended) > self._metadata_count
+            or next(iter(ended.values())) < now - self._metadata_seconds
         ):
-            prediction_id, _ = self._ended.popitem(last=False)
-            prediction = self._predictions.pop(prediction_id)
-            if prediction_id in self._with_data:
-                del self._with_data[prediction_id]
-                self.bytes -= prediction.kept_bytes
+            prediction_id, _ = ended.popitem(last=False)
+            if data.pop(prediction_id, None) is not None:
+                self._remove_data(prediction_id)
+            del self._predictions[prediction_id]
+
+    def _remove_data(self, prediction_id: str) -> None:
+        prediction = self._predictions[prediction_id]
+        self.bytes -= prediction.kept_bytes
+        prediction.remove_data()
 
     def _make_room(self, cost: int) -> bool:
         """Remove the data of the earliest ended predictions until *cost*
         more bytes fit; False if they cannot."""
         while self.bytes + cost > self._max_bytes and self._with_data:
-            prediction_id, _ = self._with_data.popitem(last=False)
-            prediction = self._predictions[prediction_id]
-            self.bytes -= prediction.kept_bytes
-            prediction.remove_data()
+            self._remove_data(self._with_data.popitem(last=False)[0])
         return self.bytes + cost <= self._max_bytes

@@ -21,7 +21,7 @@ import trio
 
 from . import protocol, runner, strictjson
 from .admission import Admission, Ticket
-from .config import Settings
+from .config import DeploymentSettings, Settings
 from .errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -34,7 +34,7 @@ from .grpc_loop import CLEANUP_TIMEOUT, GrpcLoop
 from .models import ModelEntry
 from .predictions import Prediction
 from .retention import Retention
-from .validation import validate_input, validate_webhook
+from .validation import validate_input, validate_stream, validate_webhook
 from .webhooks import WebhookPolicy, WebhookSender
 
 __all__ = ["Bridge", "Observer", "Page"]
@@ -91,12 +91,17 @@ class Bridge:
             max_bytes=settings.max_retained_bytes,
             seconds=settings.retention_seconds,
             count=settings.retention_count,
+            metadata_seconds=settings.metadata_retention_seconds,
+            metadata_count=settings.metadata_retention_count,
             retry_after=settings.retry_after_seconds,
         )
         self.admission = Admission(settings.max_running, settings.max_queued)
         #: Prediction tasks alive (running or queued).
         self.active = 0
         self._idle = trio.Event()
+        #: When this bridge started: what deployments report as their
+        #: release's creation (their configuration is this process's).
+        self.started_at = time.time()
         self.observer = Observer()
         self.draining = False
         self.closing = False
@@ -111,6 +116,14 @@ class Bridge:
             return self.models[name]
         except KeyError:
             raise NotFound(f"model {name} is not served here") from None
+
+    def deployment(self, name: str) -> tuple[DeploymentSettings, ModelEntry]:
+        """A configured deployment and the model it serves."""
+        try:
+            deployment = self.settings.deployments[name]
+        except KeyError:
+            raise NotFound(f"deployment {name} is not configured here") from None
+        return deployment, self.models[deployment.model]
 
     async def describe(self, entry: ModelEntry) -> protocol.ModelInfo:
         """Ask the model's backend what it is (and remember the answer).
@@ -174,9 +187,13 @@ class Bridge:
         version: str | None = None,
         webhook: Any = None,
         webhook_events_filter: Any = None,
+        stream: Any = None,
+        cancel_after: float | None = None,
         owner: str | None = None,
     ) -> Prediction:
-        """Validate *input* (and the webhook) and start a prediction of *entry*.
+        """Validate *input* (and the webhook, and *stream*) and start a
+        prediction of *entry*; it is cancelled *cancel_after* seconds from
+        now wherever it is then, queued or running.
 
         If the backend cannot describe the model right now, the prediction is
         still created; it validates and fails (or runs) once the backend
@@ -195,6 +212,7 @@ class Bridge:
             validate_input(info.input_schema, input)
         elif not isinstance(input, dict):
             validate_input({}, input)
+        validate_stream(stream, entry.streams)
         prediction = Prediction(
             model=entry.name,
             version=version or (info.version if info else ""),
@@ -203,6 +221,10 @@ class Bridge:
             seq=next(self._seq),
             owner=owner,
         )
+        if cancel_after is not None:
+            # The task's scope covers the queue and the run: the deadline
+            # ends it wherever it is, as a cancel does.
+            prediction.cancel_scope.deadline = trio.current_time() + cancel_after
         ticket = self.admission.admit(
             entry.name, entry.settings.max_running, self.settings.retry_after_seconds
         )

@@ -16,7 +16,13 @@ from . import strictjson
 from .errors import BadRequest, InvalidInput
 from .webhooks import EVENTS
 
-__all__ = ["MAX_JSON_DEPTH", "parse_json", "validate_input", "validate_webhook"]
+__all__ = [
+    "MAX_JSON_DEPTH",
+    "parse_json",
+    "validate_input",
+    "validate_stream",
+    "validate_webhook",
+]
 
 #: How deep a request body may nest (the body object is level 1, so a
 #: prediction's ``input`` may nest 31 levels). Protobuf, which carries the
@@ -134,6 +140,24 @@ def validate_webhook(url: Any, events: Any) -> frozenset[str]:
     if fields:
         raise InvalidInput("; ".join(f["description"] for f in fields), fields)
     return chosen
+
+
+def validate_stream(stream: Any, streams: bool) -> None:
+    """``stream`` of a create body: optional and a boolean; ``true`` asks for
+    a stream, which a model whose output is one value cannot give (422, as
+    on Replicate). Streaming models always have one, asked or not."""
+    if stream is None or stream is False or (stream is True and streams):
+        return
+    if stream is True:
+        description = (
+            "stream: this model does not stream its output (its output schema is not an "
+            "iterator); create it without stream and poll, or use Prefer: wait"
+        )
+    else:
+        description = "stream must be a boolean"
+    raise InvalidInput(
+        description, [{"type": "stream", "field": "stream", "description": description}]
+    )
 
 
 def _is_http_url(url: Any) -> bool:

@@ -64,22 +64,29 @@ def open_gate(key: str) -> None:
     GATES.setdefault(key, threading.Event()).set()
 
 
+def upper(text: str) -> str:
+    """``test/upper``: one value, not a stream."""
+    return text.upper()
+
+
 @pytest.fixture(scope="session")
 def demo_targets() -> Iterator[dict[str, str]]:
-    """The demo models, ``test/endless`` and ``test/gate``, each on its own
-    real gRPC server, for the session."""
+    """The demo models, ``test/endless``, ``test/gate`` and ``test/upper``,
+    each on its own real gRPC server, for the session."""
     models = make_models()
     with (
         ModelServer(models["demo/echo"]) as echo,
         ModelServer(models["demo/story"]) as story,
         ModelServer(Model("test/endless", endless)) as probe,
         ModelServer(Model("test/gate", gate)) as gated,
+        ModelServer(Model("test/upper", upper)) as single,
     ):
         yield {
             "demo/echo": echo.target,
             "demo/story": story.target,
             "test/endless": probe.target,
             "test/gate": gated.target,
+            "test/upper": single.target,
         }
 
 

@@ -40,6 +40,7 @@ async def test_prediction_object_shape(client: httpx.AsyncClient) -> None:
         "get": f"{base}/v1/predictions/{body['id']}",
         "cancel": f"{base}/v1/predictions/{body['id']}/cancel",
         "stream": f"{base}/v1/predictions/{body['id']}/stream",
+        "web": f"{base}/?prediction={body['id']}",
     }
     got = (await client.get(body["urls"]["get"])).json()
     assert got["id"] == body["id"] and got["status"] in {"starting", "processing", "succeeded"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 import uuid
 
 import httpx
@@ -110,28 +109,6 @@ async def test_body_too_large_is_413(start_bridge: StartBridge) -> None:
             "/v1/models/demo/echo/predictions", json={"input": {"prompt": "x" * 2000}}
         )
         assert_problem(response, 413)
-
-
-async def test_ended_predictions_are_kept_for_a_while_then_404(start_bridge: StartBridge) -> None:
-    # By count: the two most recent are kept.
-    url = await start_bridge(retention_count=2)
-    async with httpx.AsyncClient(base_url=url) as client:
-        done = [await run_to_end(client, {"prompt": f"p{i}"}) for i in range(3)]
-        listed = (await client.get("/v1/predictions")).json()["results"]
-        assert [p["id"] for p in listed] == [done[2]["id"], done[1]["id"]]
-        assert_problem(await client.get(done[0]["urls"]["get"]), 404)
-        assert (await client.get(done[2]["urls"]["get"])).status_code == 200
-    # By age: kept while younger than retention_seconds, then gone.
-    url = await start_bridge(retention_seconds=1)
-    async with httpx.AsyncClient(base_url=url) as client:
-        before = time.time()
-        ended = await run_to_end(client, {"prompt": "short-lived"})
-        kept = (await client.get(ended["urls"]["get"])).status_code
-        if time.time() - before < 1:  # it certainly ended less than 1 s ago
-            assert kept == 200
-        await trio.sleep(1.1)
-        assert_problem(await client.get(ended["urls"]["get"]), 404)
-        assert_problem(await client.get(ended["urls"]["stream"]), 404)
 
 
 async def run_to_end(client: httpx.AsyncClient, input: dict) -> dict:

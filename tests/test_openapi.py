@@ -10,6 +10,7 @@ import httpx
 import trio
 from openapi_spec_validator import validate
 
+from bridge.config import DeploymentSettings
 from tests.backends import ENV
 from tests.conftest import StartBridge
 
@@ -29,7 +30,8 @@ async def test_the_spec_is_valid_and_covers_every_route(start_bridge: StartBridg
         "/v1/predictions/{prediction_id}", "/v1/predictions/{prediction_id}/cancel",
         "/v1/predictions/{prediction_id}/stream", "/v1/models", "/v1/models/{owner}/{name}",
         "/v1/models/{owner}/{name}/versions/{version_id}", "/v1/webhooks/default/secret",
-        "/health", "/metrics",
+        "/v1/deployments", "/v1/deployments/{owner}/{name}",
+        "/v1/deployments/{owner}/{name}/predictions", "/health", "/metrics",
     }  # fmt: skip
     create = spec["paths"]["/v1/predictions"]["post"]["responses"]
     assert {"201", "400", "401", "404", "413", "422", "429", "503"} <= set(create)
@@ -38,7 +40,13 @@ async def test_the_spec_is_valid_and_covers_every_route(start_bridge: StartBridg
 async def test_schemathesis_finds_no_error_and_no_mismatch(start_bridge: StartBridge) -> None:
     """A bounded, seeded fuzzing pass: no 5xx, and every answer (status,
     content type, headers, body) as the spec says."""
-    url = await start_bridge(max_wait_seconds=1, drain_seconds=0, max_output_bytes=65536)
+    url = await start_bridge(
+        max_wait_seconds=1,
+        drain_seconds=0,
+        max_output_bytes=65536,
+        # The spec's example owner/name (demo/echo) is a deployment too.
+        deployments={"demo/echo": DeploymentSettings("demo/echo", "demo/echo")},
+    )
     with trio.fail_after(240):
         result = await trio.run_process(
             [

@@ -149,8 +149,10 @@ def test_config_from_toml(tmp_path) -> None:
     path.write_text(
         '[models."demo/echo"]\ntargets = ["127.0.0.1:50051"]\n'
         '[server]\nkeepalive_seconds = 5\npublic_url = "https://x.example/"\n'
+        '[deployments."acme/teller"]\nmodel = "demo/echo"\n'
     )
     settings = Settings.from_toml(path, port=9000)
+    assert settings.deployments["acme/teller"].model == "demo/echo"
     assert settings.models["demo/echo"].targets == ("127.0.0.1:50051",)
     assert settings.keepalive_seconds == 5 and settings.port == 9000
     assert settings.public_url == "https://x.example"
@@ -184,6 +186,20 @@ def test_config_from_toml(tmp_path) -> None:
             r'\[models."demo/echo"\] max_running: expected `int` >= 1',
         ),
         ('[models."demo/echo"]\ntargets = "a:1"', r"targets: expected `array`, got `str`"),
+        (
+            '[deployments."acme/teller"]\nmodel = "demo/none"',
+            r'\[deployments."acme/teller"\] model must name a model configured in \[models\]',
+        ),
+        ('[deployments."teller"]\nmodel = "demo/none"', "deployment name 'teller' is not"),
+        ('[deployments."acme/teller"]\nmodle = "x"', r'unknown \[deployments."acme/teller"\]'),
+        (
+            "[server]\nretention_seconds = 60\nmetadata_retention_seconds = 30",
+            r"metadata_retention_seconds must be at least retention_seconds \(60\)",
+        ),
+        (
+            "[server]\nmetadata_retention_count = 10",
+            r"metadata_retention_count must be at least retention_count \(10000\)",
+        ),
     ],
 )
 def test_config_errors_say_what_is_wrong(tmp_path, text: str, message: str) -> None:

@@ -92,7 +92,12 @@ async def test_polling_shows_growing_output_logs_and_metrics(client: httpx.Async
     final = seen[-1]
     assert final["output"] == ["one ", "two ", "three ", "four ", "five ", "six"]
     assert final["logs"] == "echoing 6 chunks\n"
-    assert set(final["metrics"]) == {"predict_time", "time_to_first_token", "tokens_per_second"}
+    assert set(final["metrics"]) == {
+        "predict_time",
+        "time_to_first_token",
+        "tokens_per_second",
+        "total_time",
+    }
     assert 0 < final["metrics"]["time_to_first_token"] < final["metrics"]["predict_time"]
     assert final["metrics"]["tokens_per_second"] > 0
     for field in ("created_at", "started_at", "completed_at"):

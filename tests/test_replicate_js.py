@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from bridge.config import DeploymentSettings
 from tests.conftest import StartBridge, wait_closed
 
 SCRIPT = Path(__file__).parent / "js" / "client.mjs"
@@ -55,3 +56,17 @@ async def test_js_run_waits_for_the_output(start_bridge: StartBridge) -> None:
         url, "run", {"ref": "demo/echo", "input": {"prompt": "run me", "delay_ms": 50}}
     )
     assert result == {"output": ["run ", "me"]}
+
+
+async def test_js_deployments(start_bridge: StartBridge) -> None:
+    url = await start_bridge(
+        deployments={"acme/teller": DeploymentSettings("acme/teller", "demo/echo")}
+    )
+    (result,) = await node(
+        url, "deployment", {"deployment": "acme/teller", "input": {"prompt": "deployed words"}}
+    )
+    release = result["deployment"]["current_release"]
+    assert (result["deployment"]["owner"], result["deployment"]["name"]) == ("acme", "teller")
+    assert release["model"] == "demo/echo" and len(release["version"]) == 64
+    assert result["status"] == "succeeded"
+    assert (result["output"], result["model"]) == (["deployed ", "words"], "demo/echo")

@@ -211,6 +211,7 @@ async def test_health_reports_each_backend(start_bridge: StartBridge) -> None:
             "demo/story": "SERVING",
             "test/endless": "SERVING",
             "test/gate": "SERVING",
+            "test/upper": "SERVING",
             "demo/down": "UNAVAILABLE",
         },
     }

@@ -33,6 +33,13 @@ if (command === "stream") {
   prediction = await replicate.predictions.get(prediction.id);
   print({ id: prediction.id, canceledStatus: canceled.status, status: prediction.status,
           lastEvent: text.trim().split("\n\n").pop() });
+} else if (command === "deployment") {
+  // replicate.deployments: get one, create a prediction on it, wait for it.
+  const [owner, name] = args.deployment.split("/");
+  const deployment = await replicate.deployments.get(owner, name);
+  let prediction = await replicate.deployments.predictions.create(owner, name, { input: args.input });
+  prediction = await replicate.wait(prediction, { interval: 50 });
+  print({ deployment, status: prediction.status, output: prediction.output, model: prediction.model });
 } else if (command === "run") {
   print({ output: await replicate.run(args.ref, { input: args.input }) });
 } else if (command === "webhook-valid") {
