@@ -4,10 +4,11 @@
 
     python -m bridge serve --config bridge.toml [--host H] [--port P]
     python -m bridge demo-backend [--host H] [--port P] [--model demo/echo]
+    python -m bridge serve-model predict.py:Predictor --name me/fox [--host H] [--port P]
     python -m bridge run-demo [--host H] [--port P]     # what `make run` runs
     python -m bridge predict demo/story prompt="Tell me a story" [--json] [--wait]
 
-``serve``, ``demo-backend`` and ``run-demo`` take ``--stop-on-eof``: a
+``serve``, ``demo-backend``, ``serve-model`` and ``run-demo`` take ``--stop-on-eof``: a
 process started with a pipe as stdin stops when that pipe closes, so it
 ends with the process that started it.
 """
@@ -68,6 +69,18 @@ def _parser() -> argparse.ArgumentParser:
         "--model", choices=["demo/echo", "demo/story"], help="serve only this model, on --port"
     )
 
+    model = sub.add_parser(
+        "serve-model",
+        help="serve a model file over gRPC: a Cog predictor unchanged, or a bridge.sdk model",
+        parents=[child],
+    )
+    model.add_argument(
+        "ref", help="FILE.py:NAME, the class or function to serve (as cog.yaml's predict:)"
+    )
+    model.add_argument("--name", help="owner/name it is served as (default local/<file>)")
+    model.add_argument("--host", default="127.0.0.1")
+    model.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+
     predict = sub.add_parser("predict", help="run a prediction, streaming it to the terminal")
     predict.add_argument("model", help="owner/name")
     predict.add_argument("input", nargs="*", help='key=value, e.g. prompt="Tell me a story"')
@@ -104,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             trio.run(_serve_until_signal, settings)
         elif args.command == "demo-backend":
             asyncio.run(_demo_backend(args.host, args.port, args.model))
+        elif args.command == "serve-model":
+            return _serve_model(args.ref, args.name, args.host, args.port)
         elif args.command == "run-demo":
             trio.run(_run_demo, args.host, args.port)
     except ConfigError as exc:
@@ -152,6 +167,22 @@ async def _demo_backend(host: str, port: int, only: str | None) -> None:
                     stop=stop,
                 )
             )
+
+
+def _serve_model(ref: str, name: str | None, host: str, port: int) -> int:
+    from pathlib import Path
+
+    from .cogmodel import ModelLoadError, load_model
+    from .sdk import serve
+
+    name = name or f"local/{Path(ref.rpartition(':')[0]).stem}"
+    try:
+        model = load_model(ref, name)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    serve(model, host=host, port=port)
+    return 0
 
 
 _LISTENING = re.compile(rb"^(\S+/\S+) listening on (\S+:\d+)$", re.MULTILINE)

@@ -217,3 +217,18 @@ def test_event_source_from_any_origin(page: Page, bridge: str, other_origin: str
     page.goto(f"{other_origin}/cross.html?stream={stream}")
     page.wait_for_function("document.title === 'done'", timeout=10_000)
     assert page.text_content("#out") == "from another origin"
+
+
+def test_urls_web_opens_the_page_on_that_prediction(page: Page, bridge: str) -> None:
+    """A prediction made over the API, opened in a browser from its urls.web."""
+    prediction = httpx.post(
+        f"{bridge}/v1/models/demo/echo/predictions",
+        json={"input": {"prompt": "made over the API", "delay_ms": 20}},
+        headers={"Prefer": "wait"},
+    ).json()
+    assert prediction["status"] == "succeeded"
+    page.goto(prediction["urls"]["web"])
+    page.wait_for_selector('#status[data-status="succeeded"]', timeout=30_000)
+    assert page.text_content("#output") == "made over the API"
+    assert page.input_value("#model") == "demo/echo"
+    assert page.input_value("#inputs [name=prompt]") == "made over the API"
