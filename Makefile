@@ -25,8 +25,9 @@ bridge/_proto/v1/predictor_pb2.py: proto/bridge/v1/predictor.proto | $(STAMP)
 	$(MAKE) proto
 
 # The demo backends and the bridge in the foreground; Ctrl-C stops them all.
+# CONFIG=bridge.toml adds its settings and models ([cors], [auth], ...).
 run: bridge/_proto/v1/predictor_pb2.py
-	exec $(PY) -m bridge run-demo --host 127.0.0.1 --port $(PORT)
+	exec $(PY) -m bridge run-demo --host 127.0.0.1 --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
 
 # Replicate's JS client, for tests/test_replicate_js.py (no lockfile kept).
 JS_CLIENT := tests/js/node_modules/replicate/package.json

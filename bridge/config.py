@@ -190,11 +190,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError(f"{path}: {exc}") from None
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], **overrides: Any) -> Settings:
+    def from_dict(
+        cls,
+        data: dict[str, Any],
+        *,
+        extra_models: dict[str, tuple[str, ...]] | None = None,
+        **overrides: Any,
+    ) -> Settings:
         """Settings from a config file's tables, each value type- and
-        range-checked."""
+        range-checked; *extra_models* (name: targets) are served too, unless
+        the file configures a model of the same name."""
         _check_keys("top level", data, {"models", "deployments", *_SECTIONS})
-        models = _table(data, "models")
+        extra = {name: {"targets": list(t)} for name, t in (extra_models or {}).items()}
+        models = extra | _table(data, "models")
         deployments = _table(data, "deployments")
         values: dict[str, Any] = {}
         for section, prefix in _SECTIONS.items():

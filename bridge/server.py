@@ -36,7 +36,7 @@ from .grpc_loop import open_grpc_loop
 from .service import Bridge
 from .webhooks import WebhookPolicy, WebhookSender, load_or_create_secret, open_webhook_client
 
-__all__ = ["serve"]
+__all__ = ["StopNow", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +45,14 @@ async def serve(
     settings: Settings,
     *,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
+    stop_now: StopNow | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until *shutdown_trigger* returns (forever if None); reports the
-    bound port through *task_status*."""
+    bound port through *task_status*. Once *stop_now* goes (a second
+    signal), shutdown skips what is left of its waits: the drain, and the
+    connections' grace."""
+    stop_now = stop_now or StopNow()
     config = hypercorn.config.Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.backlog = settings.backlog
@@ -96,16 +100,42 @@ async def serve(
             try:
                 await (shutdown_trigger or trio.sleep_forever)()
                 log.info("draining: up to %g s for running predictions", settings.drain_seconds)
-                await bridge.drain(settings.drain_seconds)
+                with stop_now.cuts(trio.CancelScope()):
+                    await bridge.drain(settings.drain_seconds)
             finally:
                 bridge.close()
                 stop_http.set()
                 # Hypercorn waits for open connections; its own deadline is
-                # graceful_timeout, and we add a hard one around it.
+                # graceful_timeout, and we add a hard one around it (a
+                # second signal cuts it short).
                 http.cancel_scope.deadline = (
                     trio.current_time() + settings.shutdown_timeout_seconds + 1
                 )
+                stop_now.cuts(http.cancel_scope)
         log.info("bridge stopped")
+
+
+class StopNow:
+    """What a second SIGINT or SIGTERM cuts short. :meth:`go` cancels every
+    wait registered with :meth:`cuts`, and any registered later; the
+    shutdown then goes on at once, in the same order."""
+
+    def __init__(self) -> None:
+        self.going = False
+        self._scopes: list[trio.CancelScope] = []
+
+    def cuts(self, scope: trio.CancelScope) -> trio.CancelScope:
+        """Register *scope* (returned, to be entered or already running)."""
+        if self.going:
+            scope.cancel()
+        else:
+            self._scopes.append(scope)
+        return scope
+
+    def go(self) -> None:
+        self.going = True
+        for scope in self._scopes:
+            scope.cancel()
 
 
 def _listen(config: hypercorn.config.Config, stall_seconds: float) -> Sockets:

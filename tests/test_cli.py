@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import create, read_stream
+from tests.conftest import create, poll_until, read_stream
 
 BRIDGE = [sys.executable, "-m", "bridge"]
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
@@ -108,12 +108,12 @@ async def test_demo_backend_and_serve_with_a_config_file(tmp_path: Path) -> None
         assert await _stop(backend, signal.SIGTERM) == 0
 
 
-async def _start_run_demo() -> tuple[trio.Process, str, int]:
+async def _start_run_demo(*args: str) -> tuple[trio.Process, str, int]:
     """``run-demo`` in its own session, so that a Ctrl-C (SIGINT to the
     whole group, as a terminal sends it) reaches it and not this test; its
     URL and its demo backend's pid once it listens."""
     run = await trio.lowlevel.open_process(
-        [*BRIDGE, "run-demo", "--stop-on-eof", "--host", "127.0.0.1", "--port", "0"],
+        [*BRIDGE, "run-demo", "--stop-on-eof", "--host", "127.0.0.1", "--port", "0", *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -206,3 +206,81 @@ async def test_bad_config_exits_2_with_a_message(tmp_path: Path, text: str, said
     )
     assert result.returncode == 2
     assert result.stderr.decode().strip() == f"error: {config}: {said}"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_a_second_signal_during_the_drain_stops_now(sig: signal.Signals) -> None:
+    """Twice Ctrl-C (or two SIGTERMs, as ``kill`` of make's process group
+    delivers) while a long prediction drains: it stops at once, without a
+    traceback, and leaves no process behind."""
+    run, url, backend_pid = await _start_run_demo()
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            long = {"prompt": "on and on", "repeat": 1000, "delay_ms": 100}  # 300 s
+            prediction = await create(client, "demo/echo", long)
+
+            async def running() -> bool:
+                got = await client.get(prediction["urls"]["get"])
+                return got.json()["status"] == "processing"
+
+            await poll_until(running)
+        os.killpg(run.pid, sig)
+        err: list[bytes] = []
+        await _wait_for_line(run.stderr, rb"shutting down \(again to stop now\)", err)
+        os.killpg(run.pid, sig)
+        # Well before drain_seconds (10 s) would have let it go.
+        with trio.fail_after(8):
+            assert await run.wait() == 0
+        while data := await run.stderr.receive_some():
+            err.append(data)
+        said = b"".join(err).decode()
+        assert "again: stopping now" in said
+        assert "Traceback" not in said and "KeyboardInterrupt" not in said
+        assert _gone(backend_pid)
+    finally:
+        if run.returncode is None:
+            run.kill()
+        if not _gone(backend_pid):
+            os.kill(backend_pid, signal.SIGKILL)
+
+
+async def test_run_demo_takes_a_config_file(tmp_path: Path) -> None:
+    """Settings and models of its own beside the demo ones: here the CORS
+    the seed's cross-origin example needs, and a deployment of a demo model."""
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        '[cors]\nallow_origins = ["http://app.example"]\n'
+        '[deployments."acme/teller"]\nmodel = "demo/echo"\n'
+    )
+    run, url, backend_pid = await _start_run_demo("--config", str(config))
+    try:
+        async with httpx.AsyncClient(base_url=url) as client:
+            origin = {"Origin": "http://app.example"}
+            models = await client.get("/v1/models", headers=origin)
+            assert models.headers["access-control-allow-origin"] == "http://app.example"
+            assert {m["name"] for m in models.json()["results"]} == {"echo", "story"}
+            deployment = (await client.get("/v1/deployments/acme/teller")).json()
+            assert deployment["current_release"]["model"] == "demo/echo"
+        os.killpg(run.pid, signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await run.wait() == 0
+    finally:
+        if run.returncode is None:
+            run.kill()
+        if not _gone(backend_pid):
+            os.kill(backend_pid, signal.SIGKILL)
+
+
+async def test_run_demo_refuses_a_bad_config_before_starting(tmp_path: Path) -> None:
+    config = tmp_path / "bridge.toml"
+    config.write_text('[deployments."acme/teller"]\nmodel = "demo/none"\n')
+    result = await trio.run_process(
+        [*BRIDGE, "run-demo", "--port", "0", "--config", str(config)],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env=ENV,
+    )
+    assert result.returncode == 2
+    assert result.stderr.decode().startswith(f"error: {config}: [deployments.\"acme/teller\"]")
+    assert result.stdout == b""  # no backend was started

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -104,3 +105,29 @@ async def test_ctrl_c_cancels_the_prediction(start_bridge: StartBridge, inherite
     async with httpx.AsyncClient(base_url=url) as client:
         (prediction,) = (await client.get("/v1/predictions")).json()["results"]
     assert prediction["status"] == "canceled"
+
+
+async def test_ctrl_c_while_starting_up_exits_130_quietly() -> None:
+    """The Ctrl-C lands while the client is still starting (``-X importtime``
+    says when the CLI is in, before the client's imports): no traceback,
+    status 130."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-X", "importtime", "-m", "bridge", "predict", "demo/echo", "p=x"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV | {"BRIDGE_URL": "http://127.0.0.1:9"},
+    )
+    seen = b""
+    with trio.fail_after(30):
+        while not re.search(rb"\| bridge.cli\n", seen):
+            data = await process.stderr.receive_some()
+            assert data, seen.decode()
+            seen += data
+        process.send_signal(signal.SIGINT)
+        assert await process.wait() == 130
+        while data := await process.stderr.receive_some():
+            seen += data
+    said = seen.decode()
+    assert "Traceback" not in said and "KeyboardInterrupt" not in said
+    # The client imports none of the server stack.
+    assert "| quart" not in said and "| trio" not in said and "| grpc" not in said

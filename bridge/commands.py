@@ -1,0 +1,198 @@
+"""The commands that serve: ``serve``, ``demo-backend``, ``serve-model`` and
+``run-demo`` (``python -m bridge``, see :mod:`bridge.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import trio
+
+from .config import ConfigError, Settings
+from .lifeline import stop_on_eof
+from .logs import setup_logging
+
+__all__ = ["run"]
+
+log = logging.getLogger("bridge")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the serving command *args* names; its exit status."""
+    setup_logging(getattr(args, "log_format", "text"))
+    if args.stop_on_eof:
+        stop_on_eof()
+    try:
+        if args.command == "serve":
+            settings = Settings.from_toml(args.config, host=args.host, port=args.port)
+            trio.run(_serve_until_signal, settings)
+        elif args.command == "demo-backend":
+            asyncio.run(_demo_backend(args.host, args.port, args.model))
+        elif args.command == "serve-model":
+            return _serve_model(args.ref, args.name, args.host, args.port)
+        elif args.command == "run-demo":
+            # The config is checked now, before anything starts (the demo
+            # models' real targets are known once their backend listens).
+            _demo_settings(args.config, args.host, args.port, dict.fromkeys(DEMO, "-"))
+            trio.run(_run_demo, args.config, args.host, args.port)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class _Signals:
+    """SIGINT and SIGTERM, caught for as long as it is open (so none is left
+    pending to be redelivered, with a traceback, at exit). The first asks
+    for the orderly shutdown (:attr:`first`); any later one for stopping
+    now (:attr:`stop_now`)."""
+
+    def __init__(self) -> None:
+        from .server import StopNow
+
+        self.first = trio.Event()
+        self.stop_now = StopNow()
+
+    async def watch(self, receiver: AsyncIterator[int]) -> None:
+        async for signum in receiver:
+            name = signal.Signals(signum).name
+            if not self.first.is_set():
+                log.info("%s: shutting down (again to stop now)", name)
+                self.first.set()
+            elif not self.stop_now.going:
+                log.info("%s again: stopping now", name)
+                self.stop_now.go()
+
+
+@contextlib.asynccontextmanager
+async def _signals() -> AsyncIterator[_Signals]:
+    signals = _Signals()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as receiver:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(signals.watch, receiver)
+            try:
+                yield signals
+            finally:
+                nursery.cancel_scope.cancel()
+
+
+async def _serve_until_signal(settings: Settings, signals: _Signals | None = None) -> None:
+    """Serve until SIGINT or SIGTERM; a second one stops it now."""
+    from .server import serve
+
+    async with contextlib.AsyncExitStack() as stack:
+        if signals is None:
+            signals = await stack.enter_async_context(_signals())
+        await serve(settings, shutdown_trigger=signals.first.wait, stop_now=signals.stop_now)
+
+
+async def _demo_backend(host: str, port: int, only: str | None) -> None:
+    from .demo import make_models
+    from .sdk import serve_async
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    models = make_models()
+    names = [only] if only else list(models)
+
+    def ready(name: str, bound: int) -> None:
+        print(f"{name} listening on {host}:{bound}", flush=True)
+
+    async with asyncio.TaskGroup() as tasks:
+        for offset, name in enumerate(names):
+            tasks.create_task(
+                serve_async(
+                    models[name],
+                    host=host,
+                    port=port + offset if port else 0,
+                    ready=lambda bound, name=name: ready(name, bound),
+                    stop=stop,
+                )
+            )
+
+
+def _serve_model(ref: str, name: str | None, host: str, port: int) -> int:
+    from pathlib import Path
+
+    from .cogmodel import ModelLoadError, load_model
+    from .sdk import serve
+
+    name = name or f"local/{Path(ref.rpartition(':')[0]).stem}"
+    try:
+        model = load_model(ref, name)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    serve(model, host=host, port=port)
+    return 0
+
+
+_LISTENING = re.compile(rb"^(\S+/\S+) listening on (\S+:\d+)$", re.MULTILINE)
+
+
+#: The models ``run-demo`` starts a backend for.
+DEMO = ("demo/echo", "demo/story")
+
+
+def _demo_settings(
+    config: str | None, host: str | None, port: int | None, targets: dict[str, str]
+) -> Settings:
+    """``run-demo``'s settings: those of *config* if given (its models served
+    too), with the demo models at *targets*."""
+    extra = {name: (target,) for name, target in targets.items()}
+    if config is None:
+        return Settings.from_dict({}, extra_models=extra, host=host, port=port)
+    return Settings.from_toml(config, extra_models=extra, host=host, port=port)
+
+
+async def _run_demo(config: str | None, host: str | None, port: int | None) -> None:
+    """Start the demo backend process, then the bridge in front of it; on
+    SIGINT/SIGTERM stop the bridge (which drains first), then the backend.
+    Signals stay caught to the end: a second one hurries both."""
+    command = [sys.executable, "-m", "bridge", "demo-backend", "--stop-on-eof"]
+    command += ["--host", "127.0.0.1", "--port", "0"]
+    async with _signals() as signals, trio.open_nursery() as nursery:
+        # Its own session: a Ctrl-C at the terminal reaches only the bridge,
+        # which drains while the backend goes on; then we stop the backend.
+        # Its stdin is a pipe we hold: if we die, even by SIGKILL, it stops.
+        backend = await trio.lowlevel.open_process(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
+        )
+        try:
+            targets: dict[str, str] = {}
+            seen = b""
+            with trio.fail_after(60), signals.stop_now.cuts(trio.CancelScope()):
+                while len(targets) < 2 and not signals.first.is_set():
+                    data = await backend.stdout.receive_some()
+                    if not data:
+                        raise RuntimeError("demo backend exited before it listened")
+                    seen += data
+                    targets = {m[1].decode(): m[2].decode() for m in _LISTENING.finditer(seen)}
+            nursery.start_soon(_drain, backend.stdout)
+            if len(targets) == 2:
+                await _serve_until_signal(_demo_settings(config, host, port, targets), signals)
+        finally:
+            with trio.CancelScope(shield=True):
+                if backend.returncode is None:
+                    backend.terminate()
+                with trio.move_on_after(5), signals.stop_now.cuts(trio.CancelScope()):
+                    await backend.wait()
+                if backend.returncode is None:
+                    backend.kill()
+                    await backend.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def _drain(stream: trio.abc.ReceiveStream) -> None:
+    while data := await stream.receive_some():
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
