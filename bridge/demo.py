@@ -2,11 +2,11 @@
 
 ``demo/echo`` is the test workhorse: it repeats its prompt word by word (each
 word keeping its trailing whitespace, so the chunks concatenate back to the
-prompt), or emits given ``tokens`` verbatim, with an optional delay and an
-optional failure after ``fail_after`` chunks.
+prompt; repeats are joined by a space), or emits given ``tokens`` verbatim,
+with an optional delay and an optional failure after ``fail_after`` chunks.
 
-``demo/story`` is a small real text generator: a word-level Markov chain over
-a bundled text, emitting one word at a time at a reading pace.
+``demo/story`` tells the bundled fables in whole sentences, one word at a
+time at a reading pace; the prompt's words pick the fable.
 """
 
 from __future__ import annotations
@@ -32,12 +32,17 @@ async def echo(
     tokens: list[str] | None = None,
     fail_after: int | None = None,
 ) -> AsyncIterator[str]:
-    """Echo ``prompt`` (or ``tokens``) back ``repeat`` times, chunk by chunk."""
+    """Echo ``prompt`` (or ``tokens``) back ``repeat`` times, chunk by chunk.
+    Repeats of the prompt are joined by a space (``hi you hi you``) unless
+    it ends in whitespace; ``tokens`` come back exactly as given."""
     chunks = list(tokens) if tokens is not None else _WORD.findall(prompt)
+    last = chunks[-1] if chunks else ""
+    spaced = tokens is None and last and last.strip() == last
+    joined = [*chunks[:-1], last + " "] if spaced else chunks
     yield Log(f"echoing {len(chunks) * repeat} chunks")  # type: ignore[misc]
     sent = 0
-    for _ in range(repeat):
-        for chunk in chunks:
+    for round in range(repeat):
+        for chunk in chunks if round == repeat - 1 else joined:
             if fail_after is not None and sent >= fail_after:
                 raise RuntimeError(f"echo failed after {sent} chunks, as asked (fail_after)")
             if delay_ms:
@@ -49,15 +54,31 @@ async def echo(
 
 
 class Story(Predictor):
-    """Tells a story, one word at a time, from a Markov chain (order 2)."""
+    """Tells one of the bundled fables, whole sentences in order, a word at
+    a time: the prompt's words pick the fable (``lion mouse``, ``grapes``),
+    else the seed does. Past the end of one fable it goes on with another,
+    never repeating a sentence; it stops at the last sentence end within
+    ``max_words``."""
 
     def setup(self) -> None:
         text = resources.files(__package__).joinpath("story.txt").read_text()
-        self.words = text.split()
-        self.chain: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for a, b, c in zip(self.words, self.words[1:], self.words[2:], strict=False):
-            self.chain[(a, b)].append(c)
-        self.starts = [k for k in self.chain if k[0] == "Once"]
+        self.stories = [_SENTENCE.findall(p.strip()) for p in text.split("\n\n") if p.strip()]
+        vocabulary = [{_plain(w) for w in " ".join(s).split()} for s in self.stories]
+        self.vocabulary = vocabulary
+        # How telling a word is: 1 / the number of fables it is in.
+        seen_in: dict[str, int] = defaultdict(int)
+        for words in vocabulary:
+            for word in words:
+                seen_in[word] += 1
+        self.weight = {word: 1 / count for word, count in seen_in.items()}
+
+    def pick(self, prompt: str, rng: random.Random) -> list[int]:
+        """The fables in telling order: the prompt's best match first."""
+        asked = {_plain(w) for w in prompt.split()} - _COMMON
+        order = list(range(len(self.stories)))
+        rng.shuffle(order)
+        score = [sum(self.weight.get(w, 0) for w in asked & words) for words in self.vocabulary]
+        return sorted(order, key=lambda i: -score[i])  # stable: ties keep the shuffle
 
     async def predict(
         self,
@@ -66,23 +87,35 @@ class Story(Predictor):
         delay_ms: int = 60,
         seed: int | None = None,
     ) -> AsyncIterator[str]:
-        """Tell a story; the prompt's words steer where it starts."""
-        rng = random.Random(seed)  # None: a different story each time
-        asked = {w.strip(".,!?").lower() for w in prompt.split()}
-        steered = [k for k in self.chain if k[0].lower() in asked and k[0][0].isupper()]
-        state = rng.choice(steered or self.starts)
-        out = list(state)
-        for _ in range(max_words - 2):
-            following = self.chain.get(state)
-            if not following:
-                break
-            out.append(rng.choice(following))
-            state = (state[1], out[-1])
-            if out[-1].endswith(".") and len(out) > max_words * 0.8:
-                break
-        for i, word in enumerate(out):
+        """Tell a fable; the prompt's words pick which."""
+        rng = random.Random(seed)  # None: a different order each time
+        words: list[str] = []
+        for n, index in enumerate(self.pick(prompt, rng)):
+            for i, sentence in enumerate(self.stories[index]):
+                said = sentence.split()
+                if len(words) + len(said) > max_words:
+                    break
+                if n and not i:
+                    words[-1] += "\n\n"  # a new fable, a new paragraph
+                words += said
+            else:
+                continue
+            break
+        if not words:  # a first sentence longer than max_words: its start
+            words = self.stories[self.pick(prompt, random.Random(seed))[0]][0].split()
+            words = words[: max(max_words, 1)]
+        for i, word in enumerate(words):
             await asyncio.sleep(delay_ms / 1000)
-            yield word if i == len(out) - 1 else word + " "
+            yield word if i == len(words) - 1 or word.endswith("\n") else word + " "
+
+
+_SENTENCE = re.compile(r"[^.!?]+[.!?]+\s*")
+#: Words too common to pick a fable by.
+_COMMON = {"a", "an", "the", "me", "tell", "story", "about", "of", "and", "to", "please", "one"}
+
+
+def _plain(word: str) -> str:
+    return word.strip(".,!?;:'\"").lower()
 
 
 def make_models() -> dict[str, Model]:

@@ -282,5 +282,5 @@ async def test_run_demo_refuses_a_bad_config_before_starting(tmp_path: Path) -> 
         env=ENV,
     )
     assert result.returncode == 2
-    assert result.stderr.decode().startswith(f"error: {config}: [deployments.\"acme/teller\"]")
+    assert result.stderr.decode().startswith(f'error: {config}: [deployments."acme/teller"]')
     assert result.stdout == b""  # no backend was started

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import uuid
 from collections.abc import Callable
+from importlib import resources
 
 import httpx
 import trio
@@ -178,6 +180,36 @@ async def test_story_streams_word_by_word(client: httpx.AsyncClient) -> None:
     assert 3 <= len(words) <= 12
     assert all(w.strip() and " " not in w.strip() for w in words)
     assert events[-1].event == "done"
+
+
+async def story(client: httpx.AsyncClient, prompt: str, **input: object) -> str:
+    prediction = await create(client, "demo/story", {"prompt": prompt, "delay_ms": 0} | input)
+    events, _ = await read_stream(client, prediction["urls"]["stream"])
+    return "".join(e.data for e in events if e.event == "output")
+
+
+async def test_the_prompt_picks_the_story_told_in_whole_sentences(
+    client: httpx.AsyncClient,
+) -> None:
+    fables = (resources.files("bridge") / "story.txt").read_text().split("\n\n")
+    sentences = {s.strip() for fable in fables for s in re.findall(r"[^.!?]+[.!?]+", fable)}
+    lion = await story(client, "Tell me about the lion and the mouse", max_words=300)
+    assert lion.startswith("Once upon a time a lion was sleeping in the forest")
+    grapes = await story(client, "sour grapes", max_words=60)
+    assert grapes.startswith("Once upon a time a fox walked through the vineyard")
+    for told in (lion, grapes, await story(client, "Tell me a story", seed=3)):
+        said = [s.strip() for s in re.findall(r"[^.!?]+[.!?]+", told)]
+        assert told.endswith((".", "!", "?"))  # it stops at a sentence's end
+        assert set(said) <= sentences  # only whole sentences of the text
+        assert len(said) == len(set(said))  # none twice
+    assert len(lion.split()) <= 300 and len(grapes.split()) <= 60
+
+
+async def test_echo_joins_repeats_with_a_space(client: httpx.AsyncClient) -> None:
+    for prompt, told in [("hi you", "hi you hi you hi you"), ("hi you ", "hi you " * 3)]:
+        prediction = await create(client, "demo/echo", {"prompt": prompt, "repeat": 3})
+        events, _ = await read_stream(client, prediction["urls"]["stream"])
+        assert "".join(e.data for e in events if e.event == "output") == told
 
 
 async def test_backend_down_fails_the_prediction_readably(start_bridge: StartBridge) -> None:
