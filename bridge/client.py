@@ -7,7 +7,9 @@
     python -m bridge predict demo/echo prompt=hi --wait
 
 Output goes to stdout as it arrives; a status line (status, time to first
-token, tokens/s) goes to stderr. ``--json`` prints each event as one JSON
+token, tokens/s) goes to stderr: live while the prediction streams when
+stderr is a terminal (on the line below the text when stdout is that
+terminal too), and once more, final, at the end. ``--json`` prints each event as one JSON
 line instead; ``--wait`` polls the prediction rather than streaming it.
 Ctrl-C cancels the prediction. ``--url`` / ``BRIDGE_URL`` and ``--token`` /
 ``BRIDGE_TOKEN`` say where and who. Exit status: 0 succeeded, 1 failed,
@@ -82,6 +84,105 @@ def _status_line(prediction: dict[str, Any], err: TextIO) -> None:
     print("\n" + " · ".join(parts), file=err, flush=True)
 
 
+class _Live:
+    """The status line, kept up to date on a terminal while tokens arrive.
+
+    When stdout is the same terminal, the line sits just below the text: it
+    is drawn with relative cursor moves (a line feed, then back up to the
+    text's column), so it survives scrolling, and it is cleared before text
+    that could reach its row (a line break, or a wrap). Otherwise it is one
+    line redrawn in place. At most 10 redraws a second."""
+
+    EVERY = 0.1
+
+    def __init__(self, out: TextIO, err: TextIO) -> None:
+        self.out, self.err = out, err
+        self.shared = _same_terminal(out, err)
+        self.cols = max(os.get_terminal_size(err.fileno()).columns, 20)
+        self.col = 0  # the text's cursor column
+        self.started = time.monotonic()
+        self.first: float | None = None
+        self.count = 0
+        self.drawn_at: float | None = None
+
+    def output(self, text: str) -> None:
+        now = time.monotonic()
+        if self.first is None:
+            self.first = now
+        self.count += 1
+        due = self.drawn_at is None or now - self.drawn_at >= self.EVERY
+        reaches = any(c in text for c in "\n\r\v\f") or self.col + len(text) * 2 >= self.cols
+        clear = self.shared and self.drawn_at is not None and (due or reaches)
+        if clear:
+            self._clear()
+        self.out.write(text)
+        self.out.flush()
+        self.col = _column(self.col, text, self.cols)
+        if due or clear:
+            self.draw(now)
+
+    def line(self, now: float) -> str:
+        if self.first is None:
+            return f"starting · {now - self.started:.1f} s"
+        parts = ["processing", f"first token {(self.first - self.started) * 1000:.0f} ms"]
+        if self.count > 1 and now > self.first:
+            parts.append(f"{(self.count - 1) / (now - self.first):.1f} tokens/s")
+        parts.append(f"{self.count} tokens")
+        return " · ".join(parts)
+
+    def draw(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        line = self.line(now)[: self.cols - 1]
+        if self.shared:
+            self.err.write(f"\n\x1b[2K{line}\x1b[1A\x1b[{self.col + 1}G")
+        else:
+            self.err.write(f"\r\x1b[2K{line}")
+        self.err.flush()
+        self.drawn_at = now
+
+    def _clear(self) -> None:
+        if self.shared:  # the row below, leaving the cursor where it was
+            self.err.write("\x1b[1B\x1b[2K\x1b[1A")
+        else:
+            self.err.write("\r\x1b[2K")
+        self.err.flush()
+
+    def close(self) -> None:
+        """Take the live line away (the final one follows)."""
+        if self.drawn_at is not None:
+            self._clear()
+
+
+def _same_terminal(out: TextIO, err: TextIO) -> bool:
+    try:
+        return out.isatty() and os.path.samestat(os.fstat(out.fileno()), os.fstat(err.fileno()))
+    except (OSError, ValueError):
+        return False
+
+
+def _column(col: int, text: str, cols: int) -> int:
+    """Where the cursor is after *text* is written at column *col*."""
+    from wcwidth import wcwidth
+
+    for char in text:
+        if char in "\n\r\v\f":
+            col = 0
+        elif char == "\t":
+            col = (col // 8 + 1) * 8
+        else:
+            col += max(wcwidth(char), 0)
+        col %= cols
+    return col
+
+
+def _live(out: TextIO, err: TextIO, as_json: bool) -> _Live | None:
+    """A live status line if stderr is a terminal (and not for --json)."""
+    try:
+        return None if as_json or not err.isatty() else _Live(out, err)
+    except (OSError, ValueError):  # no size to be had
+        return None
+
+
 def _events(response: httpx.Response) -> Any:
     """(event, id, data) for each SSE event of *response*."""
     event, event_id, data = None, "", []
@@ -132,7 +233,12 @@ def predict(
                 created["id"] = prediction["id"]
                 prediction = _poll(client, prediction, as_json, out)
             else:
-                prediction = _stream(client, path, body, created, as_json, out)
+                live = _live(out, err, as_json)
+                try:
+                    prediction = _stream(client, path, body, created, as_json, out, live)
+                finally:
+                    if live is not None:
+                        live.close()
         except KeyboardInterrupt:
             if "id" in created:
                 canceled = client.post(f"/v1/predictions/{created['id']}/cancel")
@@ -157,6 +263,7 @@ def _stream(
     created: dict[str, str],
     as_json: bool,
     out: TextIO,
+    live: _Live | None = None,
 ) -> dict[str, Any]:
     # A direct streaming create: if this process dies, the bridge cancels.
     with client.stream("POST", path, json=body, headers={"Accept": "text/event-stream"}) as r:
@@ -165,11 +272,15 @@ def _stream(
             _check(r)
         location = r.headers["Location"]
         created["id"] = location.rsplit("/", 1)[1]
+        if live is not None:
+            live.draw()
         for event, event_id, data in _events(r):
             if as_json:
                 print(
                     json.dumps({"event": event, "id": event_id, "data": data}), file=out, flush=True
                 )
+            elif event == "output" and live is not None:
+                live.output(data)
             elif event == "output":
                 out.write(data)
                 out.flush()

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import uuid
+from collections.abc import Callable
 
 import httpx
+import pyte
 import pytest
 import trio
 
@@ -137,3 +144,120 @@ async def test_ctrl_c_while_starting_up_exits_130_quietly() -> None:
     assert "Traceback" not in said and "KeyboardInterrupt" not in said
     # The client imports none of the server stack.
     assert "| quart" not in said and "| trio" not in said and "| grpc" not in said
+
+
+class Terminal:
+    """A real pseudo-terminal (80 x 24) whose output a VT100 emulator (pyte)
+    turns into the screen a user would see."""
+
+    def __init__(self) -> None:
+        self.master, self.slave = pty.openpty()
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        self.screen = pyte.Screen(80, 24)
+        self.stream = pyte.ByteStream(self.screen)
+
+    def lines(self) -> list[str]:
+        return [line.rstrip() for line in self.screen.display]
+
+    async def read_until(self, done: Callable[[list[str]], bool]) -> list[str]:
+        with trio.fail_after(30):
+            while not done(self.lines()):
+                await trio.lowlevel.wait_readable(self.master)
+                try:
+                    self.stream.feed(os.read(self.master, 65536))
+                except OSError:  # the other side is closed: all is read
+                    break
+        return self.lines()
+
+    def close(self) -> None:
+        os.close(self.master)
+
+
+WORDS = " ".join(f"w{i}" for i in range(1, 21))  # 20 tokens
+#: 20 tokens too, over three rows: a line break, then a line that wraps.
+LINES = "w1 w2 w3 w4 w5\n" + " ".join(f"w{i}-{'x' * 12}" for i in range(6, 21))
+
+
+def rows(text: str) -> list[str]:
+    """*text* as an 80-column terminal shows it."""
+    return [line[i : i + 80].rstrip() for line in text.split("\n") for i in range(0, len(line), 80)]
+
+
+@pytest.mark.parametrize("prompt", [WORDS, LINES], ids=["one-line", "breaks-and-wraps"])
+async def test_the_status_line_is_live_below_the_text(
+    start_bridge: StartBridge, prompt: str
+) -> None:
+    url = await start_bridge()
+    term = Terminal()
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "predict",
+            "demo/echo",
+            f"prompt={prompt}",
+            "delay_ms=100",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=term.slave,
+        stderr=term.slave,
+        env=ENV | {"BRIDGE_URL": url},
+    )
+    os.close(term.slave)
+    try:
+        # Mid-stream: the text so far, and just below it the live status.
+        seen = await term.read_until(lambda lines: any("w7" in line for line in lines))
+        row = term.screen.cursor.y
+        assert "w7" in seen[row] and "w20" not in "".join(seen)
+        assert re.fullmatch(
+            r"processing · first token \d+ ms · [\d.]+ tokens/s · \d+ tokens", seen[row + 1]
+        ), seen
+        # The end: the whole text, intact, then the final status; no live line left.
+        final = await term.read_until(lambda lines: any("succeeded" in line for line in lines))
+        with trio.fail_after(10):
+            assert await process.wait() == 0
+        text = rows(prompt)
+        assert final[: len(text)] == text
+        assert re.fullmatch(
+            r"succeeded · first token \d+ ms · [\d.]+ tokens/s · 20 tokens", final[len(text)]
+        ), final
+        assert not any("processing" in line for line in final)
+    finally:
+        term.close()
+        if process.returncode is None:
+            process.kill()
+
+
+async def test_with_stdout_redirected_the_text_stays_clean(start_bridge: StartBridge) -> None:
+    url = await start_bridge()
+    term = Terminal()
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bridge", "predict", "demo/echo", f"prompt={WORDS}", "delay_ms=50"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=term.slave,
+        env=ENV | {"BRIDGE_URL": url},
+    )
+    os.close(term.slave)
+    try:
+        text = b""
+        async with trio.open_nursery() as nursery:
+            live = []
+
+            async def watch() -> None:
+                await term.read_until(lambda lines: lines[0].startswith("processing"))
+                live.append(term.lines()[0])
+                await term.read_until(lambda lines: any("succeeded" in x for x in lines))
+
+            nursery.start_soon(watch)
+            while data := await process.stdout.receive_some():
+                text += data
+        assert text.decode() == WORDS  # no escape codes in the output itself
+        assert await process.wait() == 0
+        assert re.match(r"processing · first token \d+ ms", live[0])
+        assert any(re.match(r"succeeded · first token", x) for x in term.lines())
+    finally:
+        term.close()
+        if process.returncode is None:
+            process.kill()
