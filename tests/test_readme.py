@@ -1,0 +1,84 @@
+"""The README's "Serve your own model" steps, run as written: its
+``my_model.py`` and ``bridge.toml`` blocks, copied from the README into a
+directory, and its two commands (the bridge on a free port, not 8000)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import trio
+
+from tests.backends import ENV
+from tests.conftest import create, read_stream
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def block(first_line: str) -> str:
+    """The README's fenced code block that starts with *first_line*."""
+    for body in re.findall(r"```\w*\n(.*?)```", README.read_text(), re.DOTALL):
+        if body.startswith(first_line + "\n"):
+            return body
+    raise AssertionError(f"no block starting {first_line!r} in the README")
+
+
+def commands() -> list[list[str]]:
+    """The shell block right after the ``bridge.toml`` one, as argv lists
+    (``.venv/bin/python`` is this interpreter, a trailing ``&`` dropped)."""
+    text = README.read_text()
+    after = text[text.index("# bridge.toml\n") :]
+    shell = re.search(r"```sh\n(.*?)```", after, re.DOTALL)
+    assert shell is not None
+    argvs = []
+    for line in shell[1].splitlines():
+        argv = shlex.split(line.removesuffix("&"))
+        assert argv[0] == ".venv/bin/python", line  # the venv make made
+        argvs.append([sys.executable, *argv[1:]])
+    return argvs
+
+
+async def test_serve_your_own_model_as_the_readme_says(tmp_path: Path) -> None:
+    (tmp_path / "my_model.py").write_text(block("# my_model.py"))
+    (tmp_path / "bridge.toml").write_text(block("# bridge.toml"))
+    model_command, bridge_command = commands()
+    assert model_command[1:] == ["my_model.py"]
+    assert bridge_command[-2:] == ["--port", "8000"]
+    bridge_command[-1] = "0"
+    env = ENV | {"XDG_STATE_HOME": str(tmp_path)}
+    model = await trio.lowlevel.open_process(
+        model_command, cwd=tmp_path, stdout=subprocess.PIPE, env=env
+    )
+    bridge = None
+    try:
+        seen = b""
+        with trio.fail_after(30):
+            while b"listening on" not in seen:
+                data = await model.stdout.receive_some()
+                assert data, "my_model.py exited"
+                seen += data
+        bridge = await trio.lowlevel.open_process(
+            bridge_command, cwd=tmp_path, stderr=subprocess.PIPE, env=env
+        )
+        err = b""
+        with trio.fail_after(30):
+            while not (found := re.search(rb"Running on (http://\S+)", err)):
+                data = await bridge.stderr.receive_some()
+                assert data, err.decode()
+                err += data
+        async with httpx.AsyncClient(base_url=found[1].decode(), timeout=30) as client:
+            prediction = await create(client, "me/shout", {"prompt": "hello world", "times": 2})
+            events, _ = await read_stream(client, prediction["urls"]["stream"])
+        assert "".join(e.data for e in events if e.event == "output") == (
+            "HELLO! WORLD! HELLO! WORLD! "
+        )
+    finally:
+        for process in (bridge, model):
+            if process is not None and process.returncode is None:
+                process.terminate()
+                with trio.fail_after(20):
+                    await process.wait()
