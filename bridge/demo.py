@@ -17,8 +17,9 @@ import re
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from importlib import resources
+from typing import Annotated
 
-from .sdk import Log, Model, Predictor
+from .sdk import Field, Log, Model, Predictor
 
 __all__ = ["MODELS", "Story", "echo"]
 
@@ -26,11 +27,15 @@ _WORD = re.compile(r"\S+\s*|\s+")
 
 
 async def echo(
-    prompt: str,
-    delay_ms: int = 0,
-    repeat: int = 1,
-    tokens: list[str] | None = None,
-    fail_after: int | None = None,
+    prompt: Annotated[str, Field("The text to send back, word by word")],
+    delay_ms: Annotated[int, Field("Milliseconds before each word", ge=0, le=60_000)] = 0,
+    repeat: Annotated[int, Field("How many times, joined by a space", ge=0)] = 1,
+    tokens: Annotated[
+        list[str] | None, Field("Chunks to send exactly as given, instead of the prompt's words")
+    ] = None,
+    fail_after: Annotated[
+        int | None, Field("Fail on purpose after this many chunks (to see an error)", ge=0)
+    ] = None,
 ) -> AsyncIterator[str]:
     """Echo ``prompt`` (or ``tokens``) back ``repeat`` times, chunk by chunk.
     Repeats of the prompt are joined by a space (``hi you hi you``) unless
@@ -82,10 +87,12 @@ class Story(Predictor):
 
     async def predict(
         self,
-        prompt: str,
-        max_words: int = 120,
-        delay_ms: int = 60,
-        seed: int | None = None,
+        prompt: Annotated[
+            str, Field("What the story is about, e.g. the lion and the mouse, or sour grapes")
+        ],
+        max_words: Annotated[int, Field("The most words it may take", ge=1, le=10_000)] = 120,
+        delay_ms: Annotated[int, Field("Milliseconds before each word", ge=0, le=60_000)] = 60,
+        seed: Annotated[int | None, Field("The same seed tells the same story")] = None,
     ) -> AsyncIterator[str]:
         """Tell a fable; the prompt's words pick which."""
         rng = random.Random(seed)  # None: a different order each time

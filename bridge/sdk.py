@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -55,7 +56,16 @@ from bridge._proto.v1 import predictor_pb2, predictor_pb2_grpc
 
 from . import protocol
 
-__all__ = ["Log", "Metrics", "Model", "ModelServer", "Predictor", "serve", "serve_async"]
+__all__ = [
+    "Field",
+    "Log",
+    "Metrics",
+    "Model",
+    "ModelServer",
+    "Predictor",
+    "serve",
+    "serve_async",
+]
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +88,34 @@ Log = protocol.LogLine
 Metrics = protocol.MetricsUpdate
 
 
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """What an input is for, and its limits, for its schema (and the page's
+    form)::
+
+        def predict(prompt: Annotated[str, Field("What to write about")],
+                    words: Annotated[int, Field("How many", ge=1, le=500)] = 100):
+    """
+
+    description: str | None = None
+    ge: float | None = None
+    le: float | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    choices: tuple[Any, ...] | None = None
+
+    def schema(self) -> dict[str, Any]:
+        keys = {
+            "description": self.description,
+            "minimum": self.ge,
+            "maximum": self.le,
+            "minLength": self.min_length,
+            "maxLength": self.max_length,
+            "enum": list(self.choices) if self.choices is not None else None,
+        }
+        return {key: value for key, value in keys.items() if value is not None}
+
+
 _JSON_TYPES: dict[Any, str] = {
     str: "string",
     int: "integer",
@@ -93,6 +131,13 @@ def _schema_for(annotation: Any) -> dict[str, Any]:
     if annotation is inspect.Parameter.empty or annotation is Any:
         return {}
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        inner, *extras = typing.get_args(annotation)
+        schema = _schema_for(inner)
+        for extra in extras:
+            if isinstance(extra, Field):
+                schema |= extra.schema()
+        return schema
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _schema_for(args[0]) if len(args) == 1 else {}
@@ -107,7 +152,7 @@ def _schema_for(annotation: Any) -> dict[str, Any]:
 
 def input_schema_for(func: Callable[..., Any]) -> dict[str, Any]:
     """The input schema of a predict function, from its signature."""
-    hints = typing.get_type_hints(func)
+    hints = typing.get_type_hints(func, include_extras=True)
     properties: dict[str, Any] = {}
     required: list[str] = []
     params = inspect.signature(func).parameters.values()

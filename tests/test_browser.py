@@ -21,6 +21,7 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from tests.backends import ENV
+from tests.sse_clients import spec_events
 
 BRIDGE = [sys.executable, "-m", "bridge"]
 
@@ -36,6 +37,7 @@ ARGS = [
     "--disable-quic",
 ]
 DOCS = Path(__file__).parent.parent / "docs"
+JS_DIR = Path(__file__).parent / "js"
 
 CROSS_ORIGIN_PAGE = """<!doctype html><meta charset="utf-8"><pre id="out"></pre><script>
 const source = new EventSource(new URLSearchParams(location.search).get("stream"),
@@ -150,14 +152,14 @@ def test_page_streams_a_story(page: Page, bridge: str) -> None:
     assert float(page.text_content("#tps")) > 0
     assert len(page.text_content("#output").split()) >= 20
     shot = Path(tempfile.mkdtemp()) / "page.png"
-    page.screenshot(path=shot)
+    page.screenshot(path=shot, full_page=True)  # the code and recent panels too
     assert shot.stat().st_size > 10_000
     if os.environ.get("UPDATE_SCREENSHOT"):  # make screenshot
         DOCS.mkdir(exist_ok=True)
         shutil.copy(shot, DOCS / "screenshot.png")
     # The link reopens the finished prediction and replays it.
     text = page.text_content("#output")
-    page.goto(page.get_attribute("#link", "href"))
+    page.goto(page.input_value("#link"))
     page.wait_for_selector('#status[data-status="succeeded"]', timeout=30_000)
     assert page.text_content("#output") == text
     assert page.input_value("#inputs [name=prompt]") == "Tell me a story"
@@ -232,3 +234,101 @@ def test_urls_web_opens_the_page_on_that_prediction(page: Page, bridge: str) -> 
     assert page.text_content("#output") == "made over the API"
     assert page.input_value("#model") == "demo/echo"
     assert page.input_value("#inputs [name=prompt]") == "made over the API"
+
+
+def echo_to_the_end(page: Page, bridge: str, prompt: str, **input: object) -> str:
+    start(page, bridge, "demo/echo", prompt=prompt, **input)
+    page.wait_for_selector('#status[data-status="succeeded"]', timeout=30_000)
+    return page.text_content("#output")
+
+
+def test_fields_show_their_description_limits_and_a_real_placeholder(
+    page: Page, bridge: str
+) -> None:
+    page.goto(bridge + "/")
+    page.wait_for_selector("#inputs [name=prompt]")
+    page.select_option("#model", "demo/story")
+    prompt = page.locator("#inputs [name=prompt]")
+    assert prompt.input_value() == ""  # nothing filled in that the user did not write
+    assert prompt.get_attribute("placeholder") == (
+        "What the story is about, e.g. the lion and the mouse, or sour grapes"
+    )
+    style = prompt.evaluate("e => getComputedStyle(e, '::placeholder').fontStyle")
+    assert style == "italic"  # it reads as a placeholder
+    hints = page.locator("#inputs .hint").all_text_contents()
+    assert "The most words it may take · 1 to 10000 · default 120" in hints
+    assert page.locator("#inputs [name=max_words]").get_attribute("max") == "10000"
+    captions = page.locator("#inputs .caption").all_text_contents()
+    assert captions[0] == "prompt string · required"
+
+
+def test_copy_the_link_and_the_output(browser_context, page: Page, bridge: str) -> None:
+    browser_context.grant_permissions(["clipboard-read", "clipboard-write"], origin=bridge)
+    output = echo_to_the_end(page, bridge, "copy me please")
+    link = page.input_value("#link")
+    assert re.fullmatch(re.escape(bridge) + r"/\?prediction=[a-z2-7]{26}", link)
+    assert page.text_content("label[for=link]") == "Link to this prediction"
+    page.click("#copy-link")
+    page.wait_for_function("document.getElementById('copied').textContent === 'Link copied'")
+    assert page.evaluate("navigator.clipboard.readText()") == link
+    page.click("#copy-output")
+    page.wait_for_function("document.getElementById('copied').textContent === 'Output copied'")
+    assert page.evaluate("navigator.clipboard.readText()") == output == "copy me please"
+
+
+def run_snippet(lang: str, code: str, tmp: Path) -> str:
+    """What the page's *code* prints when run as a user would run it."""
+    if lang == "curl":
+        raw = subprocess.run(["bash", "-c", code], capture_output=True, timeout=60, check=True)
+        events = spec_events([raw.stdout])
+        assert events[-1].event == "done"
+        return "".join(e.data for e in events if e.event == "output")
+    if lang == "python":
+        script = tmp / "snippet.py"
+        script.write_text(code)
+        command = [sys.executable, str(script)]
+    else:  # next to the Replicate JS client that make test installs
+        script = JS_DIR / f"snippet-{os.getpid()}.mjs"
+        script.write_text(code)
+        command = ["node", str(script)]
+    try:
+        done = subprocess.run(command, capture_output=True, timeout=60, env=ENV, check=False)
+    finally:
+        if lang == "javascript":
+            script.unlink()
+    assert done.returncode == 0, done.stderr.decode()
+    return done.stdout.decode()
+
+
+def test_the_code_snippets_reproduce_the_prediction(page: Page, bridge: str) -> None:
+    output = echo_to_the_end(page, bridge, "the same words, again", repeat=2, delay_ms=5)
+    assert output == "the same words, again the same words, again"
+    tmp = Path(tempfile.mkdtemp())
+    for lang in ("curl", "python", "javascript"):
+        page.click(f"#code [data-lang={lang}]")
+        assert page.get_attribute("#snippet", "data-lang") == lang
+        code = page.text_content("#snippet")
+        assert '"repeat": 2' in code or '"repeat":2' in code  # with its input
+        assert run_snippet(lang, code, tmp) == output, lang
+    page.click("#copy-code")
+    page.wait_for_function("document.getElementById('copied').textContent === 'Code copied'")
+
+
+def test_live_cursor_logs_and_recent_predictions(page: Page, bridge: str) -> None:
+    start(page, bridge, "demo/echo", prompt="slow and steady words", delay_ms=300)
+    page.wait_for_function("document.getElementById('count').textContent >= 1")
+    cursor = "e => getComputedStyle(e, '::after').content"
+    assert page.eval_on_selector("#output", cursor) == '"▍"'  # live: a cursor
+    page.wait_for_selector('#status[data-status="succeeded"]', timeout=30_000)
+    assert page.eval_on_selector("#output", cursor) == "none"  # ended: none
+    assert page.text_content("#logs") == "echoing 4 chunks\n"
+    mine = page.input_value("#link").rpartition("=")[2]
+    first = page.locator("#recent-list li a").first
+    first.wait_for()
+    page.wait_for_function(f"document.querySelector('#recent-list a').href.endsWith('{mine}')")
+    assert "slow and steady words" in first.text_content()
+    assert "succeeded" in first.text_content()
+    page.goto(bridge + "/")  # a fresh page; reopen it from the list
+    page.click(f"#recent-list a[href$='{mine}']")
+    page.wait_for_selector('#status[data-status="succeeded"]', timeout=30_000)
+    assert page.text_content("#output") == "slow and steady words"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import grpc
 import pytest
@@ -15,7 +15,7 @@ from bridge import protocol
 from bridge._proto.v1 import predictor_pb2_grpc
 from bridge.errors import ModelError
 from bridge.grpc_loop import GrpcLoop, open_grpc_loop
-from bridge.sdk import Log, Metrics, Model, ModelServer, Predictor, input_schema_for
+from bridge.sdk import Field, Log, Metrics, Model, ModelServer, Predictor, input_schema_for
 
 
 async def collect(grpc_loop: GrpcLoop, target: str, input: dict[str, Any]) -> list[Any]:
@@ -167,6 +167,26 @@ def test_input_schema_from_signature() -> None:
     assert props["stop"] == {
         "title": "Stop", "x-order": 3, "type": "array", "items": {"type": "string"},
     }  # fmt: skip
+
+
+def test_fields_describe_inputs_and_their_limits() -> None:
+    def predict(
+        prompt: Annotated[str, Field("What to say", min_length=1)],
+        words: Annotated[int, Field("How many", ge=1, le=500)] = 100,
+        mood: Annotated[str | None, Field(choices=("calm", "loud"))] = None,
+    ) -> Iterator[str]:
+        yield prompt
+
+    props = input_schema_for(predict)["properties"]
+    assert props["prompt"] == {
+        "title": "Prompt", "x-order": 0, "type": "string", "description": "What to say",
+        "minLength": 1,
+    }  # fmt: skip
+    assert props["words"] == {
+        "title": "Words", "x-order": 1, "type": "integer", "description": "How many",
+        "minimum": 1, "maximum": 500, "default": 100,
+    }  # fmt: skip
+    assert props["mood"]["enum"] == ["calm", "loud"] and props["mood"]["type"] == "string"
 
 
 def test_version_is_stable_and_changes_with_the_schema() -> None:

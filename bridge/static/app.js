@@ -34,6 +34,7 @@ function setStatus(status) {
   const running = status === "starting" || status === "processing";
   $("cancel").disabled = !running;
   $("start").disabled = running;
+  $("output").classList.toggle("live", running); // the cursor while tokens arrive
 }
 
 // -- the form, from the model's input schema ---------------------------------
@@ -41,6 +42,23 @@ function setStatus(status) {
 function inputSchema(model) {
   const version = model.latest_version;
   return version ? version.openapi_schema.components.schemas.Input : { properties: {} };
+}
+
+function limits(prop) {
+  const parts = [];
+  if (prop.minimum !== undefined && prop.maximum !== undefined) {
+    parts.push(`${prop.minimum} to ${prop.maximum}`);
+  } else if (prop.minimum !== undefined) {
+    parts.push(`at least ${prop.minimum}`);
+  } else if (prop.maximum !== undefined) {
+    parts.push(`at most ${prop.maximum}`);
+  }
+  if (prop.maxLength !== undefined) parts.push(`up to ${prop.maxLength} characters`);
+  if (prop.enum) parts.push(`one of ${prop.enum.join(", ")}`);
+  if (prop.default !== undefined && prop.default !== null) {
+    parts.push(`default ${JSON.stringify(prop.default)}`);
+  }
+  return parts.join(" · ");
 }
 
 function renderInputs(model, values = {}) {
@@ -57,10 +75,21 @@ function renderInputs(model, values = {}) {
     const prop = schema.properties[name];
     const label = document.createElement("label");
     label.className = "field";
+    // As in Replicate's playground: the input's name (what the API takes),
+    // its type, then what the schema says it is for and its limits.
     const caption = document.createElement("span");
-    caption.textContent = (prop.title || name) + (required.has(name) ? " *" : "");
+    caption.className = "caption";
+    const key = document.createElement("code");
+    key.textContent = name;
+    const kind = document.createElement("small");
+    kind.textContent = (prop.type || "any") + (required.has(name) ? " · required" : "");
+    caption.append(key, " ", kind);
     let control;
-    if (name === "prompt" || prop.type === "object") {
+    if (prop.enum) {
+      control = document.createElement("select");
+      if (!required.has(name)) control.append(new Option("(default)", ""));
+      for (const choice of prop.enum) control.append(new Option(String(choice), String(choice)));
+    } else if (name === "prompt" || prop.type === "object") {
       control = document.createElement("textarea");
       label.classList.add("wide");
     } else if (prop.type === "boolean") {
@@ -70,11 +99,14 @@ function renderInputs(model, values = {}) {
       control = document.createElement("input");
       control.type = prop.type === "integer" || prop.type === "number" ? "number" : "text";
       if (prop.type === "number") control.step = "any";
-      if (prop.type === "array") control.placeholder = "comma, separated";
+      if (prop.minimum !== undefined) control.min = prop.minimum;
+      if (prop.maximum !== undefined) control.max = prop.maximum;
     }
     control.name = name;
     control.dataset.type = prop.type || "string";
     control.required = required.has(name);
+    // A placeholder that reads as one (styled apart), never as a value.
+    control.placeholder = prop.description || (prop.type === "array" ? "comma, separated" : "");
     const value = values[name] ?? prop.default;
     if (value !== undefined && value !== null) {
       if (prop.type === "boolean") control.checked = Boolean(value);
@@ -82,8 +114,10 @@ function renderInputs(model, values = {}) {
       else if (prop.type === "object") control.value = JSON.stringify(value);
       else control.value = value;
     }
-    if (name === "prompt" && !control.value) control.placeholder = "Tell me a story";
-    label.append(caption, control);
+    const hint = document.createElement("small");
+    hint.className = "hint";
+    hint.textContent = [prop.description, limits(prop)].filter(Boolean).join(" · ");
+    label.append(caption, control, hint);
     box.append(label);
   }
 }
@@ -125,19 +159,26 @@ function watch(prediction, live) {
   current = { prediction, source: null, startedAt: performance.now(), firstAt: 0, lastAt: 0, count: 0 };
   $("output").textContent = "";
   $("logs").textContent = "";
-  $("logs-box").hidden = true;
+  $("logs-panel").hidden = false;
   $("ttft").textContent = "–";
   $("tps").textContent = "–";
   $("count").textContent = "0";
+  $("copy-output").disabled = true;
   showError("");
   setStatus(prediction.status);
   const link = new URL(location.href);
   link.search = `?prediction=${prediction.id}`;
-  $("link").href = link.href;
-  $("link").hidden = false;
+  $("link").value = link.href;
+  $("share").hidden = false;
   history.replaceState(null, "", link.href);
+  showCode(prediction);
 
   const mine = current;
+  if (prediction.data_removed) {
+    showError("This prediction's input and output were removed (data_removed).");
+    refresh(mine);
+    return;
+  }
   const source = new EventSource(prediction.urls.stream);
   mine.source = source;
   source.addEventListener("output", (event) => {
@@ -151,10 +192,10 @@ function watch(prediction, live) {
     mine.count += 1;
     $("count").textContent = String(mine.count);
     $("output").textContent += event.data;
+    $("copy-output").disabled = false;
     if (live) showRate();
   });
   source.addEventListener("logs", (event) => {
-    $("logs-box").hidden = false;
     $("logs").textContent += event.data + "\n";
   });
   source.addEventListener("error", (event) => {
@@ -183,6 +224,148 @@ async function refresh(mine) {
     $("tps").textContent = metrics.tokens_per_second.toFixed(1);
   }
   if (prediction.error) showError(prediction.error);
+  if (!$("logs").textContent && prediction.logs) $("logs").textContent = prediction.logs;
+  $("copy-output").disabled = !$("output").textContent;
+  loadRecent();
+}
+
+// -- the code that reproduces it ------------------------------------------
+
+function streams(model) {
+  const version = model && model.latest_version;
+  const output = version ? version.openapi_schema.components.schemas.Output : {};
+  return !version || output["x-cog-array-type"] === "iterator";
+}
+
+function python(value, indent = "") {
+  // A Python literal for a JSON value (JSON's string escapes are Python's).
+  if (value === null) return "None";
+  if (value === true) return "True";
+  if (value === false) return "False";
+  if (Array.isArray(value)) return `[${value.map((v) => python(v, indent)).join(", ")}]`;
+  if (typeof value === "object") {
+    const inner = indent + "    ";
+    const items = Object.entries(value).map(([k, v]) => `${inner}${JSON.stringify(k)}: ${python(v, inner)},`);
+    return items.length ? `{\n${items.join("\n")}\n${indent}}` : "{}";
+  }
+  return JSON.stringify(value);
+}
+
+function shellQuote(text) {
+  return `'${text.replaceAll("'", "'\\''")}'`;
+}
+
+const snippets = {
+  curl(model, input, withToken) {
+    const lines = [
+      `curl -sN -X POST ${location.origin}/v1/models/${model}/predictions`,
+      "  -H 'Content-Type: application/json'",
+    ];
+    if (streams(models.get(model))) lines.push("  -H 'Accept: text/event-stream'");
+    else lines.push("  -H 'Prefer: wait'");
+    if (withToken) lines.push('  -H "Authorization: Bearer $BRIDGE_TOKEN"');
+    lines.push(`  -d ${shellQuote(JSON.stringify({ input }))}`);
+    return lines.join(" \\\n");
+  },
+  python(model, input, withToken) {
+    const auth = withToken ? 'os.environ["BRIDGE_TOKEN"]' : '"unused"';
+    const head = withToken ? "import os\n\nimport replicate\n" : "import replicate\n";
+    const call = streams(models.get(model))
+      ? `for event in client.stream(${JSON.stringify(model)}, input=input):\n    print(str(event), end="", flush=True)`
+      : `print(client.run(${JSON.stringify(model)}, input=input))`;
+    return `${head}
+client = replicate.Client(api_token=${auth}, base_url=${JSON.stringify(location.origin)})
+input = ${python(input)}
+${call}
+`;
+  },
+  javascript(model, input, withToken) {
+    const auth = withToken ? "process.env.BRIDGE_TOKEN" : '"unused"';
+    const call = streams(models.get(model))
+      ? `for await (const event of replicate.stream(${JSON.stringify(model)}, { input })) {
+  if (event.event === "output") process.stdout.write(String(event));
+}`
+      : `console.log(await replicate.run(${JSON.stringify(model)}, { input }));`;
+    return `import Replicate from "replicate";
+
+const replicate = new Replicate({ auth: ${auth}, baseUrl: ${JSON.stringify(location.origin + "/v1")} });
+const input = ${JSON.stringify(input, null, 2)};
+${call}
+`;
+  },
+};
+
+let codeLang = "curl";
+
+function showCode(prediction) {
+  $("code").hidden = false;
+  $("code").dataset.model = prediction.model;
+  $("code").dataset.input = JSON.stringify(prediction.input || {});
+  renderCode();
+}
+
+function renderCode() {
+  const box = $("code");
+  if (box.hidden) return;
+  const input = JSON.parse(box.dataset.input);
+  $("snippet").textContent = snippets[codeLang](box.dataset.model, input, Boolean(token()));
+  $("snippet").dataset.lang = codeLang;
+  for (const tab of box.querySelectorAll("[role=tab]")) {
+    tab.setAttribute("aria-selected", String(tab.dataset.lang === codeLang));
+  }
+}
+
+async function copy(text, what) {
+  try {
+    await navigator.clipboard.writeText(text);
+    $("copied").textContent = `${what} copied`;
+  } catch {
+    $("copied").textContent = `Could not copy the ${what.toLowerCase()}`;
+  }
+}
+
+// -- recent predictions ------------------------------------------------------
+
+function summary(prediction) {
+  const input = prediction.input || {};
+  const text = typeof input.prompt === "string" ? input.prompt : JSON.stringify(input);
+  return text.length > 60 ? `${text.slice(0, 59)}…` : text;
+}
+
+async function loadRecent() {
+  let page;
+  try {
+    page = await api("/v1/predictions");
+  } catch {
+    return; // the list is a convenience; the page works without it
+  }
+  const list = $("recent-list");
+  list.replaceChildren();
+  for (const prediction of page.results.slice(0, 10)) {
+    const item = document.createElement("li");
+    const link = document.createElement("a");
+    link.href = `?prediction=${prediction.id}`;
+    const pill = document.createElement("span");
+    pill.className = "pill";
+    pill.dataset.status = pill.textContent = prediction.status;
+    const model = document.createElement("code");
+    model.textContent = prediction.model;
+    const what = document.createElement("span");
+    what.className = "what";
+    what.textContent = prediction.data_removed ? "(data removed)" : summary(prediction);
+    const when = document.createElement("time");
+    when.dateTime = prediction.created_at;
+    when.textContent = new Date(prediction.created_at).toLocaleTimeString();
+    link.append(pill, " ", model, " ", what, " ", when);
+    item.append(link);
+    list.append(item);
+  }
+  if (!page.results.length) {
+    const empty = document.createElement("li");
+    empty.className = "stat";
+    empty.textContent = "None yet.";
+    list.append(empty);
+  }
 }
 
 // -- wiring ----------------------------------------------------------------
@@ -210,6 +393,7 @@ async function start(event) {
       body: JSON.stringify({ input: readInputs() }),
     });
     watch(prediction, true);
+    loadRecent();
   } catch (error) {
     setStatus("idle");
     showError(error.message);
@@ -236,6 +420,7 @@ async function load() {
     return;
   }
   showError("");
+  loadRecent();
   const reopen = new URLSearchParams(location.search).get("prediction");
   if (reopen) {
     try {
@@ -261,6 +446,16 @@ function main() {
   $("run").addEventListener("submit", start);
   $("cancel").addEventListener("click", cancel);
   $("model").addEventListener("change", () => renderInputs(models.get($("model").value)));
+  $("copy-link").addEventListener("click", () => copy($("link").value, "Link"));
+  $("copy-output").addEventListener("click", () => copy($("output").textContent, "Output"));
+  $("copy-code").addEventListener("click", () => copy($("snippet").textContent, "Code"));
+  $("link").addEventListener("focus", () => $("link").select());
+  for (const tab of $("code").querySelectorAll("[role=tab]")) {
+    tab.addEventListener("click", () => {
+      codeLang = tab.dataset.lang;
+      renderCode();
+    });
+  }
   load();
 }
 
