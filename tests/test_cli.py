@@ -284,3 +284,12 @@ async def test_run_demo_refuses_a_bad_config_before_starting(tmp_path: Path) -> 
     assert result.returncode == 2
     assert result.stderr.decode().startswith(f'error: {config}: [deployments."acme/teller"]')
     assert result.stdout == b""  # no backend was started
+
+
+async def test_help_lists_every_command_in_plain_text() -> None:
+    result = await trio.run_process([*BRIDGE, "--help"], capture_stdout=True, env=ENV)
+    text = result.stdout.decode()
+    note = text.index("take --stop-on-eof")
+    for command in ("serve", "demo-backend", "serve-model", "run-demo", "predict"):
+        assert text.index(f"python -m bridge {command} ") < note, command
+    assert "``" not in text and "::" not in text  # no reST markup
