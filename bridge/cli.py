@@ -88,9 +88,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        # Ctrl-C works however this process was started: a shell that runs
-        # a command in the background without job control (``cmd &`` in a
-        # script, some CI runners) starts it with SIGINT ignored.
+        # As in __main__ (for the grpc-sse-bridge script, which starts here):
+        # Ctrl-C works even if this process was started with SIGINT ignored.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         # Each side imports only what it needs: the client is a small HTTP
         # program, not the server stack.

@@ -115,7 +115,8 @@ async def test_ctrl_c_cancels_the_prediction(start_bridge: StartBridge, inherite
     assert prediction["status"] == "canceled"
 
 
-async def test_ctrl_c_while_starting_up_exits_130_quietly() -> None:
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+async def test_ctrl_c_while_starting_up_exits_130_quietly(inherited: str) -> None:
     """The Ctrl-C lands while the client is still starting (``-X importtime``
     says when the CLI is in, before the client's imports): no traceback,
     status 130. Should it land later, the bridge it asks never answers (a
@@ -128,6 +129,7 @@ async def test_ctrl_c_while_starting_up_exits_130_quietly() -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=ENV | {"BRIDGE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"},
+        preexec_fn=ignore_sigint if inherited == "ignored" else None,
     )
     seen = b""
     with trio.fail_after(30):
