@@ -333,11 +333,10 @@ def create_app(bridge: Bridge) -> QuartTrio:
     @app.post("/v1/deployments/<owner>/<name>/predictions")
     async def create_deployment_prediction(owner: str, name: str) -> Response:
         body = await _json_body()
-        _, entry = bridge.deployment(f"{owner}/{name}")
-        return await create(entry, body, None)
+        return await create(bridge.deployment(f"{owner}/{name}"), body, None)
 
     async def deployment_response(name: str) -> dict[str, Any]:
-        _, entry = bridge.deployment(name)
+        entry = bridge.deployment(name)
         if await bridge.try_describe(entry) is None:
             raise BackendUnavailable(f"the backend of {entry.name} cannot say what it serves")
         return deployment_json(name, entry, bridge.started_at)

@@ -70,6 +70,12 @@ class _Signals:
                 log.info("%s again: stopping now", name)
                 self.stop_now.go()
 
+    async def serve(self, settings: Settings) -> None:
+        """Serve until the first signal; a second one stops it now."""
+        from .server import serve
+
+        await serve(settings, shutdown_trigger=self.first.wait, stop_now=self.stop_now)
+
 
 @contextlib.asynccontextmanager
 async def _signals() -> AsyncIterator[_Signals]:
@@ -83,14 +89,9 @@ async def _signals() -> AsyncIterator[_Signals]:
                 nursery.cancel_scope.cancel()
 
 
-async def _serve_until_signal(settings: Settings, signals: _Signals | None = None) -> None:
-    """Serve until SIGINT or SIGTERM; a second one stops it now."""
-    from .server import serve
-
-    async with contextlib.AsyncExitStack() as stack:
-        if signals is None:
-            signals = await stack.enter_async_context(_signals())
-        await serve(settings, shutdown_trigger=signals.first.wait, stop_now=signals.stop_now)
+async def _serve_until_signal(settings: Settings) -> None:
+    async with _signals() as signals:
+        await signals.serve(settings)
 
 
 async def _demo_backend(host: str, port: int, only: str | None) -> None:
@@ -179,7 +180,7 @@ async def _run_demo(config: str | None, host: str | None, port: int | None) -> N
                     targets = {m[1].decode(): m[2].decode() for m in _LISTENING.finditer(seen)}
             nursery.start_soon(_drain, backend.stdout)
             if len(targets) == 2:
-                await _serve_until_signal(_demo_settings(config, host, port, targets), signals)
+                await signals.serve(_demo_settings(config, host, port, targets))
         finally:
             with trio.CancelScope(shield=True):
                 if backend.returncode is None:

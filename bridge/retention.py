@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Iterator
 
 from .errors import OutputTooLarge, Overloaded
 from .events import EVENT_COST
@@ -98,16 +99,12 @@ class Retention:
         """Let go of the data of ended predictions past the data window or
         count, and forget those past the metadata window or count."""
         now = time.time()
-        data = self._with_data
-        while data and (len(data) > self._count or next(iter(data.values())) < now - self._seconds):
-            self._remove_data(data.popitem(last=False)[0])
-        ended = self._ended
-        while ended and (
-            len(ended) > self._metadata_count
-            or next(iter(ended.values())) < now - self._metadata_seconds
+        for prediction_id in _expired(self._with_data, self._count, now - self._seconds):
+            self._remove_data(prediction_id)
+        for prediction_id in _expired(
+            self._ended, self._metadata_count, now - self._metadata_seconds
         ):
-            prediction_id, _ = ended.popitem(last=False)
-            if data.pop(prediction_id, None) is not None:
+            if self._with_data.pop(prediction_id, None) is not None:
                 self._remove_data(prediction_id)
             del self._predictions[prediction_id]
 
@@ -122,3 +119,12 @@ class Retention:
         while self.bytes + cost > self._max_bytes and self._with_data:
             self._remove_data(self._with_data.popitem(last=False)[0])
         return self.bytes + cost <= self._max_bytes
+
+
+def _expired(
+    ended: collections.OrderedDict[str, float], count: int, horizon: float
+) -> Iterator[str]:
+    """Take the ids out of *ended* (oldest first) while there are more than
+    *count* or the oldest ended before *horizon*."""
+    while ended and (len(ended) > count or next(iter(ended.values())) < horizon):
+        yield ended.popitem(last=False)[0]

@@ -21,7 +21,7 @@ import trio
 
 from . import protocol, runner, strictjson
 from .admission import Admission, Ticket
-from .config import DeploymentSettings, Settings
+from .config import Settings
 from .errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -117,13 +117,12 @@ class Bridge:
         except KeyError:
             raise NotFound(f"model {name} is not served here") from None
 
-    def deployment(self, name: str) -> tuple[DeploymentSettings, ModelEntry]:
-        """A configured deployment and the model it serves."""
+    def deployment(self, name: str) -> ModelEntry:
+        """The model a configured deployment serves."""
         try:
-            deployment = self.settings.deployments[name]
+            return self.models[self.settings.deployments[name].model]
         except KeyError:
             raise NotFound(f"deployment {name} is not configured here") from None
-        return deployment, self.models[deployment.model]
 
     async def describe(self, entry: ModelEntry) -> protocol.ModelInfo:
         """Ask the model's backend what it is (and remember the answer).
