@@ -20,6 +20,23 @@ from bridge._proto.v1 import predictor_pb2_grpc
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
 
 
+async def read_until(
+    stream: trio.abc.ReceiveStream,
+    pattern: bytes,
+    seen: list[bytes] | None = None,
+    within: float = 60,
+) -> re.Match[bytes]:
+    """Read a process's output until what it wrote matches *pattern* (what
+    was read is kept in *seen*); fails if it ends first, or after *within* s."""
+    seen = [] if seen is None else seen
+    with trio.fail_after(within):
+        while not (found := re.search(pattern, b"".join(seen))):
+            data = await stream.receive_some()
+            assert data, b"".join(seen).decode(errors="replace")
+            seen.append(data)
+    return found
+
+
 class Misbehaving(predictor_pb2_grpc.PredictorServicer):
     """``behave`` in the input says how: ``hang`` (send nothing), ``one then
     hang`` (one chunk, then nothing), or a gRPC status code name to fail with
@@ -109,12 +126,7 @@ class BackendProcess:
             stdout=subprocess.PIPE,
             env=ENV,
         )
-        seen = b""
-        with trio.fail_after(30):
-            while not (found := re.search(rb"listening on 127\.0\.0\.1:(\d+)\n", seen)):
-                data = await self.process.stdout.receive_some()
-                assert data, "demo backend exited"
-                seen += data
+        found = await read_until(self.process.stdout, rb"listening on 127\.0\.0\.1:(\d+)\n")
         self.port = int(found[1])
         return self
 

@@ -167,9 +167,15 @@ async def read_stream(
 
 
 async def create(
-    client: httpx.AsyncClient, model: str, input: dict[str, Any], status: int = 201
+    client: httpx.AsyncClient,
+    model: str,
+    input: dict[str, Any],
+    status: int = 201,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    response = await client.post(f"/v1/models/{model}/predictions", json={"input": input})
+    response = await client.post(
+        f"/v1/models/{model}/predictions", json={"input": input}, headers=headers
+    )
     assert response.status_code == status, response.text
     return response.json()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ import httpx
 import pytest
 import trio
 
+from tests.backends import read_until
 from tests.conftest import create, poll_until, read_stream
 
 BRIDGE = [sys.executable, "-m", "bridge"]
@@ -24,18 +24,6 @@ ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
 def _state_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The processes keep their state (the webhook secret) in tmp_path."""
     monkeypatch.setitem(ENV, "XDG_STATE_HOME", str(tmp_path / "state"))
-
-
-async def _wait_for_line(stream: trio.abc.ReceiveStream, pattern: bytes, seen: list) -> re.Match:
-    """Read *stream* until a line matches *pattern*; keep what was read."""
-    with trio.fail_after(60):
-        while True:
-            found = re.search(pattern, b"".join(seen))
-            if found:
-                return found
-            data = await stream.receive_some()
-            assert data, b"".join(seen).decode()
-            seen.append(data)
 
 
 async def _start(args: list[str]) -> trio.Process:
@@ -70,7 +58,7 @@ async def test_demo_backend_and_serve_with_a_config_file(tmp_path: Path) -> None
     )
     try:
         out: list[bytes] = []
-        target = (await _wait_for_line(backend.stdout, rb"demo/echo listening on (\S+)\n", out))[1]
+        target = (await read_until(backend.stdout, rb"demo/echo listening on (\S+)\n", out))[1]
         config = tmp_path / "bridge.toml"
         config.write_text(f'[models."demo/echo"]\ntargets = ["{target.decode()}"]\n')
         bridge = await _start(
@@ -88,13 +76,13 @@ async def test_demo_backend_and_serve_with_a_config_file(tmp_path: Path) -> None
         )
         try:
             err: list[bytes] = []
-            port = (await _wait_for_line(bridge.stderr, rb"Running on http://[\d.]+:(\d+)", err))[1]
+            port = (await read_until(bridge.stderr, rb"Running on http://[\d.]+:(\d+)", err))[1]
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port.decode()}") as client:
                 prediction = await create(client, "demo/echo", {"prompt": "from a config file"})
                 events, _ = await read_stream(client, prediction["urls"]["stream"])
             assert "".join(e.data for e in events if e.event == "output") == "from a config file"
             # Structured logs: JSON lines, those about it carrying its id.
-            await _wait_for_line(bridge.stderr, rb'"status": "succeeded"', err)
+            await read_until(bridge.stderr, rb'"status": "succeeded"', err)
             lines = [json.loads(line) for line in b"".join(err).decode().splitlines()]
             mine = [line for line in lines if line.get("prediction_id") == prediction["id"]]
             assert [line["message"] for line in mine] == [
@@ -106,6 +94,14 @@ async def test_demo_backend_and_serve_with_a_config_file(tmp_path: Path) -> None
             assert await _stop(bridge, signal.SIGINT) == 0
     finally:
         assert await _stop(backend, signal.SIGTERM) == 0
+
+
+def _kill_what_is_left(run: trio.Process, backend_pid: int) -> None:
+    """Whatever a test saw, nothing of it runs on."""
+    if run.returncode is None:
+        run.kill()
+    if not _gone(backend_pid):
+        os.kill(backend_pid, signal.SIGKILL)
 
 
 async def _start_run_demo(*args: str) -> tuple[trio.Process, str, int]:
@@ -121,7 +117,7 @@ async def _start_run_demo(*args: str) -> tuple[trio.Process, str, int]:
         start_new_session=True,
     )
     try:
-        port = (await _wait_for_line(run.stderr, rb"Running on http://[\d.]+:(\d+)", []))[1]
+        port = (await read_until(run.stderr, rb"Running on http://[\d.]+:(\d+)", []))[1]
         children = await trio.run_process(["pgrep", "-P", str(run.pid)], capture_stdout=True)
         (backend_pid,) = [int(p) for p in children.stdout.split()]
     except BaseException:
@@ -163,16 +159,13 @@ async def test_the_demo_backend_ends_with_run_demo_even_on_sigkill() -> None:
             while not _gone(backend_pid):  # noqa: ASYNC110 - no event for another's exit
                 await trio.sleep(0.05)
     finally:  # whatever failed, nothing of this test runs on
-        if run.returncode is None:
-            run.kill()
-        if not _gone(backend_pid):
-            os.kill(backend_pid, signal.SIGKILL)
+        _kill_what_is_left(run, backend_pid)
 
 
 async def test_a_process_started_with_stop_on_eof_ends_when_its_parent_does() -> None:
     backend = await _start(["demo-backend", "--host", "127.0.0.1", "--port", "0"])
     try:
-        await _wait_for_line(backend.stdout, rb"demo/story listening", [])
+        await read_until(backend.stdout, rb"demo/story listening", [])
         assert backend.stdin is not None
         await backend.stdin.aclose()  # what the kernel does when the parent dies
         with trio.fail_after(10):
@@ -226,7 +219,7 @@ async def test_a_second_signal_during_the_drain_stops_now(sig: signal.Signals) -
             await poll_until(running)
         os.killpg(run.pid, sig)
         err: list[bytes] = []
-        await _wait_for_line(run.stderr, rb"shutting down \(again to stop now\)", err)
+        await read_until(run.stderr, rb"shutting down \(again to stop now\)", err)
         os.killpg(run.pid, sig)
         # Well before drain_seconds (10 s) would have let it go.
         with trio.fail_after(8):
@@ -238,10 +231,7 @@ async def test_a_second_signal_during_the_drain_stops_now(sig: signal.Signals) -
         assert "Traceback" not in said and "KeyboardInterrupt" not in said
         assert _gone(backend_pid)
     finally:
-        if run.returncode is None:
-            run.kill()
-        if not _gone(backend_pid):
-            os.kill(backend_pid, signal.SIGKILL)
+        _kill_what_is_left(run, backend_pid)
 
 
 async def test_run_demo_takes_a_config_file(tmp_path: Path) -> None:
@@ -265,10 +255,7 @@ async def test_run_demo_takes_a_config_file(tmp_path: Path) -> None:
         with trio.fail_after(20):
             assert await run.wait() == 0
     finally:
-        if run.returncode is None:
-            run.kill()
-        if not _gone(backend_pid):
-            os.kill(backend_pid, signal.SIGKILL)
+        _kill_what_is_left(run, backend_pid)
 
 
 async def test_run_demo_refuses_a_bad_config_before_starting(tmp_path: Path) -> None:

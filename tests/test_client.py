@@ -21,7 +21,7 @@ import pyte
 import pytest
 import trio
 
-from tests.backends import ENV
+from tests.backends import ENV, read_until
 from tests.conftest import StartBridge, wait_closed
 
 
@@ -131,18 +131,15 @@ async def test_ctrl_c_while_starting_up_exits_130_quietly(inherited: str) -> Non
         env=ENV | {"BRIDGE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"},
         preexec_fn=ignore_sigint if inherited == "ignored" else None,
     )
-    seen = b""
+    seen: list[bytes] = []
+    await read_until(process.stderr, rb"\| bridge.cli\n", seen)
+    process.send_signal(signal.SIGINT)
     with trio.fail_after(30):
-        while not re.search(rb"\| bridge.cli\n", seen):
-            data = await process.stderr.receive_some()
-            assert data, seen.decode()
-            seen += data
-        process.send_signal(signal.SIGINT)
         assert await process.wait() == 130
         while data := await process.stderr.receive_some():
-            seen += data
+            seen.append(data)
     silent.close()
-    said = seen.decode()
+    said = b"".join(seen).decode()
     assert "Traceback" not in said and "KeyboardInterrupt" not in said
     # The client imports none of the server stack.
     assert "| quart" not in said and "| trio" not in said and "| grpc" not in said
@@ -157,6 +154,19 @@ class Terminal:
         fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
         self.screen = pyte.Screen(80, 24)
         self.stream = pyte.ByteStream(self.screen)
+
+    async def predict(self, url: str, *input: str, stdout: int | None = None) -> trio.Process:
+        """``python -m bridge predict demo/echo`` with its stderr (and its
+        stdout, unless given) on this terminal."""
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "bridge", "predict", "demo/echo", *input],
+            stdin=subprocess.DEVNULL,
+            stdout=self.slave if stdout is None else stdout,
+            stderr=self.slave,
+            env=ENV | {"BRIDGE_URL": url},
+        )
+        os.close(self.slave)  # the process holds it now: its end is this one's EOF
+        return process
 
     def lines(self) -> list[str]:
         return [line.rstrip() for line in self.screen.display]
@@ -191,22 +201,7 @@ async def test_the_status_line_is_live_below_the_text(
 ) -> None:
     url = await start_bridge()
     term = Terminal()
-    process = await trio.lowlevel.open_process(
-        [
-            sys.executable,
-            "-m",
-            "bridge",
-            "predict",
-            "demo/echo",
-            f"prompt={prompt}",
-            "delay_ms=100",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=term.slave,
-        stderr=term.slave,
-        env=ENV | {"BRIDGE_URL": url},
-    )
-    os.close(term.slave)
+    process = await term.predict(url, f"prompt={prompt}", "delay_ms=100")
     try:
         # Mid-stream: the text so far, and just below it the live status.
         seen = await term.read_until(lambda lines: any("w7" in line for line in lines))
@@ -234,14 +229,7 @@ async def test_the_status_line_is_live_below_the_text(
 async def test_with_stdout_redirected_the_text_stays_clean(start_bridge: StartBridge) -> None:
     url = await start_bridge()
     term = Terminal()
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bridge", "predict", "demo/echo", f"prompt={WORDS}", "delay_ms=50"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=term.slave,
-        env=ENV | {"BRIDGE_URL": url},
-    )
-    os.close(term.slave)
+    process = await term.predict(url, f"prompt={WORDS}", "delay_ms=50", stdout=subprocess.PIPE)
     try:
         text = b""
         async with trio.open_nursery() as nursery:

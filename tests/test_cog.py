@@ -15,7 +15,7 @@ import trio
 
 from bridge.cogmodel import ModelLoadError, load_model
 from bridge.sdk import ModelServer
-from tests.backends import ENV
+from tests.backends import ENV, read_until
 from tests.conftest import StartBridge, create, read_stream
 from tests.test_api import assert_problem
 
@@ -96,15 +96,9 @@ async def test_the_seeds_cog_predictor_streams_through_the_bridge(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV, cwd=tmp_path
         )
         try:
-            seen = b""
-            with trio.fail_after(30):
-                while b"\n" not in seen:
-                    data = await process.stdout.receive_some()
-                    assert data, "serve-model exited"
-                    seen += data
-            line = seen.decode().splitlines()[0]
-            assert line.startswith("me/fox listening on 127.0.0.1:")
-            target = line.rpartition(" ")[2]
+            line = await read_until(process.stdout, rb"^(.*)\n")
+            assert line[1].startswith(b"me/fox listening on 127.0.0.1:")
+            target = line[1].decode().rpartition(" ")[2]
             url = await start_bridge(targets={"me/fox": target})
             async with httpx.AsyncClient(base_url=url, timeout=30) as client:
                 prediction = await create(client, "me/fox", {})

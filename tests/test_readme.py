@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.backends import ENV
+from tests.backends import ENV, read_until
 from tests.conftest import create, read_stream
 
 README = Path(__file__).parent.parent / "README.md"
@@ -55,21 +55,11 @@ async def test_serve_your_own_model_as_the_readme_says(tmp_path: Path) -> None:
     )
     bridge = None
     try:
-        seen = b""
-        with trio.fail_after(30):
-            while b"listening on" not in seen:
-                data = await model.stdout.receive_some()
-                assert data, "my_model.py exited"
-                seen += data
+        await read_until(model.stdout, rb"me/shout listening on")
         bridge = await trio.lowlevel.open_process(
             bridge_command, cwd=tmp_path, stderr=subprocess.PIPE, env=env
         )
-        err = b""
-        with trio.fail_after(30):
-            while not (found := re.search(rb"Running on (http://\S+)", err)):
-                data = await bridge.stderr.receive_some()
-                assert data, err.decode()
-                err += data
+        found = await read_until(bridge.stderr, rb"Running on (http://\S+)")
         async with httpx.AsyncClient(base_url=found[1].decode(), timeout=30) as client:
             prediction = await create(client, "me/shout", {"prompt": "hello world", "times": 2})
             events, _ = await read_stream(client, prediction["urls"]["stream"])

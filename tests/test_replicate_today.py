@@ -52,13 +52,7 @@ def seconds(iso: str) -> float:
 
 async def test_cancel_after_cancels_a_running_prediction(client: httpx.AsyncClient) -> None:
     key = uuid.uuid4().hex
-    response = await client.post(
-        "/v1/models/test/endless/predictions",
-        json={"input": {"key": key}},
-        headers={"Cancel-After": "1s"},
-    )
-    assert response.status_code == 201, response.text
-    prediction = response.json()
+    prediction = await create(client, "test/endless", {"key": key}, headers={"Cancel-After": "1s"})
     events, _ = await read_stream(client, prediction["urls"]["stream"])
     assert events[-1].event == "done" and events[-1].data == '{"reason":"canceled"}'
     assert any(e.event == "output" for e in events)  # it ran, then was cancelled
@@ -76,13 +70,9 @@ async def test_cancel_after_cancels_a_queued_prediction(start_bridge: StartBridg
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         holder = await create(client, "test/gate", {"key": holder_key})
         await wait_for_status(client, holder, "processing")
-        response = await client.post(
-            "/v1/models/test/gate/predictions",
-            json={"input": {"key": queued_key}},
-            headers={"Cancel-After": "1"},
+        queued = await create(
+            client, "test/gate", {"key": queued_key}, headers={"Cancel-After": "1"}
         )
-        assert response.status_code == 201, response.text
-        queued = response.json()
         final = await wait_for_status(client, queued, "canceled")
         assert final["started_at"] is None  # it never left the queue
         assert final["metrics"]["total_time"] >= 0.99
@@ -112,14 +102,10 @@ async def test_bad_cancel_after_is_400_and_creates_nothing(
 async def test_cancel_after_leaves_a_prediction_that_ends_in_time(
     client: httpx.AsyncClient, value: str, deadline: float
 ) -> None:
-    response = await client.post(
-        "/v1/models/demo/echo/predictions",
-        json={"input": {"prompt": "in time"}},
-        headers={"Cancel-After": value, "Prefer": "wait"},
-    )
-    assert response.status_code == 201, response.text
-    assert response.json()["status"] == "succeeded"
-    assert response.json()["metrics"]["total_time"] < deadline
+    waited = {"Cancel-After": value, "Prefer": "wait"}
+    prediction = await create(client, "demo/echo", {"prompt": "in time"}, headers=waited)
+    assert prediction["status"] == "succeeded"
+    assert prediction["metrics"]["total_time"] < deadline
 
 
 # -- the prediction object ------------------------------------------------------
@@ -229,12 +215,10 @@ async def test_stream_is_optional_and_a_boolean(
 
 
 async def test_a_model_that_returns_one_value(client: httpx.AsyncClient) -> None:
-    response = await client.post(
-        "/v1/models/test/upper/predictions",
-        json={"input": {"text": "one value"}},
-        headers={"Prefer": "wait"},
+    prediction = await create(
+        client, "test/upper", {"text": "one value"}, headers={"Prefer": "wait"}
     )
-    assert response.json()["output"] == "ONE VALUE"
+    assert prediction["output"] == "ONE VALUE"
 
 
 # -- deployments ------------------------------------------------------------------
