@@ -166,8 +166,10 @@ async def test_data_and_metadata_windows_by_age(start_bridge: StartBridge) -> No
     url = await start_bridge(retention_seconds=0, metadata_retention_seconds=1)
     async with httpx.AsyncClient(base_url=url) as client:
         before = time.time()
-        prediction = await create(client, "demo/echo", {"prompt": "short-lived"})
-        await read_stream(client, prediction["urls"]["stream"])
+        # Waited for, not streamed: its stream is gone (410) as soon as it ends.
+        waited = {"Prefer": "wait"}
+        prediction = await create(client, "demo/echo", {"prompt": "short-lived"}, headers=waited)
+        assert prediction["status"] == "succeeded"
         response = await client.get(prediction["urls"]["get"])
         if time.time() - before < 1:  # it certainly ended less than 1 s ago
             assert response.status_code == 200
