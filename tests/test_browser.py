@@ -130,6 +130,15 @@ def page(browser_context) -> Iterator[Page]:
     assert errors == []  # no uncaught JavaScript error
 
 
+def replayed(page: Page, text: str) -> None:
+    """Wait until a reopened, finished prediction shows *text*: its status
+    comes with the prediction, its output with the replayed stream after."""
+    page.wait_for_selector('#status[data-status="succeeded"]', timeout=30_000)
+    page.wait_for_function(
+        "text => document.getElementById('output').textContent === text", arg=text, timeout=30_000
+    )
+
+
 def start(page: Page, bridge: str, model: str, **input: object) -> None:
     page.goto(bridge + "/")
     page.wait_for_selector("#inputs [name=prompt]")
@@ -160,8 +169,7 @@ def test_page_streams_a_story(page: Page, bridge: str) -> None:
     # The link reopens the finished prediction and replays it.
     text = page.text_content("#output")
     page.goto(page.input_value("#link"))
-    page.wait_for_selector('#status[data-status="succeeded"]', timeout=30_000)
-    assert page.text_content("#output") == text
+    replayed(page, text)
     assert page.input_value("#inputs [name=prompt]") == "Tell me a story"
 
 
@@ -230,8 +238,7 @@ def test_urls_web_opens_the_page_on_that_prediction(page: Page, bridge: str) -> 
     ).json()
     assert prediction["status"] == "succeeded"
     page.goto(prediction["urls"]["web"])
-    page.wait_for_selector('#status[data-status="succeeded"]', timeout=30_000)
-    assert page.text_content("#output") == "made over the API"
+    replayed(page, "made over the API")
     assert page.input_value("#model") == "demo/echo"
     assert page.input_value("#inputs [name=prompt]") == "made over the API"
 
@@ -330,5 +337,4 @@ def test_live_cursor_logs_and_recent_predictions(page: Page, bridge: str) -> Non
     assert "succeeded" in first.text_content()
     page.goto(bridge + "/")  # a fresh page; reopen it from the list
     page.click(f"#recent-list a[href$='{mine}']")
-    page.wait_for_selector('#status[data-status="succeeded"]', timeout=30_000)
-    assert page.text_content("#output") == "slow and steady words"
+    replayed(page, "slow and steady words")
