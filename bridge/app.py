@@ -169,6 +169,10 @@ def create_app(bridge: Bridge) -> QuartTrio:
     api_spec = spec()
     metrics = Metrics(bridge)
     app.config["MAX_CONTENT_LENGTH"] = bridge.settings.max_body_bytes
+    # The one timeout for a slow body (hypercorn's read_timeout stays off:
+    # it would also cut a stream's connection, where the client sends
+    # nothing): 408, then the connection closes.
+    app.config["BODY_TIMEOUT"] = bridge.settings.body_timeout_seconds
     settings = bridge.settings
     token_bytes = [t.encode() for t in sorted(settings.auth_tokens)]
 

@@ -121,6 +121,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     shutdown_timeout_seconds: Grace = 5.0
     #: Largest request body accepted (413 above).
     max_body_bytes: Bytes = 1 << 20
+    #: A request body not all received this long after its head is
+    #: answered 408 and its connection closed.
+    body_timeout_seconds: Seconds = 60.0
+    #: HTTP connections open at once; past it, accepting pauses until one
+    #: closes. None: from the open-file limit, leaving room for gRPC,
+    #: webhooks and files (see :func:`bridge.server.connection_limit`).
+    max_connections: Count | None = None
+    #: Whether cleartext HTTP/2 is spoken (an ``Upgrade: h2c`` or the
+    #: prior-knowledge preface); off: HTTP/1.1 only.
+    h2c: bool = False
     #: Listen backlog. Hypercorn's default (100) overflows when many clients
     #: connect at once, and the kernel then drops SYNs that clients resend
     #: only after 1, 3, 7 s (measured: 1,000 concurrent creates took 23 s).

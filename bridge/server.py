@@ -19,6 +19,7 @@ closes its channels and exits.
 from __future__ import annotations
 
 import logging
+import resource
 import socket
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -27,16 +28,16 @@ from pathlib import Path
 import hypercorn.config
 import trio
 from hypercorn.config import Sockets
-from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 
+from ._compat.hypercorn import ConnectionLimits, serve_http
 from .app import create_app
 from .config import Settings
 from .grpc_loop import open_grpc_loop
 from .service import Bridge
 from .webhooks import WebhookPolicy, WebhookSender, load_or_create_secret, open_webhook_client
 
-__all__ = ["StopNow", "serve"]
+__all__ = ["StopNow", "connection_limit", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,17 @@ async def serve(
         app = create_app(bridge)
         stop_http = trio.Event()
         sockets = _listen(config, settings.stall_seconds)
+        limits = ConnectionLimits(
+            max_connections=settings.max_connections or connection_limit(), h2c=settings.h2c
+        )
         async with trio.open_nursery() as http:
             binds = await http.start(
                 partial(
-                    worker_serve,
+                    serve_http,
                     wrap_app(app, config.wsgi_max_body_size, "asgi"),
                     config,
-                    sockets=sockets,
+                    sockets,
+                    limits,
                     shutdown_trigger=stop_http.wait,
                 )
             )
@@ -136,6 +141,27 @@ class StopNow:
         self.going = True
         for scope in self._scopes:
             scope.cancel()
+
+
+#: File descriptors kept for everything but HTTP connections: gRPC
+#: channels, the webhook pool (256 at most), files, the listening sockets.
+FD_RESERVE = 512
+
+
+def connection_limit() -> int:
+    """The default ``max_connections``: the open-file limit, raised to its
+    hard limit first (as nginx's ``worker_rlimit_nofile`` and Redis do),
+    less :data:`FD_RESERVE`; at least 64."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        if wanted > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+                soft = wanted
+            except (ValueError, OSError):
+                pass
+    return max(64, soft - FD_RESERVE)
 
 
 def _listen(config: hypercorn.config.Config, stall_seconds: float) -> Sockets:

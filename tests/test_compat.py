@@ -1,0 +1,58 @@
+"""What bridge/_compat relies on of other projects' private APIs: an
+upgrade that changes any of it fails here, not in production."""
+
+from __future__ import annotations
+
+import inspect
+
+import h11
+from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.trio.tcp_server import TCPServer
+
+from bridge._compat.hypercorn import head_problem
+
+
+def test_hypercorn_tcp_server_makes_its_protocol_in_run_and_closes_with_close() -> None:
+    run = inspect.getsource(TCPServer.run)
+    assert "self.protocol = ProtocolWrapper(" in run
+    assert "await self._close()" in run
+    assert "self.send_lock" in inspect.getsource(TCPServer.protocol_send)
+    assert "send_eof" in inspect.getsource(TCPServer._close)
+
+
+def test_hypercorn_protocol_wrapper_keeps_its_protocol_and_arguments() -> None:
+    init = inspect.getsource(ProtocolWrapper.__init__)
+    for name in ("app", "config", "context", "task_group", "state", "ssl", "client", "server"):
+        assert f"self.{name} = {name}" in init
+    assert "self.protocol = H11Protocol(" in init
+
+
+def test_hypercorn_h11_checks_each_request_and_answers_errors() -> None:
+    events = inspect.getsource(H11Protocol._handle_events)
+    assert "await self._check_protocol(event)" in events
+    assert "except h11.RemoteProtocolError as error:" in events
+    assert "_send_error_response(error.error_status_hint)" in events
+    assert list(inspect.signature(H11Protocol._send_error_response).parameters) == [
+        "self",
+        "status_code",
+    ]
+
+
+def test_h11_process_error_lets_a_server_answer_then_close() -> None:
+    connection = h11.Connection(h11.SERVER)
+    connection.receive_data(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    assert connection.trailing_data == (b"GET / HTTP/1.1\r\nHost: x\r\n", False)
+    connection._process_error(connection.their_role)
+    assert connection.their_state is h11.ERROR
+    connection.send(h11.Response(status_code=400, headers=[("content-length", "0")]))
+    connection.send(h11.EndOfMessage())
+    assert connection.our_state is h11.MUST_CLOSE
+
+
+def test_head_problem_waits_for_a_whole_head_and_fed_byte_by_byte_agrees() -> None:
+    bad = b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"
+    for end in range(len(bad)):
+        assert head_problem(bad[:end]) is None
+    assert head_problem(bad) == "more than one Content-Length"
+    assert head_problem(b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n") is None
