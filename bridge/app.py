@@ -114,6 +114,31 @@ def cancel_after(header: str | None) -> float | None:
     return seconds
 
 
+#: A Host header: a name, an IPv4 address or a bracketed IPv6 one, and an
+#: optional port (RFC 9110 7.2, RFC 3986 3.2.2).
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::([0-9]{1,5}))?")
+
+
+def check_host(values: list[str], allowed: tuple[str, ...]) -> None:
+    """Raise :class:`BadRequest` unless *values* (the request's Host
+    headers) are none or empty, or one valid ``host[:port]`` that *allowed* (if any
+    are) names: ``example.com`` exactly, ``.example.com`` it and any name
+    under it (as Django's ``ALLOWED_HOSTS``)."""
+    values = [v for v in values if v]  # an empty Host is none (RFC 9112 3.2)
+    if not values:
+        return
+    match = _HOST.fullmatch(values[0]) if len(values) == 1 else None
+    if match is None or (match[2] is not None and int(match[2]) > 65535):
+        raise BadRequest(f"Host {values[0][:80]!r} is not a valid host[:port]")
+    if not allowed:
+        return
+    name = match[1].lower().rstrip(".")
+    for pattern in allowed:
+        if name == pattern.lstrip(".") or (pattern.startswith(".") and name.endswith(pattern)):
+            return
+    raise BadRequest(f"Host {name!r} is not one this bridge serves ([server] allowed_hosts)")
+
+
 _request_ends: ContextVar[list[Callable[[], object]]] = ContextVar("request_ends")
 
 
@@ -177,7 +202,13 @@ def create_app(bridge: Bridge) -> QuartTrio:
     token_bytes = [t.encode() for t in sorted(settings.auth_tokens)]
 
     def base_url() -> str:
-        return settings.public_url or request.host_url.rstrip("/")
+        """Where this request reached the bridge: ``public_url`` if set, else
+        its checked Host (see :func:`check_host`), else the address the
+        bridge listens on (an HTTP/1.0 request may send no Host)."""
+        if settings.public_url:
+            return settings.public_url
+        host = request.headers.get("Host")
+        return f"{request.scheme}://{host}" if host else bridge.base_url
 
     def prediction_response(prediction: Prediction, status: int = 200) -> Response:
         return _json(prediction.to_json(base_url()), status)
@@ -213,7 +244,10 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.before_request
     async def authenticate() -> Response | None:
+        check_host(request.headers.getlist("Host"), settings.allowed_hosts)
         if request.method == "OPTIONS":
+            if request.routing_exception is not None:
+                raise request.routing_exception  # an unknown path is 404
             return cors_preflight()
         # Stream URLs carry an unguessable id and need no token, as on
         # Replicate (an EventSource cannot send one).
@@ -395,6 +429,10 @@ def create_app(bridge: Bridge) -> QuartTrio:
         prediction = bridge.get(prediction_id)
         if prediction.data_removed:
             raise Gone(f"prediction {prediction_id}'s output was removed (data_removed)")
+        if request.method == "HEAD":
+            # The headers a GET would get, at once: a HEAD never waits for
+            # the prediction (nor holds what is pipelined behind it).
+            return stream.head_response()
         start = 0
         last_event_id = request.headers.get("Last-Event-ID")
         if last_event_id:

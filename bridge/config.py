@@ -106,6 +106,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     deployments: dict[str, DeploymentSettings] = msgspec.field(default_factory=dict)
     #: Base of the absolute URLs in responses; None takes it from the request.
     public_url: URL | None = None
+    #: Host names requests may name (``.example.com``: it and any name
+    #: under it); empty: any valid one. Others get 400.
+    allowed_hosts: tuple[Text, ...] = ()
     #: Idle streams get a ``: ping`` comment this often.
     keepalive_seconds: Seconds = 15.0
     #: A reader whose connection accepts no data for this long is cut off

@@ -45,6 +45,9 @@ __all__ = ["EVENT_COST", "SLICE_BYTES", "EventLog", "OutputBatch", "log_cost"]
 #: event, however large): what a reader holds at a time.
 SLICE_BYTES = 64 * 1024
 
+#: An event id this log writes: ``<unix seconds>:<n>``.
+_EVENT_ID = re.compile(r"[0-9]{1,12}:([0-9]{1,12})")
+
 #: What keeping one event costs beyond its payload bytes: its end offset (4)
 #: and kind byte (1), plus the slack of the growing arrays that hold them.
 #: An empty chunk is not free: it costs this.
@@ -183,10 +186,12 @@ class EventLog:
 
         Raises ``ValueError`` for an id this log could not have written.
         """
-        seconds, sep, n = last_event_id.strip().partition(":")
-        if not (sep and seconds.isdigit() and n.isdigit()):
-            raise ValueError(f"Last-Event-ID {last_event_id!r} is not of the form <seconds>:<n>")
-        return int(n) + 1
+        match = _EVENT_ID.fullmatch(last_event_id.strip())
+        if match is None:
+            raise ValueError(
+                f"Last-Event-ID {last_event_id[:40]!r} is not an id of this stream (<seconds>:<n>)"
+            )
+        return int(match[1]) + 1
 
     def read(self, start: int, limit: int = SLICE_BYTES) -> tuple[bytes, int]:
         """The SSE frames of the events from *start* on, at most about

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -40,6 +41,9 @@ from .webhooks import WebhookPolicy, WebhookSender
 __all__ = ["Bridge", "Observer", "Page"]
 
 log = logging.getLogger(__name__)
+
+#: A list cursor: ``b<seq>`` (older than that) or ``a<seq>`` (newer).
+_CURSOR = re.compile(r"([ab])([0-9]{1,18})")
 
 SHUTDOWN_ERROR = "the bridge shut down before the prediction finished; retry it"
 
@@ -285,14 +289,23 @@ class Bridge:
         newer_first = True
         if not cursor:
             walk = newest_first
-        elif cursor[:1] == "b" and cursor[1:].isdigit():
-            walk = [p for p in newest_first if p.seq < int(cursor[1:])]
-        elif cursor[:1] == "a" and cursor[1:].isdigit():
-            # Newer than the cursor: the ones next to it first.
-            walk = [p for p in reversed(newest_first) if p.seq > int(cursor[1:])]
-            newer_first = False
         else:
-            raise ValueError(f"cursor {cursor!r} is not one this server gave out")
+            # Parsed once, and only cursors this server could have given out
+            # (int() of thousands of digits costs quadratic time, per
+            # prediction compared).
+            match = _CURSOR.fullmatch(cursor)
+            if match is None:
+                raise ValueError(
+                    f"cursor {cursor[:40]!r} is not one this server gave out: use the "
+                    "next or previous URL of a page"
+                )
+            seq = int(match[2])
+            if match[1] == "b":
+                walk = [p for p in newest_first if p.seq < seq]
+            else:
+                # Newer than the cursor: the ones next to it first.
+                walk = [p for p in reversed(newest_first) if p.seq > seq]
+                newer_first = False
         taken: list[tuple[Prediction, bytes]] = []
         size = 0
         for prediction in walk[: self.settings.page_size]:

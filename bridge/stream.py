@@ -25,7 +25,7 @@ from quart import Response
 from . import sse
 from .events import SLICE_BYTES, EventLog
 
-__all__ = ["SSE_HEADERS", "sse_body", "stream_response"]
+__all__ = ["SSE_HEADERS", "head_response", "sse_body", "stream_response"]
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
@@ -77,3 +77,8 @@ def stream_response(
     response = Response(body, status=status, content_type="text/event-stream", headers=headers)
     response.timeout = None  # Quart would cut the stream at 60 s
     return response
+
+
+def head_response() -> Response:
+    """What a HEAD of a stream gets: a stream's headers, no body."""
+    return Response(b"", content_type="text/event-stream", headers=SSE_HEADERS)

@@ -4,6 +4,7 @@ server does with the connection."""
 
 from __future__ import annotations
 
+import json
 import logging
 import resource
 
@@ -167,3 +168,118 @@ def test_the_default_connection_cap_is_below_the_open_file_limit() -> None:
     cap = connection_limit()
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert 64 <= cap <= soft - FD_RESERVE or (cap == 64 and soft - FD_RESERVE < 64)
+
+
+@pytest.mark.parametrize(
+    "host", ["a@evil.com", "evil.com/x?", "evil.com:99999", "a b", "evil.com:x"]
+)
+async def test_an_invalid_host_is_400(start_bridge: StartBridge, host: str) -> None:
+    url = await start_bridge()
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.get("/v1/predictions", headers={"Host": host})
+    assert response.status_code == 400, response.text
+    assert "is not a valid host[:port]" in response.json()["detail"]
+
+
+async def test_without_a_host_urls_name_the_address_listened_on(
+    start_bridge: StartBridge,
+) -> None:
+    url = await start_bridge()
+    async with httpx.AsyncClient(base_url=url) as client:
+        prediction = await create(client, "demo/echo", {"prompt": "x"})
+    stream = await connect(url)
+    await stream.send_all(f"GET /v1/predictions/{prediction['id']} HTTP/1.0\r\n\r\n".encode())
+    answer = await read_until_closed(stream, within=5)
+    body = json.loads(answer.partition(b"\r\n\r\n")[2])
+    assert body["urls"]["get"] == f"{url}/v1/predictions/{prediction['id']}"
+
+
+async def test_allowed_hosts_refuse_the_others_and_public_url_wins(
+    start_bridge: StartBridge,
+) -> None:
+    url = await start_bridge(allowed_hosts=("127.0.0.1", ".example.com"))
+    async with httpx.AsyncClient(base_url=url) as client:
+        for host in ("evil.com", "example.com.evil.com", "notexample.com"):
+            response = await client.get("/v1/predictions", headers={"Host": host})
+            assert response.status_code == 400, host
+            assert "allowed_hosts" in response.json()["detail"]
+        for host in ("api.example.com", "example.com:8080", "127.0.0.1"):
+            response = await client.get("/health", headers={"Host": host})
+            assert response.status_code == 200, host
+        prediction = (
+            await client.post(
+                "/v1/models/demo/echo/predictions",
+                json={"input": {"prompt": "x"}},
+                headers={"Host": "api.example.com"},
+            )
+        ).json()
+        assert prediction["urls"]["get"].startswith("http://api.example.com/v1/predictions/")
+    public = await start_bridge(public_url="https://bridge.example.org")
+    async with httpx.AsyncClient(base_url=public) as client:
+        prediction = await create(client, "demo/echo", {"prompt": "x"}, headers={"Host": "a.b"})
+        assert prediction["urls"]["get"].startswith("https://bridge.example.org/v1/")
+
+
+async def test_head_of_a_running_stream_answers_at_once(start_bridge: StartBridge) -> None:
+    url = await start_bridge()
+    async with httpx.AsyncClient(base_url=url) as client:
+        prediction = await create(client, "test/endless", {"key": "head"})
+    stream = await connect(url)
+    path = f"/v1/predictions/{prediction['id']}/stream"
+    await stream.send_all(request("HEAD", path) + request("GET", "/health"))
+    with trio.fail_after(5):
+        data = b""
+        while data.count(b"HTTP/1.1 200 ") < 2:
+            data += await stream.receive_some(65536)
+    assert b"text/event-stream" in data.split(b"\r\n\r\n")[0]
+    async with httpx.AsyncClient(base_url=url) as client:
+        await client.post(f"/v1/predictions/{prediction['id']}/cancel")
+
+
+async def test_options_on_an_unknown_path_is_404(start_bridge: StartBridge) -> None:
+    url = await start_bridge()
+    async with httpx.AsyncClient(base_url=url) as client:
+        assert (await client.options("/nothing/here")).status_code == 404
+        assert (await client.options("/v1/predictions")).status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("cursor", "header"),
+    [
+        ("b\u00b2", None),
+        ("b" + "9" * 5000, None),
+        ("a-1", None),
+        (None, "1:\u00b2".encode()),
+        (None, b"1:" + b"9" * 5000),
+    ],
+    ids=["a superscript digit", "5000 digits", "a sign", "id superscript", "id 5000 digits"],
+)
+async def test_bad_cursors_and_event_ids_are_400_written_for_the_user(
+    start_bridge: StartBridge, cursor: str | None, header: bytes | None
+) -> None:
+    url = await start_bridge()
+    async with httpx.AsyncClient(base_url=url) as client:
+        if cursor is not None:
+            response = await client.get("/v1/predictions", params={"cursor": cursor})
+            expected = "is not one this server gave out"
+        else:
+            prediction = await create(client, "demo/echo", {"prompt": "x"})
+            response = await client.get(
+                prediction["urls"]["stream"], headers={"Last-Event-ID": header}
+            )
+            expected = "is not an id of this stream"
+    assert response.status_code == 400
+    detail = response.json()["detail"]
+    assert expected in detail and "int()" not in detail and "digits" not in detail
+    assert len(detail) < 200
+
+
+async def test_a_long_cursor_does_not_stall_the_server(start_bridge: StartBridge) -> None:
+    """int() of a 4,290-digit cursor once per retained prediction took
+    1.6 s a request; now it is parsed once, and refused."""
+    url = await start_bridge()
+    async with httpx.AsyncClient(base_url=url) as client:
+        for _ in range(20):
+            await create(client, "demo/echo", {"prompt": "x"})
+        response = await client.get("/v1/predictions", params={"cursor": "b" + "9" * 4290})
+        assert response.status_code == 400
