@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import protocol
-from .errors import BackendTimeout, BackendUnavailable, DeadlineExceeded
-from .events import OutputBatch, log_cost
+from .errors import BackendProtocolError, BackendTimeout, BackendUnavailable, DeadlineExceeded
+from .events import EVENT_COST, OutputBatch, log_cost
 from .grpc_loop import GrpcLoop
 from .models import ModelEntry
 from .predictions import Prediction
@@ -30,6 +30,11 @@ from .validation import validate_input
 
 if TYPE_CHECKING:  # service imports this module
     from .service import Observer
+
+#: The most metrics a model may report for one prediction, and the longest
+#: name of one: metrics are kept with a prediction's metadata (7 days).
+MAX_METRICS = 64
+MAX_METRIC_NAME = 64
 
 __all__ = ["run"]
 
@@ -131,7 +136,7 @@ async def _stream(
                     if isinstance(item, protocol.LogLine):
                         sink.log(item.line)
                     elif isinstance(item, protocol.MetricsUpdate):
-                        prediction.add_metrics(item.values)
+                        sink.metrics(item.values)
                     elif isinstance(item, protocol.Started) and not prediction.started_at:
                         prediction.start()
                 if chunks:
@@ -175,3 +180,19 @@ class _Sink:
     def log(self, line: str) -> None:
         self.retention.charge(self.prediction, log_cost(line), self.cap)
         self.prediction.add_log(line)
+
+    def metrics(self, values: dict[str, float]) -> None:
+        """Keep the model's metrics: new names are charged like output, and
+        at most :data:`MAX_METRICS` names of at most
+        :data:`MAX_METRIC_NAME` characters are kept (they outlive the data,
+        with the prediction's metadata)."""
+        prediction = self.prediction
+        new = [name for name in values if name not in prediction.metrics]
+        if any(len(name) > MAX_METRIC_NAME for name in new):
+            raise BackendProtocolError(
+                f"model backend sent a metric name longer than {MAX_METRIC_NAME} characters"
+            )
+        if len(prediction.metrics) + len(new) > MAX_METRICS:
+            raise BackendProtocolError(f"model backend sent more than {MAX_METRICS} metrics")
+        self.retention.charge(prediction, sum(len(n) + EVENT_COST for n in new), self.cap)
+        prediction.add_metrics(values)

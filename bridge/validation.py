@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +18,7 @@ from .errors import BadRequest, InvalidInput
 from .webhooks import EVENTS
 
 __all__ = [
+    "MAX_INVALID_FIELDS",
     "MAX_JSON_DEPTH",
     "parse_json",
     "validate_input",
@@ -74,42 +76,62 @@ def _validator(schema_json: str) -> jsonschema.protocols.Validator:
     return jsonschema.Draft202012Validator(json.loads(schema_json))
 
 
+#: The most ``invalid_fields`` one 422 lists; validation stops there, so
+#: neither the time it takes nor the answer grows with a huge bad input.
+MAX_INVALID_FIELDS = 20
+#: The longest ``description`` of one invalid field, in characters.
+MAX_DESCRIPTION = 200
+
+
 def validate_input(schema: dict[str, Any], input: Any) -> None:
-    """Raise :class:`InvalidInput` listing every field that fails *schema*."""
+    """Raise :class:`InvalidInput` listing the fields that fail *schema*:
+    every one, up to :data:`MAX_INVALID_FIELDS` (then the detail says there
+    are more, and validation stops)."""
     if not isinstance(input, dict):
         raise InvalidInput(
             "input: must be a JSON object",
             [{"type": "type", "field": "input", "description": "input must be an object"}],
         )
     validator = _validator(json.dumps(schema, sort_keys=True))
-    fields = []
-    for error in sorted(validator.iter_errors(input), key=lambda e: list(e.path)):
+    found: dict[tuple[str, str], dict[str, str]] = {}  # de-duplicated, in order
+    for field in _invalid_fields(validator.iter_errors(input)):
+        description = field["description"]
+        if len(description) > MAX_DESCRIPTION:
+            field["description"] = description[: MAX_DESCRIPTION - 3] + "..."
+        found.setdefault((field["field"], field["description"]), field)
+        if len(found) > MAX_INVALID_FIELDS:
+            break
+    if not found:
+        return
+    fields = sorted(found.values(), key=lambda f: f["field"])[:MAX_INVALID_FIELDS]
+    detail = "; ".join(f"input.{f['field']}: {f['description']}" for f in fields)
+    if len(found) > MAX_INVALID_FIELDS:
+        detail += f"; and more (only the first {MAX_INVALID_FIELDS} are listed)"
+    raise InvalidInput(detail, fields)
+
+
+def _invalid_fields(errors: Iterator[jsonschema.ValidationError]) -> Iterator[dict[str, str]]:
+    """Each error of *errors* as one or more ``invalid_fields`` entries,
+    lazily (a caller that has enough stops the validation)."""
+    for error in errors:
         if error.validator == "required":
-            missing = [p for p in error.validator_value if p not in error.instance]
-            for name in missing:
-                fields.append(
-                    {"type": "required", "field": name, "description": f"{name} is required"}
-                )
+            for name in (p for p in error.validator_value if p not in error.instance):
+                yield {"type": "required", "field": name, "description": f"{name} is required"}
         elif error.validator == "additionalProperties" and not error.path:
             known = error.schema.get("properties", {})
             for name in (p for p in error.instance if p not in known):
-                fields.append(
-                    {
-                        "type": "additionalProperties",
-                        "field": name,
-                        "description": f"{name} is not an input of this model",
-                    }
-                )
+                yield {
+                    "type": "additionalProperties",
+                    "field": name[:MAX_DESCRIPTION],
+                    "description": f"{name[:MAX_DESCRIPTION]} is not an input of this model",
+                }
         else:
             name = ".".join(str(p) for p in error.path) or "input"
-            fields.append(
-                {"type": str(error.validator), "field": name, "description": error.message}
-            )
-    if fields:
-        # De-duplicate (one missing field can be reported by several rules).
-        unique = list({(f["field"], f["description"]): f for f in fields}.values())
-        detail = "; ".join(f"input.{f['field']}: {f['description']}" for f in unique)
-        raise InvalidInput(detail, unique)
+            yield {
+                "type": str(error.validator),
+                "field": name[:MAX_DESCRIPTION],
+                "description": error.message,
+            }
 
 
 def validate_webhook(url: Any, events: Any) -> frozenset[str]:

@@ -68,6 +68,10 @@ log = logging.getLogger(__name__)
 
 EVENTS = ("start", "output", "logs", "completed")
 
+#: What is read of a receiver's answer at most; past it, the connection is
+#: dropped. Small answers are read whole, so their connection is reused.
+ANSWER_BYTES = 4096
+
 
 def new_secret() -> str:
     return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
@@ -314,6 +318,18 @@ class WebhookSender:
                 extra={"prediction_id": prediction.id},
             )
 
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        """POST *body*; the answer's status. Of the answer's body at most
+        :data:`ANSWER_BYTES` are read: a longer one drops the connection
+        (a receiver cannot make the bridge hold what it sends)."""
+        async with self.client.stream("POST", url, content=body, headers=headers) as response:
+            read = 0
+            async for piece in response.aiter_raw():
+                read += len(piece)
+                if read > ANSWER_BYTES:
+                    break  # leaving unread: httpx closes the connection
+            return response.status_code
+
     async def _deliver(self, url: str, body: bytes, *, retry: bool) -> bool:
         """POST *body*; with *retry*, keep trying transient failures for
         ``retry_for`` seconds. True once the receiver answered 2xx."""
@@ -333,8 +349,7 @@ class WebhookSender:
                 }
                 with trio.move_on_after(self.timeout):
                     try:
-                        response = await self.client.post(url, content=body, headers=headers)
-                        status = response.status_code
+                        status = await self._post(url, body, headers)
                     except httpx.HTTPError as exc:
                         log.info("webhook %s to %s: %s", msg_id, url, exc)
             if status is not None and 200 <= status < 300:

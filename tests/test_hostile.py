@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import logging
 import resource
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 import trio
 
+from bridge.sdk import Metrics, Model, ModelServer
 from bridge.server import FD_RESERVE, connection_limit
 from tests.conftest import StartBridge, create
 from tests.test_connections import connect, read_answer, read_until_closed, request
@@ -283,3 +286,60 @@ async def test_a_long_cursor_does_not_stall_the_server(start_bridge: StartBridge
             await create(client, "demo/echo", {"prompt": "x"})
         response = await client.get("/v1/predictions", params={"cursor": "b" + "9" * 4290})
         assert response.status_code == 400
+
+
+async def test_a_huge_invalid_input_gets_a_small_422(start_bridge: StartBridge) -> None:
+    """340,000 bad items (680 KB) made a 46 MB 422 after seconds of
+    validation; 70,000 unknown keys an 11 MB one. At most 20 fields are
+    listed, and validation stops there."""
+    url = await start_bridge()
+    bad_items = b'{"input": {"prompt": "x", "tokens": [%b]}}' % b",".join([b"0"] * 340_000)
+    unknown = b'{"input": {"prompt": "x", %b}}' % b",".join(b'"k%d": 0' % i for i in range(70_000))
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        for body in (bad_items, unknown):
+            response = await client.post(
+                "/v1/models/demo/echo/predictions",
+                content=body,
+                headers={"Content-Type": "application/json"},
+            )
+            assert response.status_code == 422
+            assert len(response.content) < 16_384
+            problem = response.json()
+            assert len(problem["invalid_fields"]) == 20
+            assert problem["detail"].endswith("(only the first 20 are listed)")
+        assert (await client.get("/v1/predictions")).json()["results"] == []
+
+
+def many_metrics(count: int) -> Iterator[Any]:
+    """``test/metrics``: reports *count* metrics, then one chunk."""
+    yield Metrics({f"m{i}": float(i) for i in range(count)})
+    yield "done"
+
+
+@pytest.fixture(scope="module")
+def metrics_target() -> Iterator[str]:
+    with ModelServer(Model("test/metrics", many_metrics)) as server:
+        yield server.target
+
+
+@pytest.mark.parametrize(("count", "ends"), [(64, "succeeded"), (5_000, "failed")])
+async def test_backend_metrics_are_bounded(
+    start_bridge: StartBridge, metrics_target: str, count: int, ends: str
+) -> None:
+    """300,000 metric names (in messages under gRPC's 4 MiB) made each GET
+    and list page 35 MB, kept for 7 days; past 64 the prediction fails,
+    saying why."""
+    url = await start_bridge(targets={"test/metrics": metrics_target})
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        prediction = await create(client, "test/metrics", {"count": count})
+        with trio.fail_after(20):
+            while prediction["status"] not in ("succeeded", "failed"):
+                await trio.sleep(0.05)
+                response = await client.get(f"/v1/predictions/{prediction['id']}")
+                prediction = response.json()
+        assert prediction["status"] == ends, prediction["error"]
+        if ends == "failed":
+            assert prediction["error"] == "model backend sent more than 64 metrics"
+            assert len(response.content) < 4096
+        else:
+            assert prediction["metrics"]["m63"] == 63.0

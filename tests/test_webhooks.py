@@ -338,3 +338,35 @@ async def test_receivers_that_hang_delay_no_one_else(
         # And the API answers meanwhile.
         with trio.fail_after(4):
             await create(client, "demo/echo", {"prompt": "still quick"})
+
+
+async def test_a_receivers_long_answer_is_not_read(nursery: trio.Nursery) -> None:
+    """A receiver answering 2xx with a 10 GB body: the bridge reads a few
+    KiB and drops the connection (it read it whole: 1.5 GB of RSS)."""
+    sent = 0
+    dropped = trio.Event()
+
+    async def flood(stream: trio.SocketStream) -> None:
+        nonlocal sent
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000\r\n\r\n")
+        try:
+            while True:
+                await stream.send_all(b"x" * 65536)
+                sent += 65536
+        except trio.BrokenResourceError:
+            dropped.set()
+
+    (listener,) = await nursery.start(partial(trio.serve_tcp, flood, 0, host="127.0.0.1"))
+    url = f"http://127.0.0.1:{listener.socket.getsockname()[1]}/hook"
+    prediction = Prediction(model="demo/echo", version="v1", input={})
+    prediction.succeed()
+    async with open_webhook_client(WebhookPolicy(allow_hosts=LOCAL)) as client:
+        sender = WebhookSender(client, SECRET, timeout=30)
+        with trio.fail_after(10):
+            await sender.follow(prediction, url, frozenset({"completed"}), lambda p: b"{}")
+            await dropped.wait()
+    # What the kernel's socket buffers took before the bridge hung up.
+    assert sent < 32 << 20, sent
