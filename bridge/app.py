@@ -36,6 +36,7 @@ from .openapi import spec
 from .predictions import Prediction
 from .service import Bridge
 from .validation import parse_json
+from .webhooks import tenant_secret
 
 __all__ = ["create_app"]
 
@@ -485,7 +486,9 @@ def create_app(bridge: Bridge) -> QuartTrio:
     async def webhook_secret() -> Response:
         if bridge.webhooks is None:
             raise NotFound("webhooks are not enabled")
-        return _json({"key": bridge.webhooks.secret})
+        # Each token has its own (Replicate keeps one per account), so no
+        # tenant can sign deliveries that another's receiver would accept.
+        return _json({"key": tenant_secret(bridge.webhooks.secret, caller())})
 
     @app.get("/health")
     async def health() -> Response:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,6 +26,9 @@ __all__ = [
     "validate_stream",
     "validate_webhook",
 ]
+
+#: What no URL may contain (RFC 3986): whitespace and control characters.
+_NOT_IN_URLS = re.compile(r"[\x00-\x20\x7f-\x9f]")
 
 #: How deep a request body may nest (the body object is level 1, so a
 #: prediction's ``input`` may nest 31 levels). Protobuf, which carries the
@@ -183,7 +187,10 @@ def validate_stream(stream: Any, streams: bool) -> None:
 
 
 def _is_http_url(url: Any) -> bool:
-    if not isinstance(url, str):
+    """Whether *url* is an absolute http(s) URL that can be delivered to:
+    no whitespace or control characters anywhere (httpx refuses them only
+    when connecting), a host, a port in range."""
+    if not isinstance(url, str) or _NOT_IN_URLS.search(url):
         return False
     try:
         parts = urlsplit(url)

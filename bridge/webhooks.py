@@ -43,6 +43,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -62,6 +63,7 @@ __all__ = [
     "load_or_create_secret",
     "open_webhook_client",
     "sign",
+    "tenant_secret",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,6 +97,19 @@ def load_or_create_secret(configured: str | None, path: Path) -> str:
         f.write(secret + "\n")
     log.info("generated a webhook signing secret in %s", path)
     return secret
+
+
+def tenant_secret(secret: str, owner: str | None) -> str:
+    """The signing secret of the predictions *owner* (an auth token)
+    creates: its own, derived from the bridge's *secret* (HMAC-SHA256 of
+    the token under the secret's key), so stable across restarts and
+    unknown to every other token. Without auth (*owner* None), *secret*
+    itself."""
+    if owner is None:
+        return secret
+    key = base64.b64decode(secret.split("_")[-1])
+    derived = hmac.new(key, b"bridge webhook secret\0" + owner.encode(), hashlib.sha256)
+    return "whsec_" + base64.b64encode(derived.digest()).decode()
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
@@ -287,10 +302,13 @@ class WebhookSender:
         render: Callable[[Prediction], bytes],
     ) -> None:
         """Deliver *prediction*'s webhooks until it has ended and ``completed``
-        is delivered (or given up on). Never raises but ``Cancelled``."""
+        is delivered (or given up on), signed with the secret of the token
+        that created it. Never raises but ``Cancelled``."""
+        secret = tenant_secret(self.secret, prediction.owner)
+        deliver = partial(self._deliver, url, secret)
         try:
             if "start" in events:
-                await self._deliver(url, render(prediction), retry=False)
+                await deliver(render(prediction), retry=False)
             cursor = 0
             last_sent = -float("inf")
             wanted = {"output", "logs"} & events
@@ -308,9 +326,9 @@ class WebhookSender:
                     break
                 cursor = len(prediction.events)
                 last_sent = trio.current_time()
-                await self._deliver(url, render(prediction), retry=False)
+                await deliver(render(prediction), retry=False)
             if "completed" in events:
-                await self._deliver(url, render(prediction), retry=True)
+                await deliver(render(prediction), retry=True)
         except Exception:
             log.exception(
                 "prediction %s: webhook delivery failed",
@@ -330,7 +348,7 @@ class WebhookSender:
                     break  # leaving unread: httpx closes the connection
             return response.status_code
 
-    async def _deliver(self, url: str, body: bytes, *, retry: bool) -> bool:
+    async def _deliver(self, url: str, secret: str, body: bytes, *, retry: bool) -> bool:
         """POST *body*; with *retry*, keep trying transient failures for
         ``retry_for`` seconds. True once the receiver answered 2xx."""
         msg_id = "msg_" + secrets.token_hex(16)
@@ -345,7 +363,7 @@ class WebhookSender:
                     "Content-Type": "application/json",
                     "webhook-id": msg_id,
                     "webhook-timestamp": str(timestamp),
-                    "webhook-signature": sign(self.secret, msg_id, timestamp, body),
+                    "webhook-signature": sign(secret, msg_id, timestamp, body),
                 }
                 with trio.move_on_after(self.timeout):
                     try:

@@ -343,3 +343,26 @@ async def test_backend_metrics_are_bounded(
             assert len(response.content) < 4096
         else:
             assert prediction["metrics"]["m63"] == 63.0
+
+
+@pytest.mark.parametrize(
+    "webhook",
+    [
+        "http://127.0.0.1/a\nb",
+        "http://127.0.0.1/a b",
+        "http://127.0.0.1/\x7f",
+        "http://127.0.0.1/\r",
+    ],
+)
+async def test_a_webhook_url_that_cannot_be_delivered_is_422(
+    start_bridge: StartBridge, webhook: str
+) -> None:
+    """It got 201, then failed at delivery with httpx.InvalidURL."""
+    url = await start_bridge(webhook_allow_private=True)
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.post(
+            "/v1/models/demo/echo/predictions", json={"input": {"prompt": "x"}, "webhook": webhook}
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["invalid_fields"][0]["field"] == "webhook"
+        assert (await client.get("/v1/predictions")).json()["results"] == []

@@ -370,3 +370,43 @@ async def test_a_receivers_long_answer_is_not_read(nursery: trio.Nursery) -> Non
             await dropped.wait()
     # What the kernel's socket buffers took before the bridge hung up.
     assert sent < 32 << 20, sent
+
+
+async def test_each_token_has_its_own_signing_secret(
+    start_bridge: StartBridge, receiver: Receiver
+) -> None:
+    """With [auth] tokens every token got the same key, so one tenant could
+    sign deliveries another tenant's receiver accepts."""
+    tokens = ("r8_tenant_a", "r8_tenant_b")
+    keys: list[dict[str, str]] = []
+    for _ in range(2):  # the same keys after a restart
+        url = await start_bridge(
+            webhook_secret=SECRET, webhook_allow_hosts=LOCAL, auth_tokens=frozenset(tokens)
+        )
+        async with httpx.AsyncClient(base_url=url) as client:
+            keys.append(
+                {
+                    token: (
+                        await client.get(
+                            "/v1/webhooks/default/secret",
+                            headers={"Authorization": f"Bearer {token}"},
+                        )
+                    ).json()["key"]
+                    for token in tokens
+                }
+            )
+    assert keys[0] == keys[1]
+    a, b = keys[0]["r8_tenant_a"], keys[0]["r8_tenant_b"]
+    assert len({a, b, SECRET}) == 3 and a.startswith("whsec_")
+    async with httpx.AsyncClient(base_url=url) as client:
+        response = await client.post(
+            "/v1/models/demo/echo/predictions",
+            json={"input": {"prompt": "mine"}, "webhook": receiver.url},
+            headers={"Authorization": "Bearer r8_tenant_a"},
+        )
+        assert response.status_code == 201
+        await receiver.wait_completed()
+    for delivery in receiver.deliveries:
+        validate(delivery, a)
+        with pytest.raises(InvalidSignatureError):
+            validate(delivery, b)
