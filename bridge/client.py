@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import httpx
@@ -59,6 +60,25 @@ def parse_inputs(pairs: list[str], schema: dict[str, Any]) -> dict[str, Any]:
     return input
 
 
+#: Control characters as ``cat -v`` shows them (``^[`` for ESC, ``^?`` for
+#: DEL, ``M-^[`` for the C1 CSI), except newline and tab.
+_VISIBLE = {c: f"^{chr(c + 64)}" for c in range(0x20) if c not in (0x09, 0x0A)}
+_VISIBLE |= {0x7F: "^?"} | {c: f"M-^{chr(c - 0x80 + 64)}" for c in range(0x80, 0xA0)}
+
+
+def visible(text: str) -> str:
+    """*text* safe to write to a terminal: a model's escape sequences
+    (window title, clear screen, hyperlinks, clipboard writes with OSC 52)
+    are shown, not obeyed."""
+    return text.translate(_VISIBLE)
+
+
+def _shown(stream: TextIO) -> Callable[[str], str]:
+    """How text from the bridge is written to *stream*: visibly on a
+    terminal, the exact characters to a pipe or a file."""
+    return visible if stream.isatty() else str
+
+
 def _check(response: httpx.Response) -> Any:
     if response.status_code >= 400:
         try:
@@ -81,7 +101,7 @@ def _status_line(prediction: dict[str, Any], err: TextIO) -> None:
         parts.append(f"{len(prediction['output'])} tokens")
     if prediction.get("error"):
         parts.append(f"error: {prediction['error']}")
-    print("\n" + " · ".join(parts), file=err, flush=True)
+    print("\n" + _shown(err)(" · ".join(parts)), file=err, flush=True)
 
 
 class _Live:
@@ -246,7 +266,7 @@ def predict(
                     _status_line(canceled.json(), err)
             return EXIT_INTERRUPTED
         except (Refused, ValueError) as exc:
-            print(f"error: {exc}", file=err, flush=True)
+            print(_shown(err)(f"error: {exc}"), file=err, flush=True)
             return EXIT_REFUSED
         except httpx.HTTPError as exc:
             print(f"error: cannot reach the bridge at {url}: {exc}", file=err, flush=True)
@@ -274,28 +294,30 @@ def _stream(
         created["id"] = location.rsplit("/", 1)[1]
         if live is not None:
             live.draw()
+        show = _shown(out)
         for event, event_id, data in _events(r):
             if as_json:
                 print(
                     json.dumps({"event": event, "id": event_id, "data": data}), file=out, flush=True
                 )
             elif event == "output" and live is not None:
-                live.output(data)
+                live.output(show(data))
             elif event == "output":
-                out.write(data)
+                out.write(show(data))
                 out.flush()
     return _check(client.get(location))
 
 
 def _poll(client: httpx.Client, prediction: dict[str, Any], as_json: bool, out: TextIO) -> Any:
     shown = 0
+    show = _shown(out)
     while True:
         output = prediction.get("output") or []
         for chunk in output[shown:]:
             if as_json:
                 print(json.dumps({"event": "output", "data": chunk}), file=out, flush=True)
             else:
-                out.write(chunk if isinstance(chunk, str) else json.dumps(chunk))
+                out.write(show(chunk if isinstance(chunk, str) else json.dumps(chunk)))
                 out.flush()
         shown = len(output)
         if prediction["status"] in EXIT:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import pty
@@ -21,6 +22,7 @@ import pyte
 import pytest
 import trio
 
+from bridge.client import _status_line
 from tests.backends import ENV, read_until
 from tests.conftest import StartBridge, wait_closed
 
@@ -253,3 +255,44 @@ async def test_with_stdout_redirected_the_text_stays_clean(start_bridge: StartBr
         term.close()
         if process.returncode is None:
             process.kill()
+
+
+#: A model's output that tries to drive the terminal: set the window title,
+#: clear the screen, write the clipboard (OSC 52), and a C1 CSI.
+HOSTILE = ["\x1b]0;PWNED\x07", "\x1b[2J", "\x1b]52;c;ZWNobyBwd25lZA==\x07", "a\tb\n", "\x9b31m"]
+
+
+async def test_a_models_escape_sequences_are_shown_not_obeyed(start_bridge: StartBridge) -> None:
+    url = await start_bridge()
+    term = Terminal()
+    term.stream.feed(b"on the screen before\r\n")
+    process = await term.predict(url, "prompt=x", f"tokens={json.dumps(HOSTILE)}")
+    try:
+        lines = await term.read_until(lambda lines: any("succeeded" in x for x in lines))
+        assert lines[0] == "on the screen before"  # not cleared
+        # (the tab is a tab: it moves on to the next tab stop)
+        assert " ".join(lines[1].split()) == "^[]0;PWNED^G^[[2J^[]52;c;ZWNobyBwd25lZA==^Ga b"
+        assert lines[2] == "M-^[31m"
+        assert term.screen.title == ""
+        assert await process.wait() == 0
+    finally:
+        term.close()
+        if process.returncode is None:
+            process.kill()
+
+
+async def test_to_a_pipe_the_models_bytes_are_kept_exactly(start_bridge: StartBridge) -> None:
+    url = await start_bridge()
+    result = await predict(url, "demo/echo", "prompt=x", f"tokens={json.dumps(HOSTILE)}")
+    assert result.returncode == 0
+    assert result.stdout.decode() == "".join(HOSTILE)
+
+
+def test_errors_on_a_terminal_are_shown_visibly() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for err, expected in ((Tty(), "error: ^[]0;x^G"), (io.StringIO(), "error: \x1b]0;x\x07")):
+        _status_line({"status": "failed", "error": "\x1b]0;x\x07"}, err)
+        assert err.getvalue() == f"\nfailed · {expected}\n"
