@@ -56,11 +56,14 @@ def _json(body: Any, status: int = 200) -> Response:
     return Response(strictjson.dumps(body), status=status, content_type="application/json")
 
 
-async def _json_body() -> dict[str, Any]:
-    body = parse_json(await request.get_data(as_text=False) or b"{}")
+async def _json_body(bridge: Bridge) -> tuple[dict[str, Any], int]:
+    """The request's JSON object (a large one parsed in a worker thread),
+    and its size in bytes."""
+    raw = await request.get_data(as_text=False) or b"{}"
+    body = await bridge.offload(len(raw), parse_json, raw)
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
-    return body
+    return body, len(raw)
 
 
 _PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait(?:\s*=\s*(\d+))?(?=$|[,;\s])", re.IGNORECASE)
@@ -211,8 +214,9 @@ def create_app(bridge: Bridge) -> QuartTrio:
         host = request.headers.get("Host")
         return f"{request.scheme}://{host}" if host else bridge.base_url
 
-    def prediction_response(prediction: Prediction, status: int = 200) -> Response:
-        return _json(prediction.to_json(base_url()), status)
+    async def prediction_response(prediction: Prediction, status: int = 200) -> Response:
+        body = await bridge.encode(prediction, base_url())
+        return Response(body, status=status, content_type="application/json")
 
     @app.errorhandler(BridgeError)
     async def bridge_error(exc: BridgeError) -> Response:
@@ -320,7 +324,9 @@ def create_app(bridge: Bridge) -> QuartTrio:
             location=f"{base_url()}/v1/predictions/{prediction.id}" if owned else None,
         )
 
-    async def create(entry: ModelEntry, body: dict[str, Any], version: str | None) -> Response:
+    async def create(
+        entry: ModelEntry, body: dict[str, Any], size: int, version: str | None
+    ) -> Response:
         # Headers are read before anything is created: a bad one must not
         # leave a prediction running behind an error.
         direct = "text/event-stream" in request.headers.get("Accept", "")
@@ -335,44 +341,45 @@ def create_app(bridge: Bridge) -> QuartTrio:
             stream=body.get("stream"),
             cancel_after=deadline,
             owner=caller(),
+            input_size=size,
         )
         if direct:
             # The OpenAI-style use: this response is the stream, and it owns
             # the prediction.
             return stream_response(prediction, owned=True, status=201)
         if wait is None:
-            return prediction_response(prediction, 201)
+            return await prediction_response(prediction, 201)
         with trio.move_on_after(wait):
             await prediction.events.wait_closed()
-        body = prediction.to_json(base_url())
-        if not prediction.done:
-            # Replicate's clients read any status but "starting" as final
-            # here, and then poll with output_iterator(), which skips the
-            # output already in this answer: so show it as a starting
-            # prediction, with no output yet. Polling then yields it all.
-            body |= {"status": "starting", "output": None, "started_at": None}
-        response = _json(body, 201)
+        # Replicate's clients read any status but "starting" as final here,
+        # and then poll with output_iterator(), which skips the output
+        # already in this answer: so one still running shows as a starting
+        # prediction, with no output yet. Polling then yields it all.
+        running = {"status": "starting", "output": None, "started_at": None}
+        replace = {} if prediction.done else running
+        body = await bridge.encode(prediction, base_url(), **replace)
+        response = Response(body, status=201, content_type="application/json")
         response.headers["Preference-Applied"] = "wait"
         return response
 
     @app.post("/v1/predictions")
     async def create_prediction() -> Response:
-        body = await _json_body()
+        body, size = await _json_body(bridge)
         ref = body.get("version")
         if not isinstance(ref, str) or not ref:
             raise BadRequest('"version" is required: a version id or "owner/name:version"')
         entry, version = await bridge.resolve_version(ref)
-        return await create(entry, body, version)
+        return await create(entry, body, size, version)
 
     @app.post("/v1/models/<owner>/<name>/predictions")
     async def create_model_prediction(owner: str, name: str) -> Response:
-        body = await _json_body()
-        return await create(bridge.model(f"{owner}/{name}"), body, None)
+        body, size = await _json_body(bridge)
+        return await create(bridge.model(f"{owner}/{name}"), body, size, None)
 
     @app.post("/v1/deployments/<owner>/<name>/predictions")
     async def create_deployment_prediction(owner: str, name: str) -> Response:
-        body = await _json_body()
-        return await create(bridge.deployment(f"{owner}/{name}"), body, None)
+        body, size = await _json_body(bridge)
+        return await create(bridge.deployment(f"{owner}/{name}"), body, size, None)
 
     async def deployment_response(name: str) -> dict[str, Any]:
         entry = bridge.deployment(name)
@@ -399,7 +406,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
             page = await bridge.page(
                 request.args.get("cursor"),
                 caller(),
-                lambda p: strictjson.dumps(p.to_json(base)).encode(),
+                lambda p: bridge.encode(p, base),
             )
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
@@ -417,13 +424,13 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.get("/v1/predictions/<prediction_id>")
     async def get_prediction(prediction_id: str) -> Response:
-        return prediction_response(bridge.get(prediction_id, caller()))
+        return await prediction_response(bridge.get(prediction_id, caller()))
 
     @app.post("/v1/predictions/<prediction_id>/cancel")
     async def cancel_prediction(prediction_id: str) -> Response:
         # No body is read: clients send none, or an empty one.
         prediction = bridge.get(prediction_id, caller())
-        return prediction_response(await bridge.cancel_and_wait(prediction))
+        return await prediction_response(await bridge.cancel_and_wait(prediction))
 
     @app.get("/v1/predictions/<prediction_id>/stream")
     async def stream_prediction(prediction_id: str) -> Response:
@@ -492,11 +499,17 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
     @app.get("/health")
     async def health() -> Response:
-        models = {}
-        for entry in bridge.models.values():
+        models = dict.fromkeys(bridge.models, "UNAVAILABLE")
+
+        async def check(entry: ModelEntry) -> None:
             with trio.move_on_after(1.0):
                 models[entry.name] = await bridge.grpc.check_health(entry.next_target())
-            models.setdefault(entry.name, "UNAVAILABLE")
+
+        # All at once: the answer takes as long as the slowest backend, not
+        # as long as all of them together.
+        async with trio.open_nursery() as nursery:
+            for entry in bridge.models.values():
+                nursery.start_soon(check, entry)
         if bridge.draining:
             # Not ready: load balancers stop sending; running streams go on.
             return _json({"status": "draining", "ready": False, "models": models}, 503)

@@ -39,7 +39,7 @@ import trio
 from . import strictjson
 from .sse import LINE_BREAK, encode_event
 
-__all__ = ["EVENT_COST", "SLICE_BYTES", "EventLog", "OutputBatch", "log_cost"]
+__all__ = ["EVENT_COST", "SLICE_BYTES", "EventLog", "LogView", "OutputBatch", "log_cost"]
 
 #: The most encoded bytes one :meth:`EventLog.read` returns (at least one
 #: event, however large): what a reader holds at a time.
@@ -62,6 +62,7 @@ _HEADS = [f"event: {_NAMES[k]}\nid: ".encode() for k in range(len(_NAMES))]
 #: The smallest frame there is: no frame adds less to its payload.
 _MIN_FRAME = len(b"event: logs\nid: 0:0\ndata: \n\n")
 _WITH_BREAKS = re.compile(b"[\x80-\xff]")  # a kind byte with _BREAKS set
+_WITHOUT_BREAKS = bytes(k & ~_BREAKS for k in range(256))  # a translate table
 
 
 class OutputBatch:
@@ -246,11 +247,36 @@ class EventLog:
 
     # -- what the prediction object shows -----------------------------------
 
+    def view(self) -> LogView:
+        """The events so far, to read later from any thread."""
+        return LogView(self._data, self._ends, self._kinds)
+
+    def outputs(self) -> list[Any]:
+        """Every output chunk, as the model sent it (text or a JSON value)."""
+        return self.view().outputs()
+
+    def logs(self) -> list[str]:
+        return self.view().logs()
+
+
+class LogView:
+    """The events of a log up to the moment it was taken, which any thread
+    may read while the log goes on: a log only appends past them, and
+    :meth:`EventLog.drop` replaces its buffers rather than emptying them.
+    (Taken in the log's own thread: see :meth:`EventLog.view`.)"""
+
+    __slots__ = ("_count", "_data", "_ends", "_kinds")
+
+    def __init__(self, data: bytearray, ends: array[int], kinds: bytearray) -> None:
+        self._data, self._ends, self._kinds = data, ends, kinds
+        # Kinds are appended last, so every event counted here is whole.
+        self._count = len(kinds)
+
     def _payloads(self, wanted: frozenset[int]) -> list[tuple[int, str]]:
         out = []
         begin = 0
         data, ends = self._data, self._ends
-        for j, kind in enumerate(self._kinds):
+        for j, kind in enumerate(self._kinds[: self._count]):
             stop = ends[j]
             if kind & ~_BREAKS in wanted:
                 out.append((kind & ~_BREAKS, data[begin:stop].decode()))
@@ -259,12 +285,34 @@ class EventLog:
 
     def outputs(self) -> list[Any]:
         """Every output chunk, as the model sent it (text or a JSON value)."""
+        texts = self._texts_only()
+        if texts is not None:
+            return texts
         return [
             text if kind == _TEXT else json.loads(text)
             for kind, text in self._payloads(frozenset({_TEXT, _JSON}))
         ]
 
+    def _texts_only(self) -> list[str] | None:
+        """The output of a log that is text chunks and then, maybe, its end
+        (an ``error``, ``done``): what a language model writes. Sliced with
+        C-level iteration, no Python step per chunk (700,000 chunks: 40 ms,
+        not 200). None for any other log."""
+        kinds = self._kinds[: self._count].translate(_WITHOUT_BREAKS)
+        texts = len(kinds) - len(kinds.lstrip(bytes([_TEXT])))
+        if not texts or any(k in (_TEXT, _JSON, _LOGS) for k in kinds[texts:]):
+            return None
+        ends = self._ends[:texts]
+        payload = bytes(self._data[: ends[-1]])
+        bounds = map(slice, itertools.chain((0,), ends), ends)
+        if payload.isascii():  # byte offsets are character offsets
+            return list(map(payload.decode("ascii").__getitem__, bounds))
+        return list(map(bytes.decode, map(payload.__getitem__, bounds)))
+
     def logs(self) -> list[str]:
+        kinds = self._kinds[: self._count].translate(_WITHOUT_BREAKS)
+        if bytes([_LOGS]) not in kinds:  # found in C: no Python step per event
+            return []
         return [text for _, text in self._payloads(frozenset({_LOGS}))]
 
 

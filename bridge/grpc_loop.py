@@ -341,11 +341,20 @@ class GrpcLoop:
         CLEANUP_TIMEOUT): the call never outlives its caller."""
         assert self._loop is not None
         ended = trio.Event()
+        # How the call ended, kept by the coroutine itself: the future's
+        # result() came a moment after Trio heard of the end, so reading it
+        # blocked the event loop on the loop thread (and the GIL), every call.
+        values: list[T] = []
+        errors: list[BaseException] = []
 
         async def on_loop() -> T:
             self.active_calls += 1
             try:
-                return await make()
+                values.append(await make())
+                return values[0]
+            except BaseException as exc:
+                errors.append(exc)
+                raise
             finally:
                 self.active_calls -= 1
                 self._token.run_sync_soon(ended.set)
@@ -358,7 +367,9 @@ class GrpcLoop:
                 future.cancel()  # cancels the task on the loop, and the call
                 with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
                     await ended.wait()
-        return future.result()
+        if errors:
+            raise errors[0]
+        return values[0]
 
     async def describe(self, target: str) -> protocol.ModelInfo:
         """Ask the backend at *target* what model it serves."""
@@ -397,13 +408,15 @@ class GrpcLoop:
 
     @contextlib.asynccontextmanager
     async def predict(
-        self, target: str, prediction_id: str, input: dict[str, Any]
+        self, target: str, request: predictor_pb2.PredictRequest
     ) -> AsyncIterator[PredictStream]:
-        """Start a ``Predict`` call; leaving the block cancels it if running."""
+        """Start a ``Predict`` call of *request* (see
+        :func:`bridge.protocol.predict_request`; built by the caller, which
+        knows whether it is large); leaving the block cancels it if
+        running."""
         assert self._loop is not None
         loop = self._loop
         stream = PredictStream(self._hub, self.window)
-        request = protocol.predict_request(prediction_id, input)
         timeout = _grpc_timeout()
 
         def start() -> None:  # on the loop thread

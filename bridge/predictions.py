@@ -21,13 +21,16 @@ import enum
 import json
 import secrets
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
+import msgspec
 import trio
 
 from . import strictjson
-from .events import EventLog, OutputBatch, log_cost
+from .events import EventLog, LogView, OutputBatch, log_cost
 
 __all__ = [
     "IllegalTransition",
@@ -85,7 +88,7 @@ class Prediction:
         *,
         model: str,
         version: str,
-        input: dict[str, Any],
+        input: dict[str, Any] | bytes,
         streams: bool = True,
         id: str | None = None,
         seq: int = 0,
@@ -98,9 +101,12 @@ class Prediction:
         self.owner = owner
         self.model = model
         self.version = version
-        # Kept as JSON: its size is what it costs (Python objects of a
-        # JSON body can take 20 times its bytes).
-        self._input = strictjson.dumps(input, separators=(",", ":")).encode()
+        # Kept as JSON (given as such, or encoded here): its size is what it
+        # costs (Python objects of a JSON body can take 20 times its bytes).
+        if isinstance(input, bytes):
+            self._input = input
+        else:
+            self._input = strictjson.dumps(input, separators=(",", ":")).encode()
         #: Bytes its output and logs take in the log (what max_output_bytes
         #: bounds); what the bridge keeps for it is this plus its input's.
         self.output_bytes = 0
@@ -126,6 +132,11 @@ class Prediction:
     @property
     def input(self) -> dict[str, Any]:
         return json.loads(self._input)
+
+    @property
+    def input_size(self) -> int:
+        """Bytes of its input, as JSON."""
+        return len(self._input)
 
     @property
     def kept_bytes(self) -> int:
@@ -208,28 +219,25 @@ class Prediction:
 
     # -- what clients see ---------------------------------------------------
 
-    def _output_json(self) -> Any:
-        if self.data_removed or (not self.output_count and not (self.done and self.streams)):
-            return None
-        output = self.events.outputs()
-        return output if self.streams else output[-1]  # a model that returns one value
-
     def to_json(self, base_url: str) -> dict[str, Any]:
         """The prediction object of Replicate's API; *base_url* has no
         trailing slash and makes every URL absolute."""
+        return self.json_later(base_url)()
+
+    def json_later(self, base_url: str) -> Callable[[], dict[str, Any]]:
+        """:meth:`to_json` as the prediction is now, built when called, in
+        any thread: what changes is read now (a few fields), what grows
+        with its size (input, output, logs) is decoded when called."""
         url = f"{base_url}/v1/predictions/{self.id}"
         # web: the bridge's page, opened on this prediction (it replays it).
         urls = {"get": url, "cancel": f"{url}/cancel", "web": f"{base_url}/?prediction={self.id}"}
         if self.streams:
             urls["stream"] = f"{url}/stream"
-        return {
+        fields = {
             "id": self.id,
             "model": self.model,
             "version": self.version,
             "status": str(self.status),
-            "input": self.input,
-            "output": self._output_json(),
-            "logs": "".join(f"{line}\n" for line in self.events.logs()),
             "error": self.error,
             "data_removed": self.data_removed,
             "metrics": dict(self.metrics),
@@ -238,3 +246,22 @@ class Prediction:
             "completed_at": iso_time(self.completed_at),
             "urls": urls,
         }
+        if self.data_removed or (not self.output_count and not (self.done and self.streams)):
+            output = None  # none yet (a stream that ended with none is [])
+        else:
+            output = "list" if self.streams else "last"  # a model that returns one value
+        return partial(_prediction_json, fields, self._input, self.events.view(), output)
+
+
+def _prediction_json(
+    fields: dict[str, Any], input: bytes, events: LogView, output: str | None
+) -> dict[str, Any]:
+    """The prediction object from what :meth:`Prediction.json_later` took."""
+    outputs = None if output is None else events.outputs()
+    return {
+        **{k: fields[k] for k in ("id", "model", "version", "status")},
+        "input": msgspec.json.decode(input),
+        "output": (outputs[-1] if outputs else None) if output == "last" else outputs,
+        "logs": "".join(f"{line}\n" for line in events.logs()),
+        **{k: v for k, v in fields.items() if k not in ("id", "model", "version", "status")},
+    }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -40,6 +41,21 @@ __all__ = ["run"]
 
 
 Describe = Callable[[ModelEntry], Awaitable[protocol.ModelInfo]]
+#: Runs work that handles so many bytes (``offload(size, work)``), in a
+#: worker thread if that is large (see :meth:`bridge.service.Bridge.offload`).
+Offload = Callable[[int, Callable[[], Any]], Awaitable[Any]]
+
+
+async def _inline(size: int, work: Callable[[], Any]) -> Any:
+    return work()
+
+
+def _check_input(schema: dict[str, Any], prediction: Prediction) -> None:
+    validate_input(schema, prediction.input)
+
+
+def _request(prediction: Prediction) -> Any:
+    return protocol.predict_request(prediction.id, prediction.input)
 
 
 async def run(
@@ -52,10 +68,12 @@ async def run(
     retention: Retention,
     max_output_bytes: int,
     validated: bool,
+    offload: Offload = _inline,
 ) -> None:
     """Run *prediction* under its total deadline (also the gRPC deadline);
     what it appends is charged to *retention*, where *max_output_bytes* is
-    the server's cap, unless the model has its own."""
+    the server's cap, unless the model has its own. Its input is checked
+    (if not *validated* yet) and encoded for gRPC through *offload*."""
     total = entry.settings.total_seconds
     sink = _Sink(
         prediction, observer, retention, entry.settings.max_output_bytes or max_output_bytes
@@ -63,7 +81,7 @@ async def run(
     expired = False
     with trio.move_on_after(total or math.inf) as scope:
         try:
-            await _start(prediction, entry, grpc, describe, sink, validated)
+            await _start(prediction, entry, grpc, describe, sink, validated, offload)
         except BackendTimeout:
             if not total:
                 raise
@@ -81,9 +99,11 @@ async def _start(
     describe: Describe,
     sink: _Sink,
     validated: bool,
+    offload: Offload,
 ) -> None:
     """Call the backend, retrying one that cannot be reached until the
     model's start_timeout_seconds; once it started, no retry."""
+    size = prediction.input_size
     give_up_at = trio.current_time() + entry.settings.start_timeout_seconds
     backoff = 0.1
     while True:
@@ -94,10 +114,11 @@ async def _start(
                 info = entry.info
                 if info is None:
                     raise BackendUnavailable("model backend unavailable: Describe timed out")
-                validate_input(info.input_schema, prediction.input)
+                await offload(size, partial(_check_input, info.input_schema, prediction))
                 prediction.version = prediction.version or info.version
                 validated = True
-            await _stream(prediction, entry, grpc, sink)
+            request = await offload(size, partial(_request, prediction))
+            await _stream(prediction, entry, grpc, sink, request)
             return
         except BackendUnavailable:
             left = give_up_at - trio.current_time()
@@ -112,10 +133,11 @@ async def _stream(
     entry: ModelEntry,
     grpc: GrpcLoop,
     sink: _Sink,
+    request: Any,
 ) -> None:
     config = entry.settings
     first, idle = config.first_output_seconds or math.inf, config.idle_seconds or math.inf
-    async with grpc.predict(entry.next_target(), prediction.id, prediction.input) as stream:
+    async with grpc.predict(entry.next_target(), request) as stream:
         # One scope for the whole call, its deadline moved on after each
         # batch: first_output_seconds until the first output, idle_seconds
         # after each batch once there was output.

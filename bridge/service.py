@@ -15,9 +15,10 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
+import msgspec
 import trio
 
 from . import protocol, runner, strictjson
@@ -38,7 +39,9 @@ from .retention import Retention
 from .validation import validate_input, validate_stream, validate_webhook
 from .webhooks import WebhookPolicy, WebhookSender
 
-__all__ = ["Bridge", "Observer", "Page"]
+__all__ = ["INLINE_BYTES", "Bridge", "Observer", "Page"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +71,18 @@ class Page:
         self.results = results
         self.next = next
         self.previous = previous
+
+
+#: Work on a request or a prediction larger than this (parsing and
+#: validating a body, encoding a prediction) runs in a worker thread, so
+#: it never stalls the event loop for other requests; smaller work is
+#: cheaper done at once.
+INLINE_BYTES = 64 * 1024
+#: Worker threads doing such work at once; more wait their turn. One: a
+#: thread that computes holds the GIL, and every other thread it makes
+#: wait (the event loop, the gRPC loop) waits up to the switch interval
+#: (5 ms) each time; two made /health slower, not the work faster.
+BIG_WORK_THREADS = 1
 
 
 class Bridge:
@@ -107,11 +122,27 @@ class Bridge:
         #: release's creation (their configuration is this process's).
         self.started_at = time.time()
         self.observer = Observer()
+        self._big_work = trio.CapacityLimiter(BIG_WORK_THREADS)
         self.draining = False
         self.closing = False
         #: Where the bridge is reached, for URLs outside any request
         #: (webhooks); set by serve() once it knows its port.
         self.base_url = settings.public_url or f"http://{settings.host}:{settings.port}"
+
+    async def offload(self, size: int, work: Callable[..., T], *args: Any) -> T:
+        """``work(*args)``: at once if *size* (the bytes it handles) is at
+        most :data:`INLINE_BYTES`, else in a worker thread (at most
+        :data:`BIG_WORK_THREADS` at once). *work* must touch nothing the
+        event loop changes meanwhile."""
+        if size <= INLINE_BYTES:
+            return work(*args)
+        return await trio.to_thread.run_sync(work, *args, limiter=self._big_work)
+
+    async def encode(self, prediction: Prediction, base_url: str, **replace: Any) -> bytes:
+        """*prediction* as Replicate's JSON (with *replace*'s fields
+        replaced), encoded; a large one in a worker thread."""
+        build = prediction.json_later(base_url)
+        return await self.offload(prediction.kept_bytes, _encode, build, replace)
 
     # -- models ----------------------------------------------------------
 
@@ -193,10 +224,13 @@ class Bridge:
         stream: Any = None,
         cancel_after: float | None = None,
         owner: str | None = None,
+        input_size: int = 0,
     ) -> Prediction:
         """Validate *input* (and the webhook, and *stream*) and start a
         prediction of *entry*; it is cancelled *cancel_after* seconds from
-        now wherever it is then, queued or running.
+        now wherever it is then, queued or running. An input of more than
+        :data:`INLINE_BYTES` (*input_size*: the body's bytes) is checked in
+        a worker thread.
 
         If the backend cannot describe the model right now, the prediction is
         still created; it validates and fails (or runs) once the backend
@@ -211,15 +245,13 @@ class Bridge:
         if webhook is not None:
             await self.webhook_policy.check(webhook)
         info = await self.try_describe(entry)
-        if info is not None:
-            validate_input(info.input_schema, input)
-        elif not isinstance(input, dict):
-            validate_input({}, input)
+        schema = info.input_schema if info is not None else {}
+        input_json = await self.offload(input_size, _checked_input, schema, input)
         validate_stream(stream, entry.streams)
         prediction = Prediction(
             model=entry.name,
             version=version or (info.version if info else ""),
-            input=input,
+            input=input_json,
             streams=entry.streams,
             seq=next(self._seq),
             owner=owner,
@@ -270,7 +302,7 @@ class Bridge:
         self,
         cursor: str | None,
         owner: str | None,
-        encode: Callable[[Prediction], bytes],
+        encode: Callable[[Prediction], Awaitable[bytes]],
     ) -> Page:
         """Predictions newest first, each as *encode* makes it: at most
         ``page_size`` of them, and no more than ``max_page_bytes`` of
@@ -309,7 +341,7 @@ class Bridge:
         taken: list[tuple[Prediction, bytes]] = []
         size = 0
         for prediction in walk[: self.settings.page_size]:
-            encoded = encode(prediction)
+            encoded = await encode(prediction)
             if taken and size + len(encoded) > self.settings.max_page_bytes:
                 break
             taken.append((prediction, encoded))
@@ -333,8 +365,8 @@ class Bridge:
     ) -> None:
         assert self.webhooks is not None
 
-        def render(p: Prediction) -> bytes:
-            return strictjson.dumps(p.to_json(self.base_url)).encode()
+        async def render(p: Prediction) -> bytes:
+            return await self.encode(p, self.base_url)
 
         with trio.CancelScope() as scope:
             self._webhook_scopes.add(scope)
@@ -370,6 +402,7 @@ class Bridge:
                     retention=self.retention,
                     max_output_bytes=self.settings.max_output_bytes,
                     validated=validated,
+                    offload=self.offload,
                 )
         # This task is its prediction's only writer: whatever ends it is
         # recorded here, once.
@@ -422,3 +455,17 @@ class Bridge:
         deadline = trio.current_time() + self.settings.shutdown_timeout_seconds
         for scope in self._webhook_scopes:
             scope.deadline = min(scope.deadline, deadline)
+
+
+def _encode(build: Callable[[], dict[str, Any]], replace: dict[str, Any]) -> bytes:
+    # msgspec: 5x json.dumps on large outputs. It would write NaN as null,
+    # but nothing kept can be NaN: input, output and metrics are checked
+    # as strict JSON where they come in.
+    return msgspec.json.encode(build() | replace)
+
+
+def _checked_input(schema: dict[str, Any], input: Any) -> bytes:
+    """*input* checked against *schema* (an empty one: only that it is an
+    object), as the JSON a prediction keeps."""
+    validate_input(schema, input)
+    return strictjson.dumps(input, separators=(",", ":")).encode()

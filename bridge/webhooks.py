@@ -41,7 +41,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -299,7 +299,7 @@ class WebhookSender:
         prediction: Prediction,
         url: str,
         events: frozenset[str],
-        render: Callable[[Prediction], bytes],
+        render: Callable[[Prediction], Awaitable[bytes]],
     ) -> None:
         """Deliver *prediction*'s webhooks until it has ended and ``completed``
         is delivered (or given up on), signed with the secret of the token
@@ -308,7 +308,7 @@ class WebhookSender:
         deliver = partial(self._deliver, url, secret)
         try:
             if "start" in events:
-                await deliver(render(prediction), retry=False)
+                await deliver(await render(prediction), retry=False)
             cursor = 0
             last_sent = -float("inf")
             wanted = {"output", "logs"} & events
@@ -326,9 +326,9 @@ class WebhookSender:
                     break
                 cursor = len(prediction.events)
                 last_sent = trio.current_time()
-                await deliver(render(prediction), retry=False)
+                await deliver(await render(prediction), retry=False)
             if "completed" in events:
-                await deliver(render(prediction), retry=True)
+                await deliver(await render(prediction), retry=True)
         except Exception:
             log.exception(
                 "prediction %s: webhook delivery failed",

@@ -40,9 +40,9 @@ def raw_target() -> Iterator[str]:
 async def test_trio_deadline_becomes_the_grpc_deadline(raw_target: str) -> None:
     async with open_grpc_loop() as grpc_loop:
         with trio.fail_after(7):
-            async with grpc_loop.predict(raw_target, "d", {}) as stream:
+            async with grpc_loop.predict(raw_target, protocol.predict_request("d", {})) as stream:
                 with_deadline = [i async for b in stream for i in b]
-        async with grpc_loop.predict(raw_target, "d", {}) as stream:
+        async with grpc_loop.predict(raw_target, protocol.predict_request("d", {})) as stream:
             no_deadline = [i async for b in stream for i in b]
     remaining = float(with_deadline[-1].chunks[0])
     assert 5 < remaining <= 7.1  # grpc-timeout is rounded up on the wire
@@ -53,9 +53,8 @@ async def test_loop_thread_and_calls_are_cleaned_up(demo_targets: dict[str, str]
     before = {t.ident for t in threading.enumerate()}
     async with open_grpc_loop() as grpc_loop:
         assert len({t.ident for t in threading.enumerate()} - before) == 1
-        async with grpc_loop.predict(
-            demo_targets["demo/echo"], "slow", {"prompt": "a b c", "delay_ms": 60_000}
-        ) as stream:
+        request = protocol.predict_request("slow", {"prompt": "a b c", "delay_ms": 60_000})
+        async with grpc_loop.predict(demo_targets["demo/echo"], request) as stream:
             # The call is under way (the backend started it) ...
             assert isinstance((await stream.receive_batch())[0], protocol.Started)
             assert grpc_loop.active_calls == 1
@@ -69,7 +68,7 @@ async def test_credit_window_bounds_what_is_in_flight(raw_target: str) -> None:
     sizes = []
     async with (
         open_grpc_loop(window=window) as grpc_loop,
-        grpc_loop.predict(raw_target, "w", {"messages": 400}) as stream,
+        grpc_loop.predict(raw_target, protocol.predict_request("w", {"messages": 400})) as stream,
     ):
         async for batch in stream:
             sizes.append(len(batch))
@@ -92,7 +91,9 @@ async def test_health_of_a_backend_without_the_health_service_is_unknown(
 async def test_unreachable_backend_is_unavailable() -> None:
     async with open_grpc_loop() as grpc_loop:
         with pytest.raises(BackendUnavailable, match=r"^model backend unavailable: "):
-            async with grpc_loop.predict(closed_port_target(), "x", {}) as stream:
+            async with grpc_loop.predict(
+                closed_port_target(), protocol.predict_request("x", {})
+            ) as stream:
                 async for _ in stream:
                     pass
         with pytest.raises(BackendUnavailable):

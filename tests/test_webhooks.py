@@ -104,6 +104,10 @@ async def run_with_webhook(
     return response.json()
 
 
+async def render(prediction: Prediction) -> bytes:
+    return json.dumps(prediction.to_json("http://bridge")).encode()
+
+
 def validate(delivery: Delivery, secret: str = SECRET) -> None:
     """Raises unless Replicate's Python validator accepts the delivery."""
     Webhooks.validate(
@@ -148,7 +152,7 @@ async def test_output_deliveries_are_throttled(autojump_clock: Any, receiver: Re
             prediction,
             receiver.url,
             frozenset(EVENTS),
-            lambda p: json.dumps(p.to_json("http://bridge")).encode(),
+            render,
         )
         for i in range(60):  # 3 s of output, a chunk every 50 ms
             await trio.sleep(0.05)
@@ -366,7 +370,7 @@ async def test_a_receivers_long_answer_is_not_read(nursery: trio.Nursery) -> Non
     async with open_webhook_client(WebhookPolicy(allow_hosts=LOCAL)) as client:
         sender = WebhookSender(client, SECRET, timeout=30)
         with trio.fail_after(10):
-            await sender.follow(prediction, url, frozenset({"completed"}), lambda p: b"{}")
+            await sender.follow(prediction, url, frozenset({"completed"}), render)
             await dropped.wait()
     # What the kernel's socket buffers took before the bridge hung up.
     assert sent < 32 << 20, sent
