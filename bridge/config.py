@@ -132,8 +132,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: webhooks and files (see :func:`bridge.server.connection_limit`).
     max_connections: Count | None = None
     #: Whether cleartext HTTP/2 is spoken (an ``Upgrade: h2c`` or the
-    #: prior-knowledge preface); off: HTTP/1.1 only.
+    #: prior-knowledge preface); off: HTTP/1.1 only, unless over TLS.
     h2c: bool = False
+    #: A certificate (PEM, its chain after it) and its key: the bridge then
+    #: serves HTTPS only, with HTTP/2 offered by ALPN. Both or neither.
+    certfile: Text | None = None
+    keyfile: Text | None = None
     #: Listen backlog. Hypercorn's default (100) overflows when many clients
     #: connect at once, and the kernel then drops SYNs that clients resend
     #: only after 1, 3, 7 s (measured: 1,000 concurrent creates took 23 s).
@@ -233,6 +237,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             raise ConfigError(_where(exc, _setting_key)) from None
         if settings.webhook_secret is not None and not _is_secret(settings.webhook_secret):
             raise ConfigError("[webhooks] secret must look like whsec_<base64 of 16+ bytes>")
+        if (settings.certfile is None) != (settings.keyfile is None):
+            raise ConfigError("[server] certfile and keyfile go together: set both or neither")
+        for key in ("certfile", "keyfile"):
+            path = getattr(settings, key)
+            if path is not None and not os.access(path, os.R_OK):
+                raise ConfigError(f"[server] {key}: cannot read {path}")
         for window in ("seconds", "count"):
             data_bound = getattr(settings, f"retention_{window}")
             if getattr(settings, f"metadata_retention_{window}") < data_bound:

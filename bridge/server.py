@@ -61,6 +61,8 @@ async def serve(
     config.graceful_timeout = settings.shutdown_timeout_seconds
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    # HTTPS (and with it HTTP/2, by ALPN) when a certificate is configured.
+    config.certfile, config.keyfile = settings.certfile, settings.keyfile
 
     secret = load_or_create_secret(settings.webhook_secret, Path(settings.webhook_secret_file))
     policy = WebhookPolicy(
@@ -85,7 +87,9 @@ async def serve(
         stop_http = trio.Event()
         sockets = _listen(config, settings.stall_seconds)
         limits = ConnectionLimits(
-            max_connections=settings.max_connections or connection_limit(), h2c=settings.h2c
+            max_connections=settings.max_connections or connection_limit(),
+            h2c=settings.h2c,
+            stall_seconds=settings.stall_seconds,
         )
         async with trio.open_nursery() as http:
             binds = await http.start(
@@ -99,8 +103,9 @@ async def serve(
                 )
             )
             port = int(binds[0].rsplit(":", 1)[1])
-            bridge.base_url = settings.public_url or f"http://{settings.host}:{port}"
-            log.info("bridge listening on http://%s:%d", settings.host, port)
+            scheme = "https" if settings.certfile else "http"
+            bridge.base_url = settings.public_url or f"{scheme}://{settings.host}:{port}"
+            log.info("bridge listening on %s://%s:%d", scheme, settings.host, port)
             task_status.started(port)
             try:
                 await (shutdown_trigger or trio.sleep_forever)()
@@ -171,7 +176,7 @@ def _listen(config: hypercorn.config.Config, stall_seconds: float) -> Sockets:
     under a shielded scope, so nothing in the app could unblock that write;
     the reader can reconnect and resume with Last-Event-ID."""
     sockets = config.create_sockets()
-    for sock in sockets.insecure_sockets:
+    for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, max(1, int(stall_seconds * 1000)))
         sock.listen(config.backlog)
     return sockets

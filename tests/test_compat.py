@@ -7,8 +7,10 @@ import inspect
 
 import h11
 from hypercorn.protocol import ProtocolWrapper
+from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
 from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import EventWrapper
 
 from bridge._compat.hypercorn import head_problem
 
@@ -56,3 +58,19 @@ def test_head_problem_waits_for_a_whole_head_and_fed_byte_by_byte_agrees() -> No
         assert head_problem(bad[:end]) is None
     assert head_problem(bad) == "more than one Content-Length"
     assert head_problem(b"\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n") is None
+
+
+def test_hypercorn_h2_buffers_streams_as_the_bounded_h2_relies_on() -> None:
+    create = inspect.getsource(H2Protocol._create_stream)
+    assert "self.stream_buffers[request.stream_id] = StreamBuffer(" in create
+    sends = inspect.getsource(H2Protocol.stream_send)
+    assert "await self.stream_buffers[event.stream_id].push(event.data)" in sends
+    assert "await self.stream_buffers[event.stream_id].drain()" in sends
+    assert "await self.send(Updated(idle=idle))" in sends
+    assert "await self.stream_buffers[stream_id].pop(chunk_size)" in inspect.getsource(
+        H2Protocol._send_data
+    )
+    assert set(inspect.signature(StreamBuffer.__init__).parameters) == {"self", "event_class"}
+    assert {"_complete", "_is_empty", "_paused", "buffer"} <= set(
+        vars(StreamBuffer(EventWrapper))
+    )

@@ -200,6 +200,15 @@ def test_config_from_toml(tmp_path) -> None:
             "[server]\nmetadata_retention_count = 10",
             r"metadata_retention_count must be at least retention_count \(10000\)",
         ),
+        ('[server]\ncertfile = "/etc/hostname"', r"certfile and keyfile go together"),
+        (
+            '[server]\ncertfile = "/no/cert.pem"\nkeyfile = "/no/key.pem"',
+            r"\[server\] certfile: cannot read /no/cert.pem",
+        ),
+        ("[server]\nmax_connections = 0", r"\[server\] max_connections: expected `int` >= 1"),
+        ("[server]\nh2c = 1", r"\[server\] h2c: expected `bool`"),
+        ('[server]\nallowed_hosts = "x"', r"\[server\] allowed_hosts: expected `array`"),
+        ("[server]\nbody_timeout_seconds = 0", r"body_timeout_seconds: expected `float` > 0"),
     ],
 )
 def test_config_errors_say_what_is_wrong(tmp_path, text: str, message: str) -> None:

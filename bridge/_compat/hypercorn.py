@@ -40,12 +40,22 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
+import h2.errors
+import h2.exceptions
 import h11
 import trio
 from hypercorn.config import Config, Sockets
-from hypercorn.events import Closed
+from hypercorn.events import Closed, RawData
 from hypercorn.protocol import ProtocolWrapper
-from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.events import StreamClosed
+from hypercorn.protocol.h2 import (
+    BUFFER_HIGH_WATER,
+    BUFFER_LOW_WATER,
+    BufferCompleteError,
+    H2Protocol,
+    StreamBuffer,
+)
+from hypercorn.protocol.h11 import H2CProtocolRequiredError, H2ProtocolAssumedError, H11Protocol
 from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.statsd import StatsdLogger
 from hypercorn.trio.tcp_server import TCPServer
@@ -69,6 +79,8 @@ class ConnectionLimits:
     max_connections: int
     #: Whether cleartext HTTP/2 (h2c upgrade or prior knowledge) is spoken.
     h2c: bool = False
+    #: An HTTP/2 response whose reader takes nothing this long is reset.
+    stall_seconds: float = 30.0
 
 
 async def serve_http(
@@ -93,11 +105,17 @@ async def serve_http(
         slots = _Slots(limits.max_connections)
         async with trio.open_nursery() as connections:
             binds = []
-            listeners = []
+            listeners: list[trio.abc.Listener[Any]] = []
+            ssl_context = config.create_ssl_context()  # with ALPN: h2, http/1.1
+            for sock in sockets.secure_sockets:
+                plain = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+                listeners.append(trio.SSLListener(plain, ssl_context, https_compatible=True))
+                binds.append(f"https://{repr_socket_addr(sock.family, sock.getsockname())}")
             for sock in sockets.insecure_sockets:
                 listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
                 binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
-                await config.log.info(f"Running on {binds[-1]} (CTRL + C to quit)")
+            for bind in binds:
+                await config.log.info(f"Running on {bind} (CTRL + C to quit)")
 
             def connection(stream: trio.abc.Stream) -> _Connection:
                 state = ConnectionState(lifespan_state.copy())
@@ -149,7 +167,7 @@ class _Slots:
 
 
 async def _accept(
-    listener: trio.SocketListener,
+    listener: trio.abc.Listener[Any],
     connections: trio.Nursery,
     slots: _Slots,
     connection: Callable[[trio.abc.Stream], _Connection],
@@ -222,21 +240,13 @@ class _Connection(TCPServer):
 
     @protocol.setter
     def protocol(self, wrapper: ProtocolWrapper) -> None:
-        # TCPServer.run makes the wrapper; its HTTP/1.1 side is replaced by
-        # the strict one here, before it has seen a byte.
-        if isinstance(wrapper.protocol, H11Protocol):
-            wrapper.protocol = _StrictH11(
-                wrapper.app,
-                wrapper.config,
-                wrapper.context,
-                wrapper.task_group,
-                wrapper.state,
-                wrapper.ssl,
-                wrapper.client,
-                wrapper.server,
-                wrapper.send,
-                h2c=self.limits.h2c,
-            )
+        # TCPServer.run makes hypercorn's wrapper; before it has seen a
+        # byte, it becomes the bridge's, with the bridge's HTTP/1.1 and /2.
+        wrapper.__class__ = _Protocol
+        assert isinstance(wrapper, _Protocol)
+        wrapper.limits = self.limits
+        http2 = isinstance(wrapper.protocol, H2Protocol)
+        wrapper.protocol = wrapper.http2() if http2 else wrapper.http11()
         self._protocol = wrapper
 
     async def _close(self) -> None:
@@ -249,6 +259,162 @@ class _Connection(TCPServer):
                 with suppress(trio.BrokenResourceError, trio.ClosedResourceError, AttributeError):
                     await self.stream.send_eof()
         await self.stream.aclose()
+
+
+class _Protocol(ProtocolWrapper):
+    """Hypercorn's switch between HTTP/1.1 and HTTP/2 (by ALPN, or an h2c
+    upgrade or preface when ``h2c`` is on), making the bridge's own."""
+
+    limits: ConnectionLimits
+
+    def _args(self) -> tuple[Any, ...]:
+        return (
+            self.app,
+            self.config,
+            self.context,
+            self.task_group,
+            self.state,
+            self.ssl,
+            self.client,
+            self.server,
+            self.send,
+        )
+
+    def http11(self) -> _StrictH11:
+        return _StrictH11(*self._args(), h2c=self.limits.h2c)
+
+    def http2(self) -> _BoundedH2:
+        return _BoundedH2(*self._args(), stall_seconds=self.limits.stall_seconds)
+
+    async def handle(self, event: Any) -> None:
+        try:
+            return await self.protocol.handle(event)
+        except H2ProtocolAssumedError as preface:  # prior knowledge (h2c only)
+            self.protocol = self.http2()
+            await self.protocol.initiate()
+            if preface.data:
+                await self.protocol.handle(RawData(data=preface.data))
+        except H2CProtocolRequiredError as upgrade:  # Upgrade: h2c (h2c only)
+            self.protocol = self.http2()
+            await self.protocol.initiate(upgrade.headers, upgrade.settings)
+            if upgrade.data:
+                await self.protocol.handle(RawData(data=upgrade.data))
+
+
+class _Stalled(Exception):
+    """A stream's reader accepted nothing for ``stall_seconds``."""
+
+
+class _StreamBuffer(StreamBuffer):
+    """What one HTTP/2 response has written and the client has not taken
+    yet, bounded whatever the client does with its flow-control window.
+
+    Hypercorn's lets the writer go on whenever a send takes less than half
+    of its bound, which a closed window (a send of nothing) always does:
+    each reader then held everything it was sent. Here the writer waits
+    while the buffer holds :data:`BUFFER_HIGH_WATER` or more, and for at
+    most *stall* seconds of no progress, then :class:`_Stalled` is raised;
+    so is waiting to finish (:meth:`drain`)."""
+
+    def __init__(self, event_class: Any, stall: float) -> None:
+        super().__init__(event_class)
+        self.stall = stall
+        self._sent_at = trio.current_time()
+
+    async def push(self, data: bytes) -> None:
+        if self._complete:
+            raise BufferCompleteError()
+        if not self.buffer:
+            self._sent_at = trio.current_time()  # the stall clock starts now
+        self.buffer.extend(data)
+        await self._is_empty.clear()
+        while len(self.buffer) >= BUFFER_HIGH_WATER and not self._complete:
+            await self._paused.clear()
+            await self._wait(self._paused)
+
+    async def pop(self, max_length: int) -> bytes:
+        data = bytes(self.buffer[:max_length])
+        del self.buffer[:max_length]
+        if data:
+            self._sent_at = trio.current_time()
+        if len(self.buffer) < BUFFER_LOW_WATER:
+            await self._paused.set()
+        if not self.buffer:
+            await self._is_empty.set()
+        return data
+
+    async def drain(self) -> None:
+        await self._wait(self._is_empty)
+
+    async def _wait(self, event: Any) -> None:
+        """Wait for *event* while the reader takes something at least every
+        *stall* seconds; raise :class:`_Stalled` once it has not."""
+        while True:
+            with trio.move_on_at(self._sent_at + self.stall) as waited:
+                await event.wait()
+            if not waited.cancelled_caught:
+                return
+            if trio.current_time() >= self._sent_at + self.stall:
+                raise _Stalled()
+
+
+class _StreamBuffers(dict[int, StreamBuffer]):
+    """``H2Protocol.stream_buffers``, holding the bridge's buffers: each
+    buffer hypercorn makes for a new stream is replaced by one of ours."""
+
+    def __init__(self, event_class: Any, stall: float) -> None:
+        super().__init__()
+        self.event_class, self.stall = event_class, stall
+
+    def __setitem__(self, stream_id: int, buffer: StreamBuffer) -> None:
+        super().__setitem__(stream_id, _StreamBuffer(self.event_class, self.stall))
+
+
+class _BoundedH2(H2Protocol):
+    """Hypercorn's HTTP/2, held to the bounds HTTP/1.1 has: one bounded
+    buffer per response whatever the client's windows (a reader that takes
+    nothing for ``stall_seconds`` gets RST_STREAM and its request ends),
+    and when the connection goes, every response waiting on it is let go
+    (hypercorn's waited for window credit forever: the connection stayed in
+    CLOSE-WAIT, and graceful shutdown never finished)."""
+
+    def __init__(self, *args: Any, stall_seconds: float) -> None:
+        super().__init__(*args)
+        self.stream_buffers = _StreamBuffers(self.context.event_class, stall_seconds)
+        self.gone = False
+
+    async def stream_send(self, event: Any) -> None:
+        if self.gone and isinstance(event, StreamClosed):
+            # Not "idle" (hypercorn's), which would keep the connection's
+            # tasks for keep_alive_seconds after its client went.
+            await self._close_stream(event.stream_id)
+            return
+        try:
+            await super().stream_send(event)
+        except _Stalled:
+            log.info("HTTP/2 stream %d took nothing for stall_seconds: reset", event.stream_id)
+            await self._cut(event.stream_id)
+
+    async def _cut(self, stream_id: int) -> None:
+        buffer = self.stream_buffers.get(stream_id)
+        if buffer is not None:
+            await buffer.close()
+        with suppress(h2.exceptions.ProtocolError):
+            self.connection.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+            await self._flush()
+        await self._close_stream(stream_id)
+
+    async def handle(self, event: Any) -> None:
+        if not isinstance(event, Closed):
+            await super().handle(event)
+        elif not self.gone:
+            self.gone = True
+            await super().handle(event)
+            # Nothing will take what is buffered: let its writers go; and
+            # the connection closes now (TCPServer closes its socket).
+            for buffer in list(self.stream_buffers.values()):
+                await buffer.close()
+            await self.send(Closed())
 
 
 class _Refused(Exception):
