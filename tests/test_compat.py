@@ -71,6 +71,4 @@ def test_hypercorn_h2_buffers_streams_as_the_bounded_h2_relies_on() -> None:
         H2Protocol._send_data
     )
     assert set(inspect.signature(StreamBuffer.__init__).parameters) == {"self", "event_class"}
-    assert {"_complete", "_is_empty", "_paused", "buffer"} <= set(
-        vars(StreamBuffer(EventWrapper))
-    )
+    assert {"_complete", "_is_empty", "_paused", "buffer"} <= set(vars(StreamBuffer(EventWrapper)))

@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import logging
 import resource
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,8 +18,9 @@ import trio
 
 from bridge.sdk import Metrics, Model, ModelServer
 from bridge.server import FD_RESERVE, connection_limit
+from tests.backends import ENV, read_until
 from tests.conftest import StartBridge, create
-from tests.test_cli import _kill_what_is_left, _start_run_demo
+from tests.test_cli import BRIDGE, _kill_what_is_left, _start_run_demo
 from tests.test_connections import connect, read_answer, read_until_closed, request
 
 
@@ -431,3 +434,51 @@ async def test_large_inputs_and_outputs_leave_health_quick() -> None:
         assert health[len(health) // 2] < 0.25, health
     finally:
         _kill_what_is_left(run, backend_pid)
+
+
+async def test_running_out_of_file_descriptors_is_said_once(tmp_path: Path) -> None:
+    """At a 256 fd limit, 300 open connections (max_connections set above
+    the limit, as a misconfiguration would): Trio logged an EMFILE
+    traceback every 0.1 s. Now accepting pauses, says so once, and goes on
+    when connections close."""
+    config = tmp_path / "bridge.toml"
+    config.write_text("[server]\nmax_connections = 5000\n")
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    run = await trio.lowlevel.open_process(
+        [
+            *BRIDGE,
+            "run-demo",
+            "--stop-on-eof",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--config",
+            str(config),
+        ],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=ENV,
+        preexec_fn=low_fd_limit,
+    )
+    said: list[bytes] = []
+    try:
+        port = (await read_until(run.stderr, rb"Running on http://[\d.]+:(\d+)", said))[1]
+        url = f"http://127.0.0.1:{port.decode()}"
+        held = [await connect(url) for _ in range(300)]
+        await read_until(run.stderr, rb"cannot accept connections: EMFILE", said)
+        for stream in held:
+            await stream.aclose()
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            with trio.fail_after(10):
+                assert (await client.get("/health")).status_code == 200
+        await read_until(run.stderr, rb"accepting connections again", said)
+    finally:
+        run.kill()
+        await run.wait()
+    text = b"".join(said).decode()
+    assert text.count("cannot accept connections") == 1, text
+    assert "Traceback" not in text, text
