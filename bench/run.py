@@ -365,6 +365,11 @@ def memory(targets: dict[str, str], tmp: Path, chunks: int, idle: int, stalled: 
     try:
         _http(addr, "GET", f"/v1/models/{ECHO}")  # described, warm
         _http(addr, "GET", f"/v1/models/{TICKS}")
+        # One prediction first: what the first one costs once (jsonschema-rs
+        # sets itself up with 4.7 MB) is not what each chunk costs.
+        _http(addr, "POST", f"/v1/models/{ECHO}/predictions", {"input": {"prompt": "warm"}})
+        while _active(addr, "bridge_predictions_active"):
+            time.sleep(0.1)
         before = _settled_rss(bridge.pid)
         status, body = _http(
             addr,
