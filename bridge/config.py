@@ -254,6 +254,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             settings,
             public_url=settings.public_url and settings.public_url.rstrip("/"),
             cors_allow_origins=tuple(o.rstrip("/") for o in settings.cors_allow_origins),
+            allowed_hosts=tuple(h.lower().rstrip(".") for h in settings.allowed_hosts),
         )
 
 

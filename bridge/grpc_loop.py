@@ -368,6 +368,8 @@ class GrpcLoop:
                 with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
                     await ended.wait()
         if errors:
+            if isinstance(errors[0], asyncio.CancelledError):  # by the loop, closing
+                raise BackendUnavailable("model backend unavailable: the call was cancelled")
             raise errors[0]
         return values[0]
 

@@ -15,9 +15,11 @@ from urllib.parse import urlsplit
 import jsonschema
 import jsonschema_rs
 import msgspec
+import referencing
+import referencing.exceptions
 
 from . import strictjson
-from .errors import BadRequest, InvalidInput
+from .errors import BackendProtocolError, BadRequest, InvalidInput
 from .webhooks import EVENTS
 
 __all__ = [
@@ -50,7 +52,7 @@ def parse_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     read again by the standard library's, which says what is wrong."""
     try:
         value = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
+    except (ValueError, RecursionError):  # DecodeError, or UnicodeDecodeError
         return _parse_slowly(raw, max_depth)
     stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
     while stack:
@@ -107,10 +109,12 @@ def _validators(
     where jsonschema-rs cannot compile the schema."""
     schema = json.loads(schema_json)
     try:
-        fast = jsonschema_rs.Draft202012Validator(schema)
+        # Never fetching a $ref from the network (jsonschema-rs would, while
+        # compiling: on the event loop, wherever a backend's schema says).
+        fast = jsonschema_rs.Draft202012Validator(schema, retriever=_no_remote_refs)
     except ValueError:  # a schema it cannot compile (a $ref it cannot follow)
         fast = None
-    return fast, jsonschema.Draft202012Validator(schema)
+    return fast, jsonschema.Draft202012Validator(schema, registry=_LOCAL_ONLY)
 
 
 #: The most ``invalid_fields`` one 422 lists; validation stops there, so
@@ -118,6 +122,19 @@ def _validators(
 MAX_INVALID_FIELDS = 20
 #: The longest ``description`` of one invalid field, in characters.
 MAX_DESCRIPTION = 200
+
+
+def _no_remote_refs(uri: str) -> Any:
+    raise ValueError(f"a $ref to {uri}: schemas are not fetched")
+
+
+def _not_fetched(uri: str) -> referencing.Resource[Any]:
+    raise referencing.exceptions.NoSuchResource(ref=uri)
+
+
+#: Where jsonschema looks up a ``$ref`` outside the schema: nowhere (it
+#: would fetch it, with a DeprecationWarning, wherever it points).
+_LOCAL_ONLY: referencing.Registry[Any] = referencing.Registry(retrieve=_not_fetched)
 
 
 def validate_input(schema: dict[str, Any], input: Any) -> None:
@@ -133,13 +150,18 @@ def validate_input(schema: dict[str, Any], input: Any) -> None:
     if fast is not None and fast.is_valid(input):
         return
     found: dict[tuple[str, str], dict[str, str]] = {}  # de-duplicated, in order
-    for field in _invalid_fields(thorough.iter_errors(input)):
-        description = field["description"]
-        if len(description) > MAX_DESCRIPTION:
-            field["description"] = description[: MAX_DESCRIPTION - 3] + "..."
-        found.setdefault((field["field"], field["description"]), field)
-        if len(found) > MAX_INVALID_FIELDS:
-            break
+    try:
+        for field in _invalid_fields(thorough.iter_errors(input)):
+            description = field["description"]
+            if len(description) > MAX_DESCRIPTION:
+                field["description"] = description[: MAX_DESCRIPTION - 3] + "..."
+            found.setdefault((field["field"], field["description"]), field)
+            if len(found) > MAX_INVALID_FIELDS:
+                break
+    except referencing.exceptions.Unresolvable as exc:
+        raise BackendProtocolError(
+            f"model backend sent an input schema with a $ref that is not in it ({exc})"
+        ) from None
     if not found:
         return
     fields = sorted(found.values(), key=lambda f: f["field"])[:MAX_INVALID_FIELDS]

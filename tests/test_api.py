@@ -60,7 +60,18 @@ async def test_create_by_version(client: httpx.AsyncClient, form: str) -> None:
 
 @pytest.mark.parametrize(
     "body",
-    [b"{not json", b"", b"[1, 2]", b'"a string"', b"\xff\xfe", b'{"input": {}'],
+    [
+        b"{not json",
+        b"",
+        b"[1, 2]",
+        b'"a string"',
+        b"\xff\xfe",
+        b'{"input": {}',
+        # Not UTF-8 inside a string: msgspec raises UnicodeDecodeError there.
+        b'{"input": "\xff"}',
+        b'{"input": "\xed\xa0\x80"}',
+        b'{"input": "\xc3"}',
+    ],
 )
 async def test_malformed_json_is_400(client: httpx.AsyncClient, body: bytes) -> None:
     for path in ("/v1/predictions", "/v1/models/demo/echo/predictions"):

@@ -4,7 +4,9 @@ created prediction that then fails inside."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,8 +16,9 @@ import pytest
 from bridge import protocol
 from bridge._proto.v1 import predictor_pb2 as pb
 from bridge._proto.v1 import predictor_pb2_grpc
+from bridge.errors import BackendProtocolError
 from bridge.sdk import Model, ModelServer
-from bridge.validation import MAX_JSON_DEPTH
+from bridge.validation import MAX_JSON_DEPTH, validate_input
 from tests.backends import RawServer
 from tests.conftest import StartBridge, create
 
@@ -208,3 +211,29 @@ async def test_a_backend_that_sends_a_bad_schema_is_502(
             names = {m["name"]: m["latest_version"] for m in listed.json()["results"]}
             assert names["bad"] is None and names["echo"] is not None
             await create(client, "demo/echo", {"prompt": "still fine"})
+
+
+def test_a_schema_with_a_remote_ref_is_never_fetched() -> None:
+    """jsonschema-rs fetches remote $refs while compiling a schema; a
+    backend's schema must not make the bridge send requests (nor wait for
+    them on the event loop)."""
+    fetched = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fetched.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"type": "string"}')
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        ref = f"http://127.0.0.1:{server.server_address[1]}/s.json"
+        with pytest.raises(BackendProtocolError, match="a \\$ref that is not in it"):
+            validate_input({"type": "object", "properties": {"a": {"$ref": ref}}}, {"a": "x"})
+    finally:
+        server.shutdown()
+        thread.join()
+    assert fetched == []

@@ -8,6 +8,7 @@ import json
 import logging
 import resource
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import pytest
 import trio
 
 from bridge.sdk import Metrics, Model, ModelServer
-from bridge.server import FD_RESERVE, connection_limit
+from bridge.server import FD_RESERVE
 from tests.backends import ENV, read_until
 from tests.conftest import StartBridge, create
 from tests.test_cli import BRIDGE, _kill_what_is_left, _start_run_demo
@@ -171,10 +172,25 @@ async def test_connections_past_max_connections_wait_for_one_to_close(
         await client.post(f"/v1/predictions/{prediction['id']}/cancel")
 
 
-def test_the_default_connection_cap_is_below_the_open_file_limit() -> None:
-    cap = connection_limit()
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    assert 64 <= cap <= soft - FD_RESERVE or (cap == 64 and soft - FD_RESERVE < 64)
+@pytest.mark.parametrize(
+    ("soft", "hard", "cap"),
+    [(1024, 1024, 512), (256, 256, 64), (1024, 4096, 4096 - FD_RESERVE)],
+    ids=["at the hard limit", "a low limit", "raised to the hard limit"],
+)
+async def test_the_default_connection_cap_is_below_the_open_file_limit(
+    soft: int, hard: int, cap: int
+) -> None:
+    """In a process of its own, whose open-file limit is set first."""
+    code = (
+        "import resource\n"
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard}))\n"
+        "from bridge.server import connection_limit\n"
+        "print(connection_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    result = await trio.run_process([sys.executable, "-c", code], capture_stdout=True, env=ENV)
+    got_cap, limit = map(int, result.stdout.split())
+    assert (got_cap, limit) == (cap, max(soft, min(hard, 65536)))
+    assert got_cap <= max(64, limit - FD_RESERVE)
 
 
 @pytest.mark.parametrize(
@@ -425,12 +441,12 @@ async def test_large_inputs_and_outputs_leave_health_quick() -> None:
         health, metrics = sorted(took["/health"]), sorted(took["/metrics"])
         print(
             f"while loaded: /health p50 {health[len(health) // 2]:.3f} s, "
-            f"/metrics max {metrics[-1]:.3f} s"
+            f"/metrics p90 {metrics[len(metrics) * 9 // 10]:.3f} s, max {metrics[-1]:.3f} s"
         )
         # /metrics is the bridge's alone (before: p50 2.9 s, max 4.4 s), and
         # /health waits for each backend's own health check too (before:
         # 3 s; a backend busy decoding a 1 MB input answers late).
-        assert metrics[-1] < 1.0, metrics
+        assert metrics[len(metrics) * 9 // 10] < 0.5, metrics  # p90
         assert health[len(health) // 2] < 0.25, health
     finally:
         _kill_what_is_left(run, backend_pid)
@@ -442,7 +458,8 @@ async def test_running_out_of_file_descriptors_is_said_once(tmp_path: Path) -> N
     traceback every 0.1 s. Now accepting pauses, says so once, and goes on
     when connections close."""
     config = tmp_path / "bridge.toml"
-    config.write_text("[server]\nmax_connections = 5000\n")
+    # Idle connections kept long, so none closes before the test closes them.
+    config.write_text("[server]\nmax_connections = 5000\nkeep_alive_seconds = 120\n")
 
     def low_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
@@ -482,3 +499,15 @@ async def test_running_out_of_file_descriptors_is_said_once(tmp_path: Path) -> N
     text = b"".join(said).decode()
     assert text.count("cannot accept connections") == 1, text
     assert "Traceback" not in text, text
+
+
+async def test_a_client_that_goes_frees_its_connection_at_once(start_bridge: StartBridge) -> None:
+    """Connect, send nothing, close: hypercorn's keep-alive timer held each
+    such connection (and its slot) for keep_alive_seconds more."""
+    url = await start_bridge(max_connections=2, keep_alive_seconds=60)
+    with trio.fail_after(10):
+        for _ in range(20):
+            stream = await connect(url)
+            await stream.aclose()
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/health")).status_code == 200

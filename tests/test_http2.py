@@ -151,8 +151,9 @@ async def test_shutdown_keeps_its_deadlines_with_readers_that_take_nothing(
             await stopped.wait()
         took = trio.current_time() - started
         nursery.cancel_scope.cancel()
-    # The connections' grace (1 s), then our hard deadline (1 s more).
-    assert took < 1 + 1 + 1, took
+    # The connections' grace (1 s), then our hard deadline (1 s more); it
+    # waited forever before (the test's 15 s here).
+    assert took < 1 + 1 + 4, took
 
 
 @pytest.fixture(scope="module")

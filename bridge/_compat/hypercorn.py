@@ -43,6 +43,7 @@ from typing import Any
 import h2.errors
 import h2.exceptions
 import h11
+import priority
 import trio
 from hypercorn.config import Config, Sockets
 from hypercorn.events import Closed, RawData
@@ -176,11 +177,9 @@ async def _accept(
     in *connections*."""
     out_of_room = False
     while True:
-        await slots.take()
         try:
             stream = await listener.accept()
         except OSError as exc:
-            slots.give_back()
             if exc.errno not in _NO_ROOM:
                 raise
             if not out_of_room:
@@ -195,6 +194,10 @@ async def _accept(
         if out_of_room:
             log.info("accepting connections again")
             out_of_room = False
+        # A slot before the next accept: at the limit, this listener waits
+        # here (one connection accepted ahead, the rest in the backlog), and
+        # an idle listener holds no slot.
+        await slots.take()
         connections.start_soon(_run_connection, connection(stream), slots)
 
 
@@ -248,6 +251,13 @@ class _Connection(TCPServer):
         http2 = isinstance(wrapper.protocol, H2Protocol)
         wrapper.protocol = wrapper.http2() if http2 else wrapper.http11()
         self._protocol = wrapper
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        # The client is gone (or sent all it will): hypercorn's keep-alive
+        # timer would hold the connection, and its slot, for
+        # keep_alive_seconds more if it had no request in flight.
+        await self.idle_task.stop()
 
     async def _close(self) -> None:
         # Hypercorn's send_eof runs outside the send lock and holds the
@@ -349,12 +359,10 @@ class _StreamBuffer(StreamBuffer):
     async def _wait(self, event: Any) -> None:
         """Wait for *event* while the reader takes something at least every
         *stall* seconds; raise :class:`_Stalled` once it has not."""
-        while True:
-            with trio.move_on_at(self._sent_at + self.stall) as waited:
+        while not event.is_set():
+            with trio.move_on_at(self._sent_at + self.stall):
                 await event.wait()
-            if not waited.cancelled_caught:
-                return
-            if trio.current_time() >= self._sent_at + self.stall:
+            if not event.is_set() and trio.current_time() >= self._sent_at + self.stall:
                 raise _Stalled()
 
 
@@ -396,9 +404,11 @@ class _BoundedH2(H2Protocol):
             await self._cut(event.stream_id)
 
     async def _cut(self, stream_id: int) -> None:
-        buffer = self.stream_buffers.get(stream_id)
+        buffer = self.stream_buffers.pop(stream_id, None)
         if buffer is not None:
             await buffer.close()
+        with suppress(priority.MissingStreamError):
+            self.priority.remove_stream(stream_id)
         with suppress(h2.exceptions.ProtocolError):
             self.connection.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
             await self._flush()
