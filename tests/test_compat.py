@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 
 import h11
+import trio
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
 from hypercorn.protocol.h11 import H11Protocol
@@ -72,3 +73,16 @@ def test_hypercorn_h2_buffers_streams_as_the_bounded_h2_relies_on() -> None:
     )
     assert set(inspect.signature(StreamBuffer.__init__).parameters) == {"self", "event_class"}
     assert {"_complete", "_is_empty", "_paused", "buffer"} <= set(vars(StreamBuffer(EventWrapper)))
+
+
+async def test_a_trio_socket_stream_says_when_it_may_not_be_written() -> None:
+    """What the direct write relies on: the socket's fd, -1 once closed, and
+    a flag once shut for writing."""
+    a, b = trio.socket.socketpair()
+    stream = trio.SocketStream(a)
+    assert stream.socket.fileno() >= 0 and not stream.socket.did_shutdown_SHUT_WR
+    await stream.send_eof()
+    assert stream.socket.did_shutdown_SHUT_WR
+    await stream.aclose()
+    assert stream.socket.fileno() == -1
+    b.close()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -251,6 +252,36 @@ class _Connection(TCPServer):
         http2 = isinstance(wrapper.protocol, H2Protocol)
         wrapper.protocol = wrapper.http2() if http2 else wrapper.http11()
         self._protocol = wrapper
+
+    async def protocol_send(self, event: Any) -> None:
+        # The write of each event, the hot path of a live stream: hypercorn
+        # takes a lock, opens a shielded cancel scope and goes through
+        # trio's send_all (a conflict detector, two checkpoints) for every
+        # write. When no other write is under way, the bytes go straight to
+        # the socket (a non-blocking write: nothing to shield); only what the
+        # kernel does not take at once goes hypercorn's way.
+        if isinstance(event, RawData) and self.fd >= 0 and not self.send_lock.locked():
+            data = event.data
+            try:
+                sent = os.write(self.fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:  # reset, or a broken pipe: the client is gone
+                await self.protocol.handle(Closed())
+                return
+            if sent == len(data):
+                return
+            event = RawData(data=data[sent:])
+        await super().protocol_send(event)
+
+    @property
+    def fd(self) -> int:
+        """The socket's descriptor, for writes straight to it: -1 once it
+        is closed or shut for writing, and for TLS (the SSL object writes)."""
+        if not isinstance(self.stream, trio.SocketStream):
+            return -1
+        socket = self.stream.socket
+        return -1 if socket.did_shutdown_SHUT_WR else socket.fileno()
 
     async def _read_data(self) -> None:
         await super()._read_data()
