@@ -86,6 +86,7 @@ async def serve(
             host_connections=settings.webhook_host_connections,
         )
         bridge = Bridge(settings, grpc_loop, predictions, webhooks, policy)
+        predictions.start_soon(bridge.keep_alive)
         app = create_app(bridge)
         stop_http = trio.Event()
         sockets = _listen(config, settings.stall_seconds)

@@ -115,8 +115,10 @@ class Bridge:
             retry_after=settings.retry_after_seconds,
         )
         self.admission = Admission(settings.max_running, settings.max_queued)
-        #: Prediction tasks alive (running or queued).
+        #: Prediction tasks alive (running or queued), and their predictions.
         self.active = 0
+        self._running: set[Prediction] = set()
+        self._closed = trio.Event()
         self._idle = trio.Event()
         #: When this bridge started: what deployments report as their
         #: release's creation (their configuration is this process's).
@@ -278,6 +280,7 @@ class Bridge:
         )
         entry.run_count += 1
         self.active += 1
+        self._running.add(prediction)
         self._nursery.start_soon(self._run, prediction, entry, ticket, info is not None)
         if webhook and self.webhooks is not None:
             self._nursery.start_soon(self._follow_webhook, prediction, webhook, events)
@@ -422,6 +425,7 @@ class Bridge:
                 else:
                     prediction.cancel()
             self.retention.ended(prediction)
+            self._running.discard(prediction)
             self.active -= 1
             if self.active == 0:
                 self._idle.set()
@@ -439,6 +443,17 @@ class Bridge:
             )
             self.observer.finished(prediction)
 
+    async def keep_alive(self) -> None:
+        """Every third of ``keepalive_seconds``, nudge the readers of every
+        running prediction, so that an idle one writes its ``: ping`` in
+        time (see :func:`bridge.stream.sse_body`). Returns once the bridge
+        is closed."""
+        while not self._closed.is_set():
+            with trio.move_on_after(self.settings.keepalive_seconds / 3):
+                await self._closed.wait()
+            for prediction in list(self._running):
+                prediction.events.nudge()
+
     async def drain(self, seconds: float) -> None:
         """Stop taking predictions; wait up to *seconds* for running ones."""
         self.draining = True
@@ -450,6 +465,7 @@ class Bridge:
         """Cancel every running prediction (they record why); pending
         webhooks get the shutdown grace to be delivered."""
         self.closing = True
+        self._closed.set()
         for prediction in self.predictions.values():
             self.cancel(prediction)
         deadline = trio.current_time() + self.settings.shutdown_timeout_seconds

@@ -39,22 +39,29 @@ async def sse_body(
     keepalive: float,
     clients: Gauge | None = None,
 ) -> AsyncIterator[bytes]:
-    """The stream from event *start* on. *clients* counts the streams open."""
+    """The stream from event *start* on. *clients* counts the streams open.
+    A ``: ping`` goes out once the stream has been idle for two thirds of
+    *keepalive*, checked whenever the log is nudged (every third of it, by
+    :meth:`bridge.service.Bridge.keep_alive`): so at least every
+    *keepalive* seconds."""
     cursor = start
     if clients is not None:
         clients.inc()
+    wrote_at = trio.current_time()
     try:
         while True:
             if cursor < len(events):
                 data, cursor = events.read(cursor, SLICE_BYTES)
                 yield data
+                wrote_at = trio.current_time()
             elif events.closed:
                 return
             else:
-                with trio.move_on_after(keepalive) as idle:
-                    await events.wait_beyond(cursor)
-                if idle.cancelled_caught:
+                await events.wait_news(cursor)
+                nothing_new = cursor >= len(events) and not events.closed
+                if nothing_new and trio.current_time() - wrote_at >= keepalive * 2 / 3:
                     yield sse.KEEPALIVE
+                    wrote_at = trio.current_time()
     finally:
         if clients is not None:
             clients.dec()

@@ -9,13 +9,15 @@ import re
 import uuid
 from collections.abc import Callable
 from importlib import resources
+from typing import Any
 
 import httpx
 import trio
 
-from bridge.events import SLICE_BYTES
+from bridge.events import SLICE_BYTES, EventLog, OutputBatch
 from bridge.sdk import Model, ModelServer
 from bridge.sse import normalize_line_breaks
+from bridge.stream import sse_body
 from tests.conftest import StartBridge, closed_port_target, create, poll_until, read_stream
 from tests.sse_clients import spec_events
 from tests.test_sse import CHUNKS
@@ -361,3 +363,32 @@ async def test_several_targets_are_used_round_robin(start_bridge: StartBridge) -
                 served.append(response.json()["output"])
     assert sorted(served) == ["a"] * 3 + ["b"] * 3
     assert all(x != y for x, y in itertools.pairwise(served)), served
+
+
+async def test_an_idle_reader_pings_at_least_every_keepalive(autojump_clock: Any) -> None:
+    """Nudged every third of keepalive (as Bridge.keep_alive does), an idle
+    reader writes ``: ping`` after two thirds of it: at least every
+    keepalive seconds, and never more often than two thirds of it; a
+    reader that is writing does not ping."""
+    log = EventLog()
+    pings: list[float] = []
+
+    async def nudge() -> None:
+        while True:
+            await trio.sleep(15 / 3)
+            log.nudge()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(nudge)
+        started = trio.current_time()
+        body = sse_body(log, 0, keepalive=15)
+        while trio.current_time() - started < 100:
+            data = await body.__anext__()
+            if data == b": ping\n":
+                pings.append(trio.current_time() - started)
+        log.append_output(OutputBatch(["x"]))
+        assert (await body.__anext__()).startswith(b"event: output")
+        await body.aclose()
+        nursery.cancel_scope.cancel()
+    gaps = [b - a for a, b in zip([0.0, *pings], pings, strict=False)]
+    assert all(10 <= gap <= 15 for gap in gaps), gaps
