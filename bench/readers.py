@@ -92,7 +92,8 @@ class SSEReader(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
-        self.stream.started = time.monotonic()
+        if self.request.startswith(b"POST"):  # timed from the request (a GET: from the create)
+            self.stream.started = time.monotonic()
         transport.write(self.request)  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
@@ -127,19 +128,35 @@ class SSEReader(asyncio.Protocol):
 
 
 async def read_sse(args: argparse.Namespace) -> list[Stream]:
+    """The streaming create (``Accept: text/event-stream`` on the POST), or
+    with ``--get`` Replicate's way: create, then GET ``urls.stream`` (timed
+    from the create)."""
     host, port = args.addr.rsplit(":", 1)
     body = json.dumps({"input": json.loads(args.input)}).encode()
-    request = (
+    accept = "" if args.get else "Accept: text/event-stream\r\n"
+    create = (
         f"POST /v1/models/{args.model}/predictions HTTP/1.0\r\nHost: {host}\r\n"
-        f"Accept: text/event-stream\r\nContent-Type: application/json\r\n"
+        f"{accept}Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     loop = asyncio.get_running_loop()
+
+    async def stream_path() -> str:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(create)
+        answer = await reader.read()  # HTTP/1.0: the server closes after it
+        writer.close()
+        url = json.loads(answer.partition(b"\r\n\r\n")[2])["urls"]["stream"]
+        return "/" + url.split("/", 3)[3]
 
     async def one() -> Stream:
         stream = Stream(args.ticks, args.count.encode())
         done = loop.create_future()
         try:
+            request = create
+            if args.get:
+                path = await stream_path()
+                request = f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode()
             await loop.create_connection(lambda: SSEReader(request, stream, done), host, int(port))
             await done
         except OSError as exc:
@@ -194,6 +211,7 @@ def main() -> int:
     parser.add_argument("--sequential", action="store_true")
     parser.add_argument("--ticks", action="store_true", help="chunks are timestamps")
     parser.add_argument("--count", default="ab", help="the chunk to count (not --ticks)")
+    parser.add_argument("--get", action="store_true", help="create, then GET urls.stream")
     args = parser.parse_args()
     try:
         from uvloop import run

@@ -202,11 +202,13 @@ def readers(
     procs: int = 1,
     ticks: bool = False,
     sequential: bool = False,
+    get: bool = False,
 ) -> dict[str, Any]:
-    """Run *streams* streams split over *procs* reader processes; merged."""
+    """Run *streams* streams split over *procs* reader processes; merged.
+    With *get*, each creates, then GETs ``urls.stream`` (Replicate's way)."""
     argv = [PY, str(HERE / "readers.py"), kind, "--model", model, "--input", json.dumps(input)]
     argv += ["--addr" if kind == "sse" else "--target", where]
-    argv += ["--ticks"] * ticks + ["--sequential"] * sequential
+    argv += ["--ticks"] * ticks + ["--sequential"] * sequential + ["--get"] * get
     shares = [streams // procs + (i < streams % procs) for i in range(procs)]
     running = [
         subprocess.Popen([*argv, "--streams", str(n)], stdout=subprocess.PIPE, env=ENV)
@@ -240,12 +242,14 @@ def ms(values: list[float]) -> dict[str, float | None]:
 
 def one_stream(urls: dict[str, str], targets: dict[str, str], chunks: int, rounds: int) -> dict:
     input = {"prompt": "-", "tokens": ["ab"], "repeat": chunks}
-    runs: dict[str, list[float]] = {"direct": [], "bridge": [], "peer": []}
+    runs: dict[str, list[float]] = {"direct": [], "bridge": [], "bridge_get": [], "peer": []}
     cpu: dict[str, float] = {}
     for _ in range(rounds):
         for name in runs:
             if name == "direct":
                 out = readers("grpc", targets[ECHO], ECHO, input, 1)
+            elif name == "bridge_get":  # Replicate's way: create, then GET urls.stream
+                out = readers("sse", urls["bridge"], ECHO, input, 1, get=True)
             else:
                 out = readers("sse", urls[name], ECHO, input, 1)
             (stream,) = out["streams"]
@@ -257,6 +261,7 @@ def one_stream(urls: dict[str, str], targets: dict[str, str], chunks: int, round
         "chunks": chunks,
         "chunks_per_s": {k: round(v) for k, v in rates.items()},
         "bridge_vs_direct": round(rates["bridge"] / rates["direct"], 2),
+        "bridge_get_vs_direct": round(rates["bridge_get"] / rates["direct"], 2),
         "bridge_vs_peer": round(rates["bridge"] / rates["peer"], 2),
         "reader_cpu_s": cpu,
     }
@@ -267,9 +272,13 @@ def many_streams(urls: dict[str, str], pids: dict[str, int], streams: int, secon
     tokens = int(seconds * per_second)
     input = {"tokens": tokens, "interval_ms": 1000 // per_second}
     out: dict[str, Any] = {"streams": streams, "chunks_per_stream": tokens}
-    for name in ("bridge", "peer"):
-        with usage(pids[name]) as used:
-            result = readers("sse", urls[name], TICKS, input, streams, procs=2, ticks=True)
+    for name in ("bridge", "bridge_get", "peer"):
+        server = name.removesuffix("_get")
+        with usage(pids[server]) as used:
+            result = readers(
+                "sse", urls[server], TICKS, input, streams, procs=2, ticks=True,
+                get=name == "bridge_get",
+            )  # fmt: skip
         whole = [s for s in result["streams"] if s["error"] is None and s["chunks"] == tokens]
         out[name] = {
             "gap_ms": ms([g for s in result["streams"] for g in s["gaps"]]),
@@ -436,6 +445,11 @@ def report(r: dict[str, Any]) -> str:
             f"{rate['direct']:,} | {rate['bridge']:,} ({o['bridge_vs_direct']}x the limit) | "
             f"{rate['peer']:,} (the bridge is {o['bridge_vs_peer']}x the peer) |"
         )
+        lines.append(
+            f"| the same, created then read from `urls.stream` (Replicate's way): chunks/s | "
+            f"{rate['direct']:,} | {rate['bridge_get']:,} ({o['bridge_get_vs_direct']}x the "
+            "limit) | - |"
+        )
     one = r.get("one_stream_long", one)
     for key in ("streams_100", "streams_1000"):
         m = r.get(key)
@@ -456,6 +470,13 @@ def report(r: dict[str, Any]) -> str:
             f"{b['reader_cpu_s']} | {p['not_whole']}; {p['server_cpu_s']}, "
             f"{p['server_peak_rss_mib']}; {p['reader_cpu_s']} |",
         ]
+        if g := m.get("bridge_get"):
+            lines += [
+                f"| {n}, created then read from `urls.stream`: gap p50 / p99 / max, ms | - | "
+                f"{fmt(g['gap_ms'])} | - |",
+                f"| {n}, created then read from `urls.stream`: not whole; server CPU s | - | "
+                f"{g['not_whole']}; {g['server_cpu_s']} | - |",
+            ]
     t = r["first_token"]
     c, mem = r["cancel_ms"], r["memory"]
     lines += [
@@ -478,6 +499,9 @@ def report(r: dict[str, Any]) -> str:
          one["bridge_vs_direct"] >= 0.9),
         (f"one stream ({one['chunks']:,} chunks) ≥ 1.5x the peer", f"{one['bridge_vs_peer']}x",
          one["bridge_vs_peer"] >= 1.5),
+        (f"one stream ({one['chunks']:,} chunks), created then read from urls.stream, "
+         "≥ 0.9x the direct rate", f"{one['bridge_get_vs_direct']}x",
+         one["bridge_get_vs_direct"] >= 0.9),
     ]  # fmt: skip
     if m := r.get("streams_1000"):
         b, p = m["bridge"]["gap_ms"], m["peer"]["gap_ms"]

@@ -31,8 +31,8 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results) >= {"one_stream", "streams_100", "first_token", "cancel_ms", "memory"}
-    assert set(results["one_stream"]["chunks_per_s"]) == {"direct", "bridge", "peer"}
-    for server in ("bridge", "peer"):
+    assert set(results["one_stream"]["chunks_per_s"]) == {"direct", "bridge", "bridge_get", "peer"}
+    for server in ("bridge", "bridge_get", "peer"):
         assert results["streams_100"][server]["not_whole"] == 0, results["streams_100"]
     assert results["cancel_ms"]["p99"] is not None
     assert results["memory"]["rss_per_retained_chunk_bytes"] > 0
