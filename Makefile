@@ -63,7 +63,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check bridge tests bench
 
 # The bridge against the direct gRPC drain and the FastAPI peer, in one run;
-# writes bench/out/results.md and results.json (about two minutes).
+# writes bench/out/results.md and results.json (about four minutes).
 bench: bridge/_proto/v1/predictor_pb2.py
 	GRPC_VERBOSITY=ERROR $(PY) bench/run.py
 

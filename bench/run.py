@@ -19,7 +19,11 @@ Measured:
   the targets are judged on the longer, sustained stream);
 * 100 and 1,000 concurrent streams at 20 chunks/s: the gap between
   consecutive chunks of a stream and each chunk's delay, p50/p99/max,
-  streams not whole, and the server's CPU and peak RSS;
+  streams not whole, and the server's CPU and peak RSS; both rows also the
+  way Replicate's clients read (create, then GET ``urls.stream``);
+* capacity: the most streams at 20 chunks/s a server carries, every one
+  whole with gap p99 <= 100 ms (250, 500, 1,000, 1,500, 2,000 tried in
+  turn, 5 s each), the bridge and the peer;
 * time to first chunk (sequential requests) direct, through the bridge
   (the direct streaming create) and the peer; ``cancel`` (the HTTP call) to
   the model's generator seeing it;
@@ -292,6 +296,30 @@ def many_streams(urls: dict[str, str], pids: dict[str, int], streams: int, secon
     return out
 
 
+def capacity(
+    urls: dict[str, str], steps: tuple[int, ...], seconds: float, bound_ms: float = 100.0
+) -> dict:
+    """The most paced streams (20 chunks/s) each server carries with every
+    stream whole and the gap between chunks at p99 <= *bound_ms*: *steps*
+    tried in order until one fails."""
+    per_second = 20
+    tokens = int(seconds * per_second)
+    input = {"tokens": tokens, "interval_ms": 1000 // per_second}
+    out: dict[str, Any] = {"bound_ms": bound_ms}
+    for name in ("bridge", "peer"):
+        carried, tried = 0, []
+        for streams in steps:
+            result = readers("sse", urls[name], TICKS, input, streams, procs=2, ticks=True)
+            whole = all(s["error"] is None and s["chunks"] == tokens for s in result["streams"])
+            p99 = ms([g for s in result["streams"] for g in s["gaps"]])["p99"]
+            tried.append({"streams": streams, "whole": whole, "gap_p99_ms": p99})
+            if not whole or p99 is None or p99 > bound_ms:
+                break
+            carried = streams
+        out[name] = {"streams": carried, "tried": tried}
+    return out
+
+
 def first_token(urls: dict[str, str], targets: dict[str, str], trials: int) -> dict:
     input = {"tokens": 1, "interval_ms": 0}
     each = {"ticks": True, "sequential": True}
@@ -477,6 +505,17 @@ def report(r: dict[str, Any]) -> str:
                 f"| {n}, created then read from `urls.stream`: not whole; server CPU s | - | "
                 f"{g['not_whole']}; {g['server_cpu_s']} | - |",
             ]
+    if cap := r.get("capacity"):
+
+        def tried(side: dict) -> str:
+            return ", ".join(f"{t['streams']:,}: {t['gap_p99_ms']}" for t in side["tried"])
+
+        lines.append(
+            f"| capacity: most paced streams (20 chunks/s) whole with gap p99 ≤ "
+            f"{cap['bound_ms']:g} ms (gap p99 ms at each step) | - | "
+            f"{cap['bridge']['streams']:,} ({tried(cap['bridge'])}) | "
+            f"{cap['peer']['streams']:,} ({tried(cap['peer'])}) |"
+        )
     t = r["first_token"]
     c, mem = r["cancel_ms"], r["memory"]
     lines += [
@@ -510,6 +549,12 @@ def report(r: dict[str, Any]) -> str:
             f"{m['bridge']['not_whole']} not whole, {b['p99']} ms vs {p['p99']} ms",
             m["bridge"]["not_whole"] == 0 and b["p99"] <= 100 and b["p99"] < p["p99"],
         ))  # fmt: skip
+    if cap := r.get("capacity"):
+        b, p = cap["bridge"]["streams"], cap["peer"]["streams"]
+        targets.append(
+            ("capacity: the bridge carries at least the peer's paced streams",
+             f"{b:,} vs {p:,}", b >= p)
+        )  # fmt: skip
     targets += [
         ("added time to first chunk p50 ≤ 3 ms", f"{t['bridge_added_p50_ms']} ms",
          t["bridge_added_p50_ms"] <= 3),
@@ -533,11 +578,14 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="seconds-long, tiny sizes")
     parser.add_argument("--out", type=Path, default=HERE / "out")
     parser.add_argument(
-        "--only", help="comma-separated: one,streams,first,cancel,memory (default: all)"
+        "--only",
+        help="comma-separated: one,streams,capacity,first,cancel,memory (default: all)",
     )
     args = parser.parse_args()
     only = (
-        set(args.only.split(",")) if args.only else {"one", "streams", "first", "cancel", "memory"}
+        set(args.only.split(","))
+        if args.only
+        else {"one", "streams", "capacity", "first", "cancel", "memory"}
     )
     smoke = args.smoke
     results: dict[str, Any] = {
@@ -575,6 +623,11 @@ def main() -> int:
                 step(f"{n} streams")
                 results[f"streams_{100 if smoke else n}"] = many_streams(
                     urls, pids, n, 1 if smoke else 8
+                )
+            if "capacity" in only:
+                step("capacity")
+                results["capacity"] = capacity(
+                    urls, (5, 10) if smoke else (250, 500, 1000, 1500, 2000), 1 if smoke else 5
                 )
             if "first" in only:
                 step("time to first chunk")

@@ -34,6 +34,7 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     assert set(results["one_stream"]["chunks_per_s"]) == {"direct", "bridge", "bridge_get", "peer"}
     for server in ("bridge", "bridge_get", "peer"):
         assert results["streams_100"][server]["not_whole"] == 0, results["streams_100"]
+    assert all(results["capacity"][server]["tried"] for server in ("bridge", "peer"))
     assert results["cancel_ms"]["p99"] is not None
     assert results["memory"]["rss_per_retained_chunk_bytes"] > 0
     table = (tmp_path / "results.md").read_text()
