@@ -15,7 +15,8 @@ import subprocess
 import sys
 import termios
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
 import pyte
@@ -89,8 +90,22 @@ async def test_token_from_the_environment_or_the_flag(start_bridge: StartBridge)
     assert by_flag.stdout.decode() == "from flag"
 
 
-def ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+@contextmanager
+def children_ignore_sigint(ignored: bool) -> Iterator[None]:
+    """While a child is started, SIGINT is ignored here if *ignored*, so the
+    child inherits it ignored (as ``cmd &`` in a script starts it). Not a
+    preexec_fn: that forks this process (with gRPC's threads in it) and
+    runs Python in the child before exec, and under load gRPC's fork
+    handlers broke the child now and then (epoll_wait: bad file descriptor);
+    without one, the child is spawned with vfork, no fork handlers run."""
+    if not ignored:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.parametrize("inherited", ["default", "ignored"])
@@ -99,13 +114,13 @@ async def test_ctrl_c_cancels_the_prediction(start_bridge: StartBridge, inherite
     starts it."""
     url = await start_bridge()
     key = uuid.uuid4().hex
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bridge", "predict", "test/endless", f"key={key}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=ENV | {"BRIDGE_URL": url},
-        preexec_fn=ignore_sigint if inherited == "ignored" else None,
-    )
+    with children_ignore_sigint(inherited == "ignored"):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "bridge", "predict", "test/endless", f"key={key}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=ENV | {"BRIDGE_URL": url},
+        )
     with trio.fail_after(30):
         first = await process.stdout.receive_some()  # it is streaming
         assert first.startswith(b"t1 ")
@@ -126,13 +141,13 @@ async def test_ctrl_c_while_starting_up_exits_130_quietly(inherited: str) -> Non
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(1)
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-X", "importtime", "-m", "bridge", "predict", "demo/echo", "p=x"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=ENV | {"BRIDGE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"},
-        preexec_fn=ignore_sigint if inherited == "ignored" else None,
-    )
+    with children_ignore_sigint(inherited == "ignored"):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-X", "importtime", "-m", "bridge", "predict", "demo/echo", "p=x"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=ENV | {"BRIDGE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}"},
+        )
     seen: list[bytes] = []
     await read_until(process.stderr, rb"\| bridge.cli\n", seen)
     process.send_signal(signal.SIGINT)

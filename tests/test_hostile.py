@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import resource
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from bridge.sdk import Metrics, Model, ModelServer
 from bridge.server import FD_RESERVE
 from tests.backends import ENV, read_until
 from tests.conftest import StartBridge, create
-from tests.test_cli import BRIDGE, _kill_what_is_left, _start_run_demo
+from tests.test_cli import _kill_what_is_left, _start_run_demo
 from tests.test_connections import connect, read_answer, read_until_closed, request
 
 
@@ -461,26 +460,21 @@ async def test_running_out_of_file_descriptors_is_said_once(tmp_path: Path) -> N
     # Idle connections kept long, so none closes before the test closes them.
     config.write_text("[server]\nmax_connections = 5000\nkeep_alive_seconds = 120\n")
 
-    def low_fd_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
-
+    # The child sets its own limit before it becomes the bridge (a
+    # preexec_fn would run Python in a fork of this process, gRPC's threads
+    # and all).
+    low_fd_limit = (
+        "import os, resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'bridge', *sys.argv[1:]])\n"
+    )
     run = await trio.lowlevel.open_process(
-        [
-            *BRIDGE,
-            "run-demo",
-            "--stop-on-eof",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--config",
-            str(config),
-        ],
+        [sys.executable, "-c", low_fd_limit, "run-demo", "--stop-on-eof", "--host", "127.0.0.1",
+         "--port", "0", "--config", str(config)],
         stdin=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=ENV,
-        preexec_fn=low_fd_limit,
-    )
+    )  # fmt: skip
     said: list[bytes] = []
     try:
         port = (await read_until(run.stderr, rb"Running on http://[\d.]+:(\d+)", said))[1]
