@@ -214,8 +214,11 @@ def create_app(bridge: Bridge) -> QuartTrio:
         host = request.headers.get("Host")
         return f"{request.scheme}://{host}" if host else bridge.base_url
 
-    async def prediction_response(prediction: Prediction, status: int = 200) -> Response:
-        body = await bridge.encode(prediction, base_url())
+    async def prediction_response(
+        prediction: Prediction, status: int = 200, replace: dict[str, Any] | None = None
+    ) -> Response:
+        """*prediction*'s JSON, with *replace*'s fields replaced."""
+        body = await bridge.encode(prediction, base_url(), **(replace or {}))
         return Response(body, status=status, content_type="application/json")
 
     @app.errorhandler(BridgeError)
@@ -357,8 +360,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
         # prediction, with no output yet. Polling then yields it all.
         running = {"status": "starting", "output": None, "started_at": None}
         replace = {} if prediction.done else running
-        body = await bridge.encode(prediction, base_url(), **replace)
-        response = Response(body, status=201, content_type="application/json")
+        response = await prediction_response(prediction, 201, replace)
         response.headers["Preference-Applied"] = "wait"
         return response
 

@@ -238,6 +238,9 @@ class Prediction:
             "model": self.model,
             "version": self.version,
             "status": str(self.status),
+            "input": None,  # these three are filled in when called
+            "output": None,
+            "logs": "",
             "error": self.error,
             "data_removed": self.data_removed,
             "metrics": dict(self.metrics),
@@ -258,10 +261,8 @@ def _prediction_json(
 ) -> dict[str, Any]:
     """The prediction object from what :meth:`Prediction.json_later` took."""
     outputs = None if output is None else events.outputs()
-    return {
-        **{k: fields[k] for k in ("id", "model", "version", "status")},
+    return fields | {
         "input": msgspec.json.decode(input),
         "output": (outputs[-1] if outputs else None) if output == "last" else outputs,
         "logs": "".join(f"{line}\n" for line in events.logs()),
-        **{k: v for k, v in fields.items() if k not in ("id", "model", "version", "status")},
     }

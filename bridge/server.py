@@ -165,14 +165,13 @@ def connection_limit() -> int:
     hard limit first (as nginx's ``worker_rlimit_nofile`` and Redis do),
     less :data:`FD_RESERVE`; at least 64."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
-        if wanted > soft:
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
-                soft = wanted
-            except (ValueError, OSError):
-                pass
+    wanted = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
     return max(64, soft - FD_RESERVE)
 
 

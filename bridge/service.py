@@ -115,8 +115,7 @@ class Bridge:
             retry_after=settings.retry_after_seconds,
         )
         self.admission = Admission(settings.max_running, settings.max_queued)
-        #: Prediction tasks alive (running or queued), and their predictions.
-        self.active = 0
+        #: The predictions whose tasks are alive (running or queued).
         self._running: set[Prediction] = set()
         self._closed = trio.Event()
         self._idle = trio.Event()
@@ -126,10 +125,19 @@ class Bridge:
         self.observer = Observer()
         self._big_work = trio.CapacityLimiter(BIG_WORK_THREADS)
         self.draining = False
-        self.closing = False
         #: Where the bridge is reached, for URLs outside any request
         #: (webhooks); set by serve() once it knows its port.
         self.base_url = settings.public_url or f"http://{settings.host}:{settings.port}"
+
+    @property
+    def active(self) -> int:
+        """Prediction tasks alive (running or queued)."""
+        return len(self._running)
+
+    @property
+    def closing(self) -> bool:
+        """Whether :meth:`close` was called (the bridge is shutting down)."""
+        return self._closed.is_set()
 
     async def offload(self, size: int, work: Callable[..., T], *args: Any) -> T:
         """``work(*args)``: at once if *size* (the bytes it handles) is at
@@ -279,7 +287,6 @@ class Bridge:
             extra={"prediction_id": prediction.id, "model": entry.name},
         )
         entry.run_count += 1
-        self.active += 1
         self._running.add(prediction)
         self._nursery.start_soon(self._run, prediction, entry, ticket, info is not None)
         if webhook and self.webhooks is not None:
@@ -426,8 +433,7 @@ class Bridge:
                     prediction.cancel()
             self.retention.ended(prediction)
             self._running.discard(prediction)
-            self.active -= 1
-            if self.active == 0:
+            if not self._running:
                 self._idle.set()
                 self._idle = trio.Event()
             log.info(
@@ -464,7 +470,6 @@ class Bridge:
     def close(self) -> None:
         """Cancel every running prediction (they record why); pending
         webhooks get the shutdown grace to be delivered."""
-        self.closing = True
         self._closed.set()
         for prediction in self.predictions.values():
             self.cancel(prediction)

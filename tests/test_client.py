@@ -198,8 +198,11 @@ class Terminal:
                     break
         return self.lines()
 
-    def close(self) -> None:
+    def close(self, process: trio.Process) -> None:
+        """Close this terminal, and kill *process* if it still runs."""
         os.close(self.master)
+        if process.returncode is None:
+            process.kill()
 
 
 WORDS = " ".join(f"w{i}" for i in range(1, 21))  # 20 tokens
@@ -240,9 +243,7 @@ async def test_the_status_line_is_live_below_the_text(
         ), final
         assert not any("processing" in line for line in final)
     finally:
-        term.close()
-        if process.returncode is None:
-            process.kill()
+        term.close(process)
 
 
 async def test_with_stdout_redirected_the_text_stays_clean(start_bridge: StartBridge) -> None:
@@ -267,9 +268,7 @@ async def test_with_stdout_redirected_the_text_stays_clean(start_bridge: StartBr
         assert re.match(r"processing · first token \d+ ms", live[0])
         assert any(re.match(r"succeeded · first token", x) for x in term.lines())
     finally:
-        term.close()
-        if process.returncode is None:
-            process.kill()
+        term.close(process)
 
 
 #: A model's output that tries to drive the terminal: set the window title,
@@ -291,9 +290,7 @@ async def test_a_models_escape_sequences_are_shown_not_obeyed(start_bridge: Star
         assert term.screen.title == ""
         assert await process.wait() == 0
     finally:
-        term.close()
-        if process.returncode is None:
-            process.kill()
+        term.close(process)
 
 
 async def test_to_a_pipe_the_models_bytes_are_kept_exactly(start_bridge: StartBridge) -> None:

@@ -23,11 +23,23 @@ module owns the listening sockets and each TCP connection:
   gets 505 and a close. Cleartext HTTP/2 (``Upgrade: h2c`` or the prior-
   knowledge preface) is not spoken unless ``h2c`` is set: an upgrade is
   answered as HTTP/1.1, a preface with 505.
+* **HTTP/2 with HTTP/1.1's bounds** (:class:`_BoundedH2`), over TLS by ALPN
+  or as h2c: one bounded buffer per response whatever the client's
+  windows, a reader that takes nothing for ``stall_seconds`` reset, the
+  writers of a connection whose client went let go at once.
+* **A cheap write per event** (:meth:`_Connection.protocol_send`): straight
+  to the socket when no other write is under way.
+* **A client that goes frees its connection at once**, not after the
+  keep-alive timer.
 
 What of hypercorn's is private here: ``TCPServer``'s ``send_lock``,
-``stream`` and ``_close``; ``ProtocolWrapper.protocol``;
+``stream``, ``idle_task``, ``_read_data`` and ``_close``, and that ``run``
+assigns ``protocol``; ``ProtocolWrapper``'s attributes;
 ``H11Protocol._check_protocol``, ``._send_error_response`` and its
-``connection`` attribute; h11's ``Connection._process_error``.
+``connection`` attribute; ``H2Protocol``'s ``stream_buffers``,
+``priority``, ``_flush`` and ``_close_stream``, and ``StreamBuffer``'s
+fields; h11's ``Connection._process_error``. ``tests/test_compat.py`` pins
+them.
 """
 
 from __future__ import annotations
