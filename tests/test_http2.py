@@ -19,6 +19,7 @@ import trustme
 from bridge.server import serve
 from tests.conftest import StartBridge, bridge_settings, create
 from tests.h2_client import H2Client
+from tests.test_hostile import health_is_quick
 
 #: A finished demo/echo prediction of about 4.4 MB.
 BIG = {"prompt": "abcdefghij " * 1000, "repeat": 400}
@@ -48,6 +49,7 @@ async def test_connections_of_clients_that_went_are_closed(start_bridge: StartBr
         stream_id = await client.get("/health")
         await client.until(h2.events.ResponseReceived, stream_id)
         await client.aclose()
+    await health_is_quick(url)
 
 
 @pytest.mark.parametrize("window", [0, 65535], ids=["window 0", "one window"])
@@ -97,6 +99,7 @@ async def test_readers_that_take_nothing_hold_one_slice_each(start_bridge: Start
             for client in clients:
                 nursery.start_soon(keep_answering, client)
     grown = _rss() - before
+    await health_is_quick(url)
     for client in clients:
         await client.aclose()
     assert grown < 100 << 20, f"RSS grew {grown >> 20} MiB"
