@@ -3,8 +3,9 @@
 :func:`run` is what a prediction's task does once it has a running slot:
 call the backend (retrying one that cannot be reached, within
 ``start_timeout_seconds``), apply the deadlines and the output cap, and
-append what arrives to the prediction, a batch at a time: every output
-message that arrived while the task was busy becomes one append, which
+append what arrives to the prediction, a batch at a time: the messages
+are handed over in the wake-up that brings them (no hop through the
+prediction's task), and the outputs among them become one append, which
 wakes the prediction's readers once. Errors are raised, never recorded
 here: the task that owns the prediction (:mod:`bridge.service`) records how
 it ended, once.
@@ -138,42 +139,25 @@ async def _stream(
     config = entry.settings
     first, idle = config.first_output_seconds or math.inf, config.idle_seconds or math.inf
     async with grpc.predict(entry.next_target(), request) as stream:
-        # One scope for the whole call, its deadline moved on after each
-        # batch: first_output_seconds until the first output, idle_seconds
-        # after each batch once there was output.
-        with trio.CancelScope(deadline=trio.current_time() + first) as waited:
-            while True:
-                try:
-                    batch = await stream.receive_batch()
-                except trio.EndOfChannel:
-                    break
-                chunks: list[Any] = []  # consecutive outputs: appended as one batch
-                for item in batch:
-                    if isinstance(item, protocol.OutputChunks):
-                        chunks += item.chunks
-                        continue
-                    if chunks:
-                        sink.output(chunks)
-                        chunks = []
-                    if isinstance(item, protocol.LogLine):
-                        sink.log(item.line)
-                    elif isinstance(item, protocol.MetricsUpdate):
-                        sink.metrics(item.values)
-                    elif isinstance(item, protocol.Started) and not prediction.started_at:
-                        prediction.start()
-                if chunks:
-                    sink.output(chunks)
-                waited.deadline = trio.current_time() + (idle if prediction.output_count else first)
-        if waited.cancelled_caught:
-            name, deadline = (
-                ("idle_seconds", idle)
-                if prediction.output_count
-                else ("first_output_seconds", first)
-            )
-            what = "between outputs" if prediction.output_count else "before the first output"
-            raise DeadlineExceeded(
-                f"deadline exceeded: no output for {name} ({deadline:g} s) {what}"
-            )
+        # The messages go to the sink in the wake-up that brings them (no
+        # hop through this task per message); this task waits for the end.
+        sink.arm(first, idle)
+        stream.deliver(sink.take)
+        while True:
+            with trio.CancelScope(deadline=sink.deadline()) as sink.waited:
+                await stream.wait_end()
+            if not sink.waited.cancelled_caught:
+                break
+            if trio.current_time() >= sink.deadline():
+                name, seconds = (
+                    ("idle_seconds", idle)
+                    if prediction.output_count
+                    else ("first_output_seconds", first)
+                )
+                what = "between outputs" if prediction.output_count else "before the first output"
+                raise DeadlineExceeded(
+                    f"deadline exceeded: no output for {name} ({seconds:g} s) {what}"
+                )
     prediction.succeed()
 
 
@@ -188,6 +172,48 @@ class _Sink:
         self.observer = observer
         self.retention = retention
         self.cap = cap
+        # The deadlines between messages: first_output_seconds until the
+        # first output, idle_seconds after each batch once there was
+        # output, from when the last batch arrived (Trio's clock).
+        self.first = self.idle = math.inf
+        self.last_batch_at = 0.0
+        #: The scope the owner waits in, under deadline().
+        self.waited: trio.CancelScope | None = None
+
+    def arm(self, first: float, idle: float) -> None:
+        self.first, self.idle = first, idle
+        self.last_batch_at = trio.current_time()
+
+    def deadline(self) -> float:
+        return self.last_batch_at + (self.idle if self.prediction.output_count else self.first)
+
+    def take(self, batch: list[protocol.StreamItem]) -> None:
+        """One batch of the backend's messages; consecutive outputs are
+        appended as one. The owner's deadline is brought forward here if
+        it must be (idle_seconds shorter than first_output_seconds), never
+        moved on: once it passes, the owner moves it on to what the last
+        batch allows (one deadline update per idle period, not per batch)."""
+        self.last_batch_at = trio.current_time()
+        prediction = self.prediction
+        chunks: list[Any] = []
+        for item in batch:
+            if isinstance(item, protocol.OutputChunks):
+                chunks += item.chunks
+                continue
+            if chunks:
+                self.output(chunks)
+                chunks = []
+            if isinstance(item, protocol.LogLine):
+                self.log(item.line)
+            elif isinstance(item, protocol.MetricsUpdate):
+                self.metrics(item.values)
+            elif isinstance(item, protocol.Started) and not prediction.started_at:
+                prediction.start()
+        if chunks:
+            self.output(chunks)
+        waited = self.waited
+        if waited is not None and waited.deadline > self.deadline():
+            waited.deadline = self.deadline()
 
     def output(self, chunks: list[Any]) -> None:
         prediction = self.prediction

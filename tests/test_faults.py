@@ -144,6 +144,22 @@ async def test_deadlines(
     assert "bridge_grpc_calls_active 0.0" in metrics
 
 
+async def test_output_steadier_than_the_deadlines_runs_past_them(
+    start_bridge: StartBridge,
+) -> None:
+    """The deadlines between outputs are moved on lazily (when they pass,
+    to what the last batch allows), never cut a stream that keeps coming."""
+    deadlines = {"first_output_seconds": 1.0, "idle_seconds": 1.0}
+    url = await start_bridge(model_options={"demo/echo": deadlines})
+    words = " ".join(f"w{i}" for i in range(12))
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        prediction = await create(client, "demo/echo", {"prompt": words, "delay_ms": 250})
+        with trio.fail_after(20):
+            events, _ = await read_stream(client, prediction["urls"]["stream"])
+    assert [e.event for e in events[-1:]] == ["done"]
+    assert "".join(e.data for e in events if e.event == "output").split() == words.split()
+
+
 @pytest.mark.parametrize(
     ("code", "message"),
     [

@@ -78,6 +78,46 @@ async def test_credit_window_bounds_what_is_in_flight(raw_target: str) -> None:
     assert max(sizes) > 1  # several messages per wake-up
 
 
+async def test_delivered_batches_never_wake_the_owner_until_the_end(raw_target: str) -> None:
+    owner = trio.lowlevel.current_task()
+    seen: list[protocol.StreamItem] = []
+
+    def handle(batch: list[protocol.StreamItem]) -> None:
+        assert trio.lowlevel.current_task() is not owner  # in the hub's wake-up
+        seen.extend(batch)
+
+    async with open_grpc_loop(window=8) as grpc_loop:
+        request = protocol.predict_request("d", {"messages": 400})
+        async with grpc_loop.predict(raw_target, request) as stream:
+            stream.deliver(handle)
+            with trio.fail_after(10):
+                await stream.wait_end()
+    assert seen[0] == protocol.Started()
+    assert [c for item in seen[1:] for c in item.chunks] == [f"{i} " for i in range(400)]
+
+
+async def test_a_handler_that_raises_ends_the_call_in_its_owner(raw_target: str) -> None:
+    seen: list[protocol.StreamItem] = []
+
+    def handle(batch: list[protocol.StreamItem]) -> None:
+        seen.extend(batch)
+        if len(seen) > 100:
+            raise BackendProtocolError("enough")
+
+    async with open_grpc_loop(window=8) as grpc_loop:
+        request = protocol.predict_request("d", {"messages": 100_000})
+        with pytest.raises(BackendProtocolError, match="enough"):
+            async with grpc_loop.predict(raw_target, request) as stream:
+                stream.deliver(handle)
+                with trio.fail_after(10):
+                    await stream.wait_end()
+        # The call was cancelled on the way out, and nothing more delivered.
+        assert grpc_loop.active_calls == 0
+        delivered = len(seen)
+        await trio.sleep(0.05)
+        assert len(seen) == delivered < 200
+
+
 async def test_health_of_a_backend_without_the_health_service_is_unknown(
     raw_target: str,
 ) -> None:
