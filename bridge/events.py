@@ -214,10 +214,22 @@ class EventLog:
         *limit* bytes of them (but at least one event, if there is one), and
         the index after the last one returned."""
         end = len(self._kinds)
+        data, ends, kinds = self._data, self._ends, self._kinds
+        if end == start + 1 and not kinds[start] & _BREAKS:
+            # One new event (so in the last second), the usual read of a
+            # live stream: framed at once.
+            begin = ends[start - 1] if start else 0
+            head = _HEADS[kinds[start]]
+            frame = b"%b%d:%d\ndata: %b\n\n" % (
+                head,
+                self._seconds[-1],
+                start,
+                data[begin : ends[start]],
+            )
+            return frame, end
         frames: list[bytes] = []
         size = 0
         i = start
-        data, ends, kinds = self._data, self._ends, self._kinds
         while i < end and size < limit:
             run = bisect.bisect_right(self._second_starts, i) - 1
             seconds = self._seconds[run]

@@ -46,6 +46,23 @@ def test_frames_are_exactly_the_encoder_s_for_any_chunk(monkeypatch) -> None:
     assert log.closed
 
 
+def test_a_live_reader_gets_each_new_event_as_a_whole_read_frames_it(monkeypatch) -> None:
+    """Read one event at a time as each arrives (a live stream's reads,
+    framed by a shortcut), across seconds: the same bytes as one read."""
+    clock = iter([100.2, 100.9, 102.0, 102.5, 103.0, 104.0, 104.1, 105.0])
+    monkeypatch.setattr(events_module.time, "time", lambda: next(clock))
+    log, live = EventLog(), []
+    for chunk in ["a", "b\nc", {"k": 1}, "", "\r"]:
+        log.append_output(OutputBatch([chunk]))
+        live.append(log.read(len(log) - 1))
+    log.append_log("a log")
+    live.append(log.read(len(log) - 1))
+    log.finish("it broke", {"reason": "error"})
+    live += [log.read(len(log) - 2, 1), log.read(len(log) - 1)]
+    assert [end for _, end in live] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert b"".join(data for data, _ in live) == log.read(0, 10**9)[0]
+
+
 def test_ids_carry_the_second_of_their_batch(monkeypatch) -> None:
     clock = iter([100.2, 100.9, 102.0])
     monkeypatch.setattr(events_module.time, "time", lambda: next(clock))
