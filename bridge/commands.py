@@ -29,10 +29,12 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(getattr(args, "log_format", "text"))
     if args.stop_on_eof:
         stop_on_eof()
+    from .grpc_loop import run as run_trio  # trio.run, on the loop gRPC's calls run on
+
     try:
         if args.command == "serve":
             settings = Settings.from_toml(args.config, host=args.host, port=args.port)
-            trio.run(_serve_until_signal, settings)
+            run_trio(_serve_until_signal, settings)
         elif args.command == "demo-backend":
             asyncio.run(_demo_backend(args.host, args.port, args.model))
         elif args.command == "serve-model":
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
             # The config is checked now, before anything starts (the demo
             # models' real targets are known once their backend listens).
             _demo_settings(args.config, args.host, args.port, dict.fromkeys(DEMO, "-"))
-            trio.run(_run_demo, args.config, args.host, args.port)
+            run_trio(_run_demo, args.config, args.host, args.port)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,24 +1,33 @@
-"""The gRPC adapter: one asyncio loop thread that owns every grpc.aio call.
+"""The gRPC adapter: one asyncio event loop that owns every grpc.aio call.
 
 grpcio has no Trio support, and a thread per stream does not scale (measured
-at 1,000 streams: ~1,000 threads and seconds of delay). So one long-lived
-thread runs an asyncio event loop; every channel is created on it and every
-call runs on it. A Trio task asks the loop to start a call and receives the
+at 1,000 streams: ~1,000 threads and seconds of delay). So one asyncio event
+loop runs every grpc.aio call; every channel is created on it. Which loop:
+
+* The servers (``serve``, ``run-demo``) run Trio as a *guest* on it
+  (:func:`run`, ``trio.lowlevel.start_guest_run``): Trio and grpc.aio share
+  one thread, so the GIL is never passed back and forth between a Trio
+  thread and a gRPC thread (measured at 1,000 paced streams: 20% less CPU
+  per chunk, and a lower gap p99, than with two threads).
+* Under a plain ``trio.run`` (the tests, a program embedding the bridge),
+  :func:`open_grpc_loop` starts a thread of its own that runs the loop.
+
+Either way a Trio task asks the loop to start a call and receives the
 call's messages through a :class:`PredictStream`:
 
 * the asyncio side (the *pump*) appends each message to its stream's deque
   and marks the stream ready; the first stream marked since Trio last
   looked asks Trio for one wake-up (``TrioToken.run_sync_soon``), which
-  wakes every ready stream: one cross-thread wake-up per loop iteration
-  for all the streams that have news, never one per message or per stream,
-  and the loop never blocks;
+  wakes every ready stream: one wake-up of Trio per loop iteration for all
+  the streams that have news, never one per message or per stream, and the
+  loop never blocks;
 * a credit window (an ``asyncio.Semaphore``) bounds the messages in flight;
   the Trio side hands credits back in batches;
 * Trio cancellation becomes ``task.cancel()`` on the loop, which cancels the
   RPC (the backend sees CANCELLED); the Trio side then waits, shielded and
   briefly, for the pump to finish, so no call outlives its owner. The same
   holds for the unary calls (``Describe``, health checks).
-* Every wait on the thread is bounded (:data:`CLEANUP_TIMEOUT`): starting
+* Every wait on the loop is bounded (:data:`CLEANUP_TIMEOUT`): starting
   it, stopping it, and the end of a cancelled call. A wedged loop thread
   is logged and left behind (it is a daemon thread), never waited on
   forever.
@@ -56,7 +65,7 @@ from bridge.errors import (
 
 from . import protocol
 
-__all__ = ["GrpcLoop", "PredictStream", "map_rpc_error", "open_grpc_loop"]
+__all__ = ["GrpcLoop", "PredictStream", "map_rpc_error", "open_grpc_loop", "run"]
 
 T = TypeVar("T")
 
@@ -134,7 +143,8 @@ class PredictStream:
         # Asyncio side, touched only on the loop thread.
         self._task: asyncio.Task[PredictionError | None] | None = None
         self._credits: asyncio.Semaphore | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        #: How Trio schedules a callback on the loop (GrpcLoop._call_soon).
+        self._call_soon: Callable[..., object] | None = None
 
     # -- asyncio side ---------------------------------------------------
 
@@ -208,10 +218,10 @@ class PredictStream:
             self._waiters.unpark_all()
 
     def _give_back_credits(self) -> None:
-        if self._consumed and self._loop is not None and not self._ended:
+        if self._consumed and self._call_soon is not None and not self._ended:
             count, self._consumed = self._consumed, 0
             with contextlib.suppress(RuntimeError):  # loop closed
-                self._loop.call_soon_threadsafe(self._return_credits, count)
+                self._call_soon(self._return_credits, count)
 
     async def receive_batch(self) -> list[protocol.StreamItem]:
         """Every message that has arrived, waiting for at least one.
@@ -313,7 +323,8 @@ class _WakeHub:
 
 
 class GrpcLoop:
-    """The asyncio loop thread and the channels on it (one per target)."""
+    """The asyncio loop (Trio's host, or a thread of its own) and the
+    channels on it (one per target)."""
 
     def __init__(self, window: int = 64) -> None:
         self.window = window
@@ -325,6 +336,10 @@ class GrpcLoop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._thread: threading.Thread | None = None
+        #: Schedules a callback on the loop from Trio: from another thread,
+        #: call_soon_threadsafe (which wakes the loop); from a guest run's
+        #: tick, which runs on the loop itself, plain call_soon (no syscall).
+        self._call_soon: Callable[..., object] = lambda *args: None
         self._started = trio.Event()
         self._stopped = trio.Event()
 
@@ -337,20 +352,27 @@ class GrpcLoop:
         self._token.run_sync_soon(self._started.set)
         try:
             loop.run_forever()
-            # Closing a channel cancels the calls still on it.
-            for channel in self._channels.values():
-                loop.run_until_complete(channel.close(grace=None))
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(self._close_channels())
+            _end_loop(loop)
         finally:
             loop.close()
             asyncio.set_event_loop(None)
             self._token.run_sync_soon(self._stopped.set)
 
+    async def _close_channels(self) -> None:
+        # Closing a channel cancels the calls still on it.
+        for channel in self._channels.values():
+            await channel.close(grace=None)
+
     async def _start(self) -> None:
+        try:
+            # Trio is a guest on this loop (see run): the calls run here.
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            self._call_soon = self._loop.call_soon
+            return
         # A daemon thread: if it ever wedges, it cannot keep the process alive.
         self._thread = threading.Thread(
             target=self._thread_main, name="grpc-asyncio-loop", daemon=True
@@ -358,10 +380,19 @@ class GrpcLoop:
         self._thread.start()
         with trio.fail_after(CLEANUP_TIMEOUT):
             await self._started.wait()
+        assert self._loop is not None
+        self._call_soon = self._loop.call_soon_threadsafe
 
     async def _stop(self, seconds: float) -> None:
-        """Stop the loop (closing every channel), waiting up to *seconds*."""
-        assert self._loop is not None and self._thread is not None
+        """Close every channel and stop the loop thread if there is one,
+        waiting up to *seconds*."""
+        assert self._loop is not None
+        if self._thread is None:  # the host's loop: it ends with the guest run
+            with trio.move_on_after(seconds):
+                await self._run(self._close_channels)
+                return
+            log.error("the gRPC channels did not close within %g s; leaving them", seconds)
+            return
         with contextlib.suppress(RuntimeError):  # the loop is already closed
             self._loop.call_soon_threadsafe(self._loop.stop)
         with trio.move_on_after(seconds):
@@ -471,7 +502,7 @@ class GrpcLoop:
         timeout = _grpc_timeout()
 
         def start() -> None:  # on the loop thread
-            stream._loop = loop
+            stream._call_soon = self._call_soon
             stream._credits = asyncio.Semaphore(self.window)
             stream._task = loop.create_task(stream._pump(self._channel(target), request, timeout))
             self.active_calls += 1
@@ -482,13 +513,13 @@ class GrpcLoop:
             self.active_calls -= 1
             stream._on_pump_done(task)
 
-        loop.call_soon_threadsafe(start)
+        self._call_soon(start)
         try:
             yield stream
         finally:
             stream._handle = None  # nothing is delivered once the owner has left
             if not stream._ended:
-                loop.call_soon_threadsafe(stream._cancel)
+                self._call_soon(stream._cancel)
                 with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
                     await stream._wait_ended()
 
@@ -506,3 +537,34 @@ async def open_grpc_loop(
     finally:
         with trio.CancelScope(shield=True):
             await grpc_loop._stop(stop_timeout)
+
+
+def _end_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left on *loop*, and let it finish."""
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+
+
+def run(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``trio.run(async_fn, *args)``, with Trio a guest on a new asyncio
+    event loop in this thread: every :class:`GrpcLoop` opened inside runs
+    its gRPC calls on that loop, in the same thread as Trio."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    done: asyncio.Future[Any] = loop.create_future()
+    try:
+        trio.lowlevel.start_guest_run(
+            async_fn,
+            *args,
+            run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            done_callback=done.set_result,
+        )
+        result = loop.run_until_complete(done)
+        _end_loop(loop)
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+    return result.unwrap()  # type: ignore[no-any-return]

@@ -10,7 +10,9 @@ from typing import Any
 import grpc
 import pytest
 import trio
+import trio.lowlevel
 
+from bridge import grpc_loop as grpc_loop_module
 from bridge import protocol
 from bridge._proto.v1 import predictor_pb2_grpc
 from bridge.errors import BackendProtocolError, BackendTimeout, BackendUnavailable, ModelError
@@ -116,6 +118,47 @@ async def test_a_handler_that_raises_ends_the_call_in_its_owner(raw_target: str)
         delivered = len(seen)
         await trio.sleep(0.05)
         assert len(seen) == delivered < 200
+
+
+def test_as_trio_s_guest_the_calls_run_on_its_host_loop(raw_target: str) -> None:
+    """How the servers run (grpc_loop.run): no loop thread; streams,
+    cancels and unary calls as under trio.run."""
+
+    async def main() -> tuple[list[protocol.StreamItem], int, str]:
+        async with open_grpc_loop(window=8) as grpc_loop:
+            assert grpc_loop._thread is None
+            assert grpc_loop._loop is asyncio.get_running_loop()
+            request = protocol.predict_request("g", {"messages": 400})
+            async with grpc_loop.predict(raw_target, request) as stream:
+                items = [i async for b in stream for i in b]
+            taken = 0
+            request = protocol.predict_request("g", {"messages": 100_000})
+            async with grpc_loop.predict(raw_target, request) as stream:
+                async for batch in stream:
+                    taken += len(batch)
+                    if taken > 100:
+                        break  # leaving the block cancels the call
+            assert grpc_loop.active_calls == 0
+            return items, taken, await grpc_loop.check_health(raw_target)
+
+    items, taken, health = grpc_loop_module.run(main)
+    assert [c for item in items[1:] for c in item.chunks] == [f"{i} " for i in range(400)]
+    assert 100 < taken < 200
+    assert health == "UNKNOWN"
+
+
+def test_run_returns_or_raises_what_trio_s_main_did() -> None:
+    async def answer(value: int) -> int:
+        await trio.lowlevel.checkpoint()
+        return value
+
+    async def fail() -> None:
+        await trio.lowlevel.checkpoint()
+        raise ValueError("from main")
+
+    assert grpc_loop_module.run(answer, 42) == 42
+    with pytest.raises(ValueError, match="from main"):
+        grpc_loop_module.run(fail)
 
 
 async def test_health_of_a_backend_without_the_health_service_is_unknown(
