@@ -13,7 +13,8 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import StartBridge, poll_until
+from tests.conftest import StartBridge, create, poll_until
+from tests.sse_clients import spec_events
 
 
 async def connect(url: str) -> trio.SocketStream:
@@ -164,3 +165,36 @@ async def test_an_abandoned_direct_stream_cancels_its_prediction(
         listed = (await client.get("/v1/predictions")).json()["results"]
         assert len(listed) >= 10  # the mid-stream ones at least were created
         assert {p["status"] for p in listed} == {"canceled"}
+
+
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+async def test_a_stream_is_chunked_for_http_1_1_and_raw_to_the_close_for_1_0(
+    start_bridge: StartBridge, version: str
+) -> None:
+    """The body of a stream is framed as its HTTP version needs: chunked, or
+    for HTTP/1.0 plain bytes that end when the connection does."""
+    url = await start_bridge()
+    async with httpx.AsyncClient(base_url=url) as client:
+        prediction = await create(client, "demo/echo", {"prompt": "a b c"})
+    path = prediction["urls"]["stream"].split(url, 1)[1]
+    async with await connect(url) as stream:
+        await stream.send_all(request("GET", path, version=version, Connection="close"))
+        answer = await read_until_closed(stream, within=10)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    if version == "1.1":
+        assert re.search(rb"(?i)\r\ntransfer-encoding: chunked", head)
+        pieces, rest = [], body
+        while True:
+            size, _, rest = rest.partition(b"\r\n")
+            if int(size, 16) == 0:
+                break
+            pieces.append(rest[: int(size, 16)])
+            assert rest[int(size, 16) : int(size, 16) + 2] == b"\r\n"
+            rest = rest[int(size, 16) + 2 :]
+        body = b"".join(pieces)
+    else:
+        assert b"transfer-encoding" not in head.lower()
+    events = spec_events([body])
+    assert "".join(e.data for e in events if e.event == "output") == "a b c"
+    assert events[-1].event == "done"
