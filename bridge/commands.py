@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import re
 import signal
@@ -21,6 +22,9 @@ from .logs import setup_logging
 
 __all__ = ["run"]
 
+#: The cycle collector's first threshold in the serving commands (see run).
+GC_THRESHOLD = 10_000
+
 log = logging.getLogger("bridge")
 
 
@@ -31,6 +35,13 @@ def run(args: argparse.Namespace) -> int:
         stop_on_eof()
     from .grpc_loop import run as run_trio  # trio.run, on the loop gRPC's calls run on
 
+    # The collector's first threshold, 700 allocations, is made for small
+    # programs: under 1,000 paced streams it ran a young collection ~80
+    # times a second and, as the heap grew, full ones of up to 260 ms that
+    # stopped every stream (a cancel took 219 ms). At 10,000: 4% less CPU,
+    # and that cancel took 16-41 ms. Reference counting frees what the hot
+    # path allocates either way; this only spaces the cycle collector out.
+    gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     try:
         if args.command == "serve":
             settings = Settings.from_toml(args.config, host=args.host, port=args.port)
