@@ -71,7 +71,7 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-#: How long cleanup may wait for the loop thread to confirm a cancelled call.
+#: How long cleanup may wait for the loop to confirm a cancelled call.
 CLEANUP_TIMEOUT = 5.0
 
 #: Channel options: reconnect fast after a backend restart (grpc's default
@@ -140,7 +140,7 @@ class PredictStream:
         #: How a delivered call stopped: EndOfChannel, its PredictionError,
         #: or what the handler raised; None while it goes on.
         self._stop: Exception | None = None
-        # Asyncio side, touched only on the loop thread.
+        # Asyncio side, touched only on the loop.
         self._task: asyncio.Task[PredictionError | None] | None = None
         self._credits: asyncio.Semaphore | None = None
         #: How Trio schedules a callback on the loop (GrpcLoop._call_soon).
@@ -296,7 +296,7 @@ class PredictStream:
 
 
 class _WakeHub:
-    """Wakes, in Trio, every stream the loop thread marked ready since the
+    """Wakes, in Trio, every stream the loop marked ready since the
     last wake-up: one ``run_sync_soon`` per loop iteration for all of them."""
 
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
@@ -305,7 +305,7 @@ class _WakeHub:
         self._pending = False  # written by both threads; see mark and _wake_all
 
     def mark(self, stream: PredictStream) -> None:
-        """On the loop thread: *stream* has news."""
+        """On the loop: *stream* has news."""
         self._ready.append(stream)
         # As in PredictStream._push: Trio clears the flag before it drains
         # the list, so a stream appended is either seen by the pending
@@ -405,7 +405,7 @@ class GrpcLoop:
         log.error("the gRPC loop thread did not stop within %g s; leaving it", seconds)
 
     def _channel(self, target: str) -> grpc.aio.Channel:
-        """The channel for *target*; loop thread only (grpc.aio objects
+        """The channel for *target*; on the loop only (grpc.aio objects
         belong to the loop that made them)."""
         channel = self._channels.get(target)
         if channel is None:
@@ -416,7 +416,7 @@ class GrpcLoop:
     # -- calls ------------------------------------------------------------
 
     async def _run(self, make: Callable[[], Awaitable[T]]) -> T:
-        """Run the call ``make()`` on the loop thread. Trio cancellation
+        """Run the call ``make()`` on the loop. Trio cancellation
         cancels it there, and returns only once it has ended (within
         CLEANUP_TIMEOUT): the call never outlives its caller."""
         assert self._loop is not None
@@ -501,14 +501,14 @@ class GrpcLoop:
         stream = PredictStream(self._hub, self.window)
         timeout = _grpc_timeout()
 
-        def start() -> None:  # on the loop thread
+        def start() -> None:  # on the loop
             stream._call_soon = self._call_soon
             stream._credits = asyncio.Semaphore(self.window)
             stream._task = loop.create_task(stream._pump(self._channel(target), request, timeout))
             self.active_calls += 1
             stream._task.add_done_callback(finished)
 
-        def finished(task: asyncio.Task[PredictionError | None]) -> None:  # on the loop thread
+        def finished(task: asyncio.Task[PredictionError | None]) -> None:  # on the loop
             # Count the call as gone before Trio can learn it ended.
             self.active_calls -= 1
             stream._on_pump_done(task)
@@ -528,8 +528,9 @@ class GrpcLoop:
 async def open_grpc_loop(
     window: int = 64, stop_timeout: float = CLEANUP_TIMEOUT
 ) -> AsyncIterator[GrpcLoop]:
-    """Start the loop thread; stop it (closing every channel) on exit,
-    waiting for it at most *stop_timeout* seconds."""
+    """Start the loop thread, or use the loop Trio is a guest of; close
+    every channel (and stop the thread) on exit, waiting at most
+    *stop_timeout* seconds."""
     grpc_loop = GrpcLoop(window)
     await grpc_loop._start()
     try:
