@@ -32,7 +32,7 @@ import json
 import re
 import time
 from array import array
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -101,6 +101,16 @@ def log_cost(line: str) -> int:
     return len(line.encode()) + EVENT_COST
 
 
+class Follower(Protocol):
+    """A reader the log tells of each append as it happens."""
+
+    def news(self) -> None:
+        """Events were appended (called in the append)."""
+
+    def wake(self) -> None:
+        """The log closed, or the keep-alive clock ticked."""
+
+
 class EventLog:
     """Append-only events that readers follow by index."""
 
@@ -112,6 +122,8 @@ class EventLog:
         self._seconds = array("Q")  # the unix seconds of that run
         self._closed = False
         self._waiters = trio.lowlevel.ParkingLot()
+        #: Readers written to in the append itself (see follow).
+        self._followers: list[Follower] = []
         #: Output chunks in the log.
         self.output_count = 0
 
@@ -132,6 +144,7 @@ class EventLog:
         self._seconds = array("Q")
         self._closed = True
         self._waiters.unpark_all()
+        self._wake_followers()
 
     # -- writing ------------------------------------------------------------
 
@@ -151,6 +164,9 @@ class EventLog:
         del self._ends[len(self._kinds)]  # the initial value, start, is not an end
         self._kinds += kinds
         self._waiters.unpark_all()
+        if self._followers:
+            for follower in tuple(self._followers):
+                follower.news()
 
     def append_output(self, batch: OutputBatch) -> None:
         """Append every chunk of *batch*, one ``output`` event each."""
@@ -169,6 +185,7 @@ class EventLog:
         payload = strictjson.dumps(done, separators=(",", ":")).encode()
         self._append(payload, [len(payload)], bytes([_DONE]))
         self._closed = True
+        self._wake_followers()
 
     # -- following ----------------------------------------------------------
 
@@ -188,9 +205,26 @@ class EventLog:
             await trio.lowlevel.checkpoint()
 
     def nudge(self) -> None:
-        """Wake every reader waiting in :meth:`wait_news`, news or not (the
-        keep-alive clock's tick: see :meth:`bridge.service.Bridge.keep_alive`)."""
+        """Wake every reader waiting in :meth:`wait_news` or following, news
+        or not (the keep-alive clock's tick: see
+        :meth:`bridge.service.Bridge.keep_alive`)."""
         self._waiters.unpark_all()
+        self._wake_followers()
+
+    def follow(self, follower: Follower) -> None:
+        """Call ``follower.news()`` in each append from now on, until
+        :meth:`unfollow`; ``follower.wake()`` when the log closes or is
+        nudged."""
+        self._followers.append(follower)
+        if self._closed:
+            follower.wake()
+
+    def unfollow(self, follower: Follower) -> None:
+        self._followers.remove(follower)
+
+    def _wake_followers(self) -> None:
+        for follower in tuple(self._followers):
+            follower.wake()
 
     async def wait_closed(self) -> None:
         """Wait until the log is closed (its prediction has ended)."""

@@ -53,6 +53,31 @@ def test_h11_process_error_lets_a_server_answer_then_close() -> None:
     assert connection.our_state is h11.MUST_CLOSE
 
 
+def test_h11_frames_bodies_as_the_chunk_writer_does() -> None:
+    """ChunkWriter writes body pieces itself while h11's writer for the
+    response is a ChunkedWriter (a chunk each) or an Http10Writer (the
+    bytes as they are): the same bytes h11 writes. A body with a
+    Content-Length gets neither, so it is always h11's."""
+    from h11._writers import ChunkedWriter, Http10Writer
+
+    data = b"event: output\ndata: hi\n\n"
+    for version, headers, writer, framed in [
+        (b"1.1", [], ChunkedWriter, b"%x\r\n%b\r\n" % (len(data), data)),
+        (b"1.0", [], Http10Writer, data),
+        (b"1.1", [("content-length", str(len(data)))], None, data),
+    ]:
+        connection = h11.Connection(h11.SERVER)
+        connection.receive_data(b"GET / HTTP/%b\r\nHost: x\r\n\r\n" % version)
+        assert type(connection.next_event()) is h11.Request
+        connection.send(h11.Response(status_code=200, headers=headers))
+        assert connection.our_state is h11.SEND_BODY
+        if writer is not None:
+            assert type(connection._writer) is writer
+        else:
+            assert type(connection._writer) not in (ChunkedWriter, Http10Writer)
+        assert connection.send(h11.Data(data=data)) == framed
+
+
 def test_head_problem_waits_for_a_whole_head_and_fed_byte_by_byte_agrees() -> None:
     bad = b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n"
     for end in range(len(bad)):

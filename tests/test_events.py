@@ -138,3 +138,47 @@ def test_a_closed_log_takes_nothing() -> None:
     log.finish(None, {})
     with pytest.raises(RuntimeError, match="closed"):
         log.append_output(OutputBatch(["late"]))
+
+
+class _Recorder:
+    """A follower that notes what the log told it, and when."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.told: list[tuple[str, int, bool]] = []
+
+    def news(self) -> None:
+        self.told.append(("news", len(self.log), self.log.closed))
+
+    def wake(self) -> None:
+        self.told.append(("wake", len(self.log), self.log.closed))
+
+
+def test_a_follower_hears_of_each_append_in_it_and_is_woken_at_the_close() -> None:
+    log = EventLog()
+    follower = _Recorder(log)
+    log.follow(follower)
+    log.append_output(OutputBatch(["a", "b"]))
+    log.append_log("a log")
+    log.nudge()
+    log.finish("broke", {"reason": "error"})
+    assert follower.told == [
+        ("news", 2, False),
+        ("news", 3, False),
+        ("wake", 3, False),  # the keep-alive clock's tick
+        ("news", 4, False),  # error
+        ("news", 5, False),  # done
+        ("wake", 5, True),  # then closed: the reader's task ends the response
+    ]
+    log.unfollow(follower)
+    late = _Recorder(log)
+    log.follow(late)  # a closed log wakes a new follower at once
+    assert late.told == [("wake", 5, True)]
+
+
+def test_a_dropped_log_wakes_its_followers() -> None:
+    log = EventLog()
+    follower = _Recorder(log)
+    log.follow(follower)
+    log.drop()
+    assert follower.told == [("wake", 0, True)]

@@ -392,3 +392,104 @@ async def test_an_idle_reader_pings_at_least_every_keepalive(autojump_clock: Any
         nursery.cancel_scope.cancel()
     gaps = [b - a for a, b in zip([0.0, *pings], pings, strict=False)]
     assert all(10 <= gap <= 15 for gap in gaps), gaps
+
+
+async def test_a_reader_that_backs_up_gets_every_byte_in_order(
+    start_bridge: StartBridge, monkeypatch: Any
+) -> None:
+    """A caught-up reader is written to in the append itself; when its
+    socket stops taking bytes mid-event, what is left goes first, the usual
+    way, once it reads again: nothing lost, nothing out of order."""
+    from bridge._compat import hypercorn as compat
+
+    backed_up = trio.Event()
+    write_chunk_nowait = compat._Connection.write_chunk_nowait
+
+    def spy(self: Any, data: bytes) -> bool:
+        taken = write_chunk_nowait(self, data)
+        if self.unsent:
+            backed_up.set()
+        return taken
+
+    monkeypatch.setattr(compat._Connection, "write_chunk_nowait", spy)
+    url = await start_bridge()
+    tokens = [f"{i:02d}" + "x" * 20_000 for i in range(20)]  # 10 rounds: 4 MB out
+    input = {"prompt": "-", "tokens": tokens, "repeat": 10, "delay_ms": 1}
+    body = json.dumps({"input": input}).encode()
+    sock = trio.socket.socket()
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    async with trio.SocketStream(sock) as stream:
+        await stream.send_all(
+            b"POST /v1/models/demo/echo/predictions HTTP/1.1\r\nHost: x\r\n"
+            b"Accept: text/event-stream\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+        )
+        with trio.fail_after(20):
+            await backed_up.wait()  # not reading: the socket filled mid-event
+            answer = bytearray()
+            while data := await stream.receive_some(65536):
+                answer += data
+    head, _, rest = bytes(answer).partition(b"\r\n\r\n")
+    assert b"transfer-encoding: chunked" in head.lower()
+    pieces = []
+    while (size := int(rest[: rest.index(b"\r\n")], 16)) > 0:
+        start = rest.index(b"\r\n") + 2
+        pieces.append(rest[start : start + size])
+        assert rest[start + size : start + size + 2] == b"\r\n"
+        rest = rest[start + size + 2 :]
+    events = spec_events(pieces)
+    assert [e.data for e in events if e.event == "output"] == tokens * 10
+    assert events[-1].event == "done"
+
+
+async def test_what_a_backed_up_reader_was_owed_comes_before_the_next_event(
+    start_bridge: StartBridge, monkeypatch: Any
+) -> None:
+    """The rest of an event the socket did not take goes out as soon as the
+    client reads again, not with whatever the model sends next (here,
+    nothing until the test says so)."""
+    import threading
+
+    from bridge._compat import hypercorn as compat
+
+    backed_up, release = trio.Event(), threading.Event()
+    write_chunk_nowait = compat._Connection.write_chunk_nowait
+
+    def spy(self: Any, data: bytes) -> bool:
+        taken = write_chunk_nowait(self, data)
+        if self.unsent:
+            backed_up.set()
+        return taken
+
+    def big_then_wait(prompt: str) -> Any:
+        yield "y" * 1_000_000  # more than the socket takes at once
+        release.wait(30)
+        yield "end"
+
+    monkeypatch.setattr(compat._Connection, "write_chunk_nowait", spy)
+    with ModelServer(Model("test/big", big_then_wait)) as server:
+        url = await start_bridge({"test/big": server.target})
+        sock = trio.socket.socket()
+        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        await sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+        body = b'{"input": {"prompt": "-"}}'
+        try:
+            async with trio.SocketStream(sock) as stream:
+                await stream.send_all(
+                    b"POST /v1/models/test/big/predictions HTTP/1.1\r\nHost: x\r\n"
+                    b"Accept: text/event-stream\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
+                )
+                answer = bytearray()
+                with trio.fail_after(10):
+                    await backed_up.wait()
+                    while answer.count(b"y") < 1_000_000 or not answer.endswith(b"\n\n\r\n"):
+                        answer += await stream.receive_some(65536)
+        finally:
+            release.set()
+    assert b"end" not in answer
+    rest = bytes(answer).partition(b"\r\n\r\n")[2]
+    data = re.sub(rb"\r\n[0-9a-f]+\r\n", b"", b"\r\n" + rest)  # undo the chunk framing
+    outputs = [e.data for e in spec_events([data]) if e.event == "output"]
+    assert outputs == ["y" * 1_000_000]

@@ -28,7 +28,10 @@ module owns the listening sockets and each TCP connection:
   windows, a reader that takes nothing for ``stall_seconds`` reset, the
   writers of a connection whose client went let go at once.
 * **A cheap write per event** (:meth:`_Connection.protocol_send`): straight
-  to the socket when no other write is under way.
+  to the socket when no other write is under way. And a cheaper one still
+  (:class:`ChunkWriter`): the body of an HTTP/1.x response written from
+  synchronous code, framed as h11 frames it, so a live stream's event goes
+  to the socket in the append that made it (see :mod:`bridge.stream`).
 * **A client that goes frees its connection at once**, not after the
   keep-alive timer.
 
@@ -36,7 +39,8 @@ What of hypercorn's is private here: ``TCPServer``'s ``send_lock``,
 ``stream``, ``idle_task``, ``_read_data`` and ``_close``, and that ``run``
 assigns ``protocol``; ``ProtocolWrapper``'s attributes;
 ``H11Protocol._check_protocol``, ``._send_error_response`` and its
-``connection`` attribute; ``H2Protocol``'s ``stream_buffers``,
+``connection`` attribute; h11's ``Connection._writer`` and its
+``ChunkedWriter`` and ``Http10Writer`` (how a body is framed); ``H2Protocol``'s ``stream_buffers``,
 ``priority``, ``_flush`` and ``_close_stream``, and ``StreamBuffer``'s
 fields; h11's ``Connection._process_error``. ``tests/test_compat.py`` pins
 them.
@@ -44,6 +48,7 @@ them.
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import logging
 import os
@@ -58,6 +63,7 @@ import h2.exceptions
 import h11
 import priority
 import trio
+from h11._writers import ChunkedWriter, Http10Writer
 from hypercorn.config import Config, Sockets
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol import ProtocolWrapper
@@ -77,7 +83,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
 from hypercorn.utils import repr_socket_addr
 
-__all__ = ["ConnectionLimits", "serve_http"]
+__all__ = ["ChunkWriter", "ConnectionLimits", "chunk_writer", "serve_http"]
 
 log = logging.getLogger("bridge.http")
 
@@ -221,6 +227,58 @@ async def _run_connection(connection: _Connection, slots: _Slots) -> None:
         slots.give_back()
 
 
+#: The bodies write_chunk_nowait frames, as h11 does: a chunk of HTTP/1.1's
+#: chunked body, or HTTP/1.0's plain bytes up to the close.
+_BODY_FRAMES = (ChunkedWriter, Http10Writer)
+
+#: The connection whose tasks these are (each request's task is started
+#: by its connection's task, so it sees its own).
+_CONNECTION: contextvars.ContextVar[_Connection | None] = contextvars.ContextVar(
+    "bridge_http_connection", default=None
+)
+
+
+class ChunkWriter:
+    """Writes pieces of the current response's chunked body straight to
+    its socket, from synchronous code: a live stream's events, written in
+    the append that makes them instead of through the response machinery.
+
+    Only between the app's own writes (the response's task is waiting, not
+    sending), and only while the response is an HTTP/1.1 chunked body over
+    plain TCP; otherwise :meth:`write_nowait` declines and the app writes
+    the usual way."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+
+    def write_nowait(self, data: bytes) -> bool:
+        """Write *data* as one chunk now: True if it was taken (what the
+        socket did not take at once is kept, see :attr:`backed_up`), False
+        if it was not (nothing was written)."""
+        return self._connection.write_chunk_nowait(data)
+
+    @property
+    def backed_up(self) -> bool:
+        """Bytes taken but not yet written: :meth:`flush` before anything
+        else is written the usual way, and nothing more is taken meanwhile."""
+        return bool(self._connection.unsent)
+
+    async def flush(self) -> None:
+        """Write what was taken but not written (waiting for the client)."""
+        await self._connection.protocol_send(RawData(data=b""))
+
+
+def chunk_writer() -> ChunkWriter | None:
+    """A :class:`ChunkWriter` for the current request's connection, or None
+    if there is no such connection (another server, HTTP/2 or TLS)."""
+    connection = _CONNECTION.get()
+    if connection is None or connection.fd < 0:
+        return None
+    if not isinstance(connection.protocol.protocol, _StrictH11):
+        return None
+    return ChunkWriter(connection)
+
+
 class _Connection(TCPServer):
     """One TCP connection: hypercorn's, with its failures kept in it."""
 
@@ -235,8 +293,12 @@ class _Connection(TCPServer):
     ) -> None:
         super().__init__(app, config, context, state, stream)
         self.limits = limits
+        #: Chunk bytes taken by write_chunk_nowait that the socket did not
+        #: take: written first, before anything else (protocol_send).
+        self.unsent = b""
 
     async def run(self) -> None:
+        _CONNECTION.set(self)
         try:
             await super().run()
         except* Exception as group:
@@ -265,7 +327,33 @@ class _Connection(TCPServer):
         wrapper.protocol = wrapper.http2() if http2 else wrapper.http11()
         self._protocol = wrapper
 
+    def write_chunk_nowait(self, data: bytes) -> bool:
+        """See :meth:`ChunkWriter.write_nowait`."""
+        protocol = self._protocol.protocol
+        if self.unsent or self.send_lock.locked() or type(protocol) is not _StrictH11:
+            return False
+        h11_connection = protocol.connection
+        if h11_connection.our_state is not h11.SEND_BODY:
+            return False
+        framing = type(h11_connection._writer)
+        fd = self.fd
+        if fd < 0 or not data or framing not in _BODY_FRAMES:
+            return False
+        frame = data if framing is Http10Writer else b"%x\r\n%b\r\n" % (len(data), data)
+        try:
+            sent = os.write(fd, frame)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # the client is gone: the usual way finds out
+            return False
+        if sent < len(frame):
+            self.unsent = frame[sent:]
+        return True
+
     async def protocol_send(self, event: Any) -> None:
+        if self.unsent and isinstance(event, RawData):
+            event = RawData(data=self.unsent + event.data)
+            self.unsent = b""
         # The write of each event, the hot path of a live stream: hypercorn
         # takes a lock, opens a shielded cancel scope and goes through
         # trio's send_all (a conflict detector, two checkpoints) for every
