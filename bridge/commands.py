@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 import trio
 
 from .config import ConfigError, Settings
+from .errors import ListenError
 from .lifeline import stop_on_eof
 from .logs import setup_logging
 
@@ -55,10 +56,32 @@ def run(args: argparse.Namespace) -> int:
             # models' real targets are known once their backend listens).
             _demo_settings(args.config, args.host, args.port, dict.fromkeys(DEMO, "-"))
             run_trio(_run_demo, args.config, args.host, args.port)
-    except ConfigError as exc:
+    except (ConfigError, ListenError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BaseExceptionGroup as group:  # from inside a Trio run or a TaskGroup
+        error = _lone(group, (ConfigError, ListenError))
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _lone(
+    group: BaseExceptionGroup, kind: type[Exception] | tuple[type[Exception], ...]
+) -> Exception | None:
+    """The first *kind* error in *group*, if that is all the group holds
+    (nested groups included): an error to report in one line, not a
+    traceback."""
+    match, rest = group.split(kind)
+    if match is None or rest is not None:
+        return None
+    error: BaseException = match
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    assert isinstance(error, kind)
+    return error
 
 
 class _Signals:
@@ -146,7 +169,7 @@ def _serve_model(ref: str, name: str | None, host: str, port: int) -> int:
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    serve(model, host=host, port=port)
+    serve(model, host=host, port=port)  # a ListenError is reported by run
     return 0
 
 

@@ -20,6 +20,9 @@
         ├── BackendProtocolError   502, the backend does not speak bridge.v1
         └── ModelError             502, the model itself raised
 
+Apart from the tree, :class:`ListenError`: a server that cannot listen on
+its address, reported by the serving commands in one line.
+
 Foreign errors are translated at exactly one boundary: ``grpc.RpcError``
 becomes a ``PredictionError`` in :mod:`bridge.grpc_loop` and
 nowhere else. HTTP handlers render any ``BridgeError`` as
@@ -40,6 +43,7 @@ __all__ = [
     "DeadlineExceeded",
     "Gone",
     "InvalidInput",
+    "ListenError",
     "ModelError",
     "NotFound",
     "OutputTooLarge",
@@ -183,3 +187,9 @@ class ModelError(PredictionError):
     """The model raised; the message is the model's own."""
 
     title = "Model error"
+
+
+class ListenError(OSError):
+    """A server (the bridge, or a model's) cannot listen on its address;
+    the message says which address and why. Not an HTTP error: the serving
+    commands print it in one line and exit 2."""

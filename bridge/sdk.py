@@ -43,6 +43,7 @@ import inspect
 import json
 import logging
 import signal
+import socket
 import threading
 import types
 import typing
@@ -55,6 +56,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from bridge._proto.v1 import predictor_pb2, predictor_pb2_grpc
 
 from . import protocol
+from .errors import ListenError
 
 __all__ = [
     "Field",
@@ -439,13 +441,20 @@ async def serve_async(
     """Serve *model* until *stop* is set (or forever); *ready* gets the port."""
     with concurrent.futures.ThreadPoolExecutor(max_threads, "model") as executor:
         await asyncio.get_running_loop().run_in_executor(executor, model.setup)
-        server = grpc.aio.server()
+        if port:
+            _check_free(host, port)
+        # Not grpc's default SO_REUSEPORT: a second server on a port in use
+        # would share it, and requests would split between old and new code.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         predictor_pb2_grpc.add_PredictorServicer_to_server(_Servicer(model, executor), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        bound = server.add_insecure_port(f"{host}:{port}")
+        try:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:  # grpc's "Failed to bind to address"
+            bound = 0
         if bound == 0:
-            raise OSError(f"cannot listen on {host}:{port}")
+            raise ListenError(f"cannot listen on {host}:{port}")
         await server.start()
         serving = health_pb2.HealthCheckResponse.SERVING
         await health_servicer.set("", serving)
@@ -458,6 +467,19 @@ async def serve_async(
             await health_servicer.enter_graceful_shutdown()
             # Running predictions get a moment, then are cancelled.
             await server.stop(grace=1.0)
+
+
+def _check_free(host: str, port: int) -> None:
+    """Raise :class:`ListenError` if *host*:*port* cannot be listened on
+    (taken, or not ours to take): said before grpc, which would log its own
+    multi-line error first."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def serve(model: Model, *, host: str = "127.0.0.1", port: int = 0) -> None:

@@ -33,6 +33,7 @@ from hypercorn.utils import wrap_app
 from ._compat.hypercorn import ConnectionLimits, serve_http
 from .app import create_app
 from .config import Settings
+from .errors import ListenError
 from .grpc_loop import open_grpc_loop
 from .service import Bridge
 from .webhooks import WebhookPolicy, WebhookSender, load_or_create_secret, open_webhook_client
@@ -180,8 +181,14 @@ def _listen(config: hypercorn.config.Config, stall_seconds: float) -> Sockets:
     connections inherit it): a reader whose connection takes no data for
     *stall_seconds* (zero window) is cut off by the kernel. Hypercorn writes
     under a shielded scope, so nothing in the app could unblock that write;
-    the reader can reconnect and resume with Last-Event-ID."""
-    sockets = config.create_sockets()
+    the reader can reconnect and resume with Last-Event-ID. An address that
+    cannot be listened on is a :class:`ListenError` saying which."""
+    try:
+        sockets = config.create_sockets()
+    except OSError as exc:
+        raise ListenError(
+            f"cannot listen on {', '.join(config.bind)}: {exc.strerror or exc}"
+        ) from None
     for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, max(1, int(stall_seconds * 1000)))
         sock.listen(config.backlog)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import signal
@@ -280,3 +281,40 @@ async def test_help_lists_every_command_in_plain_text() -> None:
     for command in ("serve", "demo-backend", "serve-model", "run-demo", "predict"):
         assert text.index(f"python -m bridge {command} ") < note, command
     assert "``" not in text and "::" not in text  # no reST markup
+
+
+@pytest.mark.parametrize("command", ["serve", "run-demo", "demo-backend", "serve-model"])
+async def test_a_port_in_use_is_one_line_and_exit_2(command: str, tmp_path: Path) -> None:
+    """Whatever holds the port, even a gRPC server (which sets SO_REUSEPORT,
+    so a second one would share its port and split its requests)."""
+    import grpc
+
+    holder = grpc.server(concurrent.futures.ThreadPoolExecutor(1))
+    port = holder.add_insecure_port("127.0.0.1:0")
+    holder.start()
+    model = tmp_path / "model.py"
+    model.write_text("def predict(prompt: str) -> str:\n    return prompt\n")
+    config = tmp_path / "bridge.toml"
+    config.write_text('[models."demo/echo"]\ntargets = ["127.0.0.1:1"]\n')
+    args = {
+        "serve": ["serve", "--config", str(config)],
+        "run-demo": ["run-demo"],
+        "demo-backend": ["demo-backend", "--model", "demo/echo"],
+        "serve-model": ["serve-model", f"{model}:predict"],
+    }[command]
+    try:
+        with trio.fail_after(30):
+            result = await trio.run_process(
+                [*BRIDGE, *args, "--port", str(port)],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+                env=ENV,
+            )
+    finally:
+        holder.stop(None)
+    assert result.returncode == 2, result.stderr.decode()
+    said = f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+    errors = result.stderr.decode()
+    assert errors.splitlines()[-1] == said, errors  # after the start-up's log lines
+    assert "Traceback" not in errors
