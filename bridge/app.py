@@ -204,6 +204,8 @@ def create_app(bridge: Bridge) -> QuartTrio:
     app.config["BODY_TIMEOUT"] = bridge.settings.body_timeout_seconds
     settings = bridge.settings
     token_bytes = [t.encode() for t in sorted(settings.auth_tokens)]
+    # /metrics: its own token if set, else the API's tokens (none: open).
+    metrics_tokens = [settings.metrics_token.encode()] if settings.metrics_token else token_bytes
 
     def base_url() -> str:
         """Where this request reached the bridge: ``public_url`` if set, else
@@ -230,16 +232,18 @@ def create_app(bridge: Bridge) -> QuartTrio:
             response.headers["WWW-Authenticate"] = 'Bearer realm="bridge"'
         return response
 
-    def caller() -> str | None:
-        """The caller's token, checked (None when auth is off)."""
-        if not settings.auth_tokens:
+    def caller(accepted: list[bytes] | None = None) -> str | None:
+        """The caller's token, checked against *accepted* (by default the
+        [auth] tokens); None when there are none to check against."""
+        accepted = token_bytes if accepted is None else accepted
+        if not accepted:
             return None
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         sent = token.strip().encode()
         # Compared in constant time with every configured token (no early
         # exit), so timing tells nothing of how much of a token matched.
         match = False
-        for known in token_bytes:
+        for known in accepted:
             match |= hmac.compare_digest(sent, known)
         if scheme.lower() not in ("bearer", "token") or not match:
             raise Unauthorized("send Authorization: Bearer <token> with a valid token")
@@ -261,6 +265,8 @@ def create_app(bridge: Bridge) -> QuartTrio:
         # Replicate (an EventSource cannot send one).
         if request.path.startswith("/v1/") and not is_stream_route():
             caller()
+        elif request.endpoint == "prometheus":
+            caller(metrics_tokens)
         return None
 
     def cors_origin() -> tuple[str, bool] | None:

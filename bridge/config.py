@@ -21,6 +21,9 @@ else is optional (README, "Operating it", lists every key)::
     [auth]
     tokens = ["r8_..."]             # bearer tokens; none: no auth
 
+    [metrics]
+    token = "..."                   # for /metrics; else the [auth] tokens
+
     [cors]
     allow_origins = ["https://app.example.com"]
 
@@ -173,6 +176,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: Bearer tokens accepted; empty: no auth. Each token sees only the
     #: predictions it created.
     auth_tokens: frozenset[Text] = frozenset()
+    #: The bearer token /metrics asks for; None: the [auth] tokens (and
+    #: with no auth either, none).
+    metrics_token: Text | None = None
     #: Origins allowed to call the API from a browser ("*": any).
     cors_allow_origins: tuple[Text, ...] = ()
     #: Webhook signing secret (``whsec_<base64>``); None: the one stored in
@@ -259,7 +265,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 #: TOML section -> prefix of its Settings fields ([server] has none).
-_SECTIONS = {"server": "", "auth": "auth_", "cors": "cors_", "webhooks": "webhook_"}
+_SECTIONS = {
+    "server": "",
+    "auth": "auth_",
+    "metrics": "metrics_",
+    "cors": "cors_",
+    "webhooks": "webhook_",
+}
 _PREFIXES = tuple(p for p in _SECTIONS.values() if p)
 
 

@@ -474,11 +474,14 @@ def spec() -> dict[str, Any]:
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics",
+                "description": "Needs `[metrics] token`, else one of the `[auth] tokens`, "
+                "when either is set.",
                 "responses": {
                     "200": {
                         "description": "Prometheus text format.",
                         "content": {"text/plain": {"schema": {"type": "string"}}},
-                    }
+                    },
+                    **_problems(401),
                 },
             }
         },

@@ -44,6 +44,7 @@ async def test_no_valid_token_is_401(url: str, headers: dict) -> None:
             ("GET", "/v1/predictions/x"),
             ("GET", "/v1/models/demo/echo"),
             ("GET", "/v1/webhooks/default/secret"),
+            ("GET", "/metrics"),
         ]:
             response = await client.request(method, path, json={})
             assert_problem(response, 401)
@@ -189,3 +190,35 @@ async def test_tokens_are_compared_in_constant_time_with_every_token(
             counts = Counter(compared)
             assert set(counts) == {t.encode() for t in tokens}
             assert len(set(counts.values())) == 1
+
+
+@pytest.mark.parametrize(
+    ("settings", "metrics_with", "refused"),
+    [
+        ({}, [{}], []),  # no auth: open, as the API
+        ({"auth_tokens": frozenset({"r8_alice"})}, [ALICE], [{}]),
+        (
+            {"auth_tokens": frozenset({"r8_alice"}), "metrics_token": "m_scraper"},
+            [{"Authorization": "Bearer m_scraper"}],
+            [{}, ALICE],  # the API's tokens are not the metrics token
+        ),
+        ({"metrics_token": "m_scraper"}, [{"Authorization": "Bearer m_scraper"}], [{}]),
+    ],
+    ids=["no-auth", "auth-tokens", "metrics-token", "metrics-token-only"],
+)
+async def test_metrics_take_their_token_or_the_api_s(
+    start_bridge: StartBridge, settings: dict, metrics_with: list, refused: list
+) -> None:
+    url = await start_bridge(**settings)
+    async with httpx.AsyncClient(base_url=url) as client:
+        for headers in metrics_with:
+            response = await client.get("/metrics", headers=headers)
+            assert response.status_code == 200, response.text
+            assert "bridge_predictions_active" in response.text
+        for headers in refused:
+            assert_problem(await client.get("/metrics", headers=headers), 401)
+        if "metrics_token" in settings:  # it opens /metrics, nothing else
+            scraper = {"Authorization": f"Bearer {settings['metrics_token']}"}
+            answer = await client.get("/v1/predictions", headers=scraper)
+            assert answer.status_code == (401 if "auth_tokens" in settings else 200)
+        assert (await client.get("/health")).status_code == 200  # probes need no token

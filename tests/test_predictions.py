@@ -150,8 +150,10 @@ def test_config_from_toml(tmp_path) -> None:
         '[models."demo/echo"]\ntargets = ["127.0.0.1:50051"]\n'
         '[server]\nkeepalive_seconds = 5\npublic_url = "https://x.example/"\n'
         '[deployments."acme/teller"]\nmodel = "demo/echo"\n'
+        '[metrics]\ntoken = "m_scraper"\n'
     )
     settings = Settings.from_toml(path, port=9000)
+    assert settings.metrics_token == "m_scraper"
     assert settings.deployments["acme/teller"].model == "demo/echo"
     assert settings.models["demo/echo"].targets == ("127.0.0.1:50051",)
     assert settings.keepalive_seconds == 5 and settings.port == 9000
@@ -173,6 +175,8 @@ def test_config_from_toml(tmp_path) -> None:
         ("[server]\nmax_queued = 1.5", r"max_queued: expected `int`, got `float`"),
         ('[server]\npublic_url = "bridge.example"', r"public_url: expected `str` matching"),
         ('[auth]\ntokens = "r8_abc"', r"\[auth\] tokens: expected `array`, got `str`"),
+        ('[metrics]\ntoken = ""', r"\[metrics\] token: expected `str` of length >= 1"),
+        ('[metrics]\ntokens = ["m"]', r"unknown \[metrics\] keys: tokens"),
         ('[auth]\ntokens = ["r8_abc", ""]', r"\[auth\] tokens\[1\]: expected `str` of length"),
         ("[webhooks]\nallow_private = 1", r"\[webhooks\] allow_private: expected `bool`"),
         ('[webhooks]\nsecret = "hunter2"', r"\[webhooks\] secret: expected `str` matching"),
