@@ -44,6 +44,13 @@ _CORS_HEADERS = "Authorization, Content-Type, Prefer, Cancel-After, Last-Event-I
 _CORS_EXPOSE = "Location, Preference-Applied, Retry-After"
 
 
+def _no_content() -> Response:
+    """A 204: no body, so no Content-Type (Quart would say text/html)."""
+    response = Response(b"", status=204)
+    del response.headers["Content-Type"]
+    return response
+
+
 def _problem(body: dict[str, Any]) -> Response:
     return Response(
         strictjson.dumps(body),
@@ -290,7 +297,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
         return None
 
     def cors_preflight() -> Response:
-        response = Response("", status=204)
+        response = _no_content()
         if cors_origin() is not None:
             asked = request.headers.get("Access-Control-Request-Headers", "")
             response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
@@ -461,7 +468,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
                 # The client has seen the end: 204 tells an EventSource to
                 # stop reconnecting (an empty 200 would have it reconnect
                 # forever).
-                return Response("", status=204)
+                return _no_content()
             if start > len(events):
                 raise BadRequest(
                     f"Last-Event-ID {last_event_id!r} is past the end of this "

@@ -90,6 +90,10 @@ def _check(response: httpx.Response) -> Any:
     return response.json()
 
 
+def _tokens(count: int) -> str:
+    return "1 token" if count == 1 else f"{count:,} tokens"
+
+
 def _status_line(prediction: dict[str, Any], err: TextIO) -> None:
     metrics = prediction.get("metrics") or {}
     parts = [prediction["status"]]
@@ -98,7 +102,7 @@ def _status_line(prediction: dict[str, Any], err: TextIO) -> None:
     if "tokens_per_second" in metrics:
         parts.append(f"{metrics['tokens_per_second']:.1f} tokens/s")
     if isinstance(prediction.get("output"), list):
-        parts.append(f"{len(prediction['output'])} tokens")
+        parts.append(_tokens(len(prediction["output"])))
     if prediction.get("error"):
         parts.append(f"error: {prediction['error']}")
     print("\n" + _shown(err)(" · ".join(parts)), file=err, flush=True)
@@ -147,7 +151,7 @@ class _Live:
         parts = ["processing", f"first token {(self.first - self.started) * 1000:.0f} ms"]
         if self.count > 1 and now > self.first:
             parts.append(f"{(self.count - 1) / (now - self.first):.1f} tokens/s")
-        parts.append(f"{self.count} tokens")
+        parts.append(_tokens(self.count))
         return " · ".join(parts)
 
     def draw(self, now: float | None = None) -> None:

@@ -308,3 +308,13 @@ def test_errors_on_a_terminal_are_shown_visibly() -> None:
     for err, expected in ((Tty(), "error: ^[]0;x^G"), (io.StringIO(), "error: \x1b]0;x\x07")):
         _status_line({"status": "failed", "error": "\x1b]0;x\x07"}, err)
         assert err.getvalue() == f"\nfailed · {expected}\n"
+
+
+def test_the_status_line_counts_tokens_in_words() -> None:
+    for output, said in ((["a"], "1 token"), (["a", "b"], "2 tokens"), ([], "0 tokens")):
+        err = io.StringIO()
+        _status_line({"status": "succeeded", "output": output}, err)
+        assert err.getvalue() == f"\nsucceeded · {said}\n"
+    err = io.StringIO()
+    _status_line({"status": "succeeded", "output": ["x"] * 12_345}, err)
+    assert err.getvalue() == "\nsucceeded · 12,345 tokens\n"

@@ -269,7 +269,9 @@ async def test_options_on_an_unknown_path_is_404(start_bridge: StartBridge) -> N
     url = await start_bridge()
     async with httpx.AsyncClient(base_url=url) as client:
         assert (await client.options("/nothing/here")).status_code == 404
-        assert (await client.options("/v1/predictions")).status_code == 204
+        preflight = await client.options("/v1/predictions")
+        assert preflight.status_code == 204
+        assert "content-type" not in preflight.headers
 
 
 @pytest.mark.parametrize(

@@ -117,6 +117,7 @@ async def test_a_finished_stream_resumed_at_its_end_is_204(client: httpx.AsyncCl
         response = await client.get(prediction["urls"]["stream"], headers={"Last-Event-ID": last})
         assert response.status_code == 204, (last, response.text)
         assert response.content == b""
+        assert "content-type" not in response.headers  # no body, no type
 
 
 async def test_resuming_a_running_stream_past_its_end_is_400(client: httpx.AsyncClient) -> None:
