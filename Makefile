@@ -44,6 +44,7 @@ $(CHROMIUM):
 
 test: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM)
 	$(PY) -m ruff check bridge tests bench
+	$(PY) -m mypy
 	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q
 
 # The suite beside two CPU hogs (one per core here), as on a shared CI
@@ -58,9 +59,10 @@ test-busy: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM)
 screenshot: bridge/_proto/v1/predictor_pb2.py $(CHROMIUM)
 	UPDATE_SCREENSHOT=1 GRPC_VERBOSITY=ERROR $(PY) -m pytest -q tests/test_browser.py -k story
 
-lint: $(STAMP)
+lint: bridge/_proto/v1/predictor_pb2.py
 	$(PY) -m ruff check bridge tests bench
 	$(PY) -m ruff format --check bridge tests bench
+	$(PY) -m mypy
 
 # The bridge against the direct gRPC drain and the FastAPI peer, in one run;
 # writes bench/out/results.md and results.json (about four minutes).

@@ -209,7 +209,7 @@ def _live(out: TextIO, err: TextIO, as_json: bool) -> _Live | None:
 
 def _events(response: httpx.Response) -> Any:
     """(event, id, data) for each SSE event of *response*."""
-    event, event_id, data = None, "", []
+    event, event_id, data = None, "", list[str]()
     for line in response.iter_lines():
         if not line:
             if event is not None:
@@ -309,7 +309,8 @@ def _stream(
             elif event == "output":
                 out.write(show(data))
                 out.flush()
-    return _check(client.get(location))
+    prediction: dict[str, Any] = _check(client.get(location))
+    return prediction
 
 
 def _poll(client: httpx.Client, prediction: dict[str, Any], as_json: bool, out: TextIO) -> Any:

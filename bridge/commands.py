@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import re
@@ -151,7 +152,7 @@ async def _demo_backend(host: str, port: int, only: str | None) -> None:
                     models[name],
                     host=host,
                     port=port + offset if port else 0,
-                    ready=lambda bound, name=name: ready(name, bound),
+                    ready=functools.partial(ready, name),
                     stop=stop,
                 )
             )
@@ -185,7 +186,7 @@ def _demo_settings(
 ) -> Settings:
     """``run-demo``'s settings: those of *config* if given (its models served
     too), with the demo models at *targets*."""
-    extra = {name: (target,) for name, target in targets.items()}
+    extra: dict[str, tuple[str, ...]] = {name: (target,) for name, target in targets.items()}
     if config is None:
         return Settings.from_dict({}, extra_models=extra, host=host, port=port)
     return Settings.from_toml(config, extra_models=extra, host=host, port=port)
@@ -204,17 +205,19 @@ async def _run_demo(config: str | None, host: str | None, port: int | None) -> N
         backend = await trio.lowlevel.open_process(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, start_new_session=True
         )
+        assert backend.stdout is not None
+        output = backend.stdout
         try:
             targets: dict[str, str] = {}
             seen = b""
             with trio.fail_after(60), signals.stop_now.cuts(trio.CancelScope()):
                 while len(targets) < 2 and not signals.first.is_set():
-                    data = await backend.stdout.receive_some()
+                    data = await output.receive_some()
                     if not data:
                         raise RuntimeError("demo backend exited before it listened")
                     seen += data
                     targets = {m[1].decode(): m[2].decode() for m in _LISTENING.finditer(seen)}
-            nursery.start_soon(_drain, backend.stdout)
+            nursery.start_soon(_drain, output)
             if len(targets) == 2:
                 await signals.serve(_demo_settings(config, host, port, targets))
         finally:

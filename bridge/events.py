@@ -258,7 +258,7 @@ class EventLog:
                 head,
                 self._seconds[-1],
                 start,
-                data[begin : ends[start]],
+                data[begin : ends[start]],  # type: ignore[str-format]  # any buffer will do
             )
             return frame, end
         frames: list[bytes] = []
@@ -285,7 +285,7 @@ class EventLog:
             )
             heads = [head + b"%d:" % seconds for head in _HEADS]
             stretch = [
-                b"%b%d\ndata: %b\n\n" % (head, j, data[a:b])
+                b"%b%d\ndata: %b\n\n" % (head, j, data[a:b])  # type: ignore[str-format]
                 for head, j, a, b in zip(
                     map(heads.__getitem__, kinds[i:stop]),
                     range(i, stop),

@@ -459,7 +459,10 @@ class GrpcLoop:
 
         async def call() -> predictor_pb2.DescribeResponse:
             stub = predictor_pb2_grpc.PredictorStub(self._channel(target))
-            return await stub.Describe(predictor_pb2.DescribeRequest(), timeout=timeout)
+            response: predictor_pb2.DescribeResponse = await stub.Describe(
+                predictor_pb2.DescribeRequest(), timeout=timeout
+            )
+            return response
 
         try:
             return protocol.model_info_from_pb(await self._run(call))

@@ -131,7 +131,8 @@ class Prediction:
 
     @property
     def input(self) -> dict[str, Any]:
-        return json.loads(self._input)
+        input: dict[str, Any] = json.loads(self._input)
+        return input
 
     @property
     def input_size(self) -> int:

@@ -76,7 +76,8 @@ def predict_request(prediction_id: str, input: dict[str, Any]) -> pb.PredictRequ
 
 
 def request_input(request: pb.PredictRequest) -> dict[str, Any]:
-    return json_format.MessageToDict(request.input)
+    input: dict[str, Any] = json_format.MessageToDict(request.input)
+    return input
 
 
 def stream_item_from_pb(response: pb.PredictResponse) -> StreamItem:

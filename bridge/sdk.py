@@ -47,7 +47,7 @@ import socket
 import threading
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import grpc
@@ -79,8 +79,9 @@ class Predictor:
     def setup(self) -> None:
         """Load weights and other slow state; called once before serving."""
 
-    def predict(self, **input: Any) -> Any:
-        raise NotImplementedError
+    #: The model: called with the inputs as keyword arguments (its
+    #: signature is the input schema); returns the output, or yields it.
+    predict: Callable[..., Any]
 
 
 #: Yield ``Log("...")`` from ``predict`` to emit a log line.
@@ -208,7 +209,7 @@ class Model:
     def __init__(
         self,
         name: str,
-        predictor: Callable[..., Any] | Any,
+        predictor: Any,  # a function, a predictor class, or an object with predict
         *,
         version: str | None = None,
         input_schema: dict[str, Any] | None = None,
@@ -327,7 +328,7 @@ class _Outbox:
                 return items, ended, error
 
 
-def _drain_generator(generator: Iterator[Any], outbox: _Outbox) -> None:
+def _drain_generator(generator: Generator[Any, Any, Any], outbox: _Outbox) -> None:
     """Run a sync generator to its end in this worker thread. Cancelled, it is
     closed right after the ``next()`` in progress returns: never while it runs."""
     try:

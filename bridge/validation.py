@@ -129,12 +129,15 @@ def _no_remote_refs(uri: str) -> Any:
 
 
 def _not_fetched(uri: str) -> referencing.Resource[Any]:
-    raise referencing.exceptions.NoSuchResource(ref=uri)
+    # attrs fields; mypy's attrs plugin misses their keyword names.
+    raise referencing.exceptions.NoSuchResource(ref=uri)  # type: ignore[call-arg]
 
 
 #: Where jsonschema looks up a ``$ref`` outside the schema: nowhere (it
 #: would fetch it, with a DeprecationWarning, wherever it points).
-_LOCAL_ONLY: referencing.Registry[Any] = referencing.Registry(retrieve=_not_fetched)
+_LOCAL_ONLY: referencing.Registry[Any] = referencing.Registry(
+    retrieve=_not_fetched  # type: ignore[call-arg]
+)
 
 
 def validate_input(schema: dict[str, Any], input: Any) -> None:

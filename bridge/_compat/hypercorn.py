@@ -128,6 +128,7 @@ async def serve_http(
             listeners: list[trio.abc.Listener[Any]] = []
             ssl_context = config.create_ssl_context()  # with ALPN: h2, http/1.1
             for sock in sockets.secure_sockets:
+                assert ssl_context is not None  # secure sockets come with a certificate
                 plain = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
                 listeners.append(trio.SSLListener(plain, ssl_context, https_compatible=True))
                 binds.append(f"https://{repr_socket_addr(sock.family, sock.getsockname())}")
@@ -312,7 +313,7 @@ class _Connection(TCPServer):
             with trio.CancelScope(shield=True):
                 await self.stream.aclose()
 
-    @property  # type: ignore[override]
+    @property
     def protocol(self) -> ProtocolWrapper:
         return self._protocol
 
@@ -538,7 +539,7 @@ class _BoundedH2(H2Protocol):
         buffer = self.stream_buffers.pop(stream_id, None)
         if buffer is not None:
             await buffer.close()
-        with suppress(priority.MissingStreamError):
+        with suppress(priority.priority.MissingStreamError):
             self.priority.remove_stream(stream_id)
         with suppress(h2.exceptions.ProtocolError):
             self.connection.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
