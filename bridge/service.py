@@ -15,7 +15,7 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 import msgspec
@@ -308,6 +308,14 @@ class Bridge:
             await prediction.events.wait_closed()
         return prediction
 
+    def _matching(self, owner: str | None, *, newest_first: bool) -> Iterator[Prediction]:
+        """The predictions *owner* may see (all, for None), newest or oldest
+        first: the registry is in creation order."""
+        predictions = self.predictions.values()
+        for prediction in reversed(predictions) if newest_first else predictions:
+            if owner is None or prediction.owner == owner:
+                yield prediction
+
     async def page(
         self,
         cursor: str | None,
@@ -323,14 +331,12 @@ class Bridge:
         tasks between predictions, so a page of large ones stalls no one.
         """
         self.retention.prune()
-        newest_first = sorted(
-            (p for p in self.predictions.values() if owner is None or p.owner == owner),
-            key=lambda p: p.seq,
-            reverse=True,
-        )
+        # The registry is in creation order (seq order): walked from either
+        # end, never sorted. Each walk is taken whole before the first await
+        # (creates and retention change the registry meanwhile).
         newer_first = True
         if not cursor:
-            walk = newest_first
+            walk = self._matching(owner, newest_first=True)
         else:
             # Parsed once, and only cursors this server could have given out
             # (int() of thousands of digits costs quadratic time, per
@@ -343,14 +349,15 @@ class Bridge:
                 )
             seq = int(match[2])
             if match[1] == "b":
-                walk = [p for p in newest_first if p.seq < seq]
+                walk = (p for p in self._matching(owner, newest_first=True) if p.seq < seq)
             else:
                 # Newer than the cursor: the ones next to it first.
-                walk = [p for p in reversed(newest_first) if p.seq > seq]
+                walk = (p for p in self._matching(owner, newest_first=False) if p.seq > seq)
                 newer_first = False
+        candidates = list(itertools.islice(walk, self.settings.page_size))
         taken: list[tuple[Prediction, bytes]] = []
         size = 0
-        for prediction in walk[: self.settings.page_size]:
+        for prediction in candidates:
             encoded = await encode(prediction)
             if taken and size + len(encoded) > self.settings.max_page_bytes:
                 break
@@ -362,8 +369,10 @@ class Bridge:
         if not newer_first:
             taken.reverse()
         first, last = taken[0][0], taken[-1][0]
-        older = newest_first[-1].seq < last.seq
-        newer = newest_first[0].seq > first.seq
+        oldest = next(self._matching(owner, newest_first=False), None)
+        newest = next(self._matching(owner, newest_first=True), None)
+        older = oldest is not None and oldest.seq < last.seq
+        newer = newest is not None and newest.seq > first.seq
         return Page(
             [encoded for _, encoded in taken],
             f"b{last.seq}" if older else None,

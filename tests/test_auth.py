@@ -74,6 +74,30 @@ async def test_each_token_sees_only_its_own(url: str) -> None:
         assert (await anyone.get(mine["urls"]["get"], headers=legacy)).status_code == 200
 
 
+async def test_each_token_pages_through_its_own_newest_first(start_bridge: StartBridge) -> None:
+    url = await start_bridge(auth_tokens=frozenset({"r8_alice", "r8_bob"}), page_size=2)
+    async with (
+        httpx.AsyncClient(base_url=url, headers=ALICE) as alice,
+        httpx.AsyncClient(base_url=url, headers=BOB) as bob,
+    ):
+        ids: dict[str, list[str]] = {"alice": [], "bob": []}
+        for i in range(7):  # interleaved: alice, bob, bob, alice, bob, bob, alice
+            who, client = ("alice", alice) if i % 3 == 0 else ("bob", bob)
+            ids[who].append((await create(client, "demo/echo", {"prompt": f"p{i}"}))["id"])
+        for who, client in (("alice", alice), ("bob", bob)):
+            pages, next_url = [], "/v1/predictions"
+            while next_url:
+                page = (await client.get(next_url)).json()
+                pages.append([p["id"] for p in page["results"]])
+                next_url, previous = page["next"], page["previous"]
+            newest_first = ids[who][::-1]
+            assert pages == [newest_first[i : i + 2] for i in range(0, len(newest_first), 2)]
+            assert previous is not None or len(pages) == 1
+            if previous:
+                back = (await client.get(previous)).json()
+                assert [p["id"] for p in back["results"]] == pages[-2]
+
+
 async def test_cors_for_allowed_origins(url: str) -> None:
     origin = {"Origin": "http://app.example"}
     async with httpx.AsyncClient(base_url=url) as client:
