@@ -467,9 +467,9 @@ class GrpcLoop:
         try:
             return protocol.model_info_from_pb(await self._run(call))
         except grpc.RpcError as exc:
-            raise map_rpc_error(exc) from None
+            raise map_rpc_error(exc) from exc
         except ValueError as exc:
-            raise BackendProtocolError(f"model backend sent {exc}") from None
+            raise BackendProtocolError(f"model backend sent {exc}") from exc
 
     async def check_health(self, target: str) -> str:
         """The backend's ``grpc.health.v1`` status name, or ``UNAVAILABLE``."""

@@ -179,8 +179,9 @@ async def test_unreachable_backend_is_unavailable() -> None:
             ) as stream:
                 async for _ in stream:
                     pass
-        with pytest.raises(BackendUnavailable):
+        with pytest.raises(BackendUnavailable) as failed:
             await grpc_loop.describe(closed_port_target())
+        assert isinstance(failed.value.__cause__, grpc.RpcError)  # kept for the logs
         assert await grpc_loop.check_health(closed_port_target()) == "UNAVAILABLE"
 
 
