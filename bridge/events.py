@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import logging
 import re
 import time
 from array import array
@@ -38,6 +39,8 @@ import trio
 
 from . import strictjson
 from .sse import LINE_BREAK, encode_event
+
+log = logging.getLogger(__name__)
 
 __all__ = ["EVENT_COST", "SLICE_BYTES", "EventLog", "LogView", "OutputBatch", "log_cost"]
 
@@ -122,8 +125,9 @@ class EventLog:
         self._seconds = array("Q")  # the unix seconds of that run
         self._closed = False
         self._waiters = trio.lowlevel.ParkingLot()
-        #: Readers written to in the append itself (see follow).
-        self._followers: list[Follower] = []
+        #: Readers written to in the append itself (see follow); a dict, so
+        #: that one leaves in O(1) however many follow.
+        self._followers: dict[Follower, None] = {}
         #: Output chunks in the log.
         self.output_count = 0
 
@@ -166,7 +170,11 @@ class EventLog:
         self._waiters.unpark_all()
         if self._followers:
             for follower in tuple(self._followers):
-                follower.news()
+                try:
+                    follower.news()
+                except Exception:  # a reader's failure is not the prediction's
+                    log.exception("a stream reader failed to write; it goes on the usual way")
+                    follower.wake()
 
     def append_output(self, batch: OutputBatch) -> None:
         """Append every chunk of *batch*, one ``output`` event each."""
@@ -215,12 +223,12 @@ class EventLog:
         """Call ``follower.news()`` in each append from now on, until
         :meth:`unfollow`; ``follower.wake()`` when the log closes or is
         nudged."""
-        self._followers.append(follower)
+        self._followers[follower] = None
         if self._closed:
             follower.wake()
 
     def unfollow(self, follower: Follower) -> None:
-        self._followers.remove(follower)
+        del self._followers[follower]
 
     def _wake_followers(self) -> None:
         for follower in tuple(self._followers):

@@ -245,6 +245,11 @@ class PredictStream:
         if self._items:
             self._hand_over()
 
+    @property
+    def stopped(self) -> bool:
+        """Whether a delivered call has ended (wait_end returns at once)."""
+        return self._stop is not None
+
     async def wait_end(self) -> None:
         """Wait until a delivered call ends: return when it succeeded, raise
         its :class:`PredictionError`, or what the handler raised."""
@@ -366,12 +371,13 @@ class GrpcLoop:
 
     async def _start(self) -> None:
         try:
-            # Trio is a guest on this loop (see run): the calls run here.
-            self._loop = asyncio.get_running_loop()
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
-            pass
-        else:
-            self._call_soon = self._loop.call_soon
+            running = None
+        if running is not None and running is _guest_host:
+            # Trio is a guest on this loop (see run): the calls run here.
+            self._loop = running
+            self._call_soon = running.call_soon
             return
         # A daemon thread: if it ever wedges, it cannot keep the process alive.
         self._thread = threading.Thread(
@@ -544,21 +550,31 @@ async def open_grpc_loop(
 
 
 def _end_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """Cancel what is left on *loop*, and let it finish."""
+    """Cancel what is left on *loop*, and let it finish (waiting at most
+    :data:`CLEANUP_TIMEOUT` for tasks that ignore their cancel)."""
     pending = asyncio.all_tasks(loop)
     for task in pending:
         task.cancel()
-    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    if pending:
+        loop.run_until_complete(asyncio.wait(pending, timeout=CLEANUP_TIMEOUT))
     loop.run_until_complete(loop.shutdown_asyncgens())
+
+
+#: The asyncio loop :func:`run` hosts Trio on, while it does: the loop a
+#: GrpcLoop opened inside that run uses (not any loop that happens to be
+#: running in the thread, such as one blocked in a plain trio.run).
+_guest_host: asyncio.AbstractEventLoop | None = None
 
 
 def run(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     """``trio.run(async_fn, *args)``, with Trio a guest on a new asyncio
     event loop in this thread: every :class:`GrpcLoop` opened inside runs
     its gRPC calls on that loop, in the same thread as Trio."""
+    global _guest_host
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     done: asyncio.Future[Any] = loop.create_future()
+    _guest_host = loop
     try:
         trio.lowlevel.start_guest_run(
             async_fn,
@@ -569,6 +585,7 @@ def run(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         result = loop.run_until_complete(done)
         _end_loop(loop)
     finally:
+        _guest_host = None
         loop.close()
         asyncio.set_event_loop(None)
     return result.unwrap()  # type: ignore[no-any-return]

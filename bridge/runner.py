@@ -148,7 +148,9 @@ async def _stream(
                 await stream.wait_end()
             if not sink.waited.cancelled_caught:
                 break
-            if trio.current_time() >= sink.deadline():
+            # Past the deadline, unless the end came in the same moment (the
+            # call's own outcome wins: the next wait_end returns it at once).
+            if trio.current_time() >= sink.deadline() and not stream.stopped:
                 name, seconds = (
                     ("idle_seconds", idle)
                     if prediction.output_count

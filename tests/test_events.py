@@ -182,3 +182,19 @@ def test_a_dropped_log_wakes_its_followers() -> None:
     log.follow(follower)
     log.drop()
     assert follower.told == [("wake", 0, True)]
+
+
+def test_a_follower_that_fails_is_woken_and_no_one_else_notices(caplog) -> None:
+    class Broken(_Recorder):
+        def news(self) -> None:
+            raise OSError("its socket broke in a way no one expected")
+
+    log = EventLog()
+    broken, fine = Broken(log), _Recorder(log)
+    log.follow(broken)
+    log.follow(fine)
+    log.append_output(OutputBatch(["a", "b"]))
+    assert broken.told == [("wake", 2, False)]  # it goes on the usual way
+    assert fine.told == [("news", 2, False)]
+    assert log.output_count == 2
+    assert "a stream reader failed to write" in caplog.text

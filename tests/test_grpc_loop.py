@@ -272,3 +272,20 @@ async def test_a_wedged_loop_thread_cannot_hang_shutdown() -> None:
         release.set()
     await trio.to_thread.run_sync(thread.join, 5)
     assert not thread.is_alive()
+
+
+def test_trio_run_inside_a_running_asyncio_loop_still_gets_a_loop_thread(
+    raw_target: str,
+) -> None:
+    """A plain trio.run called from a coroutine blocks that asyncio loop:
+    it is not a host to run calls on (only grpc_loop.run's loop is)."""
+
+    async def main() -> tuple[bool, str]:
+        with trio.fail_after(10):
+            async with open_grpc_loop() as grpc_loop:
+                return grpc_loop._thread is not None, await grpc_loop.check_health(raw_target)
+
+    async def in_asyncio() -> tuple[bool, str]:
+        return trio.run(main)
+
+    assert asyncio.run(in_asyncio()) == (True, "UNKNOWN")

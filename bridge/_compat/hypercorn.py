@@ -53,6 +53,7 @@ import errno
 import logging
 import os
 import re
+import weakref
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -233,8 +234,10 @@ async def _run_connection(connection: _Connection, slots: _Slots) -> None:
 _BODY_FRAMES = (ChunkedWriter, Http10Writer)
 
 #: The connection whose tasks these are (each request's task is started
-#: by its connection's task, so it sees its own).
-_CONNECTION: contextvars.ContextVar[_Connection | None] = contextvars.ContextVar(
+#: by its connection's task, so it sees its own). A weak reference: the
+#: tasks a request starts (a prediction's) inherit it, and must not keep the
+#: connection alive.
+_CONNECTION: contextvars.ContextVar[weakref.ref[_Connection] | None] = contextvars.ContextVar(
     "bridge_http_connection", default=None
 )
 
@@ -272,7 +275,8 @@ class ChunkWriter:
 def chunk_writer() -> ChunkWriter | None:
     """A :class:`ChunkWriter` for the current request's connection, or None
     if there is no such connection (another server, HTTP/2 or TLS)."""
-    connection = _CONNECTION.get()
+    ref = _CONNECTION.get()
+    connection = ref() if ref is not None else None
     if connection is None or connection.fd < 0:
         return None
     if not isinstance(connection.protocol.protocol, _StrictH11):
@@ -299,7 +303,7 @@ class _Connection(TCPServer):
         self.unsent = b""
 
     async def run(self) -> None:
-        _CONNECTION.set(self)
+        _CONNECTION.set(weakref.ref(self))
         try:
             await super().run()
         except* Exception as group:
