@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument("--name", help="owner/name it is served as (default local/<file>)")
     model.add_argument("--host", default="127.0.0.1")
     model.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    model.add_argument("--certfile", help="serve over TLS: this certificate (PEM) ...")
+    model.add_argument("--keyfile", help="... and its key (PEM)")
+    model.add_argument(
+        "--client-ca", help="mutual TLS: clients must show a certificate from this CA (PEM)"
+    )
 
     predict = sub.add_parser("predict", help="run a prediction, streaming it to the terminal")
     predict.add_argument("model", help="owner/name")

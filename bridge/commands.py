@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.command == "demo-backend":
             asyncio.run(_demo_backend(args.host, args.port, args.model))
         elif args.command == "serve-model":
-            return _serve_model(args.ref, args.name, args.host, args.port)
+            return _serve_model(args)
         elif args.command == "run-demo":
             # The config is checked now, before anything starts (the demo
             # models' real targets are known once their backend listens).
@@ -158,19 +158,26 @@ async def _demo_backend(host: str, port: int, only: str | None) -> None:
             )
 
 
-def _serve_model(ref: str, name: str | None, host: str, port: int) -> int:
+def _serve_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .cogmodel import ModelLoadError, load_model
-    from .sdk import serve
+    from .sdk import ServerTLS, serve
 
-    name = name or f"local/{Path(ref.rpartition(':')[0]).stem}"
+    if (args.certfile is None) != (args.keyfile is None) or (args.client_ca and not args.certfile):
+        print(
+            "error: --certfile and --keyfile go together (and --client-ca needs them)",
+            file=sys.stderr,
+        )
+        return 2
+    tls = ServerTLS(args.certfile, args.keyfile, args.client_ca) if args.certfile else None
+    name = args.name or f"local/{Path(args.ref.rpartition(':')[0]).stem}"
     try:
-        model = load_model(ref, name)
+        model = load_model(args.ref, name)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    serve(model, host=host, port=port)  # a ListenError is reported by run
+    serve(model, host=args.host, port=args.port, tls=tls)  # a ListenError is reported by run
     return 0
 
 

@@ -91,6 +91,13 @@ class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     total_seconds: Seconds | None = None
     #: Output bytes one prediction may produce (None: the global cap).
     max_output_bytes: Bytes | None = None
+    #: TLS to the backends (plaintext unless set): their certificates are
+    #: checked against ca_file (PEM; None: the system's roots), and with
+    #: client_cert and client_key (PEM) the bridge shows its own (mutual TLS).
+    tls: bool = False
+    ca_file: Text | None = None
+    client_cert: Text | None = None
+    client_key: Text | None = None
 
 
 class DeploymentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -314,9 +321,20 @@ def _model(name: str, spec: Any) -> ModelSettings:
         raise ConfigError(f'[models."{name}"] needs targets = ["host:port", ...]')
     _check_keys(f'models."{name}"', spec, set(ModelSettings.__struct_fields__) - {"name"})
     try:
-        return msgspec.convert({**spec, "name": name}, ModelSettings)
+        model = msgspec.convert({**spec, "name": name}, ModelSettings)
     except msgspec.ValidationError as exc:
         raise ConfigError(_where(exc, lambda field: f'[models."{name}"] {field}')) from None
+    where = f'[models."{name}"]'
+    files = {"ca_file": model.ca_file, "client_cert": model.client_cert}
+    files["client_key"] = model.client_key
+    if not model.tls and any(files.values()):
+        raise ConfigError(f"{where} ca_file, client_cert and client_key need tls = true")
+    if (model.client_cert is None) != (model.client_key is None):
+        raise ConfigError(f"{where} client_cert and client_key go together: set both or neither")
+    for key, path in files.items():
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"{where} {key}: cannot read {path}")
+    return model
 
 
 def _deployment(name: str, spec: Any, models: dict[str, ModelSettings]) -> DeploymentSettings:

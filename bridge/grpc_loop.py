@@ -340,6 +340,8 @@ class GrpcLoop:
         self._hub = _WakeHub(self._token)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
+        #: TLS credentials of the targets that use TLS (see secure).
+        self._credentials: dict[str, grpc.ChannelCredentials] = {}
         self._thread: threading.Thread | None = None
         #: Schedules a callback on the loop from Trio: from another thread,
         #: call_soon_threadsafe (which wakes the loop); from a guest run's
@@ -410,12 +412,31 @@ class GrpcLoop:
             return
         log.error("the gRPC loop thread did not stop within %g s; leaving it", seconds)
 
+    def secure(
+        self,
+        target: str,
+        root_certificates: bytes | None = None,
+        private_key: bytes | None = None,
+        certificate_chain: bytes | None = None,
+    ) -> None:
+        """Use TLS to *target* (before its first call): its certificate
+        checked against *root_certificates* (PEM; None: the system's), and
+        with *private_key* and *certificate_chain* this side's shown (mutual
+        TLS)."""
+        self._credentials[target] = grpc.ssl_channel_credentials(
+            root_certificates, private_key, certificate_chain
+        )
+
     def _channel(self, target: str) -> grpc.aio.Channel:
         """The channel for *target*; on the loop only (grpc.aio objects
         belong to the loop that made them)."""
         channel = self._channels.get(target)
         if channel is None:
-            channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            credentials = self._credentials.get(target)
+            if credentials is None:
+                channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            else:
+                channel = grpc.aio.secure_channel(target, credentials, options=_CHANNEL_OPTIONS)
             self._channels[target] = channel
         return channel
 

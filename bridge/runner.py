@@ -107,6 +107,10 @@ async def _start(
     size = prediction.input_size
     give_up_at = trio.current_time() + entry.settings.start_timeout_seconds
     backoff = 0.1
+    # Why the backend could not be reached last time, if it said: a better
+    # reason to give up with than the timeout (a TLS handshake that fails,
+    # say).
+    unavailable: BackendUnavailable | None = None
     while True:
         try:
             if not validated:
@@ -114,6 +118,8 @@ async def _start(
                     await describe(entry)
                 info = entry.info
                 if info is None:
+                    if unavailable is not None:
+                        raise _with_hint(unavailable, entry)
                     raise BackendUnavailable("model backend unavailable: Describe timed out")
                 await offload(size, partial(_check_input, info.input_schema, prediction))
                 prediction.version = prediction.version or info.version
@@ -121,12 +127,28 @@ async def _start(
             request = await offload(size, partial(_request, prediction))
             await _stream(prediction, entry, grpc, sink, request)
             return
-        except BackendUnavailable:
+        except BackendUnavailable as exc:
             left = give_up_at - trio.current_time()
             if prediction.started_at is not None or left <= 0:
                 raise
+            unavailable = exc
         await trio.sleep(min(backoff, left))
         backoff = min(2 * backoff, 1.0)
+
+
+def _with_hint(error: BackendUnavailable, entry: ModelEntry) -> BackendUnavailable:
+    """*error*, with what to check if the backend hung up on the connection
+    before it could say anything: the usual cause is TLS on one side only."""
+    if not str(error).endswith("Socket closed"):
+        return error
+    settings = entry.settings
+    if not settings.tls:
+        hint = "if the backend serves TLS, set tls = true for this model"
+    elif settings.client_cert is None:
+        hint = "if the backend asks for a client certificate, set client_cert and client_key"
+    else:
+        return error
+    return BackendUnavailable(f"{error} ({hint})")
 
 
 async def _stream(

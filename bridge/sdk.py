@@ -65,6 +65,7 @@ __all__ = [
     "Model",
     "ModelServer",
     "Predictor",
+    "ServerTLS",
     "serve",
     "serve_async",
 ]
@@ -438,8 +439,10 @@ async def serve_async(
     ready: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
     max_threads: int = 64,
+    tls: ServerTLS | None = None,
 ) -> None:
-    """Serve *model* until *stop* is set (or forever); *ready* gets the port."""
+    """Serve *model* until *stop* is set (or forever); *ready* gets the port.
+    With *tls*, over TLS only (and mutual TLS if it names a client CA)."""
     with concurrent.futures.ThreadPoolExecutor(max_threads, "model") as executor:
         await asyncio.get_running_loop().run_in_executor(executor, model.setup)
         if port:
@@ -451,7 +454,10 @@ async def serve_async(
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         try:
-            bound = server.add_insecure_port(f"{host}:{port}")
+            if tls is None:
+                bound = server.add_insecure_port(f"{host}:{port}")
+            else:
+                bound = server.add_secure_port(f"{host}:{port}", tls.credentials())
         except RuntimeError:  # grpc's "Failed to bind to address"
             bound = 0
         if bound == 0:
@@ -470,6 +476,28 @@ async def serve_async(
             await server.stop(grace=1.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class ServerTLS:
+    """A model server's certificate and key (PEM files), and for mutual TLS
+    the CA its clients' certificates must chain to."""
+
+    certfile: str
+    keyfile: str
+    client_ca: str | None = None
+
+    def credentials(self) -> Any:
+        """grpc's server credentials (the files are read now)."""
+        with open(self.keyfile, "rb") as key, open(self.certfile, "rb") as cert:
+            pair = (key.read(), cert.read())
+        client_ca = None
+        if self.client_ca is not None:
+            with open(self.client_ca, "rb") as ca:
+                client_ca = ca.read()
+        return grpc.ssl_server_credentials(
+            [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+
+
 def _check_free(host: str, port: int) -> None:
     """Raise :class:`ListenError` if *host*:*port* cannot be listened on
     (taken, or not ours to take): said before grpc, which would log its own
@@ -483,7 +511,9 @@ def _check_free(host: str, port: int) -> None:
             raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-def serve(model: Model, *, host: str = "127.0.0.1", port: int = 0) -> None:
+def serve(
+    model: Model, *, host: str = "127.0.0.1", port: int = 0, tls: ServerTLS | None = None
+) -> None:
     """Serve *model* in the foreground until SIGINT or SIGTERM."""
 
     async def main() -> None:
@@ -495,7 +525,7 @@ def serve(model: Model, *, host: str = "127.0.0.1", port: int = 0) -> None:
         def ready(bound: int) -> None:
             print(f"{model.info.name} listening on {host}:{bound}", flush=True)
 
-        await serve_async(model, host=host, port=port, ready=ready, stop=stop)
+        await serve_async(model, host=host, port=port, ready=ready, stop=stop, tls=tls)
 
     asyncio.run(main())
 
@@ -509,10 +539,18 @@ class ModelServer:
             target = server.target   # "127.0.0.1:<port>"
     """
 
-    def __init__(self, model: Model, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        model: Model,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ServerTLS | None = None,
+    ) -> None:
         self.model = model
         self.host = host
         self.port = port
+        self.tls = tls
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -548,7 +586,12 @@ class ModelServer:
                 self._ready.set()
 
             await serve_async(
-                self.model, host=self.host, port=self.port, ready=ready, stop=self._stop
+                self.model,
+                host=self.host,
+                port=self.port,
+                ready=ready,
+                stop=self._stop,
+                tls=self.tls,
             )
 
         try:

@@ -34,7 +34,7 @@ from ._compat.hypercorn import ConnectionLimits, serve_http
 from .app import create_app
 from .config import Settings
 from .errors import ListenError
-from .grpc_loop import open_grpc_loop
+from .grpc_loop import GrpcLoop, open_grpc_loop
 from .service import Bridge
 from .webhooks import WebhookPolicy, WebhookSender, load_or_create_secret, open_webhook_client
 
@@ -86,6 +86,7 @@ async def serve(
             timeout=settings.webhook_timeout_seconds,
             host_connections=settings.webhook_host_connections,
         )
+        _secure_backends(settings, grpc_loop)
         bridge = Bridge(settings, grpc_loop, predictions, webhooks, policy)
         predictions.start_soon(bridge.keep_alive)
         app = create_app(bridge)
@@ -174,6 +175,18 @@ def connection_limit() -> int:
         except (ValueError, OSError):
             pass
     return max(64, soft - FD_RESERVE)
+
+
+def _secure_backends(settings: Settings, grpc_loop: GrpcLoop) -> None:
+    """TLS to the targets of each model with ``tls = true``."""
+    for model in settings.models.values():
+        if model.tls:
+            ca, key, cert = (
+                Path(path).read_bytes() if path is not None else None
+                for path in (model.ca_file, model.client_key, model.client_cert)
+            )
+            for target in model.targets:
+                grpc_loop.secure(target, ca, key, cert)
 
 
 def _listen(config: hypercorn.config.Config, stall_seconds: float) -> Sockets:
