@@ -518,7 +518,9 @@ def create_app(bridge: Bridge) -> QuartTrio:
 
         async def check(entry: ModelEntry) -> None:
             with trio.move_on_after(1.0):
-                models[entry.name] = await bridge.grpc.check_health(entry.next_target())
+                status = await bridge.grpc.check_health(entry.next_target())
+                # A bridge.sdk backend says NOT_SERVING while setup() runs.
+                models[entry.name] = "LOADING" if status == "NOT_SERVING" else status
 
         # All at once: the answer takes as long as the slowest backend, not
         # as long as all of them together.

@@ -83,6 +83,9 @@ class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     #: How long a prediction keeps retrying a backend that cannot be reached
     #: before it fails with "model backend unavailable".
     start_timeout_seconds: Seconds = 10.0
+    #: How long a prediction waits for a backend whose model is still
+    #: loading (its setup() running: it refuses predictions as loading).
+    load_timeout_seconds: Seconds = 600.0
     #: Deadlines: from start to the first output, between outputs, and for
     #: the whole prediction (also the gRPC deadline; off unless set). The
     #: first two are on by default, so a backend that hangs ends in time.

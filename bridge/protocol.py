@@ -16,7 +16,13 @@ from bridge._proto.v1 import predictor_pb2 as pb
 
 from . import strictjson
 
+#: The UNAVAILABLE status message of a backend whose model is still loading
+#: (``setup()`` has not returned): the bridge keeps such predictions
+#: waiting, up to the model's ``load_timeout_seconds``.
+LOADING = "model is loading"
+
 __all__ = [
+    "LOADING",
     "LogLine",
     "MetricsUpdate",
     "ModelInfo",

@@ -106,6 +106,7 @@ async def _start(
     model's start_timeout_seconds; once it started, no retry."""
     size = prediction.input_size
     give_up_at = trio.current_time() + entry.settings.start_timeout_seconds
+    loaded_by = trio.current_time() + entry.settings.load_timeout_seconds
     backoff = 0.1
     # Why the backend could not be reached last time, if it said: a better
     # reason to give up with than the timeout (a TLS handshake that fails,
@@ -128,8 +129,18 @@ async def _start(
             await _stream(prediction, entry, grpc, sink, request)
             return
         except BackendUnavailable as exc:
-            left = give_up_at - trio.current_time()
-            if prediction.started_at is not None or left <= 0:
+            # A model still loading is waited for longer than one that
+            # cannot be reached; either way the prediction stays starting.
+            loading = str(exc).endswith(protocol.LOADING)
+            left = (loaded_by if loading else give_up_at) - trio.current_time()
+            if prediction.started_at is not None:
+                raise
+            if left <= 0:
+                if loading:
+                    seconds = entry.settings.load_timeout_seconds
+                    raise BackendUnavailable(
+                        f"{exc}: still loading after load_timeout_seconds ({seconds:g} s)"
+                    ) from exc
                 raise
             unavailable = exc
         await trio.sleep(min(backoff, left))

@@ -368,6 +368,9 @@ class _Servicer(predictor_pb2_grpc.PredictorServicer):
     def __init__(self, model: Model, executor: concurrent.futures.Executor) -> None:
         self._model = model
         self._executor = executor
+        #: Until setup() has returned: predictions are refused (UNAVAILABLE,
+        #: protocol.LOADING), which the bridge waits out.
+        self.loading = True
 
     async def Describe(self, request: Any, context: Any) -> predictor_pb2.DescribeResponse:
         return protocol.model_info_to_pb(self._model.info)
@@ -410,6 +413,9 @@ class _Servicer(predictor_pb2_grpc.PredictorServicer):
     async def Predict(
         self, request: predictor_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> None:
+        if self.loading:
+            log.info("prediction %s refused: %s", request.id, protocol.LOADING)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, protocol.LOADING)
         input = self._model.coerce_input(protocol.request_input(request))
         log.info("prediction %s started", request.id)
         # Headers now tell the bridge the model is running.
@@ -440,17 +446,24 @@ async def serve_async(
     stop: asyncio.Event | None = None,
     max_threads: int = 64,
     tls: ServerTLS | None = None,
+    loaded: Callable[[], None] | None = None,
 ) -> None:
-    """Serve *model* until *stop* is set (or forever); *ready* gets the port.
-    With *tls*, over TLS only (and mutual TLS if it names a client CA)."""
+    """Serve *model* until *stop* is set (or forever); *ready* gets the port
+    once it listens, and *loaded* is called once ``setup()`` is done.
+    With *tls*, over TLS only (and mutual TLS if it names a client CA).
+
+    It listens at once and runs ``setup()`` (weights can take minutes to
+    load) while it does: meanwhile Describe answers, the gRPC health status
+    is NOT_SERVING, and predictions are refused as loading, which the
+    bridge waits out."""
     with concurrent.futures.ThreadPoolExecutor(max_threads, "model") as executor:
-        await asyncio.get_running_loop().run_in_executor(executor, model.setup)
         if port:
             _check_free(host, port)
         # Not grpc's default SO_REUSEPORT: a second server on a port in use
         # would share it, and requests would split between old and new code.
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        predictor_pb2_grpc.add_PredictorServicer_to_server(_Servicer(model, executor), server)
+        servicer = _Servicer(model, executor)
+        predictor_pb2_grpc.add_PredictorServicer_to_server(servicer, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         try:
@@ -463,17 +476,26 @@ async def serve_async(
         if bound == 0:
             raise ListenError(f"cannot listen on {host}:{port}")
         await server.start()
-        serving = health_pb2.HealthCheckResponse.SERVING
-        await health_servicer.set("", serving)
-        await health_servicer.set("bridge.v1.Predictor", serving)
+        await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
         if ready is not None:
             ready(bound)
         try:
+            await asyncio.get_running_loop().run_in_executor(executor, model.setup)
+            servicer.loading = False
+            await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+            if loaded is not None:
+                loaded()
             await (stop.wait() if stop is not None else server.wait_for_termination())
         finally:
             await health_servicer.enter_graceful_shutdown()
             # Running predictions get a moment, then are cancelled.
             await server.stop(grace=1.0)
+
+
+async def _set_health(servicer: Any, status: Any) -> None:
+    """The same status for the server as a whole and for bridge.v1."""
+    await servicer.set("", status)
+    await servicer.set("bridge.v1.Predictor", status)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -546,11 +568,14 @@ class ModelServer:
         host: str = "127.0.0.1",
         port: int = 0,
         tls: ServerTLS | None = None,
+        wait_for_setup: bool = True,
     ) -> None:
         self.model = model
         self.host = host
         self.port = port
         self.tls = tls
+        #: Whether entering waits for setup() too, or only until it listens.
+        self.wait_for_setup = wait_for_setup
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -583,7 +608,8 @@ class ModelServer:
 
             def ready(bound: int) -> None:
                 self.port = bound
-                self._ready.set()
+                if not self.wait_for_setup:
+                    self._ready.set()
 
             await serve_async(
                 self.model,
@@ -592,6 +618,7 @@ class ModelServer:
                 ready=ready,
                 stop=self._stop,
                 tls=self.tls,
+                loaded=self._ready.set,
             )
 
         try:
