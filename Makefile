@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8000
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-busy proto lint bench clean screenshot
+.PHONY: run test test-fast test-busy proto lint bench clean screenshot
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,18 @@ test: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM)
 	$(PY) -m ruff check bridge tests bench
 	$(PY) -m mypy
 	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q
+
+# The edit loop's tier (about 15 s): the modules that need no browser, no
+# backend process and no pty: units, the protocol and framing, and the API
+# against in-process bridges. make test runs everything, these included.
+FAST := tests/test_events.py tests/test_sse.py tests/test_compat.py tests/test_exports.py \
+	tests/test_predictions.py tests/test_grpc_loop.py tests/test_sdk.py tests/test_api.py \
+	tests/test_bad_input.py tests/test_limits.py tests/test_auth.py tests/test_metrics.py
+
+test-fast: bridge/_proto/v1/predictor_pb2.py
+	$(PY) -m ruff check bridge tests bench
+	$(PY) -m mypy
+	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q $(FAST)
 
 # The suite beside two CPU hogs (one per core here), as on a shared CI
 # machine: timing must come from events and Trio's clocks, not luck. The
