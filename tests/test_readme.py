@@ -72,3 +72,22 @@ async def test_serve_your_own_model_as_the_readme_says(tmp_path: Path) -> None:
                 process.terminate()
                 with trio.fail_after(20):
                     await process.wait()
+
+
+def test_every_toml_block_is_toml_with_keys_the_bridge_knows() -> None:
+    """The README's config examples parse, and name only settings that
+    exist (each checked as its section would be, files aside), beside the
+    demo models as run-demo serves them."""
+    import tomllib
+
+    from bridge.config import ConfigError, Settings
+
+    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), re.DOTALL)
+    assert len(blocks) >= 5
+    for body in blocks:
+        data = tomllib.loads(body)
+        try:
+            demo = {"demo/echo": ("127.0.0.1:1",), "demo/story": ("127.0.0.1:1",)}
+            Settings.from_dict(data, extra_models=demo)
+        except ConfigError as exc:
+            assert "cannot read" in str(exc), (body, exc)  # a file the example names
