@@ -358,6 +358,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
             cancel_after=deadline,
             owner=caller(),
             input_size=size,
+            base_url=base_url(),
         )
         if direct:
             # The OpenAI-style use: this response is the stream, and it owns

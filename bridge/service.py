@@ -235,12 +235,14 @@ class Bridge:
         cancel_after: float | None = None,
         owner: str | None = None,
         input_size: int = 0,
+        base_url: str | None = None,
     ) -> Prediction:
         """Validate *input* (and the webhook, and *stream*) and start a
         prediction of *entry*; it is cancelled *cancel_after* seconds from
         now wherever it is then, queued or running. An input of more than
         :data:`INLINE_BYTES` (*input_size*: the body's bytes) is checked in
-        a worker thread.
+        a worker thread. Its webhooks carry URLs under *base_url* (where the
+        creating request reached the bridge; else :attr:`base_url`).
 
         If the backend cannot describe the model right now, the prediction is
         still created; it validates and fails (or runs) once the backend
@@ -290,7 +292,9 @@ class Bridge:
         self._running.add(prediction)
         self._nursery.start_soon(self._run, prediction, entry, ticket, info is not None)
         if webhook and self.webhooks is not None:
-            self._nursery.start_soon(self._follow_webhook, prediction, webhook, events)
+            self._nursery.start_soon(
+                self._follow_webhook, prediction, webhook, events, base_url or self.base_url
+            )
         return prediction
 
     def cancel(self, prediction: Prediction) -> None:
@@ -380,12 +384,12 @@ class Bridge:
         )
 
     async def _follow_webhook(
-        self, prediction: Prediction, url: str, events: frozenset[str]
+        self, prediction: Prediction, url: str, events: frozenset[str], base_url: str
     ) -> None:
         assert self.webhooks is not None
 
         async def render(p: Prediction) -> bytes:
-            return await self.encode(p, self.base_url)
+            return await self.encode(p, base_url)
 
         with trio.CancelScope() as scope:
             self._webhook_scopes.add(scope)

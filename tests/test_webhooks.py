@@ -414,3 +414,20 @@ async def test_each_token_has_its_own_signing_secret(
         validate(delivery, a)
         with pytest.raises(InvalidSignatureError):
             validate(delivery, b)
+
+
+async def test_webhooks_carry_the_urls_the_creating_request_was_given(
+    start_bridge: StartBridge, receiver: Receiver
+) -> None:
+    """Not the address the bridge listens on (with --host 0.0.0.0 that was
+    http://0.0.0.0:PORT): the Host the creating request reached it by, as
+    in the create's own answer."""
+    url = await start_bridge(webhook_secret=SECRET, webhook_allow_hosts=LOCAL)
+    body = {"input": {"prompt": "a b"}, "webhook": receiver.url}
+    async with httpx.AsyncClient(base_url=url, headers={"Host": "bridge.example:8443"}) as client:
+        response = await client.post("/v1/models/demo/echo/predictions", json=body)
+        assert response.status_code == 201, response.text
+        await receiver.wait_completed()
+    answered = response.json()["urls"]["get"]
+    assert answered.startswith("http://bridge.example:8443/v1/predictions/")
+    assert {d.prediction["urls"]["get"] for d in receiver.deliveries} == {answered}
