@@ -42,9 +42,12 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import signal
 import socket
+import sys
 import threading
+import time
 import types
 import typing
 from collections.abc import Callable, Generator, Iterator
@@ -71,6 +74,11 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: The name prefix of the threads that run a model's sync code.
+MODEL_THREADS = "model"
+#: How long serve() waits, once stopped, for model calls still running.
+STUCK_CALL_SECONDS = 5.0
 
 
 class Predictor:
@@ -456,7 +464,8 @@ async def serve_async(
     load) while it does: meanwhile Describe answers, the gRPC health status
     is NOT_SERVING, and predictions are refused as loading, which the
     bridge waits out."""
-    with concurrent.futures.ThreadPoolExecutor(max_threads, "model") as executor:
+    executor = concurrent.futures.ThreadPoolExecutor(max_threads, MODEL_THREADS)
+    try:
         if port:
             _check_free(host, port)
         # Not grpc's default SO_REUSEPORT: a second server on a port in use
@@ -490,6 +499,10 @@ async def serve_async(
             await health_servicer.enter_graceful_shutdown()
             # Running predictions get a moment, then are cancelled.
             await server.stop(grace=1.0)
+    finally:
+        # Not waiting here for a model call stuck in predict (a sync
+        # generator's next() cannot be interrupted): see serve.
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 async def _set_health(servicer: Any, status: Any) -> None:
@@ -550,6 +563,25 @@ def serve(
         await serve_async(model, host=host, port=port, ready=ready, stop=stop, tls=tls)
 
     asyncio.run(main())
+    # A model call that is still running (a sync predict stuck in a call
+    # that never returns) would keep the process alive for ever: the
+    # interpreter joins its thread at exit. It gets a moment, then the
+    # process ends without it.
+    calls = [t for t in threading.enumerate() if t.name.startswith(MODEL_THREADS)]
+    give_up_at = time.monotonic() + STUCK_CALL_SECONDS
+    for thread in calls:
+        thread.join(max(0.0, give_up_at - time.monotonic()))
+    stuck = sum(thread.is_alive() for thread in calls)
+    if stuck:
+        log.warning(
+            "%d model call(s) still running %g s after the server stopped; exiting without them",
+            stuck,
+            STUCK_CALL_SECONDS,
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 class ModelServer:

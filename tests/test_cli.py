@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from tests.backends import read_until
-from tests.conftest import create, poll_until, read_stream
+from tests.conftest import StartBridge, create, poll_until, read_stream
 
 BRIDGE = [sys.executable, "-m", "bridge"]
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
@@ -318,3 +318,40 @@ async def test_a_port_in_use_is_one_line_and_exit_2(command: str, tmp_path: Path
     errors = result.stderr.decode()
     assert errors.splitlines()[-1] == said, errors  # after the start-up's log lines
     assert "Traceback" not in errors
+
+
+async def test_a_model_server_whose_predict_is_stuck_still_exits(
+    tmp_path: Path, start_bridge: StartBridge
+) -> None:
+    """A sync predict that never returns (stuck in a call) cannot be
+    interrupted: SIGTERM stops the server, the call gets STUCK_CALL_SECONDS
+    (5), and the process exits without it instead of waiting for ever."""
+    model = tmp_path / "stuck.py"
+    model.write_text(
+        "import threading\n"
+        "def predict(prompt: str):\n"
+        "    yield 'first '\n"
+        "    threading.Event().wait()  # stuck for good\n"
+    )
+    server = await _start(
+        ["serve-model", f"{model}:predict", "--name", "test/stuck", "--port", "0"]
+    )
+    try:
+        assert server.stdout is not None
+        seen: list[bytes] = []
+        target = (await read_until(server.stdout, rb"listening on (\S+)\n", seen))[1].decode()
+        url = await start_bridge({"test/stuck": target})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            prediction = await create(client, "test/stuck", {"prompt": "x"})
+
+            async def outputs() -> bool:
+                got = (await client.get(prediction["urls"]["get"])).json()
+                return bool(got["output"])
+
+            await poll_until(outputs)  # the model is inside predict, stuck
+        server.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            assert await server.wait() == 0
+    finally:
+        if server.returncode is None:
+            server.kill()
