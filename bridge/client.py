@@ -24,7 +24,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import httpx
 
@@ -94,7 +94,36 @@ def _tokens(count: int) -> str:
     return "1 token" if count == 1 else f"{count:,} tokens"
 
 
-def _status_line(prediction: dict[str, Any], err: TextIO) -> None:
+class _Tracked:
+    """A text stream that remembers the last character written to it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.last = ""
+
+    def write(self, text: str) -> int:
+        if text:
+            self.last = text[-1]
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def _end_line(out: Any) -> bool:
+    """End the output's last line if it is on a terminal and unended;
+    whether it did."""
+    try:
+        unended = out.isatty() and out.last not in ("", "\n")
+    except (OSError, ValueError):
+        return False
+    if unended:
+        out.write("\n")
+        out.flush()
+    return bool(unended)
+
+
+def _status_line(prediction: dict[str, Any], err: TextIO, lead: str = "\n") -> None:
     metrics = prediction.get("metrics") or {}
     parts = [prediction["status"]]
     if "time_to_first_token" in metrics:
@@ -105,7 +134,7 @@ def _status_line(prediction: dict[str, Any], err: TextIO) -> None:
         parts.append(_tokens(len(prediction["output"])))
     if prediction.get("error"):
         parts.append(f"error: {prediction['error']}")
-    print("\n" + _shown(err)(" · ".join(parts)), file=err, flush=True)
+    print(lead + _shown(err)(" · ".join(parts)), file=err, flush=True)
 
 
 class _Live:
@@ -240,6 +269,7 @@ def predict(
     err: TextIO = sys.stderr,
 ) -> int:
     """Run one prediction of *model*; returns the exit status."""
+    out = cast(TextIO, _Tracked(out))
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     timeout = httpx.Timeout(30, read=None)  # a stream may idle between tokens
     with httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout) as client:
@@ -276,7 +306,11 @@ def predict(
             print(f"error: cannot reach the bridge at {url}: {exc}", file=err, flush=True)
             return EXIT_REFUSED
         if not as_json:
-            _status_line(prediction, err)
+            # On a terminal, the output's last line is ended there (else the
+            # shell's prompt would follow it): the status line then needs no
+            # line feed of its own when it is on the same terminal.
+            ended = _end_line(out)
+            _status_line(prediction, err, lead="" if ended and _same_terminal(out, err) else "\n")
         return EXIT.get(prediction["status"], 1)
 
 

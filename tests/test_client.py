@@ -318,3 +318,34 @@ def test_the_status_line_counts_tokens_in_words() -> None:
     err = io.StringIO()
     _status_line({"status": "succeeded", "output": ["x"] * 12_345}, err)
     assert err.getvalue() == "\nsucceeded · 12,345 tokens\n"
+
+
+@pytest.mark.parametrize("mode", ["stream", "--wait"])
+async def test_on_a_terminal_the_output_ends_its_line(start_bridge: StartBridge, mode: str) -> None:
+    """With stdout a terminal and stderr elsewhere (2>/dev/null, a log),
+    the shell's prompt must not follow the output on its line."""
+    url = await start_bridge()
+    master, slave = pty.openpty()
+    args = ["prompt=hello"] + ([mode] if mode != "stream" else [])
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bridge", "predict", "demo/echo", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=subprocess.PIPE,
+        env=ENV | {"BRIDGE_URL": url},
+    )
+    os.close(slave)
+    shown = b""
+    with trio.fail_after(30):
+        while True:
+            await trio.lowlevel.wait_readable(master)
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the other side is closed: all is read
+                break
+            if not data:
+                break
+            shown += data
+        assert await process.wait() == 0
+    os.close(master)
+    assert shown == b"hello\r\n"  # the terminal's line end
