@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -220,12 +221,20 @@ async def test_one_trio_wake_up_for_all_streams_with_news() -> None:
         hub._token = CountingToken()
         streams = [PredictStream(hub, 8) for _ in range(50)]
 
+        pushed: concurrent.futures.Future[None] = concurrent.futures.Future()
+
         def news_for_all() -> None:  # one loop iteration, on the loop thread
             for stream in streams:
                 stream._push(protocol.Started())
+            pushed.set_result(None)
 
         assert grpc_loop._loop is not None
         grpc_loop._loop.call_soon_threadsafe(news_for_all)
+        # Trio waits here without looking at its entry queue, as it would be
+        # busy elsewhere: on a busy machine the loop thread can lose the GIL
+        # mid-iteration, and a Trio that looked then would rightly take a
+        # second wake-up for the rest.
+        pushed.result(timeout=10)
         with trio.fail_after(10):
             batches = [await stream.receive_batch() for stream in streams]
     assert batches == [[protocol.Started()]] * 50
