@@ -12,6 +12,7 @@ from importlib import resources
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from bridge.events import SLICE_BYTES, EventLog, OutputBatch
@@ -395,37 +396,54 @@ async def test_an_idle_reader_pings_at_least_every_keepalive(autojump_clock: Any
     assert all(10 <= gap <= 15 for gap in gaps), gaps
 
 
-async def test_a_reader_that_backs_up_gets_every_byte_in_order(
-    start_bridge: StartBridge, monkeypatch: Any
-) -> None:
-    """A caught-up reader is written to in the append itself; when its
-    socket stops taking bytes mid-event, what is left goes first, the usual
-    way, once it reads again: nothing lost, nothing out of order."""
+@pytest.fixture
+def backed_up(monkeypatch: pytest.MonkeyPatch) -> trio.Event:
+    """Set once a write straight to a caught-up reader leaves bytes unsent
+    (its socket filled mid-event)."""
     from bridge._compat import hypercorn as compat
 
-    backed_up = trio.Event()
+    event = trio.Event()
     write_chunk_nowait = compat._Connection.write_chunk_nowait
 
     def spy(self: Any, data: bytes) -> bool:
         taken = write_chunk_nowait(self, data)
         if self.unsent:
-            backed_up.set()
+            event.set()
         return taken
 
     monkeypatch.setattr(compat._Connection, "write_chunk_nowait", spy)
-    url = await start_bridge()
-    tokens = [f"{i:02d}" + "x" * 20_000 for i in range(20)]  # 10 rounds: 4 MB out
-    input = {"prompt": "-", "tokens": tokens, "repeat": 10, "delay_ms": 1}
+    return event
+
+
+async def _create_streaming_to_a_small_window(
+    url: str, model: str, input: dict[str, Any]
+) -> trio.SocketStream:
+    """A streaming create from a client whose receive buffer is 4 KiB (and
+    which reads nothing until the caller does)."""
     body = json.dumps({"input": input}).encode()
     sock = trio.socket.socket()
     sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
     await sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
-    async with trio.SocketStream(sock) as stream:
-        await stream.send_all(
-            b"POST /v1/models/demo/echo/predictions HTTP/1.1\r\nHost: x\r\n"
-            b"Accept: text/event-stream\r\nConnection: close\r\n"
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
-        )
+    stream = trio.SocketStream(sock)
+    await stream.send_all(
+        b"POST /v1/models/%b/predictions HTTP/1.1\r\nHost: x\r\n"
+        b"Accept: text/event-stream\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b"
+        % (model.encode(), len(body), body)
+    )
+    return stream
+
+
+async def test_a_reader_that_backs_up_gets_every_byte_in_order(
+    start_bridge: StartBridge, backed_up: trio.Event
+) -> None:
+    """A caught-up reader is written to in the append itself; when its
+    socket stops taking bytes mid-event, what is left goes first, the usual
+    way, once it reads again: nothing lost, nothing out of order."""
+    url = await start_bridge()
+    tokens = [f"{i:02d}" + "x" * 20_000 for i in range(20)]  # 10 rounds: 4 MB out
+    input = {"prompt": "-", "tokens": tokens, "repeat": 10, "delay_ms": 1}
+    async with await _create_streaming_to_a_small_window(url, "demo/echo", input) as stream:
         with trio.fail_after(20):
             await backed_up.wait()  # not reading: the socket filled mid-event
             answer = bytearray()
@@ -445,43 +463,25 @@ async def test_a_reader_that_backs_up_gets_every_byte_in_order(
 
 
 async def test_what_a_backed_up_reader_was_owed_comes_before_the_next_event(
-    start_bridge: StartBridge, monkeypatch: Any
+    start_bridge: StartBridge, backed_up: trio.Event
 ) -> None:
     """The rest of an event the socket did not take goes out as soon as the
     client reads again, not with whatever the model sends next (here,
     nothing until the test says so)."""
     import threading
 
-    from bridge._compat import hypercorn as compat
-
-    backed_up, release = trio.Event(), threading.Event()
-    write_chunk_nowait = compat._Connection.write_chunk_nowait
-
-    def spy(self: Any, data: bytes) -> bool:
-        taken = write_chunk_nowait(self, data)
-        if self.unsent:
-            backed_up.set()
-        return taken
+    release = threading.Event()
 
     def big_then_wait(prompt: str) -> Any:
         yield "y" * 1_000_000  # more than the socket takes at once
         release.wait(30)
         yield "end"
 
-    monkeypatch.setattr(compat._Connection, "write_chunk_nowait", spy)
     with ModelServer(Model("test/big", big_then_wait)) as server:
         url = await start_bridge({"test/big": server.target})
-        sock = trio.socket.socket()
-        sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
-        await sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
-        body = b'{"input": {"prompt": "-"}}'
         try:
-            async with trio.SocketStream(sock) as stream:
-                await stream.send_all(
-                    b"POST /v1/models/test/big/predictions HTTP/1.1\r\nHost: x\r\n"
-                    b"Accept: text/event-stream\r\nContent-Type: application/json\r\n"
-                    b"Content-Length: %d\r\n\r\n%b" % (len(body), body)
-                )
+            stream = await _create_streaming_to_a_small_window(url, "test/big", {"prompt": "-"})
+            async with stream:
                 answer = bytearray()
                 with trio.fail_after(10):
                     await backed_up.wait()
