@@ -202,21 +202,11 @@ class EventLog:
         while len(self._kinds) <= index and not self._closed:
             await self._waiters.park()
 
-    async def wait_news(self, index: int) -> None:
-        """Wait until the log holds more than *index* events, is closed, or
-        is nudged (:meth:`nudge`): a reader's wait with no cancel scope of
-        its own (a scope per wait, for the keep-alive, was 5% of a paced
-        stream's CPU)."""
-        if len(self._kinds) <= index and not self._closed:
-            await self._waiters.park()
-        else:
-            await trio.lowlevel.checkpoint()
-
     def nudge(self) -> None:
-        """Wake every reader waiting in :meth:`wait_news` or following, news
-        or not (the keep-alive clock's tick: see
-        :meth:`bridge.service.Bridge.keep_alive`)."""
-        self._waiters.unpark_all()
+        """Wake every follower, news or not (the keep-alive clock's tick:
+        see :meth:`bridge.service.Bridge.keep_alive`): a reader's wait needs
+        no cancel scope of its own (a scope per wait, for the keep-alive,
+        was 5% of a paced stream's CPU)."""
         self._wake_followers()
 
     def follow(self, follower: Follower) -> None:

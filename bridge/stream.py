@@ -72,19 +72,16 @@ async def sse_body(
             elif events.closed:
                 return
             else:
-                if writer is None:
-                    await events.wait_news(cursor)
-                else:
-                    # Caught up: what the log appends from now on is written
-                    # in the append itself, until that cannot be done.
-                    follower = _Follower(events, cursor, writer)
-                    events.follow(follower)
-                    try:
-                        await follower.woken.park()
-                    finally:
-                        events.unfollow(follower)
-                    cursor = follower.cursor
-                    wrote_at = max(wrote_at, follower.wrote_at)
+                # Caught up: the reader follows the log until it has to write
+                # the usual way (or ping).
+                follower = _Follower(events, cursor, writer)
+                events.follow(follower)
+                try:
+                    await follower.woken.park()
+                finally:
+                    events.unfollow(follower)
+                cursor = follower.cursor
+                wrote_at = max(wrote_at, follower.wrote_at)
                 nothing_new = cursor >= len(events) and not events.closed
                 if nothing_new and trio.current_time() - wrote_at >= keepalive * 2 / 3:
                     yield sse.KEEPALIVE
@@ -95,12 +92,13 @@ async def sse_body(
 
 
 class _Follower:
-    """A caught-up reader, written to in the log's append: no wake-up of its
-    task and no pass through the response machinery per event. Its task is
-    woken when the writer declines or backs up, and when the log closes or
-    is nudged."""
+    """A caught-up reader, written to in the log's append when it has a
+    writer: no wake-up of its task and no pass through the response
+    machinery per event. Its task is woken when there is no writer (HTTP/2,
+    TLS) or it declines or backs up, and when the log closes or is
+    nudged."""
 
-    def __init__(self, events: EventLog, cursor: int, writer: ChunkWriter) -> None:
+    def __init__(self, events: EventLog, cursor: int, writer: ChunkWriter | None) -> None:
         self.events = events
         self.cursor = cursor
         self.writer = writer
@@ -110,6 +108,9 @@ class _Follower:
 
     def news(self) -> None:
         if self._awake:
+            return
+        if self.writer is None:
+            self.wake()
             return
         data, end = self.events.read(self.cursor, SLICE_BYTES)
         if not self.writer.write_nowait(data):
