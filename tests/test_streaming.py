@@ -396,6 +396,29 @@ async def test_an_idle_reader_pings_at_least_every_keepalive(autojump_clock: Any
     assert all(10 <= gap <= 15 for gap in gaps), gaps
 
 
+async def test_a_reader_with_no_writer_gets_each_event_as_it_comes() -> None:
+    """Outside an HTTP/1.x connection (HTTP/2, TLS, here none at all) a
+    caught-up reader follows the log with no writer: each append wakes it,
+    long before the log closes."""
+    log = EventLog()
+    body = sse_body(log, 0, keepalive=60)
+    got: list[bytes] = []
+
+    async def read_two() -> None:
+        got.append(await body.__anext__())
+        got.append(await body.__anext__())
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read_two)
+            for chunk in ("a", "b"):
+                await trio.testing.wait_all_tasks_blocked()  # the reader waits
+                log.append_output(OutputBatch([chunk]))
+    assert got[0].endswith(b"data: a\n\n") and got[1].endswith(b"data: b\n\n")
+    assert not log.closed
+    await body.aclose()
+
+
 @pytest.fixture
 def backed_up(monkeypatch: pytest.MonkeyPatch) -> trio.Event:
     """Set once a write straight to a caught-up reader leaves bytes unsent
