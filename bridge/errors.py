@@ -14,6 +14,7 @@
     │   └── ShuttingDown           503, draining
     └── PredictionError            a prediction failed; str(exc) is its `error`
         ├── BackendUnavailable     503, the model backend cannot be reached
+        │   └── BackendLoading     503, ... yet: its model is still loading
         ├── BackendTimeout         504, a gRPC deadline expired
         ├── DeadlineExceeded       504, a configured deadline expired
         ├── OutputTooLarge         507, output over max_output_bytes
@@ -35,6 +36,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BackendLoading",
     "BackendProtocolError",
     "BackendTimeout",
     "BackendUnavailable",
@@ -154,6 +156,11 @@ class BackendUnavailable(PredictionError):
 
     status = 503
     title = "Model backend unavailable"
+
+
+class BackendLoading(BackendUnavailable):
+    """The backend is up but its model is still loading (its ``setup()``
+    runs): ``UNAVAILABLE`` with :data:`bridge.protocol.LOADING`."""
 
 
 class BackendTimeout(PredictionError):

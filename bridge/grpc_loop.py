@@ -56,6 +56,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bridge._proto.v1 import predictor_pb2, predictor_pb2_grpc
 from bridge.errors import (
+    BackendLoading,
     BackendProtocolError,
     BackendTimeout,
     BackendUnavailable,
@@ -88,6 +89,8 @@ def map_rpc_error(exc: grpc.RpcError) -> PredictionError:
     # Both grpc.Call errors and grpc.aio.AioRpcError (not a grpc.Call) have these.
     code = getattr(exc, "code", lambda: grpc.StatusCode.UNKNOWN)()
     details = getattr(exc, "details", lambda: "")() or ""
+    if code is grpc.StatusCode.UNAVAILABLE and details == protocol.LOADING:
+        return BackendLoading(f"model backend unavailable: {details}")
     if code is grpc.StatusCode.UNAVAILABLE:
         return BackendUnavailable(f"model backend unavailable: {details or 'no connection'}")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:

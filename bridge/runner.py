@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import protocol
-from .errors import BackendProtocolError, BackendTimeout, BackendUnavailable, DeadlineExceeded
+from .errors import (
+    BackendLoading,
+    BackendProtocolError,
+    BackendTimeout,
+    BackendUnavailable,
+    DeadlineExceeded,
+)
 from .events import EVENT_COST, OutputBatch, log_cost
 from .grpc_loop import GrpcLoop
 from .models import ModelEntry
@@ -131,7 +137,7 @@ async def _start(
         except BackendUnavailable as exc:
             # A model still loading is waited for longer than one that
             # cannot be reached; either way the prediction stays starting.
-            loading = str(exc).endswith(protocol.LOADING)
+            loading = isinstance(exc, BackendLoading)
             left = (loaded_by if loading else give_up_at) - trio.current_time()
             if prediction.started_at is not None:
                 raise
@@ -184,15 +190,7 @@ async def _stream(
             # Past the deadline, unless the end came in the same moment (the
             # call's own outcome wins: the next wait_end returns it at once).
             if trio.current_time() >= sink.deadline() and not stream.stopped:
-                name, seconds = (
-                    ("idle_seconds", idle)
-                    if prediction.output_count
-                    else ("first_output_seconds", first)
-                )
-                what = "between outputs" if prediction.output_count else "before the first output"
-                raise DeadlineExceeded(
-                    f"deadline exceeded: no output for {name} ({seconds:g} s) {what}"
-                )
+                raise sink.overdue()
     prediction.succeed()
 
 
@@ -221,6 +219,14 @@ class _Sink:
 
     def deadline(self) -> float:
         return self.last_batch_at + (self.idle if self.prediction.output_count else self.first)
+
+    def overdue(self) -> DeadlineExceeded:
+        """The error for a deadline() that passed."""
+        if self.prediction.output_count:
+            name, seconds, what = "idle_seconds", self.idle, "between outputs"
+        else:
+            name, seconds, what = "first_output_seconds", self.first, "before the first output"
+        return DeadlineExceeded(f"deadline exceeded: no output for {name} ({seconds:g} s) {what}")
 
     def take(self, batch: list[protocol.StreamItem]) -> None:
         """One batch of the backend's messages; consecutive outputs are

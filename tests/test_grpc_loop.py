@@ -16,7 +16,13 @@ import trio.lowlevel
 from bridge import grpc_loop as grpc_loop_module
 from bridge import protocol
 from bridge._proto.v1 import predictor_pb2_grpc
-from bridge.errors import BackendProtocolError, BackendTimeout, BackendUnavailable, ModelError
+from bridge.errors import (
+    BackendLoading,
+    BackendProtocolError,
+    BackendTimeout,
+    BackendUnavailable,
+    ModelError,
+)
 from bridge.grpc_loop import PredictStream, map_rpc_error, open_grpc_loop
 from tests.backends import RawServer
 from tests.conftest import closed_port_target
@@ -203,6 +209,16 @@ def test_status_codes_map_in_one_place(code: grpc.StatusCode, error: type, messa
     mapped = map_rpc_error(exc)
     assert type(mapped) is error
     assert message in str(mapped)
+
+
+def test_a_backend_still_loading_is_told_apart_from_one_away() -> None:
+    details = protocol.LOADING
+    exc = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details
+    )
+    mapped = map_rpc_error(exc)
+    assert type(mapped) is BackendLoading and isinstance(mapped, BackendUnavailable)
+    assert str(mapped) == "model backend unavailable: model is loading"
 
 
 async def test_one_trio_wake_up_for_all_streams_with_news() -> None:
