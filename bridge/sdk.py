@@ -75,7 +75,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The name prefix of the threads that run a model's sync code.
+#: The name prefix of the threads that run a model's sync code
+#: (ThreadPoolExecutor names them model_0, model_1, ...).
 MODEL_THREADS = "model"
 #: How long serve() waits, once stopped, for model calls still running.
 STUCK_CALL_SECONDS = 5.0
@@ -567,7 +568,7 @@ def serve(
     # that never returns) would keep the process alive for ever: the
     # interpreter joins its thread at exit. It gets a moment, then the
     # process ends without it.
-    calls = [t for t in threading.enumerate() if t.name.startswith(MODEL_THREADS)]
+    calls = [t for t in threading.enumerate() if t.name.startswith(f"{MODEL_THREADS}_")]
     give_up_at = time.monotonic() + STUCK_CALL_SECONDS
     for thread in calls:
         thread.join(max(0.0, give_up_at - time.monotonic()))

@@ -345,11 +345,8 @@ class _Connection(TCPServer):
         if fd < 0 or not data or framing not in _BODY_FRAMES:
             return False
         frame = data if framing is Http10Writer else b"%x\r\n%b\r\n" % (len(data), data)
-        try:
-            sent = os.write(fd, frame)
-        except BlockingIOError:
-            sent = 0
-        except OSError:  # the client is gone: the usual way finds out
+        sent = _write_now(fd, frame)
+        if sent is None:  # the client is gone: the usual way finds out
             return False
         if sent < len(frame):
             self.unsent = frame[sent:]
@@ -365,13 +362,11 @@ class _Connection(TCPServer):
         # write. When no other write is under way, the bytes go straight to
         # the socket (a non-blocking write: nothing to shield); only what the
         # kernel does not take at once goes hypercorn's way.
-        if isinstance(event, RawData) and self.fd >= 0 and not self.send_lock.locked():
+        fd = self.fd
+        if isinstance(event, RawData) and fd >= 0 and not self.send_lock.locked():
             data = event.data
-            try:
-                sent = os.write(self.fd, data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:  # reset, or a broken pipe: the client is gone
+            sent = _write_now(fd, data)
+            if sent is None:
                 await self.protocol.handle(Closed())
                 return
             if sent == len(data):
@@ -405,6 +400,18 @@ class _Connection(TCPServer):
                 with suppress(trio.BrokenResourceError, trio.ClosedResourceError, AttributeError):
                     await self.stream.send_eof()
         await self.stream.aclose()
+
+
+def _write_now(fd: int, data: bytes) -> int | None:
+    """Write what the socket *fd* takes of *data* at once (it is
+    non-blocking): how many bytes, or None if the client is gone (a reset,
+    a broken pipe)."""
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+    except OSError:
+        return None
 
 
 class _Protocol(ProtocolWrapper):
