@@ -16,11 +16,15 @@ Either way a Trio task asks the loop to start a call and receives the
 call's messages through a :class:`PredictStream`:
 
 * the asyncio side (the *pump*) appends each message to its stream's deque
-  and marks the stream ready; the first stream marked since Trio last
-  looked asks Trio for one wake-up (``TrioToken.run_sync_soon``), which
-  wakes every ready stream: one wake-up of Trio per loop iteration for all
-  the streams that have news, never one per message or per stream, and the
-  loop never blocks;
+  and marks the stream ready; the first stream marked since the last
+  wake-up asks for one (``TrioToken.run_sync_soon`` from a loop thread;
+  ``loop.call_soon`` when Trio is the loop's guest, since a guest's
+  synchronous Trio calls are safe on the host between ticks), which wakes
+  every ready stream: one wake-up per loop iteration for all the streams
+  that have news, never one per message or per stream, and the loop never
+  blocks. A stream delivered to a handler (:meth:`PredictStream.deliver`)
+  is handed its messages in that wake-up; as a guest, Trio itself wakes
+  only when a task of its must run;
 * a credit window (an ``asyncio.Semaphore``) bounds the messages in flight;
   the Trio side hands credits back in batches;
 * Trio cancellation becomes ``task.cancel()`` on the loop, which cancels the
@@ -304,11 +308,14 @@ class PredictStream:
 
 
 class _WakeHub:
-    """Wakes, in Trio, every stream the loop marked ready since the
-    last wake-up: one ``run_sync_soon`` per loop iteration for all of them."""
+    """Wakes every stream the loop marked ready since the last wake-up: one
+    wake-up per loop iteration for all of them."""
 
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
-        self._token = token
+        #: How the wake-up is scheduled: in Trio through its token (a loop
+        #: thread), or on the loop itself when Trio is its guest (see
+        #: GrpcLoop._start).
+        self.schedule: Callable[[Callable[[], object]], object] = token.run_sync_soon
         self._ready: collections.deque[PredictStream] = collections.deque()
         self._pending = False  # written by both threads; see mark and _wake_all
 
@@ -321,7 +328,7 @@ class _WakeHub:
         if not self._pending:
             self._pending = True
             with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(self._wake_all)
+                self.schedule(self._wake_all)
 
     def _wake_all(self) -> None:
         self._pending = False
@@ -383,6 +390,11 @@ class GrpcLoop:
             # Trio is a guest on this loop (see run): the calls run here.
             self._loop = running
             self._call_soon = running.call_soon
+            # Trio's synchronous calls are safe here between its ticks: the
+            # loop wakes delivered streams itself, and Trio only when one of
+            # its tasks must run (start_guest_run's design: no pass through
+            # Trio's I/O thread per message).
+            self._hub.schedule = running.call_soon
             return
         # A daemon thread: if it ever wedges, it cannot keep the process alive.
         self._thread = threading.Thread(
@@ -604,6 +616,7 @@ def run(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
             async_fn,
             *args,
             run_sync_soon_threadsafe=loop.call_soon_threadsafe,
+            run_sync_soon_not_threadsafe=loop.call_soon,
             done_callback=done.set_result,
         )
         result = loop.run_until_complete(done)
