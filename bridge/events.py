@@ -1,27 +1,30 @@
-"""A prediction's event log: bytes, not objects.
+"""A prediction's event log: the interface, and the log kept in memory.
 
 Every SSE event of one prediction, in order. Event *n* has the id
 ``<unix seconds>:<n>``; a stream request is only a reader with a cursor (an
 event index) into the log, so any number of readers, late joiners and
 ``Last-Event-ID`` resumes cost the prediction nothing.
 
-Storage is flat, because a long prediction is hundreds of thousands of
-small chunks: the payloads (UTF-8, back to back) in one ``bytearray``, each
-event's end offset in an ``array`` of 32-bit integers, its kind in one byte,
-and the id's seconds run-length encoded. A retained 2-character chunk costs
-about 7 bytes; nothing is allocated per event. Frames are computed on read,
-a bounded slice at a time (:meth:`EventLog.read`), so a reader far behind
-holds at most one slice of encoded bytes, however long the prediction.
+:class:`EventLog` is the interface every part of the bridge uses: one
+writer appends batches (:meth:`~EventLog.append_output`: every chunk of a
+gRPC batch at once) and readers are woken once per batch; reads are
+synchronous and bounded (:meth:`~EventLog.read`: the frames of what the log
+holds here, at most a slice), waits are asynchronous
+(:meth:`~EventLog.wait_beyond`). A log kept elsewhere (a Redis Stream shared
+by several bridge processes: one entry per batch, ``XADD`` to append, ``XREAD
+BLOCK`` behind ``wait_beyond`` filling what ``read`` serves) implements the
+same. An event is a record, (name, id, data), and its frame is
+:func:`bridge.sse.encode_event` of it whatever the implementation
+(:func:`frame`); the contract tests run every implementation against it.
 
-Writers append a batch at a time (:meth:`EventLog.append_output`: every
-chunk of a gRPC batch at once) and readers are woken once per batch.
-
-The interface readers and writers use is what a log kept elsewhere (a Redis
-Stream shared by several bridge processes: one entry per batch, ``XADD`` to
-append, ``XREAD BLOCK`` behind :meth:`wait_beyond`, ``XRANGE`` behind
-:meth:`read`) implements too: ``append_output``, ``append_log``, ``finish``,
-``len()``, ``closed``, ``wait_beyond``, ``wait_closed``, ``read``, ``names``,
-``index_after``, ``outputs`` and ``logs``.
+:class:`MemoryEventLog` keeps bytes, not objects, because a long prediction
+is hundreds of thousands of small chunks: the payloads (UTF-8, back to back)
+in one ``bytearray``, each event's end offset in an ``array`` of 32-bit
+integers, its kind in one byte, and the id's seconds run-length encoded. A
+retained 2-character chunk costs about 7 bytes; nothing is allocated per
+event. Frames are computed on read, a bounded slice at a time, so a reader
+far behind holds at most one slice of encoded bytes, however long the
+prediction.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import logging
 import re
 import time
 from array import array
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import trio
 
@@ -42,7 +45,21 @@ from .sse import LINE_BREAK, encode_event
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EVENT_COST", "SLICE_BYTES", "EventLog", "LogView", "OutputBatch", "log_cost"]
+__all__ = [
+    "EVENT_COST",
+    "SLICE_BYTES",
+    "EventLog",
+    "Follower",
+    "LogView",
+    "MemoryEventLog",
+    "OutputBatch",
+    "Record",
+    "Snapshot",
+    "event_id",
+    "frame",
+    "index_after",
+    "log_cost",
+]
 
 #: The most encoded bytes one :meth:`EventLog.read` returns (at least one
 #: event, however large): what a reader holds at a time.
@@ -98,6 +115,46 @@ class OutputBatch:
         """Bytes the log needs to keep these chunks."""
         return len(self.payload) + EVENT_COST * self.count
 
+    def records(self) -> list[Record]:
+        """Each chunk's event: what a log that keeps records appends."""
+        ends = list(itertools.accumulate(self.lengths))
+        return [
+            Record("output", self.payload[begin:end].decode(), kind & ~_BREAKS == _JSON)
+            for begin, end, kind in zip([0, *ends], ends, self.kinds, strict=False)
+        ]
+
+
+class Record(NamedTuple):
+    """One event as a log that keeps records holds it."""
+
+    name: str  # output, logs, error or done
+    data: str  # what its frame's data: lines carry
+    json: bool = False  # an output chunk that is a JSON value (data is its JSON), not text
+
+
+def event_id(seconds: int, index: int) -> str:
+    """The id of event *index*, appended in the unix second *seconds*."""
+    return f"{seconds}:{index}"
+
+
+def frame(name: str, seconds: int, index: int, data: str) -> bytes:
+    """The SSE frame of one event record: every log's :meth:`EventLog.read`
+    returns exactly these."""
+    return encode_event(name, event_id(seconds, index), data)
+
+
+def index_after(last_event_id: str) -> int:
+    """Where a reader that saw *last_event_id* resumes.
+
+    Raises ``ValueError`` for an id no log could have written.
+    """
+    match = _EVENT_ID.fullmatch(last_event_id.strip())
+    if match is None:
+        raise ValueError(
+            f"Last-Event-ID {last_event_id[:40]!r} is not an id of this stream (<seconds>:<n>)"
+        )
+    return int(match[1]) + 1
+
 
 def log_cost(line: str) -> int:
     """Bytes the log needs to keep a log line."""
@@ -114,8 +171,100 @@ class Follower(Protocol):
         """The log closed, or the keep-alive clock ticked."""
 
 
-class EventLog:
-    """Append-only events that readers follow by index."""
+class Snapshot(Protocol):
+    """A log's events up to the moment it was taken, readable later from any
+    thread (to build a large prediction's JSON in a worker thread)."""
+
+    def outputs(self) -> list[Any]:
+        """Every output chunk, as the model sent it (text or a JSON value)."""
+        ...
+
+    def logs(self) -> list[str]:
+        """Every log line."""
+        ...
+
+
+class EventLog(Protocol):
+    """One prediction's events: one writer (the task running it), any number
+    of readers. Appending to a closed log raises ``RuntimeError``."""
+
+    @property
+    def output_count(self) -> int:
+        """Output chunks appended."""
+        ...
+
+    @property
+    def closed(self) -> bool:
+        """Whether the log ended (finished, or dropped)."""
+        ...
+
+    def __len__(self) -> int:
+        """Events appended so far."""
+        ...
+
+    def append_output(self, batch: OutputBatch) -> None:
+        """Append every chunk of *batch*, one ``output`` event each."""
+        ...
+
+    def append_log(self, line: str) -> None:
+        """Append one ``logs`` event."""
+        ...
+
+    def finish(self, error: str | None, done: dict[str, str]) -> None:
+        """Append ``error`` (if *error*: ``{"detail": error}``) and ``done``
+        (*done* as compact JSON), and close the log."""
+        ...
+
+    def drop(self) -> None:
+        """Let go of every event (the data was removed): the log is closed
+        and empty, and its followers are woken."""
+        ...
+
+    def read(self, start: int, limit: int = SLICE_BYTES) -> tuple[bytes, int]:
+        """The frames (:func:`frame`) of the events from *start* on, at most
+        about *limit* bytes of them but at least one event if there is one,
+        and the index after the last one returned."""
+        ...
+
+    def names(self, start: int) -> set[str]:
+        """The names of the events from *start* on."""
+        ...
+
+    def index_after(self, last_event_id: str) -> int:
+        """Where a reader that saw *last_event_id* resumes (ValueError for
+        an id this log could not have written)."""
+        ...
+
+    async def wait_beyond(self, index: int) -> None:
+        """Wait until the log holds more than *index* events or is closed."""
+        ...
+
+    async def wait_closed(self) -> None:
+        """Wait until the log is closed."""
+        ...
+
+    def follow(self, follower: Follower) -> None:
+        """Call ``follower.news()`` in each append from now on, until
+        :meth:`unfollow`; ``follower.wake()`` when the log closes (at once if
+        it is closed) or is nudged. A follower whose ``news()`` raises is
+        logged and woken; no one else notices."""
+        ...
+
+    def unfollow(self, follower: Follower) -> None:
+        """Stop calling *follower*."""
+        ...
+
+    def nudge(self) -> None:
+        """Wake every follower, news or not (the keep-alive clock's tick)."""
+        ...
+
+    def snapshot(self) -> Snapshot:
+        """The events so far (see :class:`Snapshot`)."""
+        ...
+
+
+class MemoryEventLog:
+    """The :class:`EventLog` kept in this process, as bytes."""
 
     def __init__(self) -> None:
         self._data = bytearray()
@@ -230,16 +379,7 @@ class EventLog:
             await self._waiters.park()
 
     def index_after(self, last_event_id: str) -> int:
-        """Where a reader that saw *last_event_id* resumes.
-
-        Raises ``ValueError`` for an id this log could not have written.
-        """
-        match = _EVENT_ID.fullmatch(last_event_id.strip())
-        if match is None:
-            raise ValueError(
-                f"Last-Event-ID {last_event_id[:40]!r} is not an id of this stream (<seconds>:<n>)"
-            )
-        return int(match[1]) + 1
+        return index_after(last_event_id)
 
     def read(self, start: int, limit: int = SLICE_BYTES) -> tuple[bytes, int]:
         """The SSE frames of the events from *start* on, at most about
@@ -306,23 +446,15 @@ class EventLog:
 
     # -- what the prediction object shows -----------------------------------
 
-    def view(self) -> LogView:
-        """The events so far, to read later from any thread."""
+    def snapshot(self) -> LogView:
         return LogView(self._data, self._ends, self._kinds)
-
-    def outputs(self) -> list[Any]:
-        """Every output chunk, as the model sent it (text or a JSON value)."""
-        return self.view().outputs()
-
-    def logs(self) -> list[str]:
-        return self.view().logs()
 
 
 class LogView:
     """The events of a log up to the moment it was taken, which any thread
     may read while the log goes on: a log only appends past them, and
-    :meth:`EventLog.drop` replaces its buffers rather than emptying them.
-    (Taken in the log's own thread: see :meth:`EventLog.view`.)"""
+    :meth:`MemoryEventLog.drop` replaces its buffers rather than emptying
+    them. (Taken in the log's own thread: see :meth:`MemoryEventLog.snapshot`.)"""
 
     __slots__ = ("_count", "_data", "_ends", "_kinds")
 

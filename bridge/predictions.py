@@ -30,7 +30,7 @@ import msgspec
 import trio
 
 from . import strictjson
-from .events import EventLog, LogView, OutputBatch, log_cost
+from .events import EventLog, MemoryEventLog, OutputBatch, Snapshot, log_cost
 
 __all__ = [
     "IllegalTransition",
@@ -93,6 +93,7 @@ class Prediction:
         id: str | None = None,
         seq: int = 0,
         owner: str | None = None,
+        events: EventLog | None = None,
     ) -> None:
         self.id = id or new_prediction_id()
         #: Creation order, for listing newest first.
@@ -121,7 +122,8 @@ class Prediction:
         self.completed_at: float | None = None
         self.first_output_at: float | None = None
         self.last_output_at: float | None = None
-        self.events = EventLog()
+        #: Its events (its store's kind of log; kept in memory by default).
+        self.events: EventLog = events if events is not None else MemoryEventLog()
         #: Cancelling this cancels the prediction's task (and its gRPC call).
         self.cancel_scope = trio.CancelScope()
 
@@ -254,11 +256,11 @@ class Prediction:
             output = None  # none yet (a stream that ended with none is [])
         else:
             output = "list" if self.streams else "last"  # a model that returns one value
-        return partial(_prediction_json, fields, self._input, self.events.view(), output)
+        return partial(_prediction_json, fields, self._input, self.events.snapshot(), output)
 
 
 def _prediction_json(
-    fields: dict[str, Any], input: bytes, events: LogView, output: str | None
+    fields: dict[str, Any], input: bytes, events: Snapshot, output: str | None
 ) -> dict[str, Any]:
     """The prediction object from what :meth:`Prediction.json_later` took."""
     outputs = None if output is None else events.outputs()

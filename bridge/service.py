@@ -32,6 +32,7 @@ from .errors import (
     PredictionError,
     ShuttingDown,
 )
+from .events import EventLog, MemoryEventLog
 from .grpc_loop import CLEANUP_TIMEOUT, GrpcLoop
 from .models import ModelEntry
 from .predictions import Prediction
@@ -95,8 +96,11 @@ class Bridge:
         nursery: trio.Nursery,
         webhooks: WebhookSender | None = None,
         webhook_policy: WebhookPolicy | None = None,
+        new_log: Callable[[], EventLog] = MemoryEventLog,
     ) -> None:
         self.settings = settings
+        #: Makes each prediction's event log.
+        self.new_log = new_log
         self.grpc = grpc_loop
         self.webhooks = webhooks
         self.webhook_policy = webhook_policy or WebhookPolicy()
@@ -267,6 +271,7 @@ class Bridge:
             streams=entry.streams,
             seq=next(self._seq),
             owner=owner,
+            events=self.new_log(),
         )
         if cancel_after is not None:
             # The task's scope covers the queue and the run: the deadline

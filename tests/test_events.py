@@ -1,18 +1,32 @@
-"""The event log on its own: bytes in, SSE frames out, in bounded slices."""
+"""The event log on its own: bytes in, SSE frames out, in bounded slices.
+
+The contract tests (those taking ``new_log``) run every implementation of
+the :class:`~bridge.events.EventLog` interface: the log kept in memory and
+the record-keeping fake of tests/fakes.py.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import tracemalloc
+from collections.abc import Callable
 
 import pytest
 import trio
 
 from bridge import events as events_module
-from bridge.events import EVENT_COST, EventLog, OutputBatch
+from bridge.events import EVENT_COST, EventLog, MemoryEventLog, OutputBatch
 from bridge.sse import encode_event, normalize_line_breaks
+from tests.fakes import ListEventLog
 from tests.sse_clients import replicate_events, spec_events
 from tests.test_sse import CHUNKS
+
+
+@pytest.fixture(params=[MemoryEventLog, ListEventLog], ids=["memory", "records"])
+def new_log(request: pytest.FixtureRequest) -> Callable[[], EventLog]:
+    factory: Callable[[], EventLog] = request.param
+    return factory
 
 
 def read_all(log: EventLog, start: int = 0, limit: int = 4096) -> list[bytes]:
@@ -23,10 +37,10 @@ def read_all(log: EventLog, start: int = 0, limit: int = 4096) -> list[bytes]:
     return slices
 
 
-def test_frames_are_exactly_the_encoder_s_for_any_chunk(monkeypatch) -> None:
+def test_frames_are_exactly_the_encoder_s_for_any_chunk(monkeypatch, new_log) -> None:
     """Hostile chunks (line breaks of every kind) framed as bridge.sse does."""
     monkeypatch.setattr(events_module.time, "time", lambda: 1700000000.5)
-    log = EventLog()
+    log = new_log()
     log.append_output(OutputBatch(["plain ", *CHUNKS, {"k": [1, "\n"]}]))
     log.append_log("a log\rline")
     log.finish("it \n broke", {"reason": "error"})
@@ -41,17 +55,45 @@ def test_frames_are_exactly_the_encoder_s_for_any_chunk(monkeypatch) -> None:
     ]
     assert b"".join(read_all(log, limit=1)) == b"".join(expected)
     assert log.read(0, 10**9) == (b"".join(expected), len(expected))
-    assert log.outputs() == ["plain ", *CHUNKS, {"k": [1, "\n"]}]
-    assert log.logs() == ["a log\rline"]
+    assert log.snapshot().outputs() == ["plain ", *CHUNKS, {"k": [1, "\n"]}]
+    assert log.snapshot().logs() == ["a log\rline"]
     assert log.closed
+    assert log.names(n + 1) == {"logs", "error", "done"}
 
 
-def test_a_live_reader_gets_each_new_event_as_a_whole_read_frames_it(monkeypatch) -> None:
+def test_a_snapshot_is_the_log_when_it_was_taken(new_log) -> None:
+    log = new_log()
+    log.append_output(OutputBatch(["text", {"json": ["value"]}, "[1]"]))
+    log.append_log("a line")
+    taken = log.snapshot()
+    log.append_output(OutputBatch(["later"]))
+    log.finish(None, {})
+    assert taken.outputs() == [
+        "text",
+        {"json": ["value"]},
+        "[1]",
+    ]  # text that looks like JSON stays text
+    assert taken.logs() == ["a line"]
+    assert log.snapshot().outputs()[-1] == "later"
+    assert log.output_count == 4
+
+
+def test_a_reader_resumes_after_an_id_it_was_given(new_log) -> None:
+    log = new_log()
+    log.append_output(OutputBatch(["a", "b", "c"]))
+    ids = [e.id for e in spec_events(read_all(log))]
+    assert [log.index_after(i) for i in ids] == [1, 2, 3]
+    for bad in ["", "7", "a:1", "1:-1", "1:2:3", "9" * 13 + ":1"]:
+        with pytest.raises(ValueError, match="not an id of this stream"):
+            log.index_after(bad)
+
+
+def test_a_live_reader_gets_each_new_event_as_a_whole_read_frames_it(monkeypatch, new_log) -> None:
     """Read one event at a time as each arrives (a live stream's reads,
     framed by a shortcut), across seconds: the same bytes as one read."""
     clock = iter([100.2, 100.9, 102.0, 102.5, 103.0, 104.0, 104.1, 105.0])
     monkeypatch.setattr(events_module.time, "time", lambda: next(clock))
-    log, live = EventLog(), []
+    log, live = new_log(), []
     for chunk in ["a", "b\nc", {"k": 1}, "", "\r"]:
         log.append_output(OutputBatch([chunk]))
         live.append(log.read(len(log) - 1))
@@ -63,10 +105,10 @@ def test_a_live_reader_gets_each_new_event_as_a_whole_read_frames_it(monkeypatch
     assert b"".join(data for data, _ in live) == log.read(0, 10**9)[0]
 
 
-def test_ids_carry_the_second_of_their_batch(monkeypatch) -> None:
+def test_ids_carry_the_second_of_their_batch(monkeypatch, new_log) -> None:
     clock = iter([100.2, 100.9, 102.0])
     monkeypatch.setattr(events_module.time, "time", lambda: next(clock))
-    log = EventLog()
+    log = new_log()
     for batch in (["a", "b"], ["c"], ["d", "e"]):
         log.append_output(OutputBatch(batch))
     ids = [e.id for e in spec_events(read_all(log))]
@@ -75,8 +117,8 @@ def test_ids_carry_the_second_of_their_batch(monkeypatch) -> None:
     assert log.index_after("102:3") == 4
 
 
-def test_a_long_log_is_read_in_bounded_slices() -> None:
-    log = EventLog()
+def test_a_long_log_is_read_in_bounded_slices(new_log) -> None:
+    log = new_log()
     chunks = [f"{i % 97:02d}" for i in range(20_000)] + CHUNKS
     for i in range(0, len(chunks), 1000):
         log.append_output(OutputBatch(chunks[i : i + 1000]))
@@ -97,7 +139,7 @@ def test_a_retained_chunk_costs_what_it_is_charged(chunk: str) -> None:
     empty chunk is not free."""
     tracemalloc.start()
     try:
-        log = EventLog()
+        log = MemoryEventLog()
         charged = 0
         before = tracemalloc.get_traced_memory()[0]
         for _ in range(1000):
@@ -113,8 +155,8 @@ def test_a_retained_chunk_costs_what_it_is_charged(chunk: str) -> None:
 
 
 @pytest.mark.parametrize("chunks", [["a"], ["a"] * 500])
-async def test_readers_wake_once_per_batch(chunks: list[str]) -> None:
-    log = EventLog()
+async def test_readers_wake_once_per_batch(chunks: list[str], new_log) -> None:
+    log = new_log()
     wakes = []
 
     async def reader() -> None:
@@ -133,8 +175,8 @@ async def test_readers_wake_once_per_batch(chunks: list[str]) -> None:
     assert wakes == [len(chunks), 1]  # the batch at once, then done
 
 
-def test_a_closed_log_takes_nothing() -> None:
-    log = EventLog()
+def test_a_closed_log_takes_nothing(new_log) -> None:
+    log = new_log()
     log.finish(None, {})
     with pytest.raises(RuntimeError, match="closed"):
         log.append_output(OutputBatch(["late"]))
@@ -154,8 +196,8 @@ class _Recorder:
         self.told.append(("wake", len(self.log), self.log.closed))
 
 
-def test_a_follower_hears_of_each_append_in_it_and_is_woken_at_the_close() -> None:
-    log = EventLog()
+def test_a_follower_hears_of_each_append_in_it_and_is_woken_at_the_close(new_log) -> None:
+    log = new_log()
     follower = _Recorder(log)
     log.follow(follower)
     log.append_output(OutputBatch(["a", "b"]))
@@ -176,20 +218,20 @@ def test_a_follower_hears_of_each_append_in_it_and_is_woken_at_the_close() -> No
     assert late.told == [("wake", 5, True)]
 
 
-def test_a_dropped_log_wakes_its_followers() -> None:
-    log = EventLog()
+def test_a_dropped_log_wakes_its_followers(new_log) -> None:
+    log = new_log()
     follower = _Recorder(log)
     log.follow(follower)
     log.drop()
     assert follower.told == [("wake", 0, True)]
 
 
-def test_a_follower_that_fails_is_woken_and_no_one_else_notices(caplog) -> None:
+def test_a_follower_that_fails_is_woken_and_no_one_else_notices(caplog, new_log) -> None:
     class Broken(_Recorder):
         def news(self) -> None:
             raise OSError("its socket broke in a way no one expected")
 
-    log = EventLog()
+    log = new_log()
     broken, fine = Broken(log), _Recorder(log)
     log.follow(broken)
     log.follow(fine)
@@ -197,4 +239,4 @@ def test_a_follower_that_fails_is_woken_and_no_one_else_notices(caplog) -> None:
     assert broken.told == [("wake", 2, False)]  # it goes on the usual way
     assert fine.told == [("news", 2, False)]
     assert log.output_count == 2
-    assert "a stream reader failed to write" in caplog.text
+    assert [r.levelno for r in caplog.records] == [logging.ERROR]

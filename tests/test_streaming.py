@@ -15,11 +15,12 @@ import httpx
 import pytest
 import trio
 
-from bridge.events import SLICE_BYTES, EventLog, OutputBatch
+from bridge.events import SLICE_BYTES, EventLog, MemoryEventLog, OutputBatch
 from bridge.sdk import Model, ModelServer
 from bridge.sse import normalize_line_breaks
 from bridge.stream import sse_body
 from tests.conftest import StartBridge, closed_port_target, create, poll_until, read_stream
+from tests.fakes import ListEventLog
 from tests.sse_clients import spec_events
 from tests.test_sse import CHUNKS
 
@@ -64,6 +65,34 @@ async def test_hostile_chunks_end_to_end(client: httpx.AsyncClient) -> None:
     ]
     final = (await client.get(prediction["urls"]["get"])).json()
     assert final["output"] == CHUNKS
+
+
+@pytest.mark.parametrize("new_log", [MemoryEventLog, ListEventLog], ids=["memory", "records"])
+async def test_the_bridge_needs_only_the_event_log_interface(
+    start_bridge: StartBridge, new_log: Callable[[], EventLog]
+) -> None:
+    """Every route that reads a prediction's events (the stream, a late
+    join, a resume, the prediction object, a failure's error) works the
+    same on the record-keeping fake as on the log kept in memory."""
+    async with httpx.AsyncClient(base_url=await start_bridge(new_log=new_log)) as client:
+        prediction = await create(client, "demo/echo", {"prompt": "-", "tokens": CHUNKS})
+        events, _ = await read_stream(client, prediction["urls"]["stream"])
+        assert [e.event for e in events] == ["logs"] + ["output"] * len(CHUNKS) + ["done"]
+        assert [e.data for e in events[1:-1]] == [normalize_line_breaks(c) for c in CHUNKS]
+        again, _ = await read_stream(client, prediction["urls"]["stream"])
+        assert again == events
+        resumed, _ = await read_stream(
+            client, prediction["urls"]["stream"], {"Last-Event-ID": events[3].id}
+        )
+        assert resumed == events[4:]
+        final = (await client.get(prediction["urls"]["get"])).json()
+        assert final["output"] == CHUNKS
+        assert final["logs"] == f"echoing {len(CHUNKS)} chunks\n"
+        failed = await create(client, "demo/echo", {"prompt": "a b c", "fail_after": 1})
+        events, _ = await read_stream(client, failed["urls"]["stream"])
+        assert [e.event for e in events] == ["logs", "output", "error", "done"]
+        final = (await client.get(failed["urls"]["get"])).json()
+        assert (final["status"], final["output"]) == ("failed", ["a "])
 
 
 async def test_stream_headers(client: httpx.AsyncClient) -> None:
@@ -372,7 +401,7 @@ async def test_an_idle_reader_pings_at_least_every_keepalive(autojump_clock: Any
     reader writes ``: ping`` after two thirds of it: at least every
     keepalive seconds, and never more often than two thirds of it; a
     reader that is writing does not ping."""
-    log = EventLog()
+    log = MemoryEventLog()
     pings: list[float] = []
 
     async def nudge() -> None:
@@ -400,7 +429,7 @@ async def test_a_reader_with_no_writer_gets_each_event_as_it_comes() -> None:
     """Outside an HTTP/1.x connection (HTTP/2, TLS, here none at all) a
     caught-up reader follows the log with no writer: each append wakes it,
     long before the log closes."""
-    log = EventLog()
+    log = MemoryEventLog()
     body = sse_body(log, 0, keepalive=60)
     got: list[bytes] = []
 
