@@ -27,7 +27,6 @@ from functools import partial
 from typing import Any
 
 import msgspec
-import trio
 
 from . import strictjson
 from .events import EventLog, MemoryEventLog, OutputBatch, Snapshot, log_cost
@@ -124,8 +123,6 @@ class Prediction:
         self.last_output_at: float | None = None
         #: Its events (its store's kind of log; kept in memory by default).
         self.events: EventLog = events if events is not None else MemoryEventLog()
-        #: Cancelling this cancels the prediction's task (and its gRPC call).
-        self.cancel_scope = trio.CancelScope()
 
     @property
     def done(self) -> bool:

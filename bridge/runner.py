@@ -33,7 +33,7 @@ from .events import EVENT_COST, OutputBatch, log_cost
 from .grpc_loop import GrpcLoop
 from .models import ModelEntry
 from .predictions import Prediction
-from .retention import Retention
+from .store import PredictionStore
 from .validation import validate_input
 
 if TYPE_CHECKING:  # service imports this module
@@ -72,19 +72,17 @@ async def run(
     grpc: GrpcLoop,
     describe: Describe,
     observer: Observer,
-    retention: Retention,
+    store: PredictionStore,
     max_output_bytes: int,
     validated: bool,
     offload: Offload = _inline,
 ) -> None:
     """Run *prediction* under its total deadline (also the gRPC deadline);
-    what it appends is charged to *retention*, where *max_output_bytes* is
+    what it appends is charged to *store*, where *max_output_bytes* is
     the server's cap, unless the model has its own. Its input is checked
     (if not *validated* yet) and encoded for gRPC through *offload*."""
     total = entry.settings.total_seconds
-    sink = _Sink(
-        prediction, observer, retention, entry.settings.max_output_bytes or max_output_bytes
-    )
+    sink = _Sink(prediction, observer, store, entry.settings.max_output_bytes or max_output_bytes)
     expired = False
     with trio.move_on_after(total or math.inf) as scope:
         try:
@@ -199,11 +197,11 @@ class _Sink:
     ledger (which may refuse them), then appended and observed."""
 
     def __init__(
-        self, prediction: Prediction, observer: Observer, retention: Retention, cap: int
+        self, prediction: Prediction, observer: Observer, store: PredictionStore, cap: int
     ) -> None:
         self.prediction = prediction
         self.observer = observer
-        self.retention = retention
+        self.store = store
         self.cap = cap
         # The deadlines between messages: first_output_seconds until the
         # first output, idle_seconds after each batch once there was
@@ -259,7 +257,7 @@ class _Sink:
     def output(self, chunks: list[Any]) -> None:
         prediction = self.prediction
         batch = OutputBatch(chunks)
-        self.retention.charge(prediction, batch.cost, self.cap)
+        self.store.charge(prediction, batch.cost, self.cap)
         now = time.time()
         last = prediction.last_output_at
         prediction.add_output(batch)
@@ -267,7 +265,7 @@ class _Sink:
         self.observer.output(prediction, batch.count, None if last is None else now - last)
 
     def log(self, line: str) -> None:
-        self.retention.charge(self.prediction, log_cost(line), self.cap)
+        self.store.charge(self.prediction, log_cost(line), self.cap)
         self.prediction.add_log(line)
 
     def metrics(self, values: dict[str, float]) -> None:
@@ -283,5 +281,5 @@ class _Sink:
             )
         if len(prediction.metrics) + len(new) > MAX_METRICS:
             raise BackendProtocolError(f"model backend sent more than {MAX_METRICS} metrics")
-        self.retention.charge(prediction, sum(len(n) + EVENT_COST for n in new), self.cap)
+        self.store.charge(prediction, sum(len(n) + EVENT_COST for n in new), self.cap)
         prediction.add_metrics(values)

@@ -34,9 +34,9 @@ from ._compat.hypercorn import ConnectionLimits, serve_http
 from .app import create_app
 from .config import Settings
 from .errors import ListenError
-from .events import EventLog, MemoryEventLog
 from .grpc_loop import GrpcLoop, open_grpc_loop
 from .service import Bridge
+from .store import PredictionStore
 from .webhooks import WebhookPolicy, WebhookSender, load_or_create_secret, open_webhook_client
 
 __all__ = ["StopNow", "connection_limit", "serve"]
@@ -49,13 +49,13 @@ async def serve(
     *,
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     stop_now: StopNow | None = None,
-    new_log: Callable[[], EventLog] = MemoryEventLog,
+    store: PredictionStore | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until *shutdown_trigger* returns (forever if None); reports the
     bound port through *task_status*. Once *stop_now* goes (a second
     signal), shutdown skips what is left of its waits: the drain, and the
-    connections' grace. *new_log* makes each prediction's event log."""
+    connections' grace. Predictions are kept in *store* (None: in memory)."""
     stop_now = stop_now or StopNow()
     config = hypercorn.config.Config()
     config.bind = [f"{settings.host}:{settings.port}"]
@@ -89,7 +89,7 @@ async def serve(
             host_connections=settings.webhook_host_connections,
         )
         _secure_backends(settings, grpc_loop)
-        bridge = Bridge(settings, grpc_loop, predictions, webhooks, policy, new_log)
+        bridge = Bridge(settings, grpc_loop, predictions, webhooks, policy, store)
         predictions.start_soon(bridge.keep_alive)
         app = create_app(bridge)
         stop_http = trio.Event()

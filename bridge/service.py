@@ -1,21 +1,21 @@
-"""The bridge's core: models, and the registry of predictions, each running
-as a Trio task (what the task does is :mod:`bridge.runner`).
+"""The bridge's core: models, and creating, finding and ending
+predictions.
 
-:class:`Bridge` owns every prediction. Each runs as a task in the nursery
-the bridge is given (app lifetime, see :func:`bridge.server.serve`), so a
-prediction outlives the HTTP request that created it, as on Replicate. A
-task records its own failure on its prediction and never lets an exception
+:class:`Bridge` validates and creates predictions, keeps them in its store
+(:mod:`bridge.store`), and runs each as a task its supervisor owns
+(:mod:`bridge.supervisor`; what the task does is :mod:`bridge.runner`). A
+task records its own end on its prediction and never lets an exception
 escape into the shared nursery, where it would cancel every other
 prediction.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import re
+import math
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import msgspec
@@ -32,22 +32,19 @@ from .errors import (
     PredictionError,
     ShuttingDown,
 )
-from .events import EventLog, MemoryEventLog
 from .grpc_loop import CLEANUP_TIMEOUT, GrpcLoop
 from .models import ModelEntry
 from .predictions import Prediction
-from .retention import Retention
+from .store import MemoryStore, Page, PredictionStore
+from .supervisor import Supervisor
 from .validation import validate_input, validate_stream, validate_webhook
 from .webhooks import WebhookPolicy, WebhookSender
 
-__all__ = ["INLINE_BYTES", "Bridge", "Observer", "Page"]
+__all__ = ["INLINE_BYTES", "Bridge", "Observer", "Page"]  # Page: bridge.store's, re-exported
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-#: A list cursor: ``b<seq>`` (older than that) or ``a<seq>`` (newer).
-_CURSOR = re.compile(r"([ab])([0-9]{1,18})")
 
 SHUTDOWN_ERROR = "the bridge shut down before the prediction finished; retry it"
 
@@ -63,15 +60,6 @@ class Observer:
 
     def finished(self, prediction: Prediction) -> None:
         """*prediction*'s task has ended; its status is final."""
-
-
-class Page:
-    """One page of a listing: its results, encoded, and the cursors around it."""
-
-    def __init__(self, results: list[bytes], next: str | None, previous: str | None) -> None:
-        self.results = results
-        self.next = next
-        self.previous = previous
 
 
 #: Work on a request or a prediction larger than this (parsing and
@@ -96,33 +84,20 @@ class Bridge:
         nursery: trio.Nursery,
         webhooks: WebhookSender | None = None,
         webhook_policy: WebhookPolicy | None = None,
-        new_log: Callable[[], EventLog] = MemoryEventLog,
+        store: PredictionStore | None = None,
     ) -> None:
         self.settings = settings
-        #: Makes each prediction's event log.
-        self.new_log = new_log
+        #: Every prediction it may show (the in-memory store by default).
+        self.store: PredictionStore = store if store is not None else MemoryStore(settings)
+        #: The owner of the predictions' tasks.
+        self.supervisor = Supervisor(nursery)
         self.grpc = grpc_loop
         self.webhooks = webhooks
         self.webhook_policy = webhook_policy or WebhookPolicy()
         self._nursery = nursery
         self.models = {name: ModelEntry(m) for name, m in settings.models.items()}
-        self.predictions: dict[str, Prediction] = {}
-        self._seq = itertools.count(1)
         self._webhook_scopes: set[trio.CancelScope] = set()
-        self.retention = Retention(
-            self.predictions,
-            max_bytes=settings.max_retained_bytes,
-            seconds=settings.retention_seconds,
-            count=settings.retention_count,
-            metadata_seconds=settings.metadata_retention_seconds,
-            metadata_count=settings.metadata_retention_count,
-            retry_after=settings.retry_after_seconds,
-        )
         self.admission = Admission(settings.max_running, settings.max_queued)
-        #: The predictions whose tasks are alive (running or queued).
-        self._running: set[Prediction] = set()
-        self._closed = trio.Event()
-        self._idle = trio.Event()
         #: When this bridge started: what deployments report as their
         #: release's creation (their configuration is this process's).
         self.started_at = time.time()
@@ -136,12 +111,12 @@ class Bridge:
     @property
     def active(self) -> int:
         """Prediction tasks alive (running or queued)."""
-        return len(self._running)
+        return self.supervisor.active
 
     @property
     def closing(self) -> bool:
         """Whether :meth:`close` was called (the bridge is shutting down)."""
-        return self._closed.is_set()
+        return self.supervisor.closed
 
     async def offload(self, size: int, work: Callable[..., T], *args: Any) -> T:
         """``work(*args)``: at once if *size* (the bytes it handles) is at
@@ -269,24 +244,18 @@ class Bridge:
             version=version or (info.version if info else ""),
             input=input_json,
             streams=entry.streams,
-            seq=next(self._seq),
+            seq=self.store.next_seq(),
             owner=owner,
-            events=self.new_log(),
+            events=self.store.new_log(),
         )
-        if cancel_after is not None:
-            # The task's scope covers the queue and the run: the deadline
-            # ends it wherever it is, as a cancel does.
-            prediction.cancel_scope.deadline = trio.current_time() + cancel_after
         ticket = self.admission.admit(
             entry.name, entry.settings.max_running, self.settings.retry_after_seconds
         )
-        self.retention.prune()
         try:
-            self.retention.admit(prediction)
+            self.store.add(prediction)
         except BridgeError:
             ticket.release()
             raise
-        self.predictions[prediction.id] = prediction
         log.info(
             "prediction %s created for %s",
             prediction.id,
@@ -294,8 +263,13 @@ class Bridge:
             extra={"prediction_id": prediction.id, "model": entry.name},
         )
         entry.run_count += 1
-        self._running.add(prediction)
-        self._nursery.start_soon(self._run, prediction, entry, ticket, info is not None)
+        # The task's scope covers the queue and the run: a Cancel-After
+        # deadline ends it wherever it is, as a cancel does.
+        self.supervisor.start(
+            prediction,
+            partial(self._run, prediction, entry, ticket, info is not None),
+            deadline=trio.current_time() + cancel_after if cancel_after is not None else math.inf,
+        )
         if webhook and self.webhooks is not None:
             self._nursery.start_soon(
                 self._follow_webhook, prediction, webhook, events, base_url or self.base_url
@@ -307,7 +281,7 @@ class Bridge:
         stays as it is). The task is the only writer of its prediction: it
         cancels the gRPC call (the backend sees CANCELLED), then records
         ``canceled``, and its streams get ``done``."""
-        prediction.cancel_scope.cancel()
+        self.supervisor.cancel(prediction)
 
     async def cancel_and_wait(self, prediction: Prediction) -> Prediction:
         """Cancel, and return the prediction once its task recorded the end
@@ -317,76 +291,15 @@ class Bridge:
             await prediction.events.wait_closed()
         return prediction
 
-    def _matching(self, owner: str | None, *, newest_first: bool) -> Iterator[Prediction]:
-        """The predictions *owner* may see (all, for None), newest or oldest
-        first: the registry is in creation order."""
-        predictions = self.predictions.values()
-        for prediction in reversed(predictions) if newest_first else predictions:
-            if owner is None or prediction.owner == owner:
-                yield prediction
-
     async def page(
         self,
         cursor: str | None,
         owner: str | None,
         encode: Callable[[Prediction], Awaitable[bytes]],
     ) -> Page:
-        """Predictions newest first, each as *encode* makes it: at most
-        ``page_size`` of them, and no more than ``max_page_bytes`` of
-        encodings (but at least one).
-
-        Cursors are ``b<seq>`` (older than that) or ``a<seq>`` (newer than
-        that); raises ValueError for any other. Encoding yields to other
-        tasks between predictions, so a page of large ones stalls no one.
-        """
-        self.retention.prune()
-        # The registry is in creation order (seq order): walked from either
-        # end, never sorted. Each walk is taken whole before the first await
-        # (creates and retention change the registry meanwhile).
-        newer_first = True
-        if not cursor:
-            walk = self._matching(owner, newest_first=True)
-        else:
-            # Parsed once, and only cursors this server could have given out
-            # (int() of thousands of digits costs quadratic time, per
-            # prediction compared).
-            match = _CURSOR.fullmatch(cursor)
-            if match is None:
-                raise ValueError(
-                    f"cursor {cursor[:40]!r} is not one this server gave out: use the "
-                    "next or previous URL of a page"
-                )
-            seq = int(match[2])
-            if match[1] == "b":
-                walk = (p for p in self._matching(owner, newest_first=True) if p.seq < seq)
-            else:
-                # Newer than the cursor: the ones next to it first.
-                walk = (p for p in self._matching(owner, newest_first=False) if p.seq > seq)
-                newer_first = False
-        candidates = list(itertools.islice(walk, self.settings.page_size))
-        taken: list[tuple[Prediction, bytes]] = []
-        size = 0
-        for prediction in candidates:
-            encoded = await encode(prediction)
-            if taken and size + len(encoded) > self.settings.max_page_bytes:
-                break
-            taken.append((prediction, encoded))
-            size += len(encoded)
-            await trio.lowlevel.checkpoint()
-        if not taken:
-            return Page([], None, None)
-        if not newer_first:
-            taken.reverse()
-        first, last = taken[0][0], taken[-1][0]
-        oldest = next(self._matching(owner, newest_first=False), None)
-        newest = next(self._matching(owner, newest_first=True), None)
-        older = oldest is not None and oldest.seq < last.seq
-        newer = newest is not None and newest.seq > first.seq
-        return Page(
-            [encoded for _, encoded in taken],
-            f"b{last.seq}" if older else None,
-            f"a{first.seq}" if newer else None,
-        )
+        """A page of the predictions *owner* may see, newest first (see
+        :meth:`bridge.store.PredictionStore.page`)."""
+        return await self.store.page(cursor, owner, encode)
 
     async def _follow_webhook(
         self, prediction: Prediction, url: str, events: frozenset[str], base_url: str
@@ -408,30 +321,27 @@ class Bridge:
     def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
         """The prediction, if *owner* may see it (with auth on, only the
         token that created it may; to anyone else it does not exist)."""
-        self.retention.prune()
-        prediction = self.predictions.get(prediction_id)
-        if prediction is None or (owner is not None and prediction.owner != owner):
-            raise NotFound(f"prediction {prediction_id} not found")
-        return prediction
+        return self.store.get(prediction_id, owner)
 
     async def _run(
         self, prediction: Prediction, entry: ModelEntry, ticket: Ticket, validated: bool
     ) -> None:
+        # Cancelled (a cancel, Cancel-After, shutdown) through the
+        # supervisor's scope around this task: the finally records it.
         try:
-            with prediction.cancel_scope:
-                await ticket.wait()  # queued until a slot is free
-                self.observer.admitted(prediction, time.time() - prediction.created_at)
-                await runner.run(
-                    prediction,
-                    entry,
-                    grpc=self.grpc,
-                    describe=self.describe,
-                    observer=self.observer,
-                    retention=self.retention,
-                    max_output_bytes=self.settings.max_output_bytes,
-                    validated=validated,
-                    offload=self.offload,
-                )
+            await ticket.wait()  # queued until a slot is free
+            self.observer.admitted(prediction, time.time() - prediction.created_at)
+            await runner.run(
+                prediction,
+                entry,
+                grpc=self.grpc,
+                describe=self.describe,
+                observer=self.observer,
+                store=self.store,
+                max_output_bytes=self.settings.max_output_bytes,
+                validated=validated,
+                offload=self.offload,
+            )
         # This task is its prediction's only writer: whatever ends it is
         # recorded here, once.
         except BridgeError as exc:
@@ -449,11 +359,7 @@ class Bridge:
                     prediction.fail(SHUTDOWN_ERROR)
                 else:
                     prediction.cancel()
-            self.retention.ended(prediction)
-            self._running.discard(prediction)
-            if not self._running:
-                self._idle.set()
-                self._idle = trio.Event()
+            self.store.ended(prediction)
             log.info(
                 "prediction %s %s",
                 prediction.id,
@@ -472,25 +378,21 @@ class Bridge:
         running prediction, so that an idle one writes its ``: ping`` in
         time (see :func:`bridge.stream.sse_body`). Returns once the bridge
         is closed."""
-        while not self._closed.is_set():
+        while not self.closing:
             with trio.move_on_after(self.settings.keepalive_seconds / 3):
-                await self._closed.wait()
-            for prediction in list(self._running):
+                await self.supervisor.wait_closed()
+            for prediction in self.supervisor.running():
                 prediction.events.nudge()
 
     async def drain(self, seconds: float) -> None:
         """Stop taking predictions; wait up to *seconds* for running ones."""
         self.draining = True
-        with trio.move_on_after(seconds):
-            while self.active:
-                await self._idle.wait()
+        await self.supervisor.drain(seconds)
 
     def close(self) -> None:
         """Cancel every running prediction (they record why); pending
         webhooks get the shutdown grace to be delivered."""
-        self._closed.set()
-        for prediction in self.predictions.values():
-            self.cancel(prediction)
+        self.supervisor.close()
         deadline = trio.current_time() + self.settings.shutdown_timeout_seconds
         for scope in self._webhook_scopes:
             scope.deadline = min(scope.deadline, deadline)

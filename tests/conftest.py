@@ -17,9 +17,9 @@ import trio
 
 from bridge.config import ModelSettings, Settings
 from bridge.demo import make_models
-from bridge.events import EventLog, MemoryEventLog
 from bridge.sdk import Model, ModelServer
 from bridge.server import serve
+from bridge.store import MemoryStore, PredictionStore
 
 from .sse_clients import Ev, replicate_events, spec_events
 
@@ -132,18 +132,18 @@ def start_bridge(
     nursery: trio.Nursery, demo_targets: dict[str, str], tmp_path: Path
 ) -> StartBridge:
     """Start a bridge on a free port in the test's nursery; returns its URL.
-    ``targets`` adds or replaces models, ``new_log`` makes its event logs;
-    other keywords are Settings."""
+    ``targets`` adds or replaces models, ``store`` makes its store from
+    its settings; other keywords are Settings."""
 
     async def start(
         targets: dict[str, str | tuple[str, ...]] | None = None,
         model_options: dict[str, dict[str, Any]] | None = None,
-        new_log: Callable[[], EventLog] = MemoryEventLog,
+        store: Callable[[Settings], PredictionStore] = MemoryStore,
         **settings: Any,
     ) -> str:
         all_targets = {**demo_targets, **(targets or {})}
         config = bridge_settings(tmp_path, all_targets, model_options, **settings)
-        port = await nursery.start(partial(serve, config, new_log=new_log))
+        port = await nursery.start(partial(serve, config, store=store(config)))
         return f"http://127.0.0.1:{port}"
 
     return start

@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 from bridge import events as events_module
 from bridge import strictjson
-from bridge.events import SLICE_BYTES, Follower, OutputBatch, Record
+from bridge.config import Settings
+from bridge.errors import NotFound, OutputTooLarge, Overloaded
+from bridge.events import SLICE_BYTES, EventLog, Follower, OutputBatch, Record
+from bridge.predictions import Prediction
+from bridge.store import Page
 
 log = logging.getLogger(__name__)
 
@@ -126,3 +132,118 @@ class ListSnapshot:
 
     def logs(self) -> list[str]:
         return [r.data for r in self._records if r.name == "logs"]
+
+
+class ListStore:
+    """A :class:`~bridge.store.PredictionStore` that keeps predictions in a
+    list and finds everything by scanning it: what it keeps is summed when
+    asked, and the retention rules are applied to the list as written in
+    bridge.retention's docstring, with nothing kept on the side."""
+
+    def __init__(self, settings: Settings, new_log: Callable[[], EventLog] = ListEventLog):
+        self._settings = settings
+        self._new_log = new_log
+        self._all: list[Prediction] = []
+        self._ended: list[Prediction] = []  # in the order they ended
+        self._seq = 0
+
+    @property
+    def kept_bytes(self) -> int:
+        return sum(p.kept_bytes for p in self._all)
+
+    def new_log(self) -> EventLog:
+        return self._new_log()
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _fits(self, cost: int) -> bool:
+        """Let go of the earliest ended predictions' data until *cost* fits."""
+        for prediction in self._ended:
+            if self.kept_bytes + cost <= self._settings.max_retained_bytes:
+                break
+            if not prediction.data_removed:
+                prediction.remove_data()
+        return self.kept_bytes + cost <= self._settings.max_retained_bytes
+
+    def add(self, prediction: Prediction) -> None:
+        self._prune()
+        if not self._fits(prediction.kept_bytes):
+            raise Overloaded("no room (max_retained_bytes)", 1)
+        self._all.append(prediction)
+
+    def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
+        self._prune()
+        for prediction in self._all:
+            if prediction.id == prediction_id and owner in (None, prediction.owner):
+                return prediction
+        raise NotFound(f"prediction {prediction_id} not found")
+
+    def charge(self, prediction: Prediction, cost: int, cap: int) -> None:
+        if prediction.output_bytes + cost > cap or not self._fits(cost):
+            raise OutputTooLarge("output too large")
+
+    def ended(self, prediction: Prediction) -> None:
+        self._ended.append(prediction)
+        self._prune()
+
+    def _prune(self) -> None:
+        settings, now = self._settings, time.time()
+        with_data = [p for p in self._ended if not p.data_removed]
+        for i, prediction in enumerate(with_data):
+            too_many = len(with_data) - i > settings.retention_count
+            if too_many or _ended_at(prediction) < now - settings.retention_seconds:
+                prediction.remove_data()
+        for prediction in list(self._ended):
+            too_many = len(self._ended) > settings.metadata_retention_count
+            if too_many or _ended_at(prediction) < now - settings.metadata_retention_seconds:
+                if not prediction.data_removed:
+                    prediction.remove_data()
+                self._ended.remove(prediction)
+                self._all.remove(prediction)
+
+    async def page(
+        self,
+        cursor: str | None,
+        owner: str | None,
+        encode: Callable[[Prediction], Awaitable[bytes]],
+    ) -> Page:
+        self._prune()
+        seen = sorted(
+            (p for p in self._all if owner in (None, p.owner)), key=lambda p: -p.seq
+        )  # newest first
+        match = re.fullmatch(r"([ab])([0-9]{1,18})", cursor or "b" + "9" * 18)
+        if match is None:
+            raise ValueError(f"cursor {cursor!r} is not one this server gave out")
+        seq = int(match[2])
+        if match[1] == "b":
+            window = [p for p in seen if p.seq < seq][: self._settings.page_size]
+        else:
+            window = [p for p in seen if p.seq > seq][-self._settings.page_size :]
+        results: list[bytes] = []
+        taken: list[Prediction] = []
+        # Closest to the cursor first: a page cut by max_page_bytes keeps those.
+        for prediction in window if match[1] == "b" else window[::-1]:
+            encoded = await encode(prediction)
+            if results and sum(map(len, results)) + len(encoded) > self._settings.max_page_bytes:
+                break
+            results.append(encoded)
+            taken.append(prediction)
+        if match[1] == "a":
+            results.reverse()
+            taken.reverse()
+        if not taken:
+            return Page([], None, None)
+        older = any(p.seq < taken[-1].seq for p in seen)
+        newer = any(p.seq > taken[0].seq for p in seen)
+        return Page(
+            results,
+            f"b{taken[-1].seq}" if older else None,
+            f"a{taken[0].seq}" if newer else None,
+        )
+
+
+def _ended_at(prediction: Prediction) -> float:
+    assert prediction.completed_at is not None
+    return prediction.completed_at

@@ -15,12 +15,14 @@ import httpx
 import pytest
 import trio
 
-from bridge.events import SLICE_BYTES, EventLog, MemoryEventLog, OutputBatch
+from bridge.config import Settings
+from bridge.events import SLICE_BYTES, MemoryEventLog, OutputBatch
 from bridge.sdk import Model, ModelServer
 from bridge.sse import normalize_line_breaks
+from bridge.store import MemoryStore, PredictionStore
 from bridge.stream import sse_body
 from tests.conftest import StartBridge, closed_port_target, create, poll_until, read_stream
-from tests.fakes import ListEventLog
+from tests.fakes import ListStore
 from tests.sse_clients import spec_events
 from tests.test_sse import CHUNKS
 
@@ -67,14 +69,15 @@ async def test_hostile_chunks_end_to_end(client: httpx.AsyncClient) -> None:
     assert final["output"] == CHUNKS
 
 
-@pytest.mark.parametrize("new_log", [MemoryEventLog, ListEventLog], ids=["memory", "records"])
-async def test_the_bridge_needs_only_the_event_log_interface(
-    start_bridge: StartBridge, new_log: Callable[[], EventLog]
+@pytest.mark.parametrize("store", [MemoryStore, ListStore], ids=["memory", "fakes"])
+async def test_the_bridge_needs_only_the_store_and_event_log_interfaces(
+    start_bridge: StartBridge, store: Callable[[Settings], PredictionStore]
 ) -> None:
     """Every route that reads a prediction's events (the stream, a late
     join, a resume, the prediction object, a failure's error) works the
-    same on the record-keeping fake as on the log kept in memory."""
-    async with httpx.AsyncClient(base_url=await start_bridge(new_log=new_log)) as client:
+    same on the fakes (a list-scanning store of record-keeping logs) as on
+    the store and logs kept in memory."""
+    async with httpx.AsyncClient(base_url=await start_bridge(store=store)) as client:
         prediction = await create(client, "demo/echo", {"prompt": "-", "tokens": CHUNKS})
         events, _ = await read_stream(client, prediction["urls"]["stream"])
         assert [e.event for e in events] == ["logs"] + ["output"] * len(CHUNKS) + ["done"]
@@ -93,6 +96,8 @@ async def test_the_bridge_needs_only_the_event_log_interface(
         assert [e.event for e in events] == ["logs", "output", "error", "done"]
         final = (await client.get(failed["urls"]["get"])).json()
         assert (final["status"], final["output"]) == ("failed", ["a "])
+        listed = (await client.get("/v1/predictions")).json()["results"]
+        assert [p["id"] for p in listed] == [failed["id"], prediction["id"]]
 
 
 async def test_stream_headers(client: httpx.AsyncClient) -> None:

@@ -1,0 +1,93 @@
+"""The owner of every prediction's task.
+
+Each prediction runs as a task in the supervisor's nursery (the app's
+lifetime), so it outlives the HTTP request that created it, as on
+Replicate. The task runs in a cancel scope the supervisor keeps by
+prediction id: the run handle. Cancel, ``Cancel-After`` deadlines and
+shutdown all go through it; the prediction record holds no handle.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .predictions import Prediction
+
+__all__ = ["Supervisor"]
+
+
+class Supervisor:
+    """Starts, cancels, drains and closes prediction tasks."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        #: The predictions whose tasks are alive, with their run handles.
+        self._scopes: dict[Prediction, trio.CancelScope] = {}
+        self._idle = trio.Event()
+        self._closed = trio.Event()
+
+    @property
+    def active(self) -> int:
+        """Prediction tasks alive (running or queued)."""
+        return len(self._scopes)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed.is_set()
+
+    def running(self) -> list[Prediction]:
+        """The predictions whose tasks are alive."""
+        return list(self._scopes)
+
+    def start(
+        self,
+        prediction: Prediction,
+        run: Callable[[], Awaitable[object]],
+        *,
+        deadline: float = math.inf,
+    ) -> None:
+        """Run ``run()`` as *prediction*'s task, cancelled at *deadline*
+        (Trio's clock) wherever it is then, or by :meth:`cancel`. *run*
+        must record its own end and raise nothing (an exception here would
+        cancel every other prediction)."""
+        scope = trio.CancelScope(deadline=deadline)
+        self._scopes[prediction] = scope
+        self._nursery.start_soon(self._supervise, prediction, scope, run)
+
+    async def _supervise(
+        self, prediction: Prediction, scope: trio.CancelScope, run: Callable[[], Awaitable[object]]
+    ) -> None:
+        try:
+            with scope:
+                await run()
+        finally:
+            del self._scopes[prediction]
+            if not self._scopes:
+                self._idle.set()
+                self._idle = trio.Event()
+
+    def cancel(self, prediction: Prediction) -> None:
+        """Cancel *prediction*'s task (a no-op once it has ended)."""
+        scope = self._scopes.get(prediction)
+        if scope is not None:
+            scope.cancel()
+
+    async def drain(self, seconds: float) -> None:
+        """Wait up to *seconds* for every task to end."""
+        with trio.move_on_after(seconds):
+            while self._scopes:
+                await self._idle.wait()
+
+    def close(self) -> None:
+        """Cancel every task; from now on :attr:`closed` is true (the tasks
+        record why they ended accordingly)."""
+        self._closed.set()
+        for scope in self._scopes.values():
+            scope.cancel()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()

@@ -1,0 +1,167 @@
+"""The store's contract, run against every implementation of
+:class:`~bridge.store.PredictionStore`: the store kept in memory and the
+list-scanning fake of tests/fakes.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from bridge.config import Settings
+from bridge.errors import NotFound, OutputTooLarge, Overloaded
+from bridge.predictions import Prediction
+from bridge.store import MemoryStore, PredictionStore
+from tests.fakes import ListStore
+
+NewStore = Callable[..., PredictionStore]
+
+
+@pytest.fixture(params=[MemoryStore, ListStore], ids=["memory", "list"])
+def new_store(request: pytest.FixtureRequest) -> NewStore:
+    def new(**settings: Any) -> PredictionStore:
+        store: PredictionStore = request.param(Settings(port=0, **settings))
+        return store
+
+    return new
+
+
+def add(store: PredictionStore, owner: str | None = None, size: int = 0) -> Prediction:
+    prediction = Prediction(
+        model="o/m",
+        version="",
+        input={"x": "x" * size},
+        seq=store.next_seq(),
+        owner=owner,
+        events=store.new_log(),
+    )
+    store.add(prediction)
+    return prediction
+
+
+def end(store: PredictionStore, prediction: Prediction) -> None:
+    prediction.succeed()
+    store.ended(prediction)
+
+
+async def ids(store: PredictionStore, cursor: str | None, owner: str | None = None) -> Any:
+    async def encode(p: Prediction) -> bytes:
+        return p.id.encode()
+
+    page = await store.page(cursor, owner, encode)
+    return [r.decode() for r in page.results], page.next, page.previous
+
+
+def test_a_prediction_is_found_by_its_id_and_only_by_its_owner(new_store: NewStore) -> None:
+    store = new_store()
+    mine, anyone = add(store, owner="me"), add(store)
+    assert store.get(mine.id) is mine and store.get(mine.id, "me") is mine
+    assert store.get(anyone.id) is anyone
+    for prediction_id, owner in [(mine.id, "you"), ("nope", None), (anyone.id, "me")]:
+        with pytest.raises(NotFound, match="not found"):
+            store.get(prediction_id, owner)
+    assert anyone.seq > mine.seq
+
+
+async def test_pages_go_newest_first_and_cursors_walk_both_ways(new_store: NewStore) -> None:
+    store = new_store(page_size=3)
+    made = [add(store, owner="me" if i % 2 else None) for i in range(7)]
+    newest = [p.id for p in reversed(made)]
+    first, older = newest[:3], newest[3:6]
+    assert await ids(store, None) == (first, f"b{made[4].seq}", None)
+    assert await ids(store, f"b{made[4].seq}") == (older, f"b{made[1].seq}", f"a{made[3].seq}")
+    assert await ids(store, f"a{made[3].seq}") == (first, f"b{made[4].seq}", None)
+    assert await ids(store, f"b{made[1].seq}") == ([made[0].id], None, f"a{made[0].seq}")
+    # Newer than a cursor: the page next to it, not the newest.
+    nearest = [made[3].id, made[2].id, made[1].id]
+    assert await ids(store, f"a{made[0].seq}") == (nearest, f"b{made[1].seq}", f"a{made[3].seq}")
+    mine = [p.id for p in reversed(made) if p.owner == "me"]
+    assert await ids(store, None, "me") == (mine, None, None)
+    assert await ids(store, None, "nobody") == ([], None, None)
+
+
+async def test_a_page_holds_max_page_bytes_but_at_least_one(new_store: NewStore) -> None:
+    store = new_store(max_page_bytes=100)
+    made = [add(store) for _ in range(3)]
+
+    async def big(p: Prediction) -> bytes:
+        return b"x" * 60
+
+    page = await store.page(None, None, big)
+    assert len(page.results) == 1 and page.next == f"b{made[2].seq}"
+
+    async def huge(p: Prediction) -> bytes:
+        return b"x" * 1000
+
+    assert len((await store.page(None, None, huge)).results) == 1
+
+
+@pytest.mark.parametrize("cursor", ["x", "b", "c1", "b-1", "b" + "9" * 19, "a1 "])
+async def test_a_cursor_no_page_gave_out_is_refused(new_store: NewStore, cursor: str) -> None:
+    store = new_store()
+    add(store)
+    with pytest.raises(ValueError, match="not one this server gave out"):
+        await ids(store, cursor)
+
+
+def test_ended_predictions_lose_their_data_then_their_metadata_by_count(
+    new_store: NewStore,
+) -> None:
+    store = new_store(retention_count=1, metadata_retention_count=2)
+    made = [add(store, size=10) for _ in range(4)]
+    for prediction in made[:3]:
+        end(store, prediction)
+    with pytest.raises(NotFound):
+        store.get(made[0].id)  # past the metadata count
+    assert store.get(made[1].id).data_removed  # past the data count
+    assert not store.get(made[2].id).data_removed
+    assert not made[3].data_removed  # running: kept whatever the counts
+    assert store.kept_bytes == made[2].kept_bytes + made[3].kept_bytes
+
+
+def test_ended_predictions_lose_their_data_then_their_metadata_by_age(
+    new_store: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1_700_000_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])
+    store = new_store(retention_seconds=10, metadata_retention_seconds=20)
+    old, running = add(store, size=10), add(store, size=10)
+    end(store, old)
+    now[0] += 11
+    assert store.get(old.id).data_removed and not running.data_removed
+    now[0] += 10
+    with pytest.raises(NotFound):
+        store.get(old.id)
+    assert store.get(running.id) is running
+
+
+def test_room_is_made_from_the_earliest_ended_data_or_a_create_is_refused(
+    new_store: NewStore,
+) -> None:
+    store = new_store(max_retained_bytes=1000)
+    first, second = add(store, size=400), add(store, size=400)
+    end(store, first)
+    end(store, second)
+    third = add(store, size=400)
+    assert first.data_removed and not second.data_removed  # the earliest went
+    fourth = add(store, size=400)
+    assert second.data_removed
+    with pytest.raises(Overloaded):
+        add(store, size=400)  # the running ones alone fill it
+    assert store.kept_bytes == third.kept_bytes + fourth.kept_bytes <= 1000
+
+
+def test_output_is_charged_before_it_is_kept(new_store: NewStore) -> None:
+    store = new_store(max_retained_bytes=1000)
+    ended, running = add(store, size=300), add(store, size=300)
+    end(store, ended)
+    store.charge(running, 100, cap=200)
+    running.add_log("x" * 92)  # what 100 bytes were charged for
+    with pytest.raises(OutputTooLarge):
+        store.charge(running, 101, cap=200)  # over its own cap
+    store.charge(running, 300, cap=10_000)  # fits once the ended data goes
+    assert ended.data_removed
+    with pytest.raises(OutputTooLarge):
+        store.charge(running, 2000, cap=10_000)  # over what the store may keep
