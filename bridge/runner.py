@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from . import protocol
+from .backend import Backend
 from .errors import (
     BackendLoading,
     BackendProtocolError,
@@ -30,7 +31,6 @@ from .errors import (
     DeadlineExceeded,
 )
 from .events import EVENT_COST, OutputBatch, log_cost
-from .grpc_loop import GrpcLoop
 from .models import ModelEntry
 from .predictions import Prediction
 from .store import PredictionStore
@@ -69,7 +69,7 @@ async def run(
     prediction: Prediction,
     entry: ModelEntry,
     *,
-    grpc: GrpcLoop,
+    grpc: Backend,
     describe: Describe,
     observer: Observer,
     store: PredictionStore,
@@ -100,7 +100,7 @@ async def run(
 async def _start(
     prediction: Prediction,
     entry: ModelEntry,
-    grpc: GrpcLoop,
+    grpc: Backend,
     describe: Describe,
     sink: _Sink,
     validated: bool,
@@ -169,7 +169,7 @@ def _with_hint(error: BackendUnavailable, entry: ModelEntry) -> BackendUnavailab
 async def _stream(
     prediction: Prediction,
     entry: ModelEntry,
-    grpc: GrpcLoop,
+    grpc: Backend,
     sink: _Sink,
     request: Any,
 ) -> None:

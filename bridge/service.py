@@ -23,6 +23,7 @@ import trio
 
 from . import protocol, runner, strictjson
 from .admission import Admission, Ticket
+from .backend import Backend
 from .config import Settings
 from .errors import (
     BackendTimeout,
@@ -32,7 +33,7 @@ from .errors import (
     PredictionError,
     ShuttingDown,
 )
-from .grpc_loop import CLEANUP_TIMEOUT, GrpcLoop
+from .grpc_loop import CLEANUP_TIMEOUT
 from .models import ModelEntry
 from .predictions import Prediction
 from .store import MemoryStore, Page, PredictionStore
@@ -80,7 +81,7 @@ class Bridge:
     def __init__(
         self,
         settings: Settings,
-        grpc_loop: GrpcLoop,
+        grpc_loop: Backend,
         nursery: trio.Nursery,
         webhooks: WebhookSender | None = None,
         webhook_policy: WebhookPolicy | None = None,

@@ -135,3 +135,50 @@ class BackendProcess:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+
+
+SCRIPTED_INFO = protocol.ModelInfo(
+    "test/scripted", "v1", {"type": "object"}, {"type": "array", "x-cog-array-type": "iterator"}
+)
+
+
+class Scripted(predictor_pb2_grpc.PredictorServicer):
+    """A backend that does what its input says (the script tests/fakes.py's
+    FakeBackend runs in Trio too): ``log`` a line, then each of ``chunks``
+    as a message, ``gap_ms`` before each; then ``metrics``; then ``hang``
+    until cancelled, or ``fail`` with that message. It notes the ids of
+    the calls that were cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def cancelled_event(self, prediction_id: str) -> threading.Event:
+        with self._lock:
+            return self.cancelled.setdefault(prediction_id, threading.Event())
+
+    async def Describe(self, request: Any, context: Any) -> Any:
+        return protocol.model_info_to_pb(SCRIPTED_INFO)
+
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        script = protocol.request_input(request)
+        await context.send_initial_metadata(())
+        # Cancelled in an await (CancelledError) or at a yield (the
+        # generator is closed): either way it did not get to the end.
+        completed = False
+        try:
+            if "log" in script:
+                yield protocol.log_response(script["log"])
+            for chunk in script.get("chunks", []):
+                await asyncio.sleep(script.get("gap_ms", 0) / 1000)
+                yield protocol.output_response([chunk])
+            if "metrics" in script:
+                yield protocol.metrics_response(script["metrics"])
+            if script.get("hang"):
+                await asyncio.sleep(3600)
+            completed = True
+        finally:
+            if not completed:
+                self.cancelled_event(request.id).set()
+        if "fail" in script:
+            await context.abort(grpc.StatusCode.UNKNOWN, script["fail"])

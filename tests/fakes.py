@@ -5,21 +5,31 @@ bridge runs on them end to end (so each interface is all its users need).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import trio
 
 from bridge import events as events_module
-from bridge import strictjson
+from bridge import protocol, strictjson
+from bridge._proto.v1 import predictor_pb2
 from bridge.config import Settings
-from bridge.errors import NotFound, OutputTooLarge, Overloaded
+from bridge.errors import (
+    BackendUnavailable,
+    ModelError,
+    NotFound,
+    OutputTooLarge,
+    Overloaded,
+    PredictionError,
+)
 from bridge.events import SLICE_BYTES, EventLog, Follower, OutputBatch, Record
 from bridge.predictions import Prediction
+from bridge.protocol import ModelInfo
 from bridge.store import Page
 
 log = logging.getLogger(__name__)
@@ -247,3 +257,158 @@ class ListStore:
 def _ended_at(prediction: Prediction) -> float:
     assert prediction.completed_at is not None
     return prediction.completed_at
+
+
+class FakeBackend:
+    """A :class:`~bridge.backend.Backend` in Trio, with no gRPC: each target
+    serves a :class:`~bridge.protocol.ModelInfo` and runs the script that
+    tests/backends.py's ``Scripted`` runs over gRPC (see there), sleeping
+    on Trio's clock, so that an autojump clock runs it in no time. A target
+    not in *models* cannot be reached. Its calls run in *nursery* (see
+    :func:`open_fake_backend`), as the gRPC loop's run on its loop."""
+
+    def __init__(
+        self, models: dict[str, ModelInfo], nursery: trio.Nursery, health: str = "SERVING"
+    ) -> None:
+        self.models = models
+        self._nursery = nursery
+        self.health = health
+        self.active_calls = 0
+        #: The ids of the predictions whose calls were cancelled.
+        self.cancelled: set[str] = set()
+
+    async def describe(self, target: str) -> ModelInfo:
+        await trio.lowlevel.checkpoint()
+        if target not in self.models:
+            raise BackendUnavailable("model backend unavailable: no connection")
+        return self.models[target]
+
+    async def check_health(self, target: str) -> str:
+        await trio.lowlevel.checkpoint()
+        return self.health if target in self.models else "UNAVAILABLE"
+
+    @contextlib.asynccontextmanager
+    async def predict(
+        self, target: str, request: predictor_pb2.PredictRequest
+    ) -> AsyncIterator[FakeCall]:
+        self.active_calls += 1
+        call, ended = FakeCall(), trio.Event()
+        self._nursery.start_soon(self._run, target, request, call, ended)
+        try:
+            yield call
+        finally:
+            call.scope.cancel()
+            with trio.CancelScope(shield=True):
+                await ended.wait()
+            self.active_calls -= 1
+
+    async def _run(
+        self,
+        target: str,
+        request: predictor_pb2.PredictRequest,
+        call: FakeCall,
+        ended: trio.Event,
+    ) -> None:
+        try:
+            await self._script(target, request, call)
+        finally:
+            ended.set()
+
+    async def _script(
+        self, target: str, request: predictor_pb2.PredictRequest, call: FakeCall
+    ) -> None:
+        with call.scope:
+            try:
+                if target not in self.models:
+                    raise BackendUnavailable("model backend unavailable: no connection")
+                script = protocol.request_input(request)
+                call.push(protocol.Started())
+                if "log" in script:
+                    call.push(protocol.LogLine(script["log"]))
+                for chunk in script.get("chunks", []):
+                    await trio.sleep(script.get("gap_ms", 0) / 1000)
+                    call.push(protocol.OutputChunks([chunk]))
+                if "metrics" in script:
+                    call.push(protocol.MetricsUpdate(script["metrics"]))
+                if script.get("hang"):
+                    await trio.sleep_forever()
+                if "fail" in script:
+                    raise ModelError(script["fail"])
+                call.end(trio.EndOfChannel())
+            except PredictionError as exc:
+                call.end(exc)
+        if call.scope.cancelled_caught:
+            self.cancelled.add(request.id)
+
+
+@contextlib.asynccontextmanager
+async def open_fake_backend(
+    models: dict[str, ModelInfo], health: str = "SERVING"
+) -> AsyncIterator[FakeBackend]:
+    """A :class:`FakeBackend` whose calls run in a nursery of its own."""
+    async with trio.open_nursery() as nursery:
+        yield FakeBackend(models, nursery, health)
+        nursery.cancel_scope.cancel()
+
+
+class FakeCall:
+    """The :class:`~bridge.backend.Call` of a FakeBackend."""
+
+    def __init__(self) -> None:
+        self.scope = trio.CancelScope()
+        self._items: list[protocol.StreamItem] = []
+        self._end: Exception | None = None  # EndOfChannel, or the error
+        self._handle: Callable[[list[protocol.StreamItem]], None] | None = None
+        self._changed = trio.lowlevel.ParkingLot()
+
+    @property
+    def stopped(self) -> bool:
+        return self._end is not None
+
+    def push(self, item: protocol.StreamItem) -> None:
+        if self._end is not None:
+            return  # ended by its handler: nothing more is delivered
+        self._items.append(item)
+        if self._handle is not None:
+            self._hand_over()
+        self._changed.unpark_all()
+
+    def end(self, how: Exception) -> None:
+        if self._end is None:
+            self._end = how
+        self._changed.unpark_all()
+
+    def _hand_over(self) -> None:
+        assert self._handle is not None
+        items, self._items = self._items, []
+        try:
+            self._handle(items)
+        except Exception as exc:  # ends the call in its owner
+            self._handle = None
+            self._end = exc
+            self.scope.cancel()
+
+    def deliver(self, handle: Callable[[list[protocol.StreamItem]], None]) -> None:
+        self._handle = handle
+        if self._items:
+            self._hand_over()
+
+    async def wait_end(self) -> None:
+        while self._end is None:
+            await self._changed.park()
+        if not isinstance(self._end, trio.EndOfChannel):
+            raise self._end
+
+    def __aiter__(self) -> FakeCall:
+        return self
+
+    async def __anext__(self) -> list[protocol.StreamItem]:
+        while not self._items and self._end is None:
+            await self._changed.park()
+        if self._items:
+            items, self._items = self._items, []
+            return items
+        if isinstance(self._end, trio.EndOfChannel):
+            raise StopAsyncIteration
+        assert self._end is not None
+        raise self._end

@@ -1,0 +1,144 @@
+"""The backend's contract, run against every implementation of
+:class:`~bridge.backend.Backend`: the gRPC loop talking to a real gRPC
+server, and the Trio fake of tests/fakes.py running the same script."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+import pytest
+import trio
+
+from bridge import protocol
+from bridge.backend import Backend
+from bridge.errors import BackendUnavailable, ModelError
+from bridge.grpc_loop import open_grpc_loop
+from tests.backends import SCRIPTED_INFO, RawServer, Scripted
+from tests.conftest import closed_port_target
+from tests.fakes import open_fake_backend
+
+
+@dataclass
+class Env:
+    backend: Backend
+    target: str
+    unreachable: str
+    #: Returns once the backend saw the call of that prediction cancelled.
+    cancelled: Callable[[str], Awaitable[None]]
+
+
+@pytest.fixture(scope="module")
+def scripted() -> Iterator[RawServer]:
+    with RawServer(Scripted()) as server:
+        yield server
+
+
+@pytest.fixture(params=["grpc", "fake"])
+async def env(request: pytest.FixtureRequest, scripted: RawServer) -> AsyncIterator[Env]:
+    if request.param == "grpc":
+        servicer = scripted.servicer
+        assert isinstance(servicer, Scripted)
+
+        async def seen(prediction_id: str) -> None:
+            event = servicer.cancelled_event(prediction_id)
+            assert await trio.to_thread.run_sync(event.wait, 10)
+
+        async with open_grpc_loop(window=8) as grpc_loop:
+            yield Env(grpc_loop, scripted.target, closed_port_target(), seen)
+    else:
+        async with open_fake_backend({"fake:1": SCRIPTED_INFO}, health="UNKNOWN") as fake:
+
+            async def noted(prediction_id: str) -> None:
+                await trio.lowlevel.checkpoint()
+                assert prediction_id in fake.cancelled
+
+            yield Env(fake, "fake:1", "fake:2", noted)
+
+
+SCRIPT = {"log": "starting", "chunks": ["a", "b", "c"], "metrics": {"m": 1.5}}
+EXPECTED = [
+    protocol.Started(),
+    protocol.LogLine("starting"),
+    *(protocol.OutputChunks([c]) for c in "abc"),
+    protocol.MetricsUpdate({"m": 1.5}),
+]
+
+
+async def test_a_call_yields_what_the_model_sends_in_order(env: Env) -> None:
+    request = protocol.predict_request("p1", SCRIPT)
+    with trio.fail_after(10):
+        async with env.backend.predict(env.target, request) as call:
+            items = [item async for batch in call for item in batch]
+    assert items == EXPECTED
+    assert env.backend.active_calls == 0
+
+
+async def test_a_delivered_call_hands_over_the_same_and_ends(env: Env) -> None:
+    items: list[protocol.StreamItem] = []
+    request = protocol.predict_request("p2", SCRIPT)
+    with trio.fail_after(10):
+        async with env.backend.predict(env.target, request) as call:
+            call.deliver(items.extend)
+            await call.wait_end()
+            assert call.stopped
+    assert items == EXPECTED
+
+
+async def test_the_model_s_error_ends_the_call_after_what_it_sent(env: Env) -> None:
+    request = protocol.predict_request("p3", {"chunks": ["a"], "fail": "it broke"})
+    items: list[protocol.StreamItem] = []
+    with trio.fail_after(10), pytest.raises(ModelError, match=r"^it broke$"):
+        async with env.backend.predict(env.target, request) as call:
+            async for batch in call:
+                items += batch
+    assert items == [protocol.Started(), protocol.OutputChunks(["a"])]
+    with trio.fail_after(10), pytest.raises(ModelError, match=r"^it broke$"):
+        async with env.backend.predict(env.target, request) as call:
+            call.deliver(lambda batch: None)
+            await call.wait_end()
+
+
+async def test_leaving_the_block_cancels_the_call_at_the_backend(env: Env) -> None:
+    request = protocol.predict_request("p4", {"chunks": ["a"], "hang": True})
+    with trio.fail_after(10):
+        async with env.backend.predict(env.target, request) as call:
+            async for batch in call:
+                if protocol.OutputChunks(["a"]) in batch:
+                    break
+        await env.cancelled("p4")
+    assert env.backend.active_calls == 0
+
+
+async def test_a_handler_that_raises_ends_the_call_in_its_owner(env: Env) -> None:
+    def handle(batch: list[protocol.StreamItem]) -> None:
+        if protocol.OutputChunks(["a"]) in batch:
+            raise ValueError("enough")
+
+    request = protocol.predict_request("p5", {"chunks": ["a", "b"], "hang": True})
+    with trio.fail_after(10), pytest.raises(ValueError, match="enough"):
+        async with env.backend.predict(env.target, request) as call:
+            call.deliver(handle)
+            await call.wait_end()
+    with trio.fail_after(10):
+        await env.cancelled("p5")
+
+
+async def test_a_backend_that_cannot_be_reached_is_unavailable(env: Env) -> None:
+    request = protocol.predict_request("p6", SCRIPT)
+    with (
+        trio.fail_after(10),
+        pytest.raises(BackendUnavailable, match=r"^model backend unavailable"),
+    ):
+        async with env.backend.predict(env.unreachable, request) as call:
+            async for _ in call:
+                pass
+    with trio.fail_after(10), pytest.raises(BackendUnavailable):
+        await env.backend.describe(env.unreachable)
+    assert await env.backend.check_health(env.unreachable) == "UNAVAILABLE"
+
+
+async def test_describe_and_health_of_a_backend_that_answers(env: Env) -> None:
+    with trio.fail_after(10):
+        assert await env.backend.describe(env.target) == SCRIPTED_INFO
+        assert await env.backend.check_health(env.target) == "UNKNOWN"  # no health service

@@ -1,0 +1,127 @@
+"""The core without HTTP or gRPC: a Bridge on the fake backend and the
+in-memory store, under Trio's autojump clock. Deadlines, Cancel-After,
+admission, retries and shutdown run in virtual seconds (each test takes
+milliseconds), and the times asserted are exact."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+
+from bridge.config import ModelSettings, Settings
+from bridge.predictions import Prediction, Status
+from bridge.service import SHUTDOWN_ERROR, Bridge
+from tests.backends import SCRIPTED_INFO
+from tests.fakes import FakeBackend, open_fake_backend
+
+MODEL = "test/scripted"
+
+
+@contextlib.asynccontextmanager
+async def open_bridge(
+    target: str = "fake:1", model: dict[str, Any] | None = None, **settings: Any
+) -> AsyncIterator[tuple[Bridge, FakeBackend]]:
+    models = {MODEL: ModelSettings(MODEL, (target,), **(model or {}))}
+    async with (
+        open_fake_backend({"fake:1": SCRIPTED_INFO}) as backend,
+        trio.open_nursery() as nursery,
+    ):
+        bridge = Bridge(Settings(port=0, models=models, **settings), backend, nursery)
+        yield bridge, backend
+        bridge.close()
+
+
+async def run(bridge: Bridge, script: dict[str, Any], **create: Any) -> Prediction:
+    return await bridge.create(bridge.model(MODEL), script, **create)
+
+
+async def ended(prediction: Prediction) -> float:
+    """Wait for *prediction*'s end; when it came, on Trio's clock."""
+    await prediction.events.wait_closed()
+    return trio.current_time()
+
+
+async def test_a_prediction_runs_to_its_end(autojump_clock: Any) -> None:
+    async with open_bridge() as (bridge, _):
+        start = trio.current_time()
+        prediction = await run(bridge, {"chunks": ["a", "b"], "gap_ms": 1000})
+        assert await ended(prediction) - start == 2
+        assert prediction.status is Status.SUCCEEDED
+        assert prediction.events.snapshot().outputs() == ["a", "b"]
+        assert bridge.active == 0
+
+
+async def test_idle_and_first_output_deadlines_end_it_on_time(autojump_clock: Any) -> None:
+    options = {"first_output_seconds": 5.0, "idle_seconds": 2.0}
+    async with open_bridge(model=options) as (bridge, backend):
+        start = trio.current_time()
+        idle = await run(bridge, {"chunks": ["a", "b"], "gap_ms": 3000})
+        assert await ended(idle) - start == 3 + 2  # the first chunk, then idle
+        assert idle.error == ("deadline exceeded: no output for idle_seconds (2 s) between outputs")
+        start = trio.current_time()
+        silent = await run(bridge, {"hang": True})
+        assert await ended(silent) - start == 5
+        assert silent.error is not None and "first_output_seconds (5 s)" in silent.error
+        assert {idle.id, silent.id} <= backend.cancelled
+
+
+async def test_total_seconds_ends_a_prediction_that_keeps_talking(autojump_clock: Any) -> None:
+    async with open_bridge(model={"total_seconds": 2.5}) as (bridge, backend):
+        start = trio.current_time()
+        prediction = await run(bridge, {"chunks": list("abcdef"), "gap_ms": 1000})
+        assert await ended(prediction) - start == 2.5
+        assert prediction.events.snapshot().outputs() == ["a", "b"]
+        assert prediction.error is not None and "total_seconds (2.5 s)" in prediction.error
+        assert prediction.id in backend.cancelled
+
+
+async def test_cancel_after_ends_it_wherever_it_is(autojump_clock: Any) -> None:
+    async with open_bridge(model={"max_running": 1}) as (bridge, backend):
+        start = trio.current_time()
+        running = await run(bridge, {"hang": True, "chunks": ["a"]}, cancel_after=3)
+        queued = await run(bridge, {"chunks": ["b"]}, cancel_after=1)
+        assert await ended(queued) - start == 1  # still queued then
+        assert queued.status is Status.CANCELED and queued.started_at is None
+        assert await ended(running) - start == 3
+        assert running.status is Status.CANCELED
+        assert running.id in backend.cancelled and queued.id not in backend.cancelled
+
+
+async def test_a_model_s_predictions_queue_in_order_past_its_limit(autojump_clock: Any) -> None:
+    async with open_bridge(model={"max_running": 1}) as (bridge, _):
+        made = [await run(bridge, {"chunks": [str(i)], "gap_ms": 1000}) for i in range(3)]
+        ends = [await ended(p) for p in made]
+        assert ends == [1, 2, 3]  # one at a time, first come first served
+        assert all(p.status is Status.SUCCEEDED for p in made)
+
+
+async def test_an_unreachable_backend_is_retried_until_start_timeout(
+    autojump_clock: Any,
+) -> None:
+    async with open_bridge(target="fake:away", model={"start_timeout_seconds": 4.0}) as (
+        bridge,
+        _,
+    ):
+        start = trio.current_time()
+        prediction = await run(bridge, {"chunks": ["a"]})
+        assert prediction.status is Status.STARTING
+        assert await ended(prediction) - start == 4
+        assert prediction.error is not None
+        assert prediction.error.startswith("model backend unavailable")
+
+
+async def test_shutdown_drains_then_fails_what_is_left(autojump_clock: Any) -> None:
+    async with open_bridge() as (bridge, backend):
+        quick = await run(bridge, {"chunks": ["a"], "gap_ms": 1000})
+        slow = await run(bridge, {"hang": True})
+        start = trio.current_time()
+        await bridge.drain(5)
+        assert trio.current_time() - start == 5
+        assert quick.status is Status.SUCCEEDED and not slow.done
+        bridge.close()
+        await ended(slow)
+        assert (slow.status, slow.error) == (Status.FAILED, SHUTDOWN_ERROR)
+        assert slow.id in backend.cancelled
