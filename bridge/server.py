@@ -31,10 +31,10 @@ from hypercorn.config import Sockets
 from hypercorn.utils import wrap_app
 
 from ._compat.hypercorn import ConnectionLimits, serve_http
-from .app import create_app
 from .config import Settings
 from .errors import ListenError
 from .grpc_loop import GrpcLoop, open_grpc_loop
+from .http import create_app
 from .service import Bridge
 from .store import PredictionStore
 from .webhooks import WebhookPolicy, WebhookSender, load_or_create_secret, open_webhook_client

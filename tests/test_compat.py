@@ -111,3 +111,23 @@ async def test_a_trio_socket_stream_says_when_it_may_not_be_written() -> None:
     await stream.aclose()
     assert stream.socket.fileno() == -1
     b.close()
+
+
+def test_quart_trio_handles_each_request_in_its_connection_class() -> None:
+    """bridge/_compat/quart_trio.py: the app makes its asgi_http_class for
+    each HTTP request and calls it with (receive, send); that class cancels
+    the request's nursery on http.disconnect (why the last send is
+    shielded)."""
+    from quart import Quart
+    from quart_trio.asgi import TrioASGIHTTPConnection
+
+    from bridge._compat.quart_trio import App
+
+    assert issubclass(App.asgi_http_class, TrioASGIHTTPConnection)
+    assert "self.asgi_http_class(self, scope)" in inspect.getsource(Quart.asgi_app)
+    assert list(inspect.signature(TrioASGIHTTPConnection.__call__).parameters) == [
+        "self",
+        "receive",
+        "send",
+    ]
+    assert "cancel_scope.cancel()" in inspect.getsource(TrioASGIHTTPConnection)

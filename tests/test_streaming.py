@@ -17,10 +17,10 @@ import trio
 
 from bridge.config import Settings
 from bridge.events import SLICE_BYTES, MemoryEventLog, OutputBatch
+from bridge.http.stream import sse_body
 from bridge.sdk import Model, ModelServer
 from bridge.sse import normalize_line_breaks
 from bridge.store import MemoryStore, PredictionStore
-from bridge.stream import sse_body
 from tests.conftest import StartBridge, closed_port_target, create, poll_until, read_stream
 from tests.fakes import ListStore
 from tests.sse_clients import spec_events

@@ -21,7 +21,7 @@ rest of a partly written event first.
 A reader never changes the prediction: its disconnect is nothing to the
 prediction. (A stream that *owns* its prediction, the direct streaming
 create, cancels it when its request ends, whether or not this body ever
-started: see :func:`bridge.app.when_request_ends`.)
+started: see :func:`bridge._compat.quart_trio.when_request_ends`.)
 """
 
 from __future__ import annotations
@@ -33,9 +33,9 @@ import trio
 from prometheus_client import Gauge
 from quart import Response
 
-from . import sse
-from ._compat.hypercorn import ChunkWriter, chunk_writer
-from .events import SLICE_BYTES, EventLog
+from .. import sse
+from .._compat.hypercorn import ChunkWriter, chunk_writer
+from ..events import SLICE_BYTES, EventLog
 
 __all__ = ["SSE_HEADERS", "head_response", "sse_body", "stream_response"]
 

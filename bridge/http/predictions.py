@@ -1,0 +1,160 @@
+"""Replicate's predictions API: create (by version, model or deployment),
+list, get, cancel, and each prediction's stream."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+import trio
+from quart import Blueprint, Response, request
+
+from ..errors import BadRequest, Gone
+from ..models import ModelEntry
+from . import stream
+from .common import (
+    base_url,
+    caller,
+    context,
+    json_body,
+    no_content,
+    prediction_response,
+    stream_response,
+)
+from .headers import cancel_after, prefer_wait
+
+__all__ = ["STREAM_ENDPOINT", "blueprint"]
+
+blueprint = Blueprint("predictions", __name__)
+
+#: The stream route's endpoint: it needs no token (see bridge.http.app).
+STREAM_ENDPOINT = "predictions.stream_prediction"
+
+
+async def _create(
+    entry: ModelEntry, body: dict[str, Any], size: int, version: str | None
+) -> Response:
+    bridge, settings = context().bridge, context().settings
+    # Headers are read before anything is created: a bad one must not
+    # leave a prediction running behind an error.
+    direct = "text/event-stream" in request.headers.get("Accept", "")
+    wait = prefer_wait(request.headers.get("Prefer"), settings.max_wait_seconds)
+    deadline = cancel_after(request.headers.get("Cancel-After"))
+    prediction = await bridge.create(
+        entry,
+        body.get("input", {}),
+        version=version,
+        webhook=body.get("webhook"),
+        webhook_events_filter=body.get("webhook_events_filter"),
+        stream=body.get("stream"),
+        cancel_after=deadline,
+        owner=caller(),
+        input_size=size,
+        base_url=base_url(),
+    )
+    if direct:
+        # The OpenAI-style use: this response is the stream, and it owns
+        # the prediction.
+        return stream_response(prediction, owned=True, status=201)
+    if wait is None:
+        return await prediction_response(prediction, 201)
+    with trio.move_on_after(wait):
+        await prediction.events.wait_closed()
+    # Replicate's clients read any status but "starting" as final here,
+    # and then poll with output_iterator(), which skips the output
+    # already in this answer: so one still running shows as a starting
+    # prediction, with no output yet. Polling then yields it all.
+    running = {"status": "starting", "output": None, "started_at": None}
+    replace = {} if prediction.done else running
+    response = await prediction_response(prediction, 201, replace)
+    response.headers["Preference-Applied"] = "wait"
+    return response
+
+
+@blueprint.post("/v1/predictions")
+async def create_prediction() -> Response:
+    body, size = await json_body()
+    ref = body.get("version")
+    if not isinstance(ref, str) or not ref:
+        raise BadRequest('"version" is required: a version id or "owner/name:version"')
+    entry, version = await context().bridge.resolve_version(ref)
+    return await _create(entry, body, size, version)
+
+
+@blueprint.post("/v1/models/<owner>/<name>/predictions")
+async def create_model_prediction(owner: str, name: str) -> Response:
+    body, size = await json_body()
+    return await _create(context().bridge.model(f"{owner}/{name}"), body, size, None)
+
+
+@blueprint.post("/v1/deployments/<owner>/<name>/predictions")
+async def create_deployment_prediction(owner: str, name: str) -> Response:
+    body, size = await json_body()
+    return await _create(context().bridge.deployment(f"{owner}/{name}"), body, size, None)
+
+
+@blueprint.get("/v1/predictions")
+async def list_predictions() -> Response:
+    bridge, base = context().bridge, base_url()
+    try:
+        page = await bridge.page(
+            request.args.get("cursor"), caller(), lambda p: bridge.encode(p, base)
+        )
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+    def link(cursor: str | None) -> bytes:
+        url = f"{base}/v1/predictions?{urlencode({'cursor': cursor})}" if cursor else None
+        return json.dumps(url).encode()
+
+    # The results are encoded already: the page is put around them.
+    body = b'{"previous": %b, "next": %b, "results": [%b]}' % (
+        link(page.previous),
+        link(page.next),
+        b", ".join(page.results),
+    )
+    return Response(body, content_type="application/json")
+
+
+@blueprint.get("/v1/predictions/<prediction_id>")
+async def get_prediction(prediction_id: str) -> Response:
+    return await prediction_response(context().bridge.get(prediction_id, caller()))
+
+
+@blueprint.post("/v1/predictions/<prediction_id>/cancel")
+async def cancel_prediction(prediction_id: str) -> Response:
+    # No body is read: clients send none, or an empty one.
+    bridge = context().bridge
+    prediction = bridge.get(prediction_id, caller())
+    return await prediction_response(await bridge.cancel_and_wait(prediction))
+
+
+@blueprint.get("/v1/predictions/<prediction_id>/stream")
+async def stream_prediction(prediction_id: str) -> Response:
+    prediction = context().bridge.get(prediction_id)
+    if prediction.data_removed:
+        raise Gone(f"prediction {prediction_id}'s output was removed (data_removed)")
+    if request.method == "HEAD":
+        # The headers a GET would get, at once: a HEAD never waits for
+        # the prediction (nor holds what is pipelined behind it).
+        return stream.head_response()
+    start = 0
+    last_event_id = request.headers.get("Last-Event-ID")
+    if last_event_id:
+        events = prediction.events
+        try:
+            start = events.index_after(last_event_id)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        if events.closed and start >= len(events):
+            # The client has seen the end: 204 tells an EventSource to
+            # stop reconnecting (an empty 200 would have it reconnect
+            # forever).
+            return no_content()
+        if start > len(events):
+            raise BadRequest(
+                f"Last-Event-ID {last_event_id!r} is past the end of this "
+                f"prediction's events ({len(events)} so far)"
+            )
+    return stream_response(prediction, start)
