@@ -57,7 +57,7 @@ class Admission:
     def queued(self) -> int:
         return len(self._queue)
 
-    def admit(self, model: str, limit: int | None, retry_after: int) -> Ticket:
+    def admit(self, model: str, limit: int | None) -> Ticket:
         """A ticket that runs now or waits in the queue; raises
         :class:`Overloaded` if it can do neither."""
         ticket = Ticket(self, model, math.inf if limit is None else limit)
@@ -68,8 +68,7 @@ class Admission:
         else:
             raise Overloaded(
                 f"{self.running} predictions running and {len(self._queue)} waiting; "
-                "try again later",
-                retry_after,
+                "try again later"
             )
         return ticket
 

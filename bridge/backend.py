@@ -18,7 +18,11 @@ from bridge._proto.v1 import predictor_pb2
 
 from .protocol import ModelInfo, StreamItem
 
-__all__ = ["Backend", "Call"]
+__all__ = ["CLEANUP_TIMEOUT", "Backend", "Call"]
+
+#: The longest a cancelled call may take to end (its cleanup waits at most
+#: this long for the backend's side to confirm).
+CLEANUP_TIMEOUT = 5.0
 
 
 class Call(Protocol):

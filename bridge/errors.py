@@ -123,11 +123,8 @@ class PayloadTooLarge(BridgeError):
 
 
 class RetryLater(BridgeError):
-    """Not now: answered with ``Retry-After: retry_after`` (seconds)."""
-
-    def __init__(self, detail: str, retry_after: int) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
+    """Not now: answered with ``Retry-After`` (``[server]
+    retry_after_seconds``, added where the error becomes HTTP)."""
 
 
 class Overloaded(RetryLater):

@@ -69,6 +69,7 @@ from bridge.errors import (
 )
 
 from . import protocol
+from .backend import CLEANUP_TIMEOUT
 
 __all__ = ["GrpcLoop", "PredictStream", "map_rpc_error", "open_grpc_loop", "run"]
 
@@ -76,8 +77,6 @@ T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-#: How long cleanup may wait for the loop to confirm a cancelled call.
-CLEANUP_TIMEOUT = 5.0
 
 #: Channel options: reconnect fast after a backend restart (grpc's default
 #: backoff grows to two minutes, long after the backend is back).

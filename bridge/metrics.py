@@ -5,8 +5,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .observer import Observer
 from .predictions import Prediction
-from .service import Bridge, Observer
+from .service import Bridge
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -70,7 +71,6 @@ class Metrics(Observer):
         # labels() takes a lock and a lookup; output() runs once per batch of
         # tokens, so it uses each model's children, found once.
         self._per_model: dict[str, tuple[Counter, Histogram]] = {}
-        bridge.observer = self
 
     def admitted(self, prediction: Prediction, waited: float) -> None:
         self.queue_wait.labels(prediction.model).observe(waited)

@@ -45,7 +45,6 @@ class Retention:
         count: int,
         metadata_seconds: float,
         metadata_count: int,
-        retry_after: int,
     ) -> None:
         self._predictions = predictions
         self._max_bytes = max_bytes
@@ -53,7 +52,6 @@ class Retention:
         self._count = count
         self._metadata_seconds = metadata_seconds
         self._metadata_count = metadata_count
-        self._retry_after = retry_after
         #: Bytes kept for every prediction's data together.
         self.bytes = 0
         # Ended predictions, in the order they ended, with when they ended:
@@ -67,8 +65,7 @@ class Retention:
         if not self._make_room(prediction.kept_bytes):
             raise Overloaded(
                 "the bridge holds as much prediction data as it may "
-                "(max_retained_bytes); retry later",
-                self._retry_after,
+                "(max_retained_bytes); retry later"
             )
         self.bytes += prediction.kept_bytes
 

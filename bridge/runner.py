@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -32,12 +32,10 @@ from .errors import (
 )
 from .events import EVENT_COST, OutputBatch, log_cost
 from .models import ModelEntry
+from .observer import Observer
 from .predictions import Prediction
 from .store import PredictionStore
 from .validation import validate_input
-
-if TYPE_CHECKING:  # service imports this module
-    from .service import Observer
 
 #: The most metrics a model may report for one prediction, and the longest
 #: name of one: metrics are kept with a prediction's metadata (7 days).

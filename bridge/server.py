@@ -35,6 +35,7 @@ from .config import Settings
 from .errors import ListenError
 from .grpc_loop import GrpcLoop, open_grpc_loop
 from .http import create_app
+from .metrics import Metrics
 from .service import Bridge
 from .store import PredictionStore
 from .webhooks import WebhookPolicy, WebhookSender, load_or_create_secret, open_webhook_client
@@ -91,7 +92,9 @@ async def serve(
         _secure_backends(settings, grpc_loop)
         bridge = Bridge(settings, grpc_loop, predictions, webhooks, policy, store)
         predictions.start_soon(bridge.keep_alive)
-        app = create_app(bridge)
+        metrics = Metrics(bridge)
+        bridge.observer = metrics  # what the predictions do, counted
+        app = create_app(bridge, metrics)
         stop_http = trio.Event()
         sockets = _listen(config, settings.stall_seconds)
         limits = ConnectionLimits(

@@ -23,7 +23,7 @@ import trio
 
 from . import protocol, runner, strictjson
 from .admission import Admission, Ticket
-from .backend import Backend
+from .backend import CLEANUP_TIMEOUT, Backend
 from .config import Settings
 from .errors import (
     BackendTimeout,
@@ -33,8 +33,8 @@ from .errors import (
     PredictionError,
     ShuttingDown,
 )
-from .grpc_loop import CLEANUP_TIMEOUT
 from .models import ModelEntry
+from .observer import Observer
 from .predictions import Prediction
 from .store import MemoryStore, Page, PredictionStore
 from .supervisor import Supervisor
@@ -48,19 +48,6 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 SHUTDOWN_ERROR = "the bridge shut down before the prediction finished; retry it"
-
-
-class Observer:
-    """What the bridge tells its metrics about predictions (no-ops here)."""
-
-    def admitted(self, prediction: Prediction, waited: float) -> None:
-        """*prediction* got a slot after *waited* seconds in the queue."""
-
-    def output(self, prediction: Prediction, chunks: int, gap: float | None) -> None:
-        """*chunks* arrived, *gap* seconds after the previous ones (None: first)."""
-
-    def finished(self, prediction: Prediction) -> None:
-        """*prediction*'s task has ended; its status is final."""
 
 
 #: Work on a request or a prediction larger than this (parsing and
@@ -229,10 +216,7 @@ class Bridge:
         answers, so a backend that is briefly away costs no request.
         """
         if self.draining:
-            raise ShuttingDown(
-                "the bridge is shutting down; retry the prediction",
-                self.settings.retry_after_seconds,
-            )
+            raise ShuttingDown("the bridge is shutting down; retry the prediction")
         events = validate_webhook(webhook, webhook_events_filter)
         if webhook is not None:
             await self.webhook_policy.check(webhook)
@@ -249,9 +233,7 @@ class Bridge:
             owner=owner,
             events=self.store.new_log(),
         )
-        ticket = self.admission.admit(
-            entry.name, entry.settings.max_running, self.settings.retry_after_seconds
-        )
+        ticket = self.admission.admit(entry.name, entry.settings.max_running)
         try:
             self.store.add(prediction)
         except BridgeError:

@@ -108,7 +108,6 @@ class MemoryStore:
             count=settings.retention_count,
             metadata_seconds=settings.metadata_retention_seconds,
             metadata_count=settings.metadata_retention_count,
-            retry_after=settings.retry_after_seconds,
         )
 
     @property

@@ -20,9 +20,12 @@ import referencing.exceptions
 
 from . import strictjson
 from .errors import BackendProtocolError, BadRequest, InvalidInput
-from .webhooks import EVENTS
+
+#: The webhook events a create may filter on, in the order they come.
+EVENTS = ("start", "output", "logs", "completed")
 
 __all__ = [
+    "EVENTS",
     "MAX_INVALID_FIELDS",
     "MAX_JSON_DEPTH",
     "parse_json",

@@ -54,6 +54,7 @@ import trio
 
 from .errors import InvalidInput
 from .predictions import Prediction
+from .validation import EVENTS
 
 __all__ = [
     "EVENTS",
@@ -68,7 +69,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EVENTS = ("start", "output", "logs", "completed")
 
 #: What is read of a receiver's answer at most; past it, the connection is
 #: dropped. Small answers are read whole, so their connection is reused.

@@ -180,7 +180,7 @@ class ListStore:
     def add(self, prediction: Prediction) -> None:
         self._prune()
         if not self._fits(prediction.kept_bytes):
-            raise Overloaded("no room (max_retained_bytes)", 1)
+            raise Overloaded("no room (max_retained_bytes)")
         self._all.append(prediction)
 
     def get(self, prediction_id: str, owner: str | None = None) -> Prediction:

@@ -22,8 +22,8 @@ _CORS_HEADERS = "Authorization, Content-Type, Prefer, Cancel-After, Last-Event-I
 _CORS_EXPOSE = "Location, Preference-Applied, Retry-After"
 
 
-def create_app(bridge: Bridge) -> QuartTrio:
-    """The Quart-Trio app serving *bridge*."""
+def create_app(bridge: Bridge, metrics: Metrics) -> QuartTrio:
+    """The Quart-Trio app serving *bridge*, and *metrics* at /metrics."""
     app = App(__name__, static_folder="static", static_url_path="/static")
     settings = bridge.settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -35,7 +35,7 @@ def create_app(bridge: Bridge) -> QuartTrio:
     app.extensions["bridge"] = Context(
         bridge=bridge,
         settings=settings,
-        metrics=Metrics(bridge),
+        metrics=metrics,
         tokens=tokens,
         metrics_tokens=[settings.metrics_token.encode()] if settings.metrics_token else tokens,
     )
@@ -100,7 +100,7 @@ async def _cors(response: Response) -> Response:
 async def _bridge_error(exc: BridgeError) -> Response:
     response = problem(exc.problem())
     if isinstance(exc, RetryLater):
-        response.headers["Retry-After"] = str(exc.retry_after)
+        response.headers["Retry-After"] = str(context().settings.retry_after_seconds)
     if isinstance(exc, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="bridge"'
     return response

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..webhooks import EVENTS
+from ..validation import EVENTS
 
 __all__ = ["spec"]
 

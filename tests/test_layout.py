@@ -1,0 +1,74 @@
+"""The package's shape: no import cycles between its modules, and the
+model side importable without the server stack."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import bridge
+
+ROOT = Path(bridge.__file__).parent
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """Each module of the package, and the modules of the package it imports."""
+    modules = {_module(p): p for p in ROOT.rglob("*.py") if "_proto" not in p.parts}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")
+                    anchor = anchor[: len(anchor) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                # from a package import a module: that module, not the package
+                targets = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                    for alias in node.names
+                ]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                continue
+            found |= {t for t in targets if t in modules and t != name}
+        graph[name] = found
+    return graph
+
+
+def test_no_module_imports_one_that_imports_it_back() -> None:
+    graph = _imports()
+    cycles = []
+
+    def visit(name: str, path: list[str]) -> None:
+        for target in graph[name]:
+            if target in path:
+                cycles.append([*path[path.index(target) :], target])
+            elif len(path) < 12:
+                visit(target, [*path, target])
+
+    for name in graph:
+        if name != "bridge":  # the package re-exports; it is imported by no module
+            visit(name, [name])
+    assert not cycles, cycles[:5]
+
+
+def test_the_model_side_does_not_import_the_server_stack() -> None:
+    """A model's environment needs grpc and protobuf, not the web server."""
+    code = (
+        "import sys, bridge.sdk; "
+        "print(sorted(m for m in ('quart', 'quart_trio', 'hypercorn', 'httpx', 'h2') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
