@@ -53,7 +53,7 @@ test: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM)
 # fake backend under Trio's autojump clock, the protocol and framing, and
 # the API against in-process bridges. make test runs everything, these included.
 FAST := tests/test_events.py tests/test_store.py tests/test_backend.py tests/test_service.py \
-	tests/test_headers.py tests/test_layout.py \
+	tests/test_headers.py tests/test_layout.py tests/test_catalog.py \
 	tests/test_sse.py tests/test_compat.py tests/test_exports.py \
 	tests/test_predictions.py tests/test_grpc_loop.py tests/test_sdk.py tests/test_api.py \
 	tests/test_bad_input.py tests/test_limits.py tests/test_auth.py tests/test_metrics.py

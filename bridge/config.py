@@ -131,6 +131,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     keep_alive_seconds: Seconds = 5.0
     #: How long a create waits for the backend's Describe before going on.
     describe_timeout_seconds: Seconds = 2.0
+    #: How long a backend's Describe answer (version, schemas) is used
+    #: before it is asked again (a redeployed backend's new schema counts
+    #: within this long).
+    describe_ttl_seconds: Seconds = 60.0
     #: At SIGTERM, running predictions may finish for this long, then are
     #: cancelled; then open connections get ``shutdown_timeout_seconds``.
     drain_seconds: Grace = 10.0

@@ -21,16 +21,13 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 
-from . import protocol, runner, strictjson
+from . import runner, strictjson
 from .admission import Admission, Ticket
 from .backend import CLEANUP_TIMEOUT, Backend
+from .catalog import Catalog
 from .config import Settings
 from .errors import (
-    BackendTimeout,
-    BackendUnavailable,
     BridgeError,
-    NotFound,
-    PredictionError,
     ShuttingDown,
 )
 from .models import ModelEntry
@@ -83,7 +80,8 @@ class Bridge:
         self.webhooks = webhooks
         self.webhook_policy = webhook_policy or WebhookPolicy()
         self._nursery = nursery
-        self.models = {name: ModelEntry(m) for name, m in settings.models.items()}
+        #: The models, and what their backends say they are.
+        self.catalog = Catalog(settings, grpc_loop, nursery)
         self._webhook_scopes: set[trio.CancelScope] = set()
         self.admission = Admission(settings.max_running, settings.max_queued)
         #: When this bridge started: what deployments report as their
@@ -121,73 +119,6 @@ class Bridge:
         build = prediction.json_later(base_url)
         return await self.offload(prediction.kept_bytes, _encode, build, replace)
 
-    # -- models ----------------------------------------------------------
-
-    def model(self, name: str) -> ModelEntry:
-        try:
-            return self.models[name]
-        except KeyError:
-            raise NotFound(f"model {name} is not served here") from None
-
-    def deployment(self, name: str) -> ModelEntry:
-        """The model a configured deployment serves."""
-        try:
-            return self.models[self.settings.deployments[name].model]
-        except KeyError:
-            raise NotFound(f"deployment {name} is not configured here") from None
-
-    async def describe(self, entry: ModelEntry) -> protocol.ModelInfo:
-        """Ask the model's backend what it is (and remember the answer).
-
-        Raises :class:`PredictionError` if the backend cannot say.
-        """
-        info = await self.grpc.describe(entry.next_target())
-        if info.name and info.name != entry.name:
-            log.warning("backend of %s says it serves %s", entry.name, info.name)
-        entry.info = info
-        return info
-
-    async def try_describe(self, entry: ModelEntry) -> protocol.ModelInfo | None:
-        """Describe within the configured timeout; None if the backend is
-        away (unreachable or slow). A backend that answers wrongly (a schema
-        that is not JSON, no bridge.v1, a Describe that raised) raises its
-        :class:`PredictionError` (502)."""
-        if entry.info is not None:
-            return entry.info
-        with trio.move_on_after(self.settings.describe_timeout_seconds):
-            try:
-                return await self.describe(entry)
-            except (BackendUnavailable, BackendTimeout) as exc:
-                log.info("cannot describe %s yet: %s", entry.name, exc)
-        return None
-
-    async def known_info(self, entry: ModelEntry) -> protocol.ModelInfo | None:
-        """:meth:`try_describe`, with a backend that answers wrongly logged
-        and taken as away: for listings, which one bad backend must not
-        break."""
-        try:
-            return await self.try_describe(entry)
-        except PredictionError as exc:
-            log.warning("cannot describe %s: %s", entry.name, exc)
-            return None
-
-    async def resolve_version(self, ref: str) -> tuple[ModelEntry, str | None]:
-        """The model and version id for a ``version`` field: a version id,
-        ``owner/name:id`` or ``owner/name``."""
-        name, colon, version = ref.partition(":")
-        if "/" in name:
-            entry = self.model(name)
-            if colon:
-                info = await self.try_describe(entry)
-                if info is not None and info.version != version:
-                    raise NotFound(f"version {version} of {entry.name} is not served here")
-            return entry, version or None
-        for entry in self.models.values():
-            info = await self.known_info(entry)
-            if info is not None and info.version == ref:
-                return entry, ref
-        raise NotFound(f"version {ref} is not served here")
-
     # -- predictions -----------------------------------------------------
 
     async def create(
@@ -220,7 +151,7 @@ class Bridge:
         events = validate_webhook(webhook, webhook_events_filter)
         if webhook is not None:
             await self.webhook_policy.check(webhook)
-        info = await self.try_describe(entry)
+        info = await self.catalog.info(entry)
         schema = info.input_schema if info is not None else {}
         input_json = await self.offload(input_size, _checked_input, schema, input)
         validate_stream(stream, entry.streams)
@@ -318,7 +249,7 @@ class Bridge:
                 prediction,
                 entry,
                 grpc=self.grpc,
-                describe=self.describe,
+                describe=self.catalog.describe,
                 observer=self.observer,
                 store=self.store,
                 max_output_bytes=self.settings.max_output_bytes,

@@ -276,9 +276,13 @@ class FakeBackend:
         self.active_calls = 0
         #: The ids of the predictions whose calls were cancelled.
         self.cancelled: set[str] = set()
+        #: Describe calls so far, and how long each takes (Trio's clock).
+        self.describe_calls = 0
+        self.describe_seconds = 0.0
 
     async def describe(self, target: str) -> ModelInfo:
-        await trio.lowlevel.checkpoint()
+        self.describe_calls += 1
+        await trio.sleep(self.describe_seconds)
         if target not in self.models:
             raise BackendUnavailable("model backend unavailable: no connection")
         return self.models[target]

@@ -241,12 +241,13 @@ class SlowDescribe(Misbehaving):
         yield protocol.output_response(["fine "])
 
 
-async def test_a_model_described_by_another_task_as_the_start_deadline_fires(
+async def test_a_slow_describe_is_shared_not_repeated_per_request(
     start_bridge: StartBridge,
 ) -> None:
-    """The prediction's own Describe is cut off by start_timeout_seconds
-    just after another request described the model: the prediction runs,
-    with the info the other request got."""
+    """A backend slow to Describe gets one Describe at a time from the
+    bridge, however many requests need it: the prediction's own Describe
+    (cut off by start_timeout_seconds) is shared by a listing meanwhile;
+    once it has ended, the next use asks again."""
     backend = SlowDescribe()
     with RawServer(backend) as server:
         url = await start_bridge(
@@ -261,8 +262,13 @@ async def test_a_model_described_by_another_task_as_the_start_deadline_fires(
             with trio.fail_after(10):
                 while backend.describes < 2:  # noqa: ASYNC110 - a count in another thread
                     await trio.sleep(0.01)
-            # Describe 3 answers: the model is known when that deadline fires.
+            # A listing meanwhile waits on that one (0.1 s), asks nothing more.
+            model = (await client.get("/v1/models/test/misbehaving")).json()
+            assert model["latest_version"] is None
+            events, _ = await read_stream(client, prediction["urls"]["stream"])
+            assert backend.describes == 2
+            # Then Describe 3 answers.
             model = (await client.get("/v1/models/test/misbehaving")).json()
             assert model["latest_version"]["id"] == "v1"
-            events, _ = await read_stream(client, prediction["urls"]["stream"])
-    assert [(e.event, e.data) for e in events] == [("output", "fine "), ("done", "{}")]
+    assert [e.event for e in events] == ["error", "done"]
+    assert "Describe timed out" in events[0].data

@@ -35,7 +35,7 @@ async def open_bridge(
 
 
 async def run(bridge: Bridge, script: dict[str, Any], **create: Any) -> Prediction:
-    return await bridge.create(bridge.model(MODEL), script, **create)
+    return await bridge.create(bridge.catalog.model(MODEL), script, **create)
 
 
 async def ended(prediction: Prediction) -> float:

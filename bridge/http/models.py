@@ -18,25 +18,24 @@ blueprint = Blueprint("models", __name__)
 @blueprint.get("/v1/models")
 async def list_models() -> Response:
     bridge, base = context().bridge, base_url()
-    for entry in bridge.models.values():
-        await bridge.known_info(entry)
-    results = [entry.model_json(base) for entry in bridge.models.values()]
+    await bridge.catalog.know_all()
+    results = [entry.model_json(base) for entry in bridge.catalog.models.values()]
     return json_response({"previous": None, "next": None, "results": results})
 
 
 @blueprint.get("/v1/models/<owner>/<name>")
 async def get_model(owner: str, name: str) -> Response:
     bridge = context().bridge
-    entry = bridge.model(f"{owner}/{name}")
-    await bridge.try_describe(entry)
+    entry = bridge.catalog.model(f"{owner}/{name}")
+    await bridge.catalog.info(entry)
     return json_response(entry.model_json(base_url()))
 
 
 @blueprint.get("/v1/models/<owner>/<name>/versions/<version_id>")
 async def get_version(owner: str, name: str, version_id: str) -> Response:
     bridge = context().bridge
-    entry = bridge.model(f"{owner}/{name}")
-    if await bridge.try_describe(entry) is None:
+    entry = bridge.catalog.model(f"{owner}/{name}")
+    if await bridge.catalog.info(entry) is None:
         raise BackendUnavailable(f"the backend of {entry.name} cannot say what it serves")
     version = entry.version_json()
     if version is None or version["id"] != version_id:
@@ -46,8 +45,8 @@ async def get_version(owner: str, name: str, version_id: str) -> Response:
 
 async def _deployment(name: str) -> dict[str, Any]:
     bridge = context().bridge
-    entry = bridge.deployment(name)
-    if await bridge.try_describe(entry) is None:
+    entry = bridge.catalog.deployment(name)
+    if await bridge.catalog.info(entry) is None:
         raise BackendUnavailable(f"the backend of {entry.name} cannot say what it serves")
     return deployment_json(name, entry, bridge.started_at)
 
@@ -60,8 +59,9 @@ async def get_deployment(owner: str, name: str) -> Response:
 @blueprint.get("/v1/deployments")
 async def list_deployments() -> Response:
     bridge = context().bridge
+    await bridge.catalog.know_all()
     results = []
     for name, deployment in bridge.settings.deployments.items():
-        if await bridge.known_info(bridge.models[deployment.model]) is not None:
+        if bridge.catalog.models[deployment.model].info is not None:
             results.append(await _deployment(name))
     return json_response({"previous": None, "next": None, "results": results})

@@ -32,7 +32,7 @@ async def page() -> Response:
 @blueprint.get("/health")
 async def health() -> Response:
     bridge = context().bridge
-    models = dict.fromkeys(bridge.models, "UNAVAILABLE")
+    models = dict.fromkeys(bridge.catalog.models, "UNAVAILABLE")
 
     async def check(entry: ModelEntry) -> None:
         with trio.move_on_after(HEALTH_CHECK_SECONDS):
@@ -43,7 +43,7 @@ async def health() -> Response:
     # All at once: the answer takes as long as the slowest backend, not
     # as long as all of them together.
     async with trio.open_nursery() as nursery:
-        for entry in bridge.models.values():
+        for entry in bridge.catalog.models.values():
             nursery.start_soon(check, entry)
     if bridge.draining:
         # Not ready: load balancers stop sending; running streams go on.

@@ -78,20 +78,20 @@ async def create_prediction() -> Response:
     ref = body.get("version")
     if not isinstance(ref, str) or not ref:
         raise BadRequest('"version" is required: a version id or "owner/name:version"')
-    entry, version = await context().bridge.resolve_version(ref)
+    entry, version = await context().bridge.catalog.resolve_version(ref)
     return await _create(entry, body, size, version)
 
 
 @blueprint.post("/v1/models/<owner>/<name>/predictions")
 async def create_model_prediction(owner: str, name: str) -> Response:
     body, size = await json_body()
-    return await _create(context().bridge.model(f"{owner}/{name}"), body, size, None)
+    return await _create(context().bridge.catalog.model(f"{owner}/{name}"), body, size, None)
 
 
 @blueprint.post("/v1/deployments/<owner>/<name>/predictions")
 async def create_deployment_prediction(owner: str, name: str) -> Response:
     body, size = await json_body()
-    return await _create(context().bridge.deployment(f"{owner}/{name}"), body, size, None)
+    return await _create(context().bridge.catalog.deployment(f"{owner}/{name}"), body, size, None)
 
 
 @blueprint.get("/v1/predictions")

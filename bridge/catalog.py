@@ -1,0 +1,166 @@
+"""The configured models, and what their backends say they are.
+
+A model's ``Describe`` answer (its version and schemas) is kept and used
+for ``describe_ttl_seconds``; the first use after that asks again in the
+background (a task in the nursery the catalog is given) and goes on with
+the kept answer meanwhile, so a backend redeployed with a new schema is
+validated against the new one within about that time, without a restart,
+and no request waits for it. One ``Describe`` per model is in flight at a
+time: callers that need it meanwhile share its answer. A backend that
+cannot answer leaves the last answer in use (logged), or none if it never
+answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import trio
+
+from . import protocol
+from .backend import Backend
+from .config import Settings
+from .errors import BackendTimeout, BackendUnavailable, NotFound, PredictionError
+from .models import ModelEntry
+
+__all__ = ["Catalog"]
+
+log = logging.getLogger(__name__)
+
+
+class _Asking:
+    """A Describe in flight, and its outcome once it is known."""
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.info: protocol.ModelInfo | None = None
+        self.error: PredictionError | None = None
+
+
+class Catalog:
+    """Models by name (deployments too), and their backends' answers."""
+
+    def __init__(self, settings: Settings, backend: Backend, nursery: trio.Nursery) -> None:
+        self._settings = settings
+        self._backend = backend
+        #: Where background refreshes run.
+        self._nursery = nursery
+        self.models = {name: ModelEntry(m) for name, m in settings.models.items()}
+        #: When each model's answer was last had (Trio's clock).
+        self._fresh_until: dict[str, float] = {}
+        self._asking: dict[str, _Asking] = {}
+
+    def model(self, name: str) -> ModelEntry:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise NotFound(f"model {name} is not served here") from None
+
+    def deployment(self, name: str) -> ModelEntry:
+        """The model a configured deployment serves."""
+        try:
+            return self.models[self._settings.deployments[name].model]
+        except KeyError:
+            raise NotFound(f"deployment {name} is not configured here") from None
+
+    async def describe(self, entry: ModelEntry) -> protocol.ModelInfo:
+        """Ask the model's backend what it is, and keep the answer; a caller
+        that comes while a Describe of this model is in flight waits for
+        that one's answer. Raises :class:`PredictionError` if the backend
+        cannot say."""
+        asking = self._asking.get(entry.name)
+        if asking is None:
+            asking = self._asking[entry.name] = _Asking()
+            try:
+                asking.info = await self._ask(entry)
+            except PredictionError as exc:
+                asking.error = exc
+                raise
+            finally:
+                del self._asking[entry.name]
+                asking.done.set()
+            return asking.info
+        await asking.done.wait()
+        if asking.info is None:
+            # Its error, or (its asker cancelled) that it could not say.
+            raise asking.error or BackendUnavailable("model backend unavailable: Describe ended")
+        return asking.info
+
+    async def _ask(self, entry: ModelEntry) -> protocol.ModelInfo:
+        info = await self._backend.describe(entry.next_target())
+        if info.name and info.name != entry.name:
+            log.warning("backend of %s says it serves %s", entry.name, info.name)
+        if entry.info is not None and entry.info.version != info.version:
+            log.info("backend of %s now serves version %s", entry.name, info.version)
+        entry.info = info
+        self._fresh_until[entry.name] = trio.current_time() + self._settings.describe_ttl_seconds
+        return info
+
+    async def info(self, entry: ModelEntry) -> protocol.ModelInfo | None:
+        """The model's answer: the kept one (asked again in the background
+        once it is older than ``describe_ttl_seconds``), or, if there is
+        none yet, one asked within ``describe_timeout_seconds``; None if the
+        backend is away (unreachable or slow). A backend that answers
+        wrongly (a schema that is not JSON, no bridge.v1, a Describe that
+        raised) raises its :class:`PredictionError` (502)."""
+        if entry.info is not None:
+            if trio.current_time() >= self._fresh_until.get(entry.name, -math.inf):
+                self._refresh_soon(entry)
+            return entry.info
+        with trio.move_on_after(self._settings.describe_timeout_seconds):
+            try:
+                return await self.describe(entry)
+            except (BackendUnavailable, BackendTimeout) as exc:
+                log.info("cannot describe %s now: %s", entry.name, exc)
+        return entry.info
+
+    def _refresh_soon(self, entry: ModelEntry) -> None:
+        if entry.name in self._asking:
+            return  # one is in flight
+        # Not again before it could have answered (a backend away is asked
+        # at most once per describe_timeout_seconds, not once per request).
+        self._fresh_until[entry.name] = (
+            trio.current_time() + self._settings.describe_timeout_seconds
+        )
+        self._nursery.start_soon(self._refresh, entry)
+
+    async def _refresh(self, entry: ModelEntry) -> None:
+        with trio.move_on_after(self._settings.describe_timeout_seconds):
+            try:
+                await self.describe(entry)
+            except PredictionError as exc:
+                log.warning("cannot describe %s again; the last answer stays: %s", entry.name, exc)
+
+    async def known_info(self, entry: ModelEntry) -> protocol.ModelInfo | None:
+        """:meth:`info`, with a backend that answers wrongly logged and
+        taken as away: for listings, which one bad backend must not break."""
+        try:
+            return await self.info(entry)
+        except PredictionError as exc:
+            log.warning("cannot describe %s: %s", entry.name, exc)
+            return None
+
+    async def know_all(self) -> None:
+        """:meth:`known_info` of every model, all at once: a listing takes as
+        long as the slowest backend, not as long as all of them together."""
+        async with trio.open_nursery() as nursery:
+            for entry in self.models.values():
+                nursery.start_soon(self.known_info, entry)
+
+    async def resolve_version(self, ref: str) -> tuple[ModelEntry, str | None]:
+        """The model and version id for a ``version`` field: a version id,
+        ``owner/name:id`` or ``owner/name``."""
+        name, colon, version = ref.partition(":")
+        if "/" in name:
+            entry = self.model(name)
+            if colon:
+                info = await self.info(entry)
+                if info is not None and info.version != version:
+                    raise NotFound(f"version {version} of {entry.name} is not served here")
+            return entry, version or None
+        await self.know_all()
+        for entry in self.models.values():
+            if entry.info is not None and entry.info.version == ref:
+                return entry, ref
+        raise NotFound(f"version {ref} is not served here")

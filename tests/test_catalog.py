@@ -1,0 +1,106 @@
+"""The catalog on the fake backend under Trio's autojump clock: one
+Describe per model in flight, answers kept for describe_ttl_seconds and
+refreshed in the background, every model described at once."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+import trio.testing
+
+from bridge.catalog import Catalog
+from bridge.config import ModelSettings, Settings
+from tests.backends import SCRIPTED_INFO
+from tests.fakes import FakeBackend, open_fake_backend
+
+NEW = dataclasses.replace(SCRIPTED_INFO, version="v2")
+
+
+@contextlib.asynccontextmanager
+async def open_catalog(**settings: Any) -> AsyncIterator[tuple[Catalog, FakeBackend]]:
+    models = {
+        name: ModelSettings(name, (target,))
+        for name, target in [("test/a", "fake:a"), ("test/b", "fake:b")]
+    }
+    infos = {"fake:a": SCRIPTED_INFO, "fake:b": SCRIPTED_INFO}
+    async with open_fake_backend(infos) as backend, trio.open_nursery() as nursery:
+        yield Catalog(Settings(port=0, models=models, **settings), backend, nursery), backend
+        nursery.cancel_scope.cancel()
+
+
+async def test_callers_during_a_describe_share_its_answer(autojump_clock: Any) -> None:
+    async with open_catalog() as (catalog, backend):
+        backend.describe_seconds = 1.0
+        entry = catalog.model("test/a")
+        answers = []
+
+        async def ask() -> None:
+            answers.append(await catalog.describe(entry))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(ask)
+        assert answers == [SCRIPTED_INFO] * 5
+        assert backend.describe_calls == 1
+
+
+async def test_an_answer_is_kept_then_asked_again_in_the_background(
+    autojump_clock: Any,
+) -> None:
+    async with open_catalog(describe_ttl_seconds=60.0) as (catalog, backend):
+        entry = catalog.model("test/a")
+        assert await catalog.info(entry) == SCRIPTED_INFO
+        backend.models["fake:a"] = NEW  # redeployed
+        await trio.sleep(59)
+        assert await catalog.info(entry) == SCRIPTED_INFO
+        assert backend.describe_calls == 1
+        await trio.sleep(2)
+        assert await catalog.info(entry) == SCRIPTED_INFO  # no wait for the new one
+        await trio.testing.wait_all_tasks_blocked()
+        assert await catalog.info(entry) == NEW
+        assert backend.describe_calls == 2
+
+
+async def test_a_backend_away_leaves_the_last_answer_and_is_not_asked_per_request(
+    autojump_clock: Any,
+) -> None:
+    async with open_catalog(describe_ttl_seconds=60.0, describe_timeout_seconds=2.0) as (
+        catalog,
+        backend,
+    ):
+        entry = catalog.model("test/a")
+        await catalog.info(entry)
+        del backend.models["fake:a"]  # gone
+        await trio.sleep(61)
+        for _ in range(10):
+            assert await catalog.info(entry) == SCRIPTED_INFO
+            await trio.testing.wait_all_tasks_blocked()  # its refresh, if any, failed
+        assert backend.describe_calls == 2  # one refresh, not ten
+        await trio.sleep(2)
+        assert await catalog.info(entry) == SCRIPTED_INFO
+        await trio.testing.wait_all_tasks_blocked()
+        assert backend.describe_calls == 3  # again after describe_timeout_seconds
+
+
+async def test_a_backend_that_never_answered_has_no_answer(autojump_clock: Any) -> None:
+    async with open_catalog(describe_timeout_seconds=2.0) as (catalog, backend):
+        del backend.models["fake:a"]
+        start = trio.current_time()
+        assert await catalog.info(catalog.model("test/a")) is None
+        assert trio.current_time() - start == 0  # unreachable answers at once
+        backend.describe_seconds = 10.0  # and a slow one is given up on
+        assert await catalog.info(catalog.model("test/b")) is None
+        assert trio.current_time() - start == 2
+
+
+async def test_every_model_is_described_at_once(autojump_clock: Any) -> None:
+    async with open_catalog() as (catalog, backend):
+        backend.describe_seconds = 1.0
+        start = trio.current_time()
+        await catalog.know_all()
+        assert trio.current_time() - start == 1  # not 2
+        assert all(entry.info == SCRIPTED_INFO for entry in catalog.models.values())
