@@ -70,9 +70,12 @@ def _create(body: str, summary: str, params: list[dict[str, Any]]) -> dict[str, 
                     "name": "Prefer",
                     "in": "header",
                     "required": False,
-                    "description": "`wait` or `wait=N` (1 to 60): answer when the prediction ends "
-                    "or after N seconds; unfinished, it reads as `starting`.",
-                    "schema": {"type": "string", "pattern": "^wait(=[1-9][0-9]?)?$"},
+                    "description": "`wait` or `wait=N` (RFC 7240; other preferences beside it "
+                    "are ignored): answer when the prediction ends or after N seconds, at "
+                    "least 1 and at most max_wait_seconds (60 by default; `wait` alone is the "
+                    "most); unfinished, it reads as `starting`. A header without `wait` asks "
+                    "for no wait.",
+                    "schema": {"type": "string", "example": "wait=5"},
                 },
                 {
                     "name": "Cancel-After",
