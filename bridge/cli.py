@@ -17,6 +17,8 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
+    """Every command and its arguments: one table, read top to bottom
+    (long, but flat: splitting it would only scatter the table)."""
     parser = argparse.ArgumentParser(
         prog="python -m bridge",
         description=__doc__,

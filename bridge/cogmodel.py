@@ -176,7 +176,8 @@ def _predict_function(
 ) -> Callable[..., Any]:
     """What the SDK calls: a generator (sync or async) for a streaming
     model, else a function (sync or async). Temporary input files are
-    removed when the prediction ends, however it ends."""
+    removed when the prediction ends, however it ends. (Four small
+    wrappers side by side, one per kind of method, so each reads whole.)"""
     is_async = inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method)
     if streams and is_async:
 

@@ -45,6 +45,22 @@ __all__ = ["StopNow", "connection_limit", "serve"]
 log = logging.getLogger(__name__)
 
 
+def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
+    config = hypercorn.config.Config()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.backlog = settings.backlog
+    config.keep_alive_timeout = settings.keep_alive_seconds
+    config.graceful_timeout = settings.shutdown_timeout_seconds
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    # HTTPS (and with it HTTP/2, by ALPN) when a certificate is configured.
+    config.certfile, config.keyfile = settings.certfile, settings.keyfile
+    # A TLS handshake not done in 10 s frees its connection (hypercorn
+    # waits 60 s: cheap slots for clients that never say hello).
+    config.ssl_handshake_timeout = TLS_HANDSHAKE_SECONDS
+    return config
+
+
 async def serve(
     settings: Settings,
     *,
@@ -58,19 +74,7 @@ async def serve(
     signal), shutdown skips what is left of its waits: the drain, and the
     connections' grace. Predictions are kept in *store* (None: in memory)."""
     stop_now = stop_now or StopNow()
-    config = hypercorn.config.Config()
-    config.bind = [f"{settings.host}:{settings.port}"]
-    config.backlog = settings.backlog
-    config.keep_alive_timeout = settings.keep_alive_seconds
-    config.graceful_timeout = settings.shutdown_timeout_seconds
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    # HTTPS (and with it HTTP/2, by ALPN) when a certificate is configured.
-    config.certfile, config.keyfile = settings.certfile, settings.keyfile
-    # A TLS handshake not done in 10 s frees its connection (hypercorn
-    # waits 60 s: cheap slots for clients that never say hello).
-    config.ssl_handshake_timeout = TLS_HANDSHAKE_SECONDS
-
+    config = _hypercorn_config(settings)
     secret = load_or_create_secret(settings.webhook_secret, Path(settings.webhook_secret_file))
     policy = WebhookPolicy(
         settings.webhook_allow_hosts, allow_private=settings.webhook_allow_private

@@ -134,7 +134,9 @@ _NULLABLE_STRING = {"type": ["string", "null"]}
 
 
 def spec() -> dict[str, Any]:
-    """The whole OpenAPI document."""
+    """The whole OpenAPI document: one literal, read as the document it
+    returns (its paths are checked against the app's routes by
+    tests/test_openapi.py; generating it from types is not done yet)."""
     input_fields = {
         "input": {"type": "object", "description": "Checked against the model's schema."},
         "stream": {
