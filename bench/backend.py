@@ -17,9 +17,9 @@ import signal
 import time
 from collections.abc import AsyncIterator
 
-from bridge.demo import echo
-from bridge.lifeline import stop_on_eof
+from bridge.cli.lifeline import stop_on_eof
 from bridge.sdk import Model, serve_async
+from bridge.sdk.demo import echo
 
 
 async def ticks(key: str = "", tokens: int = 50, interval_ms: int = 20) -> AsyncIterator[str]:

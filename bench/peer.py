@@ -22,7 +22,7 @@ from fastapi import FastAPI, Request
 from sse_starlette.sse import EventSourceResponse
 
 from bridge._proto.v1 import predictor_pb2, predictor_pb2_grpc
-from bridge.lifeline import stop_on_eof
+from bridge.cli.lifeline import stop_on_eof
 
 stubs: dict[str, predictor_pb2_grpc.PredictorStub] = {}
 

@@ -25,7 +25,7 @@ Apart from the tree, :class:`ListenError`: a server that cannot listen on
 its address, reported by the serving commands in one line.
 
 Foreign errors are translated at exactly one boundary: ``grpc.RpcError``
-becomes a ``PredictionError`` in :mod:`bridge.grpc_loop` and
+becomes a ``PredictionError`` in :mod:`bridge.backends.grpc_loop` and
 nowhere else. HTTP handlers render any ``BridgeError`` as
 ``application/problem+json``; a running stream renders it as an SSE
 ``error`` event.
@@ -157,7 +157,7 @@ class BackendUnavailable(PredictionError):
 
 class BackendLoading(BackendUnavailable):
     """The backend is up but its model is still loading (its ``setup()``
-    runs): ``UNAVAILABLE`` with :data:`bridge.protocol.LOADING`."""
+    runs): ``UNAVAILABLE`` with :data:`bridge.backends.protocol.LOADING`."""
 
 
 class BackendTimeout(PredictionError):

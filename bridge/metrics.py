@@ -5,9 +5,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .observer import Observer
-from .predictions import Prediction
-from .service import Bridge
+from .core.observer import Observer
+from .core.predictions import Prediction
+from .core.service import Bridge
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 

@@ -31,13 +31,13 @@ from hypercorn.config import Sockets
 from hypercorn.utils import wrap_app
 
 from ._compat.hypercorn import ConnectionLimits, serve_http
+from .backends.grpc_loop import GrpcLoop, open_grpc_loop
 from .config import Settings
+from .core.service import Bridge
+from .core.store import PredictionStore
 from .errors import ListenError
-from .grpc_loop import GrpcLoop, open_grpc_loop
 from .http import create_app
 from .metrics import Metrics
-from .service import Bridge
-from .store import PredictionStore
 from .webhooks import WebhookPolicy, WebhookSender, load_or_create_secret, open_webhook_client
 
 __all__ = ["StopNow", "connection_limit", "serve"]

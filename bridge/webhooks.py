@@ -52,8 +52,8 @@ import httpcore
 import httpx
 import trio
 
+from .core.predictions import Prediction
 from .errors import InvalidInput
-from .predictions import Prediction
 from .validation import EVENTS
 
 __all__ = [

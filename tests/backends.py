@@ -14,8 +14,8 @@ from typing import Any
 import grpc
 import trio
 
-from bridge import protocol
 from bridge._proto.v1 import predictor_pb2_grpc
+from bridge.backends import protocol
 
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
 

@@ -16,10 +16,10 @@ import pytest
 import trio
 
 from bridge.config import ModelSettings, Settings
-from bridge.demo import make_models
+from bridge.core.store import MemoryStore, PredictionStore
 from bridge.sdk import Model, ModelServer
+from bridge.sdk.demo import make_models
 from bridge.server import serve
-from bridge.store import MemoryStore, PredictionStore
 
 from .sse_clients import Ev, replicate_events, spec_events
 

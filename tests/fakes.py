@@ -15,10 +15,15 @@ from typing import Any
 
 import trio
 
-from bridge import events as events_module
-from bridge import protocol, strictjson
+from bridge import strictjson
 from bridge._proto.v1 import predictor_pb2
+from bridge.backends import protocol
+from bridge.backends.protocol import ModelInfo
 from bridge.config import Settings
+from bridge.core import events as events_module
+from bridge.core.events import SLICE_BYTES, EventLog, Follower, OutputBatch, Record
+from bridge.core.predictions import Prediction
+from bridge.core.store import Page
 from bridge.errors import (
     BackendUnavailable,
     ModelError,
@@ -27,17 +32,13 @@ from bridge.errors import (
     Overloaded,
     PredictionError,
 )
-from bridge.events import SLICE_BYTES, EventLog, Follower, OutputBatch, Record
-from bridge.predictions import Prediction
-from bridge.protocol import ModelInfo
-from bridge.store import Page
 
 log = logging.getLogger(__name__)
 
 
 class ListEventLog:
-    """An :class:`~bridge.events.EventLog` that keeps each event as a
-    :class:`~bridge.events.Record` with the unix second it came in, in a
+    """An :class:`~bridge.core.events.EventLog` that keeps each event as a
+    :class:`~bridge.core.events.Record` with the unix second it came in, in a
     list: what a log in a Redis Stream would hold, an entry per event."""
 
     def __init__(self) -> None:
@@ -145,10 +146,10 @@ class ListSnapshot:
 
 
 class ListStore:
-    """A :class:`~bridge.store.PredictionStore` that keeps predictions in a
+    """A :class:`~bridge.core.store.PredictionStore` that keeps predictions in a
     list and finds everything by scanning it: what it keeps is summed when
     asked, and the retention rules are applied to the list as written in
-    bridge.retention's docstring, with nothing kept on the side."""
+    bridge.core.retention's docstring, with nothing kept on the side."""
 
     def __init__(self, settings: Settings, new_log: Callable[[], EventLog] = ListEventLog):
         self._settings = settings
@@ -260,8 +261,8 @@ def _ended_at(prediction: Prediction) -> float:
 
 
 class FakeBackend:
-    """A :class:`~bridge.backend.Backend` in Trio, with no gRPC: each target
-    serves a :class:`~bridge.protocol.ModelInfo` and runs the script that
+    """A :class:`~bridge.backends.interface.Backend` in Trio, with no gRPC: each target
+    serves a :class:`~bridge.backends.protocol.ModelInfo` and runs the script that
     tests/backends.py's ``Scripted`` runs over gRPC (see there), sleeping
     on Trio's clock, so that an autojump clock runs it in no time. A target
     not in *models* cannot be reached. Its calls run in *nursery* (see
@@ -356,7 +357,7 @@ async def open_fake_backend(
 
 
 class FakeCall:
-    """The :class:`~bridge.backend.Call` of a FakeBackend."""
+    """The :class:`~bridge.backends.interface.Call` of a FakeBackend."""
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()

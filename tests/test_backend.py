@@ -1,5 +1,5 @@
 """The backend's contract, run against every implementation of
-:class:`~bridge.backend.Backend`: the gRPC loop talking to a real gRPC
+:class:`~bridge.backends.interface.Backend`: the gRPC loop talking to a real gRPC
 server, and the Trio fake of tests/fakes.py running the same script."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import pytest
 import trio
 
-from bridge import protocol
-from bridge.backend import Backend
+from bridge.backends import protocol
+from bridge.backends.grpc_loop import open_grpc_loop
+from bridge.backends.interface import Backend
 from bridge.errors import BackendUnavailable, ModelError
-from bridge.grpc_loop import open_grpc_loop
 from tests.backends import SCRIPTED_INFO, RawServer, Scripted
 from tests.conftest import closed_port_target
 from tests.fakes import open_fake_backend

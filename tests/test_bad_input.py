@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
-from bridge import protocol
 from bridge._proto.v1 import predictor_pb2 as pb
 from bridge._proto.v1 import predictor_pb2_grpc
+from bridge.backends import protocol
 from bridge.errors import BackendProtocolError
 from bridge.sdk import Model, ModelServer
 from bridge.validation import MAX_JSON_DEPTH, validate_input

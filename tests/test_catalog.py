@@ -12,8 +12,8 @@ from typing import Any
 import trio
 import trio.testing
 
-from bridge.catalog import Catalog
 from bridge.config import ModelSettings, Settings
+from bridge.core.catalog import Catalog
 from tests.backends import SCRIPTED_INFO
 from tests.fakes import FakeBackend, open_fake_backend
 

@@ -23,7 +23,7 @@ import pyte
 import pytest
 import trio
 
-from bridge.client import _status_line
+from bridge.cli.client import _status_line
 from tests.backends import ENV, read_until
 from tests.conftest import StartBridge, wait_closed
 

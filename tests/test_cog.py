@@ -13,8 +13,8 @@ import httpx
 import pytest
 import trio
 
-from bridge.cogmodel import ModelLoadError, load_model
 from bridge.sdk import ModelServer
+from bridge.sdk.cog import ModelLoadError, load_model
 from tests.backends import ENV, read_until
 from tests.conftest import StartBridge, create, read_stream
 from tests.test_api import assert_problem

@@ -1,7 +1,7 @@
 """The event log on its own: bytes in, SSE frames out, in bounded slices.
 
 The contract tests (those taking ``new_log``) run every implementation of
-the :class:`~bridge.events.EventLog` interface: the log kept in memory and
+the :class:`~bridge.core.events.EventLog` interface: the log kept in memory and
 the record-keeping fake of tests/fakes.py.
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Callable
 import pytest
 import trio
 
-from bridge import events as events_module
-from bridge.events import EVENT_COST, EventLog, MemoryEventLog, OutputBatch
+from bridge.core import events as events_module
+from bridge.core.events import EVENT_COST, EventLog, MemoryEventLog, OutputBatch
 from bridge.sse import encode_event, normalize_line_breaks
 from tests.fakes import ListEventLog
 from tests.sse_clients import replicate_events, spec_events

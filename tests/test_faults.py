@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from bridge import protocol
+from bridge.backends import protocol
 from tests.backends import BackendProcess, Misbehaving, RawServer
 from tests.conftest import StartBridge, closed_port_target, create, read_stream
 

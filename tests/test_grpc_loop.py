@@ -13,9 +13,10 @@ import pytest
 import trio
 import trio.lowlevel
 
-from bridge import grpc_loop as grpc_loop_module
-from bridge import protocol
 from bridge._proto.v1 import predictor_pb2_grpc
+from bridge.backends import grpc_loop as grpc_loop_module
+from bridge.backends import protocol
+from bridge.backends.grpc_loop import PredictStream, map_rpc_error, open_grpc_loop
 from bridge.errors import (
     BackendLoading,
     BackendProtocolError,
@@ -23,7 +24,6 @@ from bridge.errors import (
     BackendUnavailable,
     ModelError,
 )
-from bridge.grpc_loop import PredictStream, map_rpc_error, open_grpc_loop
 from tests.backends import RawServer
 from tests.conftest import closed_port_target
 

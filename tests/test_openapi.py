@@ -12,9 +12,9 @@ import trio
 from openapi_spec_validator import validate
 
 from bridge.config import DeploymentSettings, Settings
+from bridge.core.service import Bridge
 from bridge.http import create_app
 from bridge.metrics import Metrics
-from bridge.service import Bridge
 from tests.backends import ENV
 from tests.conftest import StartBridge
 from tests.fakes import open_fake_backend

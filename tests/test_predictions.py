@@ -8,8 +8,8 @@ import pytest
 import trio
 
 from bridge.config import ConfigError, Settings
-from bridge.events import OutputBatch
-from bridge.predictions import IllegalTransition, Prediction, Status
+from bridge.core.events import OutputBatch
+from bridge.core.predictions import IllegalTransition, Prediction, Status
 from tests.sse_clients import Ev, replicate_events, spec_events
 
 

@@ -11,10 +11,10 @@ import grpc
 import pytest
 import trio
 
-from bridge import protocol
 from bridge._proto.v1 import predictor_pb2_grpc
+from bridge.backends import protocol
+from bridge.backends.grpc_loop import GrpcLoop, open_grpc_loop
 from bridge.errors import ModelError
-from bridge.grpc_loop import GrpcLoop, open_grpc_loop
 from bridge.sdk import Field, Log, Metrics, Model, ModelServer, Predictor, input_schema_for
 
 

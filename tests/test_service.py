@@ -12,8 +12,8 @@ from typing import Any
 import trio
 
 from bridge.config import ModelSettings, Settings
-from bridge.predictions import Prediction, Status
-from bridge.service import SHUTDOWN_ERROR, Bridge
+from bridge.core.predictions import Prediction, Status
+from bridge.core.service import SHUTDOWN_ERROR, Bridge
 from tests.backends import SCRIPTED_INFO
 from tests.fakes import FakeBackend, open_fake_backend
 

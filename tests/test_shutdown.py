@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import trio
 
+from bridge.core.service import SHUTDOWN_ERROR
 from bridge.server import serve
-from bridge.service import SHUTDOWN_ERROR
 from tests.conftest import bridge_settings, create, open_gate, poll_until, read_stream
 from tests.test_api import assert_problem
 from tests.test_limits import wait_status

@@ -1,5 +1,5 @@
 """The store's contract, run against every implementation of
-:class:`~bridge.store.PredictionStore`: the store kept in memory and the
+:class:`~bridge.core.store.PredictionStore`: the store kept in memory and the
 list-scanning fake of tests/fakes.py."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from bridge.config import Settings
+from bridge.core.predictions import Prediction
+from bridge.core.store import MemoryStore, PredictionStore
 from bridge.errors import NotFound, OutputTooLarge, Overloaded
-from bridge.predictions import Prediction
-from bridge.store import MemoryStore, PredictionStore
 from tests.fakes import ListStore
 
 NewStore = Callable[..., PredictionStore]

@@ -16,11 +16,11 @@ import pytest
 import trio
 
 from bridge.config import Settings
-from bridge.events import SLICE_BYTES, MemoryEventLog, OutputBatch
+from bridge.core.events import SLICE_BYTES, MemoryEventLog, OutputBatch
+from bridge.core.store import MemoryStore, PredictionStore
 from bridge.http.stream import sse_body
 from bridge.sdk import Model, ModelServer
 from bridge.sse import normalize_line_breaks
-from bridge.store import MemoryStore, PredictionStore
 from tests.conftest import StartBridge, closed_port_target, create, poll_until, read_stream
 from tests.fakes import ListStore
 from tests.sse_clients import spec_events
@@ -229,7 +229,7 @@ async def story(client: httpx.AsyncClient, prompt: str, **input: object) -> str:
 async def test_the_prompt_picks_the_story_told_in_whole_sentences(
     client: httpx.AsyncClient,
 ) -> None:
-    fables = (resources.files("bridge") / "story.txt").read_text().split("\n\n")
+    fables = (resources.files("bridge.sdk") / "story.txt").read_text().split("\n\n")
     sentences = {s.strip() for fable in fables for s in re.findall(r"[^.!?]+[.!?]+", fable)}
     lion = await story(client, "Tell me about the lion and the mouse", max_words=300)
     assert lion.startswith("Once upon a time a lion was sleeping in the forest")

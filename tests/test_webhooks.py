@@ -19,8 +19,8 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from replicate.webhook import InvalidSignatureError, Webhooks, WebhookSigningSecret
 
-from bridge.events import OutputBatch
-from bridge.predictions import Prediction
+from bridge.core.events import OutputBatch
+from bridge.core.predictions import Prediction
 from bridge.webhooks import (
     EVENTS,
     WebhookPolicy,

@@ -9,9 +9,9 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from .._compat.quart_trio import App
+from ..core.service import Bridge
 from ..errors import BridgeError, RetryLater, Unauthorized
 from ..metrics import Metrics
-from ..service import Bridge
 from . import models, ops, predictions
 from .common import Context, caller, context, no_content, problem
 from .headers import check_host, cors_origin

@@ -10,10 +10,10 @@ from quart import Response, current_app, request
 from .. import strictjson
 from .._compat.quart_trio import when_request_ends
 from ..config import Settings
+from ..core.predictions import Prediction
+from ..core.service import Bridge
 from ..errors import BadRequest
 from ..metrics import Metrics
-from ..predictions import Prediction
-from ..service import Bridge
 from ..validation import parse_json
 from . import stream
 from .headers import bearer_token

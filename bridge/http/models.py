@@ -6,8 +6,8 @@ from typing import Any
 
 from quart import Blueprint, Response
 
+from ..core.models import deployment_json
 from ..errors import BackendUnavailable, NotFound
-from ..models import deployment_json
 from .common import base_url, context, json_response
 
 __all__ = ["blueprint"]

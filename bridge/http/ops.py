@@ -6,9 +6,9 @@ from __future__ import annotations
 import trio
 from quart import Blueprint, Response, current_app
 
+from ..core.models import ModelEntry
 from ..errors import NotFound
 from ..metrics import CONTENT_TYPE_LATEST
-from ..models import ModelEntry
 from ..webhooks import tenant_secret
 from .common import caller, context, json_response
 from .openapi import spec

@@ -10,8 +10,8 @@ from urllib.parse import urlencode
 import trio
 from quart import Blueprint, Response, request
 
+from ..core.models import ModelEntry
 from ..errors import BadRequest, Gone
-from ..models import ModelEntry
 from . import stream
 from .common import (
     base_url,

@@ -1,9 +1,9 @@
 """The stream reader: one HTTP response that follows a prediction's log.
 
 A stream request is a reader with a cursor into the prediction's
-:class:`~bridge.events.EventLog`. Each time it wakes (once per batch the
+:class:`~bridge.core.events.EventLog`. Each time it wakes (once per batch the
 prediction appended) it writes every event available in one write, in
-slices of at most :data:`~bridge.events.SLICE_BYTES`, so a late or slow
+slices of at most :data:`~bridge.core.events.SLICE_BYTES`, so a late or slow
 reader holds one slice of encoded bytes at a time, never the backlog. When
 idle it writes a ``: ping`` comment every ``keepalive`` seconds; after the
 log closes (after ``done``) the response ends.
@@ -35,7 +35,7 @@ from quart import Response
 
 from .. import sse
 from .._compat.hypercorn import ChunkWriter, chunk_writer
-from ..events import SLICE_BYTES, EventLog
+from ..core.events import SLICE_BYTES, EventLog
 
 __all__ = ["SSE_HEADERS", "head_response", "sse_body", "stream_response"]
 
@@ -54,7 +54,7 @@ async def sse_body(
     """The stream from event *start* on. *clients* counts the streams open.
     A ``: ping`` goes out once the stream has been idle for two thirds of
     *keepalive*, checked whenever the log is nudged (every third of it, by
-    :meth:`bridge.service.Bridge.keep_alive`): so at least every
+    :meth:`bridge.core.service.Bridge.keep_alive`): so at least every
     *keepalive* seconds."""
     cursor = start
     if clients is not None:

@@ -58,8 +58,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bridge._proto.v1 import predictor_pb2, predictor_pb2_grpc
 
-from . import protocol
-from .errors import ListenError
+from ..backends import protocol
+from ..errors import ListenError
 
 __all__ = [
     "Field",

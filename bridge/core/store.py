@@ -2,7 +2,7 @@
 this process's memory.
 
 A store holds every prediction the bridge may show (running or ended), in
-creation order, with the bounds on what they keep (:mod:`bridge.retention`)
+creation order, with the bounds on what they keep (:mod:`bridge.core.retention`)
 applied inside it, and makes each prediction's event log. The bridge asks
 it for one prediction (:meth:`PredictionStore.get`), a page of them
 (:meth:`~PredictionStore.page`), and to account for what they keep; it
@@ -19,8 +19,8 @@ from typing import Protocol
 
 import trio
 
-from .config import Settings
-from .errors import NotFound
+from ..config import Settings
+from ..errors import NotFound
 from .events import EventLog, MemoryEventLog
 from .predictions import Prediction
 from .retention import Retention

@@ -18,10 +18,10 @@ import math
 
 import trio
 
-from . import protocol
-from .backend import Backend
-from .config import Settings
-from .errors import BackendTimeout, BackendUnavailable, NotFound, PredictionError
+from ..backends import protocol
+from ..backends.interface import Backend
+from ..config import Settings
+from ..errors import BackendTimeout, BackendUnavailable, NotFound, PredictionError
 from .models import ModelEntry
 
 __all__ = ["Catalog"]

@@ -14,7 +14,7 @@ from google.protobuf import json_format, struct_pb2
 
 from bridge._proto.v1 import predictor_pb2 as pb
 
-from . import strictjson
+from .. import strictjson
 
 #: The UNAVAILABLE status message of a backend whose model is still loading
 #: (``setup()`` has not returned): the bridge keeps such predictions

@@ -1,6 +1,6 @@
 """What the bridge needs of its model backends: the interface.
 
-:class:`~bridge.grpc_loop.GrpcLoop` implements it over gRPC (every call on
+:class:`~bridge.backends.grpc_loop.GrpcLoop` implements it over gRPC (every call on
 one asyncio loop); a fake in the tests implements it in Trio, so that
 deadlines, admission and the supervisor run under Trio's autojump clock,
 and the same contract tests run against both (tests/test_backend.py).

@@ -7,7 +7,7 @@ append what arrives to the prediction, a batch at a time: the messages
 are handed over in the wake-up that brings them (no hop through the
 prediction's task), and the outputs among them become one append, which
 wakes the prediction's readers once. Errors are raised, never recorded
-here: the task that owns the prediction (:mod:`bridge.service`) records how
+here: the task that owns the prediction (:mod:`bridge.core.service`) records how
 it ended, once.
 """
 
@@ -21,21 +21,21 @@ from typing import Any
 
 import trio
 
-from . import protocol
-from .backend import Backend
-from .errors import (
+from ..backends import protocol
+from ..backends.interface import Backend
+from ..errors import (
     BackendLoading,
     BackendProtocolError,
     BackendTimeout,
     BackendUnavailable,
     DeadlineExceeded,
 )
+from ..validation import validate_input
 from .events import EVENT_COST, OutputBatch, log_cost
 from .models import ModelEntry
 from .observer import Observer
 from .predictions import Prediction
 from .store import PredictionStore
-from .validation import validate_input
 
 #: The most metrics a model may report for one prediction, and the longest
 #: name of one: metrics are kept with a prediction's metadata (7 days).
@@ -47,7 +47,7 @@ __all__ = ["run"]
 
 Describe = Callable[[ModelEntry], Awaitable[protocol.ModelInfo]]
 #: Runs work that handles so many bytes (``offload(size, work)``), in a
-#: worker thread if that is large (see :meth:`bridge.service.Bridge.offload`).
+#: worker thread if that is large (see :meth:`bridge.core.service.Bridge.offload`).
 Offload = Callable[[int, Callable[[], Any]], Awaitable[Any]]
 
 

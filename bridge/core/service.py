@@ -2,8 +2,8 @@
 predictions.
 
 :class:`Bridge` validates and creates predictions, keeps them in its store
-(:mod:`bridge.store`), and runs each as a task its supervisor owns
-(:mod:`bridge.supervisor`; what the task does is :mod:`bridge.runner`). A
+(:mod:`bridge.core.store`), and runs each as a task its supervisor owns
+(:mod:`bridge.core.supervisor`; what the task does is :mod:`bridge.core.runner`). A
 task records its own end on its prediction and never lets an exception
 escape into the shared nursery, where it would cancel every other
 prediction.
@@ -21,24 +21,25 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 
-from . import runner, strictjson
-from .admission import Admission, Ticket
-from .backend import CLEANUP_TIMEOUT, Backend
-from .catalog import Catalog
-from .config import Settings
-from .errors import (
+from .. import strictjson
+from ..backends.interface import CLEANUP_TIMEOUT, Backend
+from ..config import Settings
+from ..errors import (
     BridgeError,
     ShuttingDown,
 )
+from ..validation import validate_input, validate_stream, validate_webhook
+from ..webhooks import WebhookPolicy, WebhookSender
+from . import runner
+from .admission import Admission, Ticket
+from .catalog import Catalog
 from .models import ModelEntry
 from .observer import Observer
 from .predictions import Prediction
 from .store import MemoryStore, Page, PredictionStore
 from .supervisor import Supervisor
-from .validation import validate_input, validate_stream, validate_webhook
-from .webhooks import WebhookPolicy, WebhookSender
 
-__all__ = ["INLINE_BYTES", "Bridge", "Observer", "Page"]  # Page: bridge.store's, re-exported
+__all__ = ["INLINE_BYTES", "Bridge", "Observer", "Page"]  # Page: bridge.core.store's, re-exported
 
 T = TypeVar("T")
 
@@ -212,7 +213,7 @@ class Bridge:
         encode: Callable[[Prediction], Awaitable[bytes]],
     ) -> Page:
         """A page of the predictions *owner* may see, newest first (see
-        :meth:`bridge.store.PredictionStore.page`)."""
+        :meth:`bridge.core.store.PredictionStore.page`)."""
         return await self.store.page(cursor, owner, encode)
 
     async def _follow_webhook(

@@ -14,7 +14,7 @@ import math
 
 import trio
 
-from .errors import Overloaded
+from ..errors import Overloaded
 
 __all__ = ["Admission", "Ticket"]
 

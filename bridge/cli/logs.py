@@ -11,7 +11,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 
-from . import strictjson
+from .. import strictjson
 
 __all__ = ["FIELDS", "JsonFormatter", "setup_logging"]
 

@@ -44,7 +44,7 @@ import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from .sdk import Model
+from . import Model
 
 __all__ = ["MAX_FILE_BYTES", "ModelLoadError", "load_model"]
 

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Annotated
 
-from .sdk import Field, Log, Model, Predictor
+from . import Field, Log, Model, Predictor
 
 __all__ = ["MODELS", "Story", "echo"]
 

@@ -40,8 +40,8 @@ from typing import Any, NamedTuple, Protocol
 
 import trio
 
-from . import strictjson
-from .sse import LINE_BREAK, encode_event
+from .. import strictjson
+from ..sse import LINE_BREAK, encode_event
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +353,7 @@ class MemoryEventLog:
 
     def nudge(self) -> None:
         """Wake every follower, news or not (the keep-alive clock's tick:
-        see :meth:`bridge.service.Bridge.keep_alive`): a reader's wait needs
+        see :meth:`bridge.core.service.Bridge.keep_alive`): a reader's wait needs
         no cancel scope of its own (a scope per wait, for the keep-alive,
         was 5% of a paced stream's CPU)."""
         self._wake_followers()

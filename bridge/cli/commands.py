@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 
 import trio
 
-from .config import ConfigError, Settings
-from .errors import ListenError
+from ..config import ConfigError, Settings
+from ..errors import ListenError
 from .lifeline import stop_on_eof
 from .logs import setup_logging
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(getattr(args, "log_format", "text"))
     if args.stop_on_eof:
         stop_on_eof()
-    from .grpc_loop import run as run_trio  # trio.run, on the loop gRPC's calls run on
+    from ..backends.grpc_loop import run as run_trio  # trio.run, on the loop gRPC's calls run on
 
     # The collector's first threshold, 700 allocations, is made for small
     # programs: under 1,000 paced streams it ran a young collection ~80
@@ -92,7 +92,7 @@ class _Signals:
     now (:attr:`stop_now`)."""
 
     def __init__(self) -> None:
-        from .server import StopNow
+        from ..server import StopNow
 
         self.first = trio.Event()
         self.stop_now = StopNow()
@@ -109,7 +109,7 @@ class _Signals:
 
     async def serve(self, settings: Settings) -> None:
         """Serve until the first signal; a second one stops it now."""
-        from .server import serve
+        from ..server import serve
 
         await serve(settings, shutdown_trigger=self.first.wait, stop_now=self.stop_now)
 
@@ -132,8 +132,8 @@ async def _serve_until_signal(settings: Settings) -> None:
 
 
 async def _demo_backend(host: str, port: int, only: str | None) -> None:
-    from .demo import make_models
-    from .sdk import serve_async
+    from ..sdk import serve_async
+    from ..sdk.demo import make_models
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -161,8 +161,8 @@ async def _demo_backend(host: str, port: int, only: str | None) -> None:
 def _serve_model(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .cogmodel import ModelLoadError, load_model
-    from .sdk import ServerTLS, serve
+    from ..sdk import ServerTLS, serve
+    from ..sdk.cog import ModelLoadError, load_model
 
     if (args.certfile is None) != (args.keyfile is None) or (args.client_ca and not args.certfile):
         print(

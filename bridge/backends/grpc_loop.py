@@ -69,7 +69,7 @@ from bridge.errors import (
 )
 
 from . import protocol
-from .backend import CLEANUP_TIMEOUT
+from .interface import CLEANUP_TIMEOUT
 
 __all__ = ["GrpcLoop", "PredictStream", "map_rpc_error", "open_grpc_loop", "run"]
 
@@ -124,7 +124,7 @@ class PredictStream:
     Two ways to read it:
 
     * ``async for batch in stream`` yields lists of
-      :data:`~bridge.protocol.StreamItem`; the loop ends when the call
+      :data:`~bridge.backends.protocol.StreamItem`; the loop ends when the call
       succeeds and raises a :class:`~bridge.errors.PredictionError` if it
       fails.
     * :meth:`deliver` hands each batch to a synchronous function in the
@@ -537,7 +537,7 @@ class GrpcLoop:
         self, target: str, request: predictor_pb2.PredictRequest
     ) -> AsyncIterator[PredictStream]:
         """Start a ``Predict`` call of *request* (see
-        :func:`bridge.protocol.predict_request`; built by the caller, which
+        :func:`bridge.backends.protocol.predict_request`; built by the caller, which
         knows whether it is large); leaving the block cancels it if
         running."""
         assert self._loop is not None

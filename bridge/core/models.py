@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from . import protocol
-from .config import ModelSettings
+from ..backends import protocol
+from ..config import ModelSettings
 from .predictions import iso_time
 
 __all__ = ["ModelEntry", "deployment_json"]

@@ -10,7 +10,7 @@ A prediction is *terminal* once it reaches succeeded, failed or canceled; its
 status is final before its ``done`` event is appended, so a client that reads
 the prediction right after ``done`` sees the final state.
 
-Its output and logs live only in its :class:`~bridge.events.EventLog`: the
+Its output and logs live only in its :class:`~bridge.core.events.EventLog`: the
 stream and the prediction object are two views of one record.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from . import strictjson
+from .. import strictjson
 from .events import EventLog, MemoryEventLog, OutputBatch, Snapshot, log_cost
 
 __all__ = [

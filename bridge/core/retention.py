@@ -25,7 +25,7 @@ import collections
 import time
 from collections.abc import Iterator
 
-from .errors import OutputTooLarge, Overloaded
+from ..errors import OutputTooLarge, Overloaded
 from .events import EVENT_COST
 from .predictions import Prediction
 
