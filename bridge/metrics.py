@@ -85,8 +85,9 @@ class Metrics(Observer):
         tokens, inter = children
         tokens.inc(chunks)
         if gap is None:
-            if prediction.started_at is not None and prediction.first_output_at is not None:
-                first = prediction.first_output_at - prediction.started_at
+            started, first_output = prediction.started_clock, prediction.first_output_clock
+            if started is not None and first_output is not None:
+                first = first_output - started
                 self.time_to_first_token.labels(prediction.model).observe(first)
             return
         # One observation per batch (per chunk would cost a histogram update
@@ -96,9 +97,9 @@ class Metrics(Observer):
     def finished(self, prediction: Prediction) -> None:
         status = str(prediction.status)
         self.predictions_total.labels(prediction.model, status).inc()
-        if prediction.started_at is not None and prediction.completed_at is not None:
+        if prediction.started_clock is not None and prediction.completed_clock is not None:
             self.duration.labels(prediction.model, status).observe(
-                prediction.completed_at - prediction.started_at
+                prediction.completed_clock - prediction.started_clock
             )
 
     def render(self) -> bytes:

@@ -22,7 +22,7 @@ from bridge.backends.protocol import ModelInfo
 from bridge.config import Settings
 from bridge.core import events as events_module
 from bridge.core.events import SLICE_BYTES, EventLog, Follower, OutputBatch, Record
-from bridge.core.predictions import Prediction
+from bridge.core.predictions import Prediction, clock
 from bridge.core.store import Page
 from bridge.errors import (
     BackendUnavailable,
@@ -200,7 +200,7 @@ class ListStore:
         self._prune()
 
     def _prune(self) -> None:
-        settings, now = self._settings, time.time()
+        settings, now = self._settings, clock()
         with_data = [p for p in self._ended if not p.data_removed]
         for i, prediction in enumerate(with_data):
             too_many = len(with_data) - i > settings.retention_count
@@ -256,8 +256,8 @@ class ListStore:
 
 
 def _ended_at(prediction: Prediction) -> float:
-    assert prediction.completed_at is not None
-    return prediction.completed_at
+    assert prediction.completed_clock is not None
+    return prediction.completed_clock
 
 
 class FakeBackend:

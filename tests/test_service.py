@@ -6,9 +6,11 @@ milliseconds), and the times asserted are exact."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 import trio
 
 from bridge.config import ModelSettings, Settings
@@ -125,3 +127,19 @@ async def test_shutdown_drains_then_fails_what_is_left(autojump_clock: Any) -> N
         await ended(slow)
         assert (slow.status, slow.error) == (Status.FAILED, SHUTDOWN_ERROR)
         assert slow.id in backend.cancelled
+
+
+async def test_durations_are_measured_on_trio_s_clock_not_the_wall(
+    autojump_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wall clock stepped back (NTP, a VM resumed) shows in the times
+    users see, never in a duration."""
+    wall = iter(range(2_000_000_000, 0, -100))
+    monkeypatch.setattr(time, "time", lambda: float(next(wall)))
+    async with open_bridge() as (bridge, _):
+        prediction = await run(bridge, {"chunks": ["a", "b"], "gap_ms": 1000})
+        await ended(prediction)
+    assert prediction.metrics["total_time"] == 2
+    assert prediction.metrics["predict_time"] == 2
+    assert prediction.metrics["time_to_first_token"] == 1
+    assert prediction.metrics["tokens_per_second"] == 1

@@ -4,11 +4,11 @@ list-scanning fake of tests/fakes.py."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+import trio
 
 from bridge.config import Settings
 from bridge.core.predictions import Prediction
@@ -121,17 +121,19 @@ def test_ended_predictions_lose_their_data_then_their_metadata_by_count(
     assert store.kept_bytes == made[2].kept_bytes + made[3].kept_bytes
 
 
-def test_ended_predictions_lose_their_data_then_their_metadata_by_age(
-    new_store: NewStore, monkeypatch: pytest.MonkeyPatch
+async def test_ended_predictions_lose_their_data_then_their_metadata_by_age(
+    new_store: NewStore, autojump_clock: Any
 ) -> None:
-    now = [1_700_000_000.0]
-    monkeypatch.setattr(time, "time", lambda: now[0])
     store = new_store(retention_seconds=10, metadata_retention_seconds=20)
     old, running = add(store, size=10), add(store, size=10)
     end(store, old)
-    now[0] += 11
+    await trio.sleep(9.9)
+    assert not store.get(old.id).data_removed
+    await trio.sleep(0.2)
     assert store.get(old.id).data_removed and not running.data_removed
-    now[0] += 10
+    await trio.sleep(9.8)
+    assert store.get(old.id).data_removed
+    await trio.sleep(0.2)
     with pytest.raises(NotFound):
         store.get(old.id)
     assert store.get(running.id) is running

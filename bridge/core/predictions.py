@@ -27,6 +27,7 @@ from functools import partial
 from typing import Any
 
 import msgspec
+import trio
 
 from .. import strictjson
 from .events import EventLog, MemoryEventLog, OutputBatch, Snapshot, log_cost
@@ -35,6 +36,7 @@ __all__ = [
     "IllegalTransition",
     "Prediction",
     "Status",
+    "clock",
     "iso_time",
     "new_prediction_id",
 ]
@@ -65,6 +67,16 @@ _TRANSITIONS: dict[Status, frozenset[Status]] = {
 
 class IllegalTransition(RuntimeError):
     """Raised when a prediction is moved to a status its table forbids."""
+
+
+def clock() -> float:
+    """Seconds on the clock every duration is measured with: Trio's (an
+    autojump clock in tests), or, outside a Trio run, a monotonic one.
+    Wall time is only for the timestamps users see."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return time.monotonic()
 
 
 def new_prediction_id() -> str:
@@ -116,11 +128,17 @@ class Prediction:
         self.status = Status.STARTING
         self.error: str | None = None
         self.metrics: dict[str, float] = {}
+        # When it was created, started and completed: wall time, as shown.
         self.created_at = time.time()
         self.started_at: float | None = None
         self.completed_at: float | None = None
-        self.first_output_at: float | None = None
-        self.last_output_at: float | None = None
+        # The same moments, and its first and last outputs, on clock(): for
+        # durations, which a wall-clock step must not make negative.
+        self.created_clock = clock()
+        self.started_clock: float | None = None
+        self.first_output_clock: float | None = None
+        self.last_output_clock: float | None = None
+        self.completed_clock: float | None = None
         #: Its events (its store's kind of log; kept in memory by default).
         self.events: EventLog = events if events is not None else MemoryEventLog()
 
@@ -161,6 +179,7 @@ class Prediction:
     def start(self) -> None:
         self._move(Status.PROCESSING)
         self.started_at = time.time()
+        self.started_clock = clock()
 
     @property
     def output_count(self) -> int:
@@ -171,8 +190,8 @@ class Prediction:
         """Append a batch of chunks (one event each, readers woken once)."""
         if self.status is Status.STARTING:
             self.start()
-        if self.first_output_at is None and batch.count:
-            self.first_output_at = time.time()
+        if self.first_output_clock is None and batch.count:
+            self.first_output_clock = clock()
         self.output_bytes += batch.cost
         self.events.append_output(batch)
 
@@ -198,20 +217,22 @@ class Prediction:
     def _finish(self, status: Status, done: dict[str, str]) -> None:
         self._move(status)
         self.completed_at = time.time()
+        self.completed_clock = clock()
         self._record_timing()
         self.events.finish(self.error if status is Status.FAILED else None, done)
 
     def _record_timing(self) -> None:
-        assert self.completed_at is not None
+        completed = self.completed_clock
+        assert completed is not None
         # Creation to completion, queueing included, as Replicate reports it.
-        self.metrics["total_time"] = round(self.completed_at - self.created_at, 6)
-        if self.started_at is not None:
-            self.metrics["predict_time"] = round(self.completed_at - self.started_at, 6)
-            if self.first_output_at is not None:
+        self.metrics["total_time"] = round(completed - self.created_clock, 6)
+        if self.started_clock is not None:
+            self.metrics["predict_time"] = round(completed - self.started_clock, 6)
+            if self.first_output_clock is not None:
                 self.metrics["time_to_first_token"] = round(
-                    self.first_output_at - self.started_at, 6
+                    self.first_output_clock - self.started_clock, 6
                 )
-                generating = self.completed_at - self.first_output_at
+                generating = completed - self.first_output_clock
                 if generating > 0 and self.output_count > 1:
                     self.metrics["tokens_per_second"] = round(
                         (self.output_count - 1) / generating, 3

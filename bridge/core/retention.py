@@ -22,12 +22,11 @@ predictions (then it is 404). Both windows count from completion.
 from __future__ import annotations
 
 import collections
-import time
 from collections.abc import Iterator
 
 from ..errors import OutputTooLarge, Overloaded
 from .events import EVENT_COST
-from .predictions import Prediction
+from .predictions import Prediction, clock
 
 __all__ = ["Retention"]
 
@@ -87,7 +86,7 @@ class Retention:
 
     def ended(self, prediction: Prediction) -> None:
         """*prediction* has ended: its data may go first when room is needed."""
-        ended_at = prediction.completed_at or time.time()
+        ended_at = prediction.completed_clock or clock()
         self._ended[prediction.id] = ended_at
         self._with_data[prediction.id] = ended_at
         self.prune()
@@ -95,7 +94,7 @@ class Retention:
     def prune(self) -> None:
         """Let go of the data of ended predictions past the data window or
         count, and forget those past the metadata window or count."""
-        now = time.time()
+        now = clock()
         for prediction_id in _expired(self._with_data, self._count, now - self._seconds):
             self._remove_data(prediction_id)
         for prediction_id in _expired(

@@ -14,7 +14,6 @@ it ended, once.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -34,7 +33,7 @@ from ..validation import validate_input
 from .events import EVENT_COST, OutputBatch, log_cost
 from .models import ModelEntry
 from .observer import Observer
-from .predictions import Prediction
+from .predictions import Prediction, clock
 from .store import PredictionStore
 
 #: The most metrics a model may report for one prediction, and the longest
@@ -256,10 +255,10 @@ class _Sink:
         prediction = self.prediction
         batch = OutputBatch(chunks)
         self.store.charge(prediction, batch.cost, self.cap)
-        now = time.time()
-        last = prediction.last_output_at
+        now = clock()
+        last = prediction.last_output_clock
         prediction.add_output(batch)
-        prediction.last_output_at = now
+        prediction.last_output_clock = now
         self.observer.output(prediction, batch.count, None if last is None else now - last)
 
     def log(self, line: str) -> None:

@@ -35,7 +35,7 @@ from .admission import Admission, Ticket
 from .catalog import Catalog
 from .models import ModelEntry
 from .observer import Observer
-from .predictions import Prediction
+from .predictions import Prediction, clock
 from .store import MemoryStore, Page, PredictionStore
 from .supervisor import Supervisor
 
@@ -245,7 +245,7 @@ class Bridge:
         # supervisor's scope around this task: the finally records it.
         try:
             await ticket.wait()  # queued until a slot is free
-            self.observer.admitted(prediction, time.time() - prediction.created_at)
+            self.observer.admitted(prediction, clock() - prediction.created_clock)
             await runner.run(
                 prediction,
                 entry,
