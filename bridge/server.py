@@ -28,7 +28,6 @@ from pathlib import Path
 import hypercorn.config
 import trio
 from hypercorn.config import Sockets
-from hypercorn.utils import wrap_app
 
 from ._compat.hypercorn import ConnectionLimits, serve_http
 from .backends.grpc_loop import GrpcLoop, open_grpc_loop
@@ -110,7 +109,7 @@ async def serve(
             binds = await http.start(
                 partial(
                     serve_http,
-                    wrap_app(app, config.wsgi_max_body_size, "asgi"),
+                    app,
                     config,
                     sockets,
                     limits,

@@ -52,6 +52,7 @@ import httpcore
 import httpx
 import trio
 
+from ._compat.httpx import transport_with_backend
 from .core.predictions import Prediction
 from .errors import InvalidInput
 from .validation import EVENTS
@@ -235,14 +236,11 @@ async def open_webhook_client(
     """The HTTP client webhooks are delivered with: its own pool, no
     redirects, no proxy from the environment (a proxy would connect for us,
     past the policy), and connections only where *policy* allows."""
-    transport = httpx.AsyncHTTPTransport(trust_env=False)
-    # httpx takes no network backend, so its pool is made again with ours.
-    transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False),
+    transport = transport_with_backend(
+        _CheckedBackend(policy),
         max_connections=max_connections,
         max_keepalive_connections=max_connections // 4,
         keepalive_expiry=5.0,
-        network_backend=_CheckedBackend(policy),
     )
     async with httpx.AsyncClient(
         transport=transport,

@@ -131,3 +131,25 @@ def test_quart_trio_handles_each_request_in_its_connection_class() -> None:
         "send",
     ]
     assert "cancel_scope.cancel()" in inspect.getsource(TrioASGIHTTPConnection)
+
+
+def test_httpx_transport_sends_through_its_pool() -> None:
+    """bridge/_compat/httpx.py replaces AsyncHTTPTransport._pool: the
+    transport must send every request through that attribute."""
+    import httpx
+
+    handle = inspect.getsource(httpx.AsyncHTTPTransport.handle_async_request)
+    assert "await self._pool.handle_async_request(req)" in handle
+    assert "self._pool" in inspect.getsource(httpx.AsyncHTTPTransport.aclose)
+
+
+def test_hypercorn_wraps_an_asgi_app_as_its_worker_does() -> None:
+    """serve_http wraps the app with hypercorn.utils.wrap_app, as
+    hypercorn's trio entry point does (hypercorn.trio.serve)."""
+    import hypercorn.trio
+    from hypercorn.utils import wrap_app
+
+    assert list(inspect.signature(wrap_app).parameters) == ["app", "wsgi_max_body_size", "mode"]
+    assert "wrap_app(app, config.wsgi_max_body_size, mode)" in inspect.getsource(
+        hypercorn.trio.serve
+    )

@@ -42,8 +42,10 @@ assigns ``protocol``; ``ProtocolWrapper``'s attributes;
 ``connection`` attribute; h11's ``Connection._writer`` and its
 ``ChunkedWriter`` and ``Http10Writer`` (how a body is framed); ``H2Protocol``'s ``stream_buffers``,
 ``priority``, ``_flush`` and ``_close_stream``, and ``StreamBuffer``'s
-fields; h11's ``Connection._process_error``. ``tests/test_compat.py`` pins
-them.
+fields; h11's ``Connection._process_error``; and the serving plumbing
+hypercorn's own trio worker uses (``Lifespan``, ``WorkerContext``,
+``utils.wrap_app``), which it does not document. ``tests/test_compat.py``
+pins them.
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ from hypercorn.trio.statsd import StatsdLogger
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper, ConnectionState, LifespanState
-from hypercorn.utils import repr_socket_addr
+from hypercorn.utils import repr_socket_addr, wrap_app
 
 __all__ = ["ChunkWriter", "ConnectionLimits", "chunk_writer", "serve_http"]
 
@@ -105,7 +107,7 @@ class ConnectionLimits:
 
 
 async def serve_http(
-    app: AppWrapper,
+    asgi_app: Any,
     config: Config,
     sockets: Sockets,
     limits: ConnectionLimits,
@@ -113,9 +115,10 @@ async def serve_http(
     shutdown_trigger: Callable[[], Awaitable[object]],
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve *app* on *sockets* (already listening) until *shutdown_trigger*
-    returns; then stop accepting and give open connections
-    ``config.graceful_timeout``. Reports the bound URLs."""
+    """Serve the ASGI app *asgi_app* on *sockets* (already listening) until
+    *shutdown_trigger* returns; then stop accepting and give open
+    connections ``config.graceful_timeout``. Reports the bound URLs."""
+    app: AppWrapper = wrap_app(asgi_app, config.wsgi_max_body_size, "asgi")
     config.set_statsd_logger_class(StatsdLogger)
     lifespan_state: LifespanState = {}
     lifespan = Lifespan(app, config, lifespan_state)
