@@ -32,12 +32,13 @@ LINE_BREAK = re.compile("\r\n|[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 #: then emit an empty ``message`` event that Replicate's client would reject.
 KEEPALIVE = b": ping\n"
 
-_EVENT_NAMES = frozenset({"output", "logs", "error", "done"})
+#: Every event a stream has.
+EVENT_NAMES = ("output", "logs", "error", "done")
 
 
 def encode_event(event: str, event_id: str, data: str) -> bytes:
     """Frame one event; *data* may be any text, including hostile text."""
-    if event not in _EVENT_NAMES:
+    if event not in EVENT_NAMES:
         raise ValueError(f"unknown SSE event name {event!r}")
     if LINE_BREAK.search(event_id) or "\0" in event_id:
         raise ValueError(f"SSE event id {event_id!r} would break framing")

@@ -53,6 +53,7 @@ import httpx
 import trio
 
 from ._compat.httpx import transport_with_backend
+from .backoff import delays
 from .core.predictions import Prediction
 from .errors import InvalidInput
 from .validation import EVENTS
@@ -352,7 +353,7 @@ class WebhookSender:
         msg_id = "msg_" + secrets.token_hex(16)
         host = urlsplit(url).hostname or ""
         give_up_at = trio.current_time() + self.retry_for
-        backoff = 0.5
+        waits = delays(0.5, 10.0)
         while True:
             status = None
             async with self._slots.slot(host):
@@ -371,8 +372,8 @@ class WebhookSender:
             if status is not None and 200 <= status < 300:
                 return True
             transient = status is None or status == 429 or status >= 500
-            if not (retry and transient) or trio.current_time() + backoff > give_up_at:
+            wait = next(waits)
+            if not (retry and transient) or trio.current_time() + wait > give_up_at:
                 log.warning("webhook %s to %s: giving up (status %s)", msg_id, url, status)
                 return False
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+            await trio.sleep(wait)

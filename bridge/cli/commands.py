@@ -13,7 +13,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import trio
 
@@ -35,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(getattr(args, "log_format", "text"))
     if args.stop_on_eof:
         stop_on_eof()
-    from ..backends.grpc_loop import run as run_trio  # trio.run, on the loop gRPC's calls run on
 
     # The collector's first threshold, 700 allocations, is made for small
     # programs: under 1,000 paced streams it ran a young collection ~80
@@ -45,18 +44,7 @@ def run(args: argparse.Namespace) -> int:
     # path allocates either way; this only spaces the cycle collector out.
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     try:
-        if args.command == "serve":
-            settings = Settings.from_toml(args.config, host=args.host, port=args.port)
-            run_trio(_serve_until_signal, settings)
-        elif args.command == "demo-backend":
-            asyncio.run(_demo_backend(args.host, args.port, args.model))
-        elif args.command == "serve-model":
-            return _serve_model(args)
-        elif args.command == "run-demo":
-            # The config is checked now, before anything starts (the demo
-            # models' real targets are known once their backend listens).
-            _demo_settings(args.config, args.host, args.port, dict.fromkeys(DEMO, "-"))
-            run_trio(_run_demo, args.config, args.host, args.port)
+        return _COMMANDS[args.command](args)
     except (ConfigError, ListenError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -66,6 +54,29 @@ def run(args: argparse.Namespace) -> int:
             raise
         print(f"error: {error}", file=sys.stderr)
         return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..backends.grpc_loop import run as run_trio  # trio.run, on the loop gRPC's calls run on
+
+    settings = Settings.from_toml(args.config, host=args.host, port=args.port)
+    run_trio(_serve_until_signal, settings)
+    return 0
+
+
+def _run_demo_command(args: argparse.Namespace) -> int:
+    from ..backends.grpc_loop import run as run_trio
+    from ..sdk.demo import MODELS
+
+    # The config is checked now, before anything starts (the demo models'
+    # real targets are known once their backend listens).
+    _demo_settings(args.config, args.host, args.port, dict.fromkeys(MODELS, "-"))
+    run_trio(_run_demo, args.config, args.host, args.port)
+    return 0
+
+
+def _demo_backend_command(args: argparse.Namespace) -> int:
+    asyncio.run(_demo_backend(args.host, args.port, args.model))
     return 0
 
 
@@ -140,6 +151,8 @@ async def _demo_backend(host: str, port: int, only: str | None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     models = make_models()
+    if only is not None and only not in models:
+        raise ConfigError(f"--model {only!r} is not a demo model: choose from {', '.join(models)}")
     names = [only] if only else list(models)
 
     def ready(name: str, bound: int) -> None:
@@ -181,11 +194,16 @@ def _serve_model(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Each serving command, by name: what it runs, returning its exit status.
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": _serve,
+    "demo-backend": _demo_backend_command,
+    "serve-model": _serve_model,
+    "run-demo": _run_demo_command,
+}
+
+
 _LISTENING = re.compile(rb"^(\S+/\S+) listening on (\S+:\d+)$", re.MULTILINE)
-
-
-#: The models ``run-demo`` starts a backend for.
-DEMO = ("demo/echo", "demo/story")
 
 
 def _demo_settings(

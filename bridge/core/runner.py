@@ -22,6 +22,7 @@ import trio
 
 from ..backends import protocol
 from ..backends.interface import Backend
+from ..backoff import delays
 from ..errors import (
     BackendLoading,
     BackendProtocolError,
@@ -108,7 +109,7 @@ async def _start(
     size = prediction.input_size
     give_up_at = trio.current_time() + entry.settings.start_timeout_seconds
     loaded_by = trio.current_time() + entry.settings.load_timeout_seconds
-    backoff = 0.1
+    waits = delays(0.1, 1.0)
     # Why the backend could not be reached last time, if it said: a better
     # reason to give up with than the timeout (a TLS handshake that fails,
     # say).
@@ -144,8 +145,7 @@ async def _start(
                     ) from exc
                 raise
             unavailable = exc
-        await trio.sleep(min(backoff, left))
-        backoff = min(2 * backoff, 1.0)
+        await trio.sleep(min(next(waits), left))
 
 
 def _with_hint(error: BackendUnavailable, entry: ModelEntry) -> BackendUnavailable:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.predictions import Status
+from ..sse import EVENT_NAMES
 from ..validation import EVENTS
 
 __all__ = ["spec"]
 
-_STATUS = ["starting", "processing", "succeeded", "failed", "canceled"]
+_STATUS = [str(status) for status in Status]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -311,7 +313,7 @@ def spec() -> dict[str, Any]:
             "type": "object",
             "required": ["event", "id", "data"],
             "properties": {
-                "event": {"enum": ["output", "logs", "error", "done"]},
+                "event": {"enum": list(EVENT_NAMES)},
                 "id": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
                 "data": {"type": "string"},
             },

@@ -125,9 +125,11 @@ def _plain(word: str) -> str:
     return word.strip(".,!?;:'\"").lower()
 
 
+#: The demo models' names, and what each serves.
+_PREDICTORS: dict[str, object] = {"demo/echo": echo, "demo/story": Story}
+MODELS = tuple(_PREDICTORS)
+
+
 def make_models() -> dict[str, Model]:
     """A fresh ``Model`` for each demo, by name."""
-    return {"demo/echo": Model("demo/echo", echo), "demo/story": Model("demo/story", Story)}
-
-
-MODELS = ("demo/echo", "demo/story")
+    return {name: Model(name, predictor) for name, predictor in _PREDICTORS.items()}
