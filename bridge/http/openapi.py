@@ -5,13 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.predictions import Status
-from ..sse import EVENT_NAMES
-from ..validation import EVENTS
+from .schemas import components
 
 __all__ = ["spec"]
-
-_STATUS = [str(status) for status in Status]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -132,202 +128,14 @@ _NAME = {
     "schema": {"type": "string"},
     "example": "echo",
 }
-_NULLABLE_STRING = {"type": ["string", "null"]}
 
 
 def spec() -> dict[str, Any]:
-    """The whole OpenAPI document: one literal, read as the document it
-    returns (its paths are checked against the app's routes by
-    tests/test_openapi.py; generating it from types is not done yet)."""
-    input_fields = {
-        "input": {"type": "object", "description": "Checked against the model's schema."},
-        "stream": {
-            "type": "boolean",
-            "description": "Optional: streaming models always have a stream URL; true for "
-            "a model whose output is one value is a 422.",
-        },
-        "webhook": {"type": "string", "description": "Absolute http(s) URL."},
-        "webhook_events_filter": {"type": "array", "items": {"enum": list(EVENTS)}},
-    }
-    schemas = {
-        "Problem": {
-            "type": "object",
-            "required": ["title", "detail", "status"],
-            "properties": {
-                "title": {"type": "string"},
-                "detail": {"type": "string"},
-                "status": {"type": "integer"},
-                "invalid_fields": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["type", "field", "description"],
-                        "properties": {
-                            "type": {"type": "string"},
-                            "field": {"type": "string"},
-                            "description": {"type": "string"},
-                        },
-                    },
-                },
-            },
-        },
-        "PredictionRequest": {
-            "type": "object",
-            "required": ["version"],
-            "properties": {
-                "version": {
-                    "type": "string",
-                    "description": "A version id, `owner/name:id` or `owner/name`.",
-                },
-                **input_fields,
-            },
-        },
-        "ModelPredictionRequest": {"type": "object", "properties": input_fields},
-        "Prediction": {
-            "type": "object",
-            "required": [
-                "id",
-                "model",
-                "version",
-                "status",
-                "input",
-                "output",
-                "logs",
-                "error",
-                "data_removed",
-                "metrics",
-                "created_at",
-                "started_at",
-                "completed_at",
-                "urls",
-            ],
-            "properties": {
-                "id": {"type": "string"},
-                "model": {"type": "string"},
-                "version": {"type": "string"},
-                "status": {"enum": _STATUS},
-                "input": {"type": "object"},
-                "output": {"description": "The chunks so far (streaming models), or the value."},
-                "logs": {"type": "string"},
-                "error": _NULLABLE_STRING,
-                "data_removed": {
-                    "type": "boolean",
-                    "description": "Its input, output and logs were let go of "
-                    "(retention_seconds, retention_count or max_retained_bytes): input is "
-                    "{}, output null; the rest stays until the metadata window ends.",
-                },
-                "metrics": {
-                    "type": "object",
-                    "description": "predict_time, time_to_first_token, tokens_per_second, "
-                    "total_time (creation to completion) and what the model reported.",
-                    "additionalProperties": {"type": "number"},
-                },
-                "created_at": {"type": "string", "format": "date-time"},
-                "started_at": _NULLABLE_STRING,
-                "completed_at": _NULLABLE_STRING,
-                "urls": {
-                    "type": "object",
-                    "description": "web is the bridge's page, opened on this prediction.",
-                    "required": ["get", "cancel", "web"],
-                    "properties": {
-                        k: {"type": "string"} for k in ("get", "cancel", "stream", "web")
-                    },
-                },
-            },
-        },
-        "PredictionPage": {
-            "type": "object",
-            "required": ["previous", "next", "results"],
-            "properties": {
-                "previous": _NULLABLE_STRING,
-                "next": _NULLABLE_STRING,
-                "results": {"type": "array", "items": _ref("Prediction")},
-            },
-        },
-        "Version": {
-            "type": "object",
-            "required": ["id", "created_at", "cog_version", "openapi_schema"],
-            "properties": {
-                "id": {"type": "string"},
-                "created_at": {"type": "string"},
-                "cog_version": {"type": "string"},
-                "openapi_schema": {"type": "object"},
-            },
-        },
-        "Model": {
-            "type": "object",
-            "required": ["url", "owner", "name", "visibility", "run_count", "latest_version"],
-            "properties": {
-                "url": {"type": "string"},
-                "owner": {"type": "string"},
-                "name": {"type": "string"},
-                "visibility": {"enum": ["public", "private"]},
-                "run_count": {"type": "integer"},
-                "latest_version": {"oneOf": [_ref("Version"), {"type": "null"}]},
-            },
-        },
-        "ModelPage": {
-            "type": "object",
-            "required": ["previous", "next", "results"],
-            "properties": {
-                "previous": {"type": "null"},
-                "next": {"type": "null"},
-                "results": {"type": "array", "items": _ref("Model")},
-            },
-        },
-        "Deployment": {
-            "type": "object",
-            "required": ["owner", "name", "current_release"],
-            "properties": {
-                "owner": {"type": "string"},
-                "name": {"type": "string"},
-                "current_release": {
-                    "type": "object",
-                    "description": "One release, made when the bridge started; its instances "
-                    "are the model's configured targets.",
-                    "required": ["number", "model", "version", "created_at", "configuration"],
-                    "properties": {
-                        "number": {"type": "integer"},
-                        "model": {"type": "string"},
-                        "version": {"type": "string"},
-                        "created_at": {"type": "string"},
-                        "created_by": {"type": "object"},
-                        "configuration": {"type": "object"},
-                    },
-                },
-            },
-        },
-        "DeploymentPage": {
-            "type": "object",
-            "required": ["previous", "next", "results"],
-            "properties": {
-                "previous": {"type": "null"},
-                "next": {"type": "null"},
-                "results": {"type": "array", "items": _ref("Deployment")},
-            },
-        },
-        "SSEEvent": {
-            "description": "One event of a stream: output chunks in order, log lines, an "
-            'error (data {"detail"}), then exactly one done (data {}, '
-            '{"reason":"canceled"} or {"reason":"error"}).',
-            "type": "object",
-            "required": ["event", "id", "data"],
-            "properties": {
-                "event": {"enum": list(EVENT_NAMES)},
-                "id": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
-                "data": {"type": "string"},
-            },
-        },
-        "Health": {
-            "type": "object",
-            "required": ["status", "ready", "models"],
-            "properties": {
-                "status": {"enum": ["ok", "degraded", "draining"]},
-                "ready": {"type": "boolean"},
-                "models": {"type": "object", "additionalProperties": {"type": "string"}},
-            },
-        },
-    }
+    """The whole OpenAPI document: its schemas generated from the body types
+    (:mod:`bridge.http.schemas`), its paths one literal read as the
+    document it returns (checked against the app's routes by
+    tests/test_openapi.py)."""
+    schemas = components()
     sse = {"text/event-stream": {"schema": _ref("SSEEvent")}}
     paths: dict[str, Any] = {
         "/v1/predictions": {
@@ -457,14 +265,7 @@ def spec() -> dict[str, Any]:
             "get": {
                 "summary": "The key webhooks are signed with",
                 "responses": {
-                    "200": _json(
-                        {
-                            "type": "object",
-                            "required": ["key"],
-                            "properties": {"key": {"type": "string"}},
-                        },
-                        "The key.",
-                    ),
+                    "200": _json(_ref("WebhookSecret"), "The key."),
                     **_problems(401, 404),
                 },
             }

@@ -1,0 +1,185 @@
+"""The bodies of the HTTP API, as types: the OpenAPI document's schemas are
+generated from them (:func:`components`), not written by hand."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from ..core.predictions import Status
+from ..sse import EVENT_NAMES
+from ..validation import EVENTS
+
+__all__ = ["components"]
+
+_Doc = msgspec.Meta
+
+WebhookEvent = Literal[EVENTS]  # type: ignore[valid-type]
+EventName = Literal[EVENT_NAMES]  # type: ignore[valid-type]
+
+
+class InvalidField(msgspec.Struct):
+    type: str
+    field: str
+    description: str
+
+
+class Problem(msgspec.Struct):
+    """An error, as application/problem+json (RFC 9457)."""
+
+    title: str
+    detail: str
+    status: int
+    invalid_fields: list[InvalidField] | msgspec.UnsetType = msgspec.UNSET
+
+
+class ModelPredictionRequest(msgspec.Struct):
+    input: Annotated[dict[str, Any], _Doc(description="Checked against the model's schema.")] = {}
+    stream: Annotated[
+        bool,
+        _Doc(
+            description="Optional: streaming models always have a stream URL; true for a "
+            "model whose output is one value is a 422."
+        ),
+    ] = False
+    webhook: Annotated[str, _Doc(description="Absolute http(s) URL.")] = ""
+    webhook_events_filter: list[WebhookEvent] = []
+
+
+class PredictionRequest(ModelPredictionRequest, kw_only=True):
+    version: Annotated[str, _Doc(description="A version id, `owner/name:id` or `owner/name`.")]
+
+
+class PredictionURLs(msgspec.Struct):
+    """web is the bridge's page, opened on this prediction."""
+
+    get: str
+    cancel: str
+    web: str
+    stream: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class Prediction(msgspec.Struct):
+    id: str
+    model: str
+    version: str
+    status: Status
+    input: dict[str, Any]
+    output: Annotated[Any, _Doc(description="The chunks so far (streaming models), or the value.")]
+    logs: str
+    error: str | None
+    data_removed: Annotated[
+        bool,
+        _Doc(
+            description="Its input, output and logs were let go of (retention_seconds, "
+            "retention_count or max_retained_bytes): input is {}, output null; the rest "
+            "stays until the metadata window ends."
+        ),
+    ]
+    metrics: Annotated[
+        dict[str, float],
+        _Doc(
+            description="predict_time, time_to_first_token, tokens_per_second, total_time "
+            "(creation to completion) and what the model reported."
+        ),
+    ]
+    created_at: Annotated[str, _Doc(extra_json_schema={"format": "date-time"})]
+    started_at: str | None
+    completed_at: str | None
+    urls: PredictionURLs
+
+
+class PredictionPage(msgspec.Struct):
+    previous: str | None
+    next: str | None
+    results: list[Prediction]
+
+
+class Version(msgspec.Struct):
+    id: str
+    created_at: str
+    cog_version: str
+    openapi_schema: dict[str, Any]
+
+
+class Model(msgspec.Struct):
+    url: str
+    owner: str
+    name: str
+    visibility: Literal["public", "private"]
+    run_count: int
+    latest_version: Version | None
+
+
+class ModelPage(msgspec.Struct):
+    previous: None
+    next: None
+    results: list[Model]
+
+
+class Release(msgspec.Struct):
+    """One release, made when the bridge started; its instances are the
+    model's configured targets."""
+
+    number: int
+    model: str
+    version: str
+    created_at: str
+    configuration: dict[str, Any]
+    created_by: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+
+
+class Deployment(msgspec.Struct):
+    owner: str
+    name: str
+    current_release: Release
+
+
+class DeploymentPage(msgspec.Struct):
+    previous: None
+    next: None
+    results: list[Deployment]
+
+
+class SSEEvent(msgspec.Struct):
+    """One event of a stream: output chunks in order, log lines, an error
+    (data {"detail"}), then exactly one done (data {}, {"reason":"canceled"}
+    or {"reason":"error"})."""
+
+    event: EventName
+    id: Annotated[str, _Doc(pattern="^[0-9]+:[0-9]+$")]
+    data: str
+
+
+class Health(msgspec.Struct):
+    status: Literal["ok", "degraded", "draining"]
+    ready: bool
+    models: dict[str, str]
+
+
+class WebhookSecret(msgspec.Struct):
+    key: str
+
+
+_TYPES = (
+    Problem,
+    PredictionRequest,
+    ModelPredictionRequest,
+    Prediction,
+    PredictionPage,
+    Version,
+    Model,
+    ModelPage,
+    Deployment,
+    DeploymentPage,
+    SSEEvent,
+    Health,
+    WebhookSecret,
+)
+
+
+def components() -> dict[str, Any]:
+    """The document's ``components.schemas``, generated from the types."""
+    _, schemas = msgspec.json.schema_components(_TYPES, ref_template="#/components/schemas/{name}")
+    return schemas
