@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -288,6 +289,45 @@ async def test_one_trio_wake_up_for_all_streams_with_news() -> None:
             batches = [await stream.receive_batch() for stream in streams]
     assert batches == [[protocol.Started()]] * 50
     assert len(wake_ups) == 1
+
+
+async def test_no_wake_up_is_lost_between_the_two_threads() -> None:
+    """With a loop thread, the ready flags of the hub and of each stream are
+    written by both threads: Python's GIL makes each store and each deque
+    append atomic, and the order of the writes (append, then check the
+    flag; clear the flag, then drain) loses no wake-up. Stressed here on
+    the classes alone: 200 streams get 200 items each, pushed from the loop
+    thread in bursts while Trio drains them, with the GIL switching threads
+    every microsecond. Every item arrives, in order."""
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        async with open_grpc_loop() as grpc_loop:
+            assert grpc_loop._loop is not None and grpc_loop._thread is not None
+            streams = [PredictStream(grpc_loop._hub, 8) for _ in range(200)]
+
+            def burst(start: int) -> None:  # on the loop thread
+                for stream in streams:
+                    for i in range(start, start + 10):
+                        stream._push(protocol.OutputChunks([str(i)]))
+
+            for start in range(0, 200, 10):
+                grpc_loop._loop.call_soon_threadsafe(burst, start)
+            whole = []
+
+            async def drain(stream: PredictStream) -> None:
+                got: list[int] = []
+                while len(got) < 200:
+                    got += [int(item.chunks[0]) for item in await stream.receive_batch()]  # type: ignore[union-attr]
+                whole.append(got == list(range(200)))
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    for stream in streams:
+                        nursery.start_soon(drain, stream)
+    finally:
+        sys.setswitchinterval(switch)
+    assert whole == [True] * 200
 
 
 class _HangingDescribe(predictor_pb2_grpc.PredictorServicer):

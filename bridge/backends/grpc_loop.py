@@ -30,7 +30,15 @@ call's messages through a :class:`PredictStream`:
 * Trio cancellation becomes ``task.cancel()`` on the loop, which cancels the
   RPC (the backend sees CANCELLED); the Trio side then waits, shielded and
   briefly, for the pump to finish, so no call outlives its owner. The same
-  holds for the unary calls (``Describe``, health checks).
+  holds for the unary calls (``Describe``, health checks), which go through
+  the same two hand-offs: into the loop with ``GrpcLoop._call_soon``
+  (``call_soon`` as a guest, ``call_soon_threadsafe`` from Trio's thread),
+  back with the hub's ``schedule``.
+* With a loop thread, the hub's and each stream's ready flags are written
+  by both threads: each store and each deque append is atomic under the
+  GIL, and the order of the writes (append, then check the flag; clear the
+  flag, then drain) loses no wake-up
+  (``test_no_wake_up_is_lost_between_the_two_threads`` stresses it).
 * Every wait on the loop is bounded (:data:`CLEANUP_TIMEOUT`): starting
   it, stopping it, and the end of a cancelled call. A wedged loop thread
   is logged and left behind (it is a daemon thread), never waited on
@@ -134,7 +142,9 @@ class PredictStream:
       owner, as the call's own errors do.
     """
 
-    def __init__(self, hub: _WakeHub, window: int) -> None:
+    def __init__(
+        self, hub: _WakeHub, window: int, call_soon: Callable[..., object] | None = None
+    ) -> None:
         self._hub = hub
         self._window = window
         self._items: collections.deque[protocol.StreamItem | _End] = collections.deque()
@@ -149,8 +159,9 @@ class PredictStream:
         # Asyncio side, touched only on the loop.
         self._task: asyncio.Task[PredictionError | None] | None = None
         self._credits: asyncio.Semaphore | None = None
-        #: How Trio schedules a callback on the loop (GrpcLoop._call_soon).
-        self._call_soon: Callable[..., object] | None = None
+        #: How Trio schedules a callback on the loop (GrpcLoop._call_soon):
+        #: in order, so what it schedules runs after the call's start.
+        self._call_soon = call_soon
 
     # -- asyncio side ---------------------------------------------------
 
@@ -188,9 +199,24 @@ class PredictStream:
             call.cancel()  # explicit; a no-op once the call has ended
         return None
 
-    def _on_pump_done(self, task: asyncio.Task[PredictionError | None]) -> None:
-        error = None if task.cancelled() else task.result()
-        self._push(_End(error))
+    def _start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        channel: grpc.aio.Channel,
+        request: predictor_pb2.PredictRequest,
+        grpc_timeout: float | None,
+        ended: Callable[[], None],
+    ) -> None:
+        """On the loop: start the call; *ended* is called on the loop when
+        it has ended, before Trio can learn it."""
+        self._credits = asyncio.Semaphore(self._window)
+        self._task = loop.create_task(self._pump(channel, request, grpc_timeout))
+
+        def done(task: asyncio.Task[PredictionError | None]) -> None:
+            ended()
+            self._push(_End(None if task.cancelled() else task.result()))
+
+        self._task.add_done_callback(done)
 
     def _return_credits(self, count: int) -> None:
         assert self._credits is not None
@@ -295,6 +321,18 @@ class PredictStream:
             return await self.receive_batch()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
+
+    async def _close(self) -> None:
+        """In Trio, as its owner leaves: deliver nothing more, and cancel the
+        call if it is running, waiting (shielded, at most CLEANUP_TIMEOUT)
+        for the loop to confirm its end."""
+        self._handle = None
+        if self._ended or self._call_soon is None:  # ended, or never started
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is closed
+            self._call_soon(self._cancel)
+        with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
+            await self._wait_ended()
 
     async def _wait_ended(self) -> None:
         """Drop whatever arrives until the pump reports its end."""
@@ -459,33 +497,45 @@ class GrpcLoop:
     async def _run(self, make: Callable[[], Awaitable[T]]) -> T:
         """Run the call ``make()`` on the loop. Trio cancellation
         cancels it there, and returns only once it has ended (within
-        CLEANUP_TIMEOUT): the call never outlives its caller."""
+        CLEANUP_TIMEOUT): the call never outlives its caller.
+
+        The same two hand-offs as a stream's: into the loop with
+        ``_call_soon``, back with the hub's ``schedule``."""
         assert self._loop is not None
+        loop = self._loop
         ended = trio.Event()
-        # How the call ended, kept by the coroutine itself: the future's
-        # result() came a moment after Trio heard of the end, so reading it
-        # blocked the event loop on the loop thread (and the GIL), every call.
+        # How the call ended, kept by the coroutine itself (on the loop).
         values: list[T] = []
         errors: list[BaseException] = []
+        tasks: list[asyncio.Task[None]] = []
 
-        async def on_loop() -> T:
-            self.active_calls += 1
+        async def on_loop() -> None:
             try:
                 values.append(await make())
-                return values[0]
             except BaseException as exc:
                 errors.append(exc)
-                raise
+                if not isinstance(exc, Exception):
+                    raise
             finally:
                 self.active_calls -= 1
-                self._token.run_sync_soon(ended.set)
+                with contextlib.suppress(trio.RunFinishedError):
+                    self._hub.schedule(ended.set)
 
-        future = asyncio.run_coroutine_threadsafe(on_loop(), self._loop)
+        def start() -> None:  # on the loop
+            self.active_calls += 1
+            tasks.append(loop.create_task(on_loop()))
+
+        def cancel() -> None:  # on the loop: cancels the task, and the call
+            if tasks:
+                tasks[0].cancel()
+
+        self._call_soon(start)
         try:
             await ended.wait()
         finally:
             if not ended.is_set():
-                future.cancel()  # cancels the task on the loop, and the call
+                with contextlib.suppress(RuntimeError):  # the loop is closed
+                    self._call_soon(cancel)
                 with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
                     await ended.wait()
         if errors:
@@ -542,30 +592,21 @@ class GrpcLoop:
         running."""
         assert self._loop is not None
         loop = self._loop
-        stream = PredictStream(self._hub, self.window)
+        stream = PredictStream(self._hub, self.window, self._call_soon)
         timeout = _grpc_timeout()
 
         def start() -> None:  # on the loop
-            stream._call_soon = self._call_soon
-            stream._credits = asyncio.Semaphore(self.window)
-            stream._task = loop.create_task(stream._pump(self._channel(target), request, timeout))
             self.active_calls += 1
-            stream._task.add_done_callback(finished)
+            stream._start(loop, self._channel(target), request, timeout, ended)
 
-        def finished(task: asyncio.Task[PredictionError | None]) -> None:  # on the loop
-            # Count the call as gone before Trio can learn it ended.
+        def ended() -> None:  # on the loop, before Trio can learn the call ended
             self.active_calls -= 1
-            stream._on_pump_done(task)
 
         self._call_soon(start)
         try:
             yield stream
         finally:
-            stream._handle = None  # nothing is delivered once the owner has left
-            if not stream._ended:
-                self._call_soon(stream._cancel)
-                with trio.move_on_after(CLEANUP_TIMEOUT, shield=True):
-                    await stream._wait_ended()
+            await stream._close()
 
 
 @contextlib.asynccontextmanager
