@@ -5,9 +5,9 @@ listing every bad field)."""
 
 from __future__ import annotations
 
-import functools
-import json
+import collections
 import re
+import threading
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -101,16 +101,42 @@ def _check_text(text: str) -> None:
             ) from None
 
 
-@functools.lru_cache(maxsize=256)
-def _validators(
-    schema_json: str,
-) -> tuple[jsonschema_rs.Draft202012Validator | None, jsonschema.protocols.Validator]:
+_Validators = tuple[jsonschema_rs.Draft202012Validator | None, jsonschema.protocols.Validator]
+
+#: The compiled validators of the schemas seen last, by the schema object
+#: (kept, so its id is not reused): a model's schema is one object for as
+#: long as its Describe answer is kept, so a create costs a lookup, not a
+#: compile (nor an encoding of the schema to find it).
+_COMPILED: collections.OrderedDict[int, tuple[dict[str, Any], _Validators]] = (
+    collections.OrderedDict()
+)
+_COMPILED_MAX = 256
+#: Creates validate in the event loop's thread or, large, in a worker's.
+_COMPILED_LOCK = threading.Lock()
+
+
+def _validators(schema: dict[str, Any]) -> _Validators:
+    """The two validators of *schema*, compiled once while it is among the
+    last :data:`_COMPILED_MAX` seen."""
+    with _COMPILED_LOCK:
+        found = _COMPILED.get(id(schema))
+        if found is not None and found[0] is schema:
+            _COMPILED.move_to_end(id(schema))
+            return found[1]
+    validators = _compile(schema)
+    with _COMPILED_LOCK:
+        _COMPILED[id(schema)] = (schema, validators)
+        while len(_COMPILED) > _COMPILED_MAX:
+            _COMPILED.popitem(last=False)
+    return validators
+
+
+def _compile(schema: dict[str, Any]) -> _Validators:
     """The two validators of a schema: jsonschema-rs (Rust) says whether an
     input is valid, about 500 times faster than jsonschema (200,000 items:
     1 ms, not 0.6 s); jsonschema lists what is wrong with one that is not,
     lazily, so it stops at :data:`MAX_INVALID_FIELDS`, and decides alone
     where jsonschema-rs cannot compile the schema."""
-    schema = json.loads(schema_json)
     try:
         # Never fetching a $ref from the network (jsonschema-rs would, while
         # compiling: on the event loop, wherever a backend's schema says).
@@ -152,7 +178,7 @@ def validate_input(schema: dict[str, Any], input: Any) -> None:
             "input: must be a JSON object",
             [{"type": "type", "field": "input", "description": "input must be an object"}],
         )
-    fast, thorough = _validators(json.dumps(schema, sort_keys=True))
+    fast, thorough = _validators(schema)
     if fast is not None and fast.is_valid(input):
         return
     found: dict[tuple[str, str], dict[str, str]] = {}  # de-duplicated, in order

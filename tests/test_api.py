@@ -8,18 +8,7 @@ import httpx
 import pytest
 
 from tests.conftest import create
-
-ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
-
-
-def assert_problem(response: httpx.Response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body = response.json()
-    assert body["status"] == status
-    assert isinstance(body["title"], str) and body["title"]
-    assert isinstance(body["detail"], str) and body["detail"]
-    return body
+from tests.helpers import ISO, assert_problem
 
 
 async def test_prediction_object_shape(client: httpx.AsyncClient) -> None:

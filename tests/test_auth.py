@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.conftest import StartBridge, create, read_stream
-from tests.test_api import assert_problem
+from tests.helpers import assert_problem
 
 ALICE = {"Authorization": "Bearer r8_alice"}
 BOB = {"Authorization": "Bearer r8_bob"}

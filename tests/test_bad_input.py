@@ -13,16 +13,16 @@ from typing import Any
 import httpx
 import pytest
 
+from bridge import validation as validation_module
 from bridge._proto.v1 import predictor_pb2 as pb
 from bridge._proto.v1 import predictor_pb2_grpc
 from bridge.backends import protocol
-from bridge.errors import BackendProtocolError
+from bridge.errors import BackendProtocolError, InvalidInput
 from bridge.sdk import Model, ModelServer
 from bridge.validation import MAX_JSON_DEPTH, validate_input
 from tests.backends import RawServer
 from tests.conftest import StartBridge, create
-
-from .test_api import assert_problem
+from tests.helpers import assert_problem
 
 ECHO = "/v1/models/demo/echo/predictions"
 
@@ -237,3 +237,20 @@ def test_a_schema_with_a_remote_ref_is_never_fetched() -> None:
         server.shutdown()
         thread.join()
     assert fetched == []
+
+
+def test_a_schema_is_compiled_once_while_it_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model's schema is one object while its Describe answer is kept:
+    each create looks its validators up, and an equal schema from a new
+    answer is compiled again (its identity is the key, not its text)."""
+    compiled = []
+    real = validation_module._compile
+    monkeypatch.setattr(validation_module, "_compile", lambda s: compiled.append(s) or real(s))
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    for n in range(100):
+        validate_input(schema, {"n": n})
+    with pytest.raises(InvalidInput):
+        validate_input(schema, {"n": "x"})
+    assert compiled == [schema]
+    validate_input(dict(schema), {"n": 1})
+    assert len(compiled) == 2

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,21 +20,9 @@ import pytest
 from playwright.sync_api import Page, sync_playwright
 
 from tests.backends import ENV
+from tests.helpers import ARGS, BRIDGE, CHROMIUM, wait_for
 from tests.sse_clients import spec_events
 
-BRIDGE = [sys.executable, "-m", "bridge"]
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-quic",
-]
 DOCS = Path(__file__).parent.parent / "docs"
 JS_DIR = Path(__file__).parent / "js"
 
@@ -45,17 +32,6 @@ const source = new EventSource(new URLSearchParams(location.search).get("stream"
 source.addEventListener("output", (e) => { document.getElementById("out").textContent += e.data; });
 source.addEventListener("done", () => { source.close(); document.title = "done"; });
 </script>"""
-
-
-def _wait_for(stream, pattern: bytes) -> re.Match:
-    seen = b""
-    deadline = time.monotonic() + 60
-    while not (found := re.search(pattern, seen)):
-        assert time.monotonic() < deadline, seen.decode()
-        line = stream.readline()
-        assert line, seen.decode()
-        seen += line
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +61,8 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     procs = [backend]
     try:
-        echo = _wait_for(backend.stdout, rb"demo/echo listening on (\S+)")[1].decode()
-        story = _wait_for(backend.stdout, rb"demo/story listening on (\S+)")[1].decode()
+        echo = wait_for(backend.stdout, rb"demo/echo listening on (\S+)")[1].decode()
+        story = wait_for(backend.stdout, rb"demo/story listening on (\S+)")[1].decode()
         config = tmp / "bridge.toml"
         config.write_text(
             f'[models."demo/story"]\ntargets = ["{story}"]\n'
@@ -99,7 +75,7 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             env=env,
         )
         procs.append(server)
-        yield _wait_for(server.stderr, rb"Running on (http://\S+)")[1].decode()
+        yield wait_for(server.stderr, rb"Running on (http://\S+)")[1].decode()
     finally:
         for proc in reversed(procs):
             proc.terminate()

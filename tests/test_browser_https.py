@@ -13,7 +13,7 @@ import trustme
 from playwright.sync_api import sync_playwright
 
 from tests.backends import ENV
-from tests.test_browser import ARGS, BRIDGE, CHROMIUM, _wait_for
+from tests.helpers import ARGS, BRIDGE, CHROMIUM, wait_for
 
 TEN_STREAMS = """async ([n]) => {
   const streams = [];
@@ -62,7 +62,7 @@ def https_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         env=env,
     )
     try:
-        url = _wait_for(bridge.stderr, rb"Running on (https://\S+)")[1].decode()
+        url = wait_for(bridge.stderr, rb"Running on (https://\S+)")[1].decode()
         yield url.replace("127.0.0.1", "localhost")
     finally:
         bridge.terminate()

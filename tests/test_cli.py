@@ -16,6 +16,7 @@ import trio
 
 from tests.backends import read_until
 from tests.conftest import StartBridge, create, poll_until, read_stream
+from tests.helpers import gone, kill_what_is_left, start_run_demo
 
 BRIDGE = [sys.executable, "-m", "bridge"]
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
@@ -36,15 +37,6 @@ async def _start(args: list[str]) -> trio.Process:
         stderr=subprocess.PIPE,
         env=ENV,
     )
-
-
-def _gone(pid: int) -> bool:
-    """Whether *pid* has exited (a zombie not yet reaped counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
 async def _stop(proc: trio.Process, sig: int) -> int:
@@ -97,38 +89,8 @@ async def test_demo_backend_and_serve_with_a_config_file(tmp_path: Path) -> None
         assert await _stop(backend, signal.SIGTERM) == 0
 
 
-def _kill_what_is_left(run: trio.Process, backend_pid: int) -> None:
-    """Whatever a test saw, nothing of it runs on."""
-    if run.returncode is None:
-        run.kill()
-    if not _gone(backend_pid):
-        os.kill(backend_pid, signal.SIGKILL)
-
-
-async def _start_run_demo(*args: str) -> tuple[trio.Process, str, int]:
-    """``run-demo`` in its own session, so that a Ctrl-C (SIGINT to the
-    whole group, as a terminal sends it) reaches it and not this test; its
-    URL and its demo backend's pid once it listens."""
-    run = await trio.lowlevel.open_process(
-        [*BRIDGE, "run-demo", "--stop-on-eof", "--host", "127.0.0.1", "--port", "0", *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=ENV,
-        start_new_session=True,
-    )
-    try:
-        port = (await read_until(run.stderr, rb"Running on http://[\d.]+:(\d+)", []))[1]
-        children = await trio.run_process(["pgrep", "-P", str(run.pid)], capture_stdout=True)
-        (backend_pid,) = [int(p) for p in children.stdout.split()]
-    except BaseException:
-        run.kill()
-        raise
-    return run, f"http://127.0.0.1:{port.decode()}", backend_pid
-
-
 async def test_run_demo_drains_a_story_on_ctrl_c_and_stops_everything() -> None:
-    run, url, backend_pid = await _start_run_demo()
+    run, url, backend_pid = await start_run_demo()
     async with httpx.AsyncClient(base_url=url) as client:
         prediction = await create(
             client, "demo/story", {"prompt": "Tell me a story", "max_words": 20, "delay_ms": 50}
@@ -151,16 +113,16 @@ async def test_run_demo_drains_a_story_on_ctrl_c_and_stops_everything() -> None:
 
 
 async def test_the_demo_backend_ends_with_run_demo_even_on_sigkill() -> None:
-    run, _, backend_pid = await _start_run_demo()
+    run, _, backend_pid = await start_run_demo()
     try:
         run.kill()
         assert await run.wait() == -signal.SIGKILL
         # Gone, and with it every socket it held (a zombie holds none).
         with trio.fail_after(10):
-            while not _gone(backend_pid):  # noqa: ASYNC110 - no event for another's exit
+            while not gone(backend_pid):  # noqa: ASYNC110 - no event for another's exit
                 await trio.sleep(0.05)
     finally:  # whatever failed, nothing of this test runs on
-        _kill_what_is_left(run, backend_pid)
+        kill_what_is_left(run, backend_pid)
 
 
 async def test_a_process_started_with_stop_on_eof_ends_when_its_parent_does() -> None:
@@ -207,7 +169,7 @@ async def test_a_second_signal_during_the_drain_stops_now(sig: signal.Signals) -
     """Twice Ctrl-C (or two SIGTERMs, as ``kill`` of make's process group
     delivers) while a long prediction drains: it stops at once, without a
     traceback, and leaves no process behind."""
-    run, url, backend_pid = await _start_run_demo()
+    run, url, backend_pid = await start_run_demo()
     try:
         async with httpx.AsyncClient(base_url=url) as client:
             long = {"prompt": "on and on", "repeat": 1000, "delay_ms": 100}  # 300 s
@@ -230,9 +192,9 @@ async def test_a_second_signal_during_the_drain_stops_now(sig: signal.Signals) -
         said = b"".join(err).decode()
         assert "again: stopping now" in said
         assert "Traceback" not in said and "KeyboardInterrupt" not in said
-        assert _gone(backend_pid)
+        assert gone(backend_pid)
     finally:
-        _kill_what_is_left(run, backend_pid)
+        kill_what_is_left(run, backend_pid)
 
 
 async def test_run_demo_takes_a_config_file(tmp_path: Path) -> None:
@@ -243,7 +205,7 @@ async def test_run_demo_takes_a_config_file(tmp_path: Path) -> None:
         '[cors]\nallow_origins = ["http://app.example"]\n'
         '[deployments."acme/teller"]\nmodel = "demo/echo"\n'
     )
-    run, url, backend_pid = await _start_run_demo("--config", str(config))
+    run, url, backend_pid = await start_run_demo("--config", str(config))
     try:
         async with httpx.AsyncClient(base_url=url) as client:
             origin = {"Origin": "http://app.example"}
@@ -256,7 +218,7 @@ async def test_run_demo_takes_a_config_file(tmp_path: Path) -> None:
         with trio.fail_after(20):
             assert await run.wait() == 0
     finally:
-        _kill_what_is_left(run, backend_pid)
+        kill_what_is_left(run, backend_pid)
 
 
 async def test_run_demo_refuses_a_bad_config_before_starting(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ from bridge.sdk import ModelServer
 from bridge.sdk.cog import ModelLoadError, load_model
 from tests.backends import ENV, read_until
 from tests.conftest import StartBridge, create, read_stream
-from tests.test_api import assert_problem
+from tests.helpers import assert_problem
 
 #: The seed's model, exactly as the article ends.
 SEED = """\

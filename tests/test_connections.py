@@ -14,45 +14,8 @@ import pytest
 import trio
 
 from tests.conftest import StartBridge, create, poll_until
+from tests.helpers import connect, read_answer, read_until_closed, request
 from tests.sse_clients import spec_events
-
-
-async def connect(url: str) -> trio.SocketStream:
-    return await trio.open_tcp_stream("127.0.0.1", int(url.rsplit(":", 1)[1]))
-
-
-async def read_until_closed(stream: trio.SocketStream, within: float) -> bytes:
-    """Everything the server sends until it closes the connection; fails if
-    it is still open after *within* seconds."""
-    data = bytearray()
-    with trio.fail_after(within):
-        while chunk := await stream.receive_some(65536):
-            data += chunk
-    return bytes(data)
-
-
-async def read_answer(stream: trio.SocketStream) -> bytes:
-    """One answer with a Content-Length, read whole, leaving the connection
-    open."""
-    data = bytearray()
-    with trio.fail_after(5):
-        while b"\r\n\r\n" not in data:
-            data += await stream.receive_some(65536)
-        head, _, body = bytes(data).partition(b"\r\n\r\n")
-        length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
-        while len(body) < length:
-            body += await stream.receive_some(65536)
-    return head + b"\r\n\r\n" + body
-
-
-def request(
-    method: str, path: str, *, version: str = "1.1", body: bytes = b"", **headers: str
-) -> bytes:
-    lines = [f"{method} {path} HTTP/{version}", "Host: x"]
-    lines += [f"{k.replace('_', '-')}: {v}" for k, v in headers.items()]
-    if body:
-        lines.append(f"Content-Length: {len(body)}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 @pytest.mark.parametrize(

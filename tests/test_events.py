@@ -19,8 +19,8 @@ from bridge.core import events as events_module
 from bridge.core.events import EVENT_COST, EventLog, MemoryEventLog, OutputBatch
 from bridge.sse import encode_event, normalize_line_breaks
 from tests.fakes import ListEventLog
+from tests.helpers import CHUNKS
 from tests.sse_clients import replicate_events, spec_events
-from tests.test_sse import CHUNKS
 
 
 @pytest.fixture(params=[MemoryEventLog, ListEventLog], ids=["memory", "records"])

@@ -20,15 +20,15 @@ from bridge.sdk import Metrics, Model, ModelServer
 from bridge.server import FD_RESERVE
 from tests.backends import ENV, read_until
 from tests.conftest import StartBridge, create
-from tests.test_cli import _kill_what_is_left, _start_run_demo
-from tests.test_connections import connect, read_answer, read_until_closed, request
-
-
-async def health_is_quick(url: str) -> None:
-    """After a bound was exceeded, the server still answers /health at once."""
-    async with httpx.AsyncClient(base_url=url) as client:
-        with trio.fail_after(2):
-            assert (await client.get("/health")).status_code == 200
+from tests.helpers import (
+    connect,
+    health_is_quick,
+    kill_what_is_left,
+    read_answer,
+    read_until_closed,
+    request,
+    start_run_demo,
+)
 
 
 async def test_bodies_cut_off_at_the_body_timeout_leave_the_server_serving(
@@ -405,7 +405,7 @@ async def test_large_inputs_and_outputs_leave_health_quick() -> None:
     creates at once held /health for 5 s, 10 such GETs for 3.5 s. The
     bridge and its backends run as they are deployed (``run-demo``, each
     a process), so what /health takes is what a load balancer would see."""
-    run, url, backend_pid = await _start_run_demo()
+    run, url, backend_pid = await start_run_demo()
     tokens = ["ab"] * 200_000
     big_input = json.dumps(
         {"input": {"prompt": "x", "tokens": tokens, "fail_after": 0}}, separators=(",", ":")
@@ -460,7 +460,7 @@ async def test_large_inputs_and_outputs_leave_health_quick() -> None:
         assert metrics[len(metrics) * 9 // 10] < 0.5, metrics  # p90
         assert health[len(health) // 2] < 0.25, health
     finally:
-        _kill_what_is_left(run, backend_pid)
+        kill_what_is_left(run, backend_pid)
 
 
 async def test_running_out_of_file_descriptors_is_said_once(tmp_path: Path) -> None:

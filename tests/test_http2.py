@@ -19,7 +19,7 @@ import trustme
 from bridge.server import serve
 from tests.conftest import StartBridge, bridge_settings, create
 from tests.h2_client import H2Client
-from tests.test_hostile import health_is_quick
+from tests.helpers import health_is_quick
 
 #: A finished demo/echo prediction of about 4.4 MB.
 BIG = {"prompt": "abcdefghij " * 1000, "repeat": 400}

@@ -11,18 +11,7 @@ import httpx
 import trio
 
 from tests.conftest import PROBES, StartBridge, create, open_gate, poll_until, read_stream
-from tests.test_api import assert_problem
-
-
-async def status(client: httpx.AsyncClient, prediction: dict) -> str:
-    return (await client.get(prediction["urls"]["get"])).json()["status"]
-
-
-async def wait_status(client: httpx.AsyncClient, prediction: dict, want: str) -> None:
-    async def reached() -> bool:
-        return await status(client, prediction) == want
-
-    await poll_until(reached)
+from tests.helpers import assert_problem, status, wait_status
 
 
 async def gauge(client: httpx.AsyncClient, name: str) -> float:

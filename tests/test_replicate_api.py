@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from tests.conftest import StartBridge, create, read_stream, wait_closed
+from tests.helpers import ISO, assert_problem
 from tests.sse_clients import spec_events
-from tests.test_api import ISO, assert_problem
 
 
 async def _outputs_seen(client: httpx.AsyncClient, url: str, count: int) -> None:

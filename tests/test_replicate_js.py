@@ -3,29 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import uuid
-from pathlib import Path
-from typing import Any
-
-import trio
 
 from bridge.config import DeploymentSettings
 from tests.conftest import StartBridge, wait_closed
-
-SCRIPT = Path(__file__).parent / "js" / "client.mjs"
-
-
-async def node(base_url: str, command: str, args: dict[str, Any]) -> list[dict[str, Any]]:
-    with trio.fail_after(30):
-        result = await trio.run_process(
-            ["node", str(SCRIPT), base_url, command, json.dumps(args)],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
-    assert result.returncode == 0, result.stderr.decode()
-    return [json.loads(line) for line in result.stdout.decode().splitlines()]
+from tests.helpers import node
 
 
 async def test_js_stream_prints_the_exact_chunks(start_bridge: StartBridge) -> None:

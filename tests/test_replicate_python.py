@@ -4,27 +4,21 @@ the bridge serves from this test's Trio loop."""
 
 from __future__ import annotations
 
-import functools
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 import replicate
-import trio
 from replicate.exceptions import ModelError, ReplicateError
 from replicate.pagination import paginate
 from replicate.stream import ServerSentEvent
 
 from tests.conftest import StartBridge, wait_closed
+from tests.helpers import in_thread
 
 OUTPUT = ServerSentEvent.EventType.OUTPUT
 PROMPT = "Sure! Here is a story for you"
 CHUNKS = ["Sure! ", "Here ", "is ", "a ", "story ", "for ", "you"]
-
-
-async def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
 
 
 @pytest.fixture

@@ -25,8 +25,7 @@ from tests.conftest import (
     read_stream,
     wait_closed,
 )
-from tests.test_api import assert_problem
-from tests.test_replicate_python import in_thread
+from tests.helpers import assert_problem, in_thread
 
 
 async def get(client: httpx.AsyncClient, prediction: dict[str, Any]) -> dict[str, Any]:

@@ -13,8 +13,7 @@ import trio
 from bridge.core.service import SHUTDOWN_ERROR
 from bridge.server import serve
 from tests.conftest import bridge_settings, create, open_gate, poll_until, read_stream
-from tests.test_api import assert_problem
-from tests.test_limits import wait_status
+from tests.helpers import assert_problem, wait_status
 
 
 async def test_drain_then_cancel_then_exit(demo_targets: dict, tmp_path: Path) -> None:

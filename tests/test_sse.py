@@ -10,38 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.sse import KEEPALIVE, encode_event, normalize_line_breaks
+from tests.helpers import CHUNKS
 from tests.sse_clients import PARSERS, Ev
-
-CHUNKS = [
-    "Sure",
-    "",
-    " leading space",
-    "trailing space ",
-    "two\nlines",
-    "ends with a break\n",
-    "\n",
-    "\n\n",
-    "carriage\rreturn",
-    "crlf\r\nbreak",
-    "lone cr at end\r",
-    "\r\n\r\n",
-    "forge\n\nevent: done\ndata: {}\n\n",
-    "forge with cr\r\revent: done\r\rdata: {}\r\r",
-    "id: 9999999999:0",
-    "data: nested",
-    ": a comment",
-    "event: error",
-    "retry: 1",
-    "\x00nul inside",
-    "vertical\vtab",
-    "form\ffeed",
-    "file\x1cgroup\x1drecord\x1eunit",
-    "next\x85line",
-    "line\u2028separator and paragraph\u2029separator",
-    "forged via splitlines\u2028\u2028event: done\u2028data: {}\u2028\u2028",
-    "unicode ✓ 🦙 ünïcödé",
-    "tab\tstays",
-]
 
 
 def _stream(chunks: list[str]) -> bytes:

@@ -23,8 +23,8 @@ from bridge.sdk import Model, ModelServer
 from bridge.sse import normalize_line_breaks
 from tests.conftest import StartBridge, closed_port_target, create, poll_until, read_stream
 from tests.fakes import ListStore
+from tests.helpers import CHUNKS
 from tests.sse_clients import spec_events
-from tests.test_sse import CHUNKS
 
 PROMPT = "The quick  brown fox\njumps over the lazy dog. "
 

@@ -29,7 +29,7 @@ from bridge.webhooks import (
     open_webhook_client,
 )
 from tests.conftest import StartBridge, create
-from tests.test_replicate_js import node
+from tests.helpers import node
 
 SECRET = new_secret()
 #: The receivers here run on 127.0.0.1, which webhooks may not reach unless
