@@ -68,7 +68,7 @@ class Proc:
 
     def __init__(self, argv: list[str], pattern: str, *, stderr: bool = False) -> None:
         # A pipe as stdin, which each of our servers watches (the bridge
-        # with --stop-on-eof, the others through bridge.lifeline): if this
+        # with --stop-on-eof, the others through bridge.cli.lifeline): if this
         # process dies, however it dies, they stop too.
         self.popen = subprocess.Popen(
             argv,

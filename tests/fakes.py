@@ -283,7 +283,11 @@ class FakeBackend:
 
     async def describe(self, target: str) -> ModelInfo:
         self.describe_calls += 1
-        await trio.sleep(self.describe_seconds)
+        self.active_calls += 1  # every call counts, as the gRPC loop's do
+        try:
+            await trio.sleep(self.describe_seconds)
+        finally:
+            self.active_calls -= 1
         if target not in self.models:
             raise BackendUnavailable("model backend unavailable: no connection")
         return self.models[target]

@@ -252,7 +252,7 @@ async def test_a_slow_describe_is_shared_not_repeated_per_request(
     with RawServer(backend) as server:
         url = await start_bridge(
             targets={"test/misbehaving": server.target},
-            model_options={"test/misbehaving": {"start_timeout_seconds": 3}},
+            model_options={"test/misbehaving": {"start_timeout_seconds": 5}},
             describe_timeout_seconds=0.1,
         )
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:

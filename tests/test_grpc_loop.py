@@ -387,3 +387,20 @@ def test_trio_run_inside_a_running_asyncio_loop_still_gets_a_loop_thread(
         return trio.run(main)
 
     assert asyncio.run(in_asyncio()) == (True, "UNKNOWN")
+
+
+async def test_a_unary_call_cancelled_before_it_starts_ends_at_once(raw_target: str) -> None:
+    """A Describe whose caller is already cancelled (the runner's retry past
+    its start deadline does this) ends at once on the loop, its task never
+    having run a step: no wait for CLEANUP_TIMEOUT, and the gauge of calls
+    goes back to 0."""
+    async with open_grpc_loop() as grpc_loop:
+        for _ in range(3):
+            start = trio.current_time()
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await grpc_loop.describe(raw_target)
+            assert trio.current_time() - start < 1  # not CLEANUP_TIMEOUT (5 s)
+        with trio.fail_after(5):
+            while grpc_loop.active_calls:  # noqa: ASYNC110 - written on the loop thread
+                await trio.sleep(0.01)

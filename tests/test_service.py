@@ -143,3 +143,37 @@ async def test_durations_are_measured_on_trio_s_clock_not_the_wall(
     assert prediction.metrics["predict_time"] == 2
     assert prediction.metrics["time_to_first_token"] == 1
     assert prediction.metrics["tokens_per_second"] == 1
+
+
+async def test_what_a_prediction_was_charged_is_given_back_when_it_is_forgotten(
+    autojump_clock: Any,
+) -> None:
+    """Output, logs and the names of its metrics are charged to the store
+    as they come; once the prediction is forgotten, the store keeps none
+    of it (a ledger that leaked would shrink max_retained_bytes for good)."""
+    async with open_bridge(retention_count=0, metadata_retention_count=0) as (bridge, _):
+        script = {"log": "a line", "chunks": ["a", "b"], "metrics": {"input_token_count": 3}}
+        for _ in range(3):
+            await ended(await run(bridge, script))
+        assert bridge.store.kept_bytes == 0
+
+
+async def test_a_prediction_started_as_the_bridge_closes_ends_at_once(
+    autojump_clock: Any,
+) -> None:
+    """A create under way when close() came (here: waiting for a slow
+    Describe) still makes its prediction, which ends at once, failed as
+    the shutdown's; nothing is left running for the nursery to wait on."""
+    async with open_bridge() as (bridge, backend):
+        backend.describe_seconds = 1.0
+        async with trio.open_nursery() as nursery:
+            made: list[Prediction] = []
+
+            async def create() -> None:
+                made.append(await run(bridge, {"hang": True}))
+
+            nursery.start_soon(create)
+            await trio.sleep(0.5)
+            bridge.close()
+        await ended(made[0])
+        assert (made[0].status, made[0].error) == (Status.FAILED, SHUTDOWN_ERROR)

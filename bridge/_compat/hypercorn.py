@@ -31,7 +31,7 @@ module owns the listening sockets and each TCP connection:
   to the socket when no other write is under way. And a cheaper one still
   (:class:`ChunkWriter`): the body of an HTTP/1.x response written from
   synchronous code, framed as h11 frames it, so a live stream's event goes
-  to the socket in the append that made it (see :mod:`bridge.stream`).
+  to the socket in the append that made it (see :mod:`bridge.http.stream`).
 * **A client that goes frees its connection at once**, not after the
   keep-alive timer.
 

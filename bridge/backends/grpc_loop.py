@@ -58,7 +58,7 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -327,7 +327,7 @@ class PredictStream:
         call if it is running, waiting (shielded, at most CLEANUP_TIMEOUT)
         for the loop to confirm its end."""
         self._handle = None
-        if self._ended or self._call_soon is None:  # ended, or never started
+        if self._ended or self._call_soon is None:  # ended (or made without a loop: tests)
             return
         with contextlib.suppress(RuntimeError):  # the loop is closed
             self._call_soon(self._cancel)
@@ -494,7 +494,7 @@ class GrpcLoop:
 
     # -- calls ------------------------------------------------------------
 
-    async def _run(self, make: Callable[[], Awaitable[T]]) -> T:
+    async def _run(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run the call ``make()`` on the loop. Trio cancellation
         cancels it there, and returns only once it has ended (within
         CLEANUP_TIMEOUT): the call never outlives its caller.
@@ -504,26 +504,29 @@ class GrpcLoop:
         assert self._loop is not None
         loop = self._loop
         ended = trio.Event()
-        # How the call ended, kept by the coroutine itself (on the loop).
+        # How the call ended, kept on the loop as it ends.
         values: list[T] = []
         errors: list[BaseException] = []
-        tasks: list[asyncio.Task[None]] = []
+        tasks: list[asyncio.Task[T]] = []
 
-        async def on_loop() -> None:
-            try:
-                values.append(await make())
-            except BaseException as exc:
+        def done(task: asyncio.Task[T]) -> None:  # on the loop, however the task ended
+            # Even a task cancelled before its first step ends here (a
+            # finally in the coroutine would never run).
+            self.active_calls -= 1
+            if task.cancelled():
+                errors.append(asyncio.CancelledError())
+            elif (exc := task.exception()) is not None:
                 errors.append(exc)
-                if not isinstance(exc, Exception):
-                    raise
-            finally:
-                self.active_calls -= 1
-                with contextlib.suppress(trio.RunFinishedError):
-                    self._hub.schedule(ended.set)
+            else:
+                values.append(task.result())
+            with contextlib.suppress(trio.RunFinishedError):
+                self._hub.schedule(ended.set)
 
         def start() -> None:  # on the loop
             self.active_calls += 1
-            tasks.append(loop.create_task(on_loop()))
+            task: asyncio.Task[T] = loop.create_task(make())
+            task.add_done_callback(done)
+            tasks.append(task)
 
         def cancel() -> None:  # on the loop: cancels the task, and the call
             if tasks:

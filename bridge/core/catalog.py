@@ -131,6 +131,8 @@ class Catalog:
                 await self.describe(entry)
             except PredictionError as exc:
                 log.warning("cannot describe %s again; the last answer stays: %s", entry.name, exc)
+            except Exception:  # a task in the bridge's nursery: a bug here is logged, not spread
+                log.exception("describing %s again failed; the last answer stays", entry.name)
 
     async def known_info(self, entry: ModelEntry) -> protocol.ModelInfo | None:
         """:meth:`info`, with a backend that answers wrongly logged and

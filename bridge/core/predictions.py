@@ -199,7 +199,10 @@ class Prediction:
         self.output_bytes += log_cost(line)
         self.events.append_log(line)
 
-    def add_metrics(self, values: dict[str, float]) -> None:
+    def add_metrics(self, values: dict[str, float], cost: int = 0) -> None:
+        """Keep the model's metrics; *cost*: what their new names were
+        charged (counted with its output, and given back with its data)."""
+        self.output_bytes += cost
         self.metrics.update(values)
 
     # -- how it ends --------------------------------------------------------

@@ -278,5 +278,6 @@ class _Sink:
             )
         if len(prediction.metrics) + len(new) > MAX_METRICS:
             raise BackendProtocolError(f"model backend sent more than {MAX_METRICS} metrics")
-        self.store.charge(prediction, sum(len(n) + EVENT_COST for n in new), self.cap)
-        prediction.add_metrics(values)
+        cost = sum(len(n) + EVENT_COST for n in new)
+        self.store.charge(prediction, cost, self.cap)
+        prediction.add_metrics(values, cost)

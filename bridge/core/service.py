@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
@@ -206,16 +206,6 @@ class Bridge:
             await prediction.events.wait_closed()
         return prediction
 
-    async def page(
-        self,
-        cursor: str | None,
-        owner: str | None,
-        encode: Callable[[Prediction], Awaitable[bytes]],
-    ) -> Page:
-        """A page of the predictions *owner* may see, newest first (see
-        :meth:`bridge.core.store.PredictionStore.page`)."""
-        return await self.store.page(cursor, owner, encode)
-
     async def _follow_webhook(
         self, prediction: Prediction, url: str, events: frozenset[str], base_url: str
     ) -> None:
@@ -291,7 +281,7 @@ class Bridge:
     async def keep_alive(self) -> None:
         """Every third of ``keepalive_seconds``, nudge the readers of every
         running prediction, so that an idle one writes its ``: ping`` in
-        time (see :func:`bridge.stream.sse_body`). Returns once the bridge
+        time (see :func:`bridge.http.stream.sse_body`). Returns once the bridge
         is closed."""
         while not self.closing:
             with trio.move_on_after(self.settings.keepalive_seconds / 3):

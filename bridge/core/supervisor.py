@@ -55,6 +55,10 @@ class Supervisor:
         must record its own end and raise nothing (an exception here would
         cancel every other prediction)."""
         scope = trio.CancelScope(deadline=deadline)
+        if self.closed:
+            # Started by a create that was under way when close() came: it
+            # ends at once, as those close() cancelled did.
+            scope.cancel()
         self._scopes[prediction] = scope
         self._nursery.start_soon(self._supervise, prediction, scope, run)
 

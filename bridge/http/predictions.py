@@ -98,7 +98,7 @@ async def create_deployment_prediction(owner: str, name: str) -> Response:
 async def list_predictions() -> Response:
     bridge, base = context().bridge, base_url()
     try:
-        page = await bridge.page(
+        page = await bridge.store.page(
             request.args.get("cursor"), caller(), lambda p: bridge.encode(p, base)
         )
     except ValueError as exc:
