@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
+import httpx
 import hypercorn.config
 import trio
 from hypercorn.config import Sockets
@@ -42,6 +43,17 @@ from .webhooks import WebhookPolicy, WebhookSender, load_or_create_secret, open_
 __all__ = ["StopNow", "connection_limit", "serve"]
 
 log = logging.getLogger(__name__)
+
+
+def _webhook_sender(settings: Settings, http_client: httpx.AsyncClient) -> WebhookSender:
+    secret = load_or_create_secret(settings.webhook_secret, Path(settings.webhook_secret_file))
+    return WebhookSender(
+        http_client,
+        secret,
+        retry_for=settings.webhook_retry_seconds,
+        timeout=settings.webhook_timeout_seconds,
+        host_connections=settings.webhook_host_connections,
+    )
 
 
 def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
@@ -71,10 +83,12 @@ async def serve(
     """Serve until *shutdown_trigger* returns (forever if None); reports the
     bound port through *task_status*. Once *stop_now* goes (a second
     signal), shutdown skips what is left of its waits: the drain, and the
-    connections' grace. Predictions are kept in *store* (None: in memory)."""
+    connections' grace. Predictions are kept in *store* (None: in memory).
+
+    (One sequence, from wiring the parts to shutting them down in order,
+    read top to bottom: longer than most functions here.)"""
     stop_now = stop_now or StopNow()
     config = _hypercorn_config(settings)
-    secret = load_or_create_secret(settings.webhook_secret, Path(settings.webhook_secret_file))
     policy = WebhookPolicy(
         settings.webhook_allow_hosts, allow_private=settings.webhook_allow_private
     )
@@ -85,15 +99,15 @@ async def serve(
         ) as http_client,
         trio.open_nursery() as predictions,
     ):
-        webhooks = WebhookSender(
-            http_client,
-            secret,
-            retry_for=settings.webhook_retry_seconds,
-            timeout=settings.webhook_timeout_seconds,
-            host_connections=settings.webhook_host_connections,
-        )
         _secure_backends(settings, grpc_loop)
-        bridge = Bridge(settings, grpc_loop, predictions, webhooks, policy, store)
+        bridge = Bridge(
+            settings,
+            grpc_loop,
+            predictions,
+            _webhook_sender(settings, http_client),
+            policy,
+            store,
+        )
         predictions.start_soon(bridge.keep_alive)
         metrics = Metrics(bridge)
         bridge.observer = metrics  # what the predictions do, counted

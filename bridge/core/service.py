@@ -146,6 +146,9 @@ class Bridge:
         If the backend cannot describe the model right now, the prediction is
         still created; it validates and fails (or runs) once the backend
         answers, so a backend that is briefly away costs no request.
+
+        (Every check comes before anything is created, in the order a
+        request's errors are reported: one sequence, read top to bottom.)
         """
         if self.draining:
             raise ShuttingDown("the bridge is shutting down; retry the prediction")

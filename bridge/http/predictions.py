@@ -3,10 +3,10 @@ list, get, cancel, and each prediction's stream."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import urlencode
 
+import msgspec
 import trio
 from quart import Blueprint, Response, request
 
@@ -104,15 +104,16 @@ async def list_predictions() -> Response:
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
 
-    def link(cursor: str | None) -> bytes:
-        url = f"{base}/v1/predictions?{urlencode({'cursor': cursor})}" if cursor else None
-        return json.dumps(url).encode()
+    def link(cursor: str | None) -> str | None:
+        return f"{base}/v1/predictions?{urlencode({'cursor': cursor})}" if cursor else None
 
-    # The results are encoded already: the page is put around them.
-    body = b'{"previous": %b, "next": %b, "results": [%b]}' % (
-        link(page.previous),
-        link(page.next),
-        b", ".join(page.results),
+    # The results are encoded already: put in the page as they are.
+    body = msgspec.json.encode(
+        {
+            "previous": link(page.previous),
+            "next": link(page.next),
+            "results": [msgspec.Raw(result) for result in page.results],
+        }
     )
     return Response(body, content_type="application/json")
 
