@@ -220,3 +220,15 @@ def test_load_model_refuses_what_is_not_a_model(tmp_path: Path) -> None:
     path = write(tmp_path, "constant_model.py", "VALUE = 3\n")
     with pytest.raises(ModelLoadError, match="not a class or a function"):
         load_model(f"{path}:VALUE", "me/constant")
+
+
+def test_load_model_refuses_a_file_named_as_a_module_already_loaded(tmp_path: Path) -> None:
+    """Cog's inspector finds a predictor by its module's name, so the file
+    goes into sys.modules under it: a file named bridge.py would shadow the
+    bridge itself."""
+    path = write(tmp_path, "bridge.py", "def predict(text: str) -> str:\n    return text\n")
+    with pytest.raises(ModelLoadError, match="'bridge' is already loaded here; rename the file"):
+        load_model(f"{path}:predict", "me/shadow")
+    import bridge
+
+    assert sys.modules["bridge"] is bridge

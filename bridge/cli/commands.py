@@ -143,13 +143,10 @@ async def _serve_until_signal(settings: Settings) -> None:
 
 
 async def _demo_backend(host: str, port: int, only: str | None) -> None:
-    from ..sdk import serve_async
+    from ..sdk import serve_async, stop_on_signals
     from ..sdk.demo import make_models
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     models = make_models()
     if only is not None and only not in models:
         raise ConfigError(f"--model {only!r} is not a demo model: choose from {', '.join(models)}")

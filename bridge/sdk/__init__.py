@@ -163,6 +163,25 @@ def _schema_for(annotation: Any) -> dict[str, Any]:
     return {"type": json_type} if json_type else {}
 
 
+def input_property(name: str, order: int) -> dict[str, Any]:
+    """What every input's schema starts with, as Cog writes it: a title made
+    from its name, and its place in the form (``x-order``)."""
+    return {"title": name.replace("_", " ").title(), "x-order": order}
+
+
+def input_object(
+    properties: dict[str, Any], required: list[str], *, closed: bool = True
+) -> dict[str, Any]:
+    """The input schema around its *properties*, as Cog writes it; *closed*:
+    no other field (the bridge answers 422 for one, before anything runs)."""
+    schema: dict[str, Any] = {"type": "object", "title": "Input", "properties": properties}
+    if required:
+        schema["required"] = required
+    if closed:
+        schema["additionalProperties"] = False
+    return schema
+
+
 def input_schema_for(func: Callable[..., Any]) -> dict[str, Any]:
     """The input schema of a predict function, from its signature."""
     hints = typing.get_type_hints(func, include_extras=True)
@@ -172,22 +191,17 @@ def input_schema_for(func: Callable[..., Any]) -> dict[str, Any]:
     for order, param in enumerate(
         p for p in params if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY
     ):
-        prop = {"title": param.name.replace("_", " ").title(), "x-order": order}
+        prop = input_property(param.name, order)
         prop |= _schema_for(hints.get(param.name, param.annotation))
         if param.default is param.empty:
             required.append(param.name)
         elif param.default is not None:
             prop["default"] = param.default
         properties[param.name] = prop
-    schema: dict[str, Any] = {"type": "object", "title": "Input", "properties": properties}
-    if required:
-        schema["required"] = required
-    if not any(p.kind is p.VAR_KEYWORD for p in params):
-        # Only what the signature takes: the bridge answers 422 for any
-        # other field, instead of a prediction failing with "unexpected
-        # keyword argument".
-        schema["additionalProperties"] = False
-    return schema
+    # Only what the signature takes (unless it takes **kwargs): another field
+    # is a 422, not a prediction failing with "unexpected keyword argument".
+    closed = not any(p.kind is p.VAR_KEYWORD for p in params)
+    return input_object(properties, required, closed=closed)
 
 
 def output_schema_for(func: Callable[..., Any]) -> dict[str, Any]:
@@ -547,16 +561,23 @@ def _check_free(host: str, port: int) -> None:
             raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event the running asyncio loop sets at SIGINT or SIGTERM: what a
+    model server in the foreground stops on."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 def serve(
     model: Model, *, host: str = "127.0.0.1", port: int = 0, tls: ServerTLS | None = None
 ) -> None:
     """Serve *model* in the foreground until SIGINT or SIGTERM."""
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
 
         def ready(bound: int) -> None:
             print(f"{model.info.name} listening on {host}:{bound}", flush=True)

@@ -44,7 +44,7 @@ import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from . import Model
+from . import Model, input_object, input_property
 
 __all__ = ["MAX_FILE_BYTES", "ModelLoadError", "load_model"]
 
@@ -77,10 +77,19 @@ def load_model(ref: str, name: str) -> Model:
 
 def _import_file(path: str) -> types.ModuleType:
     """Import *path* as a module named after the file, with its directory
-    first on ``sys.path`` (so it imports its neighbours, as under Cog)."""
+    first on ``sys.path`` (so it imports its neighbours, as under Cog).
+
+    This changes the process's ``sys.path`` and ``sys.modules``, as Cog
+    does in the process that serves a predictor: ``serve-model``'s process
+    is the model's own. A file whose name is taken by a module already
+    loaded (``bridge.py``, ``json.py``) is refused rather than shadow it."""
+    module_name = pathlib.Path(path).stem
+    if module_name in sys.modules:
+        raise ModelLoadError(
+            f"{path}: a module named {module_name!r} is already loaded here; rename the file"
+        )
     directory = os.path.dirname(os.path.abspath(path))
     sys.path.insert(0, directory)
-    module_name = pathlib.Path(path).stem
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise ModelLoadError(f"{path}: not a Python file")
@@ -243,11 +252,7 @@ def _input_schema(info: Any, files: set[str]) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     required: list[str] = []
     for field_name, field in sorted(info.inputs.items(), key=lambda item: item[1].order):
-        prop: dict[str, Any] = {
-            "title": field_name.replace("_", " ").title(),
-            "x-order": field.order,
-            **field.type.json_type(),
-        }
+        prop = input_property(field_name, field.order) | field.type.json_type()
         if field_name in files:
             data_uri = {"type": "string", "format": "uri", "pattern": "^data:"}
             if prop.get("type") == "array":
@@ -279,17 +284,9 @@ def _input_schema(info: Any, files: set[str]) -> dict[str, Any]:
         elif field.type.repetition not in optional:
             required.append(field_name)
         properties[field_name] = prop
-    schema: dict[str, Any] = {
-        "type": "object",
-        "title": "Input",
-        "properties": properties,
-        # Cog ignores unknown fields with a warning; the bridge answers 422
-        # for them, as for any model, before anything runs.
-        "additionalProperties": False,
-    }
-    if required:
-        schema["required"] = required
-    return schema
+    # Cog ignores unknown fields with a warning; the bridge answers 422 for
+    # them, as for any model, before anything runs.
+    return input_object(properties, required)
 
 
 def _plain(value: Any) -> Any:
