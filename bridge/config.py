@@ -1,7 +1,7 @@
 """Settings: one frozen value, built once (defaults, then TOML) and passed in.
 
 A config file names each model and where its backends listen; everything
-else is optional (README, "Operating it", lists every key)::
+else is optional (docs/operating.md lists every key)::
 
     [models."demo/echo"]
     targets = ["127.0.0.1:50051"]

@@ -1,6 +1,7 @@
 """The README's "Serve your own model" steps, run as written: its
 ``my_model.py`` and ``bridge.toml`` blocks, copied from the README into a
-directory, and its two commands (the bridge on a free port, not 8000)."""
+directory, and its two commands (the bridge on a free port, not 8000); and
+every TOML example in the README and docs/, parsed and checked."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.backends import ENV, read_until
 from tests.conftest import create, read_stream
 
 README = Path(__file__).parent.parent / "README.md"
+DOCS = sorted((Path(__file__).parent.parent / "docs").glob("*.md"))
 
 
 def block(first_line: str) -> str:
@@ -75,14 +77,15 @@ async def test_serve_your_own_model_as_the_readme_says(tmp_path: Path) -> None:
 
 
 def test_every_toml_block_is_toml_with_keys_the_bridge_knows() -> None:
-    """The README's config examples parse, and name only settings that
-    exist (each checked as its section would be, files aside), beside the
-    demo models as run-demo serves them."""
+    """The config examples of the README and docs/ parse, and name only
+    settings that exist (each checked as its section would be, files
+    aside), beside the demo models as run-demo serves them."""
     import tomllib
 
     from bridge.config import ConfigError, Settings
 
-    blocks = re.findall(r"```toml\n(.*?)```", README.read_text(), re.DOTALL)
+    text = "".join(path.read_text() for path in [README, *DOCS])
+    blocks = re.findall(r"```toml\n(.*?)```", text, re.DOTALL)
     assert len(blocks) >= 5
     for body in blocks:
         data = tomllib.loads(body)
