@@ -221,3 +221,38 @@ def test_config_errors_say_what_is_wrong(tmp_path, text: str, message: str) -> N
     with pytest.raises(ConfigError, match=message) as raised:
         Settings.from_toml(path)
     assert str(path) in str(raised.value)  # which file
+
+
+def _states() -> list[Prediction]:
+    made = []
+    for end in ("starting", "processing", "succeeded", "failed", "canceled", "removed"):
+        prediction = Prediction(
+            model="o/m", version="v1", input={"prompt": "héllo", "n": [1, 2]}, seq=7, owner="t"
+        )
+        if end != "starting":
+            prediction.add_output(OutputBatch(["a", {"k": 1}]))
+            prediction.add_log("a line")
+            prediction.add_metrics({"input_token_count": 3.0}, 25)
+        if end in ("succeeded", "removed"):
+            prediction.succeed()
+        elif end == "failed":
+            prediction.fail("it broke")
+        elif end == "canceled":
+            prediction.cancel()
+        if end == "removed":
+            prediction.remove_data()
+        made.append(prediction)
+    return made
+
+
+@pytest.mark.parametrize("prediction", _states(), ids=lambda p: str(p.status))
+def test_a_prediction_is_rebuilt_from_its_record_through_json(prediction: Prediction) -> None:
+    """What a store kept in another process would hold: its record as JSON,
+    and its events in its log. The rebuilt prediction shows the same
+    object to clients, and gives the same record."""
+    record = json.loads(json.dumps(prediction.record()))
+    rebuilt = Prediction.from_record(record, prediction.events)
+    assert rebuilt.record() == prediction.record()
+    assert rebuilt.to_json("http://x") == prediction.to_json("http://x")
+    assert rebuilt.kept_bytes == prediction.kept_bytes
+    assert set(record) == set(Prediction.RECORD_FIELDS)

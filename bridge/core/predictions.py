@@ -142,6 +142,45 @@ class Prediction:
         #: Its events (its store's kind of log; kept in memory by default).
         self.events: EventLog = events if events is not None else MemoryEventLog()
 
+    # -- as a record ---------------------------------------------------------
+
+    #: The fields of a record (:meth:`record`), in order.
+    RECORD_FIELDS = (
+        "id", "seq", "owner", "model", "version", "input", "streams", "status", "error",
+        "metrics", "created_at", "started_at", "completed_at", "output_bytes", "data_removed",
+    )  # fmt: skip
+
+    def record(self) -> dict[str, Any]:
+        """Everything it is but its events, as plain JSON values: what a
+        store kept outside this process (Redis) holds, and any process
+        rebuilds it from (:meth:`from_record`). Durations measured on this
+        process's clock stay here; the ended ones are in ``metrics``."""
+        values = {name: getattr(self, name) for name in self.RECORD_FIELDS}
+        values["input"] = self._input.decode()
+        values["status"] = str(self.status)
+        values["metrics"] = dict(self.metrics)
+        return values
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], events: EventLog) -> Prediction:
+        """The prediction a :meth:`record` describes, its events in *events*."""
+        prediction = cls(
+            model=record["model"],
+            version=record["version"],
+            input=record["input"].encode(),
+            streams=record["streams"],
+            id=record["id"],
+            seq=record["seq"],
+            owner=record["owner"],
+            events=events,
+        )
+        prediction.status = Status(record["status"])
+        for name in ("error", "created_at", "started_at", "completed_at", "output_bytes"):
+            setattr(prediction, name, record[name])
+        prediction.metrics = dict(record["metrics"])
+        prediction.data_removed = record["data_removed"]
+        return prediction
+
     @property
     def done(self) -> bool:
         return self.status.terminal
