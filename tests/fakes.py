@@ -5,6 +5,7 @@ bridge runs on them end to end (so each interface is all its users need).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -277,6 +278,9 @@ class FakeBackend:
         self.active_calls = 0
         #: The ids of the predictions whose calls were cancelled.
         self.cancelled: set[str] = set()
+        #: Predict calls in flight to each target, and the most there were.
+        self.in_flight: collections.Counter[str] = collections.Counter()
+        self.most_in_flight: collections.Counter[str] = collections.Counter()
         #: Describe calls so far, and how long each takes (Trio's clock).
         self.describe_calls = 0
         self.describe_seconds = 0.0
@@ -301,6 +305,8 @@ class FakeBackend:
         self, target: str, request: predictor_pb2.PredictRequest
     ) -> AsyncIterator[FakeCall]:
         self.active_calls += 1
+        self.in_flight[target] += 1
+        self.most_in_flight[target] = max(self.most_in_flight[target], self.in_flight[target])
         call, ended = FakeCall(), trio.Event()
         self._nursery.start_soon(self._run, target, request, call, ended)
         try:
@@ -310,6 +316,7 @@ class FakeBackend:
             with trio.CancelScope(shield=True):
                 await ended.wait()
             self.active_calls -= 1
+            self.in_flight[target] -= 1
 
     async def _run(
         self,

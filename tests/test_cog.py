@@ -232,3 +232,26 @@ def test_load_model_refuses_a_file_named_as_a_module_already_loaded(tmp_path: Pa
     import bridge
 
     assert sys.modules["bridge"] is bridge
+
+
+@pytest.mark.parametrize(
+    ("cog_yaml", "concurrency"),
+    [(None, 1), ("build:\n  python_version: '3.11'\n", 1), ("concurrency:\n  max: 3\n", 3)],
+)
+def test_a_cog_predictor_runs_as_many_at_once_as_cog_yaml_says(
+    tmp_path: Path, cog_yaml: str | None, concurrency: int
+) -> None:
+    """One at a time unless cog.yaml beside it says concurrency.max, as
+    under Cog; the model advertises it in Describe."""
+    name = f"conc_model_{concurrency}_{cog_yaml is None}"
+    path = write(tmp_path, f"{name}.py", RICH)
+    if cog_yaml is not None:
+        write(tmp_path, "cog.yaml", cog_yaml)
+    assert load_model(f"{path}:Predictor", "me/conc").info.concurrency == concurrency
+
+
+def test_a_cog_yaml_concurrency_that_is_not_a_count_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "conc_bad_model.py", RICH)
+    write(tmp_path, "cog.yaml", "concurrency:\n  max: many\n")
+    with pytest.raises(ModelLoadError, match=r"concurrency\.max must be a whole number"):
+        load_model(f"{path}:Predictor", "me/conc")

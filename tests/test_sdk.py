@@ -268,3 +268,57 @@ async def test_a_lone_token_is_not_held_back(kind: str) -> None:
             release.set()
             rest = [c async for batch in s for c in outputs(batch)]
     assert rest == ["second"]
+
+
+class _OneAtATime(Predictor):
+    """Counts the predictions running in it at once."""
+
+    def setup(self) -> None:
+        self.lock = threading.Lock()
+        self.now = self.most = 0
+
+    def predict(self, text: str) -> Iterator[str]:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(0.05)
+            yield text
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_concurrency_is_one_for_a_class_none_for_a_function_or_what_is_said() -> None:
+    def func(text: str) -> str:
+        return text
+
+    assert Model("t/c", _OneAtATime).info.concurrency == 1  # as Cog
+    assert Model("t/f", func).info.concurrency == 0  # not said: no limit
+    assert Model("t/c", _OneAtATime, concurrency=4).info.concurrency == 4
+    described = protocol.model_info_from_pb(protocol.model_info_to_pb(Model("t/f", func).info))
+    assert described.concurrency == 0
+    with pytest.raises(ValueError, match="concurrency"):
+        Model("t/f", func, concurrency=-1)
+
+
+async def test_five_predictions_at_once_run_one_after_another(start_bridge: Any) -> None:
+    """Seen from the backend: never two at once, and none failed. The
+    bridge queues them (the backend said concurrency 1 in Describe); the
+    SDK would make any extra wait too."""
+    import httpx
+
+    from tests.conftest import create, read_stream
+
+    model = Model("test/one", _OneAtATime)
+    with ModelServer(model) as server:
+        url = await start_bridge(targets={"test/one": server.target})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            made = [await create(client, "test/one", {"text": str(i)}) for i in range(5)]
+            for prediction in made:
+                events, _ = await read_stream(client, prediction["urls"]["stream"])
+                assert [e.event for e in events] == ["output", "done"]
+            statuses = [(await client.get(p["urls"]["get"])).json()["status"] for p in made]
+    predictor = model.predict.__self__  # type: ignore[attr-defined]
+    assert predictor.most == 1
+    assert statuses == ["succeeded"] * 5

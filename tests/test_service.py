@@ -6,6 +6,7 @@ milliseconds), and the times asserted are exact."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -177,3 +178,29 @@ async def test_a_prediction_started_as_the_bridge_closes_ends_at_once(
             bridge.close()
         await ended(made[0])
         assert (made[0].status, made[0].error) == (Status.FAILED, SHUTDOWN_ERROR)
+
+
+async def test_a_backend_gets_no_more_predictions_at_once_than_it_runs(
+    autojump_clock: Any,
+) -> None:
+    """A model whose backends say concurrency 1, on two targets: at most
+    one prediction at a time on each, two at once in all, the rest queued
+    in order; a model that says nothing is not limited."""
+    one_at_a_time = dataclasses.replace(SCRIPTED_INFO, concurrency=1)
+    models = {
+        MODEL: ModelSettings(MODEL, ("fake:1", "fake:2")),
+        "test/free": ModelSettings("test/free", ("fake:3",)),
+    }
+    infos = {"fake:1": one_at_a_time, "fake:2": one_at_a_time, "fake:3": SCRIPTED_INFO}
+    async with open_fake_backend(infos) as backend, trio.open_nursery() as nursery:
+        bridge = Bridge(Settings(port=0, models=models), backend, nursery)
+        script = {"chunks": ["a"], "gap_ms": 1000}
+        start = trio.current_time()
+        made = [await run(bridge, script) for _ in range(5)]
+        free = [await bridge.create(bridge.catalog.model("test/free"), script) for _ in range(5)]
+        for prediction in made + free:
+            await ended(prediction)
+        assert [p.completed_clock - start for p in made] == [1, 1, 2, 2, 3]  # type: ignore[operator]
+        assert [p.completed_clock - start for p in free] == [1] * 5  # type: ignore[operator]
+        bridge.close()
+    assert backend.most_in_flight == {"fake:1": 1, "fake:2": 1, "fake:3": 5}

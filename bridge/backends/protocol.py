@@ -73,6 +73,8 @@ class ModelInfo:
     version: str
     input_schema: dict[str, Any] = field(default_factory=dict)
     output_schema: dict[str, Any] = field(default_factory=dict)
+    #: Predictions the backend runs at once; 0: not said (no limit).
+    concurrency: int = 0
 
 
 def predict_request(prediction_id: str, input: dict[str, Any]) -> pb.PredictRequest:
@@ -141,6 +143,7 @@ def model_info_from_pb(response: pb.DescribeResponse) -> ModelInfo:
         version=response.version,
         input_schema=_schema("input", response.input_schema_json),
         output_schema=_schema("output", response.output_schema_json),
+        concurrency=response.concurrency,
     )
 
 
@@ -164,4 +167,5 @@ def model_info_to_pb(info: ModelInfo) -> pb.DescribeResponse:
         version=info.version,
         input_schema_json=strictjson.dumps(info.input_schema),
         output_schema_json=strictjson.dumps(info.output_schema),
+        concurrency=info.concurrency,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Callable
 
 import trio
 
@@ -22,9 +23,10 @@ __all__ = ["Admission", "Ticket"]
 class Ticket:
     """One prediction's place: running, or waiting for :meth:`wait`."""
 
-    def __init__(self, admission: Admission, model: str, limit: float) -> None:
+    def __init__(self, admission: Admission, model: str, limit: Callable[[], float]) -> None:
         self._admission = admission
         self.model = model
+        #: The model's limit, asked each time (its backend may say it later).
         self.limit = limit
         self.running = False
         self.released = False
@@ -57,10 +59,10 @@ class Admission:
     def queued(self) -> int:
         return len(self._queue)
 
-    def admit(self, model: str, limit: int | None) -> Ticket:
+    def admit(self, model: str, limit: Callable[[], float] = lambda: math.inf) -> Ticket:
         """A ticket that runs now or waits in the queue; raises
         :class:`Overloaded` if it can do neither."""
-        ticket = Ticket(self, model, math.inf if limit is None else limit)
+        ticket = Ticket(self, model, limit)
         if self._can_run(ticket):
             self._start(ticket)
         elif len(self._queue) < self.max_queued:
@@ -74,7 +76,8 @@ class Admission:
 
     def _can_run(self, ticket: Ticket) -> bool:
         return (
-            self.running < self.max_running and self._running_by_model[ticket.model] < ticket.limit
+            self.running < self.max_running
+            and self._running_by_model[ticket.model] < ticket.limit()
         )
 
     def _start(self, ticket: Ticket) -> None:

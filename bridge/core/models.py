@@ -3,7 +3,9 @@ how Replicate's API shows them (model and version objects)."""
 
 from __future__ import annotations
 
+import collections
 import itertools
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +32,8 @@ class ModelEntry:
         self._info: protocol.ModelInfo | None = None
         self._described_at = 0.0
         self._targets: Iterator[str] = itertools.cycle(settings.targets)
+        #: Predict calls in flight to each target.
+        self._calls: collections.Counter[str] = collections.Counter()
 
     @property
     def info(self) -> protocol.ModelInfo | None:
@@ -43,6 +47,32 @@ class ModelEntry:
 
     def next_target(self) -> str:
         return next(self._targets)
+
+    def limit(self) -> float:
+        """How many of its predictions may run at once: its ``max_running``
+        (if set), and what its backends said they run at once
+        (``concurrency`` in Describe) times its targets."""
+        limit = float(self.settings.max_running or math.inf)
+        if self._info is not None and self._info.concurrency:
+            limit = min(limit, self._info.concurrency * len(self.settings.targets))
+        return limit
+
+    def take_target(self) -> str:
+        """The target a Predict call goes to: the one with the fewest calls
+        in flight (in turn among equals), so that with admission at
+        :meth:`limit` none gets more than its ``concurrency``. Give it back
+        with :meth:`give_back` when the call ends."""
+        targets = self.settings.targets
+        fewest = min(self._calls[t] for t in targets)
+        for _ in targets:
+            target = self.next_target()
+            if self._calls[target] == fewest:
+                break
+        self._calls[target] += 1
+        return target
+
+    def give_back(self, target: str) -> None:
+        self._calls[target] -= 1
 
     @property
     def streams(self) -> bool:

@@ -23,6 +23,7 @@ import trio
 from ..backends import protocol
 from ..backends.interface import Backend
 from ..backoff import delays
+from ..config import ModelSettings
 from ..errors import (
     BackendLoading,
     BackendProtocolError,
@@ -170,9 +171,24 @@ async def _stream(
     sink: _Sink,
     request: Any,
 ) -> None:
-    config = entry.settings
+    # The target with the fewest calls in flight (see ModelEntry.take_target).
+    target = entry.take_target()
+    try:
+        await _call(prediction, grpc, sink, target, request, entry.settings)
+    finally:
+        entry.give_back(target)
+
+
+async def _call(
+    prediction: Prediction,
+    grpc: Backend,
+    sink: _Sink,
+    target: str,
+    request: Any,
+    config: ModelSettings,
+) -> None:
     first, idle = config.first_output_seconds or math.inf, config.idle_seconds or math.inf
-    async with grpc.predict(entry.next_target(), request) as stream:
+    async with grpc.predict(target, request) as stream:
         # The messages go to the sink in the wake-up that brings them (no
         # hop through this task per message); this task waits for the end.
         sink.arm(first, idle)

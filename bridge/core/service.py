@@ -168,7 +168,7 @@ class Bridge:
             owner=owner,
             events=self.store.new_log(),
         )
-        ticket = self.admission.admit(entry.name, entry.settings.max_running)
+        ticket = self.admission.admit(entry.name, entry.limit)
         try:
             self.store.add(prediction)
         except BridgeError:

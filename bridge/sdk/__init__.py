@@ -228,7 +228,13 @@ def _coerce(value: Any, schema: dict[str, Any]) -> Any:
 
 
 class Model:
-    """A predict function or predictor object, described for the bridge."""
+    """A predict function or predictor object, described for the bridge.
+
+    *concurrency*: how many predictions it runs at once, advertised in
+    ``Describe`` (the bridge sends no more) and kept to here (more wait
+    their turn). By default 1 for a predictor class, as Cog does (a model
+    on a GPU runs one generation at a time), and no limit for a function.
+    """
 
     def __init__(
         self,
@@ -238,7 +244,12 @@ class Model:
         version: str | None = None,
         input_schema: dict[str, Any] | None = None,
         output_schema: dict[str, Any] | None = None,
+        concurrency: int | None = None,
     ) -> None:
+        if concurrency is None:
+            concurrency = 1 if inspect.isclass(predictor) else 0
+        if concurrency < 0:
+            raise ValueError(f"concurrency must be 0 (no limit) or more, not {concurrency}")
         if inspect.isclass(predictor):
             predictor = predictor()
         self._setup: Callable[[], None] | None = getattr(predictor, "setup", None)
@@ -249,7 +260,7 @@ class Model:
         if version is None:
             spec = json.dumps([name, in_schema, out_schema], sort_keys=True).encode()
             version = hashlib.sha256(spec).hexdigest()
-        self.info = protocol.ModelInfo(name, version, in_schema, out_schema)
+        self.info = protocol.ModelInfo(name, version, in_schema, out_schema, concurrency)
 
     def setup(self) -> None:
         if self._setup is not None:
@@ -394,6 +405,10 @@ class _Servicer(predictor_pb2_grpc.PredictorServicer):
         #: Until setup() has returned: predictions are refused (UNAVAILABLE,
         #: protocol.LOADING), which the bridge waits out.
         self.loading = True
+        #: Predictions running at once, at most the model's concurrency (a
+        #: bridge that honours Describe never makes one wait here).
+        limit = model.info.concurrency
+        self._slots = asyncio.Semaphore(limit) if limit else None
 
     async def Describe(self, request: Any, context: Any) -> predictor_pb2.DescribeResponse:
         return protocol.model_info_to_pb(self._model.info)
@@ -433,6 +448,9 @@ class _Servicer(predictor_pb2_grpc.PredictorServicer):
         else:
             outbox.end()
 
+    def _slot(self) -> contextlib.AbstractAsyncContextManager[object]:
+        return self._slots if self._slots is not None else contextlib.nullcontext()
+
     async def Predict(
         self, request: predictor_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> None:
@@ -446,7 +464,7 @@ class _Servicer(predictor_pb2_grpc.PredictorServicer):
         outbox = _Outbox(asyncio.get_running_loop())
         # The producer is this call's child: a cancelled call (or a failed
         # write) cancels it, which closes the model's generator.
-        async with asyncio.TaskGroup() as tasks:
+        async with self._slot(), asyncio.TaskGroup() as tasks:
             tasks.create_task(self._produce(input, outbox))
             while True:
                 items, ended, error = await outbox.take()

@@ -165,7 +165,27 @@ def _cog_model(module: types.ModuleType, attr: str, name: str) -> Model:
         adapter,
         input_schema=_input_schema(info, files),
         output_schema=info.output.json_type(),
+        concurrency=_concurrency(module),
     )
+
+
+def _concurrency(module: types.ModuleType) -> int:
+    """How many predictions a Cog predictor runs at once: ``concurrency.max``
+    of the ``cog.yaml`` beside its file, else 1, as under Cog."""
+    assert module.__file__ is not None
+    config = pathlib.Path(module.__file__).parent / "cog.yaml"
+    if not config.is_file():
+        return 1
+    import yaml  # Cog's own dependency
+
+    try:
+        data = yaml.safe_load(config.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ModelLoadError(f"{config}: not YAML ({exc})") from None
+    value = (data.get("concurrency") or {}).get("max", 1) if isinstance(data, dict) else 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ModelLoadError(f"{config}: concurrency.max must be a whole number from 1 up")
+    return value
 
 
 def _defines(cls: type, method: str) -> bool:

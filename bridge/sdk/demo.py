@@ -132,4 +132,5 @@ MODELS = tuple(_PREDICTORS)
 
 def make_models() -> dict[str, Model]:
     """A fresh ``Model`` for each demo, by name."""
-    return {name: Model(name, predictor) for name, predictor in _PREDICTORS.items()}
+    # Demos run no GPU: any number at once, whatever kind of predictor.
+    return {name: Model(name, predictor, concurrency=0) for name, predictor in _PREDICTORS.items()}
