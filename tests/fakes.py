@@ -26,6 +26,7 @@ from bridge.core.events import SLICE_BYTES, EventLog, Follower, OutputBatch, Rec
 from bridge.core.predictions import Prediction, clock
 from bridge.core.store import Page
 from bridge.errors import (
+    BackendTimeout,
     BackendUnavailable,
     ModelError,
     NotFound,
@@ -308,7 +309,8 @@ class FakeBackend:
         self.in_flight[target] += 1
         self.most_in_flight[target] = max(self.most_in_flight[target], self.in_flight[target])
         call, ended = FakeCall(), trio.Event()
-        self._nursery.start_soon(self._run, target, request, call, ended)
+        deadline = trio.current_effective_deadline()
+        self._nursery.start_soon(self._run, target, request, call, ended, deadline)
         try:
             yield call
         finally:
@@ -324,16 +326,23 @@ class FakeBackend:
         request: predictor_pb2.PredictRequest,
         call: FakeCall,
         ended: trio.Event,
+        deadline: float,
     ) -> None:
         try:
-            await self._script(target, request, call)
+            await self._script(target, request, call, deadline)
         finally:
             ended.set()
 
     async def _script(
-        self, target: str, request: predictor_pb2.PredictRequest, call: FakeCall
+        self,
+        target: str,
+        request: predictor_pb2.PredictRequest,
+        call: FakeCall,
+        deadline: float,
     ) -> None:
-        with call.scope:
+        # The caller's deadline is the call's, as gRPC's: past it, the call
+        # ends with BackendTimeout and the script is cancelled.
+        with call.scope, trio.move_on_at(deadline) as timed:
             try:
                 if target not in self.models:
                     raise BackendUnavailable("model backend unavailable: no connection")
@@ -353,7 +362,9 @@ class FakeBackend:
                 call.end(trio.EndOfChannel())
             except PredictionError as exc:
                 call.end(exc)
-        if call.scope.cancelled_caught:
+        if timed.cancelled_caught:
+            call.end(BackendTimeout("model backend timed out: deadline exceeded"))
+        if call.scope.cancelled_caught or timed.cancelled_caught:
             self.cancelled.add(request.id)
 
 

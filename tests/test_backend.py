@@ -13,7 +13,7 @@ import trio
 from bridge.backends import protocol
 from bridge.backends.grpc_loop import open_grpc_loop
 from bridge.backends.interface import Backend
-from bridge.errors import BackendUnavailable, ModelError
+from bridge.errors import BackendTimeout, BackendUnavailable, ModelError
 from tests.backends import SCRIPTED_INFO, RawServer, Scripted
 from tests.conftest import closed_port_target
 from tests.fakes import open_fake_backend
@@ -142,3 +142,23 @@ async def test_describe_and_health_of_a_backend_that_answers(env: Env) -> None:
     with trio.fail_after(10):
         assert await env.backend.describe(env.target) == SCRIPTED_INFO
         assert await env.backend.check_health(env.target) == "UNKNOWN"  # no health service
+
+
+async def test_the_caller_s_deadline_is_the_call_s(env: Env) -> None:
+    """The caller's Trio deadline when the call starts is the call's own
+    (gRPC's deadline; the fake's): past it the call ends by itself with
+    BackendTimeout, even for a caller shielded from its own cancel, and the
+    backend sees it end."""
+    request = protocol.predict_request("p7", {"chunks": ["a"], "hang": True})
+    raised = False
+    with trio.move_on_after(0.5):
+        async with env.backend.predict(env.target, request) as call:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + 10):
+                with pytest.raises(BackendTimeout, match="deadline exceeded"):
+                    async for _ in call:
+                        pass
+                raised = True  # not reached if the shield's own deadline ended it
+    assert raised  # by the call's own deadline, not the shield's 10 s
+    with trio.fail_after(10):
+        await env.cancelled("p7")
+    assert env.backend.active_calls == 0
