@@ -14,6 +14,7 @@ import trio.testing
 
 from bridge.config import ModelSettings, Settings
 from bridge.core.catalog import Catalog
+from bridge.errors import BackendUnavailable
 from tests.backends import SCRIPTED_INFO
 from tests.fakes import FakeBackend, open_fake_backend
 
@@ -104,3 +105,28 @@ async def test_every_model_is_described_at_once(autojump_clock: Any) -> None:
         await catalog.know_all()
         assert trio.current_time() - start == 1  # not 2
         assert all(entry.info == SCRIPTED_INFO for entry in catalog.models.values())
+
+
+async def test_callers_sharing_a_describe_that_fails_each_get_their_own_error(
+    autojump_clock: Any,
+) -> None:
+    """One Describe, one failure, raised in every caller as an exception of
+    its own (one object raised in several tasks gathers their tracebacks)."""
+    async with open_catalog() as (catalog, backend):
+        backend.describe_seconds = 1.0
+        del backend.models["fake:a"]
+        entry = catalog.model("test/a")
+        errors: list[BaseException] = []
+
+        async def ask() -> None:
+            try:
+                await catalog.describe(entry)
+            except BackendUnavailable as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(3):
+                nursery.start_soon(ask)
+        assert backend.describe_calls == 1
+        assert [str(e) for e in errors] == ["model backend unavailable: no connection"] * 3
+        assert len({id(e) for e in errors}) == 3

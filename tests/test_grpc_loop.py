@@ -256,6 +256,11 @@ def test_a_backend_still_loading_is_told_apart_from_one_away() -> None:
     assert str(mapped) == "model backend unavailable: model is loading"
 
 
+def _no_loop(*args: Any) -> None:
+    """What a stream made without a call schedules on the loop: nothing
+    (its credits have no pump to go back to)."""
+
+
 async def test_one_trio_wake_up_for_all_streams_with_news() -> None:
     """Streams that got messages in one loop iteration cost Trio one
     wake-up between them, not one each."""
@@ -269,7 +274,7 @@ async def test_one_trio_wake_up_for_all_streams_with_news() -> None:
             schedule(fn)
 
         hub.schedule = counted
-        streams = [PredictStream(hub, 8) for _ in range(50)]
+        streams = [PredictStream(hub, 8, _no_loop) for _ in range(50)]
 
         pushed: concurrent.futures.Future[None] = concurrent.futures.Future()
 
@@ -304,7 +309,7 @@ async def test_no_wake_up_is_lost_between_the_two_threads() -> None:
     try:
         async with open_grpc_loop() as grpc_loop:
             assert grpc_loop._loop is not None and grpc_loop._thread is not None
-            streams = [PredictStream(grpc_loop._hub, 8) for _ in range(200)]
+            streams = [PredictStream(grpc_loop._hub, 8, _no_loop) for _ in range(200)]
 
             def burst(start: int) -> None:  # on the loop thread
                 for stream in streams:

@@ -142,9 +142,7 @@ class PredictStream:
       owner, as the call's own errors do.
     """
 
-    def __init__(
-        self, hub: _WakeHub, window: int, call_soon: Callable[..., object] | None = None
-    ) -> None:
+    def __init__(self, hub: _WakeHub, window: int, call_soon: Callable[..., object]) -> None:
         self._hub = hub
         self._window = window
         self._items: collections.deque[protocol.StreamItem | _End] = collections.deque()
@@ -250,7 +248,7 @@ class PredictStream:
             self._waiters.unpark_all()
 
     def _give_back_credits(self) -> None:
-        if self._consumed and self._call_soon is not None and not self._ended:
+        if self._consumed and not self._ended:
             count, self._consumed = self._consumed, 0
             with contextlib.suppress(RuntimeError):  # loop closed
                 self._call_soon(self._return_credits, count)
@@ -327,7 +325,7 @@ class PredictStream:
         call if it is running, waiting (shielded, at most CLEANUP_TIMEOUT)
         for the loop to confirm its end."""
         self._handle = None
-        if self._ended or self._call_soon is None:  # ended (or made without a loop: tests)
+        if self._ended:
             return
         with contextlib.suppress(RuntimeError):  # the loop is closed
             self._call_soon(self._cancel)

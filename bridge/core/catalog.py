@@ -13,6 +13,7 @@ answered.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 
@@ -83,8 +84,12 @@ class Catalog:
             return asking.info
         await asking.done.wait()
         if asking.info is None:
-            # Its error, or (its asker cancelled) that it could not say.
-            raise asking.error or BackendUnavailable("model backend unavailable: Describe ended")
+            # Its error (a copy: one exception object raised in several
+            # tasks would gather all their tracebacks), or, its asker
+            # cancelled, that it could not say.
+            if asking.error is not None:
+                raise copy.copy(asking.error) from asking.error
+            raise BackendUnavailable("model backend unavailable: Describe ended")
         return asking.info
 
     async def _ask(self, entry: ModelEntry) -> protocol.ModelInfo:
