@@ -167,10 +167,6 @@ class ListStore:
     def new_log(self) -> EventLog:
         return self._new_log()
 
-    def next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
-
     def _fits(self, cost: int) -> bool:
         """Let go of the earliest ended predictions' data until *cost* fits."""
         for prediction in self._ended:
@@ -180,13 +176,15 @@ class ListStore:
                 prediction.remove_data()
         return self.kept_bytes + cost <= self._settings.max_retained_bytes
 
-    def add(self, prediction: Prediction) -> None:
+    async def add(self, prediction: Prediction) -> None:
         self._prune()
         if not self._fits(prediction.kept_bytes):
             raise Overloaded("no room (max_retained_bytes)")
+        self._seq += 1
+        prediction.seq = self._seq
         self._all.append(prediction)
 
-    def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
+    async def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
         self._prune()
         for prediction in self._all:
             if prediction.id == prediction_id and owner in (None, prediction.owner):

@@ -28,16 +28,11 @@ def new_store(request: pytest.FixtureRequest) -> NewStore:
     return new
 
 
-def add(store: PredictionStore, owner: str | None = None, size: int = 0) -> Prediction:
+async def add(store: PredictionStore, owner: str | None = None, size: int = 0) -> Prediction:
     prediction = Prediction(
-        model="o/m",
-        version="",
-        input={"x": "x" * size},
-        seq=store.next_seq(),
-        owner=owner,
-        events=store.new_log(),
+        model="o/m", version="", input={"x": "x" * size}, owner=owner, events=store.new_log()
     )
-    store.add(prediction)
+    await store.add(prediction)
     return prediction
 
 
@@ -54,20 +49,20 @@ async def ids(store: PredictionStore, cursor: str | None, owner: str | None = No
     return [r.decode() for r in page.results], page.next, page.previous
 
 
-def test_a_prediction_is_found_by_its_id_and_only_by_its_owner(new_store: NewStore) -> None:
+async def test_a_prediction_is_found_by_its_id_and_only_by_its_owner(new_store: NewStore) -> None:
     store = new_store()
-    mine, anyone = add(store, owner="me"), add(store)
-    assert store.get(mine.id) is mine and store.get(mine.id, "me") is mine
-    assert store.get(anyone.id) is anyone
+    mine, anyone = await add(store, owner="me"), await add(store)
+    assert await store.get(mine.id) is mine and await store.get(mine.id, "me") is mine
+    assert await store.get(anyone.id) is anyone
     for prediction_id, owner in [(mine.id, "you"), ("nope", None), (anyone.id, "me")]:
         with pytest.raises(NotFound, match="not found"):
-            store.get(prediction_id, owner)
+            await store.get(prediction_id, owner)
     assert anyone.seq > mine.seq
 
 
 async def test_pages_go_newest_first_and_cursors_walk_both_ways(new_store: NewStore) -> None:
     store = new_store(page_size=3)
-    made = [add(store, owner="me" if i % 2 else None) for i in range(7)]
+    made = [await add(store, owner="me" if i % 2 else None) for i in range(7)]
     newest = [p.id for p in reversed(made)]
     first, older = newest[:3], newest[3:6]
     assert await ids(store, None) == (first, f"b{made[4].seq}", None)
@@ -84,7 +79,7 @@ async def test_pages_go_newest_first_and_cursors_walk_both_ways(new_store: NewSt
 
 async def test_a_page_holds_max_page_bytes_but_at_least_one(new_store: NewStore) -> None:
     store = new_store(max_page_bytes=100)
-    made = [add(store) for _ in range(3)]
+    made = [await add(store) for _ in range(3)]
 
     async def big(p: Prediction) -> bytes:
         return b"x" * 60
@@ -101,22 +96,22 @@ async def test_a_page_holds_max_page_bytes_but_at_least_one(new_store: NewStore)
 @pytest.mark.parametrize("cursor", ["x", "b", "c1", "b-1", "b" + "9" * 19, "a1 "])
 async def test_a_cursor_no_page_gave_out_is_refused(new_store: NewStore, cursor: str) -> None:
     store = new_store()
-    add(store)
+    await add(store)
     with pytest.raises(ValueError, match="not one this server gave out"):
         await ids(store, cursor)
 
 
-def test_ended_predictions_lose_their_data_then_their_metadata_by_count(
+async def test_ended_predictions_lose_their_data_then_their_metadata_by_count(
     new_store: NewStore,
 ) -> None:
     store = new_store(retention_count=1, metadata_retention_count=2)
-    made = [add(store, size=10) for _ in range(4)]
+    made = [await add(store, size=10) for _ in range(4)]
     for prediction in made[:3]:
         end(store, prediction)
     with pytest.raises(NotFound):
-        store.get(made[0].id)  # past the metadata count
-    assert store.get(made[1].id).data_removed  # past the data count
-    assert not store.get(made[2].id).data_removed
+        await store.get(made[0].id)  # past the metadata count
+    assert (await store.get(made[1].id)).data_removed  # past the data count
+    assert not (await store.get(made[2].id)).data_removed
     assert not made[3].data_removed  # running: kept whatever the counts
     assert store.kept_bytes == made[2].kept_bytes + made[3].kept_bytes
 
@@ -125,39 +120,39 @@ async def test_ended_predictions_lose_their_data_then_their_metadata_by_age(
     new_store: NewStore, autojump_clock: Any
 ) -> None:
     store = new_store(retention_seconds=10, metadata_retention_seconds=20)
-    old, running = add(store, size=10), add(store, size=10)
+    old, running = await add(store, size=10), await add(store, size=10)
     end(store, old)
     await trio.sleep(9.9)
-    assert not store.get(old.id).data_removed
+    assert not (await store.get(old.id)).data_removed
     await trio.sleep(0.2)
-    assert store.get(old.id).data_removed and not running.data_removed
+    assert (await store.get(old.id)).data_removed and not running.data_removed
     await trio.sleep(9.8)
-    assert store.get(old.id).data_removed
+    assert (await store.get(old.id)).data_removed
     await trio.sleep(0.2)
     with pytest.raises(NotFound):
-        store.get(old.id)
-    assert store.get(running.id) is running
+        await store.get(old.id)
+    assert await store.get(running.id) is running
 
 
-def test_room_is_made_from_the_earliest_ended_data_or_a_create_is_refused(
+async def test_room_is_made_from_the_earliest_ended_data_or_a_create_is_refused(
     new_store: NewStore,
 ) -> None:
     store = new_store(max_retained_bytes=1000)
-    first, second = add(store, size=400), add(store, size=400)
+    first, second = await add(store, size=400), await add(store, size=400)
     end(store, first)
     end(store, second)
-    third = add(store, size=400)
+    third = await add(store, size=400)
     assert first.data_removed and not second.data_removed  # the earliest went
-    fourth = add(store, size=400)
+    fourth = await add(store, size=400)
     assert second.data_removed
     with pytest.raises(Overloaded):
-        add(store, size=400)  # the running ones alone fill it
+        await add(store, size=400)  # the running ones alone fill it
     assert store.kept_bytes == third.kept_bytes + fourth.kept_bytes <= 1000
 
 
-def test_output_is_charged_before_it_is_kept(new_store: NewStore) -> None:
+async def test_output_is_charged_before_it_is_kept(new_store: NewStore) -> None:
     store = new_store(max_retained_bytes=1000)
-    ended, running = add(store, size=300), add(store, size=300)
+    ended, running = await add(store, size=300), await add(store, size=300)
     end(store, ended)
     store.charge(running, 100, cap=200)
     running.add_log("x" * 92)  # what 100 bytes were charged for

@@ -164,14 +164,13 @@ class Bridge:
             version=version or (info.version if info else ""),
             input=input_json,
             streams=entry.streams,
-            seq=self.store.next_seq(),
             owner=owner,
             events=self.store.new_log(),
         )
         ticket = self.admission.admit(entry.name, entry.limit)
         try:
-            self.store.add(prediction)
-        except BridgeError:
+            await self.store.add(prediction)
+        except BaseException:
             ticket.release()
             raise
         log.info(
@@ -226,10 +225,10 @@ class Bridge:
             finally:
                 self._webhook_scopes.discard(scope)
 
-    def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
+    async def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
         """The prediction, if *owner* may see it (with auth on, only the
         token that created it may; to anyone else it does not exist)."""
-        return self.store.get(prediction_id, owner)
+        return await self.store.get(prediction_id, owner)
 
     async def _run(
         self, prediction: Prediction, entry: ModelEntry, ticket: Ticket, validated: bool

@@ -52,17 +52,15 @@ class PredictionStore(Protocol):
         """An event log for a new prediction."""
         ...
 
-    def next_seq(self) -> int:
-        """The creation order of the next prediction (larger than any before)."""
+    async def add(self, prediction: Prediction) -> None:
+        """Keep a new prediction, and give it its creation order
+        (``prediction.seq``, larger than any before); raises
+        :class:`~bridge.errors.Overloaded` if its input does not fit even
+        once every ended prediction's data is gone. Once this returns, any
+        bridge sharing the store finds it."""
         ...
 
-    def add(self, prediction: Prediction) -> None:
-        """Keep a new prediction; raises :class:`~bridge.errors.Overloaded`
-        if its input does not fit even once every ended prediction's data
-        is gone."""
-        ...
-
-    def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
+    async def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
         """The prediction, if *owner* may see it (None: anyone); raises
         :class:`~bridge.errors.NotFound` otherwise, as for one that does
         not exist."""
@@ -75,7 +73,9 @@ class PredictionStore(Protocol):
         ...
 
     def ended(self, prediction: Prediction) -> None:
-        """*prediction* has ended: its retention windows start."""
+        """*prediction* has ended: its retention windows start. (Called
+        where the prediction's task ends, cancelled or not, so it never
+        waits: a store kept elsewhere writes this later.)"""
         ...
 
     async def page(
@@ -117,15 +117,13 @@ class MemoryStore:
     def new_log(self) -> EventLog:
         return self._new_log()
 
-    def next_seq(self) -> int:
-        return next(self._seq)
-
-    def add(self, prediction: Prediction) -> None:
+    async def add(self, prediction: Prediction) -> None:
         self._retention.prune()
         self._retention.admit(prediction)
+        prediction.seq = next(self._seq)
         self._predictions[prediction.id] = prediction
 
-    def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
+    async def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
         self._retention.prune()
         prediction = self._predictions.get(prediction_id)
         if prediction is None or (owner is not None and prediction.owner != owner):

@@ -120,20 +120,20 @@ async def list_predictions() -> Response:
 
 @blueprint.get("/v1/predictions/<prediction_id>")
 async def get_prediction(prediction_id: str) -> Response:
-    return await prediction_response(context().bridge.get(prediction_id, caller()))
+    return await prediction_response(await context().bridge.get(prediction_id, caller()))
 
 
 @blueprint.post("/v1/predictions/<prediction_id>/cancel")
 async def cancel_prediction(prediction_id: str) -> Response:
     # No body is read: clients send none, or an empty one.
     bridge = context().bridge
-    prediction = bridge.get(prediction_id, caller())
+    prediction = await bridge.get(prediction_id, caller())
     return await prediction_response(await bridge.cancel_and_wait(prediction))
 
 
 @blueprint.get("/v1/predictions/<prediction_id>/stream")
 async def stream_prediction(prediction_id: str) -> Response:
-    prediction = context().bridge.get(prediction_id)
+    prediction = await context().bridge.get(prediction_id)
     if prediction.data_removed:
         raise Gone(f"prediction {prediction_id}'s output was removed (data_removed)")
     if request.method == "HEAD":
