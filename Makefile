@@ -42,7 +42,12 @@ CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium
 
-test: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM)
+# Debian's Redis, for the shared store's tests (each starts its own server).
+REDIS := /usr/bin/redis-server
+$(REDIS):
+	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
+
+test: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM) $(REDIS)
 	$(PY) -m ruff check bridge tests bench
 	$(PY) -m mypy
 	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q
@@ -56,9 +61,9 @@ FAST := tests/test_events.py tests/test_store.py tests/test_backend.py tests/tes
 	tests/test_headers.py tests/test_layout.py tests/test_catalog.py \
 	tests/test_sse.py tests/test_compat.py tests/test_exports.py \
 	tests/test_predictions.py tests/test_grpc_loop.py tests/test_sdk.py tests/test_api.py \
-	tests/test_bad_input.py tests/test_limits.py tests/test_auth.py tests/test_metrics.py
+	tests/test_bad_input.py tests/test_limits.py tests/test_auth.py tests/test_metrics.py tests/test_redis_store.py
 
-test-fast: bridge/_proto/v1/predictor_pb2.py
+test-fast: bridge/_proto/v1/predictor_pb2.py $(REDIS)
 	$(PY) -m ruff check bridge tests bench
 	$(PY) -m mypy
 	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q $(FAST)
@@ -66,7 +71,7 @@ test-fast: bridge/_proto/v1/predictor_pb2.py
 # The suite beside two CPU hogs (one per core here), as on a shared CI
 # machine: timing must come from events and Trio's clocks, not luck. The
 # hogs stop with the suite, or after 15 minutes whatever happens.
-test-busy: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM)
+test-busy: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM) $(REDIS)
 	hogs=""; for i in 1 2; do timeout 900 $(PY) -c 'while True: pass' & hogs="$$hogs $$!"; done; \
 	trap 'kill $$hogs 2>/dev/null' EXIT INT TERM; \
 	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q $(PYTEST_ARGS)

@@ -31,6 +31,9 @@ else is optional (docs/operating.md lists every key)::
     secret = "whsec_..."            # else generated and kept
     allow_hosts = ["hooks.internal"]  # else public addresses only
 
+    [store]
+    url = "redis://127.0.0.1:6379/0"  # predictions shared by every bridge
+
 Every value is type- and range-checked when the file is loaded (msgspec, one
 C extension that converts and checks a whole table at once), and an error
 names the file, the key and what its value must be: ``bridge.toml: [server]
@@ -72,6 +75,7 @@ Seconds = Annotated[float, msgspec.Meta(gt=0)]
 Grace = Annotated[float, msgspec.Meta(ge=0)]  # seconds; 0: none
 URL = Annotated[str, msgspec.Meta(pattern=r"^https?://[^/?#\s]+")]
 Secret = Annotated[str, msgspec.Meta(pattern=r"^whsec_")]
+RedisURL = Annotated[str, msgspec.Meta(pattern=r"^(rediss?|unix)://")]
 
 
 class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -211,6 +215,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: for development: by default webhooks go to public addresses only).
     webhook_allow_hosts: tuple[Text, ...] = ()
     webhook_allow_private: bool = False
+    #: Where predictions are kept: None, in this process's memory; a Redis
+    #: URL (``redis://host:port/db``, ``rediss://`` for TLS,
+    #: ``unix:///path``): there, shared by every bridge given the same URL
+    #: and key prefix.
+    store_url: RedisURL | None = None
+    #: What every key the bridge writes to Redis starts with.
+    store_key_prefix: Text = "bridge:"
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:
@@ -285,6 +296,7 @@ _SECTIONS = {
     "metrics": "metrics_",
     "cors": "cors_",
     "webhooks": "webhook_",
+    "store": "store_",
 }
 _PREFIXES = tuple(p for p in _SECTIONS.values() if p)
 

@@ -11,7 +11,8 @@
     ├── PayloadTooLarge            413, request body over the limit
     ├── RetryLater                 answered with Retry-After
     │   ├── Overloaded             429, over capacity
-    │   └── ShuttingDown           503, draining
+    │   ├── ShuttingDown           503, draining
+    │   └── StoreUnavailable       503, the shared store (Redis) cannot be reached
     └── PredictionError            a prediction failed; str(exc) is its `error`
         ├── BackendUnavailable     503, the model backend cannot be reached
         │   └── BackendLoading     503, ... yet: its model is still loading
@@ -54,6 +55,7 @@ __all__ = [
     "PredictionError",
     "RetryLater",
     "ShuttingDown",
+    "StoreUnavailable",
     "Unauthorized",
 ]
 
@@ -139,6 +141,14 @@ class ShuttingDown(RetryLater):
 
     status = 503
     title = "Shutting down"
+
+
+class StoreUnavailable(RetryLater):
+    """The store the predictions are shared through (Redis) cannot be
+    reached: nothing was created; retry."""
+
+    status = 503
+    title = "Store unavailable"
 
 
 class PredictionError(BridgeError):

@@ -3,7 +3,8 @@
 Ownership, outermost first::
 
     serve()
-    └── open_grpc_loop()             the asyncio thread with every gRPC call
+    └── the store                    in memory, or Redis (its writer and reader tasks)
+        └── open_grpc_loop()         the asyncio thread with every gRPC call
         └── HTTP client              webhook deliveries
             └── predictions nursery  a task per prediction and per webhook
                 └── hypercorn        HTTP connections, readers of predictions
@@ -12,8 +13,8 @@ At shutdown: the bridge drains (health answers 503, creates get 503, running
 predictions may finish for ``drain_seconds``), then running predictions are
 cancelled (their streams get ``error`` + ``done`` saying to retry), hypercorn
 closes the connections (under a hard deadline of ours, since a client that
-stopped reading could hold it open), the nursery ends, and the loop thread
-closes its channels and exits.
+stopped reading could hold it open), the nursery ends, the loop thread
+closes its channels and exits, and a Redis store writes what is left.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from __future__ import annotations
 import logging
 import resource
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 
@@ -33,8 +35,9 @@ from hypercorn.config import Sockets
 from ._compat.hypercorn import ConnectionLimits, serve_http
 from .backends.grpc_loop import GrpcLoop, open_grpc_loop
 from .config import Settings
+from .core.redis_store import open_redis_store
 from .core.service import Bridge
-from .core.store import PredictionStore
+from .core.store import MemoryStore, PredictionStore
 from .errors import ListenError
 from .http import create_app
 from .metrics import Metrics
@@ -83,7 +86,8 @@ async def serve(
     """Serve until *shutdown_trigger* returns (forever if None); reports the
     bound port through *task_status*. Once *stop_now* goes (a second
     signal), shutdown skips what is left of its waits: the drain, and the
-    connections' grace. Predictions are kept in *store* (None: in memory).
+    connections' grace. Predictions are kept in *store* (None: in Redis
+    with ``[store] url``, else in memory).
 
     (One sequence, from wiring the parts to shutting them down in order,
     read top to bottom: longer than most functions here.)"""
@@ -93,6 +97,7 @@ async def serve(
         settings.webhook_allow_hosts, allow_private=settings.webhook_allow_private
     )
     async with (
+        _open_store(settings, store) as store,
         open_grpc_loop() as grpc_loop,
         open_webhook_client(
             policy, request_seconds=settings.webhook_timeout_seconds
@@ -151,6 +156,21 @@ async def serve(
                 )
                 stop_now.cuts(http.cancel_scope)
         log.info("bridge stopped")
+
+
+@asynccontextmanager
+async def _open_store(
+    settings: Settings, store: PredictionStore | None
+) -> AsyncIterator[PredictionStore]:
+    """*store*, or the one the settings name: Redis (open while the bridge
+    runs) or this process's memory."""
+    if store is not None:
+        yield store
+    elif settings.store_url is not None:
+        async with open_redis_store(settings) as redis_store:
+            yield redis_store
+    else:
+        yield MemoryStore(settings)
 
 
 class StopNow:

@@ -4,8 +4,12 @@ real HTTP clients. No mocks."""
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import threading
+import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
@@ -16,7 +20,7 @@ import pytest
 import trio
 
 from bridge.config import ModelSettings, Settings
-from bridge.core.store import MemoryStore, PredictionStore
+from bridge.core.store import PredictionStore
 from bridge.sdk import Model, ModelServer
 from bridge.sdk.demo import make_models
 from bridge.server import serve
@@ -92,6 +96,40 @@ def demo_targets() -> Iterator[dict[str, str]]:
         }
 
 
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server for the session, on a unix socket (no port to
+    race for); make test installs Debian's. Tests share it, each under
+    its own key prefix (the ``redis`` fixture)."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server is not installed: make test installs it (apt-get)")
+    where = tmp_path_factory.mktemp("redis")
+    sock = where / "redis.sock"
+    process = subprocess.Popen(
+        [server, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
+         "--dir", str(where)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not sock.exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("redis-server did not start")
+            time.sleep(0.01)  # a process starting, outside any Trio run
+        yield f"unix://{sock}"
+    finally:
+        process.terminate()
+        process.wait()
+
+
+@pytest.fixture
+def redis(redis_url: str) -> dict[str, str]:
+    """Settings for a store in the session's Redis, under a key prefix of
+    this test's own."""
+    return {"store_url": redis_url, "store_key_prefix": f"t{uuid.uuid4().hex[:12]}:"}
+
+
 async def wait_closed(key: str) -> Probe:
     """The probe for *key* once its generator was closed (fails after 10 s)."""
     probe = PROBES.setdefault(key, Probe())
@@ -133,17 +171,19 @@ def start_bridge(
 ) -> StartBridge:
     """Start a bridge on a free port in the test's nursery; returns its URL.
     ``targets`` adds or replaces models, ``store`` makes its store from
-    its settings; other keywords are Settings."""
+    its settings (else the settings' own: memory, or Redis with
+    ``store_url``); other keywords are Settings."""
 
     async def start(
         targets: dict[str, str | tuple[str, ...]] | None = None,
         model_options: dict[str, dict[str, Any]] | None = None,
-        store: Callable[[Settings], PredictionStore] = MemoryStore,
+        store: Callable[[Settings], PredictionStore] | None = None,
         **settings: Any,
     ) -> str:
         all_targets = {**demo_targets, **(targets or {})}
         config = bridge_settings(tmp_path, all_targets, model_options, **settings)
-        port = await nursery.start(partial(serve, config, store=store(config)))
+        made = store(config) if store is not None else None
+        port = await nursery.start(partial(serve, config, store=made))
         return f"http://127.0.0.1:{port}"
 
     return start

@@ -199,6 +199,18 @@ class ListStore:
         self._ended.append(prediction)
         self._prune()
 
+    async def cancel_elsewhere(self, prediction: Prediction) -> None:
+        pass
+
+    def serve_cancels(self, cancel: Callable[[str], object]) -> None:
+        pass
+
+    async def flush(self) -> None:
+        pass
+
+    def copies(self) -> list[EventLog]:
+        return []
+
     def _prune(self) -> None:
         settings, now = self._settings, clock()
         with_data = [p for p in self._ended if not p.data_removed]

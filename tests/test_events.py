@@ -240,3 +240,31 @@ def test_a_follower_that_fails_is_woken_and_no_one_else_notices(caplog, new_log)
     assert fine.told == [("news", 2, False)]
     assert log.output_count == 2
     assert [r.levelno for r in caplog.records] == [logging.ERROR]
+
+
+def test_a_replica_built_from_spans_frames_what_its_writer_does(monkeypatch) -> None:
+    """What another process appends from a writer's spans (a store shared
+    through Redis) reads back byte for byte: the same ids across seconds,
+    the same frames, outputs, logs and end."""
+    now = [1700000000.0]
+    monkeypatch.setattr(events_module.time, "time", lambda: now[0])
+    writer, replica = MemoryEventLog(), MemoryEventLog()
+    sent = 0
+    for step, chunks in enumerate([["a", "b\nc"], [{"k": 1}], [], ["é", ""]]):
+        writer.append_output(OutputBatch(chunks))
+        writer.append_log(f"line {step}\r")
+        now[0] += step % 2  # a new second every other step
+        if step != 1:  # two appends in one span, too
+            replica.extend(writer.span(sent))
+            sent = len(writer)
+    writer.finish("broke", {"reason": "error"})
+    assert not replica.closed
+    replica.extend(writer.span(sent))
+    assert replica.closed and len(replica) == len(writer)
+    assert replica.read(0, 10**9) == writer.read(0, 10**9)
+    assert read_all(replica, limit=1) == read_all(writer, limit=1)
+    assert replica.output_count == writer.output_count == 5
+    assert replica.snapshot().outputs() == writer.snapshot().outputs()
+    assert replica.snapshot().logs() == writer.snapshot().logs()
+    with pytest.raises(ValueError, match="cannot follow"):
+        MemoryEventLog().extend(writer.span(3))

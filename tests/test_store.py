@@ -1,17 +1,25 @@
 """The store's contract, run against every implementation of
-:class:`~bridge.core.store.PredictionStore`: the store kept in memory and the
-list-scanning fake of tests/fakes.py."""
+:class:`~bridge.core.store.PredictionStore`: the store kept in memory, the
+list-scanning fake of tests/fakes.py, and the store kept in a real Redis.
+
+The bounds on what one process keeps differ by design: a store kept in this
+process keeps ended predictions' data within ``max_retained_bytes``, while
+the Redis store hands them to Redis (expiry and counts bound them there;
+tests/test_redis_store.py checks that side)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import coredis
 import pytest
 import trio
 
 from bridge.config import Settings
 from bridge.core.predictions import Prediction
+from bridge.core.redis_store import RedisStore
 from bridge.core.store import MemoryStore, PredictionStore
 from bridge.errors import NotFound, OutputTooLarge, Overloaded
 from tests.fakes import ListStore
@@ -19,13 +27,36 @@ from tests.fakes import ListStore
 NewStore = Callable[..., PredictionStore]
 
 
-@pytest.fixture(params=[MemoryStore, ListStore], ids=["memory", "list"])
-def new_store(request: pytest.FixtureRequest) -> NewStore:
-    def new(**settings: Any) -> PredictionStore:
-        store: PredictionStore = request.param(Settings(port=0, **settings))
-        return store
+@pytest.fixture(params=["memory", "list", "redis"])
+async def new_store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[NewStore]:
+    if request.param != "redis":
+        kind = {"memory": MemoryStore, "list": ListStore}[request.param]
 
-    return new
+        def new(**settings: Any) -> PredictionStore:
+            store: PredictionStore = kind(Settings(port=0, **settings))
+            return store
+
+        yield new
+        return
+    client, reader = coredis.Redis.from_url(redis_url), coredis.Redis.from_url(redis_url)
+    async with client, reader, trio.open_nursery() as nursery:
+
+        def new_redis(**settings: Any) -> PredictionStore:
+            prefix = f"t{uuid.uuid4().hex[:12]}:"
+            config = Settings(port=0, store_url=redis_url, store_key_prefix=prefix, **settings)
+            store = RedisStore(config, client, reader)
+            nursery.start_soon(store.write_forever)
+            nursery.start_soon(store.read_forever)
+            return store
+
+        yield new_redis
+        nursery.cancel_scope.cancel()
+
+
+def local_only(store: PredictionStore) -> None:
+    """Skip a test of what a store kept in this process keeps."""
+    if isinstance(store, RedisStore):
+        pytest.skip("Redis keeps ended predictions: tests/test_redis_store.py")
 
 
 async def add(store: PredictionStore, owner: str | None = None, size: int = 0) -> Prediction:
@@ -36,9 +67,10 @@ async def add(store: PredictionStore, owner: str | None = None, size: int = 0) -
     return prediction
 
 
-def end(store: PredictionStore, prediction: Prediction) -> None:
+async def end(store: PredictionStore, prediction: Prediction) -> None:
     prediction.succeed()
     store.ended(prediction)
+    await store.flush()
 
 
 async def ids(store: PredictionStore, cursor: str | None, owner: str | None = None) -> Any:
@@ -107,21 +139,24 @@ async def test_ended_predictions_lose_their_data_then_their_metadata_by_count(
     store = new_store(retention_count=1, metadata_retention_count=2)
     made = [await add(store, size=10) for _ in range(4)]
     for prediction in made[:3]:
-        end(store, prediction)
+        await end(store, prediction)
     with pytest.raises(NotFound):
         await store.get(made[0].id)  # past the metadata count
     assert (await store.get(made[1].id)).data_removed  # past the data count
     assert not (await store.get(made[2].id)).data_removed
     assert not made[3].data_removed  # running: kept whatever the counts
-    assert store.kept_bytes == made[2].kept_bytes + made[3].kept_bytes
+    if not isinstance(store, RedisStore):  # which keeps only what it runs
+        assert store.kept_bytes == made[2].kept_bytes + made[3].kept_bytes
 
 
 async def test_ended_predictions_lose_their_data_then_their_metadata_by_age(
     new_store: NewStore, autojump_clock: Any
 ) -> None:
     store = new_store(retention_seconds=10, metadata_retention_seconds=20)
+    if isinstance(store, RedisStore):
+        pytest.skip("Redis expires keys on its own clock: tests/test_redis_store.py")
     old, running = await add(store, size=10), await add(store, size=10)
-    end(store, old)
+    await end(store, old)
     await trio.sleep(9.9)
     assert not (await store.get(old.id)).data_removed
     await trio.sleep(0.2)
@@ -138,9 +173,10 @@ async def test_room_is_made_from_the_earliest_ended_data_or_a_create_is_refused(
     new_store: NewStore,
 ) -> None:
     store = new_store(max_retained_bytes=1000)
+    local_only(store)
     first, second = await add(store, size=400), await add(store, size=400)
-    end(store, first)
-    end(store, second)
+    await end(store, first)
+    await end(store, second)
     third = await add(store, size=400)
     assert first.data_removed and not second.data_removed  # the earliest went
     fourth = await add(store, size=400)
@@ -152,8 +188,9 @@ async def test_room_is_made_from_the_earliest_ended_data_or_a_create_is_refused(
 
 async def test_output_is_charged_before_it_is_kept(new_store: NewStore) -> None:
     store = new_store(max_retained_bytes=1000)
+    local_only(store)
     ended, running = await add(store, size=300), await add(store, size=300)
-    end(store, ended)
+    await end(store, ended)
     store.charge(running, 100, cap=200)
     running.add_log("x" * 92)  # what 100 bytes were charged for
     with pytest.raises(OutputTooLarge):

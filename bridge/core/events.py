@@ -36,6 +36,7 @@ import logging
 import re
 import time
 from array import array
+from collections.abc import Iterable
 from typing import Any, NamedTuple, Protocol
 
 import trio
@@ -55,6 +56,7 @@ __all__ = [
     "OutputBatch",
     "Record",
     "Snapshot",
+    "Span",
     "event_id",
     "frame",
     "index_after",
@@ -122,6 +124,19 @@ class OutputBatch:
             Record("output", self.payload[begin:end].decode(), kind & ~_BREAKS == _JSON)
             for begin, end, kind in zip([0, *ends], ends, self.kinds, strict=False)
         ]
+
+
+class Span(NamedTuple):
+    """Events ``start`` on of one log, as bytes: what a writer sends to a
+    store shared by several processes (one entry per span), and what a
+    replica of the log in another process appends
+    (:meth:`MemoryEventLog.extend`), ids and all."""
+
+    start: int  # the index of its first event
+    payload: bytes  # the events' payloads, back to back
+    lengths: bytes  # each payload's length, array("I")
+    kinds: bytes  # each event's kind byte
+    seconds: bytes  # array("Q"): (offset in the span, unix seconds) where a second starts
 
 
 class Record(NamedTuple):
@@ -307,10 +322,13 @@ class MemoryEventLog:
             self._second_starts.append(len(self._kinds))
             self._seconds.append(now)
 
-    def _append(self, payload: bytes, lengths: list[int], kinds: bytes) -> None:
+    def _append(
+        self, payload: bytes, lengths: Iterable[int], kinds: bytes, stamp: bool = True
+    ) -> None:
         if self._closed:
             raise RuntimeError("event log is closed")
-        self._stamp()
+        if stamp:
+            self._stamp()
         start = len(self._data)
         self._data += payload
         self._ends.extend(itertools.accumulate(lengths, initial=start))
@@ -343,6 +361,44 @@ class MemoryEventLog:
         self._append(payload, [len(payload)], bytes([_DONE]))
         self._closed = True
         self._wake_followers()
+
+    # -- replicas -----------------------------------------------------------
+
+    def span(self, start: int) -> Span:
+        """The events from *start* on, as bytes (see :class:`Span`)."""
+        end = len(self._kinds)
+        begin = self._ends[start - 1] if start else 0
+        ends = self._ends[start:end]
+        lengths = array("I", (b - a for a, b in zip([begin, *ends], ends, strict=False)))
+        seconds = array("Q")
+        run = max(0, bisect.bisect_right(self._second_starts, start) - 1)
+        for first, second in zip(self._second_starts[run:], self._seconds[run:], strict=True):
+            seconds += array("Q", [max(first, start) - start, second])
+        payload = bytes(self._data[begin : ends[-1]]) if ends else b""
+        return Span(
+            start, payload, lengths.tobytes(), bytes(self._kinds[start:]), seconds.tobytes()
+        )
+
+    def extend(self, span: Span) -> None:
+        """Append *span* as its writer's log holds it (the same ids); a
+        ``done`` in it closes the log. Raises ``ValueError`` unless it
+        starts where this log ends."""
+        if span.start != len(self._kinds):
+            raise ValueError(f"a span from event {span.start} cannot follow {len(self._kinds)}")
+        lengths, seconds = array("I"), array("Q")
+        lengths.frombytes(span.lengths)
+        seconds.frombytes(span.seconds)
+        if len(lengths) != len(span.kinds) or sum(lengths) != len(span.payload):
+            raise ValueError("a span's lengths do not match its payload")
+        for offset, second in zip(seconds[::2], seconds[1::2], strict=True):
+            if not self._seconds or self._seconds[-1] != second:
+                self._second_starts.append(span.start + offset)
+                self._seconds.append(second)
+        self.output_count += sum(k & ~_BREAKS in (_TEXT, _JSON) for k in span.kinds)
+        self._append(span.payload, lengths, span.kinds, stamp=False)
+        if span.kinds and span.kinds[-1] == _DONE:
+            self._closed = True
+            self._wake_followers()
 
     # -- following ----------------------------------------------------------
 

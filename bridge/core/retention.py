@@ -84,6 +84,11 @@ class Retention:
             )
         self.bytes += cost
 
+    def forget(self, prediction: Prediction) -> None:
+        """Stop counting *prediction*, which this process no longer keeps
+        (a shared store keeps it now)."""
+        self.bytes -= prediction.kept_bytes
+
     def ended(self, prediction: Prediction) -> None:
         """*prediction* has ended: its data may go first when room is needed."""
         ended_at = prediction.completed_clock or clock()

@@ -77,6 +77,8 @@ class Bridge:
         self.store: PredictionStore = store if store is not None else MemoryStore(settings)
         #: The owner of the predictions' tasks.
         self.supervisor = Supervisor(nursery)
+        # Another bridge sharing the store asks this one, where it runs.
+        self.store.serve_cancels(self.supervisor.cancel)
         self.grpc = grpc_loop
         self.webhooks = webhooks
         self.webhook_policy = webhook_policy or WebhookPolicy()
@@ -193,17 +195,20 @@ class Bridge:
             )
         return prediction
 
-    def cancel(self, prediction: Prediction) -> None:
-        """Ask *prediction*'s task to stop (idempotent; an ended prediction
-        stays as it is). The task is the only writer of its prediction: it
-        cancels the gRPC call (the backend sees CANCELLED), then records
-        ``canceled``, and its streams get ``done``."""
-        self.supervisor.cancel(prediction)
+    def cancel(self, prediction: Prediction) -> bool:
+        """Ask *prediction*'s task to stop, if it runs here (idempotent; an
+        ended prediction stays as it is); False if it does not. The task is
+        the only writer of its prediction: it cancels the gRPC call (the
+        backend sees CANCELLED), then records ``canceled``, and its streams
+        get ``done``."""
+        return self.supervisor.cancel(prediction.id)
 
     async def cancel_and_wait(self, prediction: Prediction) -> Prediction:
-        """Cancel, and return the prediction once its task recorded the end
+        """Cancel, wherever it runs (here, or in another bridge sharing the
+        store), and return the prediction once its task recorded the end
         (which takes as long as cancelling the gRPC call: milliseconds)."""
-        self.cancel(prediction)
+        if not self.cancel(prediction) and not prediction.done:
+            await self.store.cancel_elsewhere(prediction)
         with trio.move_on_after(CLEANUP_TIMEOUT + 1):
             await prediction.events.wait_closed()
         return prediction
@@ -282,14 +287,17 @@ class Bridge:
 
     async def keep_alive(self) -> None:
         """Every third of ``keepalive_seconds``, nudge the readers of every
-        running prediction, so that an idle one writes its ``: ping`` in
-        time (see :func:`bridge.http.stream.sse_body`). Returns once the bridge
-        is closed."""
+        running prediction (and of those other bridges run), so that an
+        idle one writes its ``: ping`` in time (see
+        :func:`bridge.http.stream.sse_body`). Returns once the bridge is
+        closed."""
         while not self.closing:
             with trio.move_on_after(self.settings.keepalive_seconds / 3):
                 await self.supervisor.wait_closed()
             for prediction in self.supervisor.running():
                 prediction.events.nudge()
+            for copy in self.store.copies():  # run by other bridges
+                copy.nudge()
 
     async def drain(self, seconds: float) -> None:
         """Stop taking predictions; wait up to *seconds* for running ones."""

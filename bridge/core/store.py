@@ -25,10 +25,24 @@ from .events import EventLog, MemoryEventLog
 from .predictions import Prediction
 from .retention import Retention
 
-__all__ = ["MemoryStore", "Page", "PredictionStore"]
+__all__ = ["MemoryStore", "Page", "PredictionStore", "parse_cursor"]
 
 #: A list cursor: ``b<seq>`` (older than that) or ``a<seq>`` (newer).
 _CURSOR = re.compile(r"([ab])([0-9]{1,18})")
+
+
+def parse_cursor(cursor: str) -> tuple[str, int]:
+    """A list cursor's direction (``b``: older, ``a``: newer) and creation
+    order; ValueError for any cursor a page of this server could not have
+    given out (parsed once: int() of thousands of digits costs quadratic
+    time)."""
+    match = _CURSOR.fullmatch(cursor)
+    if match is None:
+        raise ValueError(
+            f"cursor {cursor[:40]!r} is not one this server gave out: use the "
+            "next or previous URL of a page"
+        )
+    return match[1], int(match[2])
 
 
 class Page:
@@ -76,6 +90,27 @@ class PredictionStore(Protocol):
         """*prediction* has ended: its retention windows start. (Called
         where the prediction's task ends, cancelled or not, so it never
         waits: a store kept elsewhere writes this later.)"""
+        ...
+
+    async def cancel_elsewhere(self, prediction: Prediction) -> None:
+        """Ask the bridge sharing this store that runs *prediction* to
+        cancel it (a store kept in one process has no other)."""
+        ...
+
+    def serve_cancels(self, cancel: Callable[[str], object]) -> None:
+        """Call ``cancel(prediction_id)`` when another bridge sharing this
+        store asks to cancel a prediction this one runs."""
+        ...
+
+    async def flush(self) -> None:
+        """Wait until everything written so far is where every bridge
+        sharing the store sees it."""
+        ...
+
+    def copies(self) -> list[EventLog]:
+        """The logs of predictions other bridges run that readers here
+        follow (kept alive by :meth:`bridge.core.service.Bridge.keep_alive`
+        as local ones are)."""
         ...
 
     async def page(
@@ -136,6 +171,18 @@ class MemoryStore:
     def ended(self, prediction: Prediction) -> None:
         self._retention.ended(prediction)
 
+    async def cancel_elsewhere(self, prediction: Prediction) -> None:
+        pass  # every prediction runs in this process
+
+    def serve_cancels(self, cancel: Callable[[str], object]) -> None:
+        pass  # no other bridge shares it
+
+    async def flush(self) -> None:
+        pass  # kept here: seen as soon as written
+
+    def copies(self) -> list[EventLog]:
+        return []  # every prediction runs here
+
     def _matching(self, owner: str | None, *, newest_first: bool) -> Iterator[Prediction]:
         """The predictions *owner* may see, newest or oldest first."""
         predictions = self._predictions.values()
@@ -158,17 +205,8 @@ class MemoryStore:
         if not cursor:
             walk = self._matching(owner, newest_first=True)
         else:
-            # Parsed once, and only cursors this server could have given out
-            # (int() of thousands of digits costs quadratic time, per
-            # prediction compared).
-            match = _CURSOR.fullmatch(cursor)
-            if match is None:
-                raise ValueError(
-                    f"cursor {cursor[:40]!r} is not one this server gave out: use the "
-                    "next or previous URL of a page"
-                )
-            seq = int(match[2])
-            if match[1] == "b":
+            direction, seq = parse_cursor(cursor)
+            if direction == "b":
                 walk = (p for p in self._matching(owner, newest_first=True) if p.seq < seq)
             else:
                 # Newer than the cursor: the ones next to it first.

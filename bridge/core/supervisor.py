@@ -24,8 +24,8 @@ class Supervisor:
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
-        #: The predictions whose tasks are alive, with their run handles.
-        self._scopes: dict[Prediction, trio.CancelScope] = {}
+        #: The predictions whose tasks are alive, by id, with their run handles.
+        self._scopes: dict[str, tuple[Prediction, trio.CancelScope]] = {}
         self._idle = trio.Event()
         self._closed = trio.Event()
 
@@ -41,7 +41,7 @@ class Supervisor:
 
     def running(self) -> list[Prediction]:
         """The predictions whose tasks are alive."""
-        return list(self._scopes)
+        return [prediction for prediction, _ in self._scopes.values()]
 
     def start(
         self,
@@ -59,7 +59,7 @@ class Supervisor:
             # Started by a create that was under way when close() came: it
             # ends at once, as those close() cancelled did.
             scope.cancel()
-        self._scopes[prediction] = scope
+        self._scopes[prediction.id] = (prediction, scope)
         self._nursery.start_soon(self._supervise, prediction, scope, run)
 
     async def _supervise(
@@ -69,16 +69,19 @@ class Supervisor:
             with scope:
                 await run()
         finally:
-            del self._scopes[prediction]
+            del self._scopes[prediction.id]
             if not self._scopes:
                 self._idle.set()
                 self._idle = trio.Event()
 
-    def cancel(self, prediction: Prediction) -> None:
-        """Cancel *prediction*'s task (a no-op once it has ended)."""
-        scope = self._scopes.get(prediction)
-        if scope is not None:
-            scope.cancel()
+    def cancel(self, prediction_id: str) -> bool:
+        """Cancel the task of the prediction *prediction_id*; False if it
+        has none here (it ended, or another process runs it)."""
+        running = self._scopes.get(prediction_id)
+        if running is None:
+            return False
+        running[1].cancel()
+        return True
 
     async def drain(self, seconds: float) -> None:
         """Wait up to *seconds* for every task to end."""
@@ -90,7 +93,7 @@ class Supervisor:
         """Cancel every task; from now on :attr:`closed` is true (the tasks
         record why they ended accordingly)."""
         self._closed.set()
-        for scope in self._scopes.values():
+        for _, scope in self._scopes.values():
             scope.cancel()
 
     async def wait_closed(self) -> None:

@@ -1,0 +1,549 @@
+"""Predictions shared through Redis: every bridge process given the same
+Redis (``[store] url``) gets, lists, streams and cancels every prediction,
+whichever process runs it, and finds them again after a restart.
+
+Each prediction has one writer, the process running it, which keeps it live
+in memory (its readers here read that) and mirrors it to Redis. Keys, under
+``[store] key_prefix``::
+
+    seq              INCR: the creation order of every prediction
+    p:<id>           its record (JSON): status, times, metrics, who runs it
+    in:<id>          its input (JSON)
+    log:<id>         its events: a Stream, one entry per span written
+    all              sorted set: every id by creation order (listing)
+    own:<sha256>     the same, per token (with auth on; tokens are hashed)
+    ended, kept      sorted sets by completion time: the ended ones, and
+                     those with their data (the count bounds)
+    cmd:<process>    a process's commands: cancel, and wake-ups of its reader
+
+Costs are per batch, not per token. A process writes from one task: every
+prediction that changed since its last write goes in one ``MULTI``
+pipeline (its record, and its new events as one ``XADD`` of a
+:class:`~bridge.core.events.Span`), so at load one round trip carries many
+predictions' batches. A process reads for all its readers of other
+processes' predictions in one blocking ``XREAD`` naming every stream they
+follow (and its command stream, which a new reader or a cancel wakes):
+one connection, whatever the number of readers. What it reads is appended to
+an in-memory copy of the log (:meth:`MemoryEventLog.extend`), with the
+writer's ids, so readers here read it as they read a local one.
+
+Retention is expiry: at its end a prediction's input and events expire
+after ``retention_seconds`` (then it shows ``data_removed``) and its record
+after ``metadata_retention_seconds``; past the counts, the oldest ended ones
+are deleted. ``max_retained_bytes`` bounds what this process keeps of the
+predictions it runs (Redis' own ``maxmemory`` bounds the rest: see
+docs/deploy.md).
+
+The client is coredis, measured against redis-py's asyncio client
+(``bench/redis_clients.py``): it runs on Trio itself, so a store call is a
+plain ``await`` in the bridge's tasks (redis-py's would hop to the gRPC
+loop's thread and back), and pipelined, what counts here, it costs within
+3 µs of redis-py per command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import secrets
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import coredis
+import coredis.exceptions
+import msgspec
+import trio
+
+from ..backoff import delays
+from ..config import ConfigError, Settings
+from ..errors import NotFound, StoreUnavailable
+from .events import EventLog, MemoryEventLog, Span
+from .predictions import Prediction
+from .retention import Retention
+from .store import Page, parse_cursor
+
+__all__ = ["RedisStore", "open_redis_store"]
+
+log = logging.getLogger(__name__)
+
+#: Errors that mean Redis could not be reached or answer.
+REDIS_ERRORS = (coredis.exceptions.RedisError, OSError)
+
+#: How long a process's blocking read waits before it reads again anyway.
+BLOCK_MS = 5000
+#: Entries one read takes per stream (a reader far behind catches up in
+#: steps of this many spans).
+READ_COUNT = 256
+#: A command stream keeps about this many commands, for this long.
+COMMANDS_KEPT = 1000
+COMMANDS_SECONDS = 3600
+
+
+_ENDED = ("succeeded", "failed", "canceled")
+
+
+def _owner_key(owner: str) -> str:
+    """What Redis keeps of a token: its SHA-256, never the token."""
+    return hashlib.sha256(owner.encode()).hexdigest()
+
+
+class RedisStore:
+    """The :class:`~bridge.core.store.PredictionStore` kept in Redis (open
+    it with :func:`open_redis_store`)."""
+
+    def __init__(
+        self, settings: Settings, client: coredis.Redis[bytes], reader: coredis.Redis[bytes]
+    ) -> None:
+        self._settings = settings
+        self._client = client
+        self._reader = reader  # its own connection: it blocks in XREAD
+        self._prefix = settings.store_key_prefix
+        #: This process, as the records of the predictions it runs name it.
+        self.process = secrets.token_hex(8)
+        # The predictions this process runs (until their end is written).
+        self._local: dict[str, Prediction] = {}
+        self._retention = Retention(
+            self._local,
+            max_bytes=settings.max_retained_bytes,
+            seconds=float("inf"),
+            count=1 << 62,
+            metadata_seconds=float("inf"),
+            metadata_count=1 << 62,
+        )
+        # Predictions changed since the last write, and how many of each
+        # one's events Redis has, and the status its log last carried.
+        self._dirty: dict[str, Prediction] = {}
+        self._written: dict[str, tuple[int, str]] = {}
+        self._has_dirty = trio.Event()
+        self._writing = False
+        self._wrote = trio.Event()
+        # Copies of other processes' predictions that a reader here holds,
+        # and the logs followed for them: stream key -> last entry id.
+        self._copies: weakref.WeakValueDictionary[str, Prediction] = weakref.WeakValueDictionary()
+        self._following: dict[bytes, tuple[weakref.ref[_CopyLog], bytes]] = {}
+        self._cancel: Callable[[str], object] = lambda prediction_id: None
+
+    def _key(self, *parts: str) -> str:
+        return self._prefix + ":".join(parts)
+
+    # -- the store interface ------------------------------------------------
+
+    @property
+    def kept_bytes(self) -> int:
+        return self._retention.bytes
+
+    def new_log(self) -> EventLog:
+        return MemoryEventLog()
+
+    async def add(self, prediction: Prediction) -> None:
+        self._retention.admit(prediction)
+        try:
+            prediction.seq = await self._client.incr(self._key("seq"))
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(self._key("p", prediction.id), self._record(prediction))
+                pipe.set(self._key("in", prediction.id), prediction.record()["input"])
+                pipe.zadd(self._key("all"), {prediction.id: prediction.seq})
+                if prediction.owner is not None:
+                    owned = self._key("own", _owner_key(prediction.owner))
+                    pipe.zadd(owned, {prediction.id: prediction.seq})
+        except BaseException as exc:
+            self._retention.forget(prediction)
+            if isinstance(exc, REDIS_ERRORS):
+                raise _unavailable(exc) from exc
+            raise
+        self._local[prediction.id] = prediction
+        self._written[prediction.id] = (0, str(prediction.status))
+        prediction.on_change = self._changed
+
+    async def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
+        prediction = self._local.get(prediction_id)
+        if prediction is None:
+            # A running one that a reader here follows already (an ended
+            # one is read again: its record may have expired since).
+            prediction = self._copies.get(prediction_id)
+            if prediction is not None and prediction.done:
+                prediction = None
+        if prediction is None:
+            try:
+                prediction = await self._load(prediction_id)
+            except REDIS_ERRORS as exc:
+                raise _unavailable(exc) from exc
+        if owner is not None and prediction.owner not in (owner, _owner_key(owner)):
+            raise NotFound(f"prediction {prediction_id} not found")
+        return prediction
+
+    def charge(self, prediction: Prediction, cost: int, cap: int) -> None:
+        self._retention.charge(prediction, cost, cap)
+
+    def ended(self, prediction: Prediction) -> None:
+        self._changed(prediction)  # written with its end, then let go of here
+
+    async def cancel_elsewhere(self, prediction: Prediction) -> None:
+        try:
+            record = await self._client.get(self._key("p", prediction.id))
+            if record is None:
+                return
+            process = msgspec.json.decode(record).get("process")
+            if process and process != self.process:
+                await self._command(process, {"cancel": prediction.id})
+        except REDIS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+
+    def serve_cancels(self, cancel: Callable[[str], object]) -> None:
+        self._cancel = cancel
+
+    async def flush(self) -> None:
+        while self._dirty or self._writing:
+            await self._wrote.wait()
+
+    def copies(self) -> list[EventLog]:
+        logs = (ref() for ref, _ in self._following.values())
+        return [log for log in logs if log is not None]
+
+    async def page(
+        self,
+        cursor: str | None,
+        owner: str | None,
+        encode: Callable[[Prediction], Any],
+    ) -> Page:
+        try:
+            return await self._page(cursor, owner, encode)
+        except REDIS_ERRORS as exc:
+            raise _unavailable(exc) from exc
+
+    async def _page(
+        self, cursor: str | None, owner: str | None, encode: Callable[[Prediction], Any]
+    ) -> Page:
+        index = self._key("own", _owner_key(owner)) if owner is not None else self._key("all")
+        direction, seq = parse_cursor(cursor) if cursor else ("b", None)
+        taken: list[tuple[Prediction, bytes]] = []
+        size = 0
+        # Ids whose record expired are dropped from the index as they are met.
+        bound: int | None = seq
+        while len(taken) < self._settings.page_size:
+            want = self._settings.page_size - len(taken)
+            if direction == "b":
+                upper = f"({bound}" if bound is not None else "+inf"
+                found = await self._client.zrange(
+                    index, upper, "-inf", sortby=coredis.PureToken.BYSCORE, rev=True,
+                    offset=0, count=want, withscores=True,
+                )  # fmt: skip
+            else:
+                found = await self._client.zrange(
+                    index, f"({bound}", "+inf", sortby=coredis.PureToken.BYSCORE,
+                    offset=0, count=want, withscores=True,
+                )  # fmt: skip
+            if not found:
+                break
+            bound = int(found[-1][1])
+            full = False
+            for member, _ in found:
+                prediction_id = _text(member)
+                try:
+                    prediction = await self.get(prediction_id)
+                except NotFound:
+                    await self._client.zrem(index, [prediction_id])
+                    continue
+                encoded = await encode(prediction)
+                if taken and size + len(encoded) > self._settings.max_page_bytes:
+                    full = True
+                    break
+                taken.append((prediction, encoded))
+                size += len(encoded)
+            if full:
+                break
+        if not taken:
+            return Page([], None, None)
+        if direction == "a":
+            taken.reverse()
+        first, last = taken[0][0].seq, taken[-1][0].seq
+        older = await self._client.zcount(index, "-inf", f"({last}")
+        newer = await self._client.zcount(index, f"({first}", "+inf")
+        return Page(
+            [encoded for _, encoded in taken],
+            f"b{last}" if older else None,
+            f"a{first}" if newer else None,
+        )
+
+    # -- writing ------------------------------------------------------------
+
+    def _record(self, prediction: Prediction) -> bytes:
+        record = prediction.record()
+        del record["input"]  # kept under in:<id>, which expires with the data
+        if record["owner"] is not None:
+            record["owner"] = _owner_key(record["owner"])
+        record["process"] = self.process
+        return msgspec.json.encode(record)
+
+    def _changed(self, prediction: Prediction) -> None:
+        self._dirty[prediction.id] = prediction
+        self._has_dirty.set()
+
+    async def write_forever(self) -> None:
+        """Write what changed, one pipeline at a time, for as long as the
+        store is open; a write that fails is retried (with backoff) with
+        whatever changed meanwhile."""
+        waits = delays(0.1, 2.0)
+        while True:
+            await self._has_dirty.wait()
+            batch, self._dirty = self._dirty, {}
+            self._has_dirty = trio.Event()
+            self._writing = True
+            try:
+                await self._write(list(batch.values()))
+                waits = delays(0.1, 2.0)
+            except REDIS_ERRORS as exc:
+                log.warning("cannot write predictions to Redis (retrying): %s", exc)
+                self._dirty = batch | self._dirty
+                self._has_dirty.set()
+                await trio.sleep(next(waits))
+            finally:
+                self._writing = False
+                self._wrote.set()
+                self._wrote = trio.Event()
+
+    async def _write(self, predictions: list[Prediction]) -> None:
+        settings = self._settings
+        ended: list[Prediction] = []
+        sent: dict[str, tuple[int, str]] = {}
+        now = time.time()
+        async with self._client.pipeline(transaction=True) as pipe:
+            for prediction in predictions:
+                pid = prediction.id
+                record = self._record(prediction)
+                pipe.set(self._key("p", pid), record)
+                events = prediction.events
+                assert isinstance(events, MemoryEventLog)
+                start, status = self._written.get(pid, (0, ""))
+                if len(events) > start:
+                    entry = _entry(events.span(start))
+                    if status != prediction.status or prediction.done:
+                        # Its copies elsewhere take the new status from here
+                        # (the final record comes with the end).
+                        entry["r"] = record
+                    pipe.xadd(self._key("log", pid), entry)
+                    sent[pid] = (len(events), str(prediction.status))
+                if prediction.done:
+                    ended.append(prediction)
+                    data, metadata = settings.retention_seconds, settings.metadata_retention_seconds
+                    pipe.expire(self._key("p", pid), max(1, int(metadata)))
+                    for key in (self._key("in", pid), self._key("log", pid)):
+                        pipe.expire(key, max(1, int(data)))
+                    pipe.zadd(self._key("ended"), {pid: now})
+                    pipe.zadd(self._key("kept"), {pid: now})
+        self._written.update(sent)
+        if ended:
+            for prediction in ended:  # Redis has it all now
+                if self._local.pop(prediction.id, None) is not None:
+                    self._retention.forget(prediction)
+                    self._written.pop(prediction.id, None)
+            await self._trim()
+
+    async def _trim(self) -> None:
+        """Delete the oldest ended predictions past the counts: their data
+        past ``retention_count``, them past ``metadata_retention_count``."""
+        settings, now = self._settings, time.time()
+        for index, count, seconds, kinds in (
+            ("kept", settings.retention_count, settings.retention_seconds, ("in", "log")),
+            (
+                "ended",
+                settings.metadata_retention_count,
+                settings.metadata_retention_seconds,
+                ("p", "in", "log"),
+            ),
+        ):
+            # Those past the window expired by themselves.
+            await self._client.zremrangebyscore(self._key(index), -math.inf, now - seconds)
+            over = await self._client.zcard(self._key(index)) - count
+            if over <= 0:
+                continue
+            ids = [_text(m) for m in await self._client.zrange(self._key(index), 0, over - 1)]
+            if ids:
+                await self._client.zrem(self._key(index), ids)
+                await self._client.delete([self._key(kind, pid) for pid in ids for kind in kinds])
+
+    # -- reading others' predictions -----------------------------------------
+
+    async def _load(self, prediction_id: str) -> Prediction:
+        """A copy of a prediction another process runs or ran, its events
+        read so far, and followed from there on if it is still running."""
+        record_bytes, input_bytes = await self._client.mget(
+            [self._key("p", prediction_id), self._key("in", prediction_id)]
+        )
+        if record_bytes is None:
+            raise NotFound(f"prediction {prediction_id} not found")
+        record = msgspec.json.decode(record_bytes)
+        events = _CopyLog()
+        last = b"0-0"
+        if record["status"] in _ENDED and input_bytes is None:
+            record["data_removed"] = True
+        if record["data_removed"]:
+            events.drop()
+        else:
+            # Records in the log are newer than the one read before it.
+            last, newer = await self._catch_up(prediction_id, events, last)
+            record = newer or record
+        record["input"] = (input_bytes or b"{}").decode()
+        prediction = Prediction.from_record(record, events)
+        self._copies[prediction_id] = prediction
+        if not events.closed:
+            events.prediction = prediction
+            self._following[self._key("log", prediction_id).encode()] = (
+                weakref.ref(events),
+                last,
+            )
+            await self._command(self.process, {"wake": ""})
+        return prediction
+
+    async def _catch_up(
+        self, prediction_id: str, events: MemoryEventLog, last: bytes
+    ) -> tuple[bytes, dict[str, Any] | None]:
+        """Append the log's entries after *last* to *events*: the id of the
+        last one read, and the last record they carried (if any)."""
+        key = self._key("log", prediction_id)
+        record = None
+        while True:
+            entries = await self._client.xrange(key, f"({last.decode()}", "+", count=READ_COUNT)
+            for entry in entries:
+                events.extend(_span(entry.field_values))
+                record = _record_in(entry.field_values) or record
+                last = _raw(entry.identifier)
+            if len(entries) < READ_COUNT:
+                return last, record
+
+    async def _command(self, process: str, fields: dict[str, str]) -> None:
+        key = self._key("cmd", process)
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.xadd(
+                key,
+                fields,
+                trim_strategy=coredis.PureToken.MAXLEN,
+                threshold=COMMANDS_KEPT,
+                trim_operator=coredis.PureToken.APPROXIMATELY,
+            )
+            pipe.expire(key, COMMANDS_SECONDS)
+
+    async def read_forever(self) -> None:
+        """Follow the logs of other processes' predictions that readers here
+        hold, and this process's commands, in one blocking read at a time."""
+        commands = self._key("cmd", self.process).encode()
+        last_command = b"0-0"
+        waits = delays(0.1, 2.0)
+        while True:
+            streams: dict[bytes, bytes] = {commands: last_command}
+            for key, (ref, last) in list(self._following.items()):
+                if ref() is None:  # no reader holds it any more
+                    del self._following[key]
+                else:
+                    streams[key] = last
+            try:
+                got = await self._reader.xread(streams, count=READ_COUNT, block=BLOCK_MS)
+                waits = delays(0.1, 2.0)
+            except REDIS_ERRORS as exc:
+                log.warning("cannot read from Redis (retrying): %s", exc)
+                await trio.sleep(next(waits))
+                continue
+            for key, entries in (got or {}).items():
+                if key == commands:
+                    last_command = _raw(entries[-1].identifier)
+                    for entry in entries:
+                        self._obey(entry.field_values)
+                else:
+                    self._apply(key, entries)
+
+    def _obey(self, fields: Any) -> None:
+        prediction_id = fields.get(b"cancel")
+        if prediction_id is not None:
+            self._cancel(prediction_id.decode())
+
+    def _apply(self, key: bytes, entries: Any) -> None:
+        followed = self._following.get(key)
+        events = followed[0]() if followed else None
+        if followed is None or events is None or events.prediction is None:
+            self._following.pop(key, None)
+            return
+        for entry in entries:
+            record = _record_in(entry.field_values)
+            if record is not None:  # before its readers learn of an end
+                events.prediction.refresh(record)
+            events.extend(_span(entry.field_values))
+            self._following[key] = (followed[0], _raw(entry.identifier))
+        if events.closed:
+            self._following.pop(key, None)
+
+
+class _CopyLog(MemoryEventLog):
+    """The log of a copy of another process's prediction. Its readers hold
+    the log, not the prediction, so the log holds the prediction (whose
+    status the reads bring up to date); it is followed while any reader
+    holds it."""
+
+    prediction: Prediction | None = None
+
+
+def _entry(span: Span) -> dict[str, bytes]:
+    return {
+        "i": str(span.start).encode(),
+        "p": span.payload,
+        "l": span.lengths,
+        "k": span.kinds,
+        "t": span.seconds,
+    }
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _raw(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def _record_in(fields: Any) -> dict[str, Any] | None:
+    record = fields.get(b"r")
+    return None if record is None else msgspec.json.decode(record)
+
+
+def _span(fields: Any) -> Span:
+    return Span(int(fields[b"i"]), fields[b"p"], fields[b"l"], fields[b"k"], fields[b"t"])
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    return StoreUnavailable(f"the prediction store (Redis) cannot be reached: {exc}; retry")
+
+
+@asynccontextmanager
+async def open_redis_store(settings: Settings) -> AsyncIterator[RedisStore]:
+    """The Redis store at ``settings.store_url``, writing and reading in
+    background tasks until the block ends (then what is left to write gets
+    up to ``shutdown_timeout_seconds``)."""
+    assert settings.store_url is not None
+    await _check_reachable(settings.store_url)
+    client: coredis.Redis[bytes] = coredis.Redis.from_url(settings.store_url)
+    reader: coredis.Redis[bytes] = coredis.Redis.from_url(settings.store_url)
+    async with client, reader, trio.open_nursery() as nursery:
+        store = RedisStore(settings, client, reader)
+        nursery.start_soon(store.write_forever)
+        nursery.start_soon(store.read_forever)
+        try:
+            yield store
+        finally:
+            with trio.move_on_after(settings.shutdown_timeout_seconds) as scope:
+                scope.shield = True
+                await store.flush()
+            nursery.cancel_scope.cancel()
+
+
+async def _check_reachable(url: str) -> None:
+    """Raise a :class:`ConfigError` naming *url* unless Redis answers there."""
+    client: coredis.Redis[bytes] = coredis.Redis.from_url(url)
+    try:
+        async with client:
+            await client.ping()
+    except* REDIS_ERRORS as group:
+        reason = group.exceptions[0]
+        raise ConfigError(f"[store] url: cannot reach Redis at {url}: {reason}") from None

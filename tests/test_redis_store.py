@@ -1,0 +1,224 @@
+"""Predictions shared through a real Redis: bridges (real hypercorn servers)
+given the same ``[store] url`` serve each other's predictions: get, list,
+stream from the start or resumed, cancel; a restarted bridge finds them
+again; retention becomes expiry. The store's contract itself is in
+tests/test_store.py."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import coredis
+import httpx
+import pytest
+import trio
+
+from bridge.config import ConfigError, Settings
+from bridge.core.predictions import Prediction
+from bridge.core.redis_store import open_redis_store
+from bridge.errors import Overloaded
+from bridge.server import serve
+
+from .conftest import GATES, StartBridge, bridge_settings, create, read_stream, wait_closed
+from .helpers import assert_problem, wait_status
+
+TOKEN, OTHER = "r8_shared_token_one", "r8_shared_token_two"
+
+
+async def test_a_prediction_made_on_one_bridge_is_served_by_another(
+    start_bridge: StartBridge, redis: dict[str, str]
+) -> None:
+    one, two = await start_bridge(**redis), await start_bridge(**redis)
+    async with (
+        httpx.AsyncClient(base_url=one, timeout=30) as a,
+        httpx.AsyncClient(base_url=two, timeout=30) as b,
+    ):
+        made = await create(a, "demo/echo", {"prompt": "one two three four"})
+        # Streamed on the other bridge, live, from the start: the same
+        # bytes (ids included) as on the bridge running it.
+        there, there_raw = await read_stream(b, f"/v1/predictions/{made['id']}/stream")
+        _, here_raw = await read_stream(a, f"/v1/predictions/{made['id']}/stream")
+        assert there_raw == here_raw
+        assert [e.event for e in there][-1] == "done"
+        # Resumed there after any event.
+        middle = there[2]
+        resumed, _ = await read_stream(
+            b, f"/v1/predictions/{made['id']}/stream", {"Last-Event-ID": middle.id}
+        )
+        assert resumed == there[3:]
+        got = (await b.get(f"/v1/predictions/{made['id']}")).json()
+        assert got["status"] == "succeeded"
+        assert got["output"] == (await a.get(f"/v1/predictions/{made['id']}")).json()["output"]
+        assert got["input"] == {"prompt": "one two three four"}
+        assert got["urls"]["get"].startswith(two)  # URLs of the bridge asked
+        listed = (await b.get("/v1/predictions")).json()["results"]
+        assert [p["id"] for p in listed] == [made["id"]]
+
+
+async def test_a_cancel_on_another_bridge_reaches_the_backend(
+    start_bridge: StartBridge, redis: dict[str, str]
+) -> None:
+    one, two = await start_bridge(**redis), await start_bridge(**redis)
+    key = f"shared-{uuid.uuid4().hex}"
+    async with (
+        httpx.AsyncClient(base_url=one, timeout=30) as a,
+        httpx.AsyncClient(base_url=two, timeout=30) as b,
+    ):
+        made = await create(a, "test/endless", {"key": key})
+        await wait_status(b, made, "processing")
+        canceled = await b.post(f"/v1/predictions/{made['id']}/cancel")
+        assert canceled.status_code == 200
+        assert canceled.json()["status"] == "canceled"
+        await wait_closed(key)  # the backend's generator was closed
+        events, _ = await read_stream(b, f"/v1/predictions/{made['id']}/stream")
+        assert events[-1].event == "done" and events[-1].data == '{"reason":"canceled"}'
+        assert (await a.get(f"/v1/predictions/{made['id']}")).json()["status"] == "canceled"
+
+
+async def test_readers_on_another_bridge_see_a_long_prediction_live(
+    start_bridge: StartBridge, redis: dict[str, str]
+) -> None:
+    """Readers of a running prediction on the other bridge get each event
+    as it is written, keep-alive comments while it is idle, and the final
+    status with the end."""
+    one, two = await start_bridge(**redis), await start_bridge(keepalive_seconds=0.1, **redis)
+    key = f"live-{uuid.uuid4().hex}"
+    async with (
+        httpx.AsyncClient(base_url=one, timeout=30) as a,
+        httpx.AsyncClient(base_url=two, timeout=30) as b,
+    ):
+        made = await create(a, "test/gate", {"key": key})
+        url = f"/v1/predictions/{made['id']}/stream"
+        async with b.stream("GET", url) as response:
+            lines = response.aiter_lines()
+            async for line in lines:
+                if line == "data: waiting ":
+                    break
+            async for line in lines:
+                if line == ": ping":
+                    break
+            GATES.setdefault(key, threading.Event()).set()
+            rest = [line async for line in lines]
+        assert "data: through" in rest and "event: done" in rest
+        got = (await b.get(f"/v1/predictions/{made['id']}")).json()
+        assert got["status"] == "succeeded" and got["metrics"]["predict_time"] > 0
+
+
+async def test_a_restarted_bridge_finds_what_the_last_one_made(
+    demo_targets: dict[str, str], tmp_path: Path, redis: dict[str, str]
+) -> None:
+    config = bridge_settings(tmp_path, demo_targets, None, **redis)
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(partial(serve, config, shutdown_trigger=stop.wait))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as a:
+            made = await create(a, "demo/echo", {"prompt": "kept in redis"})
+            _, raw = await read_stream(a, f"/v1/predictions/{made['id']}/stream")
+        stop.set()
+    async with trio.open_nursery() as nursery:
+        stop = trio.Event()
+        port = await nursery.start(partial(serve, config, shutdown_trigger=stop.wait))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            got = (await c.get(f"/v1/predictions/{made['id']}")).json()
+            assert got["status"] == "succeeded" and got["output"] == ["kept ", "in ", "redis"]
+            _, raw_after = await read_stream(c, f"/v1/predictions/{made['id']}/stream")
+            assert raw_after == raw
+            listed = (await c.get("/v1/predictions")).json()["results"]
+            assert made["id"] in [p["id"] for p in listed]
+        stop.set()
+
+
+async def test_each_token_sees_only_its_own_and_redis_holds_no_token(
+    start_bridge: StartBridge, redis: dict[str, str], redis_url: str
+) -> None:
+    tokens = frozenset({TOKEN, OTHER})
+    one = await start_bridge(auth_tokens=tokens, **redis)
+    two = await start_bridge(auth_tokens=tokens, **redis)
+    mine = {"Authorization": f"Bearer {TOKEN}"}
+    theirs = {"Authorization": f"Bearer {OTHER}"}
+    async with (
+        httpx.AsyncClient(base_url=one, timeout=30) as a,
+        httpx.AsyncClient(base_url=two, timeout=30) as b,
+    ):
+        made = await create(a, "demo/echo", {"prompt": "private"}, headers=mine)
+        await read_stream(a, f"/v1/predictions/{made['id']}/stream")
+        assert (await b.get(f"/v1/predictions/{made['id']}", headers=mine)).status_code == 200
+        assert_problem(await b.get(f"/v1/predictions/{made['id']}", headers=theirs), 404)
+        assert_problem(await b.post(f"/v1/predictions/{made['id']}/cancel", headers=theirs), 404)
+        listed = (await b.get("/v1/predictions", headers=mine)).json()["results"]
+        assert [p["id"] for p in listed] == [made["id"]]
+        assert (await b.get("/v1/predictions", headers=theirs)).json()["results"] == []
+    client = coredis.Redis.from_url(redis_url)
+    async with client:
+        prefix = redis["store_key_prefix"]
+        keys = await client.keys(f"{prefix}*")
+        assert keys
+        for key in keys:
+            kind = await client.type(key)
+            if kind == b"string":
+                assert TOKEN.encode() not in (await client.get(key) or b"")
+            assert TOKEN.encode() not in key
+
+
+async def test_retention_becomes_expiry_and_counts_delete_the_oldest(
+    redis: dict[str, str], redis_url: str
+) -> None:
+    settings = Settings(port=0, retention_seconds=600, metadata_retention_seconds=7200, **redis)
+    async with open_redis_store(settings) as store:
+        prediction = Prediction(model="o/m", version="", input={"x": 1}, events=store.new_log())
+        await store.add(prediction)
+        await store.flush()
+        client = coredis.Redis.from_url(redis_url)
+        async with client:
+            key = partial(str.format, settings.store_key_prefix + "{}:" + prediction.id)
+            # Running: nothing expires.
+            assert await client.ttl(key("p")) == -1 and await client.ttl(key("in")) == -1
+            prediction.succeed()
+            store.ended(prediction)
+            await store.flush()
+            assert 7190 < await client.ttl(key("p")) <= 7200  # metadata
+            for data in ("in", "log"):
+                assert 590 < await client.ttl(key(data)) <= 600
+            # Once the data expired, it is shown removed, metadata kept.
+            await client.delete([key("in"), key("log")])
+            again = await store.get(prediction.id)
+            assert again.data_removed and again.status == "succeeded"
+            assert again.to_json("http://x")["output"] is None
+
+
+async def test_a_process_bounds_what_it_keeps_of_the_predictions_it_runs(
+    redis: dict[str, str],
+) -> None:
+    """max_retained_bytes is per process, for its running predictions:
+    ended ones are Redis' to keep (and its maxmemory's to bound)."""
+    settings = Settings(port=0, max_retained_bytes=1000, **redis)
+    async with open_redis_store(settings) as store:
+
+        async def add(size: int) -> Prediction:
+            prediction = Prediction(
+                model="o/m", version="", input={"x": "x" * size}, events=store.new_log()
+            )
+            await store.add(prediction)
+            return prediction
+
+        first = await add(400)
+        await add(400)
+        with pytest.raises(Overloaded):
+            await add(400)  # the running ones fill it
+        first.succeed()
+        store.ended(first)
+        await store.flush()
+        assert not first.data_removed  # Redis keeps it, this process does not
+        await add(400)  # room is back
+
+
+async def test_a_bridge_that_cannot_reach_redis_says_so_at_start(
+    tmp_path: Path, demo_targets: dict[str, Any]
+) -> None:
+    config = bridge_settings(tmp_path, demo_targets, None, store_url=f"unix://{tmp_path}/no.sock")
+    with pytest.raises(ConfigError, match=r"\[store\] url: cannot reach Redis at unix://"):
+        await serve(config)
