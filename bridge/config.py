@@ -119,6 +119,9 @@ class DeploymentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     host: Text = "127.0.0.1"
     port: Port = 8000
+    #: Bridge processes serving the port (``serve --workers``): one per
+    #: core. More than one needs ``[store] url`` (the workers share it).
+    workers: Annotated[int, msgspec.Meta(ge=1, le=256)] = 1
     models: dict[str, ModelSettings] = msgspec.field(default_factory=dict)
     deployments: dict[str, DeploymentSettings] = msgspec.field(default_factory=dict)
     #: Base of the absolute URLs in responses; None takes it from the request.
@@ -274,6 +277,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             path = getattr(settings, key)
             if path is not None and not os.access(path, os.R_OK):
                 raise ConfigError(f"[server] {key}: cannot read {path}")
+        if settings.workers > 1 and settings.store_url is None:
+            raise ConfigError(
+                f"[server] workers = {settings.workers} needs [store] url: the workers "
+                "share their predictions through Redis (one process keeps them in memory)"
+            )
         for window in ("seconds", "count"):
             data_bound = getattr(settings, f"retention_{window}")
             if getattr(settings, f"metadata_retention_{window}") < data_bound:

@@ -43,7 +43,7 @@ from .http import create_app
 from .metrics import Metrics
 from .webhooks import WebhookPolicy, WebhookSender, load_or_create_secret, open_webhook_client
 
-__all__ = ["StopNow", "connection_limit", "serve"]
+__all__ = ["StopNow", "connection_limit", "listen", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,15 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
     stop_now: StopNow | None = None,
     store: PredictionStore | None = None,
+    sockets: Sockets | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until *shutdown_trigger* returns (forever if None); reports the
     bound port through *task_status*. Once *stop_now* goes (a second
     signal), shutdown skips what is left of its waits: the drain, and the
     connections' grace. Predictions are kept in *store* (None: in Redis
-    with ``[store] url``, else in memory).
+    with ``[store] url``, else in memory). It listens on *sockets* if
+    given (a worker of ``serve --workers``: see :func:`listen`).
 
     (One sequence, from wiring the parts to shutting them down in order,
     read top to bottom: longer than most functions here.)"""
@@ -118,7 +120,8 @@ async def serve(
         bridge.observer = metrics  # what the predictions do, counted
         app = create_app(bridge, metrics)
         stop_http = trio.Event()
-        sockets = _listen(config, settings.stall_seconds)
+        if sockets is None:
+            sockets = listen(settings)
         limits = ConnectionLimits(
             max_connections=settings.max_connections or connection_limit(),
             h2c=settings.h2c,
@@ -231,13 +234,14 @@ def _secure_backends(settings: Settings, grpc_loop: GrpcLoop) -> None:
                 grpc_loop.secure(target, ca, key, cert)
 
 
-def _listen(config: hypercorn.config.Config, stall_seconds: float) -> Sockets:
-    """Hypercorn's listening sockets, with TCP_USER_TIMEOUT set (accepted
+def listen(settings: Settings) -> Sockets:
+    """Hypercorn's listening sockets for *settings*, with TCP_USER_TIMEOUT set (accepted
     connections inherit it): a reader whose connection takes no data for
     *stall_seconds* (zero window) is cut off by the kernel. Hypercorn writes
     under a shielded scope, so nothing in the app could unblock that write;
     the reader can reconnect and resume with Last-Event-ID. An address that
     cannot be listened on is a :class:`ListenError` saying which."""
+    config, stall_seconds = _hypercorn_config(settings), settings.stall_seconds
     try:
         sockets = config.create_sockets()
     except OSError as exc:

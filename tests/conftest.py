@@ -4,6 +4,7 @@ real HTTP clients. No mocks."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -96,15 +97,13 @@ def demo_targets() -> Iterator[dict[str, str]]:
         }
 
 
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real redis-server for the session, on a unix socket (no port to
-    race for); make test installs Debian's. Tests share it, each under
-    its own key prefix (the ``redis`` fixture)."""
+@contextlib.contextmanager
+def redis_server(where: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real redis-server on a unix socket in *where* (no port to race
+    for): its URL and process. make test installs Debian's."""
     server = shutil.which("redis-server")
     if server is None:
         pytest.fail("redis-server is not installed: make test installs it (apt-get)")
-    where = tmp_path_factory.mktemp("redis")
     sock = where / "redis.sock"
     process = subprocess.Popen(
         [server, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
@@ -117,10 +116,18 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("redis-server did not start")
             time.sleep(0.01)  # a process starting, outside any Trio run
-        yield f"unix://{sock}"
+        yield f"unix://{sock}", process
     finally:
         process.terminate()
         process.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The session's Redis: tests share it, each under its own key prefix
+    (the ``redis`` fixture)."""
+    with redis_server(tmp_path_factory.mktemp("redis")) as (url, _):
+        yield url
 
 
 @pytest.fixture

@@ -23,7 +23,15 @@ from bridge.core.redis_store import open_redis_store
 from bridge.errors import Overloaded
 from bridge.server import serve
 
-from .conftest import GATES, StartBridge, bridge_settings, create, read_stream, wait_closed
+from .conftest import (
+    GATES,
+    StartBridge,
+    bridge_settings,
+    create,
+    read_stream,
+    redis_server,
+    wait_closed,
+)
 from .helpers import assert_problem, wait_status
 
 TOKEN, OTHER = "r8_shared_token_one", "r8_shared_token_two"
@@ -222,3 +230,21 @@ async def test_a_bridge_that_cannot_reach_redis_says_so_at_start(
     config = bridge_settings(tmp_path, demo_targets, None, store_url=f"unix://{tmp_path}/no.sock")
     with pytest.raises(ConfigError, match=r"\[store\] url: cannot reach Redis at unix://"):
         await serve(config)
+
+
+async def test_while_redis_is_away_creates_get_503_and_nothing_is_made(
+    start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    with redis_server(tmp_path) as (url, process):
+        base = await start_bridge(store_url=url)
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            made = await create(client, "demo/echo", {"prompt": "before"})
+            await read_stream(client, made["urls"]["stream"])
+            process.terminate()
+            await trio.to_thread.run_sync(process.wait)
+            response = await client.post(
+                "/v1/models/demo/echo/predictions", json={"input": {"prompt": "during"}}
+            )
+            problem = assert_problem(response, 503)
+            assert problem["title"] == "Store unavailable"
+            assert "Redis" in problem["detail"] and response.headers["Retry-After"] == "1"

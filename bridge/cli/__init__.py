@@ -1,6 +1,6 @@
 """python -m bridge: the bridge, the demo backends, a model file, the client.
 
-python -m bridge serve --config bridge.toml [--host H] [--port P]
+python -m bridge serve --config bridge.toml [--host H] [--port P] [--workers N]
 python -m bridge demo-backend [--host H] [--port P] [--model demo/echo]
 python -m bridge serve-model predict.py:Predictor --name me/fox [--host H] [--port P]
 python -m bridge run-demo [--host H] [--port P] [--config F]   # what make run runs
@@ -41,6 +41,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, help="TOML file naming the models")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8000)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        help="bridge processes on the port, one per core (default 1; more need [store] url)",
+    )
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
 
     demo = sub.add_parser("demo-backend", help="serve the demo models over gRPC", parents=[child])

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import gc
 import logging
 import re
-import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import trio
 
@@ -21,6 +19,7 @@ from ..config import ConfigError, Settings
 from ..errors import ListenError
 from .lifeline import stop_on_eof
 from .logs import setup_logging
+from .signals import lone, serve_until_signal, signals
 
 __all__ = ["run"]
 
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except BaseExceptionGroup as group:  # from inside a Trio run or a TaskGroup
-        error = _lone(group, (ConfigError, ListenError))
+        error = lone(group, (ConfigError, ListenError))
         if error is None:
             raise
         print(f"error: {error}", file=sys.stderr)
@@ -59,8 +58,12 @@ def run(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from ..backends.grpc_loop import run as run_trio  # trio.run, on the loop gRPC's calls run on
 
-    settings = Settings.from_toml(args.config, host=args.host, port=args.port)
-    run_trio(_serve_until_signal, settings)
+    settings = Settings.from_toml(args.config, host=args.host, port=args.port, workers=args.workers)
+    if settings.workers > 1:
+        from .workers import run_workers
+
+        return run_workers(settings, args.log_format)
+    run_trio(serve_until_signal, settings)
     return 0
 
 
@@ -78,68 +81,6 @@ def _run_demo_command(args: argparse.Namespace) -> int:
 def _demo_backend_command(args: argparse.Namespace) -> int:
     asyncio.run(_demo_backend(args.host, args.port, args.model))
     return 0
-
-
-def _lone(
-    group: BaseExceptionGroup, kind: type[Exception] | tuple[type[Exception], ...]
-) -> Exception | None:
-    """The first *kind* error in *group*, if that is all the group holds
-    (nested groups included): an error to report in one line, not a
-    traceback."""
-    match, rest = group.split(kind)
-    if match is None or rest is not None:
-        return None
-    error: BaseException = match
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    assert isinstance(error, kind)
-    return error
-
-
-class _Signals:
-    """SIGINT and SIGTERM, caught for as long as it is open (so none is left
-    pending to be redelivered, with a traceback, at exit). The first asks
-    for the orderly shutdown (:attr:`first`); any later one for stopping
-    now (:attr:`stop_now`)."""
-
-    def __init__(self) -> None:
-        from ..server import StopNow
-
-        self.first = trio.Event()
-        self.stop_now = StopNow()
-
-    async def watch(self, receiver: AsyncIterator[int]) -> None:
-        async for signum in receiver:
-            name = signal.Signals(signum).name
-            if not self.first.is_set():
-                log.info("%s: shutting down (again to stop now)", name)
-                self.first.set()
-            elif not self.stop_now.going:
-                log.info("%s again: stopping now", name)
-                self.stop_now.go()
-
-    async def serve(self, settings: Settings) -> None:
-        """Serve until the first signal; a second one stops it now."""
-        from ..server import serve
-
-        await serve(settings, shutdown_trigger=self.first.wait, stop_now=self.stop_now)
-
-
-@contextlib.asynccontextmanager
-async def _signals() -> AsyncIterator[_Signals]:
-    signals = _Signals()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as receiver:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(signals.watch, receiver)
-            try:
-                yield signals
-            finally:
-                nursery.cancel_scope.cancel()
-
-
-async def _serve_until_signal(settings: Settings) -> None:
-    async with _signals() as signals:
-        await signals.serve(settings)
 
 
 async def _demo_backend(host: str, port: int, only: str | None) -> None:
@@ -220,7 +161,7 @@ async def _run_demo(config: str | None, host: str | None, port: int | None) -> N
     Signals stay caught to the end: a second one hurries both."""
     command = [sys.executable, "-m", "bridge", "demo-backend", "--stop-on-eof"]
     command += ["--host", "127.0.0.1", "--port", "0"]
-    async with _signals() as signals, trio.open_nursery() as nursery:
+    async with signals() as caught, trio.open_nursery() as nursery:
         # Its own session: a Ctrl-C at the terminal reaches only the bridge,
         # which drains while the backend goes on; then we stop the backend.
         # Its stdin is a pipe we hold: if we die, even by SIGKILL, it stops.
@@ -232,8 +173,8 @@ async def _run_demo(config: str | None, host: str | None, port: int | None) -> N
         try:
             targets: dict[str, str] = {}
             seen = b""
-            with trio.fail_after(60), signals.stop_now.cuts(trio.CancelScope()):
-                while len(targets) < 2 and not signals.first.is_set():
+            with trio.fail_after(60), caught.stop_now.cuts(trio.CancelScope()):
+                while len(targets) < 2 and not caught.first.is_set():
                     data = await output.receive_some()
                     if not data:
                         raise RuntimeError("demo backend exited before it listened")
@@ -241,12 +182,12 @@ async def _run_demo(config: str | None, host: str | None, port: int | None) -> N
                     targets = {m[1].decode(): m[2].decode() for m in _LISTENING.finditer(seen)}
             nursery.start_soon(_drain, output)
             if len(targets) == 2:
-                await signals.serve(_demo_settings(config, host, port, targets))
+                await caught.serve(_demo_settings(config, host, port, targets))
         finally:
             with trio.CancelScope(shield=True):
                 if backend.returncode is None:
                     backend.terminate()
-                with trio.move_on_after(5), signals.stop_now.cuts(trio.CancelScope()):
+                with trio.move_on_after(5), caught.stop_now.cuts(trio.CancelScope()):
                     await backend.wait()
                 if backend.returncode is None:
                     backend.kill()

@@ -40,3 +40,6 @@ def setup_logging(log_format: str = "text") -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    # coredis says each reconnection attempt at INFO; the store says what
+    # matters (Redis unreachable, writes retried) itself.
+    logging.getLogger("coredis").setLevel(logging.WARNING)

@@ -66,7 +66,7 @@ from .predictions import Prediction
 from .retention import Retention
 from .store import Page, parse_cursor
 
-__all__ = ["RedisStore", "open_redis_store"]
+__all__ = ["RedisStore", "check_reachable", "open_redis_store"]
 
 log = logging.getLogger(__name__)
 
@@ -522,7 +522,7 @@ async def open_redis_store(settings: Settings) -> AsyncIterator[RedisStore]:
     background tasks until the block ends (then what is left to write gets
     up to ``shutdown_timeout_seconds``)."""
     assert settings.store_url is not None
-    await _check_reachable(settings.store_url)
+    await check_reachable(settings.store_url)
     client: coredis.Redis[bytes] = coredis.Redis.from_url(settings.store_url)
     reader: coredis.Redis[bytes] = coredis.Redis.from_url(settings.store_url)
     async with client, reader, trio.open_nursery() as nursery:
@@ -538,7 +538,7 @@ async def open_redis_store(settings: Settings) -> AsyncIterator[RedisStore]:
             nursery.cancel_scope.cancel()
 
 
-async def _check_reachable(url: str) -> None:
+async def check_reachable(url: str) -> None:
     """Raise a :class:`ConfigError` naming *url* unless Redis answers there."""
     client: coredis.Redis[bytes] = coredis.Redis.from_url(url)
     try:
