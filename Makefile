@@ -26,8 +26,10 @@ bridge/_proto/v1/predictor_pb2.py: proto/bridge/v1/predictor.proto | $(STAMP)
 
 # The demo backends and the bridge in the foreground; Ctrl-C stops them all.
 # CONFIG=bridge.toml adds its settings and models ([cors], [auth], ...).
+# WORKERS=2 runs two bridge processes sharing a Redis: the config's [store]
+# url, else a redis-server started and stopped with them (if installed).
 run: bridge/_proto/v1/predictor_pb2.py
-	exec $(PY) -m bridge run-demo --host 127.0.0.1 --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
+	exec $(PY) -m bridge run-demo --host 127.0.0.1 --port $(PORT) $(if $(CONFIG),--config $(CONFIG)) $(if $(WORKERS),--workers $(WORKERS))
 
 # Replicate's JS client, for tests/test_replicate_js.py (no lockfile kept).
 JS_CLIENT := tests/js/node_modules/replicate/package.json

@@ -225,6 +225,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     store_url: RedisURL | None = None
     #: What every key the bridge writes to Redis starts with.
     store_key_prefix: Text = "bridge:"
+    #: A bridge process that stops (killed, its machine gone) holds a
+    #: lease in Redis that lapses; within this long another one fails the
+    #: predictions it was running, so no reader waits for them forever.
+    store_lease_seconds: Seconds = 10.0
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:

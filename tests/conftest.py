@@ -99,27 +99,45 @@ def demo_targets() -> Iterator[dict[str, str]]:
 
 @contextlib.contextmanager
 def redis_server(where: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A real redis-server on a unix socket in *where* (no port to race
-    for): its URL and process. make test installs Debian's."""
+    """A real redis-server on 127.0.0.1 and a free port (its files in
+    *where*): its URL and process. make test installs Debian's."""
     server = shutil.which("redis-server")
     if server is None:
         pytest.fail("redis-server is not installed: make test installs it (apt-get)")
-    sock = where / "redis.sock"
-    process = subprocess.Popen(
-        [server, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no",
-         "--dir", str(where)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    for _ in range(5):  # the free port may be taken before Redis binds it
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        process = subprocess.Popen(
+            [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+             "--appendonly", "no", "--dir", str(where)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        if _answers(process, port):
+            break
+        process.kill()
+        process.wait()
+    else:
+        pytest.fail("redis-server did not start")
     try:
-        deadline = time.monotonic() + 10
-        while not sock.exists():
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("redis-server did not start")
-            time.sleep(0.01)  # a process starting, outside any Trio run
-        yield f"unix://{sock}", process
+        yield f"redis://127.0.0.1:{port}/0", process
     finally:
         process.terminate()
         process.wait()
+
+
+def _answers(process: subprocess.Popen[bytes], port: int) -> bool:
+    """Whether the redis-server *process* answers PING on *port* (within 10 s)."""
+    deadline = time.monotonic() + 10
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return True
+        except OSError:
+            time.sleep(0.01)  # a process starting, outside any Trio run
+    return False
 
 
 @pytest.fixture(scope="session")

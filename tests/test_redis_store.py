@@ -19,7 +19,7 @@ import trio
 
 from bridge.config import ConfigError, Settings
 from bridge.core.predictions import Prediction
-from bridge.core.redis_store import open_redis_store
+from bridge.core.redis_store import ORPHANED, open_redis_store
 from bridge.errors import Overloaded
 from bridge.server import serve
 
@@ -49,15 +49,15 @@ async def test_a_prediction_made_on_one_bridge_is_served_by_another(
         # Streamed on the other bridge, live, from the start: the same
         # bytes (ids included) as on the bridge running it.
         there, there_raw = await read_stream(b, f"/v1/predictions/{made['id']}/stream")
-        _, here_raw = await read_stream(a, f"/v1/predictions/{made['id']}/stream")
+        here, here_raw = await read_stream(a, f"/v1/predictions/{made['id']}/stream")
         assert there_raw == here_raw
         assert [e.event for e in there][-1] == "done"
-        # Resumed there after any event.
-        middle = there[2]
+        # Resumed there after any event read on the bridge running it.
+        middle = here[2]
         resumed, _ = await read_stream(
             b, f"/v1/predictions/{made['id']}/stream", {"Last-Event-ID": middle.id}
         )
-        assert resumed == there[3:]
+        assert resumed == there[3:] == here[3:]
         got = (await b.get(f"/v1/predictions/{made['id']}")).json()
         assert got["status"] == "succeeded"
         assert got["output"] == (await a.get(f"/v1/predictions/{made['id']}")).json()["output"]
@@ -248,3 +248,31 @@ async def test_while_redis_is_away_creates_get_503_and_nothing_is_made(
             problem = assert_problem(response, 503)
             assert problem["title"] == "Store unavailable"
             assert "Redis" in problem["detail"] and response.headers["Retry-After"] == "1"
+
+
+async def test_a_process_that_lost_its_lease_stops_what_survivors_ended(
+    redis: dict[str, str], redis_url: str
+) -> None:
+    """A process away from Redis longer than its lease (here: its lease key
+    deleted) finds the survivors may have failed its predictions: it stops
+    them and never writes over what the survivors wrote."""
+    settings = Settings(port=0, store_lease_seconds=0.4, **redis)
+    async with open_redis_store(settings) as away, open_redis_store(settings) as survivor:
+        stopped = trio.Event()
+        away.serve_cancels(lambda prediction_id: stopped.set())
+        prediction = Prediction(model="o/m", version="", input={}, events=away.new_log())
+        await away.add(prediction)
+        client = coredis.Redis.from_url(redis_url)
+        async with client:
+            prefix = settings.store_key_prefix
+            await client.delete([f"{prefix}lease:{away.process}"])
+            with trio.fail_after(5):
+                await stopped.wait()  # it noticed, and stopped its prediction
+                copy = await survivor.get(prediction.id)
+                await copy.events.wait_closed()  # the survivor failed it
+            assert copy.status == "failed" and copy.error == ORPHANED
+            prediction.cancel()  # what its task does once stopped
+            away.ended(prediction)
+            await away.flush()
+            again = await survivor.get(prediction.id)
+            assert again.status == "failed" and again.error == ORPHANED

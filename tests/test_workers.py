@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import uuid
 from pathlib import Path
 
 import coredis
@@ -15,8 +16,8 @@ import httpx
 import trio
 
 from .backends import ENV, read_until
-from .conftest import read_stream
-from .helpers import BRIDGE, gone
+from .conftest import create, read_stream
+from .helpers import BRIDGE, gone, wait_status
 
 
 def config(tmp_path: Path, demo_targets: dict[str, str], redis: dict[str, str]) -> Path:
@@ -143,3 +144,78 @@ async def test_workers_need_a_shared_store_they_can_reach(
     assert done.returncode == 2
     assert done.stderr.startswith(b"error: [store] url: cannot reach Redis at unix://")
     assert done.stderr.count(b"\n") == 1
+
+
+async def test_run_demo_with_workers_runs_its_own_redis_and_stops_it() -> None:
+    """What make run WORKERS=2 runs: no [store] url, so a redis-server of
+    its own, gone with everything else at Ctrl-C."""
+    run = await trio.lowlevel.open_process(
+        [*BRIDGE, "run-demo", "--stop-on-eof", "--host", "127.0.0.1", "--port", "0",
+         "--workers", "2"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=ENV,
+        start_new_session=True,
+    )  # fmt: skip
+    seen: list[bytes] = []
+    try:
+        sock = (await read_until(run.stderr, rb"started redis-server at unix://(\S+)", seen))[1]
+        port = (await read_until(run.stderr, rb"workers serving [\d.]+:(\d+)", seen))[1]
+        await read_until(run.stderr, rb"(?s)(bridge listening.*){2}", seen)
+        url = f"http://127.0.0.1:{port.decode()}"
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            made = await create(client, "demo/echo", {"prompt": "two workers"})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            events, _ = await read_stream(client, made["urls"]["stream"])
+        assert [e.data for e in events if e.event == "output"] == ["two ", "workers"]
+        os.killpg(run.pid, signal.SIGINT)  # Ctrl-C at the terminal
+        with trio.fail_after(30):
+            assert await run.wait() == 0
+        assert not await trio.Path(sock.decode()).exists()  # its directory went with it
+        found = await trio.run_process(["pgrep", "-f", sock], capture_stdout=True, check=False)
+        assert found.returncode == 1, found.stdout  # no redis-server left
+    finally:
+        if run.returncode is None:
+            os.killpg(run.pid, signal.SIGKILL)
+
+
+async def test_the_predictions_of_a_worker_that_dies_fail_for_their_readers(
+    tmp_path: Path, demo_targets: dict[str, str], redis: dict[str, str]
+) -> None:
+    """A worker killed mid-prediction: within lease_seconds another one
+    marks it failed, and its readers (on any worker) get error and done."""
+    path = config(tmp_path, {**demo_targets, "demo/echo": demo_targets["test/endless"]}, redis)
+    path.write_text(path.read_text().replace("[store]\n", "[store]\nlease_seconds = 1\n"))
+    process, url, _ = await start_workers(path)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            made = await create(client, "demo/echo", {"key": f"dies-{uuid.uuid4().hex}"})
+            await wait_status(client, made, "processing")
+            runner = json.loads(
+                await redis_get(redis, f"{redis['store_key_prefix']}p:{made['id']}")
+            )["process"]
+            os.kill(int(runner.split("-")[-2]), signal.SIGKILL)
+        # A new connection: the one above went to the worker now gone.
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            with trio.fail_after(10):
+                events, _ = await read_stream(client, made["urls"]["stream"])
+            assert events[-2].event == "error" and "process running this" in events[-2].data
+            assert events[-1].event == "done" and events[-1].data == '{"reason":"error"}'
+            got = (await client.get(made["urls"]["get"])).json()
+            assert got["status"] == "failed"
+            assert got["error"] == "the bridge process running this prediction stopped; retry it"
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(30):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+async def redis_get(redis: dict[str, str], key: str) -> bytes:
+    client = coredis.Redis.from_url(redis["store_url"])
+    async with client:
+        value = await client.get(key)
+    assert value is not None
+    return value

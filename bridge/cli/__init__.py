@@ -3,7 +3,7 @@
 python -m bridge serve --config bridge.toml [--host H] [--port P] [--workers N]
 python -m bridge demo-backend [--host H] [--port P] [--model demo/echo]
 python -m bridge serve-model predict.py:Predictor --name me/fox [--host H] [--port P]
-python -m bridge run-demo [--host H] [--port P] [--config F]   # what make run runs
+python -m bridge run-demo [--host H] [--port P] [--config F] [--workers N]   # make run
 python -m bridge predict demo/story prompt="Tell me a story" [--json] [--wait]
 """
 
@@ -90,6 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="port to listen on (default 8000)")
     run.add_argument(
         "--config", help="TOML file: settings, and models besides the demo ones (optional)"
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="bridge processes (default 1); more share a Redis: the config's [store] url,"
+        " else a redis-server started (and stopped) with them",
     )
     run.add_argument("--log-format", choices=["text", "json"], default="text")
     return parser

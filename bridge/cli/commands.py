@@ -5,21 +5,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
 import re
+import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import trio
+from msgspec.structs import replace
 
 from ..config import ConfigError, Settings
 from ..errors import ListenError
 from .lifeline import stop_on_eof
 from .logs import setup_logging
-from .signals import lone, serve_until_signal, signals
+from .signals import Signals, lone, serve_until_signal, signals
 
 __all__ = ["run"]
 
@@ -60,11 +65,16 @@ def _serve(args: argparse.Namespace) -> int:
 
     settings = Settings.from_toml(args.config, host=args.host, port=args.port, workers=args.workers)
     if settings.workers > 1:
-        from .workers import run_workers
-
-        return run_workers(settings, args.log_format)
+        return trio.run(_serve_workers, settings, args.log_format)
     run_trio(serve_until_signal, settings)
     return 0
+
+
+async def _serve_workers(settings: Settings, log_format: str) -> int:
+    from .workers import serve_workers
+
+    async with signals() as caught:
+        return await serve_workers(settings, log_format, caught)
 
 
 def _run_demo_command(args: argparse.Namespace) -> int:
@@ -74,7 +84,10 @@ def _run_demo_command(args: argparse.Namespace) -> int:
     # The config is checked now, before anything starts (the demo models'
     # real targets are known once their backend listens).
     _demo_settings(args.config, args.host, args.port, dict.fromkeys(MODELS, "-"))
-    run_trio(_run_demo, args.config, args.host, args.port)
+    if args.workers > 1:
+        # The workers' parent only supervises: no gRPC loop to be a guest of.
+        return trio.run(_run_demo, args.config, args.host, args.port, args.workers)
+    return run_trio(_run_demo, args.config, args.host, args.port, args.workers)
     return 0
 
 
@@ -155,12 +168,17 @@ def _demo_settings(
     return Settings.from_toml(config, extra_models=extra, host=host, port=port)
 
 
-async def _run_demo(config: str | None, host: str | None, port: int | None) -> None:
-    """Start the demo backend process, then the bridge in front of it; on
-    SIGINT/SIGTERM stop the bridge (which drains first), then the backend.
-    Signals stay caught to the end: a second one hurries both."""
+async def _run_demo(
+    config: str | None, host: str | None, port: int | None, workers: int = 1
+) -> int:
+    """Start the demo backend process, then the bridge in front of it (with
+    *workers* > 1: that many, sharing the config's Redis or one started for
+    them); on SIGINT/SIGTERM stop the bridge (which drains first), then the
+    backend. Signals stay caught to the end: a second one hurries both.
+    Returns the exit status."""
     command = [sys.executable, "-m", "bridge", "demo-backend", "--stop-on-eof"]
     command += ["--host", "127.0.0.1", "--port", "0"]
+    status = 0
     async with signals() as caught, trio.open_nursery() as nursery:
         # Its own session: a Ctrl-C at the terminal reaches only the bridge,
         # which drains while the backend goes on; then we stop the backend.
@@ -182,7 +200,11 @@ async def _run_demo(config: str | None, host: str | None, port: int | None) -> N
                     targets = {m[1].decode(): m[2].decode() for m in _LISTENING.finditer(seen)}
             nursery.start_soon(_drain, output)
             if len(targets) == 2:
-                await caught.serve(_demo_settings(config, host, port, targets))
+                settings = _demo_settings(config, host, port, targets)
+                if workers == 1:
+                    await caught.serve(settings)
+                else:
+                    status = await _demo_workers(settings, workers, caught)
         finally:
             with trio.CancelScope(shield=True):
                 if backend.returncode is None:
@@ -193,6 +215,54 @@ async def _run_demo(config: str | None, host: str | None, port: int | None) -> N
                     backend.kill()
                     await backend.wait()
             nursery.cancel_scope.cancel()
+    return status
+
+
+async def _demo_workers(settings: Settings, workers: int, caught: Signals) -> int:
+    """*workers* bridges on the settings' Redis, or one started for them."""
+    from .workers import serve_workers
+
+    if settings.store_url is not None:
+        return await serve_workers(replace(settings, workers=workers), "text", caught)
+    async with open_redis_server() as url:
+        shared = replace(settings, workers=workers, store_url=url)
+        return await serve_workers(shared, "text", caught)
+
+
+@contextlib.asynccontextmanager
+async def open_redis_server() -> AsyncIterator[str]:
+    """A redis-server of our own, on a unix socket in a directory that goes
+    with it (nothing kept: no snapshots, no append-only file); its URL."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise ConfigError(
+            "--workers needs a Redis: set [store] url in the config, or install "
+            "redis-server (apt-get install redis-server) and one is started"
+        )
+    with tempfile.TemporaryDirectory(prefix="bridge-redis-") as where:
+        sock = Path(where) / "redis.sock"
+        command = [server, "--port", "0", "--unixsocket", str(sock), "--save", ""]
+        command += ["--appendonly", "no", "--dir", where]
+        # Its own session: a Ctrl-C reaches the bridge, which stops it last.
+        process = await trio.lowlevel.open_process(
+            command, stdout=subprocess.DEVNULL, start_new_session=True
+        )
+        try:
+            with trio.fail_after(10):
+                while not sock.exists():
+                    if process.returncode is not None:
+                        raise ConfigError("redis-server exited as it started")
+                    await trio.sleep(0.01)  # its socket appears: no event to wait on
+            log.info("started redis-server at unix://%s", sock)
+            yield f"unix://{sock}"
+        finally:
+            with trio.CancelScope(shield=True):
+                process.terminate()
+                with trio.move_on_after(5):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+                    await process.wait()
 
 
 async def _drain(stream: trio.abc.ReceiveStream) -> None:

@@ -16,7 +16,7 @@ from ..config import Settings
 if TYPE_CHECKING:
     from hypercorn.config import Sockets
 
-__all__ = ["lone", "serve_until_signal", "signals"]
+__all__ = ["Signals", "lone", "serve_until_signal", "signals"]
 
 log = logging.getLogger("bridge")
 
@@ -37,7 +37,7 @@ def lone(
     return error
 
 
-class _Signals:
+class Signals:
     """SIGINT and SIGTERM, caught for as long as it is open (so none is left
     pending to be redelivered, with a traceback, at exit). The first asks
     for the orderly shutdown (:attr:`first`); any later one for stopping
@@ -71,8 +71,8 @@ class _Signals:
 @contextlib.asynccontextmanager
 async def signals(
     signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
-) -> AsyncIterator[_Signals]:
-    signals = _Signals()
+) -> AsyncIterator[Signals]:
+    signals = Signals()
     with trio.open_signal_receiver(*signums) as receiver:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(signals.watch, receiver)

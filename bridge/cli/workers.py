@@ -8,28 +8,31 @@ sharing its predictions through the Redis store (``[store] url``, which
 the settings require), so a client may create on one and stream, get or
 cancel on another.
 
-The parent only supervises, as nginx's master does: SIGINT or SIGTERM is
-passed on to every worker (the first: drain and stop; a second: stop now);
-a worker that dies otherwise is replaced after a second (one whose settings
-are wrong, exit status 2, stops everything with that status instead).
+The parent only supervises, as nginx's master does, from a Trio task per
+worker: the first SIGINT or SIGTERM is passed on to every worker as SIGTERM
+(drain, then stop), a second one too (stop now); a worker that dies
+otherwise is replaced after a second (one whose settings are wrong, exit
+status 2, stops everything with that status instead). A worker's end is
+read from its sentinel (a pipe that closes when it exits), not from its
+exit status, which was seen already reaped (``waitpid``: ECHILD) in about
+one run in three.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
-import multiprocessing.connection
 import os
 import signal
-import time
 from multiprocessing.process import BaseProcess
-from types import FrameType
 
+import trio
 from hypercorn.config import Sockets
 
 from ..config import Settings
+from .signals import Signals
 
-__all__ = ["run_workers"]
+__all__ = ["serve_workers"]
 
 log = logging.getLogger("bridge")
 
@@ -37,73 +40,85 @@ log = logging.getLogger("bridge")
 RESTART_SECONDS = 1.0
 
 
-def run_workers(settings: Settings, log_format: str) -> int:
-    """Serve *settings* with ``settings.workers`` processes until a signal
-    stops them; the exit status."""
-    import trio
-
+async def serve_workers(settings: Settings, log_format: str, caught: Signals) -> int:
+    """Serve *settings* with ``settings.workers`` processes until *caught*
+    sees a signal; the exit status."""
     from ..core.redis_store import check_reachable
     from ..server import listen
 
     assert settings.store_url is not None  # the settings require it
-    trio.run(check_reachable, settings.store_url)  # else one error, not one per worker
+    await check_reachable(settings.store_url)  # else one error, not one per worker
     sockets = listen(settings)
-    context = multiprocessing.get_context("spawn")
-    signals_seen = 0
-    # The workers running, by the end of a pipe that closes when each
-    # exits (its sentinel): what tells of an exit, whoever reaps it.
-    running: dict[int, tuple[int, BaseProcess]] = {}
+    try:
+        workers = _Workers(settings, sockets, log_format)
+        async with trio.open_nursery() as signals:
+            signals.start_soon(workers.pass_on, caught)
+            async with trio.open_nursery() as nursery:
+                for number in range(settings.workers):
+                    nursery.start_soon(workers.supervise, number)
+                port = [*sockets.secure_sockets, *sockets.insecure_sockets][0].getsockname()[1]
+                log.info("%d workers serving %s:%d", settings.workers, settings.host, port)
+            signals.cancel_scope.cancel()  # every worker has stopped
+    finally:
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            sock.close()
+    return workers.status
 
-    def start(number: int) -> None:
-        process = context.Process(
-            target=_worker,
-            args=(settings, sockets, log_format),
-            name=f"bridge-worker-{number}",
-        )
-        process.start()
-        running[process.sentinel] = (number, process)
 
-    def pass_on(signum: int, frame: FrameType | None) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        for _, process in running.values():
+class _Workers:
+    def __init__(self, settings: Settings, sockets: Sockets, log_format: str) -> None:
+        self._args = (settings, sockets, log_format)
+        self._context = multiprocessing.get_context("spawn")
+        #: The workers running, by number.
+        self.running: dict[int, BaseProcess] = {}
+        self.stopping = trio.Event()
+        self.status = 0
+
+    async def supervise(self, number: int) -> None:
+        """Run worker *number*, replaced each time it dies, until stopping."""
+        while True:
+            process = self._context.Process(
+                target=_worker, args=self._args, name=f"bridge-worker-{number}"
+            )
+            process.start()  # a fork and exec: quick
+            self.running[number] = process
+            try:
+                await trio.lowlevel.wait_readable(process.sentinel)  # it exited
+            finally:
+                del self.running[number]
+            process.join(1)  # its status, unless it was reaped already
+            if self.stopping.is_set():
+                return
+            if process.exitcode == 2:  # its settings are wrong: so are all of theirs
+                self.status = 2
+                self.stop()
+                return
+            status = "unknown" if process.exitcode is None else process.exitcode
+            log.warning(
+                "worker %d (pid %s) exited (status %s): replacing it",
+                number,
+                process.pid,
+                status,
+            )
+            with trio.move_on_at(trio.current_time() + RESTART_SECONDS):
+                await self.stopping.wait()
+            if self.stopping.is_set():
+                return
+
+    def stop(self) -> None:
+        """Ask every worker to stop (SIGTERM: drain, then stop); again: now."""
+        self.stopping.set()
+        for process in self.running.values():
             if process.pid is not None:
                 os.kill(process.pid, signal.SIGTERM)
 
-    for number in range(settings.workers):
-        start(number)
-    previous = {s: signal.signal(s, pass_on) for s in (signal.SIGINT, signal.SIGTERM)}
-    port = [*sockets.secure_sockets, *sockets.insecure_sockets][0].getsockname()[1]
-    log.info("%d workers serving %s:%d", settings.workers, settings.host, port)
-    status = 0
-    try:
-        while running:
-            for sentinel in multiprocessing.connection.wait(list(running)):
-                assert isinstance(sentinel, int)  # what was waited on
-                number, process = running.pop(sentinel)
-                # Its exit status, unless something else in this process
-                # reaped it first (seen: then it is None).
-                process.join(1)
-                if signals_seen or status:
-                    continue
-                if process.exitcode == 2:  # its settings are wrong: so are all of theirs
-                    status = 2
-                    pass_on(signal.SIGTERM, None)
-                    continue
-                log.warning(
-                    "worker %d (pid %s) exited (status %s): replacing it",
-                    number,
-                    process.pid,
-                    "unknown" if process.exitcode is None else process.exitcode,
-                )
-                time.sleep(RESTART_SECONDS)
-                start(number)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
-            sock.close()
-    return status
+    async def pass_on(self, caught: Signals) -> None:
+        """The first signal and the second, to every worker."""
+        with caught.stop_now.cuts(trio.CancelScope()):
+            await caught.first.wait()
+            self.stop()
+            await trio.sleep_forever()
+        self.stop()  # a second signal: stop now
 
 
 def _worker(settings: Settings, sockets: Sockets, log_format: str) -> None:

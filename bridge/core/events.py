@@ -57,6 +57,7 @@ __all__ = [
     "Record",
     "Snapshot",
     "Span",
+    "ending",
     "event_id",
     "frame",
     "index_after",
@@ -137,6 +138,15 @@ class Span(NamedTuple):
     lengths: bytes  # each payload's length, array("I")
     kinds: bytes  # each event's kind byte
     seconds: bytes  # array("Q"): (offset in the span, unix seconds) where a second starts
+
+
+def ending(start: int, error: str) -> Span:
+    """The span that ends a log of *start* events with ``error`` and
+    ``done`` (``{"reason":"error"}``), stamped now: what another process
+    appends for a writer that died."""
+    log = MemoryEventLog()
+    log.finish(error, {"reason": "error"})
+    return log.span(0)._replace(start=start)
 
 
 class Record(NamedTuple):

@@ -15,6 +15,10 @@ in memory (its readers here read that) and mirrors it to Redis. Keys, under
     ended, kept      sorted sets by completion time: the ended ones, and
                      those with their data (the count bounds)
     cmd:<process>    a process's commands: cancel, and wake-ups of its reader
+    processes        every process, and lease:<process> (expires unless
+                     refreshed) and running:<process> (its running ids):
+                     the predictions of a process whose lease lapsed are
+                     failed by a survivor (``[store] lease_seconds``)
 
 Costs are per batch, not per token. A process writes from one task: every
 prediction that changed since its last write goes in one ``MULTI``
@@ -43,10 +47,13 @@ loop's thread and back), and pipelined, what counts here, it costs within
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
+import os
 import secrets
+import socket
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -61,7 +68,7 @@ import trio
 from ..backoff import delays
 from ..config import ConfigError, Settings
 from ..errors import NotFound, StoreUnavailable
-from .events import EventLog, MemoryEventLog, Span
+from .events import EventLog, MemoryEventLog, Span, ending
 from .predictions import Prediction
 from .retention import Retention
 from .store import Page, parse_cursor
@@ -85,6 +92,15 @@ COMMANDS_SECONDS = 3600
 
 _ENDED = ("succeeded", "failed", "canceled")
 
+#: The error of a prediction whose bridge process stopped while it ran.
+ORPHANED = "the bridge process running this prediction stopped; retry it"
+
+
+def _process_name() -> str:
+    """A bridge process as Redis knows it: host, pid, and a random part
+    (a new one after it lost its lease)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+
 
 def _owner_key(owner: str) -> str:
     """What Redis keeps of a token: its SHA-256, never the token."""
@@ -103,7 +119,10 @@ class RedisStore:
         self._reader = reader  # its own connection: it blocks in XREAD
         self._prefix = settings.store_key_prefix
         #: This process, as the records of the predictions it runs name it.
-        self.process = secrets.token_hex(8)
+        self.process = _process_name()
+        # Predictions of this process that survivors failed while it had
+        # lost its lease (it could not reach Redis): written no more.
+        self._taken: set[str] = set()
         # The predictions this process runs (until their end is written).
         self._local: dict[str, Prediction] = {}
         self._retention = Retention(
@@ -146,6 +165,7 @@ class RedisStore:
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.set(self._key("p", prediction.id), self._record(prediction))
                 pipe.set(self._key("in", prediction.id), prediction.record()["input"])
+                pipe.sadd(self._key("running", self.process), [prediction.id])
                 pipe.zadd(self._key("all"), {prediction.id: prediction.seq})
                 if prediction.owner is not None:
                     owned = self._key("own", _owner_key(prediction.owner))
@@ -307,13 +327,15 @@ class RedisStore:
                 self._wrote = trio.Event()
 
     async def _write(self, predictions: list[Prediction]) -> None:
-        settings = self._settings
         ended: list[Prediction] = []
         sent: dict[str, tuple[int, str]] = {}
         now = time.time()
         async with self._client.pipeline(transaction=True) as pipe:
             for prediction in predictions:
                 pid = prediction.id
+                if pid in self._taken:  # a survivor wrote its end
+                    ended.append(prediction)
+                    continue
                 record = self._record(prediction)
                 pipe.set(self._key("p", pid), record)
                 events = prediction.events
@@ -329,19 +351,128 @@ class RedisStore:
                     sent[pid] = (len(events), str(prediction.status))
                 if prediction.done:
                     ended.append(prediction)
-                    data, metadata = settings.retention_seconds, settings.metadata_retention_seconds
-                    pipe.expire(self._key("p", pid), max(1, int(metadata)))
-                    for key in (self._key("in", pid), self._key("log", pid)):
-                        pipe.expire(key, max(1, int(data)))
-                    pipe.zadd(self._key("ended"), {pid: now})
-                    pipe.zadd(self._key("kept"), {pid: now})
+                    self._end(pipe, pid, self.process, now)
         self._written.update(sent)
         if ended:
             for prediction in ended:  # Redis has it all now
                 if self._local.pop(prediction.id, None) is not None:
                     self._retention.forget(prediction)
                     self._written.pop(prediction.id, None)
+                    self._taken.discard(prediction.id)
             await self._trim()
+
+    def _end(self, pipe: Any, prediction_id: str, process: str, now: float) -> None:
+        """The commands that record a prediction's end in Redis: its keys
+        expire as retention says, and it counts among the ended ones."""
+        settings = self._settings
+        data, metadata = settings.retention_seconds, settings.metadata_retention_seconds
+        pipe.expire(self._key("p", prediction_id), max(1, int(metadata)))
+        for key in (self._key("in", prediction_id), self._key("log", prediction_id)):
+            pipe.expire(key, max(1, int(data)))
+        pipe.zadd(self._key("ended"), {prediction_id: now})
+        pipe.zadd(self._key("kept"), {prediction_id: now})
+        pipe.srem(self._key("running", process), [prediction_id])
+
+    # -- leases: a process that dies --------------------------------------------
+
+    async def hold_lease(self) -> None:
+        """Keep this process's lease (a key that expires unless refreshed)
+        for as long as the store is open; survivors fail the predictions of
+        a process whose lease lapsed (:meth:`reap_forever`)."""
+        ttl = self._lease_ttl()
+        await self._client.set(self._key("lease", self.process), b"1", px=ttl)
+        await self._client.sadd(self._key("processes"), [self.process])
+        while True:
+            await trio.sleep(ttl / 3000)
+            lease = self._key("lease", self.process)
+            try:
+                if not await self._client.pexpire(lease, ttl):
+                    await self._lost_lease(lease, ttl)
+            except REDIS_ERRORS as exc:
+                log.warning("cannot refresh this process's lease in Redis: %s", exc)
+
+    async def release_lease(self) -> None:
+        """Give the lease up at a clean stop (everything written): no
+        survivor has anything to do for this process."""
+        if not self._local:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete([self._key("lease", self.process)])
+                pipe.srem(self._key("processes"), [self.process])
+
+    def _lease_ttl(self) -> int:
+        """The lease's life, in ms: half of lease_seconds, so that with the
+        survivors' checks a quarter of it apart, a dead process's
+        predictions fail within lease_seconds."""
+        return max(100, int(self._settings.store_lease_seconds * 500))
+
+    async def _lost_lease(self, lease: str, ttl: int) -> None:
+        """This process was away from Redis longer than its lease: its
+        running predictions are failed (by a survivor, or by this process
+        under its new name). Here they are stopped and written no more;
+        this process goes on under a new name and lease."""
+        log.error(
+            "this bridge process lost its lease in Redis (away for more than "
+            "lease_seconds): its running predictions end as failed"
+        )
+        for prediction_id in list(self._local):
+            self._taken.add(prediction_id)
+            self._cancel(prediction_id)
+        self.process = _process_name()
+        await self._client.set(self._key("lease", self.process), b"1", px=ttl)
+        await self._client.sadd(self._key("processes"), [self.process])
+
+    async def reap_forever(self) -> None:
+        """Every quarter of lease_seconds, fail the running predictions of
+        processes whose lease lapsed, as their writer would have."""
+        while True:
+            await trio.sleep(self._settings.store_lease_seconds / 4)
+            try:
+                await self._reap()
+            except REDIS_ERRORS as exc:
+                log.warning("cannot check other processes' leases in Redis: %s", exc)
+
+    async def _reap(self) -> None:
+        for member in await self._client.smembers(self._key("processes")):
+            process = _text(member)
+            if process == self.process or await self._client.exists([self._key("lease", process)]):
+                continue
+            # One survivor does it: whoever takes this key first.
+            claim = self._key("reaping", process)
+            if not await self._client.set(
+                claim, self.process.encode(), condition=coredis.PureToken.NX, ex=60
+            ):
+                continue
+            running = self._key("running", process)
+            for prediction_id in map(_text, await self._client.smembers(running)):
+                await self._fail_orphan(prediction_id, process)
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.delete([running, claim])
+                pipe.srem(self._key("processes"), [process])
+            log.warning("bridge process %s stopped: its running predictions were failed", process)
+
+    async def _fail_orphan(self, prediction_id: str, process: str) -> None:
+        """End a prediction whose process died: ``failed``, with ``error``
+        and ``done`` appended to its log for its readers."""
+        record_bytes = await self._client.get(self._key("p", prediction_id))
+        if record_bytes is None:
+            return
+        record = msgspec.json.decode(record_bytes)
+        if record["status"] in _ENDED:
+            return
+        last = await self._client.xrevrange(self._key("log", prediction_id), "+", "-", count=1)
+        start = 0
+        if last:
+            fields = last[0].field_values
+            start = int(fields[b"i"]) + len(fields[b"k"])
+        now = time.time()
+        record |= {"status": "failed", "error": ORPHANED, "completed_at": now}
+        encoded = msgspec.json.encode(record)
+        entry = _entry(ending(start, ORPHANED))
+        entry["r"] = encoded
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.set(self._key("p", prediction_id), encoded)
+            pipe.xadd(self._key("log", prediction_id), entry)
+            self._end(pipe, prediction_id, process, now)
 
     async def _trim(self) -> None:
         """Delete the oldest ended predictions past the counts: their data
@@ -430,10 +561,11 @@ class RedisStore:
     async def read_forever(self) -> None:
         """Follow the logs of other processes' predictions that readers here
         hold, and this process's commands, in one blocking read at a time."""
-        commands = self._key("cmd", self.process).encode()
-        last_command = b"0-0"
+        commands, last_command = b"", b"0-0"
         waits = delays(0.1, 2.0)
         while True:
+            if commands != self._key("cmd", self.process).encode():  # a new name
+                commands, last_command = self._key("cmd", self.process).encode(), b"0-0"
             streams: dict[bytes, bytes] = {commands: last_command}
             for key, (ref, last) in list(self._following.items()):
                 if ref() is None:  # no reader holds it any more
@@ -529,12 +661,16 @@ async def open_redis_store(settings: Settings) -> AsyncIterator[RedisStore]:
         store = RedisStore(settings, client, reader)
         nursery.start_soon(store.write_forever)
         nursery.start_soon(store.read_forever)
+        nursery.start_soon(store.hold_lease)
+        nursery.start_soon(store.reap_forever)
         try:
             yield store
         finally:
             with trio.move_on_after(settings.shutdown_timeout_seconds) as scope:
                 scope.shield = True
                 await store.flush()
+                with contextlib.suppress(*REDIS_ERRORS):
+                    await store.release_lease()
             nursery.cancel_scope.cancel()
 
 
