@@ -202,7 +202,7 @@ class ListStore:
     async def cancel_elsewhere(self, prediction: Prediction) -> None:
         pass
 
-    def serve_cancels(self, cancel: Callable[[str], object]) -> None:
+    def serve_cancels(self, cancel: Callable[[str, str | None], object]) -> None:
         pass
 
     async def flush(self) -> None:

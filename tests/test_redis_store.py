@@ -259,7 +259,7 @@ async def test_a_process_that_lost_its_lease_stops_what_survivors_ended(
     settings = Settings(port=0, store_lease_seconds=0.4, **redis)
     async with open_redis_store(settings) as away, open_redis_store(settings) as survivor:
         stopped = trio.Event()
-        away.serve_cancels(lambda prediction_id: stopped.set())
+        away.serve_cancels(lambda prediction_id, error: stopped.set())
         prediction = Prediction(model="o/m", version="", input={}, events=away.new_log())
         await away.add(prediction)
         client = coredis.Redis.from_url(redis_url)
@@ -276,3 +276,44 @@ async def test_a_process_that_lost_its_lease_stops_what_survivors_ended(
             await away.flush()
             again = await survivor.get(prediction.id)
             assert again.status == "failed" and again.error == ORPHANED
+
+
+async def test_when_redis_stops_mid_stream_every_stream_ends_and_creates_get_503(
+    start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    """Redis gone for lease_seconds: readers on the bridge running the
+    prediction and on the other one get error and done; nothing hangs."""
+    with redis_server(tmp_path) as (url, process):
+        one = await start_bridge(store_url=url, store_lease_seconds=1)
+        two = await start_bridge(store_url=url, store_lease_seconds=1)
+        key = f"away-{uuid.uuid4().hex}"
+        async with (
+            httpx.AsyncClient(base_url=one, timeout=30) as a,
+            httpx.AsyncClient(base_url=two, timeout=30) as b,
+        ):
+            made = await create(a, "test/gate", {"key": key})
+            path = f"/v1/predictions/{made['id']}/stream"
+            ends: dict[str, list[str]] = {}
+
+            async def read(name: str, client: httpx.AsyncClient, *, task_status: Any) -> None:
+                async with client.stream("GET", path) as response:
+                    lines = response.aiter_lines()
+                    async for line in lines:
+                        if line == "data: waiting ":
+                            break
+                    task_status.started()
+                    ends[name] = [line async for line in lines if line.startswith("event:")]
+
+            with trio.fail_after(15):
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(read, "running", a)
+                    await nursery.start(read, "copy", b)
+                    process.terminate()
+                    await trio.to_thread.run_sync(process.wait)
+            ended = ["event: error", "event: done"]
+            assert ends == {"running": ended, "copy": ended}
+            assert_problem(
+                await a.post("/v1/models/demo/echo/predictions", json={"input": {"prompt": "x"}}),
+                503,
+            )
+        GATES.setdefault(key, threading.Event()).set()

@@ -82,6 +82,8 @@ REDIS_ERRORS = (coredis.exceptions.RedisError, OSError)
 
 #: How long a process's blocking read waits before it reads again anyway.
 BLOCK_MS = 5000
+#: How long any other command may take before Redis counts as away.
+COMMAND_SECONDS = 5.0
 #: Entries one read takes per stream (a reader far behind catches up in
 #: steps of this many spans).
 READ_COUNT = 256
@@ -94,6 +96,8 @@ _ENDED = ("succeeded", "failed", "canceled")
 
 #: The error of a prediction whose bridge process stopped while it ran.
 ORPHANED = "the bridge process running this prediction stopped; retry it"
+#: The error of a prediction ended because Redis stopped answering.
+STORE_AWAY = "the prediction store (Redis) stopped answering; retry the prediction"
 
 
 def _process_name() -> str:
@@ -144,7 +148,11 @@ class RedisStore:
         # and the logs followed for them: stream key -> last entry id.
         self._copies: weakref.WeakValueDictionary[str, Prediction] = weakref.WeakValueDictionary()
         self._following: dict[bytes, tuple[weakref.ref[_CopyLog], bytes]] = {}
-        self._cancel: Callable[[str], object] = lambda prediction_id: None
+        self._cancel: Callable[[str, str | None], object] = lambda prediction_id, error: None
+        # Since when Redis has not answered this process (Trio's clock),
+        # and whether it gave up on it for this outage.
+        self._away_since: float | None = None
+        self._gave_up = False
 
     def _key(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
@@ -213,7 +221,7 @@ class RedisStore:
         except REDIS_ERRORS as exc:
             raise _unavailable(exc) from exc
 
-    def serve_cancels(self, cancel: Callable[[str], object]) -> None:
+    def serve_cancels(self, cancel: Callable[[str, str | None], object]) -> None:
         self._cancel = cancel
 
     async def flush(self) -> None:
@@ -390,6 +398,29 @@ class RedisStore:
                     await self._lost_lease(lease, ttl)
             except REDIS_ERRORS as exc:
                 log.warning("cannot refresh this process's lease in Redis: %s", exc)
+                self._away()
+            else:
+                self._away_since, self._gave_up = None, False
+
+    def _away(self) -> None:
+        """Redis did not answer: once that has lasted lease_seconds, end
+        what readers here wait for (this process's running predictions,
+        and the copies followed of others'), as failed: no reader waits for
+        Redis forever. Writes go on being retried for when it is back."""
+        now = trio.current_time()
+        if self._away_since is None:
+            self._away_since = now
+        if self._gave_up or now - self._away_since < self._settings.store_lease_seconds:
+            return
+        self._gave_up = True
+        log.error("Redis has not answered for lease_seconds: ending the predictions it holds up")
+        for prediction_id in list(self._local):
+            self._cancel(prediction_id, STORE_AWAY)
+        for key, (ref, _) in list(self._following.items()):
+            copy = ref()
+            if copy is not None and copy.prediction is not None and not copy.closed:
+                copy.prediction.fail(STORE_AWAY)
+            del self._following[key]
 
     async def release_lease(self) -> None:
         """Give the lease up at a clean stop (everything written): no
@@ -416,7 +447,7 @@ class RedisStore:
         )
         for prediction_id in list(self._local):
             self._taken.add(prediction_id)
-            self._cancel(prediction_id)
+            self._cancel(prediction_id, None)
         self.process = _process_name()
         await self._client.set(self._key("lease", self.process), b"1", px=ttl)
         await self._client.sadd(self._key("processes"), [self.process])
@@ -590,7 +621,7 @@ class RedisStore:
     def _obey(self, fields: Any) -> None:
         prediction_id = fields.get(b"cancel")
         if prediction_id is not None:
-            self._cancel(prediction_id.decode())
+            self._cancel(prediction_id.decode(), None)
 
     def _apply(self, key: bytes, entries: Any) -> None:
         followed = self._following.get(key)
@@ -655,8 +686,15 @@ async def open_redis_store(settings: Settings) -> AsyncIterator[RedisStore]:
     up to ``shutdown_timeout_seconds``)."""
     assert settings.store_url is not None
     await check_reachable(settings.store_url)
-    client: coredis.Redis[bytes] = coredis.Redis.from_url(settings.store_url)
-    reader: coredis.Redis[bytes] = coredis.Redis.from_url(settings.store_url)
+    # Every command has a deadline: a Redis that hangs is one that is away.
+    client: coredis.Redis[bytes] = coredis.Redis.from_url(
+        settings.store_url, stream_timeout=COMMAND_SECONDS, connect_timeout=COMMAND_SECONDS
+    )
+    reader: coredis.Redis[bytes] = coredis.Redis.from_url(
+        settings.store_url,
+        stream_timeout=BLOCK_MS / 1000 + COMMAND_SECONDS,
+        connect_timeout=COMMAND_SECONDS,
+    )
     async with client, reader, trio.open_nursery() as nursery:
         store = RedisStore(settings, client, reader)
         nursery.start_soon(store.write_forever)

@@ -267,8 +267,11 @@ class Bridge:
         finally:
             ticket.release()
             if not prediction.done:  # cancelled
+                error = self.supervisor.error(prediction.id)
                 if self.closing:
                     prediction.fail(SHUTDOWN_ERROR)
+                elif error is not None:
+                    prediction.fail(error)
                 else:
                     prediction.cancel()
             self.store.ended(prediction)

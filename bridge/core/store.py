@@ -97,9 +97,11 @@ class PredictionStore(Protocol):
         cancel it (a store kept in one process has no other)."""
         ...
 
-    def serve_cancels(self, cancel: Callable[[str], object]) -> None:
-        """Call ``cancel(prediction_id)`` when another bridge sharing this
-        store asks to cancel a prediction this one runs."""
+    def serve_cancels(self, cancel: Callable[[str, str | None], object]) -> None:
+        """Call ``cancel(prediction_id, None)`` when another bridge sharing
+        this store asks to cancel a prediction this one runs, and
+        ``cancel(prediction_id, error)`` to end it as failed with *error*
+        (the store is gone)."""
         ...
 
     async def flush(self) -> None:
@@ -174,7 +176,7 @@ class MemoryStore:
     async def cancel_elsewhere(self, prediction: Prediction) -> None:
         pass  # every prediction runs in this process
 
-    def serve_cancels(self, cancel: Callable[[str], object]) -> None:
+    def serve_cancels(self, cancel: Callable[[str, str | None], object]) -> None:
         pass  # no other bridge shares it
 
     async def flush(self) -> None:

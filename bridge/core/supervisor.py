@@ -28,6 +28,8 @@ class Supervisor:
         self._scopes: dict[str, tuple[Prediction, trio.CancelScope]] = {}
         self._idle = trio.Event()
         self._closed = trio.Event()
+        #: Why a task was cancelled, when it is to end as failed.
+        self._errors: dict[str, str] = {}
 
     @property
     def active(self) -> int:
@@ -70,18 +72,26 @@ class Supervisor:
                 await run()
         finally:
             del self._scopes[prediction.id]
+            self._errors.pop(prediction.id, None)
             if not self._scopes:
                 self._idle.set()
                 self._idle = trio.Event()
 
-    def cancel(self, prediction_id: str) -> bool:
-        """Cancel the task of the prediction *prediction_id*; False if it
-        has none here (it ended, or another process runs it)."""
+    def cancel(self, prediction_id: str, error: str | None = None) -> bool:
+        """Cancel the task of the prediction *prediction_id* (to end as
+        failed with *error*, if given: see :meth:`error`); False if it has
+        none here (it ended, or another process runs it)."""
         running = self._scopes.get(prediction_id)
         if running is None:
             return False
+        if error is not None:
+            self._errors.setdefault(prediction_id, error)
         running[1].cancel()
         return True
+
+    def error(self, prediction_id: str) -> str | None:
+        """The error a task was cancelled with, if any."""
+        return self._errors.get(prediction_id)
 
     async def drain(self, seconds: float) -> None:
         """Wait up to *seconds* for every task to end."""
