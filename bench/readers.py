@@ -132,6 +132,9 @@ async def read_sse(args: argparse.Namespace) -> list[Stream]:
     with ``--get`` Replicate's way: create, then GET ``urls.stream`` (timed
     from the create)."""
     host, port = args.addr.rsplit(":", 1)
+    # With --read-addr, urls.stream is read from that server (another bridge
+    # sharing the store).
+    read_host, read_port = (args.read_addr or args.addr).rsplit(":", 1)
     body = json.dumps({"input": json.loads(args.input)}).encode()
     accept = "" if args.get else "Accept: text/event-stream\r\n"
     create = (
@@ -157,7 +160,9 @@ async def read_sse(args: argparse.Namespace) -> list[Stream]:
             if args.get:
                 path = await stream_path()
                 request = f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode()
-            await loop.create_connection(lambda: SSEReader(request, stream, done), host, int(port))
+            await loop.create_connection(
+                lambda: SSEReader(request, stream, done), read_host, int(read_port)
+            )
             await done
         except OSError as exc:
             stream.error = f"connect: {exc}"
@@ -212,6 +217,7 @@ def main() -> int:
     parser.add_argument("--ticks", action="store_true", help="chunks are timestamps")
     parser.add_argument("--count", default="ab", help="the chunk to count (not --ticks)")
     parser.add_argument("--get", action="store_true", help="create, then GET urls.stream")
+    parser.add_argument("--read-addr", help="with --get: read urls.stream from this server")
     args = parser.parse_args()
     try:
         from uvloop import run

@@ -28,7 +28,12 @@ Measured:
   (the direct streaming create) and the peer; ``cancel`` (the HTTP call) to
   the model's generator seeing it;
 * memory, in a fresh bridge process: RSS per retained 2-character chunk,
-  per idle open stream, per stalled late reader of a long prediction.
+  per idle open stream, per stalled late reader of a long prediction;
+* the shared store (Redis, Debian's redis-server started for the run): one
+  stream through it; 1,000 paced streams read on the bridge running them,
+  and created on one bridge and read on another; ``serve --workers 2`` at
+  the same load; the in-memory bridge at that load beside them, with the
+  server CPU per chunk of each.
 
 Writes ``results.md`` and ``results.json`` to ``--out`` (``bench/out``).
 
@@ -138,14 +143,19 @@ def start_backend() -> tuple[Proc, dict[str, str]]:
     return proc, targets
 
 
-def start_bridge(targets: dict[str, str], tmp: Path) -> tuple[Proc, str]:
+def start_bridge(
+    targets: dict[str, str], tmp: Path, store: str | None = None, workers: int = 1
+) -> tuple[Proc, str]:
+    tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "bridge.toml"
     models = "".join(f'[models."{n}"]\ntargets = ["{t}"]\n' for n, t in targets.items())
+    shared = f'[store]\nurl = "{store}"\n' if store else ""
     config.write_text(
         "[server]\nmax_running = 4096\nmax_queued = 4096\n"
-        f'[webhooks]\nsecret_file = "{tmp / "secret"}"\n{models}'
+        f'[webhooks]\nsecret_file = "{tmp / "secret"}"\n{models}{shared}'
     )
     argv = [PY, "-m", "bridge", "serve", "--stop-on-eof", "--config", str(config), "--port", "0"]
+    argv += ["--workers", str(workers)] * (workers > 1)
     proc = Proc(argv, r"bridge listening on http://(\S+)", stderr=True)
     return proc, proc.found[0]
 
@@ -157,6 +167,31 @@ def start_peer(targets: dict[str, str]) -> tuple[Proc, str]:
 
 
 # -- what a process uses ---------------------------------------------------
+
+
+def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Debian's redis-server on a free port, keeping nothing on disk."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", str(tmp)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return proc, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            assert time.monotonic() < deadline and proc.poll() is None, "redis did not start"
+            time.sleep(0.05)
+
+
+def _workers(parent: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(parent), "-f", "spawn_main"], capture_output=True)
+    return [int(p) for p in found.stdout.split()]
 
 
 def _rss(pid: int) -> int:
@@ -171,26 +206,27 @@ def _cpu(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def usage(pid: int) -> Iterator[dict[str, float]]:
-    """CPU seconds and peak RSS (MiB) of *pid* while the block runs."""
+def usage(*pids: int) -> Iterator[dict[str, float]]:
+    """CPU seconds and peak RSS (MiB) of *pids* together while the block runs."""
     out: dict[str, float] = {"peak_rss_mib": 0.0}
     stop = threading.Event()
 
     def sample() -> None:
         while True:
-            out["peak_rss_mib"] = max(out["peak_rss_mib"], _rss(pid) / 2**20)
+            rss = sum(_rss(pid) for pid in pids) / 2**20
+            out["peak_rss_mib"] = max(out["peak_rss_mib"], rss)
             if stop.wait(0.05):
                 return
 
     sampler = threading.Thread(target=sample, daemon=True)
-    cpu = _cpu(pid)
+    cpu = sum(_cpu(pid) for pid in pids)
     sampler.start()
     try:
         yield out
     finally:
         stop.set()
         sampler.join()
-        out["cpu_s"] = _cpu(pid) - cpu
+        out["cpu_s"] = sum(_cpu(pid) for pid in pids) - cpu
 
 
 # -- readers ---------------------------------------------------------------
@@ -207,12 +243,15 @@ def readers(
     ticks: bool = False,
     sequential: bool = False,
     get: bool = False,
+    read_addr: str | None = None,
 ) -> dict[str, Any]:
     """Run *streams* streams split over *procs* reader processes; merged.
-    With *get*, each creates, then GETs ``urls.stream`` (Replicate's way)."""
+    With *get*, each creates, then GETs ``urls.stream`` (Replicate's way),
+    from *read_addr* if given (another bridge sharing the store)."""
     argv = [PY, str(HERE / "readers.py"), kind, "--model", model, "--input", json.dumps(input)]
     argv += ["--addr" if kind == "sse" else "--target", where]
     argv += ["--ticks"] * ticks + ["--sequential"] * sequential + ["--get"] * get
+    argv += ["--read-addr", read_addr] * (read_addr is not None)
     shares = [streams // procs + (i < streams % procs) for i in range(procs)]
     running = [
         subprocess.Popen([*argv, "--streams", str(n)], stdout=subprocess.PIPE, env=ENV)
@@ -294,6 +333,77 @@ def many_streams(urls: dict[str, str], pids: dict[str, int], streams: int, secon
             "reader_cpu_s": round(result["cpu"], 2),
         }
     return out
+
+
+def paced(
+    create: str, pids: list[int], streams: int, seconds: float, read: str | None = None
+) -> dict[str, Any]:
+    """*streams* at 20 chunks/s created on *create* (and read from *read*,
+    created then read from urls.stream), the CPU of *pids* together."""
+    tokens = int(seconds * 20)
+    input = {"tokens": tokens, "interval_ms": 50}
+    with usage(*pids) as used:
+        result = readers(
+            "sse", create, TICKS, input, streams, procs=2, ticks=True,
+            get=read is not None, read_addr=read,
+        )  # fmt: skip
+    whole = [s for s in result["streams"] if s["error"] is None and s["chunks"] == tokens]
+    return {
+        "gap_ms": ms([g for s in result["streams"] for g in s["gaps"]]),
+        "not_whole": streams - len(whole),
+        "errors": sorted({s["error"] for s in result["streams"] if s["error"]})[:3],
+        "server_cpu_s": round(used["cpu_s"], 2),
+        "cpu_us_per_chunk": round(used["cpu_s"] / max(1, streams * tokens) * 1e6, 1),
+    }
+
+
+def shared(
+    targets: dict[str, str], tmp: Path, memory_addr: str, memory_pid: int, smoke: bool
+) -> dict[str, Any]:
+    """The Redis store, in the same run as the in-memory one: one stream
+    through it; 1,000 paced streams created on one bridge and read on
+    another; ``--workers 2`` at 1,000 paced streams; and the in-memory
+    bridge at the same paced load, for the ratios."""
+    redis, url = start_redis(tmp)
+    procs: list[Proc] = []
+    try:
+        a, a_addr = start_bridge(targets, tmp / "a", url)
+        procs.append(a)
+        b, b_addr = start_bridge(targets, tmp / "b", url)
+        procs.append(b)
+        w, w_addr = start_bridge(targets, tmp / "w", url, workers=2)
+        procs.append(w)
+        for addr in (a_addr, b_addr, w_addr):
+            readers("sse", addr, ECHO, {"prompt": "warm up"}, 8)
+        chunks, rounds = (2000, 1) if smoke else (200_000, 3)
+        input = {"prompt": "-", "tokens": ["ab"], "repeat": chunks}
+        ends: dict[str, list[float]] = {"direct": [], "memory": [], "redis": []}
+        for _ in range(rounds):
+            for name, out in (
+                ("direct", lambda: readers("grpc", targets[ECHO], ECHO, input, 1)),
+                ("memory", lambda: readers("sse", memory_addr, ECHO, input, 1)),
+                ("redis", lambda: readers("sse", a_addr, ECHO, input, 1)),
+            ):
+                (stream,) = out()["streams"]
+                assert stream["error"] is None and stream["chunks"] == chunks, (name, stream)
+                ends[name].append(stream["end"])
+        rates = {k: round(chunks / statistics.median(v)) for k, v in ends.items()}
+        n, seconds = (20, 1) if smoke else (1000, 8)
+        workers = _workers(w.pid)
+        return {
+            "one_stream": {"chunks": chunks, "chunks_per_s": rates,
+                           "redis_vs_direct": round(rates["redis"] / rates["direct"], 2)},
+            "streams": n,
+            "memory": paced(memory_addr, [memory_pid], n, seconds),
+            "redis_same": paced(a_addr, [a.pid], n, seconds),
+            "redis_other": paced(a_addr, [a.pid, b.pid], n, seconds, read=b_addr),
+            "workers_2": paced(w_addr, [w.pid, *workers], n, seconds),
+        }  # fmt: skip
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        redis.terminate()
+        redis.wait()
 
 
 def capacity(
@@ -505,6 +615,25 @@ def report(r: dict[str, Any]) -> str:
                 f"| {n}, created then read from `urls.stream`: not whole; server CPU s | - | "
                 f"{g['not_whole']}; {g['server_cpu_s']} | - |",
             ]
+    if sh := r.get("shared"):
+        o, n = sh["one_stream"], f"{sh['streams']:,} streams at 20 chunks/s"
+        lines.append(
+            f"| shared store (Redis): one stream, {o['chunks']:,} chunks: chunks/s | "
+            f"{o['chunks_per_s']['direct']:,} | {o['chunks_per_s']['redis']:,} "
+            f"({o['redis_vs_direct']}x the limit; in memory {o['chunks_per_s']['memory']:,}) | - |"
+        )
+        for key, what in (
+            ("memory", "in memory, one process"),
+            ("redis_same", "Redis store, read on the bridge running them"),
+            ("redis_other", "Redis store, created on one bridge, read on another (CPU: both)"),
+            ("workers_2", "`--workers 2` on Redis (CPU: parent and workers)"),
+        ):
+            row = sh[key]
+            lines.append(
+                f"| {n}, {what}: gap p50 / p99 ms; not whole; server CPU µs per chunk | - | "
+                f"{row['gap_ms']['p50']} / {row['gap_ms']['p99']}; {row['not_whole']}; "
+                f"{row['cpu_us_per_chunk']} | - |"
+            )
     if cap := r.get("capacity"):
 
         def tried(side: dict) -> str:
@@ -579,13 +708,13 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "out")
     parser.add_argument(
         "--only",
-        help="comma-separated: one,streams,capacity,first,cancel,memory (default: all)",
+        help="comma-separated: one,streams,capacity,first,cancel,memory,shared (default: all)",
     )
     args = parser.parse_args()
     only = (
         set(args.only.split(","))
         if args.only
-        else {"one", "streams", "capacity", "first", "cancel", "memory"}
+        else {"one", "streams", "capacity", "first", "cancel", "memory", "shared"}
     )
     smoke = args.smoke
     results: dict[str, Any] = {
@@ -635,6 +764,9 @@ def main() -> int:
             if "cancel" in only:
                 step("cancel")
                 results["cancel_ms"] = cancel_latency(bridge_addr, backend, 3 if smoke else 50)
+            if "shared" in only:
+                step("shared store (Redis) and --workers 2")
+                results["shared"] = shared(targets, Path(tmp), bridge_addr, bridge.pid, smoke)
             if "memory" in only:
                 step("memory")
                 results["memory"] = memory(

@@ -80,8 +80,15 @@ RedisURL = Annotated[str, msgspec.Meta(pattern=r"^(rediss?|unix)://")]
 
 class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
-    #: gRPC targets (``host:port``); several are used round-robin.
+    #: gRPC targets (``host:port``): replicas of one model. A prediction goes
+    #: to the one with the fewest calls in flight among those whose health
+    #: is not known bad (see health_check_seconds).
     targets: Annotated[tuple[Text, ...], msgspec.Meta(min_length=1)]
+    #: With several targets, each one's ``grpc.health.v1`` is checked this
+    #: often; one that is down or NOT_SERVING gets no new predictions until
+    #: it answers SERVING again (a call that cannot reach it takes it out at
+    #: once).
+    health_check_seconds: Seconds = 2.0
     #: This model's limit on running predictions (None: only the global one).
     max_running: Count | None = None
     #: How long a prediction keeps retrying a backend that cannot be reached

@@ -116,6 +116,7 @@ async def serve(
             store,
         )
         predictions.start_soon(bridge.keep_alive)
+        predictions.start_soon(bridge.watch_targets)
         metrics = Metrics(bridge)
         bridge.observer = metrics  # what the predictions do, counted
         app = create_app(bridge, metrics)

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import trio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bridge._proto.v1 import predictor_pb2_grpc
 from bridge.backends import protocol
@@ -69,10 +70,28 @@ class RawServer:
             server.target
     """
 
-    def __init__(self, servicer: predictor_pb2_grpc.PredictorServicer) -> None:
+    def __init__(
+        self, servicer: predictor_pb2_grpc.PredictorServicer, *, health: bool = False
+    ) -> None:
         self.servicer = servicer
         self.target = ""
         self._started = threading.Event()
+        self._with_health = health
+        #: With *health*: its grpc.health.v1 service (SERVING; see set_health).
+        self.health: Any = None
+
+    def set_health(self, status: str) -> None:
+        """Say *status* (``SERVING``, ``NOT_SERVING``) on grpc.health.v1
+        (a server made with ``health=True``)."""
+        value = health_pb2.HealthCheckResponse.ServingStatus.Value(status)
+        done = threading.Event()
+
+        async def set_it() -> None:
+            await self.health.set("", value)
+            done.set()
+
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(set_it()))
+        done.wait(5)
 
     def __enter__(self) -> RawServer:
         self._thread = threading.Thread(target=asyncio.run, args=(self._main(),))
@@ -89,6 +108,10 @@ class RawServer:
         self._stop = asyncio.Event()
         server = grpc.aio.server()
         predictor_pb2_grpc.add_PredictorServicer_to_server(self.servicer, server)
+        if self._with_health:
+            self.health = health.aio.HealthServicer()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         self.target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
         await server.start()
         self._started.set()

@@ -37,6 +37,10 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     assert all(results["capacity"][server]["tried"] for server in ("bridge", "peer"))
     assert results["cancel_ms"]["p99"] is not None
     assert results["memory"]["rss_per_retained_chunk_bytes"] > 0
+    shared = results["shared"]
+    for row in ("memory", "redis_same", "redis_other", "workers_2"):
+        assert shared[row]["not_whole"] == 0, shared
     table = (tmp_path / "results.md").read_text()
     assert "| one stream, 2,000 chunks" in table and "| target |" in table
+    assert "created on one bridge, read on another" in table
     assert table in done.stdout

@@ -268,8 +268,11 @@ async def test_backend_down_fails_the_prediction_readably(start_bridge: StartBri
         assert final["error"] == detail
 
 
-async def test_health_reports_each_backend(start_bridge: StartBridge) -> None:
-    url = await start_bridge(targets={"demo/down": closed_port_target()})
+async def test_health_reports_each_backend(
+    start_bridge: StartBridge, demo_targets: dict[str, str]
+) -> None:
+    down = closed_port_target()
+    url = await start_bridge(targets={"demo/down": down})
     async with httpx.AsyncClient(base_url=url) as client:
         response = await client.get("/health")
     assert response.status_code == 200
@@ -283,6 +286,13 @@ async def test_health_reports_each_backend(start_bridge: StartBridge) -> None:
             "test/gate": "SERVING",
             "test/upper": "SERVING",
             "demo/down": "UNAVAILABLE",
+        },
+        "targets": {
+            name: {target: status}
+            for name, target, status in [
+                *[(n, t, "SERVING") for n, t in demo_targets.items()],
+                ("demo/down", down, "UNAVAILABLE"),
+            ]
         },
     }
 

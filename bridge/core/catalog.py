@@ -29,6 +29,9 @@ __all__ = ["Catalog"]
 
 log = logging.getLogger(__name__)
 
+#: The longest a health check waits for one backend.
+HEALTH_CHECK_SECONDS = 1.0
+
 
 class _Asking:
     """A Describe in flight, and its outcome once it is known."""
@@ -154,6 +157,39 @@ class Catalog:
         async with trio.open_nursery() as nursery:
             for entry in self.models.values():
                 nursery.start_soon(self.known_info, entry)
+
+    async def check_targets(
+        self, entries: list[ModelEntry] | None = None, within: float = HEALTH_CHECK_SECONDS
+    ) -> None:
+        """Ask every target of *entries* (None: every model) for its
+        ``grpc.health.v1`` status, all at once, and mark what each said
+        (UNAVAILABLE: no answer within *within* seconds)."""
+
+        async def check(entry: ModelEntry, target: str) -> None:
+            status = "UNAVAILABLE"
+            with trio.move_on_after(within):
+                status = await self._backend.check_health(target)
+            entry.mark(target, status)
+
+        async with trio.open_nursery() as nursery:
+            for entry in self.models.values() if entries is None else entries:
+                for target in entry.settings.targets:
+                    nursery.start_soon(check, entry, target)
+
+    async def watch_targets(self) -> None:
+        """Check the targets of each model with several, every
+        ``health_check_seconds``, until cancelled (an active health check,
+        as Envoy's: one that is down gets no new predictions until it is
+        SERVING again)."""
+        async with trio.open_nursery() as nursery:
+            for entry in self.models.values():
+                if len(entry.settings.targets) > 1:
+                    nursery.start_soon(self._watch, entry)
+
+    async def _watch(self, entry: ModelEntry) -> None:
+        while True:
+            await self.check_targets([entry])
+            await trio.sleep(entry.settings.health_check_seconds)
 
     async def resolve_version(self, ref: str) -> tuple[ModelEntry, str | None]:
         """The model and version id for a ``version`` field: a version id,

@@ -16,6 +16,9 @@ from .predictions import iso_time
 
 __all__ = ["ModelEntry", "deployment_json"]
 
+#: Health statuses that keep new predictions off a target.
+_DOWN = frozenset({"UNAVAILABLE", "NOT_SERVING", "SERVICE_UNKNOWN"})
+
 #: What versions report as ``cog_version``: not a Cog version (the Python
 #: client then applies no pre-0.3.9 compatibility rules to the schema).
 COG_VERSION = "grpc-sse-bridge/bridge.v1"
@@ -34,6 +37,9 @@ class ModelEntry:
         self._targets: Iterator[str] = itertools.cycle(settings.targets)
         #: Predict calls in flight to each target.
         self._calls: collections.Counter[str] = collections.Counter()
+        #: Each target's ``grpc.health.v1`` status, as last seen (checked,
+        #: or a call that could not reach it); None: not known yet.
+        self.health: dict[str, str | None] = dict.fromkeys(settings.targets)
 
     @property
     def info(self) -> protocol.ModelInfo | None:
@@ -57,16 +63,28 @@ class ModelEntry:
             limit = min(limit, self._info.concurrency * len(self.settings.targets))
         return limit
 
+    def mark(self, target: str, status: str) -> None:
+        """*target*'s health is *status* (a ``grpc.health.v1`` name, or
+        UNAVAILABLE: it cannot be reached)."""
+        self.health[target] = status
+
+    def usable(self) -> list[str]:
+        """The targets not known to be down or NOT_SERVING: all of them if
+        none is (a prediction then tries them, retrying as for one)."""
+        up = [t for t in self.settings.targets if self.health[t] not in _DOWN]
+        return up or list(self.settings.targets)
+
     def take_target(self) -> str:
-        """The target a Predict call goes to: the one with the fewest calls
-        in flight (in turn among equals), so that with admission at
-        :meth:`limit` none gets more than its ``concurrency``. Give it back
-        with :meth:`give_back` when the call ends."""
-        targets = self.settings.targets
-        fewest = min(self._calls[t] for t in targets)
-        for _ in targets:
+        """The target a Predict call goes to: among the usable ones, the
+        one with the fewest calls in flight (in turn among equals), so that
+        with admission at :meth:`limit` none gets more than its
+        ``concurrency``. Give it back with :meth:`give_back` when the call
+        ends."""
+        usable = self.usable()
+        fewest = min(self._calls[t] for t in usable)
+        for _ in self.settings.targets:
             target = self.next_target()
-            if self._calls[target] == fewest:
+            if target in usable and self._calls[target] == fewest:
                 break
         self._calls[target] += 1
         return target

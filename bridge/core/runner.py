@@ -175,6 +175,10 @@ async def _stream(
     target = entry.take_target()
     try:
         await _call(prediction, grpc, sink, target, request, entry.settings)
+    except BackendUnavailable as exc:
+        # Taken out at once: the retry goes to another, if there is one.
+        entry.mark(target, "NOT_SERVING" if isinstance(exc, BackendLoading) else "UNAVAILABLE")
+        raise
     finally:
         entry.give_back(target)
 

@@ -302,6 +302,15 @@ class Bridge:
             for copy in self.store.copies():  # run by other bridges
                 copy.nudge()
 
+    async def watch_targets(self) -> None:
+        """Check the health of the targets of models with several (see
+        :meth:`bridge.core.catalog.Catalog.watch_targets`) until the bridge
+        is closed."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.catalog.watch_targets)
+            await self.supervisor.wait_closed()
+            nursery.cancel_scope.cancel()
+
     async def drain(self, seconds: float) -> None:
         """Stop taking predictions; wait up to *seconds* for running ones."""
         self.draining = True

@@ -3,10 +3,8 @@ OpenAPI document, and the webhook secret."""
 
 from __future__ import annotations
 
-import trio
 from quart import Blueprint, Response, current_app
 
-from ..core.models import ModelEntry
 from ..errors import NotFound
 from ..metrics import CONTENT_TYPE_LATEST
 from ..webhooks import tenant_secret
@@ -20,9 +18,6 @@ blueprint = Blueprint("ops", __name__)
 #: The /metrics route's endpoint: it has its own token (see bridge.http.app).
 METRICS_ENDPOINT = "ops.prometheus"
 
-#: The longest a health check waits for one backend.
-HEALTH_CHECK_SECONDS = 1.0
-
 
 @blueprint.get("/")
 async def page() -> Response:
@@ -32,26 +27,35 @@ async def page() -> Response:
 @blueprint.get("/health")
 async def health() -> Response:
     bridge = context().bridge
-    models = dict.fromkeys(bridge.catalog.models, "UNAVAILABLE")
-
-    async def check(entry: ModelEntry) -> None:
-        with trio.move_on_after(HEALTH_CHECK_SECONDS):
-            status = await bridge.grpc.check_health(entry.next_target())
-            # A bridge.sdk backend says NOT_SERVING while setup() runs.
-            models[entry.name] = "LOADING" if status == "NOT_SERVING" else status
-
-    # All at once: the answer takes as long as the slowest backend, not
-    # as long as all of them together.
-    async with trio.open_nursery() as nursery:
-        for entry in bridge.catalog.models.values():
-            nursery.start_soon(check, entry)
+    # Every target of every model, all at once: the answer takes as long as
+    # the slowest backend, not as long as all of them together.
+    await bridge.catalog.check_targets()
+    targets = {
+        name: {t: _shown(status) for t, status in entry.health.items()}
+        for name, entry in bridge.catalog.models.items()
+    }
+    # A model is as well as its best target.
+    models = {name: min(seen.values(), key=_RANK.index) for name, seen in targets.items()}
+    body = {"models": models, "targets": targets}
     if bridge.draining:
         # Not ready: load balancers stop sending; running streams go on.
-        return json_response({"status": "draining", "ready": False, "models": models}, 503)
+        return json_response({"status": "draining", "ready": False} | body, 503)
+    # Ready: every model can run predictions; ok: every target can.
     ready = all(status == "SERVING" for status in models.values())
-    return json_response(
-        {"status": "ok" if ready else "degraded", "ready": ready, "models": models}
-    )
+    every = all(s == "SERVING" for seen in targets.values() for s in seen.values())
+    return json_response({"status": "ok" if every else "degraded", "ready": ready} | body)
+
+
+#: Health, best first.
+_RANK = ["SERVING", "LOADING", "UNKNOWN", "SERVICE_UNKNOWN", "UNAVAILABLE"]
+
+
+def _shown(status: str | None) -> str:
+    """A target's status as /health shows it: a bridge.sdk backend says
+    NOT_SERVING while its setup() runs (LOADING)."""
+    if status == "NOT_SERVING":
+        return "LOADING"
+    return status if status in _RANK else "UNKNOWN"
 
 
 _SPEC = spec()

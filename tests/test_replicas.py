@@ -1,0 +1,149 @@
+"""Several backends for one model (``targets = [a, b]``): real gRPC
+replicas share the predictions; one that goes down gets none (its health
+is checked, and a call that cannot reach it takes it out at once), and
+/health shows each."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import httpx
+import trio
+
+from bridge.sdk import Model, ModelServer
+
+from .backends import RawServer, Scripted
+from .conftest import StartBridge, poll_until
+
+
+def replica(tag: str, served: collections.Counter[str]) -> Model:
+    async def say(prompt: str) -> AsyncIterator[str]:
+        served[tag] += 1
+        yield prompt
+
+    return Model("test/replica", say, version="v1")
+
+
+async def predict(client: httpx.AsyncClient, prompt: str) -> dict[str, Any]:
+    response = await client.post(
+        "/v1/models/test/replica/predictions",
+        json={"input": {"prompt": prompt}},
+        headers={"Prefer": "wait"},
+    )
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def test_replicas_share_predictions_and_one_that_is_down_gets_none(
+    start_bridge: StartBridge,
+) -> None:
+    served: collections.Counter[str] = collections.Counter()
+    a, b = ModelServer(replica("a", served)), ModelServer(replica("b", served))
+    with a, b:
+        url = await start_bridge(
+            targets={"test/replica": (a.target, b.target)},
+            model_options={"test/replica": {"health_check_seconds": 0.2}},
+        )
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            for n in range(20):
+                assert (await predict(client, f"p{n}"))["output"] == [f"p{n}"]
+            assert served == {"a": 10, "b": 10}  # in turn: none in flight at once
+            health = (await client.get("/health")).json()
+            assert health["targets"]["test/replica"] == {a.target: "SERVING", b.target: "SERVING"}
+            await trio.to_thread.run_sync(b.__exit__, None, None, None)  # b goes down
+            for n in range(20):
+                got = await predict(client, f"q{n}")
+                assert got["status"] == "succeeded" and got["output"] == [f"q{n}"]
+            assert served == {"a": 30, "b": 10}
+            health = (await client.get("/health")).json()
+            assert health["targets"]["test/replica"] == {
+                a.target: "SERVING",
+                b.target: "UNAVAILABLE",
+            }
+            assert health["models"]["test/replica"] == "SERVING"
+            assert health["status"] == "degraded" and health["ready"]
+
+
+class Counting(Scripted):
+    """A Scripted backend that counts the Predict calls it got."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.calls += 1
+        async for message in super().Predict(request, context):
+            yield message
+
+
+async def test_a_replica_that_says_not_serving_gets_no_new_predictions(
+    start_bridge: StartBridge,
+) -> None:
+    """Health-gated: a replica still up but NOT_SERVING (draining, say) is
+    left alone until it is SERVING again."""
+    with RawServer(Counting(), health=True) as a, RawServer(Counting(), health=True) as b:
+        url = await start_bridge(
+            targets={"test/scripted": (a.target, b.target)},
+            model_options={"test/scripted": {"health_check_seconds": 0.2}},
+        )
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+            async def run(n: int) -> None:
+                for _ in range(n):
+                    response = await client.post(
+                        "/v1/models/test/scripted/predictions",
+                        json={"input": {"chunks": ["x"]}},
+                        headers={"Prefer": "wait"},
+                    )
+                    assert response.json()["status"] == "succeeded", response.text
+
+            async def shows(status: str) -> bool:
+                health = (await client.get("/health")).json()
+                return bool(health["targets"]["test/scripted"][b.target] == status)
+
+            await run(4)
+            assert (a.servicer.calls, b.servicer.calls) == (2, 2)
+            await trio.to_thread.run_sync(b.set_health, "NOT_SERVING")
+            await poll_until(lambda: shows("LOADING"))  # NOT_SERVING, as /health shows it
+            await run(6)
+            assert (a.servicer.calls, b.servicer.calls) == (8, 2)
+            await trio.to_thread.run_sync(b.set_health, "SERVING")
+            await poll_until(lambda: shows("SERVING"))
+            await run(4)
+            assert (a.servicer.calls, b.servicer.calls) == (10, 4)
+
+
+class Refusing(Counting):
+    """Says SERVING, but refuses every prediction as UNAVAILABLE (a replica
+    overloaded, or half gone)."""
+
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        self.calls += 1
+        await context.abort(grpc.StatusCode.UNAVAILABLE, "overloaded")
+        yield  # a generator, as the others
+
+
+async def test_a_call_that_cannot_reach_a_replica_takes_it_out_at_once(
+    start_bridge: StartBridge,
+) -> None:
+    """Between health checks (a minute apart here), a replica that refuses a
+    call gets no more: the prediction is retried on another, and so are
+    the next ones, without trying it again."""
+    with RawServer(Counting(), health=True) as a, RawServer(Refusing(), health=True) as b:
+        url = await start_bridge(
+            targets={"test/scripted": (a.target, b.target)},
+            model_options={"test/scripted": {"health_check_seconds": 60}},
+        )
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            for _ in range(10):
+                response = await client.post(
+                    "/v1/models/test/scripted/predictions",
+                    json={"input": {"chunks": ["x"]}},
+                    headers={"Prefer": "wait"},
+                )
+                assert response.json()["status"] == "succeeded", response.text
+        assert (a.servicer.calls, b.servicer.calls) == (10, 1)
