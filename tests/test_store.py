@@ -53,10 +53,16 @@ async def new_store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIter
         nursery.cancel_scope.cancel()
 
 
-def local_only(store: PredictionStore) -> None:
-    """Skip a test of what a store kept in this process keeps."""
-    if isinstance(store, RedisStore):
-        pytest.skip("Redis keeps ended predictions: tests/test_redis_store.py")
+@pytest.fixture(params=[MemoryStore, ListStore], ids=["memory", "list"])
+def new_local_store(request: pytest.FixtureRequest) -> NewStore:
+    """A store kept in this process (what it keeps of ended predictions and
+    when is its own; Redis' side of that is in tests/test_redis_store.py)."""
+
+    def new(**settings: Any) -> PredictionStore:
+        store: PredictionStore = request.param(Settings(port=0, **settings))
+        return store
+
+    return new
 
 
 async def add(store: PredictionStore, owner: str | None = None, size: int = 0) -> Prediction:
@@ -150,11 +156,9 @@ async def test_ended_predictions_lose_their_data_then_their_metadata_by_count(
 
 
 async def test_ended_predictions_lose_their_data_then_their_metadata_by_age(
-    new_store: NewStore, autojump_clock: Any
+    new_local_store: NewStore, autojump_clock: Any
 ) -> None:
-    store = new_store(retention_seconds=10, metadata_retention_seconds=20)
-    if isinstance(store, RedisStore):
-        pytest.skip("Redis expires keys on its own clock: tests/test_redis_store.py")
+    store = new_local_store(retention_seconds=10, metadata_retention_seconds=20)
     old, running = await add(store, size=10), await add(store, size=10)
     await end(store, old)
     await trio.sleep(9.9)
@@ -170,10 +174,9 @@ async def test_ended_predictions_lose_their_data_then_their_metadata_by_age(
 
 
 async def test_room_is_made_from_the_earliest_ended_data_or_a_create_is_refused(
-    new_store: NewStore,
+    new_local_store: NewStore,
 ) -> None:
-    store = new_store(max_retained_bytes=1000)
-    local_only(store)
+    store = new_local_store(max_retained_bytes=1000)
     first, second = await add(store, size=400), await add(store, size=400)
     await end(store, first)
     await end(store, second)
@@ -186,9 +189,8 @@ async def test_room_is_made_from_the_earliest_ended_data_or_a_create_is_refused(
     assert store.kept_bytes == third.kept_bytes + fourth.kept_bytes <= 1000
 
 
-async def test_output_is_charged_before_it_is_kept(new_store: NewStore) -> None:
-    store = new_store(max_retained_bytes=1000)
-    local_only(store)
+async def test_output_is_charged_before_it_is_kept(new_local_store: NewStore) -> None:
+    store = new_local_store(max_retained_bytes=1000)
     ended, running = await add(store, size=300), await add(store, size=300)
     await end(store, ended)
     store.charge(running, 100, cap=200)

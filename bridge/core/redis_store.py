@@ -100,6 +100,14 @@ ORPHANED = "the bridge process running this prediction stopped; retry it"
 STORE_AWAY = "the prediction store (Redis) stopped answering; retry the prediction"
 
 
+#: What a record says that changes as a prediction runs, output aside.
+_State = tuple[str, str, tuple[tuple[str, float], ...]]
+
+
+def _state(prediction: Prediction) -> _State:
+    return (str(prediction.status), prediction.version, tuple(prediction.metrics.items()))
+
+
 def _process_name() -> str:
     """A bridge process as Redis knows it: host, pid, and a random part
     (a new one after it lost its lease)."""
@@ -138,9 +146,9 @@ class RedisStore:
             metadata_count=1 << 62,
         )
         # Predictions changed since the last write, and how many of each
-        # one's events Redis has, and the status its log last carried.
+        # one's events Redis has, and what its record there says.
         self._dirty: dict[str, Prediction] = {}
-        self._written: dict[str, tuple[int, str]] = {}
+        self._written: dict[str, tuple[int, _State]] = {}
         self._has_dirty = trio.Event()
         self._writing = False
         self._wrote = trio.Event()
@@ -184,7 +192,7 @@ class RedisStore:
                 raise _unavailable(exc) from exc
             raise
         self._local[prediction.id] = prediction
-        self._written[prediction.id] = (0, str(prediction.status))
+        self._written[prediction.id] = (0, _state(prediction))
         prediction.on_change = self._changed
 
     async def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
@@ -336,7 +344,7 @@ class RedisStore:
 
     async def _write(self, predictions: list[Prediction]) -> None:
         ended: list[Prediction] = []
-        sent: dict[str, tuple[int, str]] = {}
+        sent: dict[str, tuple[int, _State]] = {}
         now = time.time()
         async with self._client.pipeline(transaction=True) as pipe:
             for prediction in predictions:
@@ -344,19 +352,24 @@ class RedisStore:
                 if pid in self._taken:  # a survivor wrote its end
                     ended.append(prediction)
                     continue
-                record = self._record(prediction)
-                pipe.set(self._key("p", pid), record)
+                start, state = self._written.get(pid, (0, None))
+                # The record only when what it says changed (status, metrics):
+                # not per batch of output (measured: half a paced chunk's
+                # cost in the writer).
+                record = None
+                if _state(prediction) != state or prediction.done:
+                    record = self._record(prediction)
+                    pipe.set(self._key("p", pid), record)
                 events = prediction.events
                 assert isinstance(events, MemoryEventLog)
-                start, status = self._written.get(pid, (0, ""))
                 if len(events) > start:
                     entry = _entry(events.span(start))
-                    if status != prediction.status or prediction.done:
+                    if record is not None:
                         # Its copies elsewhere take the new status from here
                         # (the final record comes with the end).
                         entry["r"] = record
                     pipe.xadd(self._key("log", pid), entry)
-                    sent[pid] = (len(events), str(prediction.status))
+                sent[pid] = (len(events), _state(prediction))
                 if prediction.done:
                     ended.append(prediction)
                     self._end(pipe, pid, self.process, now)
