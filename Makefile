@@ -49,7 +49,13 @@ REDIS := /usr/bin/redis-server
 $(REDIS):
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server
 
-test: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM) $(REDIS)
+# Debian's nginx, for tests/test_deploy.py (RUNLEVEL=1: installed, not
+# started as a service; the test runs its own, on 127.0.0.1).
+NGINX := /usr/sbin/nginx
+$(NGINX):
+	apt-get update && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y nginx
+
+test: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM) $(REDIS) $(NGINX)
 	$(PY) -m ruff check bridge tests bench
 	$(PY) -m mypy
 	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q
@@ -73,7 +79,7 @@ test-fast: bridge/_proto/v1/predictor_pb2.py $(REDIS)
 # The suite beside two CPU hogs (one per core here), as on a shared CI
 # machine: timing must come from events and Trio's clocks, not luck. The
 # hogs stop with the suite, or after 15 minutes whatever happens.
-test-busy: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM) $(REDIS)
+test-busy: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM) $(REDIS) $(NGINX)
 	hogs=""; for i in 1 2; do timeout 900 $(PY) -c 'while True: pass' & hogs="$$hogs $$!"; done; \
 	trap 'kill $$hogs 2>/dev/null' EXIT INT TERM; \
 	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q $(PYTEST_ARGS)
