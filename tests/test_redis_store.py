@@ -6,6 +6,7 @@ tests/test_store.py."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from functools import partial
@@ -18,6 +19,7 @@ import pytest
 import trio
 
 from bridge.config import ConfigError, Settings
+from bridge.core.events import OutputBatch
 from bridge.core.predictions import Prediction
 from bridge.core.redis_store import ORPHANED, open_redis_store
 from bridge.errors import Overloaded
@@ -317,3 +319,78 @@ async def test_when_redis_stops_mid_stream_every_stream_ends_and_creates_get_503
                 503,
             )
         GATES.setdefault(key, threading.Event()).set()
+
+
+async def test_copies_follow_through_a_span_written_twice_and_a_status_alone(
+    redis: dict[str, str], redis_url: str
+) -> None:
+    """A write retried after a timeout can put a span in the log twice; a
+    status can change with no event (Started). Copies elsewhere take the
+    second and skip the first; two readers asking at once share one copy."""
+    settings = Settings(port=0, **redis)
+    async with open_redis_store(settings) as here, open_redis_store(settings) as there:
+        prediction = Prediction(model="o/m", version="", input={}, events=here.new_log())
+        await here.add(prediction)
+        await here.flush()
+        first, second = await both_at_once(there.get, prediction.id)
+        assert first is second  # one copy, however many ask at once
+        prediction.start()  # a status, no event
+        await here.flush()
+        with trio.fail_after(5):
+            while first.status != "processing":  # noqa: ASYNC110 - no event here for another's read
+                await trio.sleep(0.01)
+        prediction.add_output(OutputBatch(["a", "b"]))
+        await here.flush()
+        client = coredis.Redis.from_url(redis_url)
+        async with client:
+            key = f"{settings.store_key_prefix}log:{prediction.id}"
+            (last,) = await client.xrevrange(key, "+", "-", count=1)
+            await client.xadd(key, dict(last.field_values))  # the same span again
+        prediction.add_output(OutputBatch(["c"]))
+        prediction.succeed()
+        here.ended(prediction)
+        await here.flush()
+        with trio.fail_after(5):
+            await first.events.wait_closed()
+        assert first.events.read(0, 10**6) == prediction.events.read(0, 10**6)
+        assert first.status == "succeeded"
+
+
+async def both_at_once(fn: Any, arg: str) -> list[Any]:
+    """fn(arg) twice at once, in Trio; both results."""
+    results: list[Any] = [None, None]
+
+    async def one(i: int) -> None:
+        results[i] = await fn(arg)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one, 0)
+        nursery.start_soon(one, 1)
+    return results
+
+
+async def test_predictions_past_the_metadata_count_leave_the_listings_too(
+    redis: dict[str, str], redis_url: str
+) -> None:
+    settings = Settings(port=0, retention_count=1, metadata_retention_count=1, **redis)
+    async with open_redis_store(settings) as store:
+        made = []
+        for _ in range(3):
+            prediction = Prediction(
+                model="o/m", version="", input={}, owner=TOKEN, events=store.new_log()
+            )
+            await store.add(prediction)
+            prediction.succeed()
+            store.ended(prediction)
+            await store.flush()
+            made.append(prediction.id)
+        client = coredis.Redis.from_url(redis_url)
+        async with client:
+            prefix = settings.store_key_prefix
+            everyone = await client.zrange(f"{prefix}all", 0, -1)
+            owned = await client.zrange(
+                f"{prefix}own:{hashlib.sha256(TOKEN.encode()).hexdigest()}", 0, -1
+            )
+            assert [m.decode() for m in everyone] == [m.decode() for m in owned] == made[-1:]
+            assert not await client.exists([f"{prefix}p:{made[0]}", f"{prefix}p:{made[1]}"])
+            assert list(await client.hkeys(f"{prefix}owners")) == [made[-1].encode()]

@@ -49,8 +49,8 @@ async def serve_workers(settings: Settings, log_format: str, caught: Signals) ->
     assert settings.store_url is not None  # the settings require it
     await check_reachable(settings.store_url)  # else one error, not one per worker
     sockets = listen(settings)
+    workers = _Workers(settings, sockets, log_format)
     try:
-        workers = _Workers(settings, sockets, log_format)
         async with trio.open_nursery() as signals:
             signals.start_soon(workers.pass_on, caught)
             async with trio.open_nursery() as nursery:
@@ -60,6 +60,8 @@ async def serve_workers(settings: Settings, log_format: str, caught: Signals) ->
                 log.info("%d workers serving %s:%d", settings.workers, settings.host, port)
             signals.cancel_scope.cancel()  # every worker has stopped
     finally:
+        if workers.running:  # cancelled (a bug, or KeyboardInterrupt): none outlives this
+            workers.stop()
         for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
             sock.close()
     return workers.status
@@ -76,7 +78,7 @@ class _Workers:
 
     async def supervise(self, number: int) -> None:
         """Run worker *number*, replaced each time it dies, until stopping."""
-        while True:
+        while not self.stopping.is_set():  # a signal may come before the start
             process = self._context.Process(
                 target=_worker, args=self._args, name=f"bridge-worker-{number}"
             )
@@ -102,8 +104,6 @@ class _Workers:
             )
             with trio.move_on_at(trio.current_time() + RESTART_SECONDS):
                 await self.stopping.wait()
-            if self.stopping.is_set():
-                return
 
     def stop(self) -> None:
         """Ask every worker to stop (SIGTERM: drain, then stop); again: now."""
@@ -128,19 +128,23 @@ def _worker(settings: Settings, sockets: Sockets, log_format: str) -> None:
 
     from ..backends.grpc_loop import run as run_trio
     from ..config import ConfigError
+    from ..core.redis_store import StoreUnreachable
     from .logs import setup_logging
     from .signals import lone, serve_until_signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging(log_format)
+    error: BaseException | None = None
     try:
         run_trio(serve_until_signal, settings, sockets, (signal.SIGTERM,))
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        error = exc
     except BaseExceptionGroup as group:
         error = lone(group, ConfigError)
         if error is None:
             raise
+    if error is not None:
         print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        # Redis away for now (the parent saw it answer): replaced, as a
+        # worker that died; wrong settings stop them all.
+        sys.exit(3 if isinstance(error, StoreUnreachable) else 2)

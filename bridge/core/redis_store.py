@@ -73,7 +73,7 @@ from .predictions import Prediction
 from .retention import Retention
 from .store import Page, parse_cursor
 
-__all__ = ["RedisStore", "check_reachable", "open_redis_store"]
+__all__ = ["RedisStore", "StoreUnreachable", "check_reachable", "open_redis_store"]
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ _ENDED = ("succeeded", "failed", "canceled")
 
 #: The error of a prediction whose bridge process stopped while it ran.
 ORPHANED = "the bridge process running this prediction stopped; retry it"
+#: A copy's end when its log in Redis skips events (not seen: a guard).
+LOST_TRACK = "this bridge lost track of the prediction's events; reconnect to resume"
 #: The error of a prediction ended because Redis stopped answering.
 STORE_AWAY = "the prediction store (Redis) stopped answering; retry the prediction"
 
@@ -157,6 +159,8 @@ class RedisStore:
         self._copies: weakref.WeakValueDictionary[str, Prediction] = weakref.WeakValueDictionary()
         self._following: dict[bytes, tuple[weakref.ref[_CopyLog], bytes]] = {}
         self._cancel: Callable[[str, str | None], object] = lambda prediction_id, error: None
+        # Loads of copies under way, by prediction id.
+        self._loading: dict[str, trio.Event] = {}
         # Since when Redis has not answered this process (Trio's clock),
         # and whether it gave up on it for this outage.
         self._away_since: float | None = None
@@ -188,12 +192,27 @@ class RedisStore:
                     pipe.zadd(owned, {prediction.id: prediction.seq})
         except BaseException as exc:
             self._retention.forget(prediction)
+            await self._undo_add(prediction)
             if isinstance(exc, REDIS_ERRORS):
                 raise _unavailable(exc) from exc
             raise
         self._local[prediction.id] = prediction
         self._written[prediction.id] = (0, _state(prediction))
         prediction.on_change = self._changed
+
+    async def _undo_add(self, prediction: Prediction) -> None:
+        """Take back an add that failed or was cancelled: its writes may
+        have gone through (a timeout after they did), and nothing would
+        ever end a prediction no process runs."""
+        with trio.move_on_after(COMMAND_SECONDS, shield=True):
+            with contextlib.suppress(*REDIS_ERRORS):
+                pid = prediction.id
+                async with self._client.pipeline(transaction=True) as pipe:
+                    pipe.delete([self._key("p", pid), self._key("in", pid)])
+                    pipe.srem(self._key("running", self.process), [pid])
+                    pipe.zrem(self._key("all"), [pid])
+                    if prediction.owner is not None:
+                        pipe.zrem(self._key("own", _owner_key(prediction.owner)), [pid])
 
     async def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
         prediction = self._local.get(prediction_id)
@@ -205,9 +224,12 @@ class RedisStore:
                 prediction = None
         if prediction is None:
             try:
-                prediction = await self._load(prediction_id)
+                prediction = await self._load_once(prediction_id)
             except REDIS_ERRORS as exc:
                 raise _unavailable(exc) from exc
+            except _Gap:
+                log.error("prediction %s: its log in Redis has a gap", prediction_id)
+                raise NotFound(f"prediction {prediction_id} not found") from None
         if owner is not None and prediction.owner not in (owner, _owner_key(owner)):
             raise NotFound(f"prediction {prediction_id} not found")
         return prediction
@@ -216,6 +238,9 @@ class RedisStore:
         self._retention.charge(prediction, cost, cap)
 
     def ended(self, prediction: Prediction) -> None:
+        if prediction.id in self._taken:  # its end was written for it
+            self._taken.discard(prediction.id)
+            return
         self._changed(prediction)  # written with its end, then let go of here
 
     async def cancel_elsewhere(self, prediction: Prediction) -> None:
@@ -323,19 +348,24 @@ class RedisStore:
         """Write what changed, one pipeline at a time, for as long as the
         store is open; a write that fails is retried (with backoff) with
         whatever changed meanwhile."""
-        waits = delays(0.1, 2.0)
+        waits, retrying = delays(0.1, 2.0), False
         while True:
             await self._has_dirty.wait()
             batch, self._dirty = self._dirty, {}
             self._has_dirty = trio.Event()
             self._writing = True
             try:
-                await self._write(list(batch.values()))
-                waits = delays(0.1, 2.0)
+                if retrying:
+                    # Away a while: the lease may have lapsed, and survivors
+                    # may have ended these predictions; not written over.
+                    await self._check_lease()
+                await self._write([p for p in batch.values() if p.id in self._local])
+                waits, retrying = delays(0.1, 2.0), False
             except REDIS_ERRORS as exc:
                 log.warning("cannot write predictions to Redis (retrying): %s", exc)
                 self._dirty = batch | self._dirty
                 self._has_dirty.set()
+                retrying = True
                 await trio.sleep(next(waits))
             finally:
                 self._writing = False
@@ -349,9 +379,6 @@ class RedisStore:
         async with self._client.pipeline(transaction=True) as pipe:
             for prediction in predictions:
                 pid = prediction.id
-                if pid in self._taken:  # a survivor wrote its end
-                    ended.append(prediction)
-                    continue
                 start, state = self._written.get(pid, (0, None))
                 # The record only when what it says changed (status, metrics):
                 # not per batch of output (measured: half a paced chunk's
@@ -362,29 +389,35 @@ class RedisStore:
                     pipe.set(self._key("p", pid), record)
                 events = prediction.events
                 assert isinstance(events, MemoryEventLog)
-                if len(events) > start:
-                    entry = _entry(events.span(start))
+                if len(events) > start or record is not None:
+                    # A span (maybe empty), and with a new record for its
+                    # copies elsewhere to take (the final one with the end).
+                    entry = _entry(events.span(start) if len(events) > start else _empty(start))
                     if record is not None:
-                        # Its copies elsewhere take the new status from here
-                        # (the final record comes with the end).
                         entry["r"] = record
                     pipe.xadd(self._key("log", pid), entry)
                 sent[pid] = (len(events), _state(prediction))
                 if prediction.done:
                     ended.append(prediction)
-                    self._end(pipe, pid, self.process, now)
+                    owner = _owner_key(prediction.owner) if prediction.owner else None
+                    self._end(pipe, pid, self.process, now, owner)
         self._written.update(sent)
         if ended:
             for prediction in ended:  # Redis has it all now
                 if self._local.pop(prediction.id, None) is not None:
                     self._retention.forget(prediction)
                     self._written.pop(prediction.id, None)
-                    self._taken.discard(prediction.id)
-            await self._trim()
+            try:
+                await self._trim()
+            except REDIS_ERRORS as exc:  # written already: not to be retried
+                log.warning("cannot trim ended predictions in Redis: %s", exc)
 
-    def _end(self, pipe: Any, prediction_id: str, process: str, now: float) -> None:
+    def _end(
+        self, pipe: Any, prediction_id: str, process: str, now: float, owner: str | None
+    ) -> None:
         """The commands that record a prediction's end in Redis: its keys
-        expire as retention says, and it counts among the ended ones."""
+        expire as retention says, and it counts among the ended ones (with
+        its owner's index, *owner* (hashed), to take it out of later)."""
         settings = self._settings
         data, metadata = settings.retention_seconds, settings.metadata_retention_seconds
         pipe.expire(self._key("p", prediction_id), max(1, int(metadata)))
@@ -393,6 +426,8 @@ class RedisStore:
         pipe.zadd(self._key("ended"), {prediction_id: now})
         pipe.zadd(self._key("kept"), {prediction_id: now})
         pipe.srem(self._key("running", process), [prediction_id])
+        if owner is not None:
+            pipe.hset(self._key("owners"), {prediction_id: owner})
 
     # -- leases: a process that dies --------------------------------------------
 
@@ -401,19 +436,24 @@ class RedisStore:
         for as long as the store is open; survivors fail the predictions of
         a process whose lease lapsed (:meth:`reap_forever`)."""
         ttl = self._lease_ttl()
-        await self._client.set(self._key("lease", self.process), b"1", px=ttl)
-        await self._client.sadd(self._key("processes"), [self.process])
+        with contextlib.suppress(*REDIS_ERRORS):  # else taken on the first check
+            await self._client.set(self._key("lease", self.process), b"1", px=ttl)
+            await self._client.sadd(self._key("processes"), [self.process])
         while True:
             await trio.sleep(ttl / 3000)
-            lease = self._key("lease", self.process)
             try:
-                if not await self._client.pexpire(lease, ttl):
-                    await self._lost_lease(lease, ttl)
+                await self._check_lease()
             except REDIS_ERRORS as exc:
                 log.warning("cannot refresh this process's lease in Redis: %s", exc)
                 self._away()
             else:
                 self._away_since, self._gave_up = None, False
+
+    async def _check_lease(self) -> None:
+        """Refresh the lease; if it lapsed meanwhile, :meth:`_lost_lease`."""
+        ttl = self._lease_ttl()
+        if not await self._client.pexpire(self._key("lease", self.process), ttl):
+            await self._lost_lease(ttl)
 
     def _away(self) -> None:
         """Redis did not answer: once that has lasted lease_seconds, end
@@ -449,21 +489,30 @@ class RedisStore:
         predictions fail within lease_seconds."""
         return max(100, int(self._settings.store_lease_seconds * 500))
 
-    async def _lost_lease(self, lease: str, ttl: int) -> None:
-        """This process was away from Redis longer than its lease: its
-        running predictions are failed (by a survivor, or by this process
-        under its new name). Here they are stopped and written no more;
-        this process goes on under a new name and lease."""
+    async def _lost_lease(self, ttl: int) -> None:
+        """This process was away from Redis longer than its lease: survivors
+        may have failed its running predictions. Here they are stopped and
+        let go of (nothing of theirs is written any more) and ended in
+        Redis as a survivor ends them, if none did; this process goes on
+        under a new name and lease."""
         log.error(
             "this bridge process lost its lease in Redis (away for more than "
             "lease_seconds): its running predictions end as failed"
         )
-        for prediction_id in list(self._local):
-            self._taken.add(prediction_id)
-            self._cancel(prediction_id, None)
+        old, detached = self.process, list(self._local.values())
         self.process = _process_name()
+        for prediction in detached:
+            prediction.on_change = None
+            del self._local[prediction.id]
+            self._dirty.pop(prediction.id, None)
+            self._written.pop(prediction.id, None)
+            self._retention.forget(prediction)
+            self._taken.add(prediction.id)
+            self._cancel(prediction.id, None)
         await self._client.set(self._key("lease", self.process), b"1", px=ttl)
         await self._client.sadd(self._key("processes"), [self.process])
+        for prediction in detached:
+            await self._fail_orphan(prediction.id, old)
 
     async def reap_forever(self) -> None:
         """Every quarter of lease_seconds, fail the running predictions of
@@ -474,6 +523,8 @@ class RedisStore:
                 await self._reap()
             except REDIS_ERRORS as exc:
                 log.warning("cannot check other processes' leases in Redis: %s", exc)
+            except Exception:  # a record it cannot read: no reason to stop
+                log.exception("checking other processes' leases failed")
 
     async def _reap(self) -> None:
         for member in await self._client.smembers(self._key("processes")):
@@ -516,32 +567,59 @@ class RedisStore:
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.set(self._key("p", prediction_id), encoded)
             pipe.xadd(self._key("log", prediction_id), entry)
-            self._end(pipe, prediction_id, process, now)
+            self._end(pipe, prediction_id, process, now, record.get("owner"))
 
     async def _trim(self) -> None:
         """Delete the oldest ended predictions past the counts: their data
         past ``retention_count``, them past ``metadata_retention_count``."""
-        settings, now = self._settings, time.time()
-        for index, count, seconds, kinds in (
-            ("kept", settings.retention_count, settings.retention_seconds, ("in", "log")),
-            (
-                "ended",
-                settings.metadata_retention_count,
-                settings.metadata_retention_seconds,
-                ("p", "in", "log"),
-            ),
-        ):
-            # Those past the window expired by themselves.
-            await self._client.zremrangebyscore(self._key(index), -math.inf, now - seconds)
-            over = await self._client.zcard(self._key(index)) - count
-            if over <= 0:
-                continue
-            ids = [_text(m) for m in await self._client.zrange(self._key(index), 0, over - 1)]
-            if ids:
-                await self._client.zrem(self._key(index), ids)
-                await self._client.delete([self._key(kind, pid) for pid in ids for kind in kinds])
+        settings, now, client = self._settings, time.time(), self._client
+        # Data: past the window it expired by itself; past the count, deleted.
+        kept = self._key("kept")
+        await client.zremrangebyscore(kept, -math.inf, now - settings.retention_seconds)
+        over = await client.zcard(kept) - settings.retention_count
+        if over > 0:
+            ids = [_text(m) for m in await client.zrange(kept, 0, over - 1)]
+            await client.zrem(kept, ids)
+            await client.delete([self._key(k, pid) for pid in ids for k in ("in", "log")])
+        # Metadata: those past the window or the count leave the listings too.
+        ended, horizon = self._key("ended"), now - settings.metadata_retention_seconds
+        gone = [
+            _text(m)
+            for m in await client.zrange(
+                ended, -math.inf, horizon, sortby=coredis.PureToken.BYSCORE
+            )
+        ]
+        over = await client.zcard(ended) - len(gone) - settings.metadata_retention_count
+        if over > 0:
+            gone += [_text(m) for m in await client.zrange(ended, len(gone), len(gone) + over - 1)]
+        if not gone:
+            return
+        owners = await client.hmget(self._key("owners"), gone)
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.zrem(ended, gone)
+            pipe.zrem(self._key("all"), gone)
+            for pid, owner in zip(gone, owners, strict=True):
+                if owner is not None:
+                    pipe.zrem(self._key("own", _text(owner)), [pid])
+            pipe.hdel(self._key("owners"), gone)
+            pipe.delete([self._key(k, pid) for pid in gone for k in ("p", "in", "log")])
 
     # -- reading others' predictions -----------------------------------------
+
+    async def _load_once(self, prediction_id: str) -> Prediction:
+        """:meth:`_load`, one at a time per prediction: those asking for it
+        meanwhile share the copy (two copies would follow one log)."""
+        while (loading := self._loading.get(prediction_id)) is not None:
+            await loading.wait()
+            copy = self._copies.get(prediction_id)
+            if copy is not None and not copy.done:
+                return copy
+        self._loading[prediction_id] = done = trio.Event()
+        try:
+            return await self._load(prediction_id)
+        finally:
+            del self._loading[prediction_id]
+            done.set()
 
     async def _load(self, prediction_id: str) -> Prediction:
         """A copy of a prediction another process runs or ran, its events
@@ -584,7 +662,8 @@ class RedisStore:
         while True:
             entries = await self._client.xrange(key, f"({last.decode()}", "+", count=READ_COUNT)
             for entry in entries:
-                events.extend(_span(entry.field_values))
+                if not _take(events, _span(entry.field_values)):
+                    raise _Gap(prediction_id)
                 record = _record_in(entry.field_values) or record
                 last = _raw(entry.identifier)
             if len(entries) < READ_COUNT:
@@ -644,12 +723,19 @@ class RedisStore:
             return
         for entry in entries:
             record = _record_in(entry.field_values)
-            if record is not None:  # before its readers learn of an end
+            if record is not None and not events.closed:  # before readers learn of an end
                 events.prediction.refresh(record)
-            events.extend(_span(entry.field_values))
+            if not _take(events, _span(entry.field_values)):
+                log.error("the log %s has a gap: its copy here ends", key.decode())
+                events.prediction.fail(LOST_TRACK)
+                break
             self._following[key] = (followed[0], _raw(entry.identifier))
         if events.closed:
             self._following.pop(key, None)
+
+
+class _Gap(Exception):
+    """A prediction's log in Redis does not follow on from what was read."""
 
 
 class _CopyLog(MemoryEventLog):
@@ -659,6 +745,23 @@ class _CopyLog(MemoryEventLog):
     holds it."""
 
     prediction: Prediction | None = None
+
+
+def _take(events: MemoryEventLog, span: Span) -> bool:
+    """Append *span* to a copy unless it holds it already (a write retried
+    after a timeout can send a span twice) or has ended; False if it cannot
+    follow (a gap: the copy is to be dropped, and read again if asked)."""
+    if span.start + len(span.kinds) <= len(events) or events.closed:
+        return True  # seen already, or after the end: nothing to add
+    if span.start != len(events):  # a gap (or a part seen: spans never overlap so)
+        return False
+    events.extend(span)
+    return True
+
+
+def _empty(start: int) -> Span:
+    """No events, from *start*: what carries a new record alone."""
+    return Span(start, b"", b"", b"", b"")
 
 
 def _entry(span: Span) -> dict[str, bytes]:
@@ -725,12 +828,16 @@ async def open_redis_store(settings: Settings) -> AsyncIterator[RedisStore]:
             nursery.cancel_scope.cancel()
 
 
+class StoreUnreachable(ConfigError):
+    """Redis does not answer at ``[store] url`` (wrong, or down for now)."""
+
+
 async def check_reachable(url: str) -> None:
-    """Raise a :class:`ConfigError` naming *url* unless Redis answers there."""
+    """Raise :class:`StoreUnreachable` naming *url* unless Redis answers there."""
     client: coredis.Redis[bytes] = coredis.Redis.from_url(url)
     try:
         async with client:
             await client.ping()
     except* REDIS_ERRORS as group:
         reason = group.exceptions[0]
-        raise ConfigError(f"[store] url: cannot reach Redis at {url}: {reason}") from None
+        raise StoreUnreachable(f"[store] url: cannot reach Redis at {url}: {reason}") from None
