@@ -82,7 +82,9 @@ class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     #: gRPC targets (``host:port``): replicas of one model. A prediction goes
     #: to the one with the fewest calls in flight among those whose health
-    #: is not known bad (see health_check_seconds).
+    #: is not known bad (see health_check_seconds). A target naming several
+    #: addresses (``dns:///name:port``, ``ipv4:a:port,b:port``) is balanced
+    #: by gRPC itself (round_robin, client-side health checking).
     targets: Annotated[tuple[Text, ...], msgspec.Meta(min_length=1)]
     #: With several targets, each one's ``grpc.health.v1`` is checked this
     #: often; one that is down or NOT_SERVING gets no new predictions until

@@ -71,9 +71,14 @@ class RawServer:
     """
 
     def __init__(
-        self, servicer: predictor_pb2_grpc.PredictorServicer, *, health: bool = False
+        self,
+        servicer: predictor_pb2_grpc.PredictorServicer,
+        *,
+        health: bool = False,
+        address: str = "127.0.0.1:0",
     ) -> None:
         self.servicer = servicer
+        self.address = address
         self.target = ""
         self._started = threading.Event()
         self._with_health = health
@@ -112,7 +117,8 @@ class RawServer:
             self.health = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
             await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-        self.target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+        host = self.address.rpartition(":")[0]
+        self.target = f"{host}:{server.add_insecure_port(self.address)}"
         await server.start()
         self._started.set()
         await self._stop.wait()

@@ -147,3 +147,40 @@ async def test_a_call_that_cannot_reach_a_replica_takes_it_out_at_once(
                 )
                 assert response.json()["status"] == "succeeded", response.text
         assert (a.servicer.calls, b.servicer.calls) == (10, 1)
+
+
+async def test_a_target_naming_several_addresses_is_balanced_and_health_gated_by_grpc(
+    start_bridge: StartBridge,
+) -> None:
+    """``ipv4:a:port,b:port`` (or ``dns:///name:port``): one target whose
+    addresses gRPC balances (round_robin) and health-checks itself; one
+    that says NOT_SERVING gets no more calls."""
+    with RawServer(Counting(), health=True) as a:
+        port = a.target.rpartition(":")[2]
+        with RawServer(Counting(), health=True, address=f"127.0.0.2:{port}") as b:
+            url = await start_bridge(targets={"test/scripted": f"ipv4:{a.target},{b.target}"})
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+                async def run(n: int) -> None:
+                    for _ in range(n):
+                        response = await client.post(
+                            "/v1/models/test/scripted/predictions",
+                            json={"input": {"chunks": ["x"]}},
+                            headers={"Prefer": "wait"},
+                        )
+                        assert response.json()["status"] == "succeeded", response.text
+
+                await run(20)
+                assert a.servicer.calls + b.servicer.calls == 20
+                assert min(a.servicer.calls, b.servicer.calls) >= 5  # both took their turns
+                await trio.to_thread.run_sync(b.set_health, "NOT_SERVING")
+
+                async def went_to_a() -> bool:  # once gRPC has seen it, b gets none
+                    before = b.servicer.calls
+                    await run(1)
+                    return b.servicer.calls == before
+
+                await poll_until(went_to_a)
+                before = b.servicer.calls
+                await run(10)
+                assert b.servicer.calls == before

@@ -55,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import math
 import threading
@@ -93,6 +94,15 @@ _CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
+
+#: A target that names several addresses (``dns:///name:port``,
+#: ``ipv4:a:port,b:port``) is gRPC's to balance: round_robin over them,
+#: each address's grpc.health.v1 watched (client-side health checking),
+#: so one that is down or NOT_SERVING gets no calls.
+_MANY_ADDRESSES = ("dns:", "ipv4:", "ipv6:")
+_BALANCED = ("grpc.service_config", json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+))  # fmt: skip
 
 
 def map_rpc_error(exc: grpc.RpcError) -> PredictionError:
@@ -483,10 +493,11 @@ class GrpcLoop:
         channel = self._channels.get(target)
         if channel is None:
             credentials = self._credentials.get(target)
+            options = _CHANNEL_OPTIONS + [_BALANCED] * target.startswith(_MANY_ADDRESSES)
             if credentials is None:
-                channel = grpc.aio.insecure_channel(target, options=_CHANNEL_OPTIONS)
+                channel = grpc.aio.insecure_channel(target, options=options)
             else:
-                channel = grpc.aio.secure_channel(target, credentials, options=_CHANNEL_OPTIONS)
+                channel = grpc.aio.secure_channel(target, credentials, options=options)
             self._channels[target] = channel
         return channel
 
