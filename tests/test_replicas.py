@@ -6,6 +6,7 @@ is checked, and a call that cannot reach it takes it out at once), and
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -67,6 +68,17 @@ async def test_replicas_share_predictions_and_one_that_is_down_gets_none(
             assert health["status"] == "degraded" and health["ready"]
 
 
+async def scripted(client: httpx.AsyncClient, n: int) -> None:
+    """*n* ``test/scripted`` predictions, one after the other, each ended."""
+    for _ in range(n):
+        response = await client.post(
+            "/v1/models/test/scripted/predictions",
+            json={"input": {"chunks": ["x"]}},
+            headers={"Prefer": "wait"},
+        )
+        assert response.json()["status"] == "succeeded", response.text
+
+
 class Counting(Scripted):
     """A Scripted backend that counts the Predict calls it got."""
 
@@ -91,15 +103,7 @@ async def test_a_replica_that_says_not_serving_gets_no_new_predictions(
             model_options={"test/scripted": {"health_check_seconds": 0.2}},
         )
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-
-            async def run(n: int) -> None:
-                for _ in range(n):
-                    response = await client.post(
-                        "/v1/models/test/scripted/predictions",
-                        json={"input": {"chunks": ["x"]}},
-                        headers={"Prefer": "wait"},
-                    )
-                    assert response.json()["status"] == "succeeded", response.text
+            run = functools.partial(scripted, client)
 
             async def shows(status: str) -> bool:
                 health = (await client.get("/health")).json()
@@ -160,15 +164,7 @@ async def test_a_target_naming_several_addresses_is_balanced_and_health_gated_by
         with RawServer(Counting(), health=True, address=f"127.0.0.2:{port}") as b:
             url = await start_bridge(targets={"test/scripted": f"ipv4:{a.target},{b.target}"})
             async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-
-                async def run(n: int) -> None:
-                    for _ in range(n):
-                        response = await client.post(
-                            "/v1/models/test/scripted/predictions",
-                            json={"input": {"chunks": ["x"]}},
-                            headers={"Prefer": "wait"},
-                        )
-                        assert response.json()["status"] == "succeeded", response.text
+                run = functools.partial(scripted, client)
 
                 await run(20)
                 assert a.servicer.calls + b.servicer.calls == 20
