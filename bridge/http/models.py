@@ -19,8 +19,16 @@ blueprint = Blueprint("models", __name__)
 async def list_models() -> Response:
     bridge, base = context().bridge, base_url()
     await bridge.catalog.know_all()
-    results = [entry.model_json(base) for entry in bridge.catalog.models.values()]
-    return json_response({"previous": None, "next": None, "results": results})
+    entries = bridge.catalog.models.values()
+    results = [entry.model_json(base) for entry in entries]
+    # OpenAI's shape beside Replicate's: the same models, for openai's
+    # clients.models.list() (created: when this bridge started).
+    data = [
+        {"id": e.name, "object": "model", "created": int(bridge.started_at), "owned_by": e.owner}
+        for e in entries
+    ]
+    body = {"previous": None, "next": None, "results": results, "object": "list", "data": data}
+    return json_response(body)
 
 
 @blueprint.get("/v1/models/<owner>/<name>")

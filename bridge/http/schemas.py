@@ -112,10 +112,25 @@ class Model(msgspec.Struct):
     latest_version: Version | None
 
 
+class OpenAIModel(msgspec.Struct):
+    """A model as OpenAI's API lists it (its id: the model's name)."""
+
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
 class ModelPage(msgspec.Struct):
+    """Every model, as Replicate's API (``results``) and OpenAI's
+    (``object``, ``data``) list them, at once: both clients' listings read
+    this one answer."""
+
     previous: None
     next: None
     results: list[Model]
+    object: Literal["list"]
+    data: list[OpenAIModel]
 
 
 class Release(msgspec.Struct):
@@ -170,6 +185,7 @@ _TYPES = (
     PredictionPage,
     Version,
     Model,
+    OpenAIModel,
     ModelPage,
     Deployment,
     DeploymentPage,
