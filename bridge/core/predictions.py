@@ -153,16 +153,24 @@ class Prediction:
         "metrics", "created_at", "started_at", "completed_at", "output_bytes", "data_removed",
     )  # fmt: skip
 
-    def record(self) -> dict[str, Any]:
+    def record(self, *, with_input: bool = True) -> dict[str, Any]:
         """Everything it is but its events, as plain JSON values: what a
         store kept outside this process (Redis) holds, and any process
-        rebuilds it from (:meth:`from_record`). Durations measured on this
-        process's clock stay here; the ended ones are in ``metrics``."""
-        values = {name: getattr(self, name) for name in self.RECORD_FIELDS}
-        values["input"] = self._input.decode()
+        rebuilds it from (:meth:`from_record`); *with_input* False leaves
+        out its input (a store that keeps it apart: :attr:`input_json`).
+        Durations measured on this process's clock stay here; the ended
+        ones are in ``metrics``."""
+        values = {name: getattr(self, name) for name in self.RECORD_FIELDS if name != "input"}
+        if with_input:
+            values["input"] = self._input.decode()
         values["status"] = str(self.status)
         values["metrics"] = dict(self.metrics)
         return values
+
+    @property
+    def input_json(self) -> bytes:
+        """Its input as the JSON it keeps (not decoded)."""
+        return self._input
 
     @classmethod
     def from_record(cls, record: dict[str, Any], events: EventLog) -> Prediction:

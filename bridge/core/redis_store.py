@@ -184,7 +184,7 @@ class RedisStore:
             prediction.seq = await self._client.incr(self._key("seq"))
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.set(self._key("p", prediction.id), self._record(prediction))
-                pipe.set(self._key("in", prediction.id), prediction.record()["input"])
+                pipe.set(self._key("in", prediction.id), prediction.input_json)
                 pipe.sadd(self._key("running", self.process), [prediction.id])
                 pipe.zadd(self._key("all"), {prediction.id: prediction.seq})
                 if prediction.owner is not None:
@@ -333,8 +333,7 @@ class RedisStore:
     # -- writing ------------------------------------------------------------
 
     def _record(self, prediction: Prediction) -> bytes:
-        record = prediction.record()
-        del record["input"]  # kept under in:<id>, which expires with the data
+        record = prediction.record(with_input=False)  # in:<id>, expiring with the data
         if record["owner"] is not None:
             record["owner"] = _owner_key(record["owner"])
         record["process"] = self.process
