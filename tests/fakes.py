@@ -107,6 +107,16 @@ class ListEventLog:
     def names(self, start: int) -> set[str]:
         return {record.name for record, _ in self.records[start:]}
 
+    def read_records(self, start: int, limit: int = SLICE_BYTES) -> tuple[list[Record], int]:
+        out: list[Record] = []
+        size = 0
+        for record, _ in self.records[start:]:
+            if out and size >= limit:
+                break
+            out.append(record)
+            size += len(record.data.encode())
+        return out, start + len(out)
+
     def index_after(self, last_event_id: str) -> int:
         return events_module.index_after(last_event_id)
 

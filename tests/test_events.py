@@ -61,6 +61,37 @@ def test_frames_are_exactly_the_encoder_s_for_any_chunk(monkeypatch, new_log) ->
     assert log.names(n + 1) == {"logs", "error", "done"}
 
 
+def test_records_are_read_in_order_in_bounded_slices(new_log) -> None:
+    """What a reader that re-frames events (OpenAI's chunks) reads: every
+    event once, in order, as the model sent it; a slice of at most about
+    the limit's payload bytes, but at least one event."""
+    log = new_log()
+    log.append_output(OutputBatch(["a\n", "bb", {"k": 1}, "[1]"]))
+    log.append_log("a line")
+    log.append_output(OutputBatch(["x" * 100, "é"]))
+    log.finish("broke", {"reason": "error"})
+    got, start, slices = [], 0, 0
+    while start < len(log):
+        records, start = log.read_records(start, 3)
+        assert records and sum(len(r.data.encode()) for r in records[:-1]) < 3
+        got += records
+        slices += 1
+    assert [(r.name, r.data, r.json) for r in got] == [
+        ("output", "a\n", False),
+        ("output", "bb", False),
+        ("output", json.dumps({"k": 1}), True),
+        ("output", "[1]", False),
+        ("logs", "a line", False),
+        ("output", "x" * 100, False),
+        ("output", "é", False),
+        ("error", json.dumps({"detail": "broke"}), False),
+        ("done", '{"reason":"error"}', False),
+    ]
+    assert slices == 7
+    assert log.read_records(0)[0] == got and log.read_records(0)[1] == len(log)
+    assert log.read_records(len(log)) == ([], len(log))
+
+
 def test_a_snapshot_is_the_log_when_it_was_taken(new_log) -> None:
     log = new_log()
     log.append_output(OutputBatch(["text", {"json": ["value"]}, "[1]"]))

@@ -255,6 +255,13 @@ class EventLog(Protocol):
         """The names of the events from *start* on."""
         ...
 
+    def read_records(self, start: int, limit: int = SLICE_BYTES) -> tuple[list[Record], int]:
+        """The events from *start* on as records, at most about *limit*
+        payload bytes of them but at least one event if there is one, and
+        the index after the last one returned: what a reader that re-frames
+        them (OpenAI's chunks) follows the log with."""
+        ...
+
     def index_after(self, last_event_id: str) -> int:
         """Where a reader that saw *last_event_id* resumes (ValueError for
         an id this log could not have written)."""
@@ -509,6 +516,25 @@ class MemoryEventLog:
     def names(self, start: int) -> set[str]:
         """The names of the events from *start* on."""
         return {_NAMES[kind & ~_BREAKS] for kind in set(self._kinds[start:])}
+
+    def read_records(self, start: int, limit: int = SLICE_BYTES) -> tuple[list[Record], int]:
+        end = len(self._kinds)
+        if start >= end:
+            return [], start
+        begin = self._ends[start - 1] if start else 0
+        # Up to the event that reaches the limit (found in C, no step per event).
+        stop = min(end, bisect.bisect_left(self._ends, begin + limit, start, end) + 1)
+        out = []
+        data = self._data
+        for kind, a, b in zip(
+            self._kinds[start:stop],
+            [begin, *self._ends[start : stop - 1]],
+            self._ends[start:stop],
+            strict=True,
+        ):
+            kind &= ~_BREAKS
+            out.append(Record(_NAMES[kind], data[a:b].decode(), kind == _JSON))
+        return out, stop
 
     # -- what the prediction object shows -----------------------------------
 
