@@ -12,8 +12,8 @@ from .._compat.quart_trio import App
 from ..core.service import Bridge
 from ..errors import BridgeError, RetryLater, Unauthorized
 from ..metrics import Metrics
-from . import models, ops, predictions
-from .common import Context, caller, context, no_content, problem
+from . import models, openai_api, ops, predictions
+from .common import Context, caller, context, json_response, no_content, problem
 from .headers import check_host, cors_origin
 
 __all__ = ["create_app"]
@@ -39,7 +39,7 @@ def create_app(bridge: Bridge, metrics: Metrics) -> QuartTrio:
         tokens=tokens,
         metrics_tokens=[settings.metrics_token.encode()] if settings.metrics_token else tokens,
     )
-    for blueprint in (predictions.blueprint, models.blueprint, ops.blueprint):
+    for blueprint in (predictions.blueprint, models.blueprint, openai_api.blueprint, ops.blueprint):
         app.register_blueprint(blueprint)
     app.before_request(_check_request)
     app.after_request(_cors)
@@ -97,8 +97,18 @@ async def _cors(response: Response) -> Response:
     return response
 
 
+def _openai_route() -> bool:
+    """Whether this request is for OpenAI's API: its errors are OpenAI's
+    error object, as its clients read them."""
+    return request.blueprint == openai_api.blueprint.name
+
+
 async def _bridge_error(exc: BridgeError) -> Response:
-    response = problem(exc.problem())
+    if _openai_route():
+        status, body = openai_api.error_body(exc)
+        response = json_response(body, status)
+    else:
+        response = problem(exc.problem())
     if isinstance(exc, RetryLater):
         response.headers["Retry-After"] = str(context().settings.retry_after_seconds)
     if isinstance(exc, Unauthorized):
@@ -107,4 +117,8 @@ async def _bridge_error(exc: BridgeError) -> Response:
 
 
 async def _http_error(exc: HTTPException) -> Response:
+    if _openai_route():
+        error = BridgeError(exc.description or exc.name)
+        error.status = exc.code or 500
+        return await _bridge_error(error)
     return problem({"title": exc.name, "detail": exc.description, "status": exc.code})

@@ -35,9 +35,9 @@ from quart import Response
 
 from .. import sse
 from .._compat.hypercorn import ChunkWriter, chunk_writer
-from ..core.events import SLICE_BYTES, EventLog
+from ..core.events import SLICE_BYTES, EventLog, Record
 
-__all__ = ["SSE_HEADERS", "head_response", "sse_body", "stream_response"]
+__all__ = ["SSE_HEADERS", "follow_records", "head_response", "sse_body", "stream_response"]
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
@@ -89,6 +89,36 @@ async def sse_body(
     finally:
         if clients is not None:
             clients.dec()
+
+
+async def follow_records(
+    events: EventLog, keepalive: float, start: int = 0
+) -> AsyncIterator[list[Record] | None]:
+    """The log's events from *start* on as records, every one available at
+    each wake-up at once (one batch of the model's output, at most a slice),
+    until the log closes; None when the stream has been idle for two thirds
+    of *keepalive* (time for a keep-alive comment): what a stream that
+    re-frames events (OpenAI's chunks) follows the log with."""
+    cursor = start
+    yielded_at = trio.current_time()
+    while True:
+        if cursor < len(events):
+            records, cursor = events.read_records(cursor)
+            yield records
+            yielded_at = trio.current_time()
+        elif events.closed:
+            return
+        else:
+            follower = _Follower(events, cursor, None)  # no writer: news wakes it
+            events.follow(follower)
+            try:
+                await follower.woken.park()
+            finally:
+                events.unfollow(follower)
+            nothing_new = cursor >= len(events) and not events.closed
+            if nothing_new and trio.current_time() - yielded_at >= keepalive * 2 / 3:
+                yield None
+                yielded_at = trio.current_time()
 
 
 class _Follower:

@@ -1,0 +1,436 @@
+"""OpenAI's API over the same predictions: chat completions, completions and
+responses, streamed or not.
+
+Each request is an ordinary prediction (``chatcmpl-<id>``, ``cmpl-<id>``,
+``resp_<id>``: gettable, listed and cancellable by its id), created by
+:meth:`bridge.core.service.Bridge.create` with the input
+:mod:`bridge.http.openai_input` maps from the body. The request owns it: a
+client that hangs up, streaming or waiting, cancels it (the backend sees
+CANCELLED), as the direct streaming create does.
+
+A stream follows the prediction's log as records
+(:func:`bridge.http.stream.follow_records`): every output chunk that came in
+one batch becomes one delta, in OpenAI's framing (a :class:`_Shape` per
+API). Errors are OpenAI's error object (see :func:`error_response`); one
+after the stream began is a ``data: {"error": ...}`` line (a
+``response.failed`` event for responses), and the stream ends.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+from prometheus_client import Gauge
+from quart import Blueprint, Response
+
+from .. import sse
+from .._compat.quart_trio import when_request_ends
+from ..core.events import Record
+from ..core.models import ModelEntry
+from ..core.predictions import Prediction, Status
+from ..errors import BackendUnavailable, BridgeError, InvalidInput, NotFound
+from . import stream
+from .common import base_url, caller, context, json_body
+from .openai_input import Asked, BadParam, chat_input, completion_input, responses_input
+
+__all__ = ["blueprint", "error_body"]
+
+blueprint = Blueprint("openai", __name__)
+
+_CANCELED = "the prediction was canceled"
+
+
+class ModelNotFound(NotFound):
+    """``model`` names no model or deployment served here."""
+
+    code = "model_not_found"
+
+
+def error_body(exc: BridgeError) -> tuple[int, dict[str, Any]]:
+    """*exc* as OpenAI's error object, and its status: the shape OpenAI's
+    clients read (a schema failure is a 400 naming the input field)."""
+    status, param, code = exc.status, getattr(exc, "param", None), getattr(exc, "code", None)
+    if isinstance(exc, InvalidInput):
+        status = 400
+        param = exc.invalid_fields[0].get("field") if exc.invalid_fields else None
+    if status == 401:
+        kind, code = "authentication_error", "invalid_api_key"
+    elif status == 429:
+        kind, code = "rate_limit_error", "rate_limit_exceeded"
+    elif status < 500:
+        kind = "invalid_request_error"
+    else:
+        kind = "server_error"
+    return status, {"error": {"message": exc.detail, "type": kind, "param": param, "code": code}}
+
+
+# -- creating ------------------------------------------------------------------
+
+
+def _entry(name: Any) -> ModelEntry:
+    if not isinstance(name, str) or not name:
+        raise BadParam("model", "model is required: a model or deployment name")
+    catalog = context().bridge.catalog
+    if name in catalog.models:
+        return catalog.model(name)
+    try:
+        return catalog.deployment(name)
+    except NotFound:
+        raise ModelNotFound(f"the model {name!r} does not exist here") from None
+
+
+async def _create(translate: Callable[[dict[str, Any], dict[str, Any]], Asked]) -> Started:
+    """The prediction a request asks for, owned by the request."""
+    bridge = context().bridge
+    body, size = await json_body()
+    entry = _entry(body.get("model"))
+    info = await bridge.catalog.info(entry)
+    if info is None:
+        raise BackendUnavailable(f"the backend of {entry.name} cannot say what it serves")
+    asked = translate(body, info.input_schema)
+    prediction = await bridge.create(
+        entry, asked.input, owner=caller(), input_size=size, base_url=base_url()
+    )
+    when_request_ends(lambda: bridge.cancel(prediction))
+    return Started(prediction, asked, body)
+
+
+@dataclass(frozen=True)
+class Started:
+    prediction: Prediction
+    asked: Asked
+    body: dict[str, Any]
+
+    @property
+    def usage(self) -> tuple[int, int]:
+        return _token_counts(self.prediction)
+
+    @property
+    def finish_reason(self) -> str:
+        """``length`` when the model stopped at the token limit it was given."""
+        limit = self.asked.limit
+        return "length" if limit is not None and self.usage[1] >= limit else "stop"
+
+    @property
+    def failure(self) -> str | None:
+        """Why it did not succeed, once it ended (None if it did)."""
+        status = self.prediction.status
+        if status is Status.FAILED:
+            return self.prediction.error or "the prediction failed"
+        return _CANCELED if status is Status.CANCELED else None
+
+
+def _token_counts(p: Prediction) -> tuple[int, int]:
+    """(prompt tokens, completion tokens): the model's own counts (metrics
+    ``input_token_count``, ``output_token_count``) when it sent them, else 0
+    and the output chunks."""
+    return (
+        int(p.metrics.get("input_token_count", 0)),
+        int(p.metrics.get("output_token_count", p.events.output_count)),
+    )
+
+
+def _json(body: Any) -> Response:
+    return Response(msgspec.json.encode(body), content_type="application/json")
+
+
+# -- streaming ------------------------------------------------------------------
+
+
+class _Shape(Protocol):
+    """How one API frames a prediction's stream."""
+
+    def opening(self) -> bytes: ...
+
+    def delta(self, text: str) -> bytes: ...
+
+    def ending(self) -> bytes: ...
+
+
+def _data(body: Any) -> bytes:
+    # JSON escapes every line break: a chunk can never break the frame.
+    return b"data: %b\n\n" % msgspec.json.encode(body)
+
+
+def _text(record: Record) -> str:
+    return record.data if record.name == "output" else ""
+
+
+async def _sse(
+    started: Started, shape: _Shape, keepalive: float, clients: Gauge
+) -> AsyncIterator[bytes]:
+    clients.inc()
+    try:
+        yield shape.opening()
+        events = started.prediction.events
+        async for records in stream.follow_records(events, keepalive):
+            if records is None:
+                yield sse.KEEPALIVE
+            elif text := "".join(map(_text, records)):
+                yield shape.delta(text)
+        yield shape.ending()
+    finally:
+        clients.dec()
+
+
+def _stream_response(started: Started, shape: _Shape) -> Response:
+    # (The body runs outside the app's context: it is handed what it needs.)
+    state = context()
+    body = _sse(started, shape, state.settings.keepalive_seconds, state.metrics.stream_clients)
+    response = Response(body, content_type="text/event-stream", headers=stream.SSE_HEADERS)
+    response.timeout = None  # Quart would cut the stream at 60 s
+    return response
+
+
+def _error_line(message: str) -> bytes:
+    error = {"message": message, "type": "server_error", "param": None, "code": None}
+    return _data({"error": error})
+
+
+async def _ended(started: Started) -> Started:
+    """*started* once its prediction ended (a non-streaming answer)."""
+    await started.prediction.events.wait_closed()
+    failure = started.failure
+    if failure is not None:
+        raise _Failed(failure)
+    return started
+
+
+class _Failed(BridgeError):
+    """A prediction that failed before a non-streaming answer was sent."""
+
+    status = 500
+    title = "Prediction failed"
+
+
+def _output_text(prediction: Prediction) -> str:
+    return "".join(
+        o if isinstance(o, str) else json.dumps(o) for o in prediction.events.snapshot().outputs()
+    )
+
+
+# -- chat completions ------------------------------------------------------------
+
+
+class _Chat:
+    """``chat.completion.chunk`` lines, then ``data: [DONE]``."""
+
+    object = "chat.completion.chunk"
+
+    def __init__(self, started: Started) -> None:
+        self.started = started
+        p = started.prediction
+        self.head = {
+            "id": f"chatcmpl-{p.id}", "object": self.object,
+            "created": int(p.created_at), "model": p.model,
+        }  # fmt: skip
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return _data({**self.head, "choices": [choice]})
+
+    def opening(self) -> bytes:
+        return self._chunk({"role": "assistant", "content": ""})
+
+    def delta(self, text: str) -> bytes:
+        return self._chunk({"content": text})
+
+    def ending(self) -> bytes:
+        started = self.started
+        if started.failure is not None:
+            return _error_line(started.failure)
+        out = [self._chunk({}, started.finish_reason)]
+        if started.asked.include_usage:
+            out.append(_data({**self.head, "choices": [], "usage": _usage(started)}))
+        return b"".join([*out, b"data: [DONE]\n\n"])
+
+
+def _usage(started: Started) -> dict[str, int]:
+    prompt, completion = started.usage
+    total = prompt + completion
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": total}
+
+
+@blueprint.post("/v1/chat/completions")
+async def create_chat_completion() -> Response:
+    started = await _create(chat_input)
+    if started.asked.stream:
+        return _stream_response(started, _Chat(started))
+    started = await _ended(started)
+    p = started.prediction
+    message = {"role": "assistant", "content": _output_text(p), "refusal": None}
+    choice = {
+        "index": 0, "message": message, "logprobs": None, "finish_reason": started.finish_reason,
+    }  # fmt: skip
+    body = {
+        "id": f"chatcmpl-{p.id}", "object": "chat.completion", "created": int(p.created_at),
+        "model": p.model, "choices": [choice], "usage": _usage(started),
+    }  # fmt: skip
+    return _json(body)
+
+
+# -- completions (legacy) ---------------------------------------------------------
+
+
+class _Completion(_Chat):
+    """``text_completion`` lines, then ``data: [DONE]``."""
+
+    object = "text_completion"
+
+    def __init__(self, started: Started) -> None:
+        super().__init__(started)
+        self.head["id"] = f"cmpl-{started.prediction.id}"
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        text = delta.get("content", "")
+        choice = {"text": text, "index": 0, "logprobs": None, "finish_reason": finish}
+        return _data({**self.head, "choices": [choice]})
+
+    def opening(self) -> bytes:
+        return b""
+
+
+@blueprint.post("/v1/completions")
+async def create_completion() -> Response:
+    started = await _create(completion_input)
+    if started.asked.stream:
+        return _stream_response(started, _Completion(started))
+    started = await _ended(started)
+    p = started.prediction
+    choice = {
+        "text": _output_text(p), "index": 0, "logprobs": None,
+        "finish_reason": started.finish_reason,
+    }  # fmt: skip
+    body = {
+        "id": f"cmpl-{p.id}", "object": "text_completion", "created": int(p.created_at),
+        "model": p.model, "choices": [choice], "usage": _usage(started),
+    }  # fmt: skip
+    return _json(body)
+
+
+# -- responses ------------------------------------------------------------------
+
+_RESPONSE_STATUS = {
+    Status.STARTING: "in_progress",
+    Status.PROCESSING: "in_progress",
+    Status.SUCCEEDED: "completed",
+    Status.FAILED: "failed",
+    Status.CANCELED: "cancelled",
+}
+
+
+def _response(
+    p: Prediction, text: str, started: Started | None = None, status: str | None = None
+) -> dict[str, Any]:
+    """*p* as OpenAI's response object, its output *text* so far."""
+    status = status or _RESPONSE_STATUS[p.status]
+    incomplete = None
+    if status == "completed" and started is not None and started.finish_reason == "length":
+        status, incomplete = "incomplete", {"reason": "max_output_tokens"}
+    error = None
+    if status in ("failed", "cancelled"):
+        error = {"code": "server_error", "message": p.error or _CANCELED}
+    message_status = {"in_progress": "in_progress", "incomplete": "incomplete"}.get(
+        status, "completed"
+    )
+    part = {"type": "output_text", "text": text, "annotations": []}
+    item = {
+        "type": "message", "id": f"msg_{p.id}", "status": message_status,
+        "role": "assistant", "content": [part],
+    }  # fmt: skip
+    prompt, completion = _token_counts(p)
+    body = started.body if started is not None else {}
+    return {
+        "id": f"resp_{p.id}", "object": "response", "created_at": int(p.created_at),
+        "status": status, "error": error, "incomplete_details": incomplete,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": p.model, "output": [item] if text or status != "in_progress" else [],
+        "parallel_tool_calls": False, "temperature": body.get("temperature"),
+        "tool_choice": "none", "tools": [], "top_p": body.get("top_p"),
+        "text": {"format": {"type": "text"}}, "metadata": {},
+        "usage": None if status == "in_progress" else {
+            "input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + completion,
+        },
+    }  # fmt: skip
+
+
+class _Responses:
+    """The named events of OpenAI's response stream, each numbered."""
+
+    def __init__(self, started: Started) -> None:
+        self.started = started
+        self.id = f"msg_{started.prediction.id}"
+        self.text: list[str] = []
+        self.sequence = 0
+
+    def _event(self, kind: str, **fields: Any) -> bytes:
+        body = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return b"event: %b\n%b" % (kind.encode(), _data(body))
+
+    def _at(self) -> dict[str, Any]:
+        return {"item_id": self.id, "output_index": 0, "content_index": 0}
+
+    def opening(self) -> bytes:
+        p = self.started.prediction
+        response = _response(p, "", self.started, "in_progress")
+        item = {
+            "type": "message", "id": self.id, "status": "in_progress",
+            "role": "assistant", "content": [],
+        }  # fmt: skip
+        return b"".join(
+            [
+                self._event("response.created", response=response),
+                self._event("response.in_progress", response=response),
+                self._event("response.output_item.added", output_index=0, item=item),
+                self._event(
+                    "response.content_part.added",
+                    **self._at(),
+                    part={"type": "output_text", "text": "", "annotations": []},
+                ),
+            ]
+        )
+
+    def delta(self, text: str) -> bytes:
+        self.text.append(text)
+        return self._event("response.output_text.delta", **self._at(), delta=text, logprobs=[])
+
+    def ending(self) -> bytes:
+        p, text = self.started.prediction, "".join(self.text)
+        response = _response(p, text, self.started)
+        if self.started.failure is not None:
+            return self._event("response.failed", response=response)
+        item = response["output"][0]
+        return b"".join(
+            [
+                self._event("response.output_text.done", **self._at(), text=text, logprobs=[]),
+                self._event("response.content_part.done", **self._at(), part=item["content"][0]),
+                self._event("response.output_item.done", output_index=0, item=item),
+                self._event(f"response.{response['status']}", response=response),
+            ]
+        )
+
+
+@blueprint.post("/v1/responses")
+async def create_response() -> Response:
+    started = await _create(responses_input)
+    if started.asked.stream:
+        return _stream_response(started, _Responses(started))
+    await started.prediction.events.wait_closed()
+    p = started.prediction
+    return _json(_response(p, _output_text(p), started))
+
+
+@blueprint.get("/v1/responses/<response_id>")
+async def get_response(response_id: str) -> Response:
+    if not response_id.startswith("resp_"):
+        raise NotFound(f"no response {response_id!r}: a response id starts with resp_")
+    p = await context().bridge.get(response_id.removeprefix("resp_"), caller())
+    return _json(_response(p, _output_text(p)))
