@@ -109,6 +109,47 @@ def _create(body: str, summary: str, params: list[dict[str, Any]]) -> dict[str, 
     }
 
 
+_OPENAI_ERRORS = {
+    400: "Bad JSON, a field of the wrong shape (param names it), or input the model's "
+    "schema rejects.",
+    401: "A token is required (auth is on) and none valid was sent.",
+    404: "No such model or deployment (code model_not_found), or response.",
+    413: "The request body is over max_body_bytes.",
+    429: "Over capacity; retry after Retry-After seconds.",
+    500: "The prediction failed before a non-streaming answer.",
+    503: "Shutting down, or the model's backend cannot say what it is.",
+}
+
+
+def _openai(body: str, answer: str, example: dict[str, Any], summary: str) -> dict[str, Any]:
+    errors: dict[str, Any] = {}
+    for code, description in _OPENAI_ERRORS.items():
+        errors[str(code)] = _json(_ref("OpenAIError"), description)
+        if code in (429, 503):
+            errors[str(code)]["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
+    return {
+        "post": {
+            "summary": summary,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(body), "example": example}},
+            },
+            "responses": {
+                "200": {
+                    "description": "With stream true, the stream (it owns the prediction: "
+                    "hanging up cancels it); else the answer once the prediction ends.",
+                    "content": {
+                        "application/json": {"schema": _ref(answer)},
+                        "text/event-stream": {"schema": _ref("OpenAIStreamLine")},
+                    },
+                },
+                **errors,
+            },
+        }
+    }
+
+
+_HELLO = [{"role": "user", "content": "Hello there"}]
 _EXAMPLES = {
     "PredictionRequest": {"version": "demo/echo", "input": {"prompt": "Hello there"}},
     "ModelPredictionRequest": {"input": {"prompt": "Tell me a story"}},
@@ -261,6 +302,42 @@ def spec() -> dict[str, Any]:
                 },
             }
         },
+        "/v1/chat/completions": _openai(
+            "ChatCompletionRequest",
+            "ChatCompletion",
+            {"model": "demo/echo", "messages": _HELLO},
+            "OpenAI's chat completion, as a prediction (chatcmpl-<id>)",
+        ),
+        "/v1/completions": _openai(
+            "CompletionRequest",
+            "TextCompletion",
+            {"model": "demo/echo", "prompt": "Hello there"},
+            "OpenAI's (legacy) completion, as a prediction (cmpl-<id>)",
+        ),
+        "/v1/responses": _openai(
+            "ResponseRequest",
+            "OpenAIResponse",
+            {"model": "demo/echo", "input": "Hello there"},
+            "OpenAI's response, as a prediction (resp_<id>); streamed as named events",
+        ),
+        "/v1/responses/{response_id}": {
+            "get": {
+                "summary": "A response as it is now",
+                "parameters": [
+                    {
+                        "name": "response_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": _json(_ref("OpenAIResponse"), "The response."),
+                    "401": _json(_ref("OpenAIError"), _OPENAI_ERRORS[401]),
+                    "404": _json(_ref("OpenAIError"), _OPENAI_ERRORS[404]),
+                },
+            }
+        },
         "/v1/webhooks/default/secret": {
             "get": {
                 "summary": "The key webhooks are signed with",
@@ -299,8 +376,9 @@ def spec() -> dict[str, Any]:
         "info": {
             "title": "grpc-sse-bridge",
             "version": "1",
-            "description": "Replicate's predictions API in front of gRPC model "
-            "backends, with live server-sent event streams.",
+            "description": "Replicate's predictions API, and OpenAI's chat completions, "
+            "completions and responses, in front of gRPC model backends, with live "
+            "server-sent event streams.",
         },
         "paths": paths,
         "components": {

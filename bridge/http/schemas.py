@@ -177,6 +177,131 @@ class WebhookSecret(msgspec.Struct):
     key: str
 
 
+# -- OpenAI's API -----------------------------------------------------------------
+
+
+class OpenAIErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(msgspec.Struct):
+    """An error on OpenAI's routes, as OpenAI's clients read it."""
+
+    error: OpenAIErrorDetail
+
+
+_PASSED = _Doc(
+    description="max_tokens, temperature, top_p, stop and seed go to the model's inputs of "
+    "the same name (the token limit also to max_new_tokens); any other field the model's "
+    "input schema names is passed as input; the rest is ignored."
+)
+
+
+class ChatMessage(msgspec.Struct):
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(msgspec.Struct):
+    """A chat completion: the model's ``messages`` as sent, else the last user
+    message as its ``prompt`` and the system messages as its
+    ``system_prompt``."""
+
+    model: Annotated[str, _Doc(description="A model or deployment name.", examples=["demo/echo"])]
+    messages: Annotated[list[ChatMessage], _PASSED]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+
+
+class CompletionRequest(msgspec.Struct):
+    """A (legacy) completion: ``prompt`` is the model's prompt."""
+
+    model: Annotated[str, _Doc(description="A model or deployment name.", examples=["demo/echo"])]
+    prompt: Annotated[str | list[str], _PASSED]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+
+
+class ResponseRequest(msgspec.Struct):
+    """A response: ``input`` a prompt or messages, ``instructions`` the system
+    message; ``previous_response_id`` and ``tools`` are a 400."""
+
+    model: Annotated[str, _Doc(description="A model or deployment name.", examples=["demo/echo"])]
+    input: Annotated[str | list[ChatMessage], _PASSED]
+    instructions: str | None = None
+    stream: bool = False
+    max_output_tokens: int | None = None
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatChoice(msgspec.Struct):
+    index: int
+    message: dict[str, Any]
+    logprobs: None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(msgspec.Struct):
+    id: Annotated[str, _Doc(description="chatcmpl-<prediction id>")]
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class CompletionChoice(msgspec.Struct):
+    text: str
+    index: int
+    logprobs: None
+    finish_reason: Literal["stop", "length"]
+
+
+class TextCompletion(msgspec.Struct):
+    id: Annotated[str, _Doc(description="cmpl-<prediction id>")]
+    object: Literal["text_completion"]
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+
+class OpenAIResponse(msgspec.Struct):
+    """A response (a few of OpenAI's fields, as openai-python reads them)."""
+
+    id: Annotated[str, _Doc(description="resp_<prediction id>")]
+    object: Literal["response"]
+    created_at: int
+    status: Literal["in_progress", "completed", "incomplete", "failed", "cancelled"]
+    error: dict[str, Any] | None
+    incomplete_details: dict[str, Any] | None
+    model: str
+    output: list[dict[str, Any]]
+    usage: dict[str, Any] | None
+
+
+class OpenAIStreamLine(msgspec.Struct):
+    """A line of a chat or completion stream: ``data: <chunk JSON>``, a
+    ``data: {"error": ...}`` if the model fails, and ``data: [DONE]`` last."""
+
+    data: str
+
+
 _TYPES = (
     Problem,
     PredictionRequest,
@@ -192,6 +317,14 @@ _TYPES = (
     SSEEvent,
     Health,
     WebhookSecret,
+    OpenAIError,
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponseRequest,
+    ChatCompletion,
+    TextCompletion,
+    OpenAIResponse,
+    OpenAIStreamLine,
 )
 
 
