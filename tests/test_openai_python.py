@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 import replicate
+import trio
 
 from bridge.sdk import Field, Metrics, Model, ModelServer
 from tests.conftest import PROBES, StartBridge, open_gate, poll_until, wait_closed
@@ -277,3 +278,36 @@ async def test_auth_limits_and_sizes_answer_in_openai_s_shape(start_bridge: Star
     assert full.value.type == "rate_limit_error"
     open_gate(key)
     assert "".join([c.choices[0].delta.content or "" async for c in holding]) == "waiting through"
+
+
+async def test_no_chunk_breaks_a_line_and_idle_streams_get_keepalives(
+    start_bridge: StartBridge,
+) -> None:
+    url = await start_bridge(keepalive_seconds=0.1)
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0)
+    tokens = ["a\r\n", "b\rc", "\u2028d\n\n", "data: [DONE]\n\n", ""]
+    stream = await client.chat.completions.create(
+        model="demo/echo", messages=[STORY], stream=True, extra_body={"tokens": tokens}
+    )
+    assert "".join([c.choices[0].delta.content or "" async for c in stream]) == "".join(tokens)
+    await client.close()
+    key = uuid.uuid4().hex
+    body = {"model": "test/gate", "messages": [STORY], "stream": True, "key": key}
+    with trio.fail_after(10):
+        raw = await read_while_gated(url, body, key)
+    assert raw.endswith(b"data: [DONE]\n\n") and b"through" in raw
+
+
+async def read_while_gated(url: str, body: dict[str, Any], key: str) -> bytes:
+    """The stream of a test/gate chat, its gate opened once a keep-alive
+    comment came while the model was silent."""
+    raw = b""
+    async with (
+        httpx.AsyncClient(base_url=url) as http,
+        http.stream("POST", "/v1/chat/completions", json=body) as response,
+    ):
+        async for piece in response.aiter_raw():
+            raw += piece
+            if b"\n: ping\n" in raw.split(b"waiting")[-1]:
+                open_gate(key)
+    return raw
