@@ -31,7 +31,8 @@ bridge/_proto/v1/predictor_pb2.py: proto/bridge/v1/predictor.proto | $(STAMP)
 run: bridge/_proto/v1/predictor_pb2.py
 	exec $(PY) -m bridge run-demo --host 127.0.0.1 --port $(PORT) $(if $(CONFIG),--config $(CONFIG)) $(if $(WORKERS),--workers $(WORKERS))
 
-# Replicate's JS client, for tests/test_replicate_js.py (no lockfile kept).
+# Replicate's and OpenAI's JS clients, for tests/test_replicate_js.py and
+# tests/test_openai_js.py (no lockfile kept).
 JS_CLIENT := tests/js/node_modules/replicate/package.json
 $(JS_CLIENT): tests/js/package.json
 	command -v npm >/dev/null || { apt-get update && apt-get install -y nodejs npm; }

@@ -21,13 +21,16 @@ import trio
 from tests.backends import ENV, read_until
 from tests.conftest import poll_until
 
-SCRIPT = Path(__file__).parent / "js" / "client.mjs"
+SCRIPTS = Path(__file__).parent / "js"
 
 
-async def node(base_url: str, command: str, args: dict[str, Any]) -> list[dict[str, Any]]:
+async def node(
+    base_url: str, command: str, args: dict[str, Any], script: str = "client.mjs"
+) -> list[dict[str, Any]]:
+    """What a tests/js script printed, a JSON value per line."""
     with trio.fail_after(30):
         result = await trio.run_process(
-            ["node", str(SCRIPT), base_url, command, json.dumps(args)],
+            ["node", str(SCRIPTS / script), base_url, command, json.dumps(args)],
             capture_stdout=True,
             capture_stderr=True,
             check=False,
