@@ -266,7 +266,7 @@ def run_snippet(lang: str, code: str, tmp: Path) -> str:
         events = spec_events([raw.stdout])
         assert events[-1].event == "done"
         return "".join(e.data for e in events if e.event == "output")
-    if lang == "python":
+    if lang in ("python", "openai"):  # openai: the same prediction through OpenAI's chat API
         script = tmp / "snippet.py"
         script.write_text(code)
         command = [sys.executable, str(script)]
@@ -287,7 +287,8 @@ def test_the_code_snippets_reproduce_the_prediction(page: Page, bridge: str) -> 
     output = echo_to_the_end(page, bridge, "the same words, again", repeat=2, delay_ms=5)
     assert output == "the same words, again the same words, again"
     tmp = Path(tempfile.mkdtemp())
-    for lang in ("curl", "python", "javascript"):
+    assert page.is_visible("#openai-tab")  # demo/echo is a text model
+    for lang in ("curl", "python", "javascript", "openai"):
         page.click(f"#code [data-lang={lang}]")
         assert page.get_attribute("#snippet", "data-lang") == lang
         code = page.text_content("#snippet")

@@ -237,6 +237,15 @@ function streams(model) {
   return !version || output["x-cog-array-type"] === "iterator";
 }
 
+function chatModel(model) {
+  // A text model OpenAI's chat API reaches: it streams, and takes a prompt
+  // or messages (how the bridge maps a chat onto a model's input).
+  const version = model && model.latest_version;
+  if (!version || !streams(model)) return false;
+  const props = version.openapi_schema.components.schemas.Input.properties || {};
+  return "prompt" in props || "messages" in props;
+}
+
 function python(value, indent = "") {
   // A Python literal for a JSON value (JSON's string escapes are Python's).
   if (value === null) return "None";
@@ -293,6 +302,27 @@ const input = ${JSON.stringify(input, null, 2)};
 ${call}
 `;
   },
+  openai(model, input, withToken) {
+    // The same prediction through OpenAI's chat API (openai-python).
+    const auth = withToken ? 'os.environ["BRIDGE_TOKEN"]' : '"unused"';
+    const head = withToken ? "import os\n\nfrom openai import OpenAI\n" : "from openai import OpenAI\n";
+    const { prompt, system_prompt: system, messages, ...rest } = input;
+    const said = messages || [
+      ...(system === undefined ? [] : [{ role: "system", content: system }]),
+      { role: "user", content: prompt },
+    ];
+    const extra = Object.keys(rest).length ? `    extra_body=${python(rest, "    ")},\n` : "";
+    return `${head}
+client = OpenAI(api_key=${auth}, base_url=${JSON.stringify(location.origin + "/v1")})
+stream = client.chat.completions.create(
+    model=${JSON.stringify(model)},
+    messages=${python(said, "    ")},
+    stream=True,
+${extra})
+for chunk in stream:
+    print(chunk.choices[0].delta.content or "", end="", flush=True)
+`;
+  },
 };
 
 let codeLang = "curl";
@@ -307,6 +337,9 @@ function showCode(prediction) {
 function renderCode() {
   const box = $("code");
   if (box.hidden) return;
+  const chat = chatModel(models.get(box.dataset.model));
+  $("openai-tab").hidden = !chat;
+  if (!chat && codeLang === "openai") codeLang = "python";
   const input = JSON.parse(box.dataset.input);
   $("snippet").textContent = snippets[codeLang](box.dataset.model, input, Boolean(token()));
   $("snippet").dataset.lang = codeLang;
