@@ -1,10 +1,13 @@
 """The README's "Serve your own model" steps, run as written: its
 ``my_model.py`` and ``bridge.toml`` blocks, copied from the README into a
-directory, and its two commands (the bridge on a free port, not 8000); and
-every TOML example in the README and docs/, parsed and checked."""
+directory, and its two commands (the bridge on a free port, not 8000); its
+OpenAI client blocks; and every TOML example in the README and docs/,
+parsed and checked."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
 import subprocess
@@ -15,16 +18,16 @@ import httpx
 import trio
 
 from tests.backends import ENV, read_until
-from tests.conftest import create, read_stream
+from tests.conftest import StartBridge, create, read_stream
 
 README = Path(__file__).parent.parent / "README.md"
 DOCS = sorted((Path(__file__).parent.parent / "docs").glob("*.md"))
 
 
 def block(first_line: str) -> str:
-    """The README's fenced code block that starts with *first_line*."""
+    """The README's fenced code block whose first line starts with *first_line*."""
     for body in re.findall(r"```\w*\n(.*?)```", README.read_text(), re.DOTALL):
-        if body.startswith(first_line + "\n"):
+        if body.startswith(first_line):
             return body
     raise AssertionError(f"no block starting {first_line!r} in the README")
 
@@ -94,3 +97,43 @@ def test_every_toml_block_is_toml_with_keys_the_bridge_knows() -> None:
             Settings.from_dict(data, extra_models=demo)
         except ConfigError as exc:
             assert "cannot read" in str(exc), (body, exc)  # a file the example names
+
+
+async def test_the_openai_client_blocks_run_as_written(start_bridge: StartBridge) -> None:
+    """The README's openai-python, openai-node and curl blocks, pointed at a
+    bridge on a free port (at once): each tells the fable it asked for."""
+    url = await start_bridge()
+
+    def pointed(first_line: str) -> str:
+        code = block(first_line)
+        assert "http://127.0.0.1:8000" in code
+        return code.replace("http://127.0.0.1:8000", url)
+
+    script = Path(__file__).parent / "js" / f"readme-{os.getpid()}.mjs"  # beside its client
+    script.write_text(pointed('import OpenAI from "openai";'))
+    commands = {
+        "python": [sys.executable, "-c", pointed("from openai import OpenAI")],
+        "node": ["node", str(script)],
+        "curl": ["bash", "-c", pointed("curl -sN http://127.0.0.1:8000/v1/chat/completions")],
+    }
+    printed: dict[str, str] = {}
+
+    async def run(name: str) -> None:
+        done = await trio.run_process(commands[name], capture_stdout=True, env=ENV)
+        printed[name] = done.stdout.decode()
+
+    try:
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for name in commands:
+                    nursery.start_soon(run, name)
+    finally:
+        script.unlink()
+    assert "lion" in printed["python"].lower() and "lion" in printed["node"].lower()
+    lines = printed["curl"].split("\n\n")
+    assert lines[-2:] == ["data: [DONE]", ""]
+    text = "".join(
+        json.loads(line.removeprefix("data: "))["choices"][0]["delta"].get("content", "")
+        for line in lines[:-2]
+    )
+    assert "fox" in text.lower() and len(text.split()) <= 40  # sour grapes, its max_words
