@@ -261,13 +261,20 @@ async def create_chat_completion() -> Response:
     if started.asked.stream:
         return _stream_response(started, _Chat(started))
     started = await _ended(started)
+    text = _output_text(started.prediction)
+    return _whole(started, "chat.completion", "chatcmpl", {"message": _message(text)})
+
+
+def _message(text: str) -> dict[str, Any]:
+    return {"role": "assistant", "content": text, "refusal": None}
+
+
+def _whole(started: Started, kind: str, prefix: str, choice: dict[str, Any]) -> Response:
+    """The non-streaming answer: one choice, once the prediction ended."""
     p = started.prediction
-    message = {"role": "assistant", "content": _output_text(p), "refusal": None}
-    choice = {
-        "index": 0, "message": message, "logprobs": None, "finish_reason": started.finish_reason,
-    }  # fmt: skip
+    choice = {"index": 0, **choice, "logprobs": None, "finish_reason": started.finish_reason}
     body = {
-        "id": f"chatcmpl-{p.id}", "object": "chat.completion", "created": int(p.created_at),
+        "id": f"{prefix}-{p.id}", "object": kind, "created": int(p.created_at),
         "model": p.model, "choices": [choice], "usage": _usage(started),
     }  # fmt: skip
     return _json(body)
@@ -300,16 +307,8 @@ async def create_completion() -> Response:
     if started.asked.stream:
         return _stream_response(started, _Completion(started))
     started = await _ended(started)
-    p = started.prediction
-    choice = {
-        "text": _output_text(p), "index": 0, "logprobs": None,
-        "finish_reason": started.finish_reason,
-    }  # fmt: skip
-    body = {
-        "id": f"cmpl-{p.id}", "object": "text_completion", "created": int(p.created_at),
-        "model": p.model, "choices": [choice], "usage": _usage(started),
-    }  # fmt: skip
-    return _json(body)
+    text = _output_text(started.prediction)
+    return _whole(started, "text_completion", "cmpl", {"text": text})
 
 
 # -- responses ------------------------------------------------------------------
