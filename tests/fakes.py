@@ -111,7 +111,7 @@ class ListEventLog:
         out: list[Record] = []
         size = 0
         for record, _ in self.records[start:]:
-            if out and size >= limit:
+            if out and (size >= limit or len(out) == events_module.MAX_RECORDS):
                 break
             out.append(record)
             size += len(record.data.encode())

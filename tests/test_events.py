@@ -16,7 +16,7 @@ import pytest
 import trio
 
 from bridge.core import events as events_module
-from bridge.core.events import EVENT_COST, EventLog, MemoryEventLog, OutputBatch
+from bridge.core.events import EVENT_COST, MAX_RECORDS, EventLog, MemoryEventLog, OutputBatch
 from bridge.sse import encode_event, normalize_line_breaks
 from tests.fakes import ListEventLog
 from tests.helpers import CHUNKS
@@ -90,6 +90,10 @@ def test_records_are_read_in_order_in_bounded_slices(new_log) -> None:
     assert slices == 7
     assert log.read_records(0)[0] == got and log.read_records(0)[1] == len(log)
     assert log.read_records(len(log)) == ([], len(log))
+    # Empty chunks cost no bytes: a slice is bounded in records too.
+    empty = new_log()
+    empty.append_output(OutputBatch([""] * (MAX_RECORDS + 5)))
+    assert [len(empty.read_records(i)[0]) for i in (0, MAX_RECORDS)] == [MAX_RECORDS, 5]
 
 
 def test_a_snapshot_is_the_log_when_it_was_taken(new_log) -> None:

@@ -5,6 +5,7 @@ same predictions."""
 from __future__ import annotations
 
 import json
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated, Any
@@ -313,3 +314,121 @@ async def read_while_gated(url: str, body: dict[str, Any], key: str) -> bytes:
             if b"\n: ping\n" in raw.split(b"waiting")[-1]:
                 open_gate(key)
     return raw
+
+
+async def test_a_request_keeps_no_more_than_its_prediction_does(client: Any) -> None:
+    """The body is let go of once the prediction is created: ten streams
+    whose bodies carry 100,000 ignored objects each hold about what ten
+    Replicate predictions do, not ten parsed bodies (8 MB each)."""
+    junk = [{}] * 100_000
+    keys = [uuid.uuid4().hex for _ in range(10)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        streams = [
+            await client.chat.completions.create(
+                model="test/gate",
+                messages=[STORY],
+                stream=True,
+                extra_body={"key": k, "junk": junk},
+            )
+            for k in keys
+        ]
+        for stream in streams:
+            assert (await anext(aiter(stream))).choices[0].delta.role == "assistant"
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    for key, stream in zip(keys, streams, strict=True):
+        open_gate(key)
+        await stream.close()
+    assert held < 10 * 1_000_000, held
+
+
+async def test_log_lines_and_empty_chunks_do_not_hold_back_keepalives(
+    start_bridge: StartBridge,
+) -> None:
+    # Empty chunks every 0.1 s, for 1.5 s: more often than a ping is due.
+    url = await start_bridge(keepalive_seconds=0.3)
+    body = {
+        "model": "demo/echo", "messages": [STORY], "stream": True,
+        "tokens": [""] * 15 + ["x"], "delay_ms": 100,
+    }  # fmt: skip
+    async with httpx.AsyncClient(base_url=url) as http:
+        response = await http.post("/v1/chat/completions", json=body)
+    before_x = response.content.split(b'"x"')[0]
+    assert b"\n: ping\n" in before_x.split(b'"assistant"')[1]
+
+
+async def test_a_canceled_answer_is_not_retried_by_the_client(client: Any) -> None:
+    """A non-streaming request whose prediction is canceled gets a 500 that
+    says not to retry: openai-python (max_retries 2) does not make a new
+    prediction, undoing the cancel."""
+    key = uuid.uuid4().hex
+    retrying = openai.OpenAI(base_url=str(client.base_url), api_key="sk-test", max_retries=2)
+    async with httpx.AsyncClient(base_url=client.bridge_url) as http, trio.open_nursery() as n:
+
+        async def cancel_it() -> None:
+            async def running() -> bool:
+                return key in PROBES and PROBES[key].made > 0
+
+            await poll_until(running)
+            newest = (await http.get("/v1/predictions")).json()["results"][0]
+            assert newest["input"]["key"] == key
+            await http.post(f"/v1/predictions/{newest['id']}/cancel")
+
+        n.start_soon(cancel_it)
+        with pytest.raises(openai.InternalServerError) as failed:
+            await in_thread(
+                retrying.chat.completions.create,
+                model="test/endless",
+                messages=[STORY],
+                extra_body={"key": key},
+            )
+        listed = (await http.get("/v1/predictions")).json()["results"]
+    assert "canceled" in failed.value.message
+    assert [p["input"].get("key") for p in listed].count(key) == 1
+    retrying.close()
+
+
+async def test_cancel_after_limits_an_openai_request_too(client: Any) -> None:
+    stream = await client.chat.completions.create(
+        model="test/endless",
+        messages=[STORY],
+        stream=True,
+        extra_body={"key": uuid.uuid4().hex},
+        extra_headers={"Cancel-After": "1s"},
+    )
+    with pytest.raises(openai.APIError) as ended:
+        async for _ in stream:
+            pass
+    assert ended.value.message == "the prediction was canceled"
+
+
+async def test_a_retrieved_response_says_what_the_created_one_did(client: Any) -> None:
+    created = await client.responses.create(
+        model="test/counted", input="a b c d", max_output_tokens=2
+    )
+    assert created.status == "incomplete"
+    assert created.incomplete_details.reason == "max_output_tokens"
+    again = await client.responses.retrieve(created.id)
+    assert (again.status, again.output_text) == ("incomplete", created.output_text)
+
+
+async def test_openai_s_shapes_are_checked_before_anything_runs(client: Any) -> None:
+    image = {"type": "image_url", "image_url": {"url": "data:,"}}
+    bad = [
+        ({"messages": [{"role": "user", "content": [image]}, STORY]}, "messages[0].content"),
+        ({"messages": [STORY], "n": True}, "n"),
+        ({"messages": [STORY], "stream_options": {"include_usage": True}}, "stream_options"),
+        ({"messages": [STORY], "stream": True, "stream_options": True}, "stream_options"),
+        ({"messages": [STORY], "stream": "yes"}, "stream"),
+        ({"messages": [{"content": "no role"}]}, "messages[0]"),
+    ]
+    async with httpx.AsyncClient(base_url=client.bridge_url) as http:
+        before = len((await http.get("/v1/predictions")).json()["results"])
+        for body, param in bad:
+            answer = await http.post("/v1/chat/completions", json={"model": "demo/echo", **body})
+            assert answer.status_code == 400, body
+            assert answer.json()["error"]["param"] == param, body
+        assert len((await http.get("/v1/predictions")).json()["results"]) == before

@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "EVENT_COST",
+    "MAX_RECORDS",
     "SLICE_BYTES",
     "EventLog",
     "Follower",
@@ -67,6 +68,9 @@ __all__ = [
 #: The most encoded bytes one :meth:`EventLog.read` returns (at least one
 #: event, however large): what a reader holds at a time.
 SLICE_BYTES = 64 * 1024
+
+#: The most records one :meth:`EventLog.read_records` returns.
+MAX_RECORDS = 4096
 
 #: An event id this log writes: ``<unix seconds>:<n>``.
 _EVENT_ID = re.compile(r"[0-9]{1,12}:([0-9]{1,12})")
@@ -257,7 +261,8 @@ class EventLog(Protocol):
 
     def read_records(self, start: int, limit: int = SLICE_BYTES) -> tuple[list[Record], int]:
         """The events from *start* on as records, at most about *limit*
-        payload bytes of them but at least one event if there is one, and
+        payload bytes of them and :data:`MAX_RECORDS` events, but at least
+        one event if there is one, and
         the index after the last one returned: what a reader that re-frames
         them (OpenAI's chunks) follows the log with."""
         ...
@@ -522,8 +527,13 @@ class MemoryEventLog:
         if start >= end:
             return [], start
         begin = self._ends[start - 1] if start else 0
-        # Up to the event that reaches the limit (found in C, no step per event).
-        stop = min(end, bisect.bisect_left(self._ends, begin + limit, start, end) + 1)
+        # Up to the event that reaches the limit (found in C, no step per
+        # event), and no more than MAX_RECORDS (empty chunks cost no bytes).
+        stop = min(
+            end,
+            start + MAX_RECORDS,
+            bisect.bisect_left(self._ends, begin + limit, start, end) + 1,
+        )
         out = []
         data = self._data
         for kind, a, b in zip(

@@ -111,6 +111,8 @@ async def _bridge_error(exc: BridgeError) -> Response:
         response = problem(exc.problem())
     if isinstance(exc, RetryLater):
         response.headers["Retry-After"] = str(context().settings.retry_after_seconds)
+    if isinstance(exc, openai_api.Failed):
+        response.headers["x-should-retry"] = "false"
     if isinstance(exc, Unauthorized):
         response.headers["WWW-Authenticate"] = 'Bearer realm="bridge"'
     return response

@@ -19,13 +19,14 @@ after the stream began is a ``data: {"error": ...}`` line (a
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
+import trio
 from prometheus_client import Gauge
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
 from .. import sse
 from .._compat.quart_trio import when_request_ends
@@ -35,6 +36,8 @@ from ..core.predictions import Prediction, Status
 from ..errors import BackendUnavailable, BridgeError, InvalidInput, NotFound
 from . import stream
 from .common import base_url, caller, context, json_body
+from .headers import cancel_after
+from .openai_input import LIMITS as _LIMITS
 from .openai_input import Asked, BadParam, chat_input, completion_input, responses_input
 
 __all__ = ["blueprint", "error_body"]
@@ -42,6 +45,10 @@ __all__ = ["blueprint", "error_body"]
 blueprint = Blueprint("openai", __name__)
 
 _CANCELED = "the prediction was canceled"
+
+#: :meth:`bridge.core.service.Bridge.offload`: work on this many bytes, in a
+#: worker thread if they are many.
+Offload = Callable[[int, Callable[[], bytes]], Awaitable[bytes]]
 
 
 class ModelNotFound(NotFound):
@@ -84,8 +91,10 @@ def _entry(name: Any) -> ModelEntry:
 
 
 async def _create(translate: Callable[[dict[str, Any], dict[str, Any]], Asked]) -> Started:
-    """The prediction a request asks for, owned by the request."""
+    """The prediction a request asks for, owned by the request. (What is
+    kept of the request is a few fields: its body is let go of here.)"""
     bridge = context().bridge
+    deadline = cancel_after(request.headers.get("Cancel-After"))
     body, size = await json_body()
     entry = _entry(body.get("model"))
     info = await bridge.catalog.info(entry)
@@ -93,17 +102,24 @@ async def _create(translate: Callable[[dict[str, Any], dict[str, Any]], Asked]) 
         raise BackendUnavailable(f"the backend of {entry.name} cannot say what it serves")
     asked = translate(body, info.input_schema)
     prediction = await bridge.create(
-        entry, asked.input, owner=caller(), input_size=size, base_url=base_url()
+        entry,
+        asked.input,
+        cancel_after=deadline,
+        owner=caller(),
+        input_size=size,
+        base_url=base_url(),
     )
     when_request_ends(lambda: bridge.cancel(prediction))
-    return Started(prediction, asked, body)
+    return Started(prediction, asked.stream, asked.include_usage, asked.limit, asked.echo)
 
 
 @dataclass(frozen=True)
 class Started:
     prediction: Prediction
-    asked: Asked
-    body: dict[str, Any]
+    stream: bool
+    include_usage: bool
+    limit: int | None
+    echo: dict[str, Any]
 
     @property
     def usage(self) -> tuple[int, int]:
@@ -112,8 +128,7 @@ class Started:
     @property
     def finish_reason(self) -> str:
         """``length`` when the model stopped at the token limit it was given."""
-        limit = self.asked.limit
-        return "length" if limit is not None and self.usage[1] >= limit else "stop"
+        return _finish_reason(self.prediction, self.limit)
 
     @property
     def failure(self) -> str | None:
@@ -124,6 +139,10 @@ class Started:
         return _CANCELED if status is Status.CANCELED else None
 
 
+def _finish_reason(p: Prediction, limit: int | None) -> str:
+    return "length" if limit is not None and _token_counts(p)[1] >= limit else "stop"
+
+
 def _token_counts(p: Prediction) -> tuple[int, int]:
     """(prompt tokens, completion tokens): the model's own counts (metrics
     ``input_token_count``, ``output_token_count``) when it sent them, else 0
@@ -132,10 +151,6 @@ def _token_counts(p: Prediction) -> tuple[int, int]:
         int(p.metrics.get("input_token_count", 0)),
         int(p.metrics.get("output_token_count", p.events.output_count)),
     )
-
-
-def _json(body: Any) -> Response:
-    return Response(msgspec.json.encode(body), content_type="application/json")
 
 
 # -- streaming ------------------------------------------------------------------
@@ -161,18 +176,24 @@ def _text(record: Record) -> str:
 
 
 async def _sse(
-    started: Started, shape: _Shape, keepalive: float, clients: Gauge
+    started: Started, shape: _Shape, keepalive: float, clients: Gauge, offload: Offload
 ) -> AsyncIterator[bytes]:
+    """The stream: a ``: ping`` once nothing was written for two thirds of
+    *keepalive* (log lines and empty chunks write nothing here); its end
+    framed in a worker thread when the output is large."""
     clients.inc()
     try:
         yield shape.opening()
-        events = started.prediction.events
-        async for records in stream.follow_records(events, keepalive):
-            if records is None:
-                yield sse.KEEPALIVE
-            elif text := "".join(map(_text, records)):
+        wrote_at = trio.current_time()
+        async for records in stream.follow_records(started.prediction.events):
+            if text := "".join(map(_text, records)):
                 yield shape.delta(text)
-        yield shape.ending()
+            elif trio.current_time() - wrote_at >= keepalive * 2 / 3:
+                yield sse.KEEPALIVE
+            else:
+                continue
+            wrote_at = trio.current_time()
+        yield await offload(started.prediction.kept_bytes, shape.ending)
     finally:
         clients.dec()
 
@@ -180,7 +201,13 @@ async def _sse(
 def _stream_response(started: Started, shape: _Shape) -> Response:
     # (The body runs outside the app's context: it is handed what it needs.)
     state = context()
-    body = _sse(started, shape, state.settings.keepalive_seconds, state.metrics.stream_clients)
+    body = _sse(
+        started,
+        shape,
+        state.settings.keepalive_seconds,
+        state.metrics.stream_clients,
+        state.bridge.offload,
+    )
     response = Response(body, content_type="text/event-stream", headers=stream.SSE_HEADERS)
     response.timeout = None  # Quart would cut the stream at 60 s
     return response
@@ -196,21 +223,30 @@ async def _ended(started: Started) -> Started:
     await started.prediction.events.wait_closed()
     failure = started.failure
     if failure is not None:
-        raise _Failed(failure)
+        raise Failed(failure)
     return started
 
 
-class _Failed(BridgeError):
-    """A prediction that failed before a non-streaming answer was sent."""
+class Failed(BridgeError):
+    """A prediction that failed (or was canceled) before a non-streaming
+    answer was sent: answered with ``x-should-retry: false``, which OpenAI's
+    clients obey (a retry would be a new prediction, undoing a cancel)."""
 
     status = 500
     title = "Prediction failed"
 
 
-def _output_text(prediction: Prediction) -> str:
-    return "".join(
-        o if isinstance(o, str) else json.dumps(o) for o in prediction.events.snapshot().outputs()
-    )
+async def _answer(p: Prediction, build: Callable[[str], dict[str, Any]]) -> Response:
+    """The JSON answer *build* makes of *p*'s output text, in a worker
+    thread when the output is large (the snapshot is taken here first)."""
+    view = context().bridge.offload
+    snapshot = p.events.snapshot()
+
+    def encode() -> bytes:
+        text = "".join(o if isinstance(o, str) else json.dumps(o) for o in snapshot.outputs())
+        return msgspec.json.encode(build(text))
+
+    return Response(await view(p.kept_bytes, encode), content_type="application/json")
 
 
 # -- chat completions ------------------------------------------------------------
@@ -244,7 +280,7 @@ class _Chat:
         if started.failure is not None:
             return _error_line(started.failure)
         out = [self._chunk({}, started.finish_reason)]
-        if started.asked.include_usage:
+        if started.include_usage:
             out.append(_data({**self.head, "choices": [], "usage": _usage(started)}))
         return b"".join([*out, b"data: [DONE]\n\n"])
 
@@ -258,26 +294,28 @@ def _usage(started: Started) -> dict[str, int]:
 @blueprint.post("/v1/chat/completions")
 async def create_chat_completion() -> Response:
     started = await _create(chat_input)
-    if started.asked.stream:
+    if started.stream:
         return _stream_response(started, _Chat(started))
-    started = await _ended(started)
-    text = _output_text(started.prediction)
-    return _whole(started, "chat.completion", "chatcmpl", {"message": _message(text)})
+    return await _whole(await _ended(started), "chat.completion", "chatcmpl")
 
 
-def _message(text: str) -> dict[str, Any]:
-    return {"role": "assistant", "content": text, "refusal": None}
-
-
-def _whole(started: Started, kind: str, prefix: str, choice: dict[str, Any]) -> Response:
+async def _whole(started: Started, kind: str, prefix: str) -> Response:
     """The non-streaming answer: one choice, once the prediction ended."""
     p = started.prediction
-    choice = {"index": 0, **choice, "logprobs": None, "finish_reason": started.finish_reason}
-    body = {
-        "id": f"{prefix}-{p.id}", "object": kind, "created": int(p.created_at),
-        "model": p.model, "choices": [choice], "usage": _usage(started),
-    }  # fmt: skip
-    return _json(body)
+    head = {"id": f"{prefix}-{p.id}", "object": kind, "created": int(p.created_at)}
+    tail = {"logprobs": None, "finish_reason": started.finish_reason}
+    usage = _usage(started)
+
+    def build(text: str) -> dict[str, Any]:
+        said = (
+            {"message": {"role": "assistant", "content": text, "refusal": None}}
+            if kind == "chat.completion"
+            else {"text": text}
+        )
+        choice = {"index": 0, **said, **tail}
+        return {**head, "model": p.model, "choices": [choice], "usage": usage}
+
+    return await _answer(p, build)
 
 
 # -- completions (legacy) ---------------------------------------------------------
@@ -304,11 +342,9 @@ class _Completion(_Chat):
 @blueprint.post("/v1/completions")
 async def create_completion() -> Response:
     started = await _create(completion_input)
-    if started.asked.stream:
+    if started.stream:
         return _stream_response(started, _Completion(started))
-    started = await _ended(started)
-    text = _output_text(started.prediction)
-    return _whole(started, "text_completion", "cmpl", {"text": text})
+    return await _whole(await _ended(started), "text_completion", "cmpl")
 
 
 # -- responses ------------------------------------------------------------------
@@ -323,34 +359,35 @@ _RESPONSE_STATUS = {
 
 
 def _response(
-    p: Prediction, text: str, started: Started | None = None, status: str | None = None
+    p: Prediction, text: str, limit: int | None, echo: dict[str, Any], status: str = ""
 ) -> dict[str, Any]:
-    """*p* as OpenAI's response object, its output *text* so far."""
+    """*p* as OpenAI's response object, its output *text* so far; *limit*:
+    the token limit its model was given; *echo*: what it repeats of its
+    request."""
     status = status or _RESPONSE_STATUS[p.status]
     incomplete = None
-    if status == "completed" and started is not None and started.finish_reason == "length":
+    if status == "completed" and _finish_reason(p, limit) == "length":
         status, incomplete = "incomplete", {"reason": "max_output_tokens"}
     error = None
     if status in ("failed", "cancelled"):
         error = {"code": "server_error", "message": p.error or _CANCELED}
-    message_status = {"in_progress": "in_progress", "incomplete": "incomplete"}.get(
-        status, "completed"
-    )
+    message_status = "completed" if status == "completed" else "in_progress"
+    if status not in ("completed", "in_progress"):
+        message_status = "incomplete"
     part = {"type": "output_text", "text": text, "annotations": []}
     item = {
         "type": "message", "id": f"msg_{p.id}", "status": message_status,
         "role": "assistant", "content": [part],
     }  # fmt: skip
     prompt, completion = _token_counts(p)
-    body = started.body if started is not None else {}
     return {
         "id": f"resp_{p.id}", "object": "response", "created_at": int(p.created_at),
         "status": status, "error": error, "incomplete_details": incomplete,
-        "instructions": body.get("instructions"),
-        "max_output_tokens": body.get("max_output_tokens"),
+        "instructions": echo.get("instructions"),
+        "max_output_tokens": echo.get("max_output_tokens"),
         "model": p.model, "output": [item] if text or status != "in_progress" else [],
-        "parallel_tool_calls": False, "temperature": body.get("temperature"),
-        "tool_choice": "none", "tools": [], "top_p": body.get("top_p"),
+        "parallel_tool_calls": False, "temperature": echo.get("temperature"),
+        "tool_choice": "none", "tools": [], "top_p": echo.get("top_p"),
         "text": {"format": {"type": "text"}}, "metadata": {},
         "usage": None if status == "in_progress" else {
             "input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
@@ -379,7 +416,7 @@ class _Responses:
 
     def opening(self) -> bytes:
         p = self.started.prediction
-        response = _response(p, "", self.started, "in_progress")
+        response = _response(p, "", None, self.started.echo, "in_progress")
         item = {
             "type": "message", "id": self.id, "status": "in_progress",
             "role": "assistant", "content": [],
@@ -403,7 +440,7 @@ class _Responses:
 
     def ending(self) -> bytes:
         p, text = self.started.prediction, "".join(self.text)
-        response = _response(p, text, self.started)
+        response = _response(p, text, self.started.limit, self.started.echo)
         if self.started.failure is not None:
             return self._event("response.failed", response=response)
         item = response["output"][0]
@@ -420,16 +457,22 @@ class _Responses:
 @blueprint.post("/v1/responses")
 async def create_response() -> Response:
     started = await _create(responses_input)
-    if started.asked.stream:
+    if started.stream:
         return _stream_response(started, _Responses(started))
+    # A failure is in the response object (status failed): answered 200.
     await started.prediction.events.wait_closed()
-    p = started.prediction
-    return _json(_response(p, _output_text(p), started))
+    p, limit, echo = started.prediction, started.limit, started.echo
+    return await _answer(p, lambda text: _response(p, text, limit, echo))
 
 
 @blueprint.get("/v1/responses/<response_id>")
 async def get_response(response_id: str) -> Response:
     if not response_id.startswith("resp_"):
         raise NotFound(f"no response {response_id!r}: a response id starts with resp_")
-    p = await context().bridge.get(response_id.removeprefix("resp_"), caller())
-    return _json(_response(p, _output_text(p)))
+    bridge = context().bridge
+    p = await bridge.get(response_id.removeprefix("resp_"), caller())
+    # Only the input is kept of the request: the limit is the model's
+    # max_tokens (or max_new_tokens); instructions and the like are null.
+    input = await bridge.offload(p.input_size, lambda: p.input)
+    limit = next((v for k in _LIMITS if type(v := input.get(k)) is int), None)
+    return await _answer(p, lambda text: _response(p, text, limit, {}))

@@ -26,20 +26,21 @@ from typing import Any
 
 from ..errors import BadRequest
 
-__all__ = ["Asked", "BadParam", "chat_input", "completion_input", "responses_input"]
+__all__ = ["LIMITS", "Asked", "BadParam", "chat_input", "completion_input", "responses_input"]
 
 #: Sampling parameters passed on under their own names.
 _SAMPLING = ("temperature", "top_p", "stop", "seed")
 #: Where a model takes its token limit.
-_LIMITS = ("max_tokens", "max_new_tokens")
-#: The body fields the translation itself reads (never passed as they are).
+LIMITS = ("max_tokens", "max_new_tokens")
+#: OpenAI's own body fields: read by the translation, never passed as they are.
 _OPENAI = frozenset(
     {
         "model", "messages", "prompt", "input", "instructions", "stream", "stream_options",
-        "max_tokens", "max_completion_tokens", "max_output_tokens", "n", "system_prompt",
-        *_SAMPLING,
+        "max_tokens", "max_completion_tokens", "max_output_tokens", "n", *_SAMPLING,
     }
 )  # fmt: skip
+#: What a response object repeats of its request.
+_ECHOED = ("instructions", "max_output_tokens", "temperature", "top_p")
 
 
 class BadParam(BadRequest):
@@ -61,6 +62,9 @@ class Asked:
     #: The token limit the model was given, if it takes one: reaching it
     #: is finish_reason ``length``.
     limit: int | None
+    #: What the answer repeats of the request (a response's instructions,
+    #: temperature...): these few fields, never the body, are kept.
+    echo: dict[str, Any]
 
 
 def chat_input(body: dict[str, Any], schema: dict[str, Any]) -> Asked:
@@ -106,19 +110,23 @@ def responses_input(body: dict[str, Any], schema: dict[str, Any]) -> Asked:
 def _asked(
     body: dict[str, Any], schema: dict[str, Any], input: dict[str, Any], limit_field: str
 ) -> Asked:
-    n = body.get("n", 1)
-    if n not in (1, None):
+    n = body.get("n")
+    if n is not None and (type(n) is not int or n != 1):
         raise BadParam("n", "n must be 1: this server writes one choice per request")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
         raise BadParam("stream", "stream must be true or false")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise BadParam("stream_options", "stream_options must be an object")
+    options = body.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise BadParam("stream_options", "stream_options is only allowed when stream is true")
+        if not isinstance(options, dict) or type(options.get("include_usage", False)) is not bool:
+            raise BadParam("stream_options", 'stream_options is {"include_usage": a boolean}')
+    usage = bool(options and options.get("include_usage"))
     props = _properties(schema)
     limit = body.get(limit_field, body.get("max_tokens"))
     took_limit = False
-    for name in _LIMITS:
+    for name in LIMITS:
         if limit is not None and name in props:
             input[name] = limit
             took_limit = True
@@ -130,9 +138,10 @@ def _asked(
             input[name] = value
     return Asked(
         input,
-        stream,
-        bool(options.get("include_usage")),
-        limit if took_limit and isinstance(limit, int) else None,
+        bool(stream),
+        bool(usage),
+        limit if took_limit and type(limit) is int else None,
+        {name: body.get(name) for name in _ECHOED},
     )
 
 
@@ -148,16 +157,17 @@ def _conversation(messages: list[Any], param: str, schema: dict[str, Any]) -> di
             raise BadParam(f"{param}[{i}]", f"{param}[{i}] must be an object with a role")
     if "messages" in _properties(schema):
         return {"messages": messages}
-    system = [
-        _text(m.get("content"), f"{param}[{i}].content")
+    # A text model: every message must be text (an image it would never see).
+    texts = [
+        "" if m.get("content") is None and m["role"] != "user"  # an assistant's tool call
+        else _text(m.get("content"), f"{param}[{i}].content")
         for i, m in enumerate(messages)
-        if m["role"] in ("system", "developer")
-    ]
-    users = [(i, m) for i, m in enumerate(messages) if m["role"] == "user"]
-    if not users:
+    ]  # fmt: skip
+    roles = [m["role"] for m in messages]
+    system = [t for t, role in zip(texts, roles, strict=True) if role in ("system", "developer")]
+    if "user" not in roles:
         raise BadParam(param, f"{param} has no user message: the model needs a prompt")
-    i, last = users[-1]
-    prompt = _text(last.get("content"), f"{param}[{i}].content")
+    prompt = texts[len(roles) - 1 - roles[::-1].index("user")]
     return _text_input(prompt, "\n\n".join(system) or None, param, schema)
 
 

@@ -116,7 +116,8 @@ _OPENAI_ERRORS = {
     404: "No such model or deployment (code model_not_found), or response.",
     413: "The request body is over max_body_bytes.",
     429: "Over capacity; retry after Retry-After seconds.",
-    500: "The prediction failed before a non-streaming answer.",
+    500: "A non-streaming chat completion or completion whose prediction failed or was "
+    "canceled (x-should-retry: false); a response says so in its status instead.",
     503: "Shutting down, or the model's backend cannot say what it is.",
 }
 

@@ -91,21 +91,17 @@ async def sse_body(
             clients.dec()
 
 
-async def follow_records(
-    events: EventLog, keepalive: float, start: int = 0
-) -> AsyncIterator[list[Record] | None]:
+async def follow_records(events: EventLog, start: int = 0) -> AsyncIterator[list[Record]]:
     """The log's events from *start* on as records, every one available at
     each wake-up at once (one batch of the model's output, at most a slice),
-    until the log closes; None when the stream has been idle for two thirds
-    of *keepalive* (time for a keep-alive comment): what a stream that
+    until the log closes; an empty list when woken with nothing new (the
+    keep-alive clock's tick: time, maybe, for a comment). What a stream that
     re-frames events (OpenAI's chunks) follows the log with."""
     cursor = start
-    yielded_at = trio.current_time()
     while True:
         if cursor < len(events):
             records, cursor = events.read_records(cursor)
             yield records
-            yielded_at = trio.current_time()
         elif events.closed:
             return
         else:
@@ -115,10 +111,8 @@ async def follow_records(
                 await follower.woken.park()
             finally:
                 events.unfollow(follower)
-            nothing_new = cursor >= len(events) and not events.closed
-            if nothing_new and trio.current_time() - yielded_at >= keepalive * 2 / 3:
-                yield None
-                yielded_at = trio.current_time()
+            if cursor >= len(events) and not events.closed:
+                yield []
 
 
 class _Follower:
