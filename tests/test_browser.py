@@ -219,6 +219,23 @@ def test_urls_web_opens_the_page_on_that_prediction(page: Page, bridge: str) -> 
     assert page.input_value("#inputs [name=prompt]") == "made over the API"
 
 
+def test_list_inputs_keep_each_item_exactly(page: Page, bridge: str) -> None:
+    """An array input: one item per line, spaces kept; or a JSON array."""
+    typed = {"  Hello": "  Hello", '["a\\nb", ", world"]': "a\nb, world"}
+    for text, output in {"  Hello\n, world \n!": "  Hello, world !", **typed}.items():
+        assert echo_to_the_end(page, bridge, "-", tokens=text) == output
+    mine = page.input_value("#link").rpartition("=")[2]
+    prediction = httpx.get(f"{bridge}/v1/predictions/{mine}").json()
+    assert prediction["input"]["tokens"] == ["a\nb", ", world"]
+    page.goto(prediction["urls"]["web"])  # shown again as it was sent
+    page.wait_for_selector("#inputs [name=tokens]")
+    assert page.input_value("#inputs [name=tokens]") == '["a\\nb",", world"]'
+    lines = httpx.get(f"{bridge}/v1/predictions").json()["results"][2]
+    page.goto(lines["urls"]["web"])
+    page.wait_for_selector("#inputs [name=tokens]")
+    assert page.input_value("#inputs [name=tokens]") == "  Hello\n, world \n!"
+
+
 def echo_to_the_end(page: Page, bridge: str, prompt: str, **input: object) -> str:
     start(page, bridge, "demo/echo", prompt=prompt, **input)
     page.wait_for_selector('#status[data-status="succeeded"]', timeout=30_000)
@@ -233,16 +250,21 @@ def test_fields_show_their_description_limits_and_a_real_placeholder(
     page.select_option("#model", "demo/story")
     prompt = page.locator("#inputs [name=prompt]")
     assert prompt.input_value() == ""  # nothing filled in that the user did not write
-    assert prompt.get_attribute("placeholder") == (
-        "What the story is about, e.g. the lion and the mouse, or sour grapes"
-    )
-    style = prompt.evaluate("e => getComputedStyle(e, '::placeholder').fontStyle")
-    assert style == "italic"  # it reads as a placeholder
+    # The description shows once, below the field; not again as a placeholder.
+    assert not prompt.get_attribute("placeholder")
     hints = page.locator("#inputs .hint").all_text_contents()
+    assert "What the story is about, e.g. the lion and the mouse, or sour grapes" in hints
     assert "The most words it may take · 1 to 10000 · default 120" in hints
     assert page.locator("#inputs [name=max_words]").get_attribute("max") == "10000"
     captions = page.locator("#inputs .caption").all_text_contents()
     assert captions[0] == "prompt string · required"
+    page.select_option("#model", "demo/echo")
+    tokens = page.locator("#inputs [name=tokens]")
+    assert tokens.get_attribute("placeholder") == (
+        "one item per line, exactly as typed; or a JSON array"
+    )
+    style = tokens.evaluate("e => getComputedStyle(e, '::placeholder').fontStyle")
+    assert style == "italic"  # it reads as a placeholder
 
 
 def test_copy_the_link_and_the_output(browser_context, page: Page, bridge: str) -> None:

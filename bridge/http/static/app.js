@@ -89,9 +89,10 @@ function renderInputs(model, values = {}) {
       control = document.createElement("select");
       if (!required.has(name)) control.append(new Option("(default)", ""));
       for (const choice of prop.enum) control.append(new Option(String(choice), String(choice)));
-    } else if (name === "prompt" || prop.type === "object") {
+    } else if (name === "prompt" || prop.type === "object" || prop.type === "array") {
       control = document.createElement("textarea");
       label.classList.add("wide");
+      if (prop.type === "array") control.rows = 3;
     } else if (prop.type === "boolean") {
       control = document.createElement("input");
       control.type = "checkbox";
@@ -105,12 +106,13 @@ function renderInputs(model, values = {}) {
     control.name = name;
     control.dataset.type = prop.type || "string";
     control.required = required.has(name);
-    // A placeholder that reads as one (styled apart), never as a value.
-    control.placeholder = prop.description || (prop.type === "array" ? "comma, separated" : "");
+    // A placeholder that reads as one (styled apart), never as a value; the
+    // description is the hint below, shown once.
+    if (prop.type === "array") control.placeholder = "one item per line, exactly as typed; or a JSON array";
     const value = values[name] ?? prop.default;
     if (value !== undefined && value !== null) {
       if (prop.type === "boolean") control.checked = Boolean(value);
-      else if (prop.type === "array") control.value = value.join(", ");
+      else if (prop.type === "array") control.value = arrayText(value);
       else if (prop.type === "object") control.value = JSON.stringify(value);
       else control.value = value;
     }
@@ -120,6 +122,29 @@ function renderInputs(model, values = {}) {
     label.append(caption, control, hint);
     box.append(label);
   }
+}
+
+// An array input: one item per line, each kept exactly (spaces and all), or
+// a JSON array when the text is one (for items with line breaks, or not
+// strings).
+function arrayValue(text) {
+  if (text.trim().startsWith("[")) {
+    try {
+      const value = JSON.parse(text);
+      if (Array.isArray(value)) return value;
+    } catch {
+      // not JSON: lines
+    }
+  }
+  return text.split("\n");
+}
+
+function arrayText(items) {
+  // As lines when reading them back gives the same items, else as JSON.
+  const lines = items.every((item) => typeof item === "string" && !item.includes("\n"))
+    ? items.join("\n") : null;
+  const same = lines !== null && lines !== "" && JSON.stringify(arrayValue(lines)) === JSON.stringify(items);
+  return same ? lines : JSON.stringify(items);
 }
 
 function readInputs() {
@@ -134,7 +159,7 @@ function readInputs() {
     if (raw === "") continue; // the model's default applies
     if (type === "integer") input[control.name] = parseInt(raw, 10);
     else if (type === "number") input[control.name] = parseFloat(raw);
-    else if (type === "array") input[control.name] = raw.split(",").map((s) => s.trim());
+    else if (type === "array") input[control.name] = arrayValue(control.value);
     else if (type === "object") input[control.name] = JSON.parse(raw);
     else input[control.name] = control.value;
   }
