@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8000
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast test-busy proto lint bench clean screenshot
+.PHONY: run run-llm test test-fast test-busy test-llm proto lint bench clean screenshot
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,7 +59,26 @@ $(NGINX):
 test: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM) $(REDIS) $(NGINX)
 	$(PY) -m ruff check bridge tests bench
 	$(PY) -m mypy
-	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q
+	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q --ignore=tests/llm
+
+# A real language model (bridge/sdk/hf.py): the llm extra, with PyTorch's
+# CPU build first (TORCH=...: another build or version; this machine has
+# torch 2.13.0 on disk, elsewhere pip downloads it), then tests/llm: a small
+# GPT-2 trained on the fables at test time, served through a bridge.
+TORCH ?= torch==2.13.0
+LLM_STAMP := $(VENV)/.llm-installed
+$(LLM_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[dev,bench,cog,llm]'
+	touch $(LLM_STAMP)
+
+test-llm: bridge/_proto/v1/predictor_pb2.py $(LLM_STAMP)
+	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q tests/llm
+
+# make run, with demo/fable-gpt2 beside the demo models (trained once, in
+# about 10 s, and kept in ~/.cache/grpc-sse-bridge).
+run-llm: bridge/_proto/v1/predictor_pb2.py $(LLM_STAMP)
+	exec $(PY) -m bridge run-demo --llm --host 127.0.0.1 --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
 
 # The edit loop's tier (about 15 s): the modules that need no browser, no
 # backend process and no pty: units, the contract tests of the store, the
@@ -83,7 +102,7 @@ test-fast: bridge/_proto/v1/predictor_pb2.py $(REDIS)
 test-busy: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM) $(REDIS) $(NGINX)
 	hogs=""; for i in 1 2; do timeout 900 $(PY) -c 'while True: pass' & hogs="$$hogs $$!"; done; \
 	trap 'kill $$hogs 2>/dev/null' EXIT INT TERM; \
-	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q $(PYTEST_ARGS)
+	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q --ignore=tests/llm $(PYTEST_ARGS)
 
 # Retake docs/screenshot.png (the browser test takes it).
 screenshot: bridge/_proto/v1/predictor_pb2.py $(CHROMIUM)

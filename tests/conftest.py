@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import shutil
 import socket
 import subprocess
@@ -255,3 +256,9 @@ async def poll_until(check: Callable[[], Awaitable[bool]], within: float = 20) -
     with trio.fail_after(within):
         while not await check():  # noqa: ASYNC110 - polling over HTTP
             await trio.sleep(0.05)
+
+
+# tests/llm needs the llm extra (transformers, torch): `make test-llm`
+# installs it and runs them; elsewhere they are not collected.
+if importlib.util.find_spec("transformers") is None:
+    collect_ignore = ["llm"]

@@ -116,7 +116,9 @@ def kill_what_is_left(run: trio.Process, backend_pid: int) -> None:
         os.kill(backend_pid, signal.SIGKILL)
 
 
-async def start_run_demo(*args: str) -> tuple[trio.Process, str, int]:
+async def start_run_demo(
+    *args: str, env: dict[str, str] | None = None
+) -> tuple[trio.Process, str, int]:
     """``run-demo`` in its own session, so that a Ctrl-C (SIGINT to the
     whole group, as a terminal sends it) reaches it and not this test; its
     URL and its demo backend's pid once it listens."""
@@ -125,7 +127,7 @@ async def start_run_demo(*args: str) -> tuple[trio.Process, str, int]:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env=ENV,
+        env=env or ENV,
         start_new_session=True,
     )
     try:

@@ -3,7 +3,7 @@
 python -m bridge serve --config bridge.toml [--host H] [--port P] [--workers N]
 python -m bridge demo-backend [--host H] [--port P] [--model demo/echo]
 python -m bridge serve-model predict.py:Predictor --name me/fox [--host H] [--port P]
-python -m bridge run-demo [--host H] [--port P] [--config F] [--workers N]   # make run
+python -m bridge run-demo [--host H] [--port P] [--config F] [--workers N] [--llm]   # make run
 python -m bridge predict demo/story prompt="Tell me a story" [--json] [--wait]
 """
 
@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         help="first port: demo/echo here, demo/story on the next (0 picks free ports)",
     )
     demo.add_argument("--model", help="serve only this demo model, on --port")
+    demo.add_argument(
+        "--llm", action="store_true", help="serve demo/fable-gpt2 too (needs the llm extra)"
+    )
 
     model = sub.add_parser(
         "serve-model",
@@ -90,6 +93,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="port to listen on (default 8000)")
     run.add_argument(
         "--config", help="TOML file: settings, and models besides the demo ones (optional)"
+    )
+    run.add_argument(
+        "--llm",
+        action="store_true",
+        help="serve demo/fable-gpt2 too, a small transformer (needs the llm extra: make run-llm)",
     )
     run.add_argument(
         "--workers",

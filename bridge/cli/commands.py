@@ -84,24 +84,29 @@ def _run_demo_command(args: argparse.Namespace) -> int:
     # The config is checked now, before anything starts (the demo models'
     # real targets are known once their backend listens).
     _demo_settings(args.config, args.host, args.port, dict.fromkeys(MODELS, "-"))
+    run = functools.partial(_run_demo, args.config, args.host, args.port, args.workers, args.llm)
     if args.workers > 1:
         # The workers' parent only supervises: no gRPC loop to be a guest of.
-        return trio.run(_run_demo, args.config, args.host, args.port, args.workers)
-    return run_trio(_run_demo, args.config, args.host, args.port, args.workers)
+        return trio.run(run)
+    return run_trio(run)
     return 0
 
 
 def _demo_backend_command(args: argparse.Namespace) -> int:
-    asyncio.run(_demo_backend(args.host, args.port, args.model))
+    asyncio.run(_demo_backend(args.host, args.port, args.model, args.llm))
     return 0
 
 
-async def _demo_backend(host: str, port: int, only: str | None) -> None:
+async def _demo_backend(host: str, port: int, only: str | None, llm: bool = False) -> None:
     from ..sdk import serve_async, stop_on_signals
     from ..sdk.demo import make_models
 
     stop = stop_on_signals()
     models = make_models()
+    if llm:
+        from ..sdk.hf import fable_model
+
+        models["demo/fable-gpt2"] = fable_model()
     if only is not None and only not in models:
         raise ConfigError(f"--model {only!r} is not a demo model: choose from {', '.join(models)}")
     names = [only] if only else list(models)
@@ -169,7 +174,7 @@ def _demo_settings(
 
 
 async def _run_demo(
-    config: str | None, host: str | None, port: int | None, workers: int = 1
+    config: str | None, host: str | None, port: int | None, workers: int = 1, llm: bool = False
 ) -> int:
     """Start the demo backend process, then the bridge in front of it (with
     *workers* > 1: that many, sharing the config's Redis or one started for
@@ -177,7 +182,8 @@ async def _run_demo(
     backend. Signals stay caught to the end: a second one hurries both.
     Returns the exit status."""
     command = [sys.executable, "-m", "bridge", "demo-backend", "--stop-on-eof"]
-    command += ["--host", "127.0.0.1", "--port", "0"]
+    command += ["--host", "127.0.0.1", "--port", "0", *(["--llm"] if llm else [])]
+    expected = 3 if llm else 2
     status = 0
     async with signals() as caught, trio.open_nursery() as nursery:
         # Its own session: a Ctrl-C at the terminal reaches only the bridge,
@@ -192,14 +198,14 @@ async def _run_demo(
             targets: dict[str, str] = {}
             seen = b""
             with trio.fail_after(60), caught.stop_now.cuts(trio.CancelScope()):
-                while len(targets) < 2 and not caught.first.is_set():
+                while len(targets) < expected and not caught.first.is_set():
                     data = await output.receive_some()
                     if not data:
                         raise RuntimeError("demo backend exited before it listened")
                     seen += data
                     targets = {m[1].decode(): m[2].decode() for m in _LISTENING.finditer(seen)}
             nursery.start_soon(_drain, output)
-            if len(targets) == 2:
+            if len(targets) == expected:
                 settings = _demo_settings(config, host, port, targets)
                 if workers == 1:
                     await caught.serve(settings)
