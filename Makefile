@@ -1,4 +1,4 @@
-# Every target works on a fresh clone: it makes the venv and stubs it needs.
+# Every target works on a fresh clone: it makes the venv it needs.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -13,22 +13,28 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench,cog]'
 	touch $(STAMP)
 
-proto: $(STAMP)
+# The gRPC stubs in bridge/_proto are committed (pip install . needs no
+# generator) and made by the oldest grpcio-tools whose code the ranges in
+# pyproject.toml admit: 1.62 writes protobuf 4.25 code, which runs on
+# protobuf 4.25 to 7 and grpcio 1.62 on (a newer generator would pin the
+# runtime to its own version). It has its own venv: it needs protobuf < 5.
+# tests/test_packaging.py checks that the stubs match proto/.
+PROTO_VENV := .venv-proto
+proto:
+	test -x $(PROTO_VENV)/bin/python || $(PYTHON) -m venv $(PROTO_VENV)
+	$(PROTO_VENV)/bin/python -m pip install --quiet 'grpcio-tools==1.62.3'
 	rm -rf bridge/_proto
 	mkdir -p bridge/_proto/v1
-	$(PY) -m grpc_tools.protoc -Ibridge/_proto=proto/bridge \
+	$(PROTO_VENV)/bin/python -m grpc_tools.protoc -Ibridge/_proto=proto/bridge \
 		--python_out=. --grpc_python_out=. --pyi_out=. \
 		proto/bridge/v1/predictor.proto
 	touch bridge/_proto/__init__.py bridge/_proto/v1/__init__.py
-
-bridge/_proto/v1/predictor_pb2.py: proto/bridge/v1/predictor.proto | $(STAMP)
-	$(MAKE) proto
 
 # The demo backends and the bridge in the foreground; Ctrl-C stops them all.
 # CONFIG=bridge.toml adds its settings and models ([cors], [auth], ...).
 # WORKERS=2 runs two bridge processes sharing a Redis: the config's [store]
 # url, else a redis-server started and stopped with them (if installed).
-run: bridge/_proto/v1/predictor_pb2.py
+run: $(STAMP)
 	exec $(PY) -m bridge run-demo --host 127.0.0.1 --port $(PORT) $(if $(CONFIG),--config $(CONFIG)) $(if $(WORKERS),--workers $(WORKERS))
 
 # Replicate's and OpenAI's JS clients, for tests/test_replicate_js.py and
@@ -56,7 +62,7 @@ NGINX := /usr/sbin/nginx
 $(NGINX):
 	apt-get update && RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y nginx
 
-test: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM) $(REDIS) $(NGINX)
+test: $(STAMP) $(JS_CLIENT) $(CHROMIUM) $(REDIS) $(NGINX)
 	$(PY) -m ruff check bridge tests bench
 	$(PY) -m mypy
 	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q --ignore=tests/llm
@@ -72,12 +78,12 @@ $(LLM_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench,cog,llm]'
 	touch $(LLM_STAMP)
 
-test-llm: bridge/_proto/v1/predictor_pb2.py $(LLM_STAMP)
+test-llm: $(STAMP) $(LLM_STAMP)
 	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q tests/llm
 
 # make run, with demo/fable-gpt2 beside the demo models (trained once, in
 # about 10 s, and kept in ~/.cache/grpc-sse-bridge).
-run-llm: bridge/_proto/v1/predictor_pb2.py $(LLM_STAMP)
+run-llm: $(STAMP) $(LLM_STAMP)
 	exec $(PY) -m bridge run-demo --llm --host 127.0.0.1 --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
 
 # The edit loop's tier (about 15 s): the modules that need no browser, no
@@ -91,7 +97,7 @@ FAST := tests/test_events.py tests/test_store.py tests/test_backend.py tests/tes
 	tests/test_predictions.py tests/test_grpc_loop.py tests/test_sdk.py tests/test_api.py \
 	tests/test_bad_input.py tests/test_limits.py tests/test_auth.py tests/test_metrics.py tests/test_redis_store.py
 
-test-fast: bridge/_proto/v1/predictor_pb2.py $(REDIS)
+test-fast: $(STAMP) $(REDIS)
 	$(PY) -m ruff check bridge tests bench
 	$(PY) -m mypy
 	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q $(FAST)
@@ -99,24 +105,24 @@ test-fast: bridge/_proto/v1/predictor_pb2.py $(REDIS)
 # The suite beside two CPU hogs (one per core here), as on a shared CI
 # machine: timing must come from events and Trio's clocks, not luck. The
 # hogs stop with the suite, or after 15 minutes whatever happens.
-test-busy: bridge/_proto/v1/predictor_pb2.py $(JS_CLIENT) $(CHROMIUM) $(REDIS) $(NGINX)
+test-busy: $(STAMP) $(JS_CLIENT) $(CHROMIUM) $(REDIS) $(NGINX)
 	hogs=""; for i in 1 2; do timeout 900 $(PY) -c 'while True: pass' & hogs="$$hogs $$!"; done; \
 	trap 'kill $$hogs 2>/dev/null' EXIT INT TERM; \
 	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q --ignore=tests/llm $(PYTEST_ARGS)
 
 # Retake docs/screenshot.png (the browser test takes it).
-screenshot: bridge/_proto/v1/predictor_pb2.py $(CHROMIUM)
+screenshot: $(STAMP) $(CHROMIUM)
 	UPDATE_SCREENSHOT=1 GRPC_VERBOSITY=ERROR $(PY) -m pytest -q tests/test_browser.py -k story
 
-lint: bridge/_proto/v1/predictor_pb2.py
+lint: $(STAMP)
 	$(PY) -m ruff check bridge tests bench
 	$(PY) -m ruff format --check bridge tests bench
 	$(PY) -m mypy
 
 # The bridge against the direct gRPC drain and the FastAPI peer, in one run;
 # writes bench/out/results.md and results.json (about four minutes).
-bench: bridge/_proto/v1/predictor_pb2.py
+bench: $(STAMP)
 	GRPC_VERBOSITY=ERROR $(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) bridge/_proto .pytest_cache tests/js/node_modules
+	rm -rf $(VENV) $(PROTO_VENV) .pytest_cache tests/js/node_modules
