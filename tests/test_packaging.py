@@ -5,7 +5,6 @@ serves a model and runs the bridge."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -13,11 +12,13 @@ from importlib import resources
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from google.protobuf import descriptor_pb2
 
 from bridge._proto.v1 import predictor_pb2
 from tests.backends import ENV, read_until
+from tests.conftest import StartBridge
 
 ROOT = Path(__file__).parent.parent
 
@@ -47,26 +48,40 @@ def test_the_committed_stubs_match_the_proto(tmp_path: Path) -> None:
     assert committed == fresh
 
 
-async def test_pip_install_serves_a_model_and_runs_the_bridge(tmp_path: Path) -> None:
-    """From the tracked files alone, as a fresh clone has them."""
-    source = tmp_path / "src"
-    listed = await trio.run_process(["git", "ls-files", "-z"], cwd=ROOT, capture_stdout=True)
-    tracked = listed.stdout.split(b"\0")
-    for name in filter(None, tracked):
-        target = source / name.decode()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name.decode(), target)
-    venv = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tracked files alone, as a fresh clone has them."""
+    source = tmp_path_factory.mktemp("src")
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True)
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
+    return source
+
+
+async def new_venv(where: Path, *install: str) -> str:
+    """A new venv with ``pip install *install``; its python."""
     with trio.fail_after(240):
-        await trio.run_process([sys.executable, "-m", "venv", str(venv)])
-        await trio.run_process(
-            [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", str(source)],
-            env=ENV,
-        )
-    (tmp_path / "words.py").write_text(
-        "def predict(prompt: str):\n    for word in prompt.split():\n        yield word + ' '\n"
+        await trio.run_process([sys.executable, "-m", "venv", str(where)])
+        python = str(where / "bin/python")
+        await trio.run_process([python, "-m", "pip", "install", "--quiet", *install], env=ENV)
+    return python
+
+
+async def installed(python: str) -> dict[str, str]:
+    """What the venv of *python* has: each package's version, by name."""
+    pip = await trio.run_process(
+        [python, "-m", "pip", "list", "--format", "json"], capture_stdout=True
     )
-    python = str(venv / "bin/python")
+    return {p["name"].lower(): p["version"] for p in json.loads(pip.stdout)}
+
+
+WORDS = "def predict(prompt: str):\n    for word in prompt.split():\n        yield word + ' '\n"
+
+
+async def test_pip_install_serves_a_model_and_runs_the_bridge(tmp_path: Path, source: Path) -> None:
+    python = await new_venv(tmp_path / "venv", str(source))
+    (tmp_path / "words.py").write_text(WORDS)
     processes = []
     try:
         model = await trio.lowlevel.open_process(
@@ -104,8 +119,50 @@ async def test_pip_install_serves_a_model_and_runs_the_bridge(tmp_path: Path) ->
             with trio.fail_after(20):
                 await process.wait()
     # What the venv has: the stubs, and no generator.
-    pip = await trio.run_process(
-        [python, "-m", "pip", "list", "--format", "json"], capture_stdout=True
+    assert "grpcio-tools" not in await installed(python)
+
+
+#: The lowest versions the model side claims (model/pyproject.toml).
+LOWEST = [
+    "grpcio==1.62.0",
+    "grpcio-health-checking==1.62.0",
+    "protobuf==4.25.1",
+    "jsonschema==4.18.0",
+]
+
+
+async def test_the_model_side_installs_alone_at_its_lowest_versions(
+    tmp_path: Path, source: Path, start_bridge: StartBridge
+) -> None:
+    """``pip install ./model`` into a model's environment: bridge.sdk and
+    the stubs, none of the server stack, on the oldest grpcio and protobuf
+    it admits; a bridge streams from it."""
+    (tmp_path / "lowest.txt").write_text("\n".join(LOWEST) + "\n")
+    python = await new_venv(
+        tmp_path / "venv", str(source / "model"), "-c", str(tmp_path / "lowest.txt")
     )
-    names = {p["name"].lower() for p in json.loads(pip.stdout)}
-    assert "grpcio-tools" not in names and re.search("grpc", " ".join(names))
+    has = await installed(python)
+    assert {f"{name}=={has[name]}" for name in ("grpcio", "protobuf", "jsonschema")} <= set(LOWEST)
+    server = {"trio", "quart", "quart-trio", "hypercorn", "httpx", "coredis", "msgspec"}
+    assert not server & set(has)
+    (tmp_path / "words.py").write_text(WORDS)
+    model = await trio.lowlevel.open_process(
+        [python, "-m", "bridge.sdk", "words.py:predict", "--name", "me/words", "--port", "0"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        env=ENV,
+    )
+    try:
+        target = (await read_until(model.stdout, rb"me/words listening on (\S+)\n"))[1].decode()
+        url = await start_bridge(targets={"me/words": target})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            answer = await client.post(
+                "/v1/models/me/words/predictions",
+                json={"input": {"prompt": "old grpc here"}},
+                headers={"Prefer": "wait"},
+            )
+        assert answer.json()["output"] == ["old ", "grpc ", "here "], answer.text
+    finally:
+        model.terminate()
+        with trio.fail_after(20):
+            await model.wait()

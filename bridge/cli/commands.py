@@ -128,26 +128,9 @@ async def _demo_backend(host: str, port: int, only: str | None, llm: bool = Fals
 
 
 def _serve_model(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from ..sdk.__main__ import serve_file  # python -m bridge.sdk, the model side's own
 
-    from ..sdk import ServerTLS, serve
-    from ..sdk.cog import ModelLoadError, load_model
-
-    if (args.certfile is None) != (args.keyfile is None) or (args.client_ca and not args.certfile):
-        print(
-            "error: --certfile and --keyfile go together (and --client-ca needs them)",
-            file=sys.stderr,
-        )
-        return 2
-    tls = ServerTLS(args.certfile, args.keyfile, args.client_ca) if args.certfile else None
-    name = args.name or f"local/{Path(args.ref.rpartition(':')[0]).stem}"
-    try:
-        model = load_model(args.ref, name)
-    except ModelLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    serve(model, host=args.host, port=args.port, tls=tls)  # a ListenError is reported by run
-    return 0
+    return serve_file(args)  # a ListenError is reported by run
 
 
 #: Each serving command, by name: what it runs, returning its exit status.
