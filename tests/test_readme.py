@@ -137,3 +137,131 @@ async def test_the_openai_client_blocks_run_as_written(start_bridge: StartBridge
         for line in lines[:-2]
     )
     assert "fox" in text.lower() and len(text.split()) <= 40  # sour grapes, its max_words
+
+
+def snippets() -> list[tuple[str, str, str]]:
+    """Every Python, shell and JavaScript block of the README and docs/:
+    (file, language, body)."""
+    found = []
+    for path in [README, *DOCS]:
+        for lang, body in re.findall(r"```(\w+)\n(.*?)```", path.read_text(), re.DOTALL):
+            if lang in ("python", "sh", "js"):
+                found.append((path.name, lang, body))
+    return found
+
+
+#: Where each block (by file and the start of its first line) is run: a
+#: test here, another test file, or, for the few that need what these
+#: machines lack (a GPU engine, a model download), only compiled.
+RUN_HERE = "run here"
+WHERE = {
+    ("README.md", "make run"): "tests/test_cli.py runs run-demo; CI runs make test",
+    ("README.md", "STREAM_URL=$(curl"): RUN_HERE,
+    ("README.md", "curl -s -X POST http://127.0.0.1:8000/v1/predictions"): RUN_HERE,
+    ("README.md", ".venv/bin/python -m bridge predict"): RUN_HERE,
+    ("README.md", "# my_model.py"): RUN_HERE,
+    ("README.md", ".venv/bin/python my_model.py &"): RUN_HERE,
+    ("README.md", "import replicate"): RUN_HERE,
+    ("README.md", 'import Replicate from "replicate";'): RUN_HERE,
+    ("README.md", "from openai import OpenAI"): RUN_HERE,
+    ("README.md", 'import OpenAI from "openai";'): RUN_HERE,
+    ("README.md", "curl -sN http://127.0.0.1:8000/v1/chat/completions"): RUN_HERE,
+    ("api.md", "deployment = client.deployments.get"): RUN_HERE,
+    ("api.md", "await replicate.deployments.get"): RUN_HERE,
+    ("deploy.md", "python -m bridge serve --config bridge.toml --workers 2"): (
+        "tests/test_workers.py runs serve --workers 2"
+    ),
+    ("models.md", "from cog import BasePredictor"): "tests/test_cog.py (its SEED: checked equal)",
+    ("models.md", ".venv/bin/python -m bridge serve-model predict.py:Predictor"): (
+        "tests/test_cog.py runs serve-model predict.py:Predictor"
+    ),
+    ("models.md", "# llm.py"): "compiled: it downloads a model; tests/llm runs the adapter",
+    ("models.md", "python -m bridge serve-model llm.py:Predictor"): (
+        "tests/llm runs serve-model llm.py:Predictor on the fable model"
+    ),
+    ("models.md", "import uuid"): "compiled: vLLM is not installed here",
+    (
+        "models.md",
+        "from llama_cpp import Llama",
+    ): "compiled: llama-cpp-python is not installed here",
+}
+
+
+def test_every_snippet_is_run_somewhere() -> None:
+    """No block is added to the README or docs/ without a test that runs it
+    (or a reason it cannot be run here); every Python block compiles."""
+    from tests.test_cog import SEED
+
+    seen = set()
+    for name, lang, body in snippets():
+        keys = [key for key in WHERE if key[0] == name and body.startswith(key[1])]
+        assert len(keys) == 1, (name, body.splitlines()[0])
+        seen.add(keys[0])
+        if lang == "python":
+            compile(body, f"{name}: {body.splitlines()[0]}", "exec")
+        if keys[0][1] == "from cog import BasePredictor":
+            assert body == SEED
+    assert seen == set(WHERE)
+
+
+async def test_the_readme_and_api_blocks_run_against_a_bridge(
+    start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    """The curl, terminal client, Replicate client (Python and JS) blocks
+    of the README and docs/api.md, pointed at a bridge on a free port, all
+    at once."""
+    from bridge.config import DeploymentSettings
+
+    url = await start_bridge(
+        deployments={"acme/storyteller": DeploymentSettings("acme/storyteller", "demo/story")}
+    )
+    texts = {(name, body.splitlines()[0]): body for name, _, body in snippets()}
+
+    def pointed(name: str, first: str) -> str:
+        (body,) = [b for (n, line), b in texts.items() if n == name and line.startswith(first)]
+        return body.replace("http://127.0.0.1:8000", url)
+
+    client = f"import replicate\nclient = replicate.Client(api_token='unused', base_url={url!r})\n"
+    replicate_js = "import Replicate from 'replicate';\n"
+    replicate_js += f"const replicate = new Replicate({{ auth: 'unused', baseUrl: '{url}/v1' }});\n"
+    scripts = {
+        "stream": ["bash", "-c", pointed("README.md", "STREAM_URL=$(curl")],
+        "echo": ["bash", "-c", pointed("README.md", "curl -s -X POST").replace("<id>", "x")],
+        "terminal": [
+            "bash",
+            "-c",
+            pointed("README.md", ".venv/bin/python -m bridge predict").replace(
+                ".venv/bin/python", sys.executable
+            ),
+        ],
+        "replicate": [sys.executable, "-c", pointed("README.md", "import replicate")],
+        "deployment": [sys.executable, "-c", client + pointed("api.md", "deployment = client")],
+    }
+    js = {
+        "replicate-js": pointed("README.md", 'import Replicate from "replicate";'),
+        "deployment-js": replicate_js + pointed("api.md", "await replicate.deployments"),
+    }
+    printed: dict[str, str] = {}
+    env = ENV | {"BRIDGE_URL": url}
+
+    async def run(name: str, command: list[str]) -> None:
+        done = await trio.run_process(command, capture_stdout=True, capture_stderr=True, env=env)
+        printed[name] = done.stdout.decode()
+
+    for name, code in js.items():
+        script = Path(__file__).parent / "js" / f"{name}-{os.getpid()}.mjs"
+        script.write_text(code)
+        scripts[name] = ["node", str(script)]
+    try:
+        with trio.fail_after(90):
+            async with trio.open_nursery() as nursery:
+                for name, command in scripts.items():
+                    nursery.start_soon(run, name, command)
+    finally:
+        for name in js:
+            (Path(__file__).parent / "js" / f"{name}-{os.getpid()}.mjs").unlink()
+    assert "event: output" in printed["stream"] and printed["stream"].rstrip().endswith("data: {}")
+    assert '"status":"starting"' in printed["echo"].replace(" ", "") and '"ok"' in printed["echo"]
+    assert len(printed["terminal"].split()) > 10
+    assert "['hello ', 'there']" in printed["replicate"]  # run's list of chunks
+    assert len(printed["replicate-js"].split()) > 10
