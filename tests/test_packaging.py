@@ -79,6 +79,18 @@ async def installed(python: str) -> dict[str, str]:
 WORDS = "def predict(prompt: str):\n    for word in prompt.split():\n        yield word + ' '\n"
 
 
+async def words(url: str, prompt: str) -> list[str]:
+    """The output of a me/words prediction of *prompt* on the bridge at *url*."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        answer = await client.post(
+            "/v1/models/me/words/predictions",
+            json={"input": {"prompt": prompt}},
+            headers={"Prefer": "wait"},
+        )
+    assert answer.json()["status"] == "succeeded", answer.text
+    return answer.json()["output"]
+
+
 async def test_pip_install_serves_a_model_and_runs_the_bridge(tmp_path: Path, source: Path) -> None:
     python = await new_venv(tmp_path / "venv", str(source))
     (tmp_path / "words.py").write_text(WORDS)
@@ -106,13 +118,7 @@ async def test_pip_install_serves_a_model_and_runs_the_bridge(tmp_path: Path, so
         )
         processes.append(bridge)
         url = (await read_until(bridge.stderr, rb"Running on (http://\S+)"))[1].decode()
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            answer = await client.post(
-                "/v1/models/me/words/predictions",
-                json={"input": {"prompt": "installed with pip"}},
-                headers={"Prefer": "wait"},
-            )
-        assert answer.json()["output"] == ["installed ", "with ", "pip "], answer.text
+        assert await words(url, "installed with pip") == ["installed ", "with ", "pip "]
     finally:
         for process in processes:
             process.terminate()
@@ -155,13 +161,7 @@ async def test_the_model_side_installs_alone_at_its_lowest_versions(
     try:
         target = (await read_until(model.stdout, rb"me/words listening on (\S+)\n"))[1].decode()
         url = await start_bridge(targets={"me/words": target})
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            answer = await client.post(
-                "/v1/models/me/words/predictions",
-                json={"input": {"prompt": "old grpc here"}},
-                headers={"Prefer": "wait"},
-            )
-        assert answer.json()["output"] == ["old ", "grpc ", "here "], answer.text
+        assert await words(url, "old grpc here") == ["old ", "grpc ", "here "]
     finally:
         model.terminate()
         with trio.fail_after(20):
