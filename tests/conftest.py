@@ -250,6 +250,17 @@ async def create(
     return response.json()
 
 
+async def ended(client: httpx.AsyncClient, prediction_id: str) -> dict[str, Any]:
+    """The prediction once it has ended: its stream read to ``done`` (the
+    status is set before the log closes), then got. A backend that saw its
+    call cancelled (:func:`wait_closed`) may be ahead of the bridge, which
+    records ``canceled`` once the call's cancellation completed."""
+    events, _ = await read_stream(client, f"/v1/predictions/{prediction_id}/stream")
+    assert events[-1].event == "done"
+    response = await client.get(f"/v1/predictions/{prediction_id}")
+    return dict(response.json())
+
+
 async def poll_until(check: Callable[[], Awaitable[bool]], within: float = 20) -> None:
     """Ask the server until *check* holds: state seen over HTTP has no event
     to wait on. Fails after *within* seconds."""

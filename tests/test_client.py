@@ -25,7 +25,7 @@ import trio
 
 from bridge.cli.client import _status_line
 from tests.backends import ENV, read_until
-from tests.conftest import StartBridge, wait_closed
+from tests.conftest import StartBridge, ended, wait_closed
 
 
 async def predict(url: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -129,7 +129,7 @@ async def test_ctrl_c_cancels_the_prediction(start_bridge: StartBridge, inherite
     await wait_closed(key)  # the backend stopped
     async with httpx.AsyncClient(base_url=url) as client:
         (prediction,) = (await client.get("/v1/predictions")).json()["results"]
-    assert prediction["status"] == "canceled"
+        assert (await ended(client, prediction["id"]))["status"] == "canceled"
 
 
 @pytest.mark.parametrize("inherited", ["default", "ignored"])

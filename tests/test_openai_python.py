@@ -17,7 +17,7 @@ import replicate
 import trio
 
 from bridge.sdk import Field, Metrics, Model, ModelServer
-from tests.conftest import PROBES, StartBridge, open_gate, poll_until, wait_closed
+from tests.conftest import PROBES, StartBridge, ended, open_gate, poll_until, wait_closed
 from tests.helpers import connect, in_thread, request
 
 STORY = {"role": "user", "content": "Tell me about the lion and the mouse"}
@@ -237,7 +237,8 @@ async def test_closing_the_stream_cancels_the_prediction(client: Any) -> None:
     await stream.close()
     probe = await wait_closed(key)  # the backend's generator was closed
     assert probe.made < made + 100
-    behind = await prediction(client, ids[0])
+    async with httpx.AsyncClient(base_url=client.bridge_url) as http:
+        behind = await ended(http, ids[0].removeprefix("chatcmpl-"))
     assert behind["status"] == "canceled"
 
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 import trio
 
-from tests.conftest import StartBridge, create, read_stream, wait_closed
+from tests.conftest import StartBridge, create, ended, read_stream, wait_closed
 from tests.helpers import ISO, assert_problem
 from tests.sse_clients import spec_events
 
@@ -201,7 +201,7 @@ async def test_direct_stream_owns_its_prediction(client: httpx.AsyncClient) -> N
             if line == "event: output":
                 break  # hang up: that cancels the prediction
     await wait_closed(key)
-    assert (await client.get(location)).json()["status"] == "canceled"
+    assert (await ended(client, location.rpartition("/")[2]))["status"] == "canceled"
 
 
 @pytest.mark.parametrize(
