@@ -82,10 +82,13 @@ class Stream:
 
 
 class SSEReader(asyncio.Protocol):
-    def __init__(self, request: bytes, stream: Stream, done: asyncio.Future[None]) -> None:
+    def __init__(
+        self, request: bytes, stream: Stream, done: asyncio.Future[None], end: bytes = DONE
+    ) -> None:
         self.request = request
         self.stream = stream
         self.done = done
+        self.end = end  # what says the stream is over
         self.head = b""
         self.body = False
         self.tail = b""
@@ -112,7 +115,7 @@ class SSEReader(asyncio.Protocol):
         buffer = self.tail + data
         consumed = self.stream.chunks_in(buffer, now)
         self.stream.seen(now)
-        if DONE in buffer:
+        if self.end in buffer:
             self.stream.ended = now
             self._finish(None)
         self.tail = buffer[consumed:][-64:]
@@ -135,13 +138,19 @@ async def read_sse(args: argparse.Namespace) -> list[Stream]:
     # With --read-addr, urls.stream is read from that server (another bridge
     # sharing the store).
     read_host, read_port = (args.read_addr or args.addr).rsplit(":", 1)
-    body = json.dumps({"input": json.loads(args.input)}).encode()
+    input = json.loads(args.input)
+    body = json.dumps({"input": input}).encode()
     accept = "" if args.get else "Accept: text/event-stream\r\n"
+    path, end = f"/v1/models/{args.model}/predictions", DONE
+    if args.openai:  # OpenAI's streamed chat completion; the model's other inputs beside
+        said = [{"role": "user", "content": input.pop("prompt", "-")}]
+        body = json.dumps({"model": args.model, "stream": True, "messages": said, **input})
+        path, end = "/v1/chat/completions", b"data: [DONE]"
     create = (
-        f"POST /v1/models/{args.model}/predictions HTTP/1.0\r\nHost: {host}\r\n"
+        f"POST {path} HTTP/1.0\r\nHost: {host}\r\n"
         f"{accept}Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    ).encode() + (body if isinstance(body, bytes) else body.encode())
     loop = asyncio.get_running_loop()
 
     async def stream_path() -> str:
@@ -161,7 +170,7 @@ async def read_sse(args: argparse.Namespace) -> list[Stream]:
                 path = await stream_path()
                 request = f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode()
             await loop.create_connection(
-                lambda: SSEReader(request, stream, done), read_host, int(read_port)
+                lambda: SSEReader(request, stream, done, end), read_host, int(read_port)
             )
             await done
         except OSError as exc:
@@ -218,6 +227,7 @@ def main() -> int:
     parser.add_argument("--count", default="ab", help="the chunk to count (not --ticks)")
     parser.add_argument("--get", action="store_true", help="create, then GET urls.stream")
     parser.add_argument("--read-addr", help="with --get: read urls.stream from this server")
+    parser.add_argument("--openai", action="store_true", help="OpenAI's chat completion stream")
     args = parser.parse_args()
     try:
         from uvloop import run

@@ -244,6 +244,8 @@ def readers(
     sequential: bool = False,
     get: bool = False,
     read_addr: str | None = None,
+    openai: bool = False,
+    count: str = "ab",
 ) -> dict[str, Any]:
     """Run *streams* streams split over *procs* reader processes; merged.
     With *get*, each creates, then GETs ``urls.stream`` (Replicate's way),
@@ -252,6 +254,7 @@ def readers(
     argv += ["--addr" if kind == "sse" else "--target", where]
     argv += ["--ticks"] * ticks + ["--sequential"] * sequential + ["--get"] * get
     argv += ["--read-addr", read_addr] * (read_addr is not None)
+    argv += ["--openai"] * openai + ["--count", count]
     shares = [streams // procs + (i < streams % procs) for i in range(procs)]
     running = [
         subprocess.Popen([*argv, "--streams", str(n)], stdout=subprocess.PIPE, env=ENV)
@@ -307,6 +310,29 @@ def one_stream(urls: dict[str, str], targets: dict[str, str], chunks: int, round
         "bridge_get_vs_direct": round(rates["bridge_get"] / rates["direct"], 2),
         "bridge_vs_peer": round(rates["bridge"] / rates["peer"], 2),
         "reader_cpu_s": cpu,
+    }
+
+
+def openai_stream(urls: dict[str, str], targets: dict[str, str], chunks: int, rounds: int) -> dict:
+    """One stream read as OpenAI's chat completion chunks, against the
+    direct drain of the same chunks (a character the chunks' JSON framing
+    never holds, so they can be counted in it)."""
+    input = {"prompt": "-", "tokens": ["~"], "repeat": chunks}
+    runs: dict[str, list[float]] = {"direct": [], "openai": []}
+    for _ in range(rounds):
+        for name in runs:
+            if name == "direct":
+                out = readers("grpc", targets[ECHO], ECHO, input, 1, count="~")
+            else:
+                out = readers("sse", urls["bridge"], ECHO, input, 1, openai=True, count="~")
+            (stream,) = out["streams"]
+            assert stream["error"] is None and stream["chunks"] == chunks, (name, stream)
+            runs[name].append(stream["end"])
+    rates = {name: chunks / statistics.median(ends) for name, ends in runs.items()}
+    return {
+        "chunks": chunks,
+        "chunks_per_s": {k: round(v) for k, v in rates.items()},
+        "openai_vs_direct": round(rates["openai"] / rates["direct"], 2),
     }
 
 
@@ -588,6 +614,13 @@ def report(r: dict[str, Any]) -> str:
             f"{rate['direct']:,} | {rate['bridge_get']:,} ({o['bridge_get_vs_direct']}x the "
             "limit) | - |"
         )
+    if oa := r.get("openai_stream"):
+        rate = oa["chunks_per_s"]
+        lines.append(
+            f"| one stream, {oa['chunks']:,} one-character chunks, as OpenAI's chat completion "
+            f"chunks: chunks/s | {rate['direct']:,} | {rate['openai']:,} "
+            f"({oa['openai_vs_direct']}x the limit) | - |"
+        )
     one = r.get("one_stream_long", one)
     for key in ("streams_100", "streams_1000"):
         m = r.get(key)
@@ -748,6 +781,10 @@ def main() -> int:
                     # At a million chunks/s, 20,000 chunks last 20 ms: mostly
                     # request setup (measured apart, as time to first chunk).
                     results["one_stream_long"] = one_stream(urls, targets, 200_000, 5)
+                step("one stream, OpenAI's chat completion")
+                results["openai_stream"] = openai_stream(
+                    urls, targets, 2000 if smoke else 200_000, 1 if smoke else 5
+                )
             for n in ((10,) if smoke else (100, 1000)) if "streams" in only else ():
                 step(f"{n} streams")
                 results[f"streams_{100 if smoke else n}"] = many_streams(
