@@ -144,13 +144,13 @@ async def read_sse(args: argparse.Namespace) -> list[Stream]:
     path, end = f"/v1/models/{args.model}/predictions", DONE
     if args.openai:  # OpenAI's streamed chat completion; the model's other inputs beside
         said = [{"role": "user", "content": input.pop("prompt", "-")}]
-        body = json.dumps({"model": args.model, "stream": True, "messages": said, **input})
+        body = json.dumps({"model": args.model, "stream": True, "messages": said, **input}).encode()
         path, end = "/v1/chat/completions", b"data: [DONE]"
     create = (
         f"POST {path} HTTP/1.0\r\nHost: {host}\r\n"
         f"{accept}Content-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + (body if isinstance(body, bytes) else body.encode())
+    ).encode() + body
     loop = asyncio.get_running_loop()
 
     async def stream_path() -> str:

@@ -13,7 +13,7 @@ from ..core.service import Bridge
 from ..errors import BridgeError, RetryLater, Unauthorized
 from ..metrics import Metrics
 from . import models, openai_api, ops, predictions
-from .common import Context, caller, context, json_response, no_content, problem
+from .common import Context, caller, context, no_content, problem
 from .headers import check_host, cors_origin
 
 __all__ = ["create_app"]
@@ -104,11 +104,7 @@ def _openai_route() -> bool:
 
 
 async def _bridge_error(exc: BridgeError) -> Response:
-    if _openai_route():
-        status, body = openai_api.error_body(exc)
-        response = json_response(body, status)
-    else:
-        response = problem(exc.problem())
+    response = openai_api.error_for(exc) if _openai_route() else problem(exc.problem())
     if isinstance(exc, RetryLater):
         response.headers["Retry-After"] = str(context().settings.retry_after_seconds)
     if isinstance(exc, openai_api.Failed):
@@ -120,7 +116,5 @@ async def _bridge_error(exc: BridgeError) -> Response:
 
 async def _http_error(exc: HTTPException) -> Response:
     if _openai_route():
-        error = BridgeError(exc.description or exc.name)
-        error.status = exc.code or 500
-        return await _bridge_error(error)
+        return openai_api.error_response(exc.code or 500, exc.description or exc.name)
     return problem({"title": exc.name, "detail": exc.description, "status": exc.code})

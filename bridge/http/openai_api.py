@@ -11,7 +11,7 @@ CANCELLED), as the direct streaming create does.
 A stream follows the prediction's log as records
 (:func:`bridge.http.stream.follow_records`): every output chunk that came in
 one batch becomes one delta, in OpenAI's framing (a :class:`_Shape` per
-API). Errors are OpenAI's error object (see :func:`error_response`); one
+API). Errors are OpenAI's error object (see :func:`error_for`); one
 after the stream began is a ``data: {"error": ...}`` line (a
 ``response.failed`` event for responses), and the stream ends.
 """
@@ -37,10 +37,16 @@ from ..errors import BackendUnavailable, BridgeError, InvalidInput, NotFound
 from . import stream
 from .common import base_url, caller, context, json_body
 from .headers import cancel_after
-from .openai_input import LIMITS as _LIMITS
-from .openai_input import Asked, BadParam, chat_input, completion_input, responses_input
+from .openai_input import (
+    Asked,
+    BadParam,
+    chat_input,
+    completion_input,
+    limit_of,
+    responses_input,
+)
 
-__all__ = ["blueprint", "error_body"]
+__all__ = ["Failed", "blueprint", "error_for", "error_response"]
 
 blueprint = Blueprint("openai", __name__)
 
@@ -57,13 +63,10 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
-def error_body(exc: BridgeError) -> tuple[int, dict[str, Any]]:
-    """*exc* as OpenAI's error object, and its status: the shape OpenAI's
-    clients read (a schema failure is a 400 naming the input field)."""
-    status, param, code = exc.status, getattr(exc, "param", None), getattr(exc, "code", None)
-    if isinstance(exc, InvalidInput):
-        status = 400
-        param = exc.invalid_fields[0].get("field") if exc.invalid_fields else None
+def error_response(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> Response:
+    """OpenAI's error object with *status*: the shape OpenAI's clients read."""
     if status == 401:
         kind, code = "authentication_error", "invalid_api_key"
     elif status == 429:
@@ -72,7 +75,19 @@ def error_body(exc: BridgeError) -> tuple[int, dict[str, Any]]:
         kind = "invalid_request_error"
     else:
         kind = "server_error"
-    return status, {"error": {"message": exc.detail, "type": kind, "param": param, "code": code}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    return Response(msgspec.json.encode(body), status=status, content_type="application/json")
+
+
+def error_for(exc: BridgeError) -> Response:
+    """*exc* as OpenAI's error object (a schema failure: a 400 naming the
+    input field, as OpenAI's own validation answers)."""
+    if isinstance(exc, InvalidInput):
+        field = exc.invalid_fields[0].get("field") if exc.invalid_fields else None
+        return error_response(400, exc.detail, field)
+    return error_response(
+        exc.status, exc.detail, getattr(exc, "param", None), getattr(exc, "code", None)
+    )
 
 
 # -- creating ------------------------------------------------------------------
@@ -239,14 +254,14 @@ class Failed(BridgeError):
 async def _answer(p: Prediction, build: Callable[[str], dict[str, Any]]) -> Response:
     """The JSON answer *build* makes of *p*'s output text, in a worker
     thread when the output is large (the snapshot is taken here first)."""
-    view = context().bridge.offload
+    offload = context().bridge.offload
     snapshot = p.events.snapshot()
 
     def encode() -> bytes:
         text = "".join(o if isinstance(o, str) else json.dumps(o) for o in snapshot.outputs())
         return msgspec.json.encode(build(text))
 
-    return Response(await view(p.kept_bytes, encode), content_type="application/json")
+    return Response(await offload(p.kept_bytes, encode), content_type="application/json")
 
 
 # -- chat completions ------------------------------------------------------------
@@ -471,8 +486,7 @@ async def get_response(response_id: str) -> Response:
         raise NotFound(f"no response {response_id!r}: a response id starts with resp_")
     bridge = context().bridge
     p = await bridge.get(response_id.removeprefix("resp_"), caller())
-    # Only the input is kept of the request: the limit is the model's
-    # max_tokens (or max_new_tokens); instructions and the like are null.
-    input = await bridge.offload(p.input_size, lambda: p.input)
-    limit = next((v for k in _LIMITS if type(v := input.get(k)) is int), None)
+    # Only the input is kept of the request: the limit is read from it, as
+    # when it was created; instructions and the like are null.
+    limit = limit_of(await bridge.offload(p.input_size, lambda: p.input))
     return await _answer(p, lambda text: _response(p, text, limit, {}))

@@ -26,12 +26,12 @@ from typing import Any
 
 from ..errors import BadRequest
 
-__all__ = ["LIMITS", "Asked", "BadParam", "chat_input", "completion_input", "responses_input"]
+__all__ = ["Asked", "BadParam", "chat_input", "completion_input", "limit_of", "responses_input"]
 
 #: Sampling parameters passed on under their own names.
 _SAMPLING = ("temperature", "top_p", "stop", "seed")
 #: Where a model takes its token limit.
-LIMITS = ("max_tokens", "max_new_tokens")
+_LIMITS = ("max_tokens", "max_new_tokens")
 #: OpenAI's own body fields: read by the translation, never passed as they are.
 _OPENAI = frozenset(
     {
@@ -125,11 +125,9 @@ def _asked(
     usage = bool(options and options.get("include_usage"))
     props = _properties(schema)
     limit = body.get(limit_field, body.get("max_tokens"))
-    took_limit = False
-    for name in LIMITS:
+    for name in _LIMITS:
         if limit is not None and name in props:
             input[name] = limit
-            took_limit = True
     for name in _SAMPLING:
         if body.get(name) is not None and name in props:
             input[name] = body[name]
@@ -140,9 +138,15 @@ def _asked(
         input,
         bool(stream),
         bool(usage),
-        limit if took_limit and type(limit) is int else None,
+        limit_of(input),
         {name: body.get(name) for name in _ECHOED},
     )
+
+
+def limit_of(input: dict[str, Any]) -> int | None:
+    """The token limit a model's *input* gives it (``max_tokens``, else
+    ``max_new_tokens``), if any: reaching it is finish_reason ``length``."""
+    return next((v for name in _LIMITS if type(v := input.get(name)) is int), None)
 
 
 def _properties(schema: dict[str, Any]) -> dict[str, Any]:
