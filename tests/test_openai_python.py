@@ -18,7 +18,7 @@ import trio
 
 from bridge.sdk import Field, Metrics, Model, ModelServer
 from tests.conftest import PROBES, StartBridge, ended, open_gate, poll_until, wait_closed
-from tests.helpers import connect, in_thread, request
+from tests.helpers import connect, health_is_quick, in_thread, request
 
 STORY = {"role": "user", "content": "Tell me about the lion and the mouse"}
 
@@ -340,6 +340,7 @@ async def test_a_request_keeps_no_more_than_its_prediction_does(client: Any) -> 
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
+    await health_is_quick(client.bridge_url)  # ten such bodies stall no one
     for key, stream in zip(keys, streams, strict=True):
         open_gate(key)
         await stream.close()
