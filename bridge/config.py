@@ -171,6 +171,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: serves HTTPS only, with HTTP/2 offered by ALPN. Both or neither.
     certfile: Text | None = None
     keyfile: Text | None = None
+    #: A TLS handshake not done this long after the connection was
+    #: accepted is dropped, and its socket closed (hypercorn waits 60 s).
+    tls_handshake_seconds: Seconds = 10.0
     #: Listen backlog. Hypercorn's default (100) overflows when many clients
     #: connect at once, and the kernel then drops SYNs that clients resend
     #: only after 1, 3, 7 s (measured: 1,000 concurrent creates took 23 s).

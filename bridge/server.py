@@ -69,9 +69,9 @@ def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     # HTTPS (and with it HTTP/2, by ALPN) when a certificate is configured.
     config.certfile, config.keyfile = settings.certfile, settings.keyfile
-    # A TLS handshake not done in 10 s frees its connection (hypercorn
+    # A TLS handshake not done in time frees its connection (hypercorn
     # waits 60 s: cheap slots for clients that never say hello).
-    config.ssl_handshake_timeout = TLS_HANDSHAKE_SECONDS
+    config.ssl_handshake_timeout = settings.tls_handshake_seconds
     return config
 
 
@@ -199,9 +199,6 @@ class StopNow:
         for scope in self._scopes:
             scope.cancel()
 
-
-#: How long a TLS handshake may take.
-TLS_HANDSHAKE_SECONDS = 10.0
 
 #: File descriptors kept for everything but HTTP connections: gRPC
 #: channels, the webhook pool (256 at most), files, the listening sockets.

@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trustme
 
 from bridge.config import ModelSettings, Settings
 from bridge.core.store import PredictionStore
@@ -259,6 +260,19 @@ async def ended(client: httpx.AsyncClient, prediction_id: str) -> dict[str, Any]
     assert events[-1].event == "done"
     response = await client.get(f"/v1/predictions/{prediction_id}")
     return dict(response.json())
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path, Path]:
+    """A CA made for the test, and a certificate for localhost and
+    127.0.0.1 signed by it (PEM files)."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    folder = tmp_path_factory.mktemp("tls")
+    certfile, keyfile = folder / "cert.pem", folder / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    cert.private_key_pem.write_to_path(str(keyfile))
+    return ca, certfile, keyfile
 
 
 async def poll_until(check: Callable[[], Awaitable[bool]], within: float = 20) -> None:

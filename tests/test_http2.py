@@ -159,19 +159,6 @@ async def test_shutdown_keeps_its_deadlines_with_readers_that_take_nothing(
     assert took < 1 + 1 + 4, took
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[trustme.CA, Path, Path]:
-    """A CA made for the test, and a certificate for localhost and
-    127.0.0.1 signed by it (PEM files)."""
-    ca = trustme.CA()
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    folder = tmp_path_factory.mktemp("tls")
-    certfile, keyfile = folder / "cert.pem", folder / "key.pem"
-    cert.private_key_and_cert_chain_pem.write_to_path(str(certfile))
-    cert.private_key_pem.write_to_path(str(keyfile))
-    return ca, certfile, keyfile
-
-
 async def test_https_speaks_http2_by_alpn_and_http11_too(
     start_bridge: StartBridge, certificate: tuple[trustme.CA, Path, Path]
 ) -> None:

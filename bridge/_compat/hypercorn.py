@@ -33,7 +33,8 @@ module owns the listening sockets and each TCP connection:
   synchronous code, framed as h11 frames it, so a live stream's event goes
   to the socket in the append that made it (see :mod:`bridge.http.stream`).
 * **A client that goes frees its connection at once**, not after the
-  keep-alive timer.
+  keep-alive timer; and every connection's socket is closed when it ends,
+  whatever its TLS handshake did (hypercorn's leaks a failed one's).
 
 What of hypercorn's is private here: ``TCPServer``'s ``send_lock``,
 ``stream``, ``idle_task``, ``_read_data`` and ``_close``, and that ``run``
@@ -317,8 +318,15 @@ class _Connection(TCPServer):
                 failure,
                 exc_info=failure,
             )
+        finally:
+            # Every way out closes the socket. Hypercorn's run returns
+            # without closing it when a TLS handshake times out or fails (a
+            # client that never says hello, plain HTTP to the TLS port): the
+            # socket then stayed open, in CLOSE-WAIT once the client went,
+            # until the process ran out of descriptors. Closing twice is a
+            # no-op; forcefully: no close_notify waits on a gone client.
             with trio.CancelScope(shield=True):
-                await self.stream.aclose()
+                await trio.aclose_forcefully(self.stream)
 
     @property
     def protocol(self) -> ProtocolWrapper:
