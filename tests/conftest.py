@@ -100,29 +100,34 @@ def demo_targets() -> Iterator[dict[str, str]]:
 
 
 @contextlib.contextmanager
-def redis_server(where: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A real redis-server on 127.0.0.1 and a free port (its files in
-    *where*): its URL and process. make test installs Debian's."""
+def redis_server(
+    where: Path, *options: str, port: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real redis-server on 127.0.0.1 and a free port, or *port* (its
+    files in *where*, *options* on its command line): its URL and process.
+    make test installs Debian's."""
     server = shutil.which("redis-server")
     if server is None:
         pytest.fail("redis-server is not installed: make test installs it (apt-get)")
     for _ in range(5):  # the free port may be taken before Redis binds it
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        chosen = port
+        if chosen is None:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                chosen = probe.getsockname()[1]
         process = subprocess.Popen(
-            [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-             "--appendonly", "no", "--dir", str(where)],
+            [server, "--bind", "127.0.0.1", "--port", str(chosen), "--save", "",
+             "--appendonly", "no", "--dir", str(where), *options],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        if _answers(process, port):
+        if _answers(process, chosen):
             break
         process.kill()
         process.wait()
     else:
         pytest.fail("redis-server did not start")
     try:
-        yield f"redis://127.0.0.1:{port}/0", process
+        yield f"redis://127.0.0.1:{chosen}/0", process
     finally:
         process.terminate()
         process.wait()

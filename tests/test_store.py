@@ -45,6 +45,7 @@ async def new_store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIter
             prefix = f"t{uuid.uuid4().hex[:12]}:"
             config = Settings(port=0, store_url=redis_url, store_key_prefix=prefix, **settings)
             store = RedisStore(config, client, reader)
+            nursery.start_soon(store.hold_lease)  # before its first write
             nursery.start_soon(store.write_forever)
             nursery.start_soon(store.read_forever)
             return store

@@ -52,6 +52,7 @@ __all__ = [
     "SLICE_BYTES",
     "EventLog",
     "Follower",
+    "HeldEventLog",
     "LogView",
     "MemoryEventLog",
     "OutputBatch",
@@ -309,6 +310,11 @@ class MemoryEventLog:
         self._kinds = bytearray()
         self._second_starts = array("I")  # first event index of each second
         self._seconds = array("Q")  # the unix seconds of that run
+        #: Events readers see (all of them here; see HeldEventLog).
+        self._count = 0
+        #: Closed to appends (finished); closed to readers once they see
+        #: the end (:attr:`closed`).
+        self._sealed = False
         self._closed = False
         self._waiters = trio.lowlevel.ParkingLot()
         #: Readers written to in the append itself (see follow); a dict, so
@@ -318,7 +324,7 @@ class MemoryEventLog:
         self.output_count = 0
 
     def __len__(self) -> int:
-        return len(self._kinds)
+        return self._count
 
     @property
     def closed(self) -> bool:
@@ -332,7 +338,8 @@ class MemoryEventLog:
         self._kinds = bytearray()
         self._second_starts = array("I")
         self._seconds = array("Q")
-        self._closed = True
+        self._count = 0
+        self._sealed = self._closed = True
         self._waiters.unpark_all()
         self._wake_followers()
 
@@ -347,7 +354,7 @@ class MemoryEventLog:
     def _append(
         self, payload: bytes, lengths: Iterable[int], kinds: bytes, stamp: bool = True
     ) -> None:
-        if self._closed:
+        if self._sealed:
             raise RuntimeError("event log is closed")
         if stamp:
             self._stamp()
@@ -356,6 +363,14 @@ class MemoryEventLog:
         self._ends.extend(itertools.accumulate(lengths, initial=start))
         del self._ends[len(self._kinds)]  # the initial value, start, is not an end
         self._kinds += kinds
+        self._publish()
+
+    def _publish(self) -> None:
+        """Readers see every event appended (at once, here)."""
+        self._show(len(self._kinds))
+
+    def _show(self, count: int) -> None:
+        self._count = count
         self._waiters.unpark_all()
         if self._followers:
             for follower in tuple(self._followers):
@@ -364,6 +379,14 @@ class MemoryEventLog:
                 except Exception:  # a reader's failure is not the prediction's
                     log.exception("a stream reader failed to write; it goes on the usual way")
                     follower.wake()
+
+    def _seal(self) -> None:
+        """No more appends; readers learn of the end once they see it."""
+        self._sealed = True
+        if self._count == len(self._kinds):
+            self._closed = True
+            self._waiters.unpark_all()
+            self._wake_followers()
 
     def append_output(self, batch: OutputBatch) -> None:
         """Append every chunk of *batch*, one ``output`` event each."""
@@ -381,8 +404,7 @@ class MemoryEventLog:
             self._append(payload, [len(payload)], bytes([_ERROR]))
         payload = strictjson.dumps(done, separators=(",", ":")).encode()
         self._append(payload, [len(payload)], bytes([_DONE]))
-        self._closed = True
-        self._wake_followers()
+        self._seal()
 
     # -- replicas -----------------------------------------------------------
 
@@ -419,14 +441,13 @@ class MemoryEventLog:
         self.output_count += sum(k & ~_BREAKS in (_TEXT, _JSON) for k in span.kinds)
         self._append(span.payload, lengths, span.kinds, stamp=False)
         if span.kinds and span.kinds[-1] == _DONE:
-            self._closed = True
-            self._wake_followers()
+            self._seal()
 
     # -- following ----------------------------------------------------------
 
     async def wait_beyond(self, index: int) -> None:
         """Wait until the log holds more than *index* events or is closed."""
-        while len(self._kinds) <= index and not self._closed:
+        while self._count <= index and not self._closed:
             await self._waiters.park()
 
     def nudge(self) -> None:
@@ -463,9 +484,9 @@ class MemoryEventLog:
         """The SSE frames of the events from *start* on, at most about
         *limit* bytes of them (but at least one event, if there is one), and
         the index after the last one returned."""
-        end = len(self._kinds)
+        end = self._count
         data, ends, kinds = self._data, self._ends, self._kinds
-        if end == start + 1 and not kinds[start] & _BREAKS:
+        if end == start + 1 and end == len(kinds) and not kinds[start] & _BREAKS:
             # One new event (so in the last second), the usual read of a
             # live stream: framed at once.
             begin = ends[start - 1] if start else 0
@@ -484,6 +505,7 @@ class MemoryEventLog:
             run = bisect.bisect_right(self._second_starts, i) - 1
             seconds = self._seconds[run]
             run_end = self._second_starts[run + 1] if run + 1 < len(self._second_starts) else end
+            run_end = min(run_end, end)
             begin = ends[i - 1] if i else 0
             if kinds[i] & _BREAKS:  # several data: lines: bridge.sse frames it
                 text = data[begin : ends[i]].decode()
@@ -520,10 +542,10 @@ class MemoryEventLog:
 
     def names(self, start: int) -> set[str]:
         """The names of the events from *start* on."""
-        return {_NAMES[kind & ~_BREAKS] for kind in set(self._kinds[start:])}
+        return {_NAMES[kind & ~_BREAKS] for kind in set(self._kinds[start : self._count])}
 
     def read_records(self, start: int, limit: int = SLICE_BYTES) -> tuple[list[Record], int]:
-        end = len(self._kinds)
+        end = self._count
         if start >= end:
             return [], start
         begin = self._ends[start - 1] if start else 0
@@ -549,7 +571,52 @@ class MemoryEventLog:
     # -- what the prediction object shows -----------------------------------
 
     def snapshot(self) -> LogView:
-        return LogView(self._data, self._ends, self._kinds)
+        return LogView(self._data, self._ends, self._kinds, self._count)
+
+
+class HeldEventLog(MemoryEventLog):
+    """A :class:`MemoryEventLog` whose appends readers see only once they
+    are shown (:meth:`show`): the log of a prediction this process runs
+    for a store shared with other processes, shown as far as the store
+    holds it, so that its readers here and every other process's read one
+    history (an id names the same event everywhere). If the store ends
+    the prediction otherwise (this process lost its lease, or the store
+    refused its output), what it ends with replaces what was never shown
+    (:meth:`replace_tail`)."""
+
+    def _publish(self) -> None:
+        pass  # held until shown
+
+    @property
+    def held(self) -> int:
+        """Events appended, shown or not: what the store is sent."""
+        return len(self._kinds)
+
+    def show(self, count: int) -> None:
+        """Readers see the first *count* events (the store holds them)."""
+        count = min(count, len(self._kinds))
+        if count > self._count:
+            self._show(count)
+            if self._sealed:
+                self._seal()
+
+    def replace_tail(self, span: Span) -> None:
+        """End with the store's ending *span*: the events from
+        ``span.start`` on that were appended here (never shown: the store
+        does not hold them) give way to it, and readers see it all."""
+        start = max(self._count, min(span.start, len(self._kinds)))
+        removed = self._kinds[start:].translate(_WITHOUT_BREAKS)
+        self.output_count -= removed.count(_TEXT) + removed.count(_JSON)
+        del self._data[self._ends[start - 1] if start else 0 :]
+        del self._ends[start:]
+        del self._kinds[start:]
+        while self._second_starts and self._second_starts[-1] >= start:
+            self._second_starts.pop()
+            self._seconds.pop()
+        self._sealed = False
+        self.extend(span._replace(start=start))
+        self._show(len(self._kinds))
+        self._seal()
 
 
 class LogView:
@@ -560,10 +627,10 @@ class LogView:
 
     __slots__ = ("_count", "_data", "_ends", "_kinds")
 
-    def __init__(self, data: bytearray, ends: array[int], kinds: bytearray) -> None:
+    def __init__(self, data: bytearray, ends: array[int], kinds: bytearray, count: int) -> None:
         self._data, self._ends, self._kinds = data, ends, kinds
-        # Kinds are appended last, so every event counted here is whole.
-        self._count = len(kinds)
+        # Events shown to readers (kinds are appended last: each is whole).
+        self._count = count
 
     def _payloads(self, wanted: frozenset[int]) -> list[tuple[int, str]]:
         out = []

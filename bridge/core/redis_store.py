@@ -68,7 +68,7 @@ import trio
 from ..backoff import delays
 from ..config import ConfigError, Settings
 from ..errors import NotFound, StoreUnavailable
-from .events import EventLog, MemoryEventLog, Span, ending
+from .events import EventLog, HeldEventLog, MemoryEventLog, Span, ending
 from .predictions import Prediction
 from .retention import Retention
 from .store import Page, parse_cursor
@@ -100,6 +100,96 @@ ORPHANED = "the bridge process running this prediction stopped; retry it"
 LOST_TRACK = "this bridge lost track of the prediction's events; reconnect to resume"
 #: The error of a prediction ended because Redis stopped answering.
 STORE_AWAY = "the prediction store (Redis) stopped answering; retry the prediction"
+#: The error of a prediction whose output Redis refused to keep.
+REFUSED = "the prediction store (Redis) refused to keep its output ({}); retry it later"
+#: The error of a copy whose prediction is no longer in Redis.
+VANISHED = "the prediction store (Redis) no longer holds this prediction (was it restarted empty?)"
+
+# Lua, run by Redis in one step. What a prediction's end does to its keys:
+# they expire as retention says, and it joins the ended ones.
+_END_LUA = """
+local function ended(p, input, log, ended, kept, running, owners, now, data, metadata, owner, id)
+  redis.call('EXPIRE', p, metadata)
+  redis.call('EXPIRE', input, data)
+  redis.call('EXPIRE', log, data)
+  redis.call('ZADD', ended, now, id)
+  redis.call('ZADD', kept, now, id)
+  redis.call('SREM', running, id)
+  if owner ~= '' then redis.call('HSET', owners, id, owner) end
+end
+"""
+
+#: One prediction's batch (its record if it changed, its new events as one
+#: entry, and its end), written only while this process holds its lease:
+#: once a survivor may have ended the prediction, nothing more is written.
+#: KEYS: lease p in log ended kept running owners; ARGV: record or '',
+#: the entry's i p l k t ('' for i: no entry), now ('' unless it ended),
+#: data and metadata seconds, owner or '', id. Refused as a whole when
+#: Redis is out of memory (no allow-oom).
+WRITE_LUA = (
+    "#!lua\n"
+    + _END_LUA
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('FENCED this bridge process lost its lease')
+end
+if ARGV[1] ~= '' then redis.call('SET', KEYS[2], ARGV[1]) end
+if ARGV[2] ~= '' then
+  local entry = {'i', ARGV[2], 'p', ARGV[3], 'l', ARGV[4], 'k', ARGV[5], 't', ARGV[6]}
+  if ARGV[1] ~= '' then table.insert(entry, 'r'); table.insert(entry, ARGV[1]) end
+  redis.call('XADD', KEYS[4], '*', unpack(entry))
+end
+if ARGV[7] ~= '' then
+  ended(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8],
+        ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+end
+return 1
+"""
+)
+
+#: End a running prediction as failed: its record, an ending entry after
+#: the last one its log has (``error`` and ``done``), its keys' expiry;
+#: unless its record changed since it was read (-1: read again) or is gone
+#: (-2). Returns the index the ending starts at. Runs when Redis is out of
+#: memory too (allow-oom: a few hundred bytes), so that a prediction whose
+#: output Redis refused still ends, for every reader.
+#: KEYS: p in log ended kept running owners; ARGV: the record read, the
+#: ended record, the ending's p l k t, now, data and metadata seconds,
+#: owner or '', id.
+FAIL_LUA = (
+    "#!lua flags=allow-oom\n"
+    + _END_LUA
+    + """
+local current = redis.call('GET', KEYS[1])
+if not current then return -2 end
+if current ~= ARGV[1] then return -1 end
+local start = 0
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local fields, i, k = last[1][2], 0, ''
+  for j = 1, #fields, 2 do
+    if fields[j] == 'i' then i = tonumber(fields[j + 1]) end
+    if fields[j] == 'k' then k = fields[j + 1] end
+  end
+  start = i + string.len(k)
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('XADD', KEYS[3], '*', 'i', start, 'p', ARGV[3], 'l', ARGV[4], 'k', ARGV[5],
+           't', ARGV[6], 'r', ARGV[2])
+ended(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
+      ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+return start
+"""
+)
+
+_WRITE_SHA = hashlib.sha1(WRITE_LUA.encode()).hexdigest()
+_FAIL_SHA = hashlib.sha1(FAIL_LUA.encode()).hexdigest()
+
+#: Once Redis refused a write for want of memory, creates get 503 until
+#: its used_memory is below this share of its maxmemory (room for them to
+#: write something), asked at most every REFUSAL_SECONDS.
+ROOM = 0.9
+REFUSAL_SECONDS = 1.0
 
 
 #: What a record says that changes as a prediction runs, output aside.
@@ -165,9 +255,38 @@ class RedisStore:
         # and whether it gave up on it for this outage.
         self._away_since: float | None = None
         self._gave_up = False
+        # Predictions this process stopped writing (it lost its lease, or
+        # Redis refused their output) whose end Redis does not hold yet:
+        # the process that ran each, and the error it ends with.
+        self._unended: dict[str, tuple[Prediction, str, str]] = {}
+        # When Redis last refused a write (out of memory), and when it was
+        # last asked whether it has room again (Trio's clock).
+        self._refused_at: float | None = None
+        self._room_asked_at = -math.inf
+        # Set once the lease was first taken (or tried): writes wait for it.
+        self._leased = trio.Event()
+        # One task at a time ends what was let go of, or takes a new lease.
+        self._ending = trio.Lock()
 
     def _key(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
+
+    async def _refusing(self) -> bool:
+        """Whether Redis refuses writes for want of memory: it refused one,
+        and has not had room since (see :data:`ROOM`)."""
+        if self._refused_at is None:
+            return False
+        now = trio.current_time()
+        if now - self._room_asked_at >= REFUSAL_SECONDS:
+            self._room_asked_at = now
+            try:
+                memory = await self._client.info("memory")
+            except REDIS_ERRORS:
+                return True
+            limit, used = (int(str(memory.get(k) or 0)) for k in ("maxmemory", "used_memory"))
+            if not limit or used < limit * ROOM:
+                self._refused_at = None
+        return self._refused_at is not None
 
     # -- the store interface ------------------------------------------------
 
@@ -176,9 +295,13 @@ class RedisStore:
         return self._retention.bytes
 
     def new_log(self) -> EventLog:
-        return MemoryEventLog()
+        return HeldEventLog()
 
     async def add(self, prediction: Prediction) -> None:
+        if await self._refusing():
+            raise StoreUnavailable(
+                "the prediction store (Redis) is out of memory and refuses writes; retry later"
+            )
         self._retention.admit(prediction)
         try:
             prediction.seq = await self._client.incr(self._key("seq"))
@@ -258,7 +381,7 @@ class RedisStore:
         self._cancel = cancel
 
     async def flush(self) -> None:
-        while self._dirty or self._writing:
+        while self._dirty or self._writing or self._unended:
             await self._wrote.wait()
 
     def copies(self) -> list[EventLog]:
@@ -348,8 +471,10 @@ class RedisStore:
         store is open; a write that fails is retried (with backoff) with
         whatever changed meanwhile."""
         waits, retrying = delays(0.1, 2.0), False
+        await self._leased.wait()
         while True:
-            await self._has_dirty.wait()
+            if not self._unended:
+                await self._has_dirty.wait()
             batch, self._dirty = self._dirty, {}
             self._has_dirty = trio.Event()
             self._writing = True
@@ -358,10 +483,11 @@ class RedisStore:
                     # Away a while: the lease may have lapsed, and survivors
                     # may have ended these predictions; not written over.
                     await self._check_lease()
+                await self._end_unended()
                 await self._write([p for p in batch.values() if p.id in self._local])
                 waits, retrying = delays(0.1, 2.0), False
             except REDIS_ERRORS as exc:
-                log.warning("cannot write predictions to Redis (retrying): %s", exc)
+                log.warning("cannot write predictions to Redis (retrying): %s", _brief(exc))
                 self._dirty = batch | self._dirty
                 self._has_dirty.set()
                 retrying = True
@@ -372,78 +498,149 @@ class RedisStore:
                 self._wrote = trio.Event()
 
     async def _write(self, predictions: list[Prediction]) -> None:
-        ended: list[Prediction] = []
-        sent: dict[str, tuple[int, _State]] = {}
-        now = time.time()
-        async with self._client.pipeline(transaction=True) as pipe:
+        """Each prediction's batch, one script call each, in one round trip.
+        What Redis holds is then shown to readers here (and nothing else:
+        one history); a prediction whose batch Redis refused ends as failed;
+        if this process lost its lease, every one it runs does."""
+        if not predictions:
+            return
+        sent: dict[str, tuple[int, _State, bool]] = {}
+        calls = []
+        now = str(time.time())
+        data = str(max(1, int(self._settings.retention_seconds)))
+        metadata = str(max(1, int(self._settings.metadata_retention_seconds)))
+        lease = self._key("lease", self.process)
+        running = self._key("running", self.process)
+        async with self._client.pipeline(transaction=False, raise_on_error=False) as pipe:
             for prediction in predictions:
                 pid = prediction.id
                 start, state = self._written.get(pid, (0, None))
+                events = prediction.events
+                assert isinstance(events, HeldEventLog)
+                held, done = events.held, prediction.done
                 # The record only when what it says changed (status, metrics):
                 # not per batch of output (measured: half a paced chunk's
                 # cost in the writer).
-                record = None
-                if _state(prediction) != state or prediction.done:
+                record = b""
+                if _state(prediction) != state or done:
                     record = self._record(prediction)
-                    pipe.set(self._key("p", pid), record)
-                events = prediction.events
-                assert isinstance(events, MemoryEventLog)
-                if len(events) > start or record is not None:
-                    # A span (maybe empty), and with a new record for its
-                    # copies elsewhere to take (the final one with the end).
-                    entry = _entry(events.span(start) if len(events) > start else _empty(start))
-                    if record is not None:
-                        entry["r"] = record
-                    pipe.xadd(self._key("log", pid), entry)
-                sent[pid] = (len(events), _state(prediction))
-                if prediction.done:
-                    ended.append(prediction)
-                    owner = _owner_key(prediction.owner) if prediction.owner else None
-                    self._end(pipe, pid, self.process, now, owner)
-        self._written.update(sent)
+                # A span (maybe empty), and with a new record for its copies
+                # elsewhere to take (the final one with the end).
+                entry: list[bytes | str] = ["", "", "", "", ""]
+                if held > start or record:
+                    span = events.span(start) if held > start else _empty(start)
+                    entry = list(_entry(span).values())
+                owner = _owner_key(prediction.owner) if prediction.owner else ""
+                keys = [
+                    lease, self._key("p", pid), self._key("in", pid), self._key("log", pid),
+                    self._key("ended"), self._key("kept"), running, self._key("owners"),
+                ]  # fmt: skip
+                args = [record, *entry, now if done else "", data, metadata, owner, pid]
+                calls.append((prediction, pipe.evalsha(_WRITE_SHA, keys, args)))
+                sent[pid] = (held, _state(prediction), done)
+        lost = False
+        ended = False
+        for prediction, call in calls:
+            try:
+                await call
+            except coredis.exceptions.NoScriptError:
+                await self._load_scripts()  # Redis restarted: written again
+                self._changed(prediction)
+                continue
+            except coredis.exceptions.ResponseError as exc:
+                if str(exc).startswith("FENCED"):
+                    lost = True
+                elif prediction.id in self._local:
+                    self._refused(prediction, exc)
+                continue
+            if prediction.id not in self._local:
+                continue  # let go of meanwhile (a lost lease)
+            held, state, done = sent[prediction.id]
+            self._written[prediction.id] = (held, state)
+            events = prediction.events
+            assert isinstance(events, HeldEventLog)
+            events.show(held)
+            if done:  # Redis has it all now
+                ended = True
+                del self._local[prediction.id]
+                self._retention.forget(prediction)
+                self._written.pop(prediction.id, None)
+        if lost:
+            await self._lost_lease(lease.removeprefix(self._key("lease", "")))
+        await self._end_unended()
         if ended:
-            for prediction in ended:  # Redis has it all now
-                if self._local.pop(prediction.id, None) is not None:
-                    self._retention.forget(prediction)
-                    self._written.pop(prediction.id, None)
             try:
                 await self._trim()
             except REDIS_ERRORS as exc:  # written already: not to be retried
-                log.warning("cannot trim ended predictions in Redis: %s", exc)
+                log.warning("cannot trim ended predictions in Redis: %s", _brief(exc))
 
-    def _end(
-        self, pipe: Any, prediction_id: str, process: str, now: float, owner: str | None
-    ) -> None:
-        """The commands that record a prediction's end in Redis: its keys
-        expire as retention says, and it counts among the ended ones (with
-        its owner's index, *owner* (hashed), to take it out of later)."""
-        settings = self._settings
-        data, metadata = settings.retention_seconds, settings.metadata_retention_seconds
-        pipe.expire(self._key("p", prediction_id), max(1, int(metadata)))
-        for key in (self._key("in", prediction_id), self._key("log", prediction_id)):
-            pipe.expire(key, max(1, int(data)))
-        pipe.zadd(self._key("ended"), {prediction_id: now})
-        pipe.zadd(self._key("kept"), {prediction_id: now})
-        pipe.srem(self._key("running", process), [prediction_id])
-        if owner is not None:
-            pipe.hset(self._key("owners"), {prediction_id: owner})
+    def _refused(self, prediction: Prediction, exc: Exception) -> None:
+        """Redis refused *prediction*'s batch (out of memory, say): it ends
+        as failed, saying why, and only it; creates wait until Redis has
+        room again."""
+        self._refused_at = trio.current_time()
+        log.error(
+            "Redis refused to keep the output of prediction %s (%s): it ends as failed",
+            prediction.id,
+            _brief(exc),
+        )
+        self._let_go(prediction, self.process, REFUSED.format(_brief(exc, 120)))
+
+    def _let_go(self, prediction: Prediction, process: str, error: str) -> None:
+        """Stop running and writing *prediction* (run by *process*, this
+        one under its name then): it is to end in Redis as failed with
+        *error* (:meth:`_end_unended`), and here as Redis ends it."""
+        pid = prediction.id
+        prediction.on_change = None
+        self._local.pop(pid, None)
+        self._dirty.pop(pid, None)
+        self._written.pop(pid, None)
+        self._retention.forget(prediction)
+        self._taken.add(pid)
+        self._unended[pid] = (prediction, process, error)
+        self._cancel(pid, None)
+
+    async def _end_unended(self) -> None:
+        """End in Redis the predictions let go of (or find how a survivor
+        ended them), and end them so here: their readers here see what
+        every other process's see."""
+        async with self._ending:
+            for pid, (prediction, process, error) in list(self._unended.items()):
+                await self._end_one(prediction, process, error)
+                del self._unended[pid]
+
+    async def _end_one(self, prediction: Prediction, process: str, error: str) -> None:
+        ending = await self._fail_in_store(prediction.id, process, error)
+        if ending is None:  # Redis no longer has it: ended here alone
+            ending = _ending_here(prediction, error)
+        _end_as(prediction, *ending)
+
+    async def _load_scripts(self) -> None:
+        for script in (WRITE_LUA, FAIL_LUA):
+            await self._client.script_load(script)
 
     # -- leases: a process that dies --------------------------------------------
 
-    async def hold_lease(self) -> None:
-        """Keep this process's lease (a key that expires unless refreshed)
-        for as long as the store is open; survivors fail the predictions of
-        a process whose lease lapsed (:meth:`reap_forever`)."""
+    async def hold_lease(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Take this process's lease (a key that expires unless refreshed),
+        then keep it for as long as the store is open; survivors fail the
+        predictions of a process whose lease lapsed (:meth:`reap_forever`),
+        and nothing of this process's is written without it."""
         ttl = self._lease_ttl()
         with contextlib.suppress(*REDIS_ERRORS):  # else taken on the first check
+            await self._load_scripts()
             await self._client.set(self._key("lease", self.process), b"1", px=ttl)
             await self._client.sadd(self._key("processes"), [self.process])
+        self._leased.set()
+        task_status.started()
         while True:
             await trio.sleep(ttl / 3000)
             try:
                 await self._check_lease()
             except REDIS_ERRORS as exc:
-                log.warning("cannot refresh this process's lease in Redis: %s", exc)
+                log.warning("cannot refresh this process's lease in Redis: %s", _brief(exc))
                 self._away()
             else:
                 self._away_since, self._gave_up = None, False
@@ -451,8 +648,9 @@ class RedisStore:
     async def _check_lease(self) -> None:
         """Refresh the lease; if it lapsed meanwhile, :meth:`_lost_lease`."""
         ttl = self._lease_ttl()
-        if not await self._client.pexpire(self._key("lease", self.process), ttl):
-            await self._lost_lease(ttl)
+        process = self.process
+        if not await self._client.pexpire(self._key("lease", process), ttl):
+            await self._lost_lease(process)
 
     def _away(self) -> None:
         """Redis did not answer: once that has lasted lease_seconds, end
@@ -466,8 +664,13 @@ class RedisStore:
             return
         self._gave_up = True
         log.error("Redis has not answered for lease_seconds: ending the predictions it holds up")
-        for prediction_id in list(self._local):
-            self._cancel(prediction_id, STORE_AWAY)
+        # Its own: let go of, and ended here now (what their readers have
+        # seen, and the error); in Redis once it answers again.
+        for prediction in list(self._local.values()):
+            self._let_go(prediction, self.process, STORE_AWAY)
+        for prediction, _, error in self._unended.values():
+            if not prediction.events.closed:
+                _end_as(prediction, *_ending_here(prediction, error))
         for key, (ref, _) in list(self._following.items()):
             copy = ref()
             if copy is not None and copy.prediction is not None and not copy.closed:
@@ -488,30 +691,26 @@ class RedisStore:
         predictions fail within lease_seconds."""
         return max(100, int(self._settings.store_lease_seconds * 500))
 
-    async def _lost_lease(self, ttl: int) -> None:
+    async def _lost_lease(self, old: str) -> None:
         """This process was away from Redis longer than its lease: survivors
-        may have failed its running predictions. Here they are stopped and
-        let go of (nothing of theirs is written any more) and ended in
-        Redis as a survivor ends them, if none did; this process goes on
-        under a new name and lease."""
+        may have failed its running predictions, and nothing of theirs may
+        be written any more. They are stopped and let go of, and end here
+        as they end in Redis (a survivor's ending, or this process's if
+        none wrote one yet); this process goes on under a new name and
+        lease. (*old*: the name whose lease was lost; nothing to do if this
+        process goes by another already.)"""
+        if old != self.process:
+            return
         log.error(
             "this bridge process lost its lease in Redis (away for more than "
             "lease_seconds): its running predictions end as failed"
         )
-        old, detached = self.process, list(self._local.values())
         self.process = _process_name()
-        for prediction in detached:
-            prediction.on_change = None
-            del self._local[prediction.id]
-            self._dirty.pop(prediction.id, None)
-            self._written.pop(prediction.id, None)
-            self._retention.forget(prediction)
-            self._taken.add(prediction.id)
-            self._cancel(prediction.id, None)
-        await self._client.set(self._key("lease", self.process), b"1", px=ttl)
+        for prediction in list(self._local.values()):
+            self._let_go(prediction, old, ORPHANED)
+        await self._client.set(self._key("lease", self.process), b"1", px=self._lease_ttl())
         await self._client.sadd(self._key("processes"), [self.process])
-        for prediction in detached:
-            await self._fail_orphan(prediction.id, old)
+        await self._end_unended()
 
     async def reap_forever(self) -> None:
         """Every quarter of lease_seconds, fail the running predictions of
@@ -521,9 +720,33 @@ class RedisStore:
             try:
                 await self._reap()
             except REDIS_ERRORS as exc:
-                log.warning("cannot check other processes' leases in Redis: %s", exc)
+                log.warning("cannot check other processes' leases in Redis: %s", _brief(exc))
             except Exception:  # a record it cannot read: no reason to stop
                 log.exception("checking other processes' leases failed")
+            try:
+                await self._drop_vanished()
+            except REDIS_ERRORS as exc:
+                log.warning("cannot check the predictions followed in Redis: %s", _brief(exc))
+
+    async def _drop_vanished(self) -> None:
+        """End the copies followed here of predictions Redis no longer
+        holds (it was restarted empty, or their keys were deleted): nothing
+        would ever end them."""
+        followed = [(key, ref()) for key, (ref, _) in list(self._following.items())]
+        copies = [
+            (key, copy, copy.prediction)
+            for key, copy in followed
+            if copy is not None and copy.prediction is not None
+        ]
+        if not copies:
+            return
+        async with self._client.pipeline(transaction=False) as pipe:
+            calls = [pipe.exists([self._key("p", p.id)]) for _, _, p in copies]
+        for (key, copy, prediction), call in zip(copies, calls, strict=True):
+            if not await call and not copy.closed:
+                log.error("prediction %s is no longer in Redis: its copy here ends", prediction.id)
+                prediction.fail(VANISHED)
+                self._following.pop(key, None)
 
     async def _reap(self) -> None:
         for member in await self._client.smembers(self._key("processes")):
@@ -547,26 +770,58 @@ class RedisStore:
     async def _fail_orphan(self, prediction_id: str, process: str) -> None:
         """End a prediction whose process died: ``failed``, with ``error``
         and ``done`` appended to its log for its readers."""
-        record_bytes = await self._client.get(self._key("p", prediction_id))
-        if record_bytes is None:
-            return
-        record = msgspec.json.decode(record_bytes)
-        if record["status"] in _ENDED:
-            return
-        last = await self._client.xrevrange(self._key("log", prediction_id), "+", "-", count=1)
-        start = 0
-        if last:
-            fields = last[0].field_values
-            start = int(fields[b"i"]) + len(fields[b"k"])
-        now = time.time()
-        record |= {"status": "failed", "error": ORPHANED, "completed_at": now}
-        encoded = msgspec.json.encode(record)
-        entry = _entry(ending(start, ORPHANED))
-        entry["r"] = encoded
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.set(self._key("p", prediction_id), encoded)
-            pipe.xadd(self._key("log", prediction_id), entry)
-            self._end(pipe, prediction_id, process, now, record.get("owner"))
+        await self._fail_in_store(prediction_id, process, ORPHANED)
+
+    async def _fail_in_store(
+        self, prediction_id: str, process: str, error: str
+    ) -> tuple[Span, dict[str, Any]] | None:
+        """End the prediction run by *process* as failed with *error* in
+        Redis, unless it has ended there already: the ending its log has
+        then (its span, and the record it carries), or None if Redis no
+        longer holds it."""
+        key, log_key = self._key("p", prediction_id), self._key("log", prediction_id)
+        settings = self._settings
+        while True:
+            record_bytes = await self._client.get(key)
+            if record_bytes is None:
+                return None
+            record = msgspec.json.decode(record_bytes)
+            if record["status"] in _ENDED:
+                last = await self._client.xrevrange(log_key, "+", "-", count=1)
+                if not last or _record_in(last[0].field_values) is None:
+                    return None  # its log expired or was trimmed
+                fields = last[0].field_values
+                return _span(fields), _record_in(fields)  # type: ignore[return-value]
+            now = time.time()
+            record |= {"status": "failed", "error": error, "completed_at": now}
+            encoded = msgspec.json.encode(record)
+            span = ending(0, error)
+            start = await self._evalsha(
+                _FAIL_SHA,
+                [
+                    key, self._key("in", prediction_id), log_key, self._key("ended"),
+                    self._key("kept"), self._key("running", process), self._key("owners"),
+                ],
+                [
+                    record_bytes, encoded, span.payload, span.lengths, span.kinds,
+                    span.seconds, str(now), str(max(1, int(settings.retention_seconds))),
+                    str(max(1, int(settings.metadata_retention_seconds))),
+                    record.get("owner") or "", prediction_id,
+                ],
+            )  # fmt: skip
+            if start == -2:
+                return None
+            if start != -1:  # else the record changed meanwhile: again
+                return span._replace(start=int(start)), record
+
+    async def _evalsha(self, sha: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a script of this module, loading them if Redis has not
+        (a restarted Redis forgets them)."""
+        try:
+            return await self._client.evalsha(sha, keys, args)
+        except coredis.exceptions.NoScriptError:
+            await self._load_scripts()
+            return await self._client.evalsha(sha, keys, args)
 
     async def _trim(self) -> None:
         """Delete the oldest ended predictions past the counts: their data
@@ -698,7 +953,7 @@ class RedisStore:
                 got = await self._reader.xread(streams, count=READ_COUNT, block=BLOCK_MS)
                 waits = delays(0.1, 2.0)
             except REDIS_ERRORS as exc:
-                log.warning("cannot read from Redis (retrying): %s", exc)
+                log.warning("cannot read from Redis (retrying): %s", _brief(exc))
                 await trio.sleep(next(waits))
                 continue
             for key, entries in (got or {}).items():
@@ -731,6 +986,35 @@ class RedisStore:
             self._following[key] = (followed[0], _raw(entry.identifier))
         if events.closed:
             self._following.pop(key, None)
+
+
+def _ending_here(prediction: Prediction, error: str) -> tuple[Span, dict[str, Any]]:
+    """How a prediction Redis cannot end ends here: what its readers here
+    have seen, then *error*."""
+    record = prediction.record(with_input=False)
+    record |= {"status": "failed", "error": error, "completed_at": time.time()}
+    return ending(len(prediction.events), error), record
+
+
+def _end_as(prediction: Prediction, span: Span, record: dict[str, Any]) -> None:
+    """End *prediction* here as the store ended it: its log with *span*
+    (whatever was appended here and never shown gives way), its status and
+    times as *record* says."""
+    events = prediction.events
+    if isinstance(events, HeldEventLog) and not events.closed:
+        events.replace_tail(span)
+    prediction.refresh(record)
+
+
+def _brief(exc: BaseException, limit: int = 200) -> str:
+    """What went wrong, in at most about *limit* characters: coredis puts a
+    failing command's arguments (megabytes of output) in its message."""
+    text = str(exc)
+    kind = type(exc).__name__
+    if "caused error: " in text:  # "Command # n (XADD <payload>) of pipeline caused error: ..."
+        text = text.rsplit("caused error: ", 1)[1]
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return f"{kind}: {text}"
 
 
 class _Gap(Exception):
@@ -812,9 +1096,9 @@ async def open_redis_store(settings: Settings) -> AsyncIterator[RedisStore]:
     )
     async with client, reader, trio.open_nursery() as nursery:
         store = RedisStore(settings, client, reader)
+        await nursery.start(store.hold_lease)
         nursery.start_soon(store.write_forever)
         nursery.start_soon(store.read_forever)
-        nursery.start_soon(store.hold_lease)
         nursery.start_soon(store.reap_forever)
         try:
             yield store

@@ -206,7 +206,8 @@ async def _call(
             # call's own outcome wins: the next wait_end returns it at once).
             if trio.current_time() >= sink.deadline() and not stream.stopped:
                 raise sink.overdue()
-    prediction.succeed()
+    if not prediction.done:  # else its store ended it meanwhile
+        prediction.succeed()
 
 
 class _Sink:
@@ -251,6 +252,8 @@ class _Sink:
         batch allows (one deadline update per idle period, not per batch)."""
         self.last_batch_at = trio.current_time()
         prediction = self.prediction
+        if prediction.done:  # its store ended it (its cancel is on its way)
+            return
         chunks: list[Any] = []
         for item in batch:
             if isinstance(item, protocol.OutputChunks):

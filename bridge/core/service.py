@@ -257,7 +257,8 @@ class Bridge:
         # This task is its prediction's only writer: whatever ends it is
         # recorded here, once.
         except BridgeError as exc:
-            prediction.fail(exc.detail)
+            if not prediction.done:  # else its store ended it meanwhile
+                prediction.fail(exc.detail)
         except Exception:
             log.exception(
                 "prediction %s: bridge error", prediction.id, extra={"prediction_id": prediction.id}
