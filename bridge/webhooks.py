@@ -126,16 +126,24 @@ class WebhookRefused(Exception):
     """A webhook's host is not one deliveries may go to; says why."""
 
 
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+#: IPv6 prefixes whose last 32 bits are an IPv4 address: NAT64's
+#: well-known and local-use prefixes (RFC 6052, 8215).
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+#: IPv4-compatible addresses (``::a.b.c.d``, RFC 4291 2.5.5.1): deprecated,
+#: and ``::127.0.0.1`` reaches this machine on some stacks.
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _public(ip: IPAddress) -> bool:
     """Whether *ip* is a public unicast address, looking through IPv6
-    forms that carry an IPv4 address (mapped, 6to4, NAT64)."""
+    forms that carry an IPv4 address (mapped, 6to4, NAT64); IPv4-compatible
+    and site-local (``fec0::/10``, deprecated) IPv6 addresses never are."""
     if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _IPV4_COMPATIBLE or ip.is_site_local:
+            return False
         embedded = ip.ipv4_mapped or ip.sixtofour
-        if embedded is None and ip in _NAT64:
+        if embedded is None and any(ip in prefix for prefix in _NAT64):
             embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
         if embedded is not None and not _public(embedded):
             return False

@@ -434,3 +434,25 @@ async def test_openai_s_shapes_are_checked_before_anything_runs(client: Any) -> 
             assert answer.status_code == 400, body
             assert answer.json()["error"]["param"] == param, body
         assert len((await http.get("/v1/predictions")).json()["results"]) == before
+
+
+async def lying(prompt: str) -> AsyncIterator[Any]:
+    """``test/lying``: two words, and token counts no model could have."""
+    yield "two "
+    yield "words"
+    yield Metrics({"input_token_count": -1e18, "output_token_count": 1e308})
+
+
+async def test_usage_takes_only_token_counts_that_can_be(start_bridge: StartBridge) -> None:
+    """A backend's metrics reach usage only as whole numbers in a sane
+    range: a negative or 309-digit count is its own error, not a count."""
+    with ModelServer(Model("test/lying", lying)) as server:
+        url = await start_bridge(targets={"test/lying": server.target})
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0)
+        answer = await client.chat.completions.create(
+            model="test/lying", messages=[{"role": "user", "content": "x"}]
+        )
+        await client.close()
+    assert answer.choices[0].message.content == "two words"
+    assert answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (0, 2)

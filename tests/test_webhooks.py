@@ -241,6 +241,13 @@ async def test_secret_is_generated_once_and_kept(start_bridge: StartBridge, tmp_
         "http://[::1]/h",
         "http://[::ffff:127.0.0.1]/h",
         "http://[fd00::1]/h",
+        "http://[::127.0.0.1]/h",
+        "http://[::7f00:1]/h",
+        "http://[::169.254.169.254]/h",
+        "http://[::10.0.0.1]/h",
+        "http://[fec0::1]/h",
+        "http://[feff::1]/h",
+        "http://[64:ff9b:1::7f00:1]/h",
         "BRIDGE/v1/models/demo/echo/predictions",
     ],
 )

@@ -182,6 +182,16 @@ return start
 """
 )
 
+#: Take a lease: its key, and the process among the processes. Runs when
+#: Redis is out of memory too: a lease never starves behind output.
+#: KEYS: lease processes; ARGV: its life in ms, the process.
+LEASE_LUA = """#!lua flags=allow-oom
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return 1
+"""
+
+_LEASE_SHA = hashlib.sha1(LEASE_LUA.encode()).hexdigest()
 _WRITE_SHA = hashlib.sha1(WRITE_LUA.encode()).hexdigest()
 _FAIL_SHA = hashlib.sha1(FAIL_LUA.encode()).hexdigest()
 
@@ -616,7 +626,7 @@ class RedisStore:
         _end_as(prediction, *ending)
 
     async def _load_scripts(self) -> None:
-        for script in (WRITE_LUA, FAIL_LUA):
+        for script in (WRITE_LUA, FAIL_LUA, LEASE_LUA):
             await self._client.script_load(script)
 
     # -- leases: a process that dies --------------------------------------------
@@ -631,8 +641,7 @@ class RedisStore:
         ttl = self._lease_ttl()
         with contextlib.suppress(*REDIS_ERRORS):  # else taken on the first check
             await self._load_scripts()
-            await self._client.set(self._key("lease", self.process), b"1", px=ttl)
-            await self._client.sadd(self._key("processes"), [self.process])
+            await self._take_lease()
         self._leased.set()
         task_status.started()
         while True:
@@ -685,6 +694,10 @@ class RedisStore:
                 pipe.delete([self._key("lease", self.process)])
                 pipe.srem(self._key("processes"), [self.process])
 
+    async def _take_lease(self) -> None:
+        keys = [self._key("lease", self.process), self._key("processes")]
+        await self._evalsha(_LEASE_SHA, keys, [str(self._lease_ttl()), self.process])
+
     def _lease_ttl(self) -> int:
         """The lease's life, in ms: half of lease_seconds, so that with the
         survivors' checks a quarter of it apart, a dead process's
@@ -708,8 +721,7 @@ class RedisStore:
         self.process = _process_name()
         for prediction in list(self._local.values()):
             self._let_go(prediction, old, ORPHANED)
-        await self._client.set(self._key("lease", self.process), b"1", px=self._lease_ttl())
-        await self._client.sadd(self._key("processes"), [self.process])
+        await self._take_lease()
         await self._end_unended()
 
     async def reap_forever(self) -> None:

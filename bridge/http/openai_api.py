@@ -158,14 +158,26 @@ def _finish_reason(p: Prediction, limit: int | None) -> str:
     return "length" if limit is not None and _token_counts(p)[1] >= limit else "stop"
 
 
+#: The largest token count taken from a model's metrics (more is a
+#: backend's error, not a count).
+MAX_TOKEN_COUNT = 1 << 40
+
+
 def _token_counts(p: Prediction) -> tuple[int, int]:
     """(prompt tokens, completion tokens): the model's own counts (metrics
-    ``input_token_count``, ``output_token_count``) when it sent them, else 0
-    and the output chunks."""
+    ``input_token_count``, ``output_token_count``) when it sent them as
+    whole numbers from 0 to :data:`MAX_TOKEN_COUNT`, else 0 and the output
+    chunks."""
     return (
-        int(p.metrics.get("input_token_count", 0)),
-        int(p.metrics.get("output_token_count", p.events.output_count)),
+        _count(p.metrics.get("input_token_count"), 0),
+        _count(p.metrics.get("output_token_count"), p.events.output_count),
     )
+
+
+def _count(value: float | None, otherwise: int) -> int:
+    if value is None or not 0 <= value <= MAX_TOKEN_COUNT or value != int(value):
+        return otherwise  # absent, negative, huge, fractional or NaN
+    return int(value)
 
 
 # -- streaming ------------------------------------------------------------------
