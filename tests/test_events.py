@@ -1,8 +1,10 @@
 """The event log on its own: bytes in, SSE frames out, in bounded slices.
 
 The contract tests (those taking ``new_log``) run every implementation of
-the :class:`~bridge.core.events.EventLog` interface: the log kept in memory and
-the record-keeping fake of tests/fakes.py.
+the :class:`~bridge.core.events.EventLog` interface: the log kept in memory,
+the held log of a prediction shared through Redis (shown as it is
+appended, as a store that writes at once would show it), and the
+record-keeping fake of tests/fakes.py.
 """
 
 from __future__ import annotations
@@ -14,16 +16,34 @@ from collections.abc import Callable
 
 import pytest
 import trio
+import trio.testing
 
 from bridge.core import events as events_module
-from bridge.core.events import EVENT_COST, MAX_RECORDS, EventLog, MemoryEventLog, OutputBatch
+from bridge.core.events import (
+    EVENT_COST,
+    MAX_RECORDS,
+    EventLog,
+    HeldEventLog,
+    MemoryEventLog,
+    OutputBatch,
+    ending,
+)
 from bridge.sse import encode_event, normalize_line_breaks
 from tests.fakes import ListEventLog
 from tests.helpers import CHUNKS
 from tests.sse_clients import replicate_events, spec_events
 
 
-@pytest.fixture(params=[MemoryEventLog, ListEventLog], ids=["memory", "records"])
+class ShownAtOnce(HeldEventLog):
+    """A held log whose store holds each append as soon as it is made."""
+
+    def _publish(self) -> None:
+        self.show(self.held)
+
+
+@pytest.fixture(
+    params=[MemoryEventLog, ShownAtOnce, ListEventLog], ids=["memory", "held", "records"]
+)
 def new_log(request: pytest.FixtureRequest) -> Callable[[], EventLog]:
     factory: Callable[[], EventLog] = request.param
     return factory
@@ -303,3 +323,47 @@ def test_a_replica_built_from_spans_frames_what_its_writer_does(monkeypatch) -> 
     assert replica.snapshot().logs() == writer.snapshot().logs()
     with pytest.raises(ValueError, match="cannot follow"):
         MemoryEventLog().extend(writer.span(3))
+
+
+async def test_a_held_log_shows_readers_only_what_its_store_holds() -> None:
+    """Appends wait for show(); every way of reading stops there, the end
+    included, and waiting readers wake when more is shown."""
+    log = HeldEventLog()
+    log.append_output(OutputBatch(["a ", "b "]))
+    log.append_log("line")
+    assert (len(log), log.held) == (0, 3)
+    assert log.read(0) == (b"", 0) and log.read_records(0) == ([], 0)
+    assert log.names(0) == set() and log.snapshot().outputs() == []
+    log.show(2)
+    assert len(log) == 2 and log.read(0)[1] == 2 and log.read_records(0)[1] == 2
+    assert log.names(0) == {"output"} and log.snapshot().outputs() == ["a ", "b "]
+    log.finish(None, {})
+    assert not log.closed  # its end is not shown yet
+    with trio.fail_after(1):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(log.wait_closed)
+            await trio.testing.wait_all_tasks_blocked()
+            log.show(log.held)
+    assert log.closed and [r.name for r in log.read_records(0)[0]] == [
+        "output",
+        "output",
+        "logs",
+        "done",
+    ]
+
+
+def test_a_held_log_ends_as_its_store_ended_it() -> None:
+    """What was never shown gives way to the store's ending, with the
+    store's ids; what was shown stays."""
+    log = HeldEventLog()
+    log.append_output(OutputBatch(["a ", "b ", "c "]))
+    log.show(1)
+    log.finish(None, {})  # the task's own end: never held by the store
+    log.replace_tail(ending(2, "lost"))  # the store holds "a ", "b ", then its end
+    records, end = log.read_records(0)
+    assert [(r.name, r.data) for r in records] == [
+        ("output", "a "), ("output", "b "), ("error", '{"detail": "lost"}'),
+        ("done", '{"reason":"error"}'),
+    ]  # fmt: skip
+    assert end == len(log) == 4 and log.closed and log.output_count == 2
+    assert log.index_after(log.read(0)[0].split(b"id: ")[-1].split(b"\n")[0].decode()) == 4

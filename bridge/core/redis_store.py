@@ -21,10 +21,13 @@ in memory (its readers here read that) and mirrors it to Redis. Keys, under
                      failed by a survivor (``[store] lease_seconds``)
 
 Costs are per batch, not per token. A process writes from one task: every
-prediction that changed since its last write goes in one ``MULTI``
-pipeline (its record, and its new events as one ``XADD`` of a
-:class:`~bridge.core.events.Span`), so at load one round trip carries many
-predictions' batches. A process reads for all its readers of other
+prediction that changed since its last write goes in one pipeline, one
+script call each (:data:`WRITE_LUA`: its record, and its new events as one
+``XADD`` of a :class:`~bridge.core.events.Span`, if this process still
+holds its lease), so at load one round trip carries many predictions'
+batches. Readers on the process running a prediction see its events once
+Redis holds them (:class:`~bridge.core.events.HeldEventLog`): one history,
+whichever process a reader is on. A process reads for all its readers of other
 processes' predictions in one blocking ``XREAD`` naming every stream they
 follow (and its command stream, which a new reader or a cancel wakes):
 one connection, whatever the number of readers. What it reads is appended to
@@ -516,11 +519,8 @@ class RedisStore:
             return
         sent: dict[str, tuple[int, _State, bool]] = {}
         calls = []
-        now = str(time.time())
-        data = str(max(1, int(self._settings.retention_seconds)))
-        metadata = str(max(1, int(self._settings.metadata_retention_seconds)))
+        now = time.time()
         lease = self._key("lease", self.process)
-        running = self._key("running", self.process)
         async with self._client.pipeline(transaction=False, raise_on_error=False) as pipe:
             for prediction in predictions:
                 pid = prediction.id
@@ -540,21 +540,17 @@ class RedisStore:
                 if held > start or record:
                     span = events.span(start) if held > start else _empty(start)
                     entry = list(_entry(span).values())
-                owner = _owner_key(prediction.owner) if prediction.owner else ""
-                keys = [
-                    lease, self._key("p", pid), self._key("in", pid), self._key("log", pid),
-                    self._key("ended"), self._key("kept"), running, self._key("owners"),
-                ]  # fmt: skip
-                args = [record, *entry, now if done else "", data, metadata, owner, pid]
+                owner = _owner_key(prediction.owner) if prediction.owner else None
+                keys = [lease, *self._end_keys(pid, self.process)]
+                args = [record, *entry, *self._end_args(pid, now if done else None, owner)]
                 calls.append((prediction, pipe.evalsha(_WRITE_SHA, keys, args)))
                 sent[pid] = (held, _state(prediction), done)
-        lost = False
-        ended = False
+        lost = ended = forgot = False
         for prediction, call in calls:
             try:
                 await call
             except coredis.exceptions.NoScriptError:
-                await self._load_scripts()  # Redis restarted: written again
+                forgot = True  # Redis restarted: written again
                 self._changed(prediction)
                 continue
             except coredis.exceptions.ResponseError as exc:
@@ -575,6 +571,8 @@ class RedisStore:
                 del self._local[prediction.id]
                 self._retention.forget(prediction)
                 self._written.pop(prediction.id, None)
+        if forgot:
+            await self._load_scripts()
         if lost:
             await self._lost_lease(lease.removeprefix(self._key("lease", "")))
         await self._end_unended()
@@ -624,6 +622,27 @@ class RedisStore:
         if ending is None:  # Redis no longer has it: ended here alone
             ending = _ending_here(prediction, error)
         _end_as(prediction, *ending)
+
+    def _end_keys(self, prediction_id: str, process: str) -> list[str]:
+        """The keys a prediction's end touches, in the order the scripts'
+        ``ended`` takes them."""
+        return [
+            self._key("p", prediction_id), self._key("in", prediction_id),
+            self._key("log", prediction_id), self._key("ended"), self._key("kept"),
+            self._key("running", process), self._key("owners"),
+        ]  # fmt: skip
+
+    def _end_args(self, prediction_id: str, now: float | None, owner: str | None) -> list[str]:
+        """The arguments of a prediction's end (*now* None: it has not
+        ended), in the order the scripts' ``ended`` takes them."""
+        settings = self._settings
+        return [
+            "" if now is None else str(now),
+            str(max(1, int(settings.retention_seconds))),
+            str(max(1, int(settings.metadata_retention_seconds))),
+            owner or "",
+            prediction_id,
+        ]
 
     async def _load_scripts(self) -> None:
         for script in (WRITE_LUA, FAIL_LUA, LEASE_LUA):
@@ -773,16 +792,11 @@ class RedisStore:
                 continue
             running = self._key("running", process)
             for prediction_id in map(_text, await self._client.smembers(running)):
-                await self._fail_orphan(prediction_id, process)
+                await self._fail_in_store(prediction_id, process, ORPHANED)
             async with self._client.pipeline(transaction=True) as pipe:
                 pipe.delete([running, claim])
                 pipe.srem(self._key("processes"), [process])
             log.warning("bridge process %s stopped: its running predictions were failed", process)
-
-    async def _fail_orphan(self, prediction_id: str, process: str) -> None:
-        """End a prediction whose process died: ``failed``, with ``error``
-        and ``done`` appended to its log for its readers."""
-        await self._fail_in_store(prediction_id, process, ORPHANED)
 
     async def _fail_in_store(
         self, prediction_id: str, process: str, error: str
@@ -792,7 +806,6 @@ class RedisStore:
         then (its span, and the record it carries), or None if Redis no
         longer holds it."""
         key, log_key = self._key("p", prediction_id), self._key("log", prediction_id)
-        settings = self._settings
         while True:
             record_bytes = await self._client.get(key)
             if record_bytes is None:
@@ -810,15 +823,10 @@ class RedisStore:
             span = ending(0, error)
             start = await self._evalsha(
                 _FAIL_SHA,
-                [
-                    key, self._key("in", prediction_id), log_key, self._key("ended"),
-                    self._key("kept"), self._key("running", process), self._key("owners"),
-                ],
+                self._end_keys(prediction_id, process),
                 [
                     record_bytes, encoded, span.payload, span.lengths, span.kinds,
-                    span.seconds, str(now), str(max(1, int(settings.retention_seconds))),
-                    str(max(1, int(settings.metadata_retention_seconds))),
-                    record.get("owner") or "", prediction_id,
+                    span.seconds, *self._end_args(prediction_id, now, record.get("owner")),
                 ],
             )  # fmt: skip
             if start == -2:
