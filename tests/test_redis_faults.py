@@ -150,8 +150,9 @@ async def test_a_full_redis_fails_the_prediction_it_refused_and_only_it(
                 assert "memory" in full.json()["detail"]
                 await health_is_quick(one)
                 # Room again: what the end of their retention does.
-                await redis.delete([f"filler:{n}" for n in range(filled)])
-                await redis.delete([f"bridge:log:{big['id']}"])
+                await redis.delete(
+                    [f"bridge:log:{big['id']}", *(f"filler:{n}" for n in range(filled))]
+                )
 
             async def created() -> bool:
                 response = await a.post(

@@ -61,7 +61,11 @@ async def test_soak(start_bridge: StartBridge) -> None:
     fds_at_start = open_fds()
     # Room for every stream, create and cancel at once: a cancel that waited
     # for a free connection could come after its prediction ended.
-    limits = httpx.Limits(max_connections=2 * N)
+    # Idle pooled connections are let go of well before the bridge's
+    # keep_alive_seconds (5): at httpx's default (5 s too) a connection could
+    # be reused just as the bridge closed it (seen once on a slow machine:
+    # "Server disconnected without sending a response").
+    limits = httpx.Limits(max_connections=2 * N, keepalive_expiry=2)
     streams: dict[int, bytes] = {}
     ids: dict[int, str] = {}
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
