@@ -92,17 +92,24 @@ class ListEventLog:
         self._changed.unpark_all()
         self.nudge()
 
-    def read(self, start: int, limit: int = SLICE_BYTES) -> tuple[bytes, int]:
+    def read(self, start: int, limit: int = SLICE_BYTES, part: int = 0) -> tuple[bytes, int, int]:
         frames: list[bytes] = []
         size = 0
         end = start
         for record, seconds in self.records[start:]:
+            whole = events_module.frame(record.name, seconds, end, record.data)
+            if part or len(whole) > limit:  # in pieces: part is bytes of its frame read
+                if frames:
+                    break
+                if part + limit < len(whole):
+                    return whole[part : part + limit], start, part + limit
+                return whole[part:], start + 1, 0
             if frames and size >= limit:
                 break
-            frames.append(events_module.frame(record.name, seconds, end, record.data))
+            frames.append(whole)
             size += len(frames[-1])
             end += 1
-        return b"".join(frames), end
+        return b"".join(frames), end, 0
 
     def names(self, start: int) -> set[str]:
         return {record.name for record, _ in self.records[start:]}

@@ -50,9 +50,9 @@ def new_log(request: pytest.FixtureRequest) -> Callable[[], EventLog]:
 
 
 def read_all(log: EventLog, start: int = 0, limit: int = 4096) -> list[bytes]:
-    slices = []
+    slices, part = [], 0
     while start < len(log):
-        data, start = log.read(start, limit)
+        data, start, part = log.read(start, limit, part)
         slices.append(data)
     return slices
 
@@ -74,7 +74,7 @@ def test_frames_are_exactly_the_encoder_s_for_any_chunk(monkeypatch, new_log) ->
         encode_event("done", f"1700000000:{n + 3}", '{"reason":"error"}'),
     ]
     assert b"".join(read_all(log, limit=1)) == b"".join(expected)
-    assert log.read(0, 10**9) == (b"".join(expected), len(expected))
+    assert log.read(0, 10**9) == (b"".join(expected), len(expected), 0)
     assert log.snapshot().outputs() == ["plain ", *CHUNKS, {"k": [1, "\n"]}]
     assert log.snapshot().logs() == ["a log\rline"]
     assert log.closed
@@ -155,9 +155,9 @@ def test_a_live_reader_gets_each_new_event_as_a_whole_read_frames_it(monkeypatch
     log.append_log("a log")
     live.append(log.read(len(log) - 1))
     log.finish("it broke", {"reason": "error"})
-    live += [log.read(len(log) - 2, 1), log.read(len(log) - 1)]
-    assert [end for _, end in live] == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert b"".join(data for data, _ in live) == log.read(0, 10**9)[0]
+    live.append(log.read(len(log) - 2))  # not only new: framed the usual way
+    assert [(end, part) for _, end, part in live] == [(i, 0) for i in (1, 2, 3, 4, 5, 6, 8)]
+    assert b"".join(data for data, _, _ in live) == log.read(0, 10**9)[0]
 
 
 def test_ids_carry_the_second_of_their_batch(monkeypatch, new_log) -> None:
@@ -185,6 +185,28 @@ def test_a_long_log_is_read_in_bounded_slices(new_log) -> None:
     assert got == replicate_events(slices)
     assert [e.data for e in got] == [normalize_line_breaks(c) for c in chunks]
     assert [int(e.id.split(":")[1]) for e in got] == list(range(len(chunks)))
+
+
+@pytest.mark.parametrize("limit", [1, 7, 100, 1000])
+def test_an_event_larger_than_a_slice_is_read_in_pieces(monkeypatch, new_log, limit) -> None:
+    """A reader holds about a slice, however large an event: an event too
+    large for one is framed a piece at a time. Line breaks of every kind,
+    ``\r\n`` and characters of several bytes fall on every boundary."""
+    monkeypatch.setattr(events_module.time, "time", lambda: 1700000000.5)
+    big = "".join(f"{i}é\r\n{'x' * (i % 5)}\u2028🙂\r" for i in range(150))
+    log = new_log()
+    log.append_output(OutputBatch(["small", big, "y" * 5000, {"k": big}, "\n" * 700, "tail"]))
+    log.append_log(big)
+    log.finish(big, {"reason": "error"})
+    slices = read_all(log, limit=limit)
+    assert b"".join(slices) == log.read(0, 10**9)[0]
+    assert spec_events(slices) == replicate_events(slices)
+    assert [e.data for e in spec_events(slices)][:6] == [
+        "small", normalize_line_breaks(big), "y" * 5000, json.dumps({"k": big}), "\n" * 700, "tail"
+    ]  # fmt: skip
+    head = len(b"event: output\nid: 1700000000:99\ndata: ")
+    assert max(map(len, slices)) <= 2 * max(limit, 7) + head + 8
+    assert len(slices) >= sum(map(len, slices)) // (2 * max(limit, 7) + head + 8)
 
 
 @pytest.mark.parametrize("chunk", ["", "a", "ab", "héllo wörld "])
@@ -332,7 +354,7 @@ async def test_a_held_log_shows_readers_only_what_its_store_holds() -> None:
     log.append_output(OutputBatch(["a ", "b "]))
     log.append_log("line")
     assert (len(log), log.held) == (0, 3)
-    assert log.read(0) == (b"", 0) and log.read_records(0) == ([], 0)
+    assert log.read(0) == (b"", 0, 0) and log.read_records(0) == ([], 0)
     assert log.names(0) == set() and log.snapshot().outputs() == []
     log.show(2)
     assert len(log) == 2 and log.read(0)[1] == 2 and log.read_records(0)[1] == 2

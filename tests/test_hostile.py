@@ -517,3 +517,51 @@ async def test_a_client_that_goes_frees_its_connection_at_once(start_bridge: Sta
             await stream.aclose()
         async with httpx.AsyncClient(base_url=url) as client:
             assert (await client.get("/health")).status_code == 200
+
+
+def rss_bytes(pid: int) -> int:
+    """What process *pid* holds in memory now."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) * 1024
+
+
+async def test_readers_that_stall_on_large_events_hold_a_slice_each() -> None:
+    """Eight output chunks of 1 MB, and 150 readers with a 4 kB receive
+    buffer that read the first bytes and no more: each held a whole 1 MB
+    event (about 3 MB of the bridge's memory, as it was framed and handed
+    to hypercorn), 150 of them +450 MB. An event too large for a slice is
+    framed a slice at a time: about 64 kB a reader."""
+    run, url, backend_pid = await start_run_demo()
+    readers: list[trio.socket.SocketType] = []
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            made = await create(client, "demo/echo", {"prompt": "x" * 1_000_000, "repeat": 8})
+            path = f"/v1/predictions/{made['id']}/stream"
+            with trio.fail_after(60):  # one whole read: it ended, and the bridge is warm
+                async with client.stream("GET", path) as response:
+                    whole = b"".join([piece async for piece in response.aiter_raw()])
+            assert whole.count(b"event: output") == 8 and whole.count(b"x") == 8_000_000
+            before = rss_bytes(run.pid)
+
+            async def stall() -> None:
+                sock = trio.socket.socket()
+                readers.append(sock)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+                await sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+                await sock.send(request("GET", path))
+                seen = b""
+                while b"data: xxx" not in seen:  # the bridge is writing its first event
+                    seen = seen[-8:] + await sock.recv(4096)
+
+            with trio.fail_after(60):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(150):
+                        nursery.start_soon(stall)
+            grown = rss_bytes(run.pid) - before
+            print(f"150 stalled readers of 1 MB events: +{grown / 2**20:.0f} MiB")
+            assert grown < 60 * 2**20
+            await health_is_quick(url)
+    finally:
+        for sock in readers:
+            sock.close()
+        kill_what_is_left(run, backend_pid)

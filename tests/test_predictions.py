@@ -19,7 +19,7 @@ def make() -> Prediction:
 
 def events(p: Prediction, start: int = 0) -> list[Ev]:
     """The prediction's log from *start* on, read as a client reads it."""
-    data, end = p.events.read(start, limit=10**9)
+    data, end, _ = p.events.read(start, limit=10**9)
     assert end == len(p.events)
     assert replicate_events([data]) == spec_events([data])
     return spec_events([data])

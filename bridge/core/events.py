@@ -85,6 +85,7 @@ EVENT_COST = 8
 # break, which is framed by bridge.sse as several data: lines.
 _TEXT, _JSON, _LOGS, _ERROR, _DONE = range(5)
 _BREAKS = 0x80
+_BREAK_GROWTH = len(b"\ndata: ")
 _NAMES = {_TEXT: "output", _JSON: "output", _LOGS: "logs", _ERROR: "error", _DONE: "done"}
 _HEADS = [f"event: {_NAMES[k]}\nid: ".encode() for k in range(len(_NAMES))]
 #: The smallest frame there is: no frame adds less to its payload.
@@ -250,10 +251,14 @@ class EventLog(Protocol):
         and empty, and its followers are woken."""
         ...
 
-    def read(self, start: int, limit: int = SLICE_BYTES) -> tuple[bytes, int]:
+    def read(self, start: int, limit: int = SLICE_BYTES, part: int = 0) -> tuple[bytes, int, int]:
         """The frames (:func:`frame`) of the events from *start* on, at most
-        about *limit* bytes of them but at least one event if there is one,
-        and the index after the last one returned."""
+        about *limit* bytes of them; and where the next read starts, the
+        index and ``part`` to give it. An event too large for a slice is
+        read in pieces (each about *limit* bytes), and ``part`` says how
+        far into event *start* a read begins (0, or what the read before
+        returned: a position only this log understands). At least some of
+        the event at *start* is returned if there is one."""
         ...
 
     def names(self, start: int) -> set[str]:
@@ -480,12 +485,17 @@ class MemoryEventLog:
     def index_after(self, last_event_id: str) -> int:
         return index_after(last_event_id)
 
-    def read(self, start: int, limit: int = SLICE_BYTES) -> tuple[bytes, int]:
+    def read(self, start: int, limit: int = SLICE_BYTES, part: int = 0) -> tuple[bytes, int, int]:
         """The SSE frames of the events from *start* on, at most about
-        *limit* bytes of them (but at least one event, if there is one), and
-        the index after the last one returned."""
+        *limit* bytes of them, and where the next read starts. An event
+        whose payload is larger than *limit* is read in pieces
+        (:meth:`_piece`; *part* is how many of its payload bytes were read)."""
         end = self._count
         data, ends, kinds = self._data, self._ends, self._kinds
+        if start >= end:
+            return b"", start, 0
+        if part or _framed(ends[start] - (ends[start - 1] if start else 0), kinds[start]) > limit:
+            return self._piece(start, part, limit)
         if end == start + 1 and end == len(kinds) and not kinds[start] & _BREAKS:
             # One new event (so in the last second), the usual read of a
             # live stream: framed at once.
@@ -497,7 +507,7 @@ class MemoryEventLog:
                 start,
                 data[begin : ends[start]],  # type: ignore[str-format]  # any buffer will do
             )
-            return frame, end
+            return frame, end, 0
         frames: list[bytes] = []
         size = 0
         i = start
@@ -507,6 +517,8 @@ class MemoryEventLog:
             run_end = self._second_starts[run + 1] if run + 1 < len(self._second_starts) else end
             run_end = min(run_end, end)
             begin = ends[i - 1] if i else 0
+            if _framed(ends[i] - begin, kinds[i]) > limit:  # the next read takes it, in pieces
+                break
             if kinds[i] & _BREAKS:  # several data: lines: bridge.sse frames it
                 text = data[begin : ends[i]].decode()
                 frames.append(encode_event(_NAMES[kinds[i] & ~_BREAKS], f"{seconds}:{i}", text))
@@ -521,6 +533,8 @@ class MemoryEventLog:
                 i + (limit - size) // _MIN_FRAME + 1,
                 bisect.bisect_left(ends, begin + limit - size, i, run_end) + 1,
             )
+            if stop - 1 > i and ends[stop - 1] - ends[stop - 2] > limit:
+                stop -= 1  # the one that reaches the limit is read in pieces, later
             heads = [head + b"%d:" % seconds for head in _HEADS]
             stretch = [
                 b"%b%d\ndata: %b\n\n" % (head, j, data[a:b])  # type: ignore[str-format]
@@ -538,7 +552,36 @@ class MemoryEventLog:
             frames += stretch[:keep]
             size += sums[keep - 1]
             i += keep
-        return b"".join(frames), i
+        return b"".join(frames), i, 0
+
+    def _piece(self, index: int, part: int, limit: int) -> tuple[bytes, int, int]:
+        """About *limit* bytes of the frame of event *index*, one too large
+        to frame whole for each reader: its payload from byte *part* on
+        (never inside a character, nor between the two of a ``\r\n``),
+        the head before the first piece and the blank line after the last."""
+        data, kind = self._data, self._kinds[index]
+        begin = self._ends[index - 1] if index else 0
+        stop = self._ends[index]
+        a = begin + part
+        b = min(stop, a + max(limit // _framed(1, kind), 1))
+        while b < stop and data[b] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+            b += 1
+        if b < stop and data[b - 1 : b + 1] == b"\r\n":
+            b += 1
+        piece = bytes(data[a:b])
+        if kind & _BREAKS:  # each line break starts a data: line, as bridge.sse writes it
+            piece = LINE_BREAK.sub("\ndata: ", piece.decode()).encode()
+        if not part:
+            run = bisect.bisect_right(self._second_starts, index) - 1
+            piece = b"%b%d:%d\ndata: %b" % (
+                _HEADS[kind & ~_BREAKS],
+                self._seconds[run],
+                index,
+                piece,
+            )
+        if b < stop:
+            return piece, index, b - begin
+        return piece + b"\n\n", index + 1, 0
 
     def names(self, start: int) -> set[str]:
         """The names of the events from *start* on."""
@@ -674,6 +717,12 @@ class LogView:
         if bytes([_LOGS]) not in kinds:  # found in C: no Python step per event
             return []
         return [text for _, text in self._payloads(frozenset({_LOGS}))]
+
+
+def _framed(size: int, kind: int) -> int:
+    """The most bytes *size* payload bytes of an event of *kind* take in
+    its frame: each line break (one byte at least) becomes ``\ndata: ``."""
+    return size * _BREAK_GROWTH if kind & _BREAKS else size
 
 
 def _breaks(text: str) -> int:

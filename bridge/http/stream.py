@@ -4,7 +4,8 @@ A stream request is a reader with a cursor into the prediction's
 :class:`~bridge.core.events.EventLog`. Each time it wakes (once per batch the
 prediction appended) it writes every event available in one write, in
 slices of at most :data:`~bridge.core.events.SLICE_BYTES`, so a late or slow
-reader holds one slice of encoded bytes at a time, never the backlog. When
+reader holds one slice of encoded bytes at a time, never the backlog nor a
+whole large event (one larger than a slice is written a slice at a time). When
 idle it writes a ``: ping`` comment every ``keepalive`` seconds; after the
 log closes (after ``done``) the response ends.
 
@@ -56,7 +57,7 @@ async def sse_body(
     *keepalive*, checked whenever the log is nudged (every third of it, by
     :meth:`bridge.core.service.Bridge.keep_alive`): so at least every
     *keepalive* seconds."""
-    cursor = start
+    cursor, part = start, 0
     if clients is not None:
         clients.inc()
     wrote_at = trio.current_time()
@@ -66,7 +67,7 @@ async def sse_body(
             if writer is not None and writer.backed_up:
                 await writer.flush()
             if cursor < len(events):
-                data, cursor = events.read(cursor, SLICE_BYTES)
+                data, cursor, part = events.read(cursor, SLICE_BYTES, part)
                 yield data
                 wrote_at = trio.current_time()
             elif events.closed:
@@ -80,7 +81,7 @@ async def sse_body(
                     await follower.woken.park()
                 finally:
                     events.unfollow(follower)
-                cursor = follower.cursor
+                cursor, part = follower.cursor, follower.part
                 wrote_at = max(wrote_at, follower.wrote_at)
                 nothing_new = cursor >= len(events) and not events.closed
                 if nothing_new and trio.current_time() - wrote_at >= keepalive * 2 / 3:
@@ -125,6 +126,7 @@ class _Follower:
     def __init__(self, events: EventLog, cursor: int, writer: ChunkWriter | None) -> None:
         self.events = events
         self.cursor = cursor
+        self.part = 0  # how far into event cursor it wrote (an event read in pieces)
         self.writer = writer
         self.wrote_at = -math.inf
         self.woken = trio.lowlevel.ParkingLot()
@@ -136,11 +138,11 @@ class _Follower:
         if self.writer is None:
             self.wake()
             return
-        data, end = self.events.read(self.cursor, SLICE_BYTES)
+        data, end, part = self.events.read(self.cursor, SLICE_BYTES)
         if not self.writer.write_nowait(data):
             self.wake()
             return
-        self.cursor = end
+        self.cursor, self.part = end, part
         self.wrote_at = trio.current_time()
         if self.writer.backed_up or end < len(self.events):
             self.wake()
