@@ -114,15 +114,25 @@ class ListEventLog:
     def names(self, start: int) -> set[str]:
         return {record.name for record, _ in self.records[start:]}
 
-    def read_records(self, start: int, limit: int = SLICE_BYTES) -> tuple[list[Record], int]:
+    def read_records(
+        self, start: int, limit: int = SLICE_BYTES, part: int = 0
+    ) -> tuple[list[Record], int, int]:
         out: list[Record] = []
         size = 0
         for record, _ in self.records[start:]:
+            if part or len(record.data.encode()) > limit:  # in pieces: part counts characters
+                if out:
+                    break
+                step = max(1, limit // 4)  # characters of at most 4 bytes
+                piece = record._replace(data=record.data[part : part + step])
+                if part + step < len(record.data):
+                    return [piece], start, part + step
+                return [piece], start + 1, 0
             if out and (size >= limit or len(out) == events_module.MAX_RECORDS):
                 break
             out.append(record)
             size += len(record.data.encode())
-        return out, start + len(out)
+        return out, start + len(out), 0
 
     def index_after(self, last_event_id: str) -> int:
         return events_module.index_after(last_event_id)

@@ -26,6 +26,7 @@ from bridge.core.events import (
     HeldEventLog,
     MemoryEventLog,
     OutputBatch,
+    Record,
     ending,
 )
 from bridge.sse import encode_event, normalize_line_breaks
@@ -84,18 +85,28 @@ def test_frames_are_exactly_the_encoder_s_for_any_chunk(monkeypatch, new_log) ->
 def test_records_are_read_in_order_in_bounded_slices(new_log) -> None:
     """What a reader that re-frames events (OpenAI's chunks) reads: every
     event once, in order, as the model sent it; a slice of at most about
-    the limit's payload bytes, but at least one event."""
+    the limit's payload bytes, an event larger than that in pieces (never
+    inside a character)."""
     log = new_log()
     log.append_output(OutputBatch(["a\n", "bb", {"k": 1}, "[1]"]))
     log.append_log("a line")
-    log.append_output(OutputBatch(["x" * 100, "é"]))
+    log.append_output(OutputBatch(["x" * 100, "é", "é" * 50]))
     log.finish("broke", {"reason": "error"})
-    got, start, slices = [], 0, 0
+    got: list[Record] = []
+    start, part, pieces, cut = 0, 0, [], 0
     while start < len(log):
-        records, start = log.read_records(start, 3)
+        records, after, part = log.read_records(start, 3, part)
         assert records and sum(len(r.data.encode()) for r in records[:-1]) < 3
-        got += records
-        slices += 1
+        if after == start or pieces:  # an event larger than the limit, a piece at a time
+            (piece,) = records
+            assert len(piece.data.encode()) <= 3 + 1  # + the rest of a character
+            pieces.append(piece)
+            if after > start:  # its last piece
+                got.append(piece._replace(data="".join(p.data for p in pieces)))
+                cut, pieces = cut + len(pieces), []
+        else:
+            got += records
+        start = after
     assert [(r.name, r.data, r.json) for r in got] == [
         ("output", "a\n", False),
         ("output", "bb", False),
@@ -104,12 +115,13 @@ def test_records_are_read_in_order_in_bounded_slices(new_log) -> None:
         ("logs", "a line", False),
         ("output", "x" * 100, False),
         ("output", "é", False),
+        ("output", "é" * 50, False),
         ("error", json.dumps({"detail": "broke"}), False),
         ("done", '{"reason":"error"}', False),
     ]
-    assert slices == 7
+    assert cut > 40  # "x" * 100 and the error came in pieces
     assert log.read_records(0)[0] == got and log.read_records(0)[1] == len(log)
-    assert log.read_records(len(log)) == ([], len(log))
+    assert log.read_records(len(log)) == ([], len(log), 0)
     # Empty chunks cost no bytes: a slice is bounded in records too.
     empty = new_log()
     empty.append_output(OutputBatch([""] * (MAX_RECORDS + 5)))
@@ -354,7 +366,7 @@ async def test_a_held_log_shows_readers_only_what_its_store_holds() -> None:
     log.append_output(OutputBatch(["a ", "b "]))
     log.append_log("line")
     assert (len(log), log.held) == (0, 3)
-    assert log.read(0) == (b"", 0, 0) and log.read_records(0) == ([], 0)
+    assert log.read(0) == (b"", 0, 0) and log.read_records(0) == ([], 0, 0)
     assert log.names(0) == set() and log.snapshot().outputs() == []
     log.show(2)
     assert len(log) == 2 and log.read(0)[1] == 2 and log.read_records(0)[1] == 2
@@ -382,7 +394,7 @@ def test_a_held_log_ends_as_its_store_ended_it() -> None:
     log.show(1)
     log.finish(None, {})  # the task's own end: never held by the store
     log.replace_tail(ending(2, "lost"))  # the store holds "a ", "b ", then its end
-    records, end = log.read_records(0)
+    records, end, _ = log.read_records(0)
     assert [(r.name, r.data) for r in records] == [
         ("output", "a "), ("output", "b "), ("error", '{"detail": "lost"}'),
         ("done", '{"reason":"error"}'),

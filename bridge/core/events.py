@@ -265,12 +265,15 @@ class EventLog(Protocol):
         """The names of the events from *start* on."""
         ...
 
-    def read_records(self, start: int, limit: int = SLICE_BYTES) -> tuple[list[Record], int]:
+    def read_records(
+        self, start: int, limit: int = SLICE_BYTES, part: int = 0
+    ) -> tuple[list[Record], int, int]:
         """The events from *start* on as records, at most about *limit*
-        payload bytes of them and :data:`MAX_RECORDS` events, but at least
-        one event if there is one, and
-        the index after the last one returned: what a reader that re-frames
-        them (OpenAI's chunks) follows the log with."""
+        payload bytes of them and :data:`MAX_RECORDS` events, and where the
+        next read starts (as :meth:`read`): what a reader that re-frames
+        them (OpenAI's chunks) follows the log with. An event larger than
+        *limit* comes in pieces, each a record with a part of its data
+        (cut between characters), so that its text concatenates back."""
         ...
 
     def index_after(self, last_event_id: str) -> int:
@@ -587,18 +590,25 @@ class MemoryEventLog:
         """The names of the events from *start* on."""
         return {_NAMES[kind & ~_BREAKS] for kind in set(self._kinds[start : self._count])}
 
-    def read_records(self, start: int, limit: int = SLICE_BYTES) -> tuple[list[Record], int]:
+    def read_records(
+        self, start: int, limit: int = SLICE_BYTES, part: int = 0
+    ) -> tuple[list[Record], int, int]:
         end = self._count
         if start >= end:
-            return [], start
-        begin = self._ends[start - 1] if start else 0
+            return [], start, 0
+        ends = self._ends
+        begin = ends[start - 1] if start else 0
+        if part or ends[start] - begin > limit:
+            return self._record_piece(start, part, limit)
         # Up to the event that reaches the limit (found in C, no step per
         # event), and no more than MAX_RECORDS (empty chunks cost no bytes).
         stop = min(
             end,
             start + MAX_RECORDS,
-            bisect.bisect_left(self._ends, begin + limit, start, end) + 1,
+            bisect.bisect_left(ends, begin + limit, start, end) + 1,
         )
+        if stop - 1 > start and ends[stop - 1] - ends[stop - 2] > limit:
+            stop -= 1  # the one that reaches the limit comes in pieces, later
         out = []
         data = self._data
         for kind, a, b in zip(
@@ -609,7 +619,22 @@ class MemoryEventLog:
         ):
             kind &= ~_BREAKS
             out.append(Record(_NAMES[kind], data[a:b].decode(), kind == _JSON))
-        return out, stop
+        return out, stop, 0
+
+    def _record_piece(self, index: int, part: int, limit: int) -> tuple[list[Record], int, int]:
+        """About *limit* bytes of event *index*'s data from byte *part* on,
+        as a record (see :meth:`_piece`)."""
+        data, kind = self._data, self._kinds[index] & ~_BREAKS
+        begin = self._ends[index - 1] if index else 0
+        stop = self._ends[index]
+        a = begin + part
+        b = min(stop, a + max(limit, 1))
+        while b < stop and data[b] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+            b += 1
+        piece = Record(_NAMES[kind], data[a:b].decode(), kind == _JSON)
+        if b < stop:
+            return [piece], index, b - begin
+        return [piece], index + 1, 0
 
     # -- what the prediction object shows -----------------------------------
 

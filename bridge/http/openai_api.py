@@ -19,7 +19,8 @@ after the stream began is a ``data: {"error": ...}`` line (a
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -30,7 +31,7 @@ from quart import Blueprint, Response, request
 
 from .. import sse
 from .._compat.quart_trio import when_request_ends
-from ..core.events import Record
+from ..core.events import SLICE_BYTES, Record
 from ..core.models import ModelEntry
 from ..core.predictions import Prediction, Status
 from ..errors import BackendUnavailable, BridgeError, InvalidInput, NotFound
@@ -51,10 +52,6 @@ __all__ = ["Failed", "blueprint", "error_for", "error_response"]
 blueprint = Blueprint("openai", __name__)
 
 _CANCELED = "the prediction was canceled"
-
-#: :meth:`bridge.core.service.Bridge.offload`: work on this many bytes, in a
-#: worker thread if they are many.
-Offload = Callable[[int, Callable[[], bytes]], Awaitable[bytes]]
 
 
 class ModelNotFound(NotFound):
@@ -190,7 +187,9 @@ class _Shape(Protocol):
 
     def delta(self, text: str) -> bytes: ...
 
-    def ending(self) -> bytes: ...
+    def ending(self) -> Iterator[bytes]:
+        """The end of the stream, in pieces of about a slice at most."""
+        ...
 
 
 def _data(body: Any) -> bytes:
@@ -203,11 +202,10 @@ def _text(record: Record) -> str:
 
 
 async def _sse(
-    started: Started, shape: _Shape, keepalive: float, clients: Gauge, offload: Offload
+    started: Started, shape: _Shape, keepalive: float, clients: Gauge
 ) -> AsyncIterator[bytes]:
     """The stream: a ``: ping`` once nothing was written for two thirds of
-    *keepalive* (log lines and empty chunks write nothing here); its end
-    framed in a worker thread when the output is large."""
+    *keepalive* (log lines and empty chunks write nothing here)."""
     clients.inc()
     try:
         yield shape.opening()
@@ -220,7 +218,8 @@ async def _sse(
             else:
                 continue
             wrote_at = trio.current_time()
-        yield await offload(started.prediction.kept_bytes, shape.ending)
+        for piece in shape.ending():
+            yield piece
     finally:
         clients.dec()
 
@@ -233,7 +232,6 @@ def _stream_response(started: Started, shape: _Shape) -> Response:
         shape,
         state.settings.keepalive_seconds,
         state.metrics.stream_clients,
-        state.bridge.offload,
     )
     response = Response(body, content_type="text/event-stream", headers=stream.SSE_HEADERS)
     response.timeout = None  # Quart would cut the stream at 60 s
@@ -302,14 +300,15 @@ class _Chat:
     def delta(self, text: str) -> bytes:
         return self._chunk({"content": text})
 
-    def ending(self) -> bytes:
+    def ending(self) -> Iterator[bytes]:
         started = self.started
         if started.failure is not None:
-            return _error_line(started.failure)
+            yield _error_line(started.failure)
+            return
         out = [self._chunk({}, started.finish_reason)]
         if started.include_usage:
             out.append(_data({**self.head, "choices": [], "usage": _usage(started)}))
-        return b"".join([*out, b"data: [DONE]\n\n"])
+        yield b"".join([*out, b"data: [DONE]\n\n"])
 
 
 def _usage(started: Started) -> dict[str, int]:
@@ -425,12 +424,13 @@ def _response(
 
 
 class _Responses:
-    """The named events of OpenAI's response stream, each numbered."""
+    """The named events of OpenAI's response stream, each numbered. Its
+    ending repeats the whole text four times: each is read from the log
+    a slice at a time as it is written, never held whole."""
 
     def __init__(self, started: Started) -> None:
         self.started = started
         self.id = f"msg_{started.prediction.id}"
-        self.text: list[str] = []
         self.sequence = 0
 
     def _event(self, kind: str, **fields: Any) -> bytes:
@@ -462,23 +462,37 @@ class _Responses:
         )
 
     def delta(self, text: str) -> bytes:
-        self.text.append(text)
         return self._event("response.output_text.delta", **self._at(), delta=text, logprobs=[])
 
-    def ending(self) -> bytes:
-        p, text = self.started.prediction, "".join(self.text)
-        response = _response(p, text, self.started.limit, self.started.echo)
+    def ending(self) -> Iterator[bytes]:
+        # The events are encoded with a marker no request can know where
+        # the text goes; the text is written there from the log.
+        marker = f"text-{secrets.token_hex(16)}"
+        p = self.started.prediction
+        response = _response(p, marker, self.started.limit, self.started.echo)
         if self.started.failure is not None:
-            return self._event("response.failed", response=response)
+            yield from self._with_text(marker, "response.failed", response=response)
+            return
         item = response["output"][0]
-        return b"".join(
-            [
-                self._event("response.output_text.done", **self._at(), text=text, logprobs=[]),
-                self._event("response.content_part.done", **self._at(), part=item["content"][0]),
-                self._event("response.output_item.done", output_index=0, item=item),
-                self._event(f"response.{response['status']}", response=response),
-            ]
+        at = self._at()
+        yield from self._with_text(marker, "response.output_text.done", **at, text=marker)
+        yield from self._with_text(
+            marker, "response.content_part.done", **at, part=item["content"][0]
         )
+        yield from self._with_text(marker, "response.output_item.done", output_index=0, item=item)
+        yield from self._with_text(marker, f"response.{response['status']}", response=response)
+
+    def _with_text(self, marker: str, kind: str, **fields: Any) -> Iterator[bytes]:
+        """Event *kind*, the output text written in place of *marker*."""
+        before, after = self._event(kind, **fields).split(marker.encode())
+        yield before
+        events = self.started.prediction.events
+        cursor, part = 0, 0
+        while cursor < len(events):
+            records, cursor, part = events.read_records(cursor, SLICE_BYTES, part)
+            if text := "".join(map(_text, records)):
+                yield msgspec.json.encode(text)[1:-1]  # a JSON string's inside
+        yield after
 
 
 @blueprint.post("/v1/responses")

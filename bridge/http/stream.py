@@ -94,14 +94,15 @@ async def sse_body(
 
 async def follow_records(events: EventLog, start: int = 0) -> AsyncIterator[list[Record]]:
     """The log's events from *start* on as records, every one available at
-    each wake-up at once (one batch of the model's output, at most a slice),
+    each wake-up at once (one batch of the model's output, at most a slice:
+    an event larger than one comes in pieces, a record each),
     until the log closes; an empty list when woken with nothing new (the
     keep-alive clock's tick: time, maybe, for a comment). What a stream that
     re-frames events (OpenAI's chunks) follows the log with."""
-    cursor = start
+    cursor, part = start, 0
     while True:
         if cursor < len(events):
-            records, cursor = events.read_records(cursor)
+            records, cursor, part = events.read_records(cursor, SLICE_BYTES, part)
             yield records
         elif events.closed:
             return
