@@ -225,6 +225,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: One delivery attempt's deadline, and deliveries at once to one host.
     webhook_timeout_seconds: Seconds = 5.0
     webhook_host_connections: Count = 4
+    #: Rendered bodies held at once by every delivery together (each
+    #: attempt renders when it has its share; waiting ones hold none).
+    webhook_max_bytes: Bytes = 64 << 20
     #: Hosts webhooks may go to whatever their addresses, and whether
     #: loopback, private and link-local addresses are allowed at all (both
     #: for development: by default webhooks go to public addresses only).

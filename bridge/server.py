@@ -56,6 +56,7 @@ def _webhook_sender(settings: Settings, http_client: httpx.AsyncClient) -> Webho
         retry_for=settings.webhook_retry_seconds,
         timeout=settings.webhook_timeout_seconds,
         host_connections=settings.webhook_host_connections,
+        max_bytes=settings.webhook_max_bytes,
     )
 
 

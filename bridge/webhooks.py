@@ -11,6 +11,12 @@ a slow or failing receiver never slows the prediction:
 * ``completed``: once it has ended, retried with exponential backoff on a
   connection error, a timeout, 429 or 5xx, for about ``retry_for`` (60 s).
 
+Each attempt renders the prediction as it is then, once it has a
+connection slot to its host and its share of ``max_bytes`` (what the
+prediction keeps stands for the body's size): a delivery that waits, for
+its turn or between retries, holds no body, and the bodies held at once
+are bounded, however many receivers fail or hang.
+
 Where they may go (:class:`WebhookPolicy`): only to public addresses, so a
 webhook cannot reach the bridge itself, a loopback or private service, or a
 cloud metadata endpoint. A URL is checked at create (every address its host
@@ -280,9 +286,33 @@ class _HostSlots:
                 del self._hosts[host]
 
 
+class _ByteBudget:
+    """At most *limit* bytes held at once, taken in turn (first come,
+    first served); one share larger than the whole goes alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._turn = trio.Lock()  # fair: the waiters queue here in order
+        self._freed = trio.lowlevel.ParkingLot()
+
+    @asynccontextmanager
+    async def share(self, size: int) -> AsyncIterator[None]:
+        async with self._turn:
+            while self.used and self.used + size > self.limit:
+                await self._freed.park()
+            self.used += size
+        try:
+            yield
+        finally:
+            self.used -= size
+            self._freed.unpark_all()
+
+
 class WebhookSender:
     """Delivers webhooks through *client* (see :func:`open_webhook_client`),
-    at most *host_connections* at a time to one host."""
+    at most *host_connections* at a time to one host, holding at most about
+    *max_bytes* of rendered bodies at once."""
 
     def __init__(
         self,
@@ -293,6 +323,7 @@ class WebhookSender:
         retry_for: float = 60.0,
         timeout: float = 5.0,
         host_connections: int = 4,
+        max_bytes: int = 64 << 20,
     ) -> None:
         self.client = client
         self.secret = secret
@@ -300,6 +331,7 @@ class WebhookSender:
         self.retry_for = retry_for
         self.timeout = timeout
         self._slots = _HostSlots(host_connections)
+        self.budget = _ByteBudget(max_bytes)
 
     async def follow(
         self,
@@ -312,10 +344,10 @@ class WebhookSender:
         is delivered (or given up on), signed with the secret of the token
         that created it. Never raises but ``Cancelled``."""
         secret = tenant_secret(self.secret, prediction.owner)
-        deliver = partial(self._deliver, url, secret)
+        deliver = partial(self._deliver, url, secret, prediction, render)
         try:
             if "start" in events:
-                await deliver(await render(prediction), retry=False)
+                await deliver(retry=False)
             cursor = 0
             last_sent = -float("inf")
             wanted = {"output", "logs"} & events
@@ -333,9 +365,9 @@ class WebhookSender:
                     break
                 cursor = len(prediction.events)
                 last_sent = trio.current_time()
-                await deliver(await render(prediction), retry=False)
+                await deliver(retry=False)
             if "completed" in events:
-                await deliver(await render(prediction), retry=True)
+                await deliver(retry=True)
         except Exception:
             log.exception(
                 "prediction %s: webhook delivery failed",
@@ -355,28 +387,24 @@ class WebhookSender:
                     break  # leaving unread: httpx closes the connection
             return response.status_code
 
-    async def _deliver(self, url: str, secret: str, body: bytes, *, retry: bool) -> bool:
-        """POST *body*; with *retry*, keep trying transient failures for
-        ``retry_for`` seconds. True once the receiver answered 2xx."""
+    async def _deliver(
+        self,
+        url: str,
+        secret: str,
+        prediction: Prediction,
+        render: Callable[[Prediction], Awaitable[bytes]],
+        *,
+        retry: bool,
+    ) -> bool:
+        """POST *prediction*; with *retry*, keep trying transient failures
+        for ``retry_for`` seconds. True once the receiver answered 2xx."""
         msg_id = "msg_" + secrets.token_hex(16)
         host = urlsplit(url).hostname or ""
         give_up_at = trio.current_time() + self.retry_for
         waits = delays(0.5, 10.0)
         while True:
-            status = None
-            async with self._slots.slot(host):
-                timestamp = int(time.time())
-                headers = {
-                    "Content-Type": "application/json",
-                    "webhook-id": msg_id,
-                    "webhook-timestamp": str(timestamp),
-                    "webhook-signature": sign(secret, msg_id, timestamp, body),
-                }
-                with trio.move_on_after(self.timeout):
-                    try:
-                        status = await self._post(url, body, headers)
-                    except httpx.HTTPError as exc:
-                        log.info("webhook %s to %s: %s", msg_id, url, exc)
+            async with self._slots.slot(host), self.budget.share(prediction.kept_bytes):
+                status = await self._attempt(url, secret, msg_id, await render(prediction))
             if status is not None and 200 <= status < 300:
                 return True
             transient = status is None or status == 429 or status >= 500
@@ -385,3 +413,20 @@ class WebhookSender:
                 log.warning("webhook %s to %s: giving up (status %s)", msg_id, url, status)
                 return False
             await trio.sleep(wait)
+
+    async def _attempt(self, url: str, secret: str, msg_id: str, body: bytes) -> int | None:
+        """POST *body* once: the receiver's status, or None if it could not
+        be reached in ``timeout`` (the body is let go of on return)."""
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(secret, msg_id, timestamp, body),
+        }
+        with trio.move_on_after(self.timeout):
+            try:
+                return await self._post(url, body, headers)
+            except httpx.HTTPError as exc:
+                log.info("webhook %s to %s: %s", msg_id, url, exc)
+        return None

@@ -99,6 +99,12 @@ def request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def rss_bytes(pid: int) -> int:
+    """What process *pid* holds in memory now."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) * 1024
+
+
 def gone(pid: int) -> bool:
     """Whether *pid* has exited (a zombie not yet reaped counts as gone)."""
     try:

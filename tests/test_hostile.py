@@ -27,6 +27,7 @@ from tests.helpers import (
     read_answer,
     read_until_closed,
     request,
+    rss_bytes,
     start_run_demo,
 )
 
@@ -517,12 +518,6 @@ async def test_a_client_that_goes_frees_its_connection_at_once(start_bridge: Sta
             await stream.aclose()
         async with httpx.AsyncClient(base_url=url) as client:
             assert (await client.get("/health")).status_code == 200
-
-
-def rss_bytes(pid: int) -> int:
-    """What process *pid* holds in memory now."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(status.split("VmRSS:")[1].split()[0]) * 1024
 
 
 async def test_readers_that_stall_on_large_events_hold_a_slice_each() -> None:

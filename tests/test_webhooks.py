@@ -8,6 +8,7 @@ import json
 import select
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,8 +29,9 @@ from bridge.webhooks import (
     new_secret,
     open_webhook_client,
 )
+from tests.backends import ENV
 from tests.conftest import StartBridge, create
-from tests.helpers import node
+from tests.helpers import kill_what_is_left, node, rss_bytes, start_run_demo
 
 SECRET = new_secret()
 #: The receivers here run on 127.0.0.1, which webhooks may not reach unless
@@ -438,3 +440,63 @@ async def test_webhooks_carry_the_urls_the_creating_request_was_given(
     answered = response.json()["urls"]["get"]
     assert answered.startswith("http://bridge.example:8443/v1/predictions/")
     assert {d.prediction["urls"]["get"] for d in receiver.deliveries} == {answered}
+
+
+async def test_deliveries_that_wait_hold_no_body(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Twelve predictions of 9 MB whose receiver never answers: each
+    ``completed`` delivery was rendered at once and held through its 60 s
+    of retries, waiting for a connection slot or between attempts (+102 MiB
+    beyond what the predictions keep). Now an attempt renders the
+    prediction when it has a slot and its share of ``[webhooks]
+    max_bytes``, and lets go of the body when it ends."""
+    accepted = [0]
+    retried = trio.Event()
+
+    async def hang(stream: trio.SocketStream) -> None:
+        accepted[0] += 1
+        if accepted[0] == 5:  # an attempt timed out (1 s), and a fifth came
+            retried.set()
+        await trio.sleep_forever()
+
+    (listener,) = await nursery.start(partial(trio.serve_tcp, hang, 0, host="127.0.0.1"))
+    hanging = f"http://127.0.0.1:{listener.socket.getsockname()[1]}/hook"
+    config = tmp_path / "bridge.toml"
+    config.write_text(
+        '[webhooks]\nallow_hosts = ["127.0.0.1"]\ntimeout_seconds = 1\n'
+        f"max_bytes = {10 << 20}\n"
+    )
+    # Large blocks are mapped and unmapped as they come and go, so that the
+    # bridge's RSS is what it holds, not what its heap once reached.
+    env = {**ENV, "MALLOC_MMAP_THRESHOLD_": str(1 << 16)}
+    run, url, backend_pid = await start_run_demo("--config", str(config), env=env)
+    big = {"prompt": "x" * 1_000_000, "repeat": 8}
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
+            async def all_ended(count: int) -> None:
+                line = f'bridge_predictions_total{{model="demo/echo",status="succeeded"}} {count}.0'
+                with trio.fail_after(60):
+                    while line not in (await client.get("/metrics")).text:
+                        await trio.sleep(0.1)
+
+            async def twelve(body: dict[str, Any]) -> int:
+                """RSS grown by twelve predictions of 9 MB made with *body*."""
+                before = rss_bytes(run.pid)
+                for _ in range(12):
+                    response = await client.post("/v1/models/demo/echo/predictions", json=body)
+                    assert response.status_code == 201, response.text
+                return before
+
+            before = await twelve({"input": big})
+            await all_ended(12)
+            kept = rss_bytes(run.pid) - before  # what twelve predictions keep
+            filter = ["completed"]
+            before = await twelve({"input": big, "webhook": hanging, "webhook_events_filter": filter})
+            await all_ended(24)
+            with trio.fail_after(30):
+                await retried.wait()
+            grown = rss_bytes(run.pid) - before
+            print(f"twelve predictions keep +{kept >> 20} MiB; with webhooks +{grown >> 20} MiB")
+            assert grown - kept < 30 << 20  # a body at a time (before: +102 MiB)
+    finally:
+        kill_what_is_left(run, backend_pid)
