@@ -30,7 +30,7 @@ from bridge.webhooks import (
     open_webhook_client,
 )
 from tests.backends import ENV
-from tests.conftest import StartBridge, create
+from tests.conftest import StartBridge, create, poll_until
 from tests.helpers import kill_what_is_left, node, rss_bytes, start_run_demo
 
 SECRET = new_secret()
@@ -475,9 +475,11 @@ async def test_deliveries_that_wait_hold_no_body(nursery: trio.Nursery, tmp_path
 
             async def all_ended(count: int) -> None:
                 line = f'bridge_predictions_total{{model="demo/echo",status="succeeded"}} {count}.0'
-                with trio.fail_after(60):
-                    while line not in (await client.get("/metrics")).text:
-                        await trio.sleep(0.1)
+
+                async def seen() -> bool:
+                    return line in (await client.get("/metrics")).text
+
+                await poll_until(seen, within=60)
 
             async def twelve(body: dict[str, Any]) -> int:
                 """RSS grown by twelve predictions of 9 MB made with *body*."""
@@ -490,8 +492,8 @@ async def test_deliveries_that_wait_hold_no_body(nursery: trio.Nursery, tmp_path
             before = await twelve({"input": big})
             await all_ended(12)
             kept = rss_bytes(run.pid) - before  # what twelve predictions keep
-            filter = ["completed"]
-            before = await twelve({"input": big, "webhook": hanging, "webhook_events_filter": filter})
+            hooked = {"webhook": hanging, "webhook_events_filter": ["completed"]}
+            before = await twelve({"input": big, **hooked})
             await all_ended(24)
             with trio.fail_after(30):
                 await retried.wait()
