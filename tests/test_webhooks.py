@@ -462,8 +462,7 @@ async def test_deliveries_that_wait_hold_no_body(nursery: trio.Nursery, tmp_path
     hanging = f"http://127.0.0.1:{listener.socket.getsockname()[1]}/hook"
     config = tmp_path / "bridge.toml"
     config.write_text(
-        '[webhooks]\nallow_hosts = ["127.0.0.1"]\ntimeout_seconds = 1\n'
-        f"max_bytes = {10 << 20}\n"
+        f'[webhooks]\nallow_hosts = ["127.0.0.1"]\ntimeout_seconds = 1\nmax_bytes = {10 << 20}\n'
     )
     # Large blocks are mapped and unmapped as they come and go, so that the
     # bridge's RSS is what it holds, not what its heap once reached.
