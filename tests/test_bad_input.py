@@ -190,7 +190,13 @@ class BadSchema(predictor_pb2_grpc.PredictorServicer):
         ('{"type": NaN}', "an input schema that is not JSON"),
         ("[1, 2]", "an input schema that is not a JSON object"),
         ('{"type": 5}', "an input schema that is not a JSON Schema"),
+        # Valid JSON, nested too deep to walk: a RecursionError was a 500
+        # for every listing and every create by version id.
+        ('{"not":' * 900 + "{}" + "}" * 900, "an input schema nested more than 64 levels deep"),
+        ("[" * 100_000 + "]" * 100_000, "an input schema nested more than 64 levels deep"),
+        ('{"type": "object", "description": "%s"}' % ("x" * 2**20), "an input schema of more"),
     ],
+    ids=["not JSON", "NaN", "an array", "not a schema", "900 deep", "100,000 deep", "2 MB"],
 )
 async def test_a_backend_that_sends_a_bad_schema_is_502(
     start_bridge: StartBridge, schema: str, said: str
@@ -211,6 +217,9 @@ async def test_a_backend_that_sends_a_bad_schema_is_502(
             names = {m["name"]: m["latest_version"] for m in listed.json()["results"]}
             assert names["bad"] is None and names["echo"] is not None
             await create(client, "demo/echo", {"prompt": "still fine"})
+            assert (await client.get("/v1/deployments")).status_code == 200
+            by_version = {"version": names["echo"]["id"], "input": {"prompt": "by version"}}
+            assert (await client.post("/v1/predictions", json=by_version)).status_code == 201
 
 
 def test_a_schema_with_a_remote_ref_is_never_fetched() -> None:

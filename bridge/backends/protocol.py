@@ -147,11 +147,26 @@ def model_info_from_pb(response: pb.DescribeResponse) -> ModelInfo:
     )
 
 
+#: The most a backend's schema may be: characters of its JSON, and levels
+#: of objects and arrays (a schema's nested schema is two). Every use of a
+#: schema (validation, listings, the page's form) walks it; these keep
+#: that walk short, and never deeper than Python's recursion limit.
+MAX_SCHEMA_CHARS = 1 << 20
+MAX_SCHEMA_DEPTH = 64
+
+
 def _schema(which: str, text: str) -> dict[str, Any]:
+    if len(text) > MAX_SCHEMA_CHARS:
+        raise ValueError(f"an {which} schema of more than {MAX_SCHEMA_CHARS} characters")
+    too_deep = f"an {which} schema nested more than {MAX_SCHEMA_DEPTH} levels deep"
     try:
         schema = strictjson.loads(text or "{}")
+    except RecursionError:  # deeper than the parser goes
+        raise ValueError(too_deep) from None
     except ValueError as exc:
         raise ValueError(f"an {which} schema that is not JSON ({exc})") from None
+    if _deeper_than(schema, MAX_SCHEMA_DEPTH):
+        raise ValueError(too_deep)
     if not isinstance(schema, dict):
         raise ValueError(f"an {which} schema that is not a JSON object")
     try:
@@ -159,6 +174,24 @@ def _schema(which: str, text: str) -> dict[str, Any]:
     except jsonschema.SchemaError as exc:
         raise ValueError(f"an {which} schema that is not a JSON Schema ({exc.message})") from None
     return schema
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether *value* nests objects and arrays more than *limit* deep
+    (walked with a stack of its own, not Python's)."""
+    stack = [(value, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children: Any = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def model_info_to_pb(info: ModelInfo) -> pb.DescribeResponse:
