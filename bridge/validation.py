@@ -19,7 +19,12 @@ import referencing
 import referencing.exceptions
 
 from . import strictjson
+from ._compat.jsonschema import bound_patterns
 from .errors import BackendProtocolError, BadRequest, InvalidInput
+
+# jsonschema lists what is wrong with an input on jsonschema-rs' regular
+# expressions: no pattern from a backend can hold the server.
+bound_patterns()
 
 #: The webhook events a create may filter on, in the order they come.
 EVENTS = ("start", "output", "logs", "completed")
@@ -193,6 +198,11 @@ def validate_input(schema: dict[str, Any], input: Any) -> None:
     except referencing.exceptions.Unresolvable as exc:
         raise BackendProtocolError(
             f"model backend sent an input schema with a $ref that is not in it ({exc})"
+        ) from None
+    except jsonschema_rs.ValidationError as exc:  # a pattern jsonschema-rs cannot compile
+        reason = str(exc).partition("\n")[0]
+        raise BackendProtocolError(
+            f"model backend sent an input schema with a pattern that cannot be used ({reason})"
         ) from None
     if not found:
         return

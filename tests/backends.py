@@ -63,7 +63,8 @@ class Misbehaving(predictor_pb2_grpc.PredictorServicer):
 
 
 class RawServer:
-    """Any ``PredictorServicer`` on a real grpc.aio server on 127.0.0.1:0,
+    """Any ``PredictorServicer`` (or a generic handler, whose messages are
+    bytes as sent) on a real grpc.aio server on 127.0.0.1:0,
     run from a thread with its own asyncio loop::
 
         with RawServer(Misbehaving()) as server:
@@ -72,7 +73,7 @@ class RawServer:
 
     def __init__(
         self,
-        servicer: predictor_pb2_grpc.PredictorServicer,
+        servicer: predictor_pb2_grpc.PredictorServicer | grpc.GenericRpcHandler,
         *,
         health: bool = False,
         address: str = "127.0.0.1:0",
@@ -112,7 +113,10 @@ class RawServer:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         server = grpc.aio.server()
-        predictor_pb2_grpc.add_PredictorServicer_to_server(self.servicer, server)
+        if isinstance(self.servicer, grpc.GenericRpcHandler):  # bytes as it sends them
+            server.add_generic_rpc_handlers((self.servicer,))
+        else:
+            predictor_pb2_grpc.add_PredictorServicer_to_server(self.servicer, server)
         if self._with_health:
             self.health = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

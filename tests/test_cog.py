@@ -150,6 +150,35 @@ async def test_cog_inputs_become_the_schema_and_are_checked(
     assert outputs == ["setups=1 HI HI "] * 2  # defaults applied; setup() ran once
 
 
+async def test_a_pattern_from_the_model_cannot_stall_the_server(
+    start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    """``Input(regex=r"^(\\w+\\s?)*$")`` and 29 characters: Python's ``re``
+    took 15 s to say they do not match (4 times longer for every two more),
+    holding the server. Patterns run on jsonschema-rs' engine: at once."""
+    text = """\
+        from cog import BasePredictor, Input
+
+        class Predictor(BasePredictor):
+            def predict(self, words: str = Input(regex=r"^(\\w+\\s?)*$")) -> str:
+                return words
+        """
+    model = load_model(str(write(tmp_path, "regex_model.py", text)) + ":Predictor", "me/regex")
+    assert model.info.input_schema["properties"]["words"]["pattern"] == r"^(\w+\s?)*$"
+    with ModelServer(model) as server:
+        url = await start_bridge(targets={"me/regex": server.target})
+        async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+            await create(client, "me/regex", {"words": "all word characters"})
+            before = trio.current_time()
+            refused = await client.post(
+                "/v1/models/me/regex/predictions", json={"input": {"words": "a" * 28 + "!"}}
+            )
+            took = trio.current_time() - before
+            problem = assert_problem(refused, 422)
+            assert problem["invalid_fields"][0]["field"] == "words"
+            assert took < 2, took  # (a stall's guard, not a speed test: it took 15 s)
+
+
 async def test_cog_paths_are_data_uris(start_bridge: StartBridge, tmp_path: Path) -> None:
     model = load_model(str(write(tmp_path, "files_model.py", RICH)) + ":Files", "me/files")
     image = model.info.input_schema["properties"]["image"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 
 import h11
+import pytest
 import trio
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h2 import H2Protocol, StreamBuffer
@@ -153,3 +154,30 @@ def test_hypercorn_wraps_an_asgi_app_as_its_worker_does() -> None:
     assert "wrap_app(app, config.wsgi_max_body_size, mode)" in inspect.getsource(
         hypercorn.trio.serve
     )
+
+
+@pytest.mark.parametrize(
+    ("schema", "instance"),
+    [
+        ({"pattern": "^a+$"}, "b"),
+        ({"patternProperties": {"^a+$": {"type": "integer"}}}, {"aa": "x"}),
+        ({"patternProperties": {"^a+$": True}, "additionalProperties": False}, {"b": 1}),
+        ({"patternProperties": {"^a+$": True}, "unevaluatedProperties": False}, {"b": 1}),
+    ],
+    ids=["pattern", "patternProperties", "additionalProperties", "unevaluatedProperties"],
+)
+def test_jsonschema_matches_every_pattern_through_its_module_global_re(
+    monkeypatch: pytest.MonkeyPatch, schema: dict, instance: object
+) -> None:
+    """bridge/_compat/jsonschema.py replaces ``re`` in jsonschema's
+    _keywords and _utils: every keyword that matches a pattern must look
+    ``re.search`` up there, at each call."""
+    import jsonschema
+
+    from bridge._compat import jsonschema as compat
+
+    compat.bound_patterns()
+    asked = []
+    monkeypatch.setattr(compat._BOUNDED, "search", lambda p, s: asked.append((p, s)) or False)
+    list(jsonschema.Draft202012Validator(schema).iter_errors(instance))
+    assert asked and all(pattern.startswith("^a+$") for pattern, _ in asked)

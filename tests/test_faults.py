@@ -272,3 +272,48 @@ async def test_a_slow_describe_is_shared_not_repeated_per_request(
             assert model["latest_version"]["id"] == "v1"
     assert [e.event for e in events] == ["error", "done"]
     assert "Describe timed out" in events[0].data
+
+
+def _undecodable(last: bytes) -> grpc.GenericRpcHandler:
+    """A bridge.v1 backend that sends one good output, then *last* as it is."""
+
+    async def describe(request: bytes, context: Any) -> bytes:
+        streams = {"type": "array", "x-cog-array-type": "iterator"}
+        info = protocol.ModelInfo("test/undecodable", "v1", {"type": "object"}, streams)
+        return protocol.model_info_to_pb(info).SerializeToString()
+
+    async def predict(request: bytes, context: Any) -> AsyncIterator[bytes]:
+        yield protocol.output_response(["one "]).SerializeToString()
+        yield last
+        await asyncio.sleep(3600)  # what the bridge read must end the call, not this
+
+    handlers = {
+        "Describe": grpc.unary_unary_rpc_method_handler(describe),
+        "Predict": grpc.unary_stream_rpc_method_handler(predict),
+    }  # no (de)serializers: bytes as they are
+    return grpc.method_handlers_generic_handler("bridge.v1.Predictor", handlers)
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        bytes([2 << 3 | 2, 2]) + b"\xff\xfe",  # log: a string that is not UTF-8
+        protocol.output_response(["truncated"]).SerializeToString()[:-3],
+    ],
+    ids=["invalid UTF-8", "truncated"],
+)
+async def test_a_message_that_cannot_be_decoded_fails_at_once(
+    start_bridge: StartBridge, last: bytes
+) -> None:
+    """grpc.aio hands None for a message it cannot decode: the prediction
+    hung until idle_seconds (an AttributeError in an asyncio callback),
+    then failed as "no output"."""
+    with RawServer(_undecodable(last)) as server:
+        url = await start_bridge({"test/undecodable": server.target})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            prediction = await create(client, "test/undecodable", {})
+            with trio.fail_after(10):
+                detail = await failed_with(client, prediction)
+            assert detail == "model backend sent a message that cannot be decoded"
+            events, _ = await read_stream(client, prediction["urls"]["stream"])
+            assert [e.data for e in events if e.event == "output"] == ["one "]

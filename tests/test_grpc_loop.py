@@ -131,6 +131,26 @@ async def test_a_handler_that_raises_ends_the_call_in_its_owner(raw_target: str)
         assert len(seen) == delivered < 200
 
 
+async def test_a_bug_reading_the_call_ends_it_at_once(
+    raw_target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the pump raises, the call ends with an error the owner
+    sees (an exception left in the task's done callback hung it)."""
+
+    def broken(response: Any) -> protocol.StreamItem:
+        raise AttributeError("a bug")
+
+    monkeypatch.setattr(protocol, "stream_item_from_pb", broken)
+    async with open_grpc_loop() as grpc_loop:
+        with pytest.raises(
+            BackendProtocolError, match=r"failed reading the backend: AttributeError\('a bug'\)"
+        ):
+            with trio.fail_after(5):
+                request = protocol.predict_request("d", {"messages": 3})
+                async with grpc_loop.predict(raw_target, request) as stream:
+                    [item async for batch in stream for item in batch]
+
+
 def test_as_trio_s_guest_the_calls_run_on_its_host_loop(raw_target: str) -> None:
     """How the servers run (grpc_loop.run): no loop thread; streams,
     cancels and unary calls as under trio.run."""

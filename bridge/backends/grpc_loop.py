@@ -105,6 +105,11 @@ _BALANCED = ("grpc.service_config", json.dumps(
 ))  # fmt: skip
 
 
+#: A prediction's error when a backend's message does not decode (not
+#: protobuf, a string that is not UTF-8, cut short).
+UNDECODABLE = "model backend sent a message that cannot be decoded"
+
+
 def map_rpc_error(exc: grpc.RpcError) -> PredictionError:
     """The bridge's error for a failed gRPC call: the one place codes map."""
     # Both grpc.Call errors and grpc.aio.AioRpcError (not a grpc.Call) have these.
@@ -197,6 +202,8 @@ class PredictStream:
             if not call.done() or await call.code() is grpc.StatusCode.OK:
                 self._push(protocol.Started())
             async for response in call:
+                if response is None:  # grpc.aio could not decode it (and logged why)
+                    return BackendProtocolError(UNDECODABLE)
                 self._push(protocol.stream_item_from_pb(response))
                 await self._credits.acquire()
         except grpc.RpcError as exc:
@@ -222,7 +229,15 @@ class PredictStream:
 
         def done(task: asyncio.Task[PredictionError | None]) -> None:
             ended()
-            self._push(_End(None if task.cancelled() else task.result()))
+            error: PredictionError | None
+            if task.cancelled():
+                error = None
+            elif (exc := task.exception()) is not None:  # a bug: the call still ends
+                log.error("the Predict call failed", exc_info=exc)
+                error = BackendProtocolError(f"the bridge failed reading the backend: {exc!r}")
+            else:
+                error = task.result()
+            self._push(_End(error))
 
         self._task.add_done_callback(done)
 
