@@ -7,6 +7,10 @@ from collections import Counter
 
 import httpx
 import pytest
+import trio
+
+from bridge.backends.grpc_loop import GrpcLoop
+from bridge.core import catalog as catalog_module
 
 from tests.conftest import StartBridge, create, read_stream
 from tests.helpers import assert_problem
@@ -246,3 +250,65 @@ async def test_metrics_take_their_token_or_the_api_s(
             answer = await client.get("/v1/predictions", headers=scraper)
             assert answer.status_code == (401 if "auth_tokens" in settings else 200)
         assert (await client.get("/health")).status_code == 200  # probes need no token
+
+
+@pytest.mark.parametrize(
+    ("settings", "detail_with"),
+    [
+        ({}, None),  # no auth: open, as the API
+        ({"auth_tokens": frozenset({"r8_alice"})}, [ALICE]),
+        (
+            {"auth_tokens": frozenset({"r8_alice"}), "metrics_token": "m_scraper"},
+            [ALICE, {"Authorization": "Bearer m_scraper"}],
+        ),
+    ],
+    ids=["no-auth", "auth-tokens", "metrics-token"],
+)
+async def test_health_names_models_and_backends_only_to_a_token(
+    start_bridge: StartBridge, settings: dict, detail_with: list | None
+) -> None:
+    """With tokens, /health listed every model and backend address to
+    anyone; a probe without a token now gets status and readiness only."""
+    url = await start_bridge(**settings)
+    async with httpx.AsyncClient(base_url=url) as client:
+        for headers in [{}, ALICE, BOB, {"Authorization": "Bearer m_scraper"}]:
+            answer = await client.get("/health", headers=headers)
+            assert answer.status_code == 200  # probes need no token
+            body = answer.json()
+            assert body["status"] == "ok" and body["ready"] is True
+            if detail_with is None or headers in detail_with:
+                assert body["models"]["demo/echo"] == "SERVING"
+                assert "127.0.0.1:" in next(iter(body["targets"]["demo/echo"]))
+            else:
+                assert set(body) == {"status", "ready"}, body
+
+
+async def test_health_asks_each_backend_about_once_a_second(
+    start_bridge: StartBridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each /health asked every backend for its gRPC health: a loop of
+    requests was a loop of gRPC calls on every backend. Now a check
+    answers every /health for a second (here: until told otherwise);
+    callers meanwhile share it."""
+    asked: Counter[str] = Counter()
+    real = GrpcLoop.check_health
+
+    async def counted(self: GrpcLoop, target: str) -> str:
+        asked[target] += 1
+        return await real(self, target)
+
+    monkeypatch.setattr(GrpcLoop, "check_health", counted)
+    monkeypatch.setattr(catalog_module, "HEALTH_MAX_AGE", 3600)
+    url = await start_bridge()
+    async with httpx.AsyncClient(base_url=url) as client:
+        async with trio.open_nursery() as nursery:
+            for _ in range(20):
+                nursery.start_soon(client.get, "/health")
+        targets = len(asked)
+        assert targets and set(asked.values()) == {1}  # twenty at once: one check
+        for _ in range(20):
+            assert (await client.get("/health")).json()["ready"] is True
+        assert set(asked.values()) == {1}  # all within its age
+        monkeypatch.setattr(catalog_module, "HEALTH_MAX_AGE", 0)
+        await client.get("/health")
+        assert set(asked.values()) == {2} and len(asked) == targets

@@ -71,7 +71,11 @@ async def test_predictions_wait_while_the_model_loads_then_run(
                     (await client.get(p["urls"]["get"])).json()["output"] for p in predictions[:2]
                 ]
                 assert outputs == [["word ", "0 "], ["word ", "1 "]]
-                assert (await client.get("/health")).json()["models"]["test/slow"] == "SERVING"
+
+                async def serving() -> bool:  # /health is at most a second old
+                    return (await client.get("/health")).json()["models"]["test/slow"] == "SERVING"
+
+                await poll_until(serving)
         finally:
             slow.release.set()
 

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 #: The longest a health check waits for one backend.
 HEALTH_CHECK_SECONDS = 1.0
+#: How long one check of every backend answers ``/health`` (see
+#: :meth:`Catalog.check_health`).
+HEALTH_MAX_AGE = 1.0
 
 
 class _Asking:
@@ -54,6 +57,10 @@ class Catalog:
         #: When each model's answer was last had (Trio's clock).
         self._fresh_until: dict[str, float] = {}
         self._asking: dict[str, _Asking] = {}
+        #: The last check of every target (see check_health): when it ended,
+        #: and the one in flight, which callers meanwhile share.
+        self._health_checked_at = -math.inf
+        self._health_check: trio.Event | None = None
 
     def model(self, name: str) -> ModelEntry:
         try:
@@ -175,6 +182,25 @@ class Catalog:
             for entry in self.models.values() if entries is None else entries:
                 for target in entry.settings.targets:
                     nursery.start_soon(check, entry, target)
+
+    async def check_health(self) -> None:
+        """:meth:`check_targets` of every model, unless the last check
+        ended less than :data:`HEALTH_MAX_AGE` seconds ago; callers that
+        come while one runs share it. However often ``/health`` is asked,
+        each backend is asked at most about once a second (plus the
+        check's own time)."""
+        if trio.current_time() - self._health_checked_at < HEALTH_MAX_AGE:
+            return
+        if self._health_check is not None:
+            await self._health_check.wait()
+            return
+        self._health_check = checked = trio.Event()
+        try:
+            await self.check_targets()
+            self._health_checked_at = trio.current_time()
+        finally:
+            self._health_check = None
+            checked.set()
 
     async def watch_targets(self) -> None:
         """Check the targets of each model with several, every

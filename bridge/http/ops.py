@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, current_app
 
-from ..errors import NotFound
+from ..errors import NotFound, Unauthorized
 from ..metrics import CONTENT_TYPE_LATEST
 from ..webhooks import tenant_secret
 from .common import caller, context, json_response
@@ -26,17 +26,22 @@ async def page() -> Response:
 
 @blueprint.get("/health")
 async def health() -> Response:
+    """Status and readiness for anyone (a load balancer's probe needs no
+    token); which models and targets, and how each is, only for a caller
+    with a token when there are tokens (an [auth] token or the metrics
+    token). Each backend is asked at most about once a second, however
+    often this is (:meth:`~bridge.core.catalog.Catalog.check_health`)."""
     bridge = context().bridge
     # Every target of every model, all at once: the answer takes as long as
     # the slowest backend, not as long as all of them together.
-    await bridge.catalog.check_targets()
+    await bridge.catalog.check_health()
     targets = {
         name: {t: _shown(status) for t, status in entry.health.items()}
         for name, entry in bridge.catalog.models.items()
     }
     # A model is as well as its best target.
     models = {name: min(seen.values(), key=_RANK.index) for name, seen in targets.items()}
-    body = {"models": models, "targets": targets}
+    body = {"models": models, "targets": targets} if _may_see_backends() else {}
     if bridge.draining:
         # Not ready: load balancers stop sending; running streams go on.
         return json_response({"status": "draining", "ready": False} | body, 503)
@@ -44,6 +49,20 @@ async def health() -> Response:
     ready = all(status == "SERVING" for status in models.values())
     every = all(s == "SERVING" for seen in targets.values() for s in seen.values())
     return json_response({"status": "ok" if every else "degraded", "ready": ready} | body)
+
+
+def _may_see_backends() -> bool:
+    """Whether this caller may see model names and backend addresses:
+    anyone without [auth] tokens, else a caller with one (or the metrics
+    token)."""
+    state = context()
+    if not state.tokens:
+        return True
+    try:
+        caller(state.tokens + state.metrics_tokens)
+    except Unauthorized:
+        return False
+    return True
 
 
 #: Health, best first.
