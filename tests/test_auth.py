@@ -11,7 +11,6 @@ import trio
 
 from bridge.backends.grpc_loop import GrpcLoop
 from bridge.core import catalog as catalog_module
-
 from tests.conftest import StartBridge, create, read_stream
 from tests.helpers import assert_problem
 
