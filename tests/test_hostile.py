@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,9 +17,11 @@ import httpx
 import pytest
 import trio
 
+from bridge.backends import protocol
+from bridge.cli.logs import TextFormatter
 from bridge.sdk import Metrics, Model, ModelServer
 from bridge.server import FD_RESERVE
-from tests.backends import ENV, read_until
+from tests.backends import ENV, Misbehaving, RawServer, read_until
 from tests.conftest import StartBridge, create
 from tests.helpers import (
     connect,
@@ -618,3 +621,50 @@ async def test_responses_streams_end_a_slice_at_a_time() -> None:
         for sock in readers:
             sock.close()
         kill_what_is_left(run, backend_pid)
+
+
+class _ForgingName(Misbehaving):
+    """A backend whose Describe name would forge log lines and clear a
+    terminal, were it logged as it is."""
+
+    NAME = "x\n2026-01-01 00:00:00,000 ERROR bridge: forged\x1b[2J\u2028end"
+
+    async def Describe(self, request: Any, context: Any) -> Any:
+        info = protocol.ModelInfo(self.NAME, "v1", {"type": "object"}, {"type": "array"})
+        return protocol.model_info_to_pb(info)
+
+
+async def test_what_a_backend_says_cannot_forge_a_log_line(tmp_path: Path) -> None:
+    """The bridge logs that a backend says it serves another model, with
+    the name it said: raw, that name wrote lines of its own."""
+    with RawServer(_ForgingName()) as server:
+        config = tmp_path / "bridge.toml"
+        config.write_text(f'[models."test/forging"]\ntargets = ["{server.target}"]\n')
+        run, url, backend_pid = await start_run_demo("--config", str(config))
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                assert (await client.get("/v1/models/test/forging")).status_code == 200
+            seen: list[bytes] = []
+            found = await read_until(run.stderr, rb"says it serves ([^\n]*)\n", seen)
+            assert found[1].decode() == "x\\n2026-01-01 00:00:00,000 ERROR bridge: forged" + (
+                "\\x1b[2J\\u2028end"
+            )
+            assert b"\x1b" not in b"".join(seen)
+            assert not re.search(rb"^2026-01-01", b"".join(seen), re.MULTILINE)
+        finally:
+            kill_what_is_left(run, backend_pid)
+
+
+def test_a_traceback_keeps_its_lines_and_loses_its_control_characters() -> None:
+    try:
+        raise RuntimeError("the backend said \x1b[2J\rthis")
+    except RuntimeError:
+        record = logging.LogRecord(
+            "b", logging.ERROR, "f", 1, "failed: %s", ("a\nb",), sys.exc_info()
+        )
+    lines = TextFormatter().format(record).split("\n")
+    assert (
+        lines[0].endswith("ERROR b: failed: a\\nb")
+        and lines[1] == "Traceback (most recent call last):"
+    )
+    assert lines[-1] == "RuntimeError: the backend said \\x1b[2J\\rthis"
