@@ -13,9 +13,9 @@ a slow or failing receiver never slows the prediction:
 
 Each attempt renders the prediction as it is then, once it has a
 connection slot to its host and its share of ``max_bytes`` (what the
-prediction keeps stands for the body's size): a delivery that waits, for
-its turn or between retries, holds no body, and the bodies held at once
-are bounded, however many receivers fail or hang.
+prediction keeps stands for the body's size; a small one needs none): a
+delivery that waits, for its turn or between retries, holds no body, and
+the bodies held at once are bounded, however many receivers fail or hang.
 
 Where they may go (:class:`WebhookPolicy`): only to public addresses, so a
 webhook cannot reach the bridge itself, a loopback or private service, or a
@@ -27,7 +27,8 @@ lifts it (for development).
 
 Deliveries have their own connection pool, at most ``host_connections``
 at a time to one host and short timeouts, so receivers that hang hold up
-only their own deliveries.
+only their own deliveries, and, once ``max_bytes`` of large bodies wait
+on them, other large ones (each for at most the attempt's timeout).
 
 Deliveries are signed as Standard Webhooks (what Replicate's clients
 validate): ``webhook-id`` (the same for retries of one delivery),
@@ -286,9 +287,16 @@ class _HostSlots:
                 del self._hosts[host]
 
 
+#: A body this small needs no share of ``max_bytes``: never held up
+#: behind large ones, and bounded anyway by the client's connections
+#: (256 of them: 16 MiB).
+SMALL_BODY = 64 * 1024
+
+
 class _ByteBudget:
     """At most *limit* bytes held at once, taken in turn (first come,
-    first served); one share larger than the whole goes alone."""
+    first served); one share larger than the whole goes alone, and one
+    of at most :data:`SMALL_BODY` at once."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -298,6 +306,9 @@ class _ByteBudget:
 
     @asynccontextmanager
     async def share(self, size: int) -> AsyncIterator[None]:
+        if size <= SMALL_BODY:
+            yield
+            return
         async with self._turn:
             while self.used and self.used + size > self.limit:
                 await self._freed.park()

@@ -322,6 +322,9 @@ class FakeBackend:
         #: Describe calls so far, and how long each takes (Trio's clock).
         self.describe_calls = 0
         self.describe_seconds = 0.0
+        #: Health checks so far, and how long each takes.
+        self.health_calls = 0
+        self.health_seconds = 0.0
 
     async def describe(self, target: str) -> ModelInfo:
         self.describe_calls += 1
@@ -335,7 +338,8 @@ class FakeBackend:
         return self.models[target]
 
     async def check_health(self, target: str) -> str:
-        await trio.lowlevel.checkpoint()
+        self.health_calls += 1
+        await trio.sleep(self.health_seconds)
         return self.health if target in self.models else "UNAVAILABLE"
 
     @contextlib.asynccontextmanager

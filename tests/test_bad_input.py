@@ -195,8 +195,19 @@ class BadSchema(predictor_pb2_grpc.PredictorServicer):
         ('{"not":' * 900 + "{}" + "}" * 900, "an input schema nested more than 64 levels deep"),
         ("[" * 100_000 + "]" * 100_000, "an input schema nested more than 64 levels deep"),
         ('{"type": "object", "description": "%s"}' % ("x" * 2**20), "an input schema of more"),
+        # Python's own: no bounded engine runs it.
+        ('{"properties": {"a": {"pattern": "^a\\\\Z"}}}', "an input schema with a pattern"),
     ],
-    ids=["not JSON", "NaN", "an array", "not a schema", "900 deep", "100,000 deep", "2 MB"],
+    ids=[
+        "not JSON",
+        "NaN",
+        "an array",
+        "not a schema",
+        "900 deep",
+        "100,000 deep",
+        "2 MB",
+        "a pattern of Python's",
+    ],
 )
 async def test_a_backend_that_sends_a_bad_schema_is_502(
     start_bridge: StartBridge, schema: str, said: str

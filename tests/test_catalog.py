@@ -130,3 +130,26 @@ async def test_callers_sharing_a_describe_that_fails_each_get_their_own_error(
         assert backend.describe_calls == 1
         assert [str(e) for e in errors] == ["model backend unavailable: no connection"] * 3
         assert len({id(e) for e in errors}) == 3
+
+
+async def test_a_health_check_is_shared_kept_a_second_and_outlives_its_caller(
+    autojump_clock: Any,
+) -> None:
+    """/health's check of every target: callers that come meanwhile share
+    it, its answer is used for a second, and a caller that goes (a client
+    that hangs up) does not cut it short, or every /health would ask anew."""
+    async with open_catalog() as (catalog, backend):
+        backend.health_seconds = 0.5
+        with trio.move_on_after(0.1):
+            await catalog.check_health()  # its caller goes at once
+        async with trio.open_nursery() as nursery:
+            for _ in range(5):
+                nursery.start_soon(catalog.check_health)
+        assert backend.health_calls == 2  # one check: each of the two targets once
+        assert catalog.model("test/a").health == {"fake:a": "SERVING"}
+        await trio.sleep(0.9)
+        await catalog.check_health()
+        assert backend.health_calls == 2  # within the second
+        await trio.sleep(0.2)
+        await catalog.check_health()
+        assert backend.health_calls == 4

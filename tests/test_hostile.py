@@ -656,15 +656,19 @@ async def test_what_a_backend_says_cannot_forge_a_log_line(tmp_path: Path) -> No
 
 
 def test_a_traceback_keeps_its_lines_and_loses_its_control_characters() -> None:
+    """Its lines indented: a line feed in an exception's message cannot
+    start a line that passes for the log's own."""
     try:
-        raise RuntimeError("the backend said \x1b[2J\rthis")
+        raise RuntimeError("the backend said \x1b[2J\rthis\n2026-01-01 ERROR forged")
     except RuntimeError:
         record = logging.LogRecord(
             "b", logging.ERROR, "f", 1, "failed: %s", ("a\nb",), sys.exc_info()
         )
-    lines = TextFormatter().format(record).split("\n")
-    assert (
-        lines[0].endswith("ERROR b: failed: a\\nb")
-        and lines[1] == "Traceback (most recent call last):"
-    )
-    assert lines[-1] == "RuntimeError: the backend said \\x1b[2J\\rthis"
+    first, *traceback = TextFormatter().format(record).split("\n")
+    assert first.endswith("ERROR b: failed: a\\nb")
+    assert traceback[0] == "  Traceback (most recent call last):"
+    assert traceback[-2:] == [
+        "  RuntimeError: the backend said \\x1b[2J\\rthis",
+        "  2026-01-01 ERROR forged",
+    ]
+    assert all(line.startswith("  ") for line in traceback)

@@ -16,10 +16,12 @@ import hypercorn.config
 import hypercorn.trio
 import pytest
 import trio
+import trio.testing
 from quart import Response, request
 from quart_trio import QuartTrio
 from replicate.webhook import InvalidSignatureError, Webhooks, WebhookSigningSecret
 
+from bridge import webhooks as webhooks_module
 from bridge.core.events import OutputBatch
 from bridge.core.predictions import Prediction
 from bridge.webhooks import (
@@ -501,3 +503,27 @@ async def test_deliveries_that_wait_hold_no_body(nursery: trio.Nursery, tmp_path
             assert grown - kept < 30 << 20  # a body at a time (before: +102 MiB)
     finally:
         kill_what_is_left(run, backend_pid)
+
+
+async def test_the_byte_budget_is_taken_in_turn_and_small_bodies_skip_it(
+    autojump_clock: Any,
+) -> None:
+    """Large shares wait in turn while the budget is held; a small body
+    (a prediction that keeps at most 64 KiB) never waits for it."""
+    budget = webhooks_module._ByteBudget(10 << 20)
+    order = []
+
+    async def deliver(name: str, size: int, seconds: float) -> None:
+        async with budget.share(size):
+            order.append((name, trio.current_time()))
+            await trio.sleep(seconds)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(deliver, "hanging", 9 << 20, 5)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(deliver, "large", 2 << 20, 0)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(deliver, "small", 60_000, 0)
+        nursery.start_soon(deliver, "larger than all", 20 << 20, 0)
+    assert order == [("hanging", 0), ("small", 0), ("large", 5), ("larger than all", 5)]
+    assert budget.used == 0

@@ -24,12 +24,22 @@ import jsonschema._keywords
 import jsonschema._utils
 import jsonschema_rs
 
-__all__ = ["bound_patterns", "search"]
+__all__ = ["bound_patterns", "search", "unusable"]
 
 
 @functools.lru_cache(maxsize=1024)
 def _matcher(pattern: str) -> jsonschema_rs.Draft202012Validator:
     return jsonschema_rs.Draft202012Validator({"pattern": pattern})
+
+
+def unusable(pattern: str) -> str | None:
+    """Why *pattern* cannot be run here (jsonschema-rs does not compile
+    it: Python's ``\\Z``, ``(?P=name)``...), or None if it can."""
+    try:
+        _matcher(pattern)
+    except ValueError as exc:  # jsonschema_rs.ValidationError
+        return str(exc).partition("\n")[0]
+    return None
 
 
 def search(pattern: str, text: str) -> bool:

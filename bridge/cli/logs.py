@@ -8,8 +8,8 @@ A line's text often carries what a backend or a client said (a model's
 name, an error's message, a URL). In text, every control character and
 line break in it is escaped (``\\n``, ``\\x1b``, ``\\u2028``), so none can
 start a line of its own or drive a terminal; a traceback keeps its lines,
-and only its control characters other than the line feed are escaped.
-JSON escapes them itself.
+indented (an exception's message may hold line feeds), and its other
+control characters are escaped. JSON escapes them itself.
 """
 
 from __future__ import annotations
@@ -63,7 +63,10 @@ class TextFormatter(logging.Formatter):
         return _CONTROLS.sub(_escaped, super().formatMessage(record))
 
     def formatException(self, ei: Any) -> str:
-        return _CONTROLS_BUT_LINE_FEED.sub(_escaped, super().formatException(ei))
+        # Indented: no line of it (an exception's message may hold line
+        # feeds) can pass for a line of the log's own.
+        text = _CONTROLS_BUT_LINE_FEED.sub(_escaped, super().formatException(ei))
+        return "\n".join(f"  {line}" for line in text.split("\n"))
 
 
 def setup_logging(log_format: str = "text") -> None:

@@ -196,7 +196,11 @@ class Catalog:
             return
         self._health_check = checked = trio.Event()
         try:
-            await self.check_targets()
+            # Done even if its caller goes (a client that hangs up at once
+            # must not make every /health a new check): it takes at most
+            # HEALTH_CHECK_SECONDS.
+            with trio.CancelScope(shield=True):
+                await self.check_targets()
             self._health_checked_at = trio.current_time()
         finally:
             self._health_check = None

@@ -66,8 +66,8 @@ __all__ = [
     "log_cost",
 ]
 
-#: The most encoded bytes one :meth:`EventLog.read` returns (at least one
-#: event, however large): what a reader holds at a time.
+#: About the most encoded bytes one :meth:`EventLog.read` returns (a
+#: piece of an event larger than this): what a reader holds at a time.
 SLICE_BYTES = 64 * 1024
 
 #: The most records one :meth:`EventLog.read_records` returns.
@@ -491,26 +491,27 @@ class MemoryEventLog:
     def read(self, start: int, limit: int = SLICE_BYTES, part: int = 0) -> tuple[bytes, int, int]:
         """The SSE frames of the events from *start* on, at most about
         *limit* bytes of them, and where the next read starts. An event
-        whose payload is larger than *limit* is read in pieces
-        (:meth:`_piece`; *part* is how many of its payload bytes were read)."""
+        whose frame could be larger than *limit* (its payload, or a seventh
+        of it for text with line breaks) is read in pieces (:meth:`_piece`;
+        *part* is how many of its payload bytes were read)."""
         end = self._count
         data, ends, kinds = self._data, self._ends, self._kinds
+        if end == start + 1 and end == len(kinds) and not kinds[start] & _BREAKS and not part:
+            # One new event (so in the last second), the usual read of a
+            # live stream: framed at once, unless it is too large for that.
+            begin = ends[start - 1] if start else 0
+            if ends[start] - begin <= limit:
+                frame = b"%b%d:%d\ndata: %b\n\n" % (
+                    _HEADS[kinds[start]],
+                    self._seconds[-1],
+                    start,
+                    data[begin : ends[start]],  # type: ignore[str-format]  # any buffer will do
+                )
+                return frame, end, 0
         if start >= end:
             return b"", start, 0
         if part or _framed(ends[start] - (ends[start - 1] if start else 0), kinds[start]) > limit:
             return self._piece(start, part, limit)
-        if end == start + 1 and end == len(kinds) and not kinds[start] & _BREAKS:
-            # One new event (so in the last second), the usual read of a
-            # live stream: framed at once.
-            begin = ends[start - 1] if start else 0
-            head = _HEADS[kinds[start]]
-            frame = b"%b%d:%d\ndata: %b\n\n" % (
-                head,
-                self._seconds[-1],
-                start,
-                data[begin : ends[start]],  # type: ignore[str-format]  # any buffer will do
-            )
-            return frame, end, 0
         frames: list[bytes] = []
         size = 0
         i = start

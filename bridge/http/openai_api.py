@@ -10,9 +10,9 @@ CANCELLED), as the direct streaming create does.
 
 A stream follows the prediction's log as records
 (:func:`bridge.http.stream.follow_records`): every output chunk that came in
-one batch becomes one delta, in OpenAI's framing (a :class:`_Shape` per
-API). Errors are OpenAI's error object (see :func:`error_for`); one
-after the stream began is a ``data: {"error": ...}`` line (a
+one batch becomes one delta (a batch larger than a slice, several), in
+OpenAI's framing (a :class:`_Shape` per API). Errors are OpenAI's error
+object (see :func:`error_for`); one after the stream began is a ``data: {"error": ...}`` line (a
 ``response.failed`` event for responses), and the stream ends.
 """
 
