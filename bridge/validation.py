@@ -19,7 +19,7 @@ import referencing
 import referencing.exceptions
 
 from . import strictjson
-from ._compat.jsonschema import bound_patterns
+from ._compat.jsonschema import bound_patterns, unusable
 from .errors import BackendProtocolError, BadRequest, InvalidInput
 
 # jsonschema lists what is wrong with an input on jsonschema-rs' regular
@@ -33,6 +33,7 @@ __all__ = [
     "EVENTS",
     "MAX_INVALID_FIELDS",
     "MAX_JSON_DEPTH",
+    "check_patterns",
     "parse_json",
     "validate_input",
     "validate_stream",
@@ -172,6 +173,31 @@ def _not_fetched(uri: str) -> referencing.Resource[Any]:
 _LOCAL_ONLY: referencing.Registry[Any] = referencing.Registry(
     retrieve=_not_fetched  # type: ignore[call-arg]
 )
+
+
+def check_patterns(schema: dict[str, Any], which: str) -> None:
+    """Raise :class:`BackendProtocolError` if a regular expression of a
+    backend's *schema* cannot run on the bounded engine (see
+    bridge/_compat/jsonschema.py): Python's ``re`` has no bound, so no
+    other engine runs it."""
+    stack: list[Any] = [schema]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            keyed = value.get("patternProperties")
+            patterns = list(keyed) if isinstance(keyed, dict) else []
+            if isinstance(value.get("pattern"), str):
+                patterns.append(value["pattern"])
+            for pattern in patterns:
+                if isinstance(pattern, str) and (why := unusable(pattern)) is not None:
+                    raise BackendProtocolError(
+                        f"model backend sent an {which} schema with a pattern the bridge "
+                        f"cannot run ({why}): patterns run on jsonschema-rs' bounded engine "
+                        "(ECMA-262, as JSON Schema has them)"
+                    )
+            stack.extend(value.values())
 
 
 def validate_input(schema: dict[str, Any], input: Any) -> None:

@@ -15,7 +15,6 @@ from google.protobuf import json_format, struct_pb2
 from bridge._proto.v1 import predictor_pb2 as pb
 
 from .. import strictjson
-from .._compat.jsonschema import unusable
 
 #: The UNAVAILABLE status message of a backend whose model is still loading
 #: (``setup()`` has not returned): the bridge keeps such predictions
@@ -174,31 +173,7 @@ def _schema(which: str, text: str) -> dict[str, Any]:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as exc:
         raise ValueError(f"an {which} schema that is not a JSON Schema ({exc.message})") from None
-    for pattern in _patterns(schema):
-        if (why := unusable(pattern)) is not None:
-            raise ValueError(
-                f"an {which} schema with a pattern the bridge cannot run ({why}): patterns "
-                "run on jsonschema-rs' bounded engine (ECMA-262, as JSON Schema has them)"
-            )
     return schema
-
-
-def _patterns(schema: dict[str, Any]) -> list[str]:
-    """Every regular expression in *schema* (``pattern``, the keys of
-    ``patternProperties``)."""
-    found: list[str] = []
-    stack: list[Any] = [schema]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, list):
-            stack.extend(value)
-        elif isinstance(value, dict):
-            if isinstance(value.get("pattern"), str):
-                found.append(value["pattern"])
-            if isinstance(value.get("patternProperties"), dict):
-                found.extend(value["patternProperties"])
-            stack.extend(value.values())
-    return found
 
 
 def _deeper_than(value: Any, limit: int) -> bool:

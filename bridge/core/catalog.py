@@ -23,6 +23,7 @@ from ..backends import protocol
 from ..backends.interface import Backend
 from ..config import Settings
 from ..errors import BackendTimeout, BackendUnavailable, NotFound, PredictionError
+from ..validation import check_patterns
 from .models import ModelEntry
 
 __all__ = ["Catalog"]
@@ -104,6 +105,8 @@ class Catalog:
 
     async def _ask(self, entry: ModelEntry) -> protocol.ModelInfo:
         info = await self._backend.describe(entry.next_target())
+        check_patterns(info.input_schema, "input")
+        check_patterns(info.output_schema, "output")
         if info.name and info.name != entry.name:
             log.warning("backend of %s says it serves %s", entry.name, info.name)
         if entry.info is not None and entry.info.version != info.version:
