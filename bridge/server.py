@@ -40,6 +40,7 @@ from .core.service import Bridge
 from .core.store import MemoryStore, PredictionStore
 from .errors import ListenError
 from .http import create_app
+from .http.stream import KeepAlive
 from .metrics import Metrics
 from .webhooks import WebhookPolicy, WebhookSender, load_or_create_secret, open_webhook_client
 
@@ -116,11 +117,12 @@ async def serve(
             policy,
             store,
         )
-        predictions.start_soon(bridge.keep_alive)
+        keep_alive = KeepAlive(settings.keepalive_seconds)
+        predictions.start_soon(keep_alive.run)
         predictions.start_soon(bridge.watch_targets)
         metrics = Metrics(bridge)
         bridge.observer = metrics  # what the predictions do, counted
-        app = create_app(bridge, metrics)
+        app = create_app(bridge, metrics, keep_alive)
         stop_http = trio.Event()
         if sockets is None:
             sockets = listen(settings)
@@ -152,6 +154,7 @@ async def serve(
                     await bridge.drain(settings.drain_seconds)
             finally:
                 bridge.close()
+                keep_alive.stop()
                 stop_http.set()
                 # Hypercorn waits for open connections; its own deadline is
                 # graceful_timeout, and we add a hard one around it (a

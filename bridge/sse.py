@@ -20,7 +20,19 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["KEEPALIVE", "LINE_BREAK", "encode_event", "normalize_line_breaks"]
+__all__ = [
+    "DATA",
+    "END",
+    "EVENT_NAMES",
+    "KEEPALIVE",
+    "LINE_BREAK",
+    "data_frame",
+    "data_lines",
+    "encode_event",
+    "head",
+    "named_frame",
+    "normalize_line_breaks",
+]
 
 #: Every sequence some client of ours treats as a line break. ``\r\n`` first
 #: so that it counts as one break, as SSE parsers and splitlines agree.
@@ -36,16 +48,47 @@ KEEPALIVE = b": ping\n"
 EVENT_NAMES = ("output", "logs", "error", "done")
 
 
-def encode_event(event: str, event_id: str, data: str) -> bytes:
-    """Frame one event; *data* may be any text, including hostile text."""
+# An event's frame is head(event) + its id + DATA + data_lines(its data)
+# + END; the event log puts these parts together itself, many at a time
+# (bridge.core.events), and encode_event is what they must equal.
+
+#: After an event's id: the end of that line and the start of its data.
+DATA = b"\ndata: "
+#: The end of an event (a blank line dispatches it).
+END = b"\n\n"
+
+
+def head(event: str) -> bytes:
+    """A frame's first bytes, up to its id: ``event: <event>\\nid: ``."""
     if event not in EVENT_NAMES:
         raise ValueError(f"unknown SSE event name {event!r}")
+    return b"event: %b\nid: " % event.encode()
+
+
+def data_lines(text: str) -> str:
+    """*text* as data: each line break starts a ``data:`` line of its own."""
+    return LINE_BREAK.sub(DATA.decode(), text)
+
+
+def encode_event(event: str, event_id: str, data: str) -> bytes:
+    """Frame one event; *data* may be any text, including hostile text."""
     if LINE_BREAK.search(event_id) or "\0" in event_id:
         raise ValueError(f"SSE event id {event_id!r} would break framing")
-    lines = [f"event: {event}", f"id: {event_id}"]
-    lines.extend(f"data: {piece}" for piece in LINE_BREAK.split(data))
-    lines.append("\n")
-    return "\n".join(lines).encode()
+    return head(event) + event_id.encode() + DATA + data_lines(data).encode() + END
+
+
+def data_frame(data: bytes) -> bytes:
+    """An event of data alone, what OpenAI's chunks are: *data* is one line
+    (JSON, whose strings escape every line break)."""
+    return b"data: %b\n\n" % data
+
+
+def named_frame(event: str, data: bytes) -> bytes:
+    """An event named *event* (OpenAI's Responses: ``response.created``
+    ...) with one line of *data* and no id."""
+    if LINE_BREAK.search(event):
+        raise ValueError(f"SSE event name {event!r} would break framing")
+    return b"event: %b\ndata: %b\n\n" % (event.encode(), data)
 
 
 def normalize_line_breaks(text: str) -> str:

@@ -90,7 +90,8 @@ class ListEventLog:
     def _close(self) -> None:
         self._closed = True
         self._changed.unpark_all()
-        self.nudge()
+        for follower in tuple(self._followers):
+            follower.wake()
 
     def read(self, start: int, limit: int = SLICE_BYTES, part: int = 0) -> tuple[bytes, int, int]:
         frames: list[bytes] = []
@@ -152,10 +153,6 @@ class ListEventLog:
 
     def unfollow(self, follower: Follower) -> None:
         del self._followers[follower]
-
-    def nudge(self) -> None:
-        for follower in tuple(self._followers):
-            follower.wake()
 
     def snapshot(self) -> ListSnapshot:
         return ListSnapshot([record for record, _ in self.records])
@@ -234,9 +231,6 @@ class ListStore:
 
     async def flush(self) -> None:
         pass
-
-    def copies(self) -> list[EventLog]:
-        return []
 
     def _prune(self) -> None:
         settings, now = self._settings, clock()

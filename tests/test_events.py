@@ -291,12 +291,10 @@ def test_a_follower_hears_of_each_append_in_it_and_is_woken_at_the_close(new_log
     log.follow(follower)
     log.append_output(OutputBatch(["a", "b"]))
     log.append_log("a log")
-    log.nudge()
     log.finish("broke", {"reason": "error"})
     assert follower.told == [
         ("news", 2, False),
         ("news", 3, False),
-        ("wake", 3, False),  # the keep-alive clock's tick
         ("news", 4, False),  # error
         ("news", 5, False),  # done
         ("wake", 5, True),  # then closed: the reader's task ends the response

@@ -4,6 +4,7 @@ model side importable without the server stack."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -72,3 +73,33 @@ def test_the_model_side_does_not_import_the_server_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+#: What only bridge/sse.py writes: an SSE field name, or a comment, where
+#: a line starts.
+_SSE_FIELD = re.compile(r"(?:^|\n)(?:event: |id: |data: |: ping)")
+
+
+def test_only_sse_py_writes_the_bytes_of_an_sse_field() -> None:
+    """Every frame is built from bridge/sse.py's parts: no other module
+    holds a string with a field name (docstrings may speak of them)."""
+    found = []
+    for path in ROOT.rglob("*.py"):
+        if path.name == "sse.py" or "_proto" in path.parts:
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and id(node) not in docstrings:
+                value = node.value
+                text = value.decode("latin-1") if isinstance(value, bytes) else value
+                if isinstance(text, str) and _SSE_FIELD.search(text):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {text!r}")
+    assert not found, found

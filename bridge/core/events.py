@@ -41,7 +41,7 @@ from typing import Any, NamedTuple, Protocol
 
 import trio
 
-from .. import strictjson
+from .. import sse, strictjson
 from ..sse import LINE_BREAK, encode_event
 
 log = logging.getLogger(__name__)
@@ -85,11 +85,15 @@ EVENT_COST = 8
 # break, which is framed by bridge.sse as several data: lines.
 _TEXT, _JSON, _LOGS, _ERROR, _DONE = range(5)
 _BREAKS = 0x80
-_BREAK_GROWTH = len(b"\ndata: ")
+_BREAK_GROWTH = len(sse.DATA)
 _NAMES = {_TEXT: "output", _JSON: "output", _LOGS: "logs", _ERROR: "error", _DONE: "done"}
-_HEADS = [f"event: {_NAMES[k]}\nid: ".encode() for k in range(len(_NAMES))]
+_HEADS = [sse.head(_NAMES[k]) for k in range(len(_NAMES))]
+# A frame of a payload without line breaks: head, id (seconds:index), data.
+_FRAME = b"%b%d:%d" + sse.DATA + b"%b" + sse.END
+# The same, its head already holding the id's seconds and colon.
+_FRAME_IN_SECOND = b"%b%d" + sse.DATA + b"%b" + sse.END
 #: The smallest frame there is: no frame adds less to its payload.
-_MIN_FRAME = len(b"event: logs\nid: 0:0\ndata: \n\n")
+_MIN_FRAME = len(sse.encode_event("logs", "0:0", ""))
 _WITH_BREAKS = re.compile(b"[\x80-\xff]")  # a kind byte with _BREAKS set
 _WITHOUT_BREAKS = bytes(k & ~_BREAKS for k in range(256))  # a translate table
 
@@ -199,7 +203,8 @@ class Follower(Protocol):
         """Events were appended (called in the append)."""
 
     def wake(self) -> None:
-        """The log closed, or the keep-alive clock ticked."""
+        """The log closed (or, the log being no part of it, the reader's
+        own keep-alive clock ticked)."""
 
 
 class Snapshot(Protocol):
@@ -292,16 +297,12 @@ class EventLog(Protocol):
     def follow(self, follower: Follower) -> None:
         """Call ``follower.news()`` in each append from now on, until
         :meth:`unfollow`; ``follower.wake()`` when the log closes (at once if
-        it is closed) or is nudged. A follower whose ``news()`` raises is
-        logged and woken; no one else notices."""
+        it is closed). A follower whose ``news()`` raises is logged and
+        woken; no one else notices."""
         ...
 
     def unfollow(self, follower: Follower) -> None:
         """Stop calling *follower*."""
-        ...
-
-    def nudge(self) -> None:
-        """Wake every follower, news or not (the keep-alive clock's tick)."""
         ...
 
     def snapshot(self) -> Snapshot:
@@ -458,17 +459,9 @@ class MemoryEventLog:
         while self._count <= index and not self._closed:
             await self._waiters.park()
 
-    def nudge(self) -> None:
-        """Wake every follower, news or not (the keep-alive clock's tick:
-        see :meth:`bridge.core.service.Bridge.keep_alive`): a reader's wait needs
-        no cancel scope of its own (a scope per wait, for the keep-alive,
-        was 5% of a paced stream's CPU)."""
-        self._wake_followers()
-
     def follow(self, follower: Follower) -> None:
         """Call ``follower.news()`` in each append from now on, until
-        :meth:`unfollow`; ``follower.wake()`` when the log closes or is
-        nudged."""
+        :meth:`unfollow`; ``follower.wake()`` when the log closes."""
         self._followers[follower] = None
         if self._closed:
             follower.wake()
@@ -501,11 +494,11 @@ class MemoryEventLog:
             # live stream: framed at once, unless it is too large for that.
             begin = ends[start - 1] if start else 0
             if ends[start] - begin <= limit:
-                frame = b"%b%d:%d\ndata: %b\n\n" % (
+                frame = _FRAME % (
                     _HEADS[kinds[start]],
                     self._seconds[-1],
                     start,
-                    data[begin : ends[start]],  # type: ignore[str-format]  # any buffer will do
+                    data[begin : ends[start]],  # any buffer will do
                 )
                 return frame, end, 0
         if start >= end:
@@ -541,7 +534,7 @@ class MemoryEventLog:
                 stop -= 1  # the one that reaches the limit is read in pieces, later
             heads = [head + b"%d:" % seconds for head in _HEADS]
             stretch = [
-                b"%b%d\ndata: %b\n\n" % (head, j, data[a:b])  # type: ignore[str-format]
+                _FRAME_IN_SECOND % (head, j, data[a:b])
                 for head, j, a, b in zip(
                     map(heads.__getitem__, kinds[i:stop]),
                     range(i, stop),
@@ -574,18 +567,19 @@ class MemoryEventLog:
             b += 1
         piece = bytes(data[a:b])
         if kind & _BREAKS:  # each line break starts a data: line, as bridge.sse writes it
-            piece = LINE_BREAK.sub("\ndata: ", piece.decode()).encode()
+            piece = sse.data_lines(piece.decode()).encode()
         if not part:
             run = bisect.bisect_right(self._second_starts, index) - 1
-            piece = b"%b%d:%d\ndata: %b" % (
+            piece = b"%b%d:%d%b%b" % (
                 _HEADS[kind & ~_BREAKS],
                 self._seconds[run],
                 index,
+                sse.DATA,
                 piece,
             )
         if b < stop:
             return piece, index, b - begin
-        return piece + b"\n\n", index + 1, 0
+        return piece + sse.END, index + 1, 0
 
     def names(self, start: int) -> set[str]:
         """The names of the events from *start* on."""
@@ -747,7 +741,7 @@ class LogView:
 
 def _framed(size: int, kind: int) -> int:
     """The most bytes *size* payload bytes of an event of *kind* take in
-    its frame: each line break (one byte at least) becomes ``\ndata: ``."""
+    its frame: each line break (one byte at least) becomes ``\\ndata: ``."""
     return size * _BREAK_GROWTH if kind & _BREAKS else size
 
 

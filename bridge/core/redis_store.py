@@ -397,10 +397,6 @@ class RedisStore:
         while self._dirty or self._writing or self._unended:
             await self._wrote.wait()
 
-    def copies(self) -> list[EventLog]:
-        logs = (ref() for ref, _ in self._following.values())
-        return [log for log in logs if log is not None]
-
     async def page(
         self,
         cursor: str | None,

@@ -289,20 +289,6 @@ class Bridge:
             )
             self.observer.finished(prediction)
 
-    async def keep_alive(self) -> None:
-        """Every third of ``keepalive_seconds``, nudge the readers of every
-        running prediction (and of those other bridges run), so that an
-        idle one writes its ``: ping`` in time (see
-        :func:`bridge.http.stream.sse_body`). Returns once the bridge is
-        closed."""
-        while not self.closing:
-            with trio.move_on_after(self.settings.keepalive_seconds / 3):
-                await self.supervisor.wait_closed()
-            for prediction in self.supervisor.running():
-                prediction.events.nudge()
-            for copy in self.store.copies():  # run by other bridges
-                copy.nudge()
-
     async def watch_targets(self) -> None:
         """Check the health of the targets of models with several (see
         :meth:`bridge.core.catalog.Catalog.watch_targets`) until the bridge

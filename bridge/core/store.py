@@ -109,12 +109,6 @@ class PredictionStore(Protocol):
         sharing the store sees it."""
         ...
 
-    def copies(self) -> list[EventLog]:
-        """The logs of predictions other bridges run that readers here
-        follow (kept alive by :meth:`bridge.core.service.Bridge.keep_alive`
-        as local ones are)."""
-        ...
-
     async def page(
         self,
         cursor: str | None,
@@ -181,9 +175,6 @@ class MemoryStore:
 
     async def flush(self) -> None:
         pass  # kept here: seen as soon as written
-
-    def copies(self) -> list[EventLog]:
-        return []  # every prediction runs here
 
     def _matching(self, owner: str | None, *, newest_first: bool) -> Iterator[Prediction]:
         """The predictions *owner* may see, newest or oldest first."""

@@ -15,6 +15,7 @@ from ..metrics import Metrics
 from . import models, openai_api, ops, predictions
 from .common import Context, caller, context, no_content, problem
 from .headers import check_host, cors_origin
+from .stream import KeepAlive
 
 __all__ = ["create_app"]
 
@@ -22,8 +23,9 @@ _CORS_HEADERS = "Authorization, Content-Type, Prefer, Cancel-After, Last-Event-I
 _CORS_EXPOSE = "Location, Preference-Applied, Retry-After"
 
 
-def create_app(bridge: Bridge, metrics: Metrics) -> QuartTrio:
-    """The Quart-Trio app serving *bridge*, and *metrics* at /metrics."""
+def create_app(bridge: Bridge, metrics: Metrics, keep_alive: KeepAlive | None = None) -> QuartTrio:
+    """The Quart-Trio app serving *bridge*, and *metrics* at /metrics; its
+    streams' *keep_alive* clock is run by whoever serves it."""
     app = App(__name__, static_folder="static", static_url_path="/static")
     settings = bridge.settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -38,6 +40,7 @@ def create_app(bridge: Bridge, metrics: Metrics) -> QuartTrio:
         metrics=metrics,
         tokens=tokens,
         metrics_tokens=[settings.metrics_token.encode()] if settings.metrics_token else tokens,
+        keep_alive=keep_alive or KeepAlive(settings.keepalive_seconds),
     )
     for blueprint in (predictions.blueprint, models.blueprint, openai_api.blueprint, ops.blueprint):
         app.register_blueprint(blueprint)

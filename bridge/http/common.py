@@ -17,6 +17,7 @@ from ..metrics import Metrics
 from ..validation import parse_json
 from . import stream
 from .headers import bearer_token
+from .stream import KeepAlive
 
 __all__ = [
     "Context",
@@ -43,6 +44,8 @@ class Context:
     tokens: list[bytes]
     #: Who may read /metrics: its own token if set, else the API's.
     metrics_tokens: list[bytes]
+    #: The streams' keep-alive clock (run by whoever serves the app).
+    keep_alive: KeepAlive
 
 
 def context() -> Context:
@@ -114,11 +117,6 @@ def stream_response(
     if owned:
         bridge = state.bridge
         when_request_ends(lambda: bridge.cancel(prediction))
-    return stream.stream_response(
-        prediction.events,
-        start,
-        keepalive=state.settings.keepalive_seconds,
-        clients=state.metrics.stream_clients,
-        status=status,
-        location=f"{base_url()}/v1/predictions/{prediction.id}" if owned else None,
-    )
+    body = stream.sse_body(prediction.events, start, state.keep_alive, state.metrics.stream_clients)
+    location = f"{base_url()}/v1/predictions/{prediction.id}" if owned else None
+    return stream.sse_response(body, status=status, location=location)

@@ -9,7 +9,7 @@ client that hangs up, streaming or waiting, cancels it (the backend sees
 CANCELLED), as the direct streaming create does.
 
 A stream follows the prediction's log as records
-(:func:`bridge.http.stream.follow_records`): every output chunk that came in
+(:func:`bridge.http.stream.follow`): every output chunk that came in
 one batch becomes one delta (a batch larger than a slice, several), in
 OpenAI's framing (a :class:`_Shape` per API). Errors are OpenAI's error
 object (see :func:`error_for`); one after the stream began is a ``data: {"error": ...}`` line (a
@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgspec
-import trio
 from prometheus_client import Gauge
 from quart import Blueprint, Response, request
 
@@ -194,7 +193,7 @@ class _Shape(Protocol):
 
 def _data(body: Any) -> bytes:
     # JSON escapes every line break: a chunk can never break the frame.
-    return b"data: %b\n\n" % msgspec.json.encode(body)
+    return sse.data_frame(msgspec.json.encode(body))
 
 
 def _text(record: Record) -> str:
@@ -202,40 +201,30 @@ def _text(record: Record) -> str:
 
 
 async def _sse(
-    started: Started, shape: _Shape, keepalive: float, clients: Gauge
+    started: Started, shape: _Shape, clock: stream.KeepAlive, clients: Gauge
 ) -> AsyncIterator[bytes]:
-    """The stream: a ``: ping`` once nothing was written for two thirds of
-    *keepalive* (log lines and empty chunks write nothing here)."""
-    clients.inc()
-    try:
+    """The stream: a ``: ping`` when quiet (log lines and empty chunks
+    write nothing here)."""
+    quiet = stream.Quiet(clock.seconds)
+    events = started.prediction.events
+    with stream.streaming(clients):
         yield shape.opening()
-        wrote_at = trio.current_time()
-        async for records in stream.follow_records(started.prediction.events):
-            if text := "".join(map(_text, records)):
+        async for records in stream.follow(events, 0, events.read_records, clock, quiet):
+            if records and (text := "".join(map(_text, records))):
                 yield shape.delta(text)
-            elif trio.current_time() - wrote_at >= keepalive * 2 / 3:
+            elif quiet.ping_due():
                 yield sse.KEEPALIVE
             else:
                 continue
-            wrote_at = trio.current_time()
+            quiet.wrote()
         for piece in shape.ending():
             yield piece
-    finally:
-        clients.dec()
 
 
 def _stream_response(started: Started, shape: _Shape) -> Response:
     # (The body runs outside the app's context: it is handed what it needs.)
     state = context()
-    body = _sse(
-        started,
-        shape,
-        state.settings.keepalive_seconds,
-        state.metrics.stream_clients,
-    )
-    response = Response(body, content_type="text/event-stream", headers=stream.SSE_HEADERS)
-    response.timeout = None  # Quart would cut the stream at 60 s
-    return response
+    return stream.sse_response(_sse(started, shape, state.keep_alive, state.metrics.stream_clients))
 
 
 def _error_line(message: str) -> bytes:
@@ -308,7 +297,7 @@ class _Chat:
         out = [self._chunk({}, started.finish_reason)]
         if started.include_usage:
             out.append(_data({**self.head, "choices": [], "usage": _usage(started)}))
-        yield b"".join([*out, b"data: [DONE]\n\n"])
+        yield b"".join([*out, sse.data_frame(b"[DONE]")])
 
 
 def _usage(started: Started) -> dict[str, int]:
@@ -436,7 +425,7 @@ class _Responses:
     def _event(self, kind: str, **fields: Any) -> bytes:
         body = {"type": kind, "sequence_number": self.sequence, **fields}
         self.sequence += 1
-        return b"event: %b\n%b" % (kind.encode(), _data(body))
+        return sse.named_frame(kind, msgspec.json.encode(body))
 
     def _at(self) -> dict[str, Any]:
         return {"item_id": self.id, "output_index": 0, "content_index": 0}

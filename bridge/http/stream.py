@@ -1,23 +1,33 @@
-"""The stream reader: one HTTP response that follows a prediction's log.
+"""Following a prediction's log over HTTP: the one reader loop, the
+keep-alive clock, and the SSE response.
 
 A stream request is a reader with a cursor into the prediction's
-:class:`~bridge.core.events.EventLog`. Each time it wakes (once per batch the
-prediction appended) it writes every event available in one write, in
-slices of at most :data:`~bridge.core.events.SLICE_BYTES`, so a late or slow
-reader holds one slice of encoded bytes at a time, never the backlog nor a
-whole large event (one larger than a slice is written a slice at a time). When
-idle it writes a ``: ping`` comment every ``keepalive`` seconds; after the
-log closes (after ``done``) the response ends.
+:class:`~bridge.core.events.EventLog` (:func:`follow`). Each time it wakes
+(once per batch the prediction appended) it reads every event available,
+in slices of at most :data:`~bridge.core.events.SLICE_BYTES`, so a late or
+slow reader holds one slice at a time, never the backlog nor a whole large
+event (one larger than a slice is read a slice at a time). What it reads
+is frames (Replicate's stream, :func:`sse_body`) or records that another
+API re-frames (OpenAI's, :mod:`bridge.http.openai_api`); after the log
+closes (after ``done``) it ends.
 
-A reader that has caught up, on an HTTP/1.x connection over plain TCP,
-follows the log instead (:class:`_Follower`): each append writes the new
-events to its socket there and then (:class:`bridge._compat.hypercorn.ChunkWriter`),
-with no wake-up of the reader's task and no pass through Quart's and
-hypercorn's response machinery, the live stream's hot path (17% less CPU
-per paced event). Its task is woken when that cannot be done (the socket
-does not take it all, the events are more than a slice), and when the log
-closes or the keep-alive clock ticks; it then writes the usual way, the
-rest of a partly written event first.
+A reader that has caught up waits for news as the log's follower
+(:class:`_Follower`). On an HTTP/1.x connection over plain TCP it is
+written to in the log's append itself: the new events go to its socket
+there and then (:class:`bridge._compat.hypercorn.ChunkWriter`), with no
+wake-up of the reader's task and no pass through Quart's and hypercorn's
+response machinery, the live stream's hot path (17% less CPU per paced
+event). Its task is woken when that cannot be done (the socket does not
+take it all, the events are more than a slice), and when the log closes
+or the keep-alive clock ticks; it then writes the usual way, the rest of
+a partly written event first.
+
+The keep-alive clock (:class:`KeepAlive`) is one task for every stream:
+every third of ``keepalive_seconds`` it wakes each reader waiting for
+news, and one that has been quiet for two thirds of it writes a ``:
+ping`` (:class:`Quiet`), so at least every ``keepalive_seconds``. (A
+timer per reader, a cancel scope per wait, was 5% of a paced stream's
+CPU.)
 
 A reader never changes the prediction: its disconnect is nothing to the
 prediction. (A stream that *owns* its prediction, the direct streaming
@@ -27,8 +37,10 @@ started: see :func:`bridge._compat.quart_trio.when_request_ends`.)
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import TypeVar
 
 import trio
 from prometheus_client import Gauge
@@ -36,93 +48,120 @@ from quart import Response
 
 from .. import sse
 from .._compat.hypercorn import ChunkWriter, chunk_writer
-from ..core.events import SLICE_BYTES, EventLog, Record
+from ..core.events import SLICE_BYTES, EventLog
 
-__all__ = ["SSE_HEADERS", "follow_records", "head_response", "sse_body", "stream_response"]
+__all__ = [
+    "SSE_HEADERS",
+    "KeepAlive",
+    "Quiet",
+    "follow",
+    "head_response",
+    "sse_body",
+    "sse_response",
+    "streaming",
+]
 
 SSE_HEADERS = {
     "Cache-Control": "no-cache, no-transform",
     "X-Accel-Buffering": "no",
 }
 
+T = TypeVar("T")
 
-async def sse_body(
+#: How a reader reads its log from a position: what it got, and the next
+#: position (:meth:`EventLog.read` for frames, :meth:`EventLog.read_records`).
+Read = Callable[[int, int, int], tuple[T, int, int]]
+
+
+class KeepAlive:
+    """The keep-alive clock of every stream (see the module's docstring):
+    runs from :meth:`run` until :meth:`stop`."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        #: The readers waiting for news now; a dict, so that one leaves in O(1).
+        self._waiting: dict[_Follower, None] = {}
+        self._scope = trio.CancelScope()
+
+    async def run(self) -> None:
+        with self._scope:
+            while True:
+                await trio.sleep(self.seconds / 3)
+                for follower in tuple(self._waiting):
+                    follower.wake()
+
+    def stop(self) -> None:
+        self._scope.cancel()
+
+    @contextlib.contextmanager
+    def waiting(self, follower: _Follower) -> Iterator[None]:
+        self._waiting[follower] = None
+        try:
+            yield
+        finally:
+            del self._waiting[follower]
+
+
+class Quiet:
+    """When a stream last wrote, and whether it is time for a ``: ping``
+    (two thirds of *keepalive* since; asked at each tick of the clock, a
+    third of it apart, so one goes at least every *keepalive* seconds)."""
+
+    def __init__(self, keepalive: float) -> None:
+        self.keepalive = keepalive
+        self.since = trio.current_time()
+
+    def wrote(self) -> None:
+        self.since = trio.current_time()
+
+    def ping_due(self) -> bool:
+        return trio.current_time() - self.since >= self.keepalive * 2 / 3
+
+
+async def follow(
     events: EventLog,
     start: int,
-    keepalive: float,
-    clients: Gauge | None = None,
-) -> AsyncIterator[bytes]:
-    """The stream from event *start* on. *clients* counts the streams open.
-    A ``: ping`` goes out once the stream has been idle for two thirds of
-    *keepalive*, checked whenever the log is nudged (every third of it, by
-    :meth:`bridge.core.service.Bridge.keep_alive`): so at least every
-    *keepalive* seconds."""
-    cursor, part = start, 0
-    if clients is not None:
-        clients.inc()
-    wrote_at = trio.current_time()
-    writer = chunk_writer()
-    try:
-        while True:
-            if writer is not None and writer.backed_up:
-                await writer.flush()
-            if cursor < len(events):
-                data, cursor, part = events.read(cursor, SLICE_BYTES, part)
-                yield data
-                wrote_at = trio.current_time()
-            elif events.closed:
-                return
-            else:
-                # Caught up: the reader follows the log until it has to write
-                # the usual way (or ping).
-                follower = _Follower(events, cursor, writer)
-                events.follow(follower)
-                try:
-                    await follower.woken.park()
-                finally:
-                    events.unfollow(follower)
-                cursor, part = follower.cursor, follower.part
-                wrote_at = max(wrote_at, follower.wrote_at)
-                nothing_new = cursor >= len(events) and not events.closed
-                if nothing_new and trio.current_time() - wrote_at >= keepalive * 2 / 3:
-                    yield sse.KEEPALIVE
-                    wrote_at = trio.current_time()
-    finally:
-        if clients is not None:
-            clients.dec()
-
-
-async def follow_records(events: EventLog, start: int = 0) -> AsyncIterator[list[Record]]:
-    """The log's events from *start* on as records, every one available at
-    each wake-up at once (one batch of the model's output, at most a slice:
-    an event larger than one comes in pieces, a record each),
-    until the log closes; an empty list when woken with nothing new (the
-    keep-alive clock's tick: time, maybe, for a comment). What a stream that
-    re-frames events (OpenAI's chunks) follows the log with."""
+    read: Read[T],
+    clock: KeepAlive,
+    quiet: Quiet,
+    writer: ChunkWriter | None = None,
+) -> AsyncIterator[T | None]:
+    """What *read* gets of the events from *start* on, every one available
+    at each wake-up (a slice at most), until the log closes; None when
+    woken with nothing new (a tick of *clock*: time, maybe, for a ping).
+    With *writer* (*read* then reads frames), a caught-up reader is written
+    to in the log's append (see the module's docstring), and *quiet* hears
+    of what it wrote there."""
     cursor, part = start, 0
     while True:
+        if writer is not None and writer.backed_up:
+            await writer.flush()
         if cursor < len(events):
-            records, cursor, part = events.read_records(cursor, SLICE_BYTES, part)
-            yield records
+            got, cursor, part = read(cursor, SLICE_BYTES, part)
+            yield got
         elif events.closed:
             return
         else:
-            follower = _Follower(events, cursor, None)  # no writer: news wakes it
+            follower = _Follower(events, cursor, writer)
             events.follow(follower)
             try:
-                await follower.woken.park()
+                with clock.waiting(follower):
+                    await follower.woken.park()
             finally:
                 events.unfollow(follower)
+            cursor, part = follower.cursor, follower.part
+            if follower.wrote_at > quiet.since:
+                quiet.since = follower.wrote_at
             if cursor >= len(events) and not events.closed:
-                yield []
+                yield None
 
 
 class _Follower:
     """A caught-up reader, written to in the log's append when it has a
     writer: no wake-up of its task and no pass through the response
     machinery per event. Its task is woken when there is no writer (HTTP/2,
-    TLS) or it declines or backs up, and when the log closes or is
-    nudged."""
+    TLS) or it declines or backs up, and when the log closes or the clock
+    ticks."""
 
     def __init__(self, events: EventLog, cursor: int, writer: ChunkWriter | None) -> None:
         self.events = events
@@ -153,22 +192,46 @@ class _Follower:
         self.woken.unpark_all()
 
 
-def stream_response(
-    events: EventLog,
-    start: int,
-    *,
-    keepalive: float,
-    clients: Gauge | None = None,
-    status: int = 200,
-    location: str | None = None,
+async def sse_body(
+    events: EventLog, start: int, clock: KeepAlive, clients: Gauge | None = None
+) -> AsyncIterator[bytes]:
+    """Replicate's stream: the log's frames from event *start* on, and a
+    ``: ping`` when quiet. *clients* counts the streams open."""
+    quiet = Quiet(clock.seconds)
+    with streaming(clients):
+        async for data in follow(events, start, events.read, clock, quiet, chunk_writer()):
+            if data is not None:
+                yield data
+            elif quiet.ping_due():
+                yield sse.KEEPALIVE
+            else:
+                continue
+            quiet.wrote()
+
+
+@contextlib.contextmanager
+def streaming(clients: Gauge | None) -> Iterator[None]:
+    """Count a stream in *clients* while its body runs."""
+    if clients is None:
+        yield
+        return
+    clients.inc()
+    try:
+        yield
+    finally:
+        clients.dec()
+
+
+def sse_response(
+    body: AsyncIterator[bytes], *, status: int = 200, location: str | None = None
 ) -> Response:
-    """The SSE response for *events* from *start* on."""
+    """An SSE response whose body is *body*: its headers, and no time limit
+    (Quart's would cut the stream at 60 s)."""
     headers = dict(SSE_HEADERS)
     if location is not None:
         headers["Location"] = location
-    body = sse_body(events, start, keepalive, clients)
     response = Response(body, status=status, content_type="text/event-stream", headers=headers)
-    response.timeout = None  # Quart would cut the stream at 60 s
+    response.timeout = None
     return response
 
 
