@@ -93,13 +93,12 @@ class KeepAlive:
     def stop(self) -> None:
         self._scope.cancel()
 
-    @contextlib.contextmanager
-    def waiting(self, follower: _Follower) -> Iterator[None]:
+    def add(self, follower: _Follower) -> None:
+        """*follower* waits for news: wake it at each tick."""
         self._waiting[follower] = None
-        try:
-            yield
-        finally:
-            del self._waiting[follower]
+
+    def remove(self, follower: _Follower) -> None:
+        del self._waiting[follower]
 
 
 class Quiet:
@@ -144,10 +143,11 @@ async def follow(
         else:
             follower = _Follower(events, cursor, writer)
             events.follow(follower)
+            clock.add(follower)
             try:
-                with clock.waiting(follower):
-                    await follower.woken.park()
+                await follower.woken.park()
             finally:
+                clock.remove(follower)
                 events.unfollow(follower)
             cursor, part = follower.cursor, follower.part
             if follower.wrote_at > quiet.since:
