@@ -15,8 +15,10 @@ import pytest
 import trio
 
 from bridge.config import ModelSettings, Settings
+from bridge.core import supervisor as supervisor_module
 from bridge.core.predictions import Prediction, Status
-from bridge.core.service import SHUTDOWN_ERROR, Bridge
+from bridge.core.service import Bridge
+from bridge.core.supervisor import CANCELED, SHUTDOWN, SHUTDOWN_ERROR, Failed
 from tests.backends import SCRIPTED_INFO
 from tests.fakes import FakeBackend, open_fake_backend
 
@@ -204,3 +206,22 @@ async def test_a_backend_gets_no_more_predictions_at_once_than_it_runs(
         assert [p.completed_clock - start for p in free] == [1] * 5  # type: ignore[operator]
         bridge.close()
     assert backend.most_in_flight == {"fake:1": 1, "fake:2": 1, "fake:3": 5}
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ([], CANCELED),  # stopped by its deadline, which gives no reason
+        ([CANCELED, CANCELED], CANCELED),
+        ([Failed("first"), Failed("second")], Failed("first")),
+        ([Failed("lost"), CANCELED], Failed("lost")),
+        ([CANCELED, Failed("lost"), SHUTDOWN, Failed("late")], SHUTDOWN),
+    ],
+)
+def test_a_run_handle_keeps_the_strongest_reason(given: list, kept: object) -> None:
+    """Shutdown over a failure over a cancel, and of two failures the
+    first: what a stopped prediction ends as, whoever asked last."""
+    handle = supervisor_module._Handle(None, trio.CancelScope())  # type: ignore[arg-type]
+    for reason in given:
+        handle.stop(reason)
+    assert handle.reason == kept

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from bridge.core.service import SHUTDOWN_ERROR
+from bridge.core.supervisor import SHUTDOWN_ERROR
 from bridge.server import serve
 from tests.conftest import bridge_settings, create, open_gate, poll_until, read_stream
 from tests.helpers import assert_problem, wait_status

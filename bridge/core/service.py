@@ -22,7 +22,7 @@ import msgspec
 import trio
 
 from .. import strictjson
-from ..backends.interface import CLEANUP_TIMEOUT, Backend
+from ..backends.interface import Backend
 from ..config import Settings
 from ..errors import (
     BridgeError,
@@ -37,15 +37,13 @@ from .models import ModelEntry
 from .observer import Observer
 from .predictions import Prediction, clock
 from .store import MemoryStore, Page, PredictionStore
-from .supervisor import Supervisor
+from .supervisor import CANCELED, STOP_SECONDS, Failed, Supervisor, end_stopped
 
 __all__ = ["INLINE_BYTES", "Bridge", "Observer", "Page"]  # Page: bridge.core.store's, re-exported
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-SHUTDOWN_ERROR = "the bridge shut down before the prediction finished; retry it"
 
 
 #: Work on a request or a prediction larger than this (parsing and
@@ -78,7 +76,7 @@ class Bridge:
         #: The owner of the predictions' tasks.
         self.supervisor = Supervisor(nursery)
         # Another bridge sharing the store asks this one, where it runs.
-        self.store.serve_cancels(self.supervisor.cancel)
+        self.store.serve_cancels(self._cancel_for_store)
         self.grpc = grpc_loop
         self.webhooks = webhooks
         self.webhook_policy = webhook_policy or WebhookPolicy()
@@ -209,9 +207,14 @@ class Bridge:
         (which takes as long as cancelling the gRPC call: milliseconds)."""
         if not self.cancel(prediction) and not prediction.done:
             await self.store.cancel_elsewhere(prediction)
-        with trio.move_on_after(CLEANUP_TIMEOUT + 1):
+        with trio.move_on_after(STOP_SECONDS):
             await prediction.events.wait_closed()
         return prediction
+
+    def _cancel_for_store(self, prediction_id: str, error: str | None) -> None:
+        """What another bridge sharing the store asks (see
+        :meth:`~bridge.core.store.PredictionStore.serve_cancels`)."""
+        self.supervisor.cancel(prediction_id, CANCELED if error is None else Failed(error))
 
     async def _follow_webhook(
         self, prediction: Prediction, url: str, events: frozenset[str], base_url: str
@@ -267,14 +270,8 @@ class Bridge:
                 prediction.fail("internal error in the bridge")
         finally:
             ticket.release()
-            if not prediction.done:  # cancelled
-                error = self.supervisor.error(prediction.id)
-                if self.closing:
-                    prediction.fail(SHUTDOWN_ERROR)
-                elif error is not None:
-                    prediction.fail(error)
-                else:
-                    prediction.cancel()
+            if not prediction.done:  # stopped: see bridge.core.supervisor
+                end_stopped(prediction, self.supervisor.reason(prediction.id))
             self.store.ended(prediction)
             log.info(
                 "prediction %s %s",
