@@ -42,6 +42,7 @@ from .errors import ListenError
 from .http import create_app
 from .http.stream import KeepAlive
 from .metrics import Metrics
+from .offload import Offload
 from .webhooks import WebhookPolicy, WebhookSender, load_or_create_secret, open_webhook_client
 
 __all__ = ["StopNow", "connection_limit", "listen", "serve"]
@@ -100,9 +101,10 @@ async def serve(
     policy = WebhookPolicy(
         settings.webhook_allow_hosts, allow_private=settings.webhook_allow_private
     )
+    offload = Offload()  # one worker thread for big work, whoever asks
     async with (
         _open_store(settings, store) as store,
-        open_grpc_loop() as grpc_loop,
+        open_grpc_loop(offload=offload) as grpc_loop,
         open_webhook_client(
             policy, request_seconds=settings.webhook_timeout_seconds
         ) as http_client,
@@ -116,6 +118,7 @@ async def serve(
             _webhook_sender(settings, http_client),
             policy,
             store,
+            offload,
         )
         keep_alive = KeepAlive(settings.keepalive_seconds)
         predictions.start_soon(keep_alive.run)

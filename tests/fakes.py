@@ -17,9 +17,8 @@ from typing import Any
 import trio
 
 from bridge import strictjson
-from bridge._proto.v1 import predictor_pb2
 from bridge.backends import protocol
-from bridge.backends.protocol import ModelInfo
+from bridge.backends.interface import ModelInfo, PredictInput
 from bridge.config import Settings
 from bridge.core import events as events_module
 from bridge.core.events import SLICE_BYTES, EventLog, Follower, OutputBatch, Record
@@ -337,15 +336,13 @@ class FakeBackend:
         return self.health if target in self.models else "UNAVAILABLE"
 
     @contextlib.asynccontextmanager
-    async def predict(
-        self, target: str, request: predictor_pb2.PredictRequest
-    ) -> AsyncIterator[FakeCall]:
+    async def predict(self, target: str, asked: PredictInput) -> AsyncIterator[FakeCall]:
         self.active_calls += 1
         self.in_flight[target] += 1
         self.most_in_flight[target] = max(self.most_in_flight[target], self.in_flight[target])
         call, ended = FakeCall(), trio.Event()
         deadline = trio.current_effective_deadline()
-        self._nursery.start_soon(self._run, target, request, call, ended, deadline)
+        self._nursery.start_soon(self._run, target, asked, call, ended, deadline)
         try:
             yield call
         finally:
@@ -358,20 +355,20 @@ class FakeBackend:
     async def _run(
         self,
         target: str,
-        request: predictor_pb2.PredictRequest,
+        asked: PredictInput,
         call: FakeCall,
         ended: trio.Event,
         deadline: float,
     ) -> None:
         try:
-            await self._script(target, request, call, deadline)
+            await self._script(target, asked, call, deadline)
         finally:
             ended.set()
 
     async def _script(
         self,
         target: str,
-        request: predictor_pb2.PredictRequest,
+        asked: PredictInput,
         call: FakeCall,
         deadline: float,
     ) -> None:
@@ -381,7 +378,7 @@ class FakeBackend:
             try:
                 if target not in self.models:
                     raise BackendUnavailable("model backend unavailable: no connection")
-                script = protocol.request_input(request)
+                script = asked.input
                 call.push(protocol.Started())
                 if "log" in script:
                     call.push(protocol.LogLine(script["log"]))
@@ -400,7 +397,7 @@ class FakeBackend:
         if timed.cancelled_caught:
             call.end(BackendTimeout("model backend timed out: deadline exceeded"))
         if call.scope.cancelled_caught or timed.cancelled_caught:
-            self.cancelled.add(request.id)
+            self.cancelled.add(asked.id)
 
 
 @contextlib.asynccontextmanager

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import trio
 
+from bridge.backends.interface import PredictInput
 from tests.backends import ENV, read_until
 from tests.conftest import poll_until
 
@@ -97,6 +98,11 @@ def request(
     if body:
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def asked(prediction_id: str, input: dict[str, Any]) -> PredictInput:
+    """A ``Predict`` call's input, as the runner hands it to a backend."""
+    return PredictInput(prediction_id, input, len(json.dumps(input)))
 
 
 def rss_bytes(pid: int) -> int:

@@ -17,6 +17,7 @@ from bridge.errors import BackendTimeout, BackendUnavailable, ModelError
 from tests.backends import SCRIPTED_INFO, RawServer, Scripted
 from tests.conftest import closed_port_target
 from tests.fakes import open_fake_backend
+from tests.helpers import asked
 
 
 @dataclass
@@ -66,7 +67,7 @@ EXPECTED = [
 
 
 async def test_a_call_yields_what_the_model_sends_in_order(env: Env) -> None:
-    request = protocol.predict_request("p1", SCRIPT)
+    request = asked("p1", SCRIPT)
     with trio.fail_after(10):
         async with env.backend.predict(env.target, request) as call:
             items = [item async for batch in call for item in batch]
@@ -76,7 +77,7 @@ async def test_a_call_yields_what_the_model_sends_in_order(env: Env) -> None:
 
 async def test_a_delivered_call_hands_over_the_same_and_ends(env: Env) -> None:
     items: list[protocol.StreamItem] = []
-    request = protocol.predict_request("p2", SCRIPT)
+    request = asked("p2", SCRIPT)
     with trio.fail_after(10):
         async with env.backend.predict(env.target, request) as call:
             call.deliver(items.extend)
@@ -86,7 +87,7 @@ async def test_a_delivered_call_hands_over_the_same_and_ends(env: Env) -> None:
 
 
 async def test_the_model_s_error_ends_the_call_after_what_it_sent(env: Env) -> None:
-    request = protocol.predict_request("p3", {"chunks": ["a"], "fail": "it broke"})
+    request = asked("p3", {"chunks": ["a"], "fail": "it broke"})
     items: list[protocol.StreamItem] = []
     with trio.fail_after(10), pytest.raises(ModelError, match=r"^it broke$"):
         async with env.backend.predict(env.target, request) as call:
@@ -100,7 +101,7 @@ async def test_the_model_s_error_ends_the_call_after_what_it_sent(env: Env) -> N
 
 
 async def test_leaving_the_block_cancels_the_call_at_the_backend(env: Env) -> None:
-    request = protocol.predict_request("p4", {"chunks": ["a"], "hang": True})
+    request = asked("p4", {"chunks": ["a"], "hang": True})
     with trio.fail_after(10):
         async with env.backend.predict(env.target, request) as call:
             async for batch in call:
@@ -115,7 +116,7 @@ async def test_a_handler_that_raises_ends_the_call_in_its_owner(env: Env) -> Non
         if protocol.OutputChunks(["a"]) in batch:
             raise ValueError("enough")
 
-    request = protocol.predict_request("p5", {"chunks": ["a", "b"], "hang": True})
+    request = asked("p5", {"chunks": ["a", "b"], "hang": True})
     with trio.fail_after(10), pytest.raises(ValueError, match="enough"):
         async with env.backend.predict(env.target, request) as call:
             call.deliver(handle)
@@ -125,7 +126,7 @@ async def test_a_handler_that_raises_ends_the_call_in_its_owner(env: Env) -> Non
 
 
 async def test_a_backend_that_cannot_be_reached_is_unavailable(env: Env) -> None:
-    request = protocol.predict_request("p6", SCRIPT)
+    request = asked("p6", SCRIPT)
     with (
         trio.fail_after(10),
         pytest.raises(BackendUnavailable, match=r"^model backend unavailable"),
@@ -149,7 +150,7 @@ async def test_the_caller_s_deadline_is_the_call_s(env: Env) -> None:
     (gRPC's deadline; the fake's): past it the call ends by itself with
     BackendTimeout, even for a caller shielded from its own cancel, and the
     backend sees it end."""
-    request = protocol.predict_request("p7", {"chunks": ["a"], "hang": True})
+    request = asked("p7", {"chunks": ["a"], "hang": True})
     raised = False
     with trio.move_on_after(0.5):
         async with env.backend.predict(env.target, request) as call:

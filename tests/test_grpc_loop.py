@@ -27,6 +27,7 @@ from bridge.errors import (
 )
 from tests.backends import RawServer
 from tests.conftest import closed_port_target
+from tests.helpers import asked
 
 
 class _RawServicer(predictor_pb2_grpc.PredictorServicer):
@@ -53,9 +54,9 @@ def raw_target() -> Iterator[str]:
 async def test_trio_deadline_becomes_the_grpc_deadline(raw_target: str) -> None:
     async with open_grpc_loop() as grpc_loop:
         with trio.fail_after(7):
-            async with grpc_loop.predict(raw_target, protocol.predict_request("d", {})) as stream:
+            async with grpc_loop.predict(raw_target, asked("d", {})) as stream:
                 with_deadline = [i async for b in stream for i in b]
-        async with grpc_loop.predict(raw_target, protocol.predict_request("d", {})) as stream:
+        async with grpc_loop.predict(raw_target, asked("d", {})) as stream:
             no_deadline = [i async for b in stream for i in b]
     remaining = float(with_deadline[-1].chunks[0])
     assert 5 < remaining <= 7.1  # grpc-timeout is rounded up on the wire
@@ -66,7 +67,7 @@ async def test_loop_thread_and_calls_are_cleaned_up(demo_targets: dict[str, str]
     before = {t.ident for t in threading.enumerate()}
     async with open_grpc_loop() as grpc_loop:
         assert len({t.ident for t in threading.enumerate()} - before) == 1
-        request = protocol.predict_request("slow", {"prompt": "a b c", "delay_ms": 60_000})
+        request = asked("slow", {"prompt": "a b c", "delay_ms": 60_000})
         async with grpc_loop.predict(demo_targets["demo/echo"], request) as stream:
             # The call is under way (the backend started it) ...
             assert isinstance((await stream.receive_batch())[0], protocol.Started)
@@ -81,7 +82,7 @@ async def test_credit_window_bounds_what_is_in_flight(raw_target: str) -> None:
     sizes = []
     async with (
         open_grpc_loop(window=window) as grpc_loop,
-        grpc_loop.predict(raw_target, protocol.predict_request("w", {"messages": 400})) as stream,
+        grpc_loop.predict(raw_target, asked("w", {"messages": 400})) as stream,
     ):
         async for batch in stream:
             sizes.append(len(batch))
@@ -100,7 +101,7 @@ async def test_delivered_batches_never_wake_the_owner_until_the_end(raw_target: 
         seen.extend(batch)
 
     async with open_grpc_loop(window=8) as grpc_loop:
-        request = protocol.predict_request("d", {"messages": 400})
+        request = asked("d", {"messages": 400})
         async with grpc_loop.predict(raw_target, request) as stream:
             stream.deliver(handle)
             with trio.fail_after(10):
@@ -118,7 +119,7 @@ async def test_a_handler_that_raises_ends_the_call_in_its_owner(raw_target: str)
             raise BackendProtocolError("enough")
 
     async with open_grpc_loop(window=8) as grpc_loop:
-        request = protocol.predict_request("d", {"messages": 100_000})
+        request = asked("d", {"messages": 100_000})
         with pytest.raises(BackendProtocolError, match="enough"):
             async with grpc_loop.predict(raw_target, request) as stream:
                 stream.deliver(handle)
@@ -146,7 +147,7 @@ async def test_a_bug_reading_the_call_ends_it_at_once(
             BackendProtocolError, match=r"failed reading the backend: AttributeError\('a bug'\)"
         ):
             with trio.fail_after(5):
-                request = protocol.predict_request("d", {"messages": 3})
+                request = asked("d", {"messages": 3})
                 async with grpc_loop.predict(raw_target, request) as stream:
                     [item async for batch in stream for item in batch]
 
@@ -159,11 +160,11 @@ def test_as_trio_s_guest_the_calls_run_on_its_host_loop(raw_target: str) -> None
         async with open_grpc_loop(window=8) as grpc_loop:
             assert grpc_loop._thread is None
             assert grpc_loop._loop is asyncio.get_running_loop()
-            request = protocol.predict_request("g", {"messages": 400})
+            request = asked("g", {"messages": 400})
             async with grpc_loop.predict(raw_target, request) as stream:
                 items = [i async for b in stream for i in b]
             taken = 0
-            request = protocol.predict_request("g", {"messages": 100_000})
+            request = asked("g", {"messages": 100_000})
             async with grpc_loop.predict(raw_target, request) as stream:
                 async for batch in stream:
                     taken += len(batch)
@@ -195,7 +196,7 @@ def test_as_trio_s_guest_delivered_messages_do_not_wake_trio(raw_target: str) ->
         seen: list[protocol.StreamItem] = []
         waits = _IOWaits()
         async with open_grpc_loop() as grpc_loop:
-            request = protocol.predict_request("q", {"messages": 20, "gap_ms": 10})
+            request = asked("q", {"messages": 20, "gap_ms": 10})
             async with grpc_loop.predict(raw_target, request) as stream:
                 stream.deliver(seen.extend)
                 trio.lowlevel.add_instrument(waits)
@@ -236,9 +237,7 @@ async def test_health_of_a_backend_without_the_health_service_is_unknown(
 async def test_unreachable_backend_is_unavailable() -> None:
     async with open_grpc_loop() as grpc_loop:
         with pytest.raises(BackendUnavailable, match=r"^model backend unavailable: "):
-            async with grpc_loop.predict(
-                closed_port_target(), protocol.predict_request("x", {})
-            ) as stream:
+            async with grpc_loop.predict(closed_port_target(), asked("x", {})) as stream:
                 async for _ in stream:
                     pass
         with pytest.raises(BackendUnavailable) as failed:

@@ -16,11 +16,12 @@ from bridge.backends import protocol
 from bridge.backends.grpc_loop import GrpcLoop, open_grpc_loop
 from bridge.errors import ModelError
 from bridge.sdk import Field, Log, Metrics, Model, ModelServer, Predictor, input_schema_for
+from tests.helpers import asked
 
 
 async def collect(grpc_loop: GrpcLoop, target: str, input: dict[str, Any]) -> list[Any]:
     items: list[Any] = []
-    async with grpc_loop.predict(target, protocol.predict_request("test", input)) as stream:
+    async with grpc_loop.predict(target, asked("test", input)) as stream:
         async for batch in stream:
             items.extend(batch)
     return items
@@ -139,9 +140,7 @@ async def test_cancellation_reaches_the_generator(kind: str) -> None:
     with ModelServer(model) as server:
         async with open_grpc_loop() as grpc_loop:
             received = 0
-            async with grpc_loop.predict(
-                server.target, protocol.predict_request("c", {"prompt": "x"})
-            ) as stream:
+            async with grpc_loop.predict(server.target, asked("c", {"prompt": "x"})) as stream:
                 async for batch in stream:
                     received += len(outputs(batch))
                     if received >= 5:
@@ -258,7 +257,7 @@ async def test_a_lone_token_is_not_held_back(kind: str) -> None:
     with ModelServer(model) as server:
         async with (
             open_grpc_loop() as grpc_loop,
-            grpc_loop.predict(server.target, protocol.predict_request("s", {})) as s,
+            grpc_loop.predict(server.target, asked("s", {})) as s,
         ):
             with trio.fail_after(10):  # the pause is 30 s
                 chunks: list[Any] = []

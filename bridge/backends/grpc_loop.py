@@ -77,8 +77,9 @@ from bridge.errors import (
     PredictionError,
 )
 
+from ..offload import Offload
 from . import protocol
-from .interface import CLEANUP_TIMEOUT
+from .interface import CLEANUP_TIMEOUT, PredictInput
 
 __all__ = ["GrpcLoop", "PredictStream", "map_rpc_error", "open_grpc_loop", "run"]
 
@@ -401,8 +402,10 @@ class GrpcLoop:
     """The asyncio loop (Trio's host, or a thread of its own) and the
     channels on it (one per target)."""
 
-    def __init__(self, window: int = 64) -> None:
+    def __init__(self, window: int = 64, offload: Offload | None = None) -> None:
         self.window = window
+        #: How a large input is encoded: off the event loop (bridge.offload).
+        self.offload = offload or Offload()
         #: gRPC calls (Predict, Describe, health) not yet ended on the loop
         #: thread; written only there.
         self.active_calls = 0
@@ -610,15 +613,13 @@ class GrpcLoop:
             return "UNKNOWN"
 
     @contextlib.asynccontextmanager
-    async def predict(
-        self, target: str, request: predictor_pb2.PredictRequest
-    ) -> AsyncIterator[PredictStream]:
-        """Start a ``Predict`` call of *request* (see
-        :func:`bridge.backends.protocol.predict_request`; built by the caller, which
-        knows whether it is large); leaving the block cancels it if
-        running."""
+    async def predict(self, target: str, asked: PredictInput) -> AsyncIterator[PredictStream]:
+        """Start a ``Predict`` call of *asked*, encoded as a bridge.v1
+        ``PredictRequest`` (in a worker thread if its input is large);
+        leaving the block cancels it if running."""
         assert self._loop is not None
         loop = self._loop
+        request = await self.offload(asked.size, protocol.predict_request, asked.id, asked.input)
         stream = PredictStream(self._hub, self.window, self._call_soon)
         timeout = _grpc_timeout()
 
@@ -638,12 +639,12 @@ class GrpcLoop:
 
 @contextlib.asynccontextmanager
 async def open_grpc_loop(
-    window: int = 64, stop_timeout: float = CLEANUP_TIMEOUT
+    window: int = 64, stop_timeout: float = CLEANUP_TIMEOUT, offload: Offload | None = None
 ) -> AsyncIterator[GrpcLoop]:
     """Start the loop thread, or use the loop Trio is a guest of; close
     every channel (and stop the thread) on exit, waiting at most
     *stop_timeout* seconds."""
-    grpc_loop = GrpcLoop(window)
+    grpc_loop = GrpcLoop(window, offload)
     await grpc_loop._start()
     try:
         yield grpc_loop

@@ -12,17 +12,71 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
 
-from bridge._proto.v1 import predictor_pb2
-
-from .protocol import ModelInfo, StreamItem
-
-__all__ = ["CLEANUP_TIMEOUT", "Backend", "Call"]
+__all__ = [
+    "CLEANUP_TIMEOUT",
+    "Backend",
+    "Call",
+    "LogLine",
+    "MetricsUpdate",
+    "ModelInfo",
+    "OutputChunks",
+    "PredictInput",
+    "Started",
+    "StreamItem",
+]
 
 #: The longest a cancelled call may take to end (its cleanup waits at most
 #: this long for the backend's side to confirm).
 CLEANUP_TIMEOUT = 5.0
+
+
+class PredictInput(NamedTuple):
+    """What a ``Predict`` call asks: a prediction and its (valid) input."""
+
+    id: str
+    input: dict[str, Any]
+    #: Bytes of the input as JSON: whether encoding it is worth a thread.
+    size: int
+
+
+@dataclass(frozen=True)
+class Started:
+    """The backend accepted the call and started predicting."""
+
+
+@dataclass(frozen=True)
+class OutputChunks:
+    """One or more output chunks: ``str`` for text, any JSON value otherwise."""
+
+    chunks: list[Any]
+
+
+@dataclass(frozen=True)
+class LogLine:
+    line: str
+
+
+@dataclass(frozen=True)
+class MetricsUpdate:
+    values: dict[str, float]
+
+
+StreamItem = Started | OutputChunks | LogLine | MetricsUpdate
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``Describe`` says about a model."""
+
+    name: str
+    version: str
+    input_schema: dict[str, Any] = field(default_factory=dict)
+    output_schema: dict[str, Any] = field(default_factory=dict)
+    #: Predictions the backend runs at once; 0: not said (no limit).
+    concurrency: int = 0
 
 
 class Call(Protocol):
@@ -57,11 +111,10 @@ class Backend(Protocol):
         """Calls started and not yet ended."""
         ...
 
-    def predict(
-        self, target: str, request: predictor_pb2.PredictRequest
-    ) -> AbstractAsyncContextManager[Call]:
-        """Start a ``Predict`` call of *request* at *target*; leaving the
-        block cancels it if it is running (the model sees the cancel)."""
+    def predict(self, target: str, asked: PredictInput) -> AbstractAsyncContextManager[Call]:
+        """Start a ``Predict`` call of *asked* at *target* (encoding it as
+        the backend's wire has it); leaving the block cancels it if it is
+        running (the model sees the cancel)."""
         ...
 
     async def describe(self, target: str) -> ModelInfo:

@@ -1,12 +1,13 @@
 """Translation between bridge.v1 protobuf messages and plain Python values.
 
-Protobuf types stop here: the rest of the bridge sees the dataclasses below.
+Protobuf types stop here: the rest of the bridge sees the plain types of
+the backend interface (:mod:`bridge.backends.interface`), which this module
+re-exports for the model side.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
@@ -15,6 +16,7 @@ from google.protobuf import json_format, struct_pb2
 from bridge._proto.v1 import predictor_pb2 as pb
 
 from .. import strictjson
+from .interface import LogLine, MetricsUpdate, ModelInfo, OutputChunks, Started, StreamItem
 
 #: The UNAVAILABLE status message of a backend whose model is still loading
 #: (``setup()`` has not returned): the bridge keeps such predictions
@@ -38,43 +40,6 @@ __all__ = [
     "request_input",
     "stream_item_from_pb",
 ]
-
-
-@dataclass(frozen=True)
-class Started:
-    """The backend accepted the call and started predicting."""
-
-
-@dataclass(frozen=True)
-class OutputChunks:
-    """One or more output chunks: ``str`` for text, any JSON value otherwise."""
-
-    chunks: list[Any]
-
-
-@dataclass(frozen=True)
-class LogLine:
-    line: str
-
-
-@dataclass(frozen=True)
-class MetricsUpdate:
-    values: dict[str, float]
-
-
-StreamItem = Started | OutputChunks | LogLine | MetricsUpdate
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What ``Describe`` says about a model."""
-
-    name: str
-    version: str
-    input_schema: dict[str, Any] = field(default_factory=dict)
-    output_schema: dict[str, Any] = field(default_factory=dict)
-    #: Predictions the backend runs at once; 0: not said (no limit).
-    concurrency: int = 0
 
 
 def predict_request(prediction_id: str, input: dict[str, Any]) -> pb.PredictRequest:

@@ -19,8 +19,7 @@ import math
 
 import trio
 
-from ..backends import protocol
-from ..backends.interface import Backend
+from ..backends.interface import Backend, ModelInfo
 from ..config import Settings
 from ..errors import BackendTimeout, BackendUnavailable, NotFound, PredictionError
 from ..validation import check_patterns
@@ -42,7 +41,7 @@ class _Asking:
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.info: protocol.ModelInfo | None = None
+        self.info: ModelInfo | None = None
         self.error: PredictionError | None = None
 
 
@@ -76,7 +75,7 @@ class Catalog:
         except KeyError:
             raise NotFound(f"deployment {name} is not configured here") from None
 
-    async def describe(self, entry: ModelEntry) -> protocol.ModelInfo:
+    async def describe(self, entry: ModelEntry) -> ModelInfo:
         """Ask the model's backend what it is, and keep the answer; a caller
         that comes while a Describe of this model is in flight waits for
         that one's answer. Raises :class:`PredictionError` if the backend
@@ -103,7 +102,7 @@ class Catalog:
             raise BackendUnavailable("model backend unavailable: Describe ended")
         return asking.info
 
-    async def _ask(self, entry: ModelEntry) -> protocol.ModelInfo:
+    async def _ask(self, entry: ModelEntry) -> ModelInfo:
         info = await self._backend.describe(entry.next_target())
         check_patterns(info.input_schema, "input")
         check_patterns(info.output_schema, "output")
@@ -115,7 +114,7 @@ class Catalog:
         self._fresh_until[entry.name] = trio.current_time() + self._settings.describe_ttl_seconds
         return info
 
-    async def info(self, entry: ModelEntry) -> protocol.ModelInfo | None:
+    async def info(self, entry: ModelEntry) -> ModelInfo | None:
         """The model's answer: the kept one (asked again in the background
         once it is older than ``describe_ttl_seconds``), or, if there is
         none yet, one asked within ``describe_timeout_seconds``; None if the
@@ -152,7 +151,7 @@ class Catalog:
             except Exception:  # a task in the bridge's nursery: a bug here is logged, not spread
                 log.exception("describing %s again failed; the last answer stays", entry.name)
 
-    async def known_info(self, entry: ModelEntry) -> protocol.ModelInfo | None:
+    async def known_info(self, entry: ModelEntry) -> ModelInfo | None:
         """:meth:`info`, with a backend that answers wrongly logged and
         taken as away: for listings, which one bad backend must not break."""
         try:

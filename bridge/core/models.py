@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..backends import protocol
+from ..backends.interface import ModelInfo
 from ..config import ModelSettings
 from .predictions import iso_time
 
@@ -32,7 +32,7 @@ class ModelEntry:
         self.name = settings.name
         self.owner, _, self.short_name = settings.name.partition("/")
         self.run_count = 0
-        self._info: protocol.ModelInfo | None = None
+        self._info: ModelInfo | None = None
         self._described_at = 0.0
         self._targets: Iterator[str] = itertools.cycle(settings.targets)
         #: Predict calls in flight to each target.
@@ -42,11 +42,11 @@ class ModelEntry:
         self.health: dict[str, str | None] = dict.fromkeys(settings.targets)
 
     @property
-    def info(self) -> protocol.ModelInfo | None:
+    def info(self) -> ModelInfo | None:
         return self._info
 
     @info.setter
-    def info(self, info: protocol.ModelInfo) -> None:
+    def info(self, info: ModelInfo) -> None:
         if self._info is None or self._info.version != info.version:
             self._described_at = time.time()
         self._info = info

@@ -20,8 +20,16 @@ from typing import Any
 
 import trio
 
-from ..backends import protocol
-from ..backends.interface import Backend
+from ..backends.interface import (
+    Backend,
+    LogLine,
+    MetricsUpdate,
+    ModelInfo,
+    OutputChunks,
+    PredictInput,
+    Started,
+    StreamItem,
+)
 from ..backoff import delays
 from ..config import ModelSettings
 from ..errors import (
@@ -46,7 +54,7 @@ MAX_METRIC_NAME = 64
 __all__ = ["run"]
 
 
-Describe = Callable[[ModelEntry], Awaitable[protocol.ModelInfo]]
+Describe = Callable[[ModelEntry], Awaitable[ModelInfo]]
 #: Runs work that handles so many bytes (``offload(size, work)``), in a
 #: worker thread if that is large (see :meth:`bridge.core.service.Bridge.offload`).
 Offload = Callable[[int, Callable[[], Any]], Awaitable[Any]]
@@ -58,10 +66,6 @@ async def _inline(size: int, work: Callable[[], Any]) -> Any:
 
 def _check_input(schema: dict[str, Any], prediction: Prediction) -> None:
     validate_input(schema, prediction.input)
-
-
-def _request(prediction: Prediction) -> Any:
-    return protocol.predict_request(prediction.id, prediction.input)
 
 
 async def run(
@@ -79,7 +83,7 @@ async def run(
     """Run *prediction* under its total deadline (also the gRPC deadline);
     what it appends is charged to *store*, where *max_output_bytes* is
     the server's cap, unless the model has its own. Its input is checked
-    (if not *validated* yet) and encoded for gRPC through *offload*."""
+    (if not *validated* yet) through *offload*; the backend encodes it."""
     total = entry.settings.total_seconds
     sink = _Sink(prediction, observer, store, entry.settings.max_output_bytes or max_output_bytes)
     expired = False
@@ -128,8 +132,8 @@ async def _start(
                 await offload(size, partial(_check_input, info.input_schema, prediction))
                 prediction.version = prediction.version or info.version
                 validated = True
-            request = await offload(size, partial(_request, prediction))
-            await _stream(prediction, entry, grpc, sink, request)
+            asked = PredictInput(prediction.id, prediction.input, size)
+            await _stream(prediction, entry, grpc, sink, asked)
             return
         except BackendUnavailable as exc:
             # A model still loading is waited for longer than one that
@@ -169,12 +173,12 @@ async def _stream(
     entry: ModelEntry,
     grpc: Backend,
     sink: _Sink,
-    request: Any,
+    asked: PredictInput,
 ) -> None:
     # The target with the fewest calls in flight (see ModelEntry.take_target).
     target = entry.take_target()
     try:
-        await _call(prediction, grpc, sink, target, request, entry.settings)
+        await _call(prediction, grpc, sink, target, asked, entry.settings)
     except BackendUnavailable as exc:
         # Taken out at once: the retry goes to another, if there is one.
         entry.mark(target, "NOT_SERVING" if isinstance(exc, BackendLoading) else "UNAVAILABLE")
@@ -188,11 +192,11 @@ async def _call(
     grpc: Backend,
     sink: _Sink,
     target: str,
-    request: Any,
+    asked: PredictInput,
     config: ModelSettings,
 ) -> None:
     first, idle = config.first_output_seconds or math.inf, config.idle_seconds or math.inf
-    async with grpc.predict(target, request) as stream:
+    async with grpc.predict(target, asked) as stream:
         # The messages go to the sink in the wake-up that brings them (no
         # hop through this task per message); this task waits for the end.
         sink.arm(first, idle)
@@ -244,7 +248,7 @@ class _Sink:
             name, seconds, what = "first_output_seconds", self.first, "before the first output"
         return DeadlineExceeded(f"deadline exceeded: no output for {name} ({seconds:g} s) {what}")
 
-    def take(self, batch: list[protocol.StreamItem]) -> None:
+    def take(self, batch: list[StreamItem]) -> None:
         """One batch of the backend's messages; consecutive outputs are
         appended as one. The owner's deadline is brought forward here if
         it must be (idle_seconds shorter than first_output_seconds), never
@@ -256,17 +260,17 @@ class _Sink:
             return
         chunks: list[Any] = []
         for item in batch:
-            if isinstance(item, protocol.OutputChunks):
+            if isinstance(item, OutputChunks):
                 chunks += item.chunks
                 continue
             if chunks:
                 self.output(chunks)
                 chunks = []
-            if isinstance(item, protocol.LogLine):
+            if isinstance(item, LogLine):
                 self.log(item.line)
-            elif isinstance(item, protocol.MetricsUpdate):
+            elif isinstance(item, MetricsUpdate):
                 self.metrics(item.values)
-            elif isinstance(item, protocol.Started) and not prediction.started_at:
+            elif isinstance(item, Started) and not prediction.started_at:
                 prediction.start()
         if chunks:
             self.output(chunks)

@@ -28,6 +28,7 @@ from ..errors import (
     BridgeError,
     ShuttingDown,
 )
+from ..offload import Offload
 from ..validation import validate_input, validate_stream, validate_webhook
 from ..webhooks import WebhookPolicy, WebhookSender
 from . import runner
@@ -39,23 +40,11 @@ from .predictions import Prediction, clock
 from .store import MemoryStore, Page, PredictionStore
 from .supervisor import CANCELED, STOP_SECONDS, Failed, Supervisor, end_stopped
 
-__all__ = ["INLINE_BYTES", "Bridge", "Observer", "Page"]  # Page: bridge.core.store's, re-exported
+__all__ = ["Bridge", "Observer", "Page"]  # Page: bridge.core.store's, re-exported
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
-
-
-#: Work on a request or a prediction larger than this (parsing and
-#: validating a body, encoding a prediction) runs in a worker thread, so
-#: it never stalls the event loop for other requests; smaller work is
-#: cheaper done at once.
-INLINE_BYTES = 64 * 1024
-#: Worker threads doing such work at once; more wait their turn. One: a
-#: thread that computes holds the GIL, and every other thread it makes
-#: wait (the event loop, the gRPC loop) waits up to the switch interval
-#: (5 ms) each time; two made /health slower, not the work faster.
-BIG_WORK_THREADS = 1
 
 
 class Bridge:
@@ -69,8 +58,11 @@ class Bridge:
         webhooks: WebhookSender | None = None,
         webhook_policy: WebhookPolicy | None = None,
         store: PredictionStore | None = None,
+        offload: Offload | None = None,
     ) -> None:
         self.settings = settings
+        #: Work on many bytes, off the event loop (see bridge.offload).
+        self.offload = offload or Offload()
         #: Every prediction it may show (the in-memory store by default).
         self.store: PredictionStore = store if store is not None else MemoryStore(settings)
         #: The owner of the predictions' tasks.
@@ -89,7 +81,6 @@ class Bridge:
         #: release's creation (their configuration is this process's).
         self.started_at = time.time()
         self.observer = Observer()
-        self._big_work = trio.CapacityLimiter(BIG_WORK_THREADS)
         self.draining = False
         #: Where the bridge is reached, for URLs outside any request
         #: (webhooks); set by serve() once it knows its port.
@@ -104,15 +95,6 @@ class Bridge:
     def closing(self) -> bool:
         """Whether :meth:`close` was called (the bridge is shutting down)."""
         return self.supervisor.closed
-
-    async def offload(self, size: int, work: Callable[..., T], *args: Any) -> T:
-        """``work(*args)``: at once if *size* (the bytes it handles) is at
-        most :data:`INLINE_BYTES`, else in a worker thread (at most
-        :data:`BIG_WORK_THREADS` at once). *work* must touch nothing the
-        event loop changes meanwhile."""
-        if size <= INLINE_BYTES:
-            return work(*args)
-        return await trio.to_thread.run_sync(work, *args, limiter=self._big_work)
 
     async def encode(self, prediction: Prediction, base_url: str, **replace: Any) -> bytes:
         """*prediction* as Replicate's JSON (with *replace*'s fields
@@ -139,7 +121,7 @@ class Bridge:
         """Validate *input* (and the webhook, and *stream*) and start a
         prediction of *entry*; it is cancelled *cancel_after* seconds from
         now wherever it is then, queued or running. An input of more than
-        :data:`INLINE_BYTES` (*input_size*: the body's bytes) is checked in
+        :data:`bridge.offload.INLINE_BYTES` (*input_size*: the body's bytes) is checked in
         a worker thread. Its webhooks carry URLs under *base_url* (where the
         creating request reached the bridge; else :attr:`base_url`).
 
