@@ -50,11 +50,18 @@ __all__ = ["StopNow", "connection_limit", "listen", "serve"]
 log = logging.getLogger(__name__)
 
 
-def _webhook_sender(settings: Settings, http_client: httpx.AsyncClient) -> WebhookSender:
+def _webhook_sender(
+    settings: Settings,
+    http_client: httpx.AsyncClient,
+    nursery: trio.Nursery,
+    policy: WebhookPolicy,
+) -> WebhookSender:
     secret = load_or_create_secret(settings.webhook_secret, Path(settings.webhook_secret_file))
     return WebhookSender(
         http_client,
         secret,
+        nursery,
+        policy=policy,
         retry_for=settings.webhook_retry_seconds,
         timeout=settings.webhook_timeout_seconds,
         host_connections=settings.webhook_host_connections,
@@ -111,21 +118,14 @@ async def serve(
         trio.open_nursery() as predictions,
     ):
         _secure_backends(settings, grpc_loop)
-        bridge = Bridge(
-            settings,
-            grpc_loop,
-            predictions,
-            _webhook_sender(settings, http_client),
-            policy,
-            store,
-            offload,
-        )
+        bridge = Bridge(settings, grpc_loop, predictions, store, offload)
+        webhooks = _webhook_sender(settings, http_client, predictions, policy)
         keep_alive = KeepAlive(settings.keepalive_seconds)
         predictions.start_soon(keep_alive.run)
         predictions.start_soon(bridge.watch_targets)
         metrics = Metrics(bridge)
         bridge.observer = metrics  # what the predictions do, counted
-        app = create_app(bridge, metrics, keep_alive)
+        app = create_app(bridge, metrics, keep_alive, webhooks)
         stop_http = trio.Event()
         if sockets is None:
             sockets = listen(settings)
@@ -157,6 +157,8 @@ async def serve(
                     await bridge.drain(settings.drain_seconds)
             finally:
                 bridge.close()
+                # Pending webhooks get the shutdown grace to be delivered.
+                webhooks.close(settings.shutdown_timeout_seconds)
                 keep_alive.stop()
                 stop_http.set()
                 # Hypercorn waits for open connections; its own deadline is

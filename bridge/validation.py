@@ -35,6 +35,7 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "check_patterns",
     "parse_json",
+    "stream_asked",
     "validate_input",
     "validate_stream",
     "validate_webhook",
@@ -293,19 +294,27 @@ def validate_webhook(url: Any, events: Any) -> frozenset[str]:
     return chosen
 
 
-def validate_stream(stream: Any, streams: bool) -> None:
-    """``stream`` of a create body: optional and a boolean; ``true`` asks for
-    a stream, which a model whose output is one value cannot give (422, as
-    on Replicate). Streaming models always have one, asked or not."""
-    if stream is None or stream is False or (stream is True and streams):
+def stream_asked(stream: Any) -> bool:
+    """``stream`` of a create body: optional and a boolean (422 if not);
+    whether a stream is asked for."""
+    if stream is None or isinstance(stream, bool):
+        return bool(stream)
+    description = "stream must be a boolean"
+    raise InvalidInput(
+        description, [{"type": "stream", "field": "stream", "description": description}]
+    )
+
+
+def validate_stream(asked: bool, streams: bool) -> None:
+    """A stream asked for (``"stream": true``), which a model whose output
+    is one value cannot give (422, as on Replicate). Streaming models always
+    have one, asked or not."""
+    if not asked or streams:
         return
-    if stream is True:
-        description = (
-            "stream: this model does not stream its output (its output schema is not an "
-            "iterator); create it without stream and poll, or use Prefer: wait"
-        )
-    else:
-        description = "stream must be a boolean"
+    description = (
+        "stream: this model does not stream its output (its output schema is not an "
+        "iterator); create it without stream and poll, or use Prefer: wait"
+    )
     raise InvalidInput(
         description, [{"type": "stream", "field": "stream", "description": description}]
     )

@@ -320,16 +320,24 @@ class _ByteBudget:
             self._freed.unpark_all()
 
 
+#: How a delivery renders its prediction (as the API answers it).
+Render = Callable[[Prediction], Awaitable[bytes]]
+
+
 class WebhookSender:
     """Delivers webhooks through *client* (see :func:`open_webhook_client`),
     at most *host_connections* at a time to one host, holding at most about
-    *max_bytes* of rendered bodies at once."""
+    *max_bytes* of rendered bodies at once. Each prediction's deliveries
+    are a task in *nursery* (:meth:`start`), until :meth:`close` gives the
+    pending ones a last grace."""
 
     def __init__(
         self,
         client: httpx.AsyncClient,
         secret: str,
+        nursery: trio.Nursery,
         *,
+        policy: WebhookPolicy | None = None,
         throttle: float = 0.5,
         retry_for: float = 60.0,
         timeout: float = 5.0,
@@ -338,18 +346,50 @@ class WebhookSender:
     ) -> None:
         self.client = client
         self.secret = secret
+        #: Where deliveries may go (checked at create and at connect).
+        self.policy = policy or WebhookPolicy()
         self.throttle = throttle
         self.retry_for = retry_for
         self.timeout = timeout
         self._slots = _HostSlots(host_connections)
         self.budget = _ByteBudget(max_bytes)
+        self._nursery = nursery
+        self._scopes: set[trio.CancelScope] = set()
+        #: Set by :meth:`close`: deliveries started later get only what is left.
+        self._closed_by: float | None = None
+
+    def start(
+        self, prediction: Prediction, url: str, events: frozenset[str], render: Render
+    ) -> None:
+        """Deliver *prediction*'s webhooks to *url* in a task of their own
+        (see :meth:`follow`)."""
+        self._nursery.start_soon(self._delivering, prediction, url, events, render)
+
+    async def _delivering(
+        self, prediction: Prediction, url: str, events: frozenset[str], render: Render
+    ) -> None:
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            if self._closed_by is not None:
+                scope.deadline = self._closed_by
+            try:
+                await self.follow(prediction, url, events, render)
+            finally:
+                self._scopes.discard(scope)
+
+    def close(self, grace: float) -> None:
+        """The bridge is stopping: pending deliveries have *grace* seconds
+        more, then they are given up."""
+        self._closed_by = trio.current_time() + grace
+        for scope in self._scopes:
+            scope.deadline = min(scope.deadline, self._closed_by)
 
     async def follow(
         self,
         prediction: Prediction,
         url: str,
         events: frozenset[str],
-        render: Callable[[Prediction], Awaitable[bytes]],
+        render: Render,
     ) -> None:
         """Deliver *prediction*'s webhooks until it has ended and ``completed``
         is delivered (or given up on), signed with the secret of the token
@@ -403,7 +443,7 @@ class WebhookSender:
         url: str,
         secret: str,
         prediction: Prediction,
-        render: Callable[[Prediction], Awaitable[bytes]],
+        render: Render,
         *,
         retry: bool,
     ) -> bool:

@@ -103,3 +103,28 @@ def test_only_sse_py_writes_the_bytes_of_an_sse_field() -> None:
                 if isinstance(text, str) and _SSE_FIELD.search(text):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {text!r}")
     assert not found, found
+
+
+def test_no_package_imports_one_that_imports_it_back() -> None:
+    """Packages and top-level modules (bridge.core, bridge.http,
+    bridge.webhooks...) form no cycle either: bridge.core imported
+    bridge.webhooks, which imported bridge.core."""
+    graph: dict[str, set[str]] = {}
+    for name, targets in _imports().items():
+        if name == "bridge":
+            continue
+        top = ".".join(name.split(".")[:2])
+        graph.setdefault(top, set()).update(
+            ".".join(t.split(".")[:2]) for t in targets if t != "bridge"
+        )
+    cycles = []
+    for start in graph:
+        stack = [(start, [start])]
+        while stack:
+            name, path = stack.pop()
+            for target in graph.get(name, ()):
+                if target == start and len(path) > 1:
+                    cycles.append([*path, target])
+                elif target not in path:
+                    stack.append((target, [*path, target]))
+    assert not cycles, sorted(cycles)[:5]

@@ -150,14 +150,8 @@ async def test_output_deliveries_are_throttled(autojump_clock: Any, receiver: Re
     prediction = Prediction(model="demo/echo", version="v1", input={})
     policy = WebhookPolicy(allow_hosts=LOCAL)
     async with open_webhook_client(policy) as client, trio.open_nursery() as nursery:
-        sender = WebhookSender(client, SECRET, throttle=0.5)
-        nursery.start_soon(
-            sender.follow,
-            prediction,
-            receiver.url,
-            frozenset(EVENTS),
-            render,
-        )
+        sender = WebhookSender(client, SECRET, nursery, throttle=0.5)
+        sender.start(prediction, receiver.url, frozenset(EVENTS), render)
         for i in range(60):  # 3 s of output, a chunk every 50 ms
             await trio.sleep(0.05)
             prediction.add_output(OutputBatch([f"w{i} "]))
@@ -379,7 +373,7 @@ async def test_a_receivers_long_answer_is_not_read(nursery: trio.Nursery) -> Non
     prediction = Prediction(model="demo/echo", version="v1", input={})
     prediction.succeed()
     async with open_webhook_client(WebhookPolicy(allow_hosts=LOCAL)) as client:
-        sender = WebhookSender(client, SECRET, timeout=30)
+        sender = WebhookSender(client, SECRET, nursery, timeout=30)
         with trio.fail_after(10):
             await sender.follow(prediction, url, frozenset({"completed"}), render)
             await dropped.wait()

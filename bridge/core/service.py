@@ -29,8 +29,7 @@ from ..errors import (
     ShuttingDown,
 )
 from ..offload import Offload
-from ..validation import validate_input, validate_stream, validate_webhook
-from ..webhooks import WebhookPolicy, WebhookSender
+from ..validation import validate_input, validate_stream
 from . import runner
 from .admission import Admission, Ticket
 from .catalog import Catalog
@@ -55,8 +54,6 @@ class Bridge:
         settings: Settings,
         grpc_loop: Backend,
         nursery: trio.Nursery,
-        webhooks: WebhookSender | None = None,
-        webhook_policy: WebhookPolicy | None = None,
         store: PredictionStore | None = None,
         offload: Offload | None = None,
     ) -> None:
@@ -70,12 +67,9 @@ class Bridge:
         # Another bridge sharing the store asks this one, where it runs.
         self.store.serve_cancels(self._cancel_for_store)
         self.grpc = grpc_loop
-        self.webhooks = webhooks
-        self.webhook_policy = webhook_policy or WebhookPolicy()
         self._nursery = nursery
         #: The models, and what their backends say they are.
         self.catalog = Catalog(settings, grpc_loop, nursery)
-        self._webhook_scopes: set[trio.CancelScope] = set()
         self.admission = Admission(settings.max_running, settings.max_queued)
         #: When this bridge started: what deployments report as their
         #: release's creation (their configuration is this process's).
@@ -110,20 +104,19 @@ class Bridge:
         input: Any,
         *,
         version: str | None = None,
-        webhook: Any = None,
-        webhook_events_filter: Any = None,
-        stream: Any = None,
+        stream: bool = False,
         cancel_after: float | None = None,
         owner: str | None = None,
         input_size: int = 0,
-        base_url: str | None = None,
     ) -> Prediction:
-        """Validate *input* (and the webhook, and *stream*) and start a
-        prediction of *entry*; it is cancelled *cancel_after* seconds from
-        now wherever it is then, queued or running. An input of more than
-        :data:`bridge.offload.INLINE_BYTES` (*input_size*: the body's bytes) is checked in
-        a worker thread. Its webhooks carry URLs under *base_url* (where the
-        creating request reached the bridge; else :attr:`base_url`).
+        """Validate *input* against the model's schema (and that the model
+        streams, if a *stream* was asked for) and start a prediction of
+        *entry*; it is cancelled *cancel_after* seconds from now wherever
+        it is then, queued or running. An input of more than
+        :data:`bridge.offload.INLINE_BYTES` (*input_size*: the body's
+        bytes) is checked in a worker thread. The request's own options
+        (a webhook, the shape of ``stream``) are the route's to check, after
+        :meth:`check_open` and before this.
 
         If the backend cannot describe the model right now, the prediction is
         still created; it validates and fails (or runs) once the backend
@@ -132,11 +125,7 @@ class Bridge:
         (Every check comes before anything is created, in the order a
         request's errors are reported: one sequence, read top to bottom.)
         """
-        if self.draining:
-            raise ShuttingDown("the bridge is shutting down; retry the prediction")
-        events = validate_webhook(webhook, webhook_events_filter)
-        if webhook is not None:
-            await self.webhook_policy.check(webhook)
+        self.check_open()
         info = await self.catalog.info(entry)
         schema = info.input_schema if info is not None else {}
         input_json = await self.offload(input_size, _checked_input, schema, input)
@@ -169,11 +158,13 @@ class Bridge:
             partial(self._run, prediction, entry, ticket, info is not None),
             deadline=trio.current_time() + cancel_after if cancel_after is not None else math.inf,
         )
-        if webhook and self.webhooks is not None:
-            self._nursery.start_soon(
-                self._follow_webhook, prediction, webhook, events, base_url or self.base_url
-            )
         return prediction
+
+    def check_open(self) -> None:
+        """Raise :class:`ShuttingDown` (503) once the bridge is draining:
+        the first check of a create."""
+        if self.draining:
+            raise ShuttingDown("the bridge is shutting down; retry the prediction")
 
     def cancel(self, prediction: Prediction) -> bool:
         """Ask *prediction*'s task to stop, if it runs here (idempotent; an
@@ -197,23 +188,6 @@ class Bridge:
         """What another bridge sharing the store asks (see
         :meth:`~bridge.core.store.PredictionStore.serve_cancels`)."""
         self.supervisor.cancel(prediction_id, CANCELED if error is None else Failed(error))
-
-    async def _follow_webhook(
-        self, prediction: Prediction, url: str, events: frozenset[str], base_url: str
-    ) -> None:
-        assert self.webhooks is not None
-
-        async def render(p: Prediction) -> bytes:
-            return await self.encode(p, base_url)
-
-        with trio.CancelScope() as scope:
-            self._webhook_scopes.add(scope)
-            if self.closing:
-                scope.deadline = trio.current_time() + self.settings.shutdown_timeout_seconds
-            try:
-                await self.webhooks.follow(prediction, url, events, render)
-            finally:
-                self._webhook_scopes.discard(scope)
 
     async def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
         """The prediction, if *owner* may see it (with auth on, only the
@@ -283,12 +257,8 @@ class Bridge:
         await self.supervisor.drain(seconds)
 
     def close(self) -> None:
-        """Cancel every running prediction (they record why); pending
-        webhooks get the shutdown grace to be delivered."""
+        """Cancel every running prediction (they record why)."""
         self.supervisor.close()
-        deadline = trio.current_time() + self.settings.shutdown_timeout_seconds
-        for scope in self._webhook_scopes:
-            scope.deadline = min(scope.deadline, deadline)
 
 
 def _encode(build: Callable[[], dict[str, Any]], replace: dict[str, Any]) -> bytes:

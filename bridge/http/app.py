@@ -12,6 +12,7 @@ from .._compat.quart_trio import App
 from ..core.service import Bridge
 from ..errors import BridgeError, RetryLater, Unauthorized
 from ..metrics import Metrics
+from ..webhooks import WebhookSender
 from . import models, openai_api, ops, predictions
 from .common import Context, caller, context, no_content, problem
 from .headers import check_host, cors_origin
@@ -23,9 +24,15 @@ _CORS_HEADERS = "Authorization, Content-Type, Prefer, Cancel-After, Last-Event-I
 _CORS_EXPOSE = "Location, Preference-Applied, Retry-After"
 
 
-def create_app(bridge: Bridge, metrics: Metrics, keep_alive: KeepAlive | None = None) -> QuartTrio:
+def create_app(
+    bridge: Bridge,
+    metrics: Metrics,
+    keep_alive: KeepAlive | None = None,
+    webhooks: WebhookSender | None = None,
+) -> QuartTrio:
     """The Quart-Trio app serving *bridge*, and *metrics* at /metrics; its
-    streams' *keep_alive* clock is run by whoever serves it."""
+    streams' *keep_alive* clock is run by whoever serves it, and its
+    predictions' webhooks are delivered by *webhooks* (none: refused)."""
     app = App(__name__, static_folder="static", static_url_path="/static")
     settings = bridge.settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -41,6 +48,7 @@ def create_app(bridge: Bridge, metrics: Metrics, keep_alive: KeepAlive | None = 
         tokens=tokens,
         metrics_tokens=[settings.metrics_token.encode()] if settings.metrics_token else tokens,
         keep_alive=keep_alive or KeepAlive(settings.keepalive_seconds),
+        webhooks=webhooks,
     )
     for blueprint in (predictions.blueprint, models.blueprint, openai_api.blueprint, ops.blueprint):
         app.register_blueprint(blueprint)

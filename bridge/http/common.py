@@ -15,6 +15,7 @@ from ..core.service import Bridge
 from ..errors import BadRequest
 from ..metrics import Metrics
 from ..validation import parse_json
+from ..webhooks import WebhookSender
 from . import stream
 from .headers import bearer_token
 from .stream import KeepAlive
@@ -46,6 +47,8 @@ class Context:
     metrics_tokens: list[bytes]
     #: The streams' keep-alive clock (run by whoever serves the app).
     keep_alive: KeepAlive
+    #: Who delivers webhooks (None: none are delivered).
+    webhooks: WebhookSender | None = None
 
 
 def context() -> Context:

@@ -35,7 +35,7 @@ from ..core.models import ModelEntry
 from ..core.predictions import Prediction, Status
 from ..errors import BackendUnavailable, BridgeError, InvalidInput, NotFound
 from . import stream
-from .common import base_url, caller, context, json_body
+from .common import caller, context, json_body
 from .headers import cancel_after
 from .openai_input import (
     Asked,
@@ -118,7 +118,6 @@ async def _create(translate: Callable[[dict[str, Any], dict[str, Any]], Asked]) 
         cancel_after=deadline,
         owner=caller(),
         input_size=size,
-        base_url=base_url(),
     )
     when_request_ends(lambda: bridge.cancel(prediction))
     return Started(prediction, asked.stream, asked.include_usage, asked.limit, asked.echo)

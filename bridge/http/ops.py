@@ -92,7 +92,7 @@ async def prometheus() -> Response:
 
 @blueprint.get("/v1/webhooks/default/secret")
 async def webhook_secret() -> Response:
-    webhooks = context().bridge.webhooks
+    webhooks = context().webhooks
     if webhooks is None:
         raise NotFound("webhooks are not enabled")
     # Each token has its own (Replicate keeps one per account), so no

@@ -3,6 +3,7 @@ list, get, cancel, and each prediction's stream."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -11,7 +12,11 @@ import trio
 from quart import Blueprint, Response, request
 
 from ..core.models import ModelEntry
+from ..core.predictions import Prediction
+from ..core.service import Bridge
 from ..errors import BadRequest, Gone
+from ..validation import stream_asked, validate_webhook
+from ..webhooks import WebhookPolicy
 from . import stream
 from .common import (
     base_url,
@@ -28,6 +33,11 @@ __all__ = ["STREAM_ENDPOINT", "blueprint"]
 
 blueprint = Blueprint("predictions", __name__)
 
+
+async def _render(bridge: Bridge, base: str, prediction: Prediction) -> bytes:
+    return await bridge.encode(prediction, base)
+
+
 #: The stream route's endpoint: it needs no token (see bridge.http.app).
 STREAM_ENDPOINT = "predictions.stream_prediction"
 
@@ -41,18 +51,26 @@ async def _create(
     direct = "text/event-stream" in request.headers.get("Accept", "")
     wait = prefer_wait(request.headers.get("Prefer"), settings.max_wait_seconds)
     deadline = cancel_after(request.headers.get("Cancel-After"))
+    # The request's own options, checked in the order errors are reported,
+    # before the input (bridge.create) and before anything is created.
+    bridge.check_open()
+    webhook = body.get("webhook")
+    events = validate_webhook(webhook, body.get("webhook_events_filter"))
+    webhooks = context().webhooks
+    if webhook is not None:
+        await (webhooks.policy if webhooks is not None else WebhookPolicy()).check(webhook)
     prediction = await bridge.create(
         entry,
         body.get("input", {}),
         version=version,
-        webhook=body.get("webhook"),
-        webhook_events_filter=body.get("webhook_events_filter"),
-        stream=body.get("stream"),
+        stream=stream_asked(body.get("stream")),
         cancel_after=deadline,
         owner=caller(),
         input_size=size,
-        base_url=base_url(),
     )
+    if webhook and webhooks is not None:
+        # Its webhooks carry the URLs this request was given.
+        webhooks.start(prediction, webhook, events, partial(_render, bridge, base_url()))
     if direct:
         # The OpenAI-style use: this response is the stream, and it owns
         # the prediction.
