@@ -10,6 +10,7 @@ import trio
 from bridge.config import ConfigError, Settings
 from bridge.core.events import OutputBatch
 from bridge.core.predictions import IllegalTransition, Prediction, Status
+from bridge.http.replicate_json import prediction_json
 from tests.sse_clients import Ev, replicate_events, spec_events
 
 
@@ -36,7 +37,7 @@ def test_happy_path_and_final_event() -> None:
     assert names == ["output", "output", "logs", "done"]
     assert events(p)[1].data == '{"k": 1}'
     assert p.events.closed
-    body = p.to_json("http://h")
+    body = prediction_json(p, "http://h")
     assert body["output"] == ["a", {"k": 1}] and body["logs"] == "line\n"
     assert set(body["metrics"]) >= {"predict_time", "time_to_first_token"}
 
@@ -104,7 +105,7 @@ def test_failure_writes_error_then_done() -> None:
         ("error", {"detail": "it broke"}),
         ("done", {"reason": "error"}),
     ]
-    assert p.to_json("http://h")["error"] == "it broke"
+    assert prediction_json(p, "http://h")["error"] == "it broke"
 
 
 def test_cannot_start_twice() -> None:
@@ -253,6 +254,6 @@ def test_a_prediction_is_rebuilt_from_its_record_through_json(prediction: Predic
     record = json.loads(json.dumps(prediction.record()))
     rebuilt = Prediction.from_record(record, prediction.events)
     assert rebuilt.record() == prediction.record()
-    assert rebuilt.to_json("http://x") == prediction.to_json("http://x")
+    assert prediction_json(rebuilt, "http://x") == prediction_json(prediction, "http://x")
     assert rebuilt.kept_bytes == prediction.kept_bytes
     assert set(record) == set(Prediction.RECORD_FIELDS)

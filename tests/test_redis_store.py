@@ -23,6 +23,7 @@ from bridge.core.events import OutputBatch
 from bridge.core.predictions import Prediction
 from bridge.core.redis_store import ORPHANED, open_redis_store
 from bridge.errors import Overloaded
+from bridge.http.replicate_json import prediction_json
 from bridge.server import serve
 
 from .conftest import (
@@ -197,7 +198,7 @@ async def test_retention_becomes_expiry_and_counts_delete_the_oldest(
             await client.delete([key("in"), key("log")])
             again = await store.get(prediction.id)
             assert again.data_removed and again.status == "succeeded"
-            assert again.to_json("http://x")["output"] is None
+            assert prediction_json(again, "http://x")["output"] is None
 
 
 async def test_a_process_bounds_what_it_keeps_of_the_predictions_it_runs(

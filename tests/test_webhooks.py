@@ -24,6 +24,7 @@ from replicate.webhook import InvalidSignatureError, Webhooks, WebhookSigningSec
 from bridge import webhooks as webhooks_module
 from bridge.core.events import OutputBatch
 from bridge.core.predictions import Prediction
+from bridge.http.replicate_json import prediction_json
 from bridge.webhooks import (
     EVENTS,
     WebhookPolicy,
@@ -109,7 +110,7 @@ async def run_with_webhook(
 
 
 async def render(prediction: Prediction) -> bytes:
-    return json.dumps(prediction.to_json("http://bridge")).encode()
+    return json.dumps(prediction_json(prediction, "http://bridge")).encode()
 
 
 def validate(delivery: Delivery, secret: str = SECRET) -> None:

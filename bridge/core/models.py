@@ -8,20 +8,14 @@ import itertools
 import math
 import time
 from collections.abc import Iterator
-from typing import Any
 
 from ..backends.interface import ModelInfo
 from ..config import ModelSettings
-from .predictions import iso_time
 
-__all__ = ["ModelEntry", "deployment_json"]
+__all__ = ["ModelEntry"]
 
 #: Health statuses that keep new predictions off a target.
 _DOWN = frozenset({"UNAVAILABLE", "NOT_SERVING", "SERVICE_UNKNOWN"})
-
-#: What versions report as ``cog_version``: not a Cog version (the Python
-#: client then applies no pre-0.3.9 compatibility rules to the schema).
-COG_VERSION = "grpc-sse-bridge/bridge.v1"
 
 
 class ModelEntry:
@@ -33,7 +27,8 @@ class ModelEntry:
         self.owner, _, self.short_name = settings.name.partition("/")
         self.run_count = 0
         self._info: ModelInfo | None = None
-        self._described_at = 0.0
+        #: When its backend's answer last named a new version (unix time).
+        self.described_at = 0.0
         self._targets: Iterator[str] = itertools.cycle(settings.targets)
         #: Predict calls in flight to each target.
         self._calls: collections.Counter[str] = collections.Counter()
@@ -48,7 +43,7 @@ class ModelEntry:
     @info.setter
     def info(self, info: ModelInfo) -> None:
         if self._info is None or self._info.version != info.version:
-            self._described_at = time.time()
+            self.described_at = time.time()
         self._info = info
 
     def next_target(self) -> str:
@@ -98,71 +93,3 @@ class ModelEntry:
         if self._info is None:
             return True  # bridge.v1 is a streaming protocol
         return self._info.output_schema.get("x-cog-array-type") == "iterator"
-
-    def version_json(self) -> dict[str, Any] | None:
-        """Replicate's version object, or None before the backend described it."""
-        if self._info is None:
-            return None
-        return {
-            "id": self._info.version,
-            "created_at": iso_time(self._described_at),
-            "cog_version": COG_VERSION,
-            "openapi_schema": {
-                "openapi": "3.0.2",
-                "info": {"title": self.name, "version": self._info.version},
-                "paths": {},
-                "components": {
-                    "schemas": {
-                        "Input": self._info.input_schema,
-                        "Output": self._info.output_schema,
-                    }
-                },
-            },
-        }
-
-    def model_json(self, base_url: str) -> dict[str, Any]:
-        """Replicate's model object."""
-        return {
-            "url": f"{base_url}/v1/models/{self.name}",
-            "owner": self.owner,
-            "name": self.short_name,
-            "description": None,
-            "visibility": "public",
-            "github_url": None,
-            "paper_url": None,
-            "license_url": None,
-            "cover_image_url": None,
-            "run_count": self.run_count,
-            "default_example": None,
-            "latest_version": self.version_json(),
-        }
-
-
-def deployment_json(name: str, entry: ModelEntry, created_at: float) -> dict[str, Any]:
-    """Replicate's deployment object for deployment *name* serving *entry*,
-    whose backend has described itself. One release, made when this bridge
-    started; its instances are the model's configured targets."""
-    assert entry.info is not None, "a deployment shows its model's version"
-    owner, _, short_name = name.partition("/")
-    targets = len(entry.settings.targets)
-    return {
-        "owner": owner,
-        "name": short_name,
-        "current_release": {
-            "number": 1,
-            "model": entry.name,
-            "version": entry.info.version,
-            "created_at": iso_time(created_at),
-            "created_by": {
-                "type": "organization",
-                "username": owner,
-                "name": owner,
-                "github_url": None,
-            },
-            "configuration": {
-                "hardware": "bridge.v1",
-                "min_instances": targets,
-                "max_instances": targets,
-            },
-        },
-    }

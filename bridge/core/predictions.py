@@ -22,22 +22,18 @@ import json
 import secrets
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
-import msgspec
 import trio
 
 from .. import strictjson
-from .events import EventLog, MemoryEventLog, OutputBatch, Snapshot, log_cost
+from .events import EventLog, MemoryEventLog, OutputBatch, log_cost
 
 __all__ = [
     "IllegalTransition",
     "Prediction",
     "Status",
     "clock",
-    "iso_time",
     "new_prediction_id",
 ]
 
@@ -82,13 +78,6 @@ def clock() -> float:
 def new_prediction_id() -> str:
     """26 base32 characters: 130 random bits, unguessable, like Replicate's."""
     return base64.b32encode(secrets.token_bytes(20)).decode().lower()[:26]
-
-
-def iso_time(timestamp: float | None) -> str | None:
-    """ISO 8601 in UTC with a ``Z``, as Replicate writes times."""
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat().replace("+00:00", "Z")
 
 
 class Prediction:
@@ -306,53 +295,3 @@ class Prediction:
                     self.metrics["tokens_per_second"] = round(
                         (self.output_count - 1) / generating, 3
                     )
-
-    # -- what clients see ---------------------------------------------------
-
-    def to_json(self, base_url: str) -> dict[str, Any]:
-        """The prediction object of Replicate's API; *base_url* has no
-        trailing slash and makes every URL absolute."""
-        return self.json_later(base_url)()
-
-    def json_later(self, base_url: str) -> Callable[[], dict[str, Any]]:
-        """:meth:`to_json` as the prediction is now, built when called, in
-        any thread: what changes is read now (a few fields), what grows
-        with its size (input, output, logs) is decoded when called."""
-        url = f"{base_url}/v1/predictions/{self.id}"
-        # web: the bridge's page, opened on this prediction (it replays it).
-        urls = {"get": url, "cancel": f"{url}/cancel", "web": f"{base_url}/?prediction={self.id}"}
-        if self.streams:
-            urls["stream"] = f"{url}/stream"
-        fields = {
-            "id": self.id,
-            "model": self.model,
-            "version": self.version,
-            "status": str(self.status),
-            "input": None,  # these three are filled in when called
-            "output": None,
-            "logs": "",
-            "error": self.error,
-            "data_removed": self.data_removed,
-            "metrics": dict(self.metrics),
-            "created_at": iso_time(self.created_at),
-            "started_at": iso_time(self.started_at),
-            "completed_at": iso_time(self.completed_at),
-            "urls": urls,
-        }
-        if self.data_removed or (not self.output_count and not (self.done and self.streams)):
-            output = None  # none yet (a stream that ended with none is [])
-        else:
-            output = "list" if self.streams else "last"  # a model that returns one value
-        return partial(_prediction_json, fields, self._input, self.events.snapshot(), output)
-
-
-def _prediction_json(
-    fields: dict[str, Any], input: bytes, events: Snapshot, output: str | None
-) -> dict[str, Any]:
-    """The prediction object from what :meth:`Prediction.json_later` took."""
-    outputs = None if output is None else events.outputs()
-    return fields | {
-        "input": msgspec.json.decode(input),
-        "output": (outputs[-1] if outputs else None) if output == "last" else outputs,
-        "logs": "".join(f"{line}\n" for line in events.logs()),
-    }

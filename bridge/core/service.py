@@ -14,11 +14,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Any, TypeVar
 
-import msgspec
 import trio
 
 from .. import strictjson
@@ -89,12 +87,6 @@ class Bridge:
     def closing(self) -> bool:
         """Whether :meth:`close` was called (the bridge is shutting down)."""
         return self.supervisor.closed
-
-    async def encode(self, prediction: Prediction, base_url: str, **replace: Any) -> bytes:
-        """*prediction* as Replicate's JSON (with *replace*'s fields
-        replaced), encoded; a large one in a worker thread."""
-        build = prediction.json_later(base_url)
-        return await self.offload(prediction.kept_bytes, _encode, build, replace)
 
     # -- predictions -----------------------------------------------------
 
@@ -259,13 +251,6 @@ class Bridge:
     def close(self) -> None:
         """Cancel every running prediction (they record why)."""
         self.supervisor.close()
-
-
-def _encode(build: Callable[[], dict[str, Any]], replace: dict[str, Any]) -> bytes:
-    # msgspec: 5x json.dumps on large outputs. It would write NaN as null,
-    # but nothing kept can be NaN: input, output and metrics are checked
-    # as strict JSON where they come in.
-    return msgspec.json.encode(build() | replace)
 
 
 def _checked_input(schema: dict[str, Any], input: Any) -> bytes:

@@ -12,7 +12,7 @@ How a prediction is stopped
 Six things stop a prediction before it ends by itself, and each goes
 through its run handle with a reason (:data:`Reason`):
 
-* a cancel through the API (``POST /v1/predictions/{id}/cancel``):
+* a cancel through the API (the cancel route):
   :meth:`bridge.core.service.Bridge.cancel_and_wait`, ``Canceled``;
 * the request that owns it going away (the streaming create, OpenAI's
   routes: :func:`bridge._compat.quart_trio.when_request_ends`), ``Canceled``;

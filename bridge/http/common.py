@@ -18,6 +18,7 @@ from ..validation import parse_json
 from ..webhooks import WebhookSender
 from . import stream
 from .headers import bearer_token
+from .replicate_json import encode_prediction, prediction_url
 from .stream import KeepAlive
 
 __all__ = [
@@ -105,7 +106,9 @@ async def prediction_response(
     prediction: Prediction, status: int = 200, replace: dict[str, Any] | None = None
 ) -> Response:
     """*prediction*'s JSON, with *replace*'s fields replaced."""
-    body = await context().bridge.encode(prediction, base_url(), **(replace or {}))
+    body = await encode_prediction(
+        prediction, base_url(), context().bridge.offload, **(replace or {})
+    )
     return Response(body, status=status, content_type="application/json")
 
 
@@ -121,5 +124,5 @@ def stream_response(
         bridge = state.bridge
         when_request_ends(lambda: bridge.cancel(prediction))
     body = stream.sse_body(prediction.events, start, state.keep_alive, state.metrics.stream_clients)
-    location = f"{base_url()}/v1/predictions/{prediction.id}" if owned else None
+    location = prediction_url(base_url(), prediction.id) if owned else None
     return stream.sse_response(body, status=status, location=location)

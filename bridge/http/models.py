@@ -6,9 +6,9 @@ from typing import Any
 
 from quart import Blueprint, Response
 
-from ..core.models import deployment_json
 from ..errors import BackendUnavailable, NotFound
 from .common import base_url, context, json_response
+from .replicate_json import deployment_json, model_json, version_json
 
 __all__ = ["blueprint"]
 
@@ -20,7 +20,7 @@ async def list_models() -> Response:
     bridge, base = context().bridge, base_url()
     await bridge.catalog.know_all()
     entries = bridge.catalog.models.values()
-    results = [entry.model_json(base) for entry in entries]
+    results = [model_json(entry, base) for entry in entries]
     # OpenAI's shape beside Replicate's: the same models, for openai's
     # clients.models.list() (created: when this bridge started).
     data = [
@@ -36,7 +36,7 @@ async def get_model(owner: str, name: str) -> Response:
     bridge = context().bridge
     entry = bridge.catalog.model(f"{owner}/{name}")
     await bridge.catalog.info(entry)
-    return json_response(entry.model_json(base_url()))
+    return json_response(model_json(entry, base_url()))
 
 
 @blueprint.get("/v1/models/<owner>/<name>/versions/<version_id>")
@@ -45,7 +45,7 @@ async def get_version(owner: str, name: str, version_id: str) -> Response:
     entry = bridge.catalog.model(f"{owner}/{name}")
     if await bridge.catalog.info(entry) is None:
         raise BackendUnavailable(f"the backend of {entry.name} cannot say what it serves")
-    version = entry.version_json()
+    version = version_json(entry)
     if version is None or version["id"] != version_id:
         raise NotFound(f"version {version_id} of {entry.name} is not served here")
     return json_response(version)

@@ -28,6 +28,7 @@ from .common import (
     stream_response,
 )
 from .headers import cancel_after, prefer_wait
+from .replicate_json import encode_prediction
 
 __all__ = ["STREAM_ENDPOINT", "blueprint"]
 
@@ -35,7 +36,7 @@ blueprint = Blueprint("predictions", __name__)
 
 
 async def _render(bridge: Bridge, base: str, prediction: Prediction) -> bytes:
-    return await bridge.encode(prediction, base)
+    return await encode_prediction(prediction, base, bridge.offload)
 
 
 #: The stream route's endpoint: it needs no token (see bridge.http.app).
@@ -117,7 +118,7 @@ async def list_predictions() -> Response:
     bridge, base = context().bridge, base_url()
     try:
         page = await bridge.store.page(
-            request.args.get("cursor"), caller(), lambda p: bridge.encode(p, base)
+            request.args.get("cursor"), caller(), partial(_render, bridge, base)
         )
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
