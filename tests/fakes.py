@@ -378,7 +378,7 @@ class FakeBackend:
             try:
                 if target not in self.models:
                     raise BackendUnavailable("model backend unavailable: no connection")
-                script = asked.input
+                script = json.loads(asked.input_json)
                 call.push(protocol.Started())
                 if "log" in script:
                     call.push(protocol.LogLine(script["log"]))

@@ -102,7 +102,7 @@ def request(
 
 def asked(prediction_id: str, input: dict[str, Any]) -> PredictInput:
     """A ``Predict`` call's input, as the runner hands it to a backend."""
-    return PredictInput(prediction_id, input, len(json.dumps(input)))
+    return PredictInput(prediction_id, json.dumps(input).encode())
 
 
 def rss_bytes(pid: int) -> int:

@@ -614,12 +614,12 @@ class GrpcLoop:
 
     @contextlib.asynccontextmanager
     async def predict(self, target: str, asked: PredictInput) -> AsyncIterator[PredictStream]:
-        """Start a ``Predict`` call of *asked*, encoded as a bridge.v1
-        ``PredictRequest`` (in a worker thread if its input is large);
+        """Start a ``Predict`` call of *asked*, decoded and encoded as a
+        bridge.v1 ``PredictRequest`` (in a worker thread if it is large);
         leaving the block cancels it if running."""
         assert self._loop is not None
         loop = self._loop
-        request = await self.offload(asked.size, protocol.predict_request, asked.id, asked.input)
+        request = await self.offload(asked.size, _request, asked)
         stream = PredictStream(self._hub, self.window, self._call_soon)
         timeout = _grpc_timeout()
 
@@ -635,6 +635,10 @@ class GrpcLoop:
             yield stream
         finally:
             await stream._close()
+
+
+def _request(asked: PredictInput) -> predictor_pb2.PredictRequest:
+    return protocol.predict_request(asked.id, json.loads(asked.input_json))
 
 
 @contextlib.asynccontextmanager

@@ -34,12 +34,17 @@ CLEANUP_TIMEOUT = 5.0
 
 
 class PredictInput(NamedTuple):
-    """What a ``Predict`` call asks: a prediction and its (valid) input."""
+    """What a ``Predict`` call asks: a prediction and its (valid) input,
+    as the JSON the prediction keeps (decoded by the backend, off the
+    event loop if it is large: see :attr:`size`)."""
 
     id: str
-    input: dict[str, Any]
-    #: Bytes of the input as JSON: whether encoding it is worth a thread.
-    size: int
+    input_json: bytes
+
+    @property
+    def size(self) -> int:
+        """Bytes of the input: whether decoding it is worth a thread."""
+        return len(self.input_json)
 
 
 @dataclass(frozen=True)

@@ -132,7 +132,7 @@ async def _start(
                 await offload(size, partial(_check_input, info.input_schema, prediction))
                 prediction.version = prediction.version or info.version
                 validated = True
-            asked = PredictInput(prediction.id, prediction.input, size)
+            asked = PredictInput(prediction.id, prediction.input_json)
             await _stream(prediction, entry, grpc, sink, asked)
             return
         except BackendUnavailable as exc:

@@ -32,7 +32,8 @@ def create_app(
 ) -> QuartTrio:
     """The Quart-Trio app serving *bridge*, and *metrics* at /metrics; its
     streams' *keep_alive* clock is run by whoever serves it, and its
-    predictions' webhooks are delivered by *webhooks* (none: refused)."""
+    predictions' webhooks are delivered by *webhooks* (none: checked, not
+    delivered)."""
     app = App(__name__, static_folder="static", static_url_path="/static")
     settings = bridge.settings
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
