@@ -28,7 +28,7 @@ class Metrics(Observer):
         ).set_function(lambda: bridge.admission.queued)
         Gauge(
             "bridge_grpc_calls_active", "gRPC calls open (Predict, Describe, health).", registry=r
-        ).set_function(lambda: bridge.grpc.active_calls)
+        ).set_function(lambda: bridge.backend.active_calls)
         self.stream_clients = Gauge("bridge_stream_clients_active", "Open SSE streams.", registry=r)
         self.predictions_total = Counter(
             "bridge_predictions",

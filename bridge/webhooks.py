@@ -359,21 +359,21 @@ class WebhookSender:
         self._closed_by: float | None = None
 
     def start(
-        self, prediction: Prediction, url: str, events: frozenset[str], render: Render
+        self, prediction: Prediction, url: str, events_filter: frozenset[str], render: Render
     ) -> None:
         """Deliver *prediction*'s webhooks to *url* in a task of their own
         (see :meth:`follow`)."""
-        self._nursery.start_soon(self._delivering, prediction, url, events, render)
+        self._nursery.start_soon(self._delivering, prediction, url, events_filter, render)
 
     async def _delivering(
-        self, prediction: Prediction, url: str, events: frozenset[str], render: Render
+        self, prediction: Prediction, url: str, events_filter: frozenset[str], render: Render
     ) -> None:
         with trio.CancelScope() as scope:
             self._scopes.add(scope)
             if self._closed_by is not None:
                 scope.deadline = self._closed_by
             try:
-                await self.follow(prediction, url, events, render)
+                await self.follow(prediction, url, events_filter, render)
             finally:
                 self._scopes.discard(scope)
 
@@ -388,7 +388,7 @@ class WebhookSender:
         self,
         prediction: Prediction,
         url: str,
-        events: frozenset[str],
+        events_filter: frozenset[str],
         render: Render,
     ) -> None:
         """Deliver *prediction*'s webhooks until it has ended and ``completed``
@@ -397,11 +397,11 @@ class WebhookSender:
         secret = tenant_secret(self.secret, prediction.owner)
         deliver = partial(self._deliver, url, secret, prediction, render)
         try:
-            if "start" in events:
+            if "start" in events_filter:
                 await deliver(retry=False)
             cursor = 0
             last_sent = -float("inf")
-            wanted = {"output", "logs"} & events
+            wanted = {"output", "logs"} & events_filter
             while not prediction.done:
                 await prediction.events.wait_beyond(cursor)
                 new = prediction.events.names(cursor)
@@ -417,7 +417,7 @@ class WebhookSender:
                 cursor = len(prediction.events)
                 last_sent = trio.current_time()
                 await deliver(retry=False)
-            if "completed" in events:
+            if "completed" in events_filter:
                 await deliver(retry=True)
         except Exception:
             log.exception(

@@ -72,7 +72,7 @@ async def run(
     prediction: Prediction,
     entry: ModelEntry,
     *,
-    grpc: Backend,
+    backend: Backend,
     describe: Describe,
     observer: Observer,
     store: PredictionStore,
@@ -89,7 +89,7 @@ async def run(
     expired = False
     with trio.move_on_after(total or math.inf) as scope:
         try:
-            await _start(prediction, entry, grpc, describe, sink, validated, offload)
+            await _start(prediction, entry, backend, describe, sink, validated, offload)
         except BackendTimeout:
             if not total:
                 raise
@@ -103,7 +103,7 @@ async def run(
 async def _start(
     prediction: Prediction,
     entry: ModelEntry,
-    grpc: Backend,
+    backend: Backend,
     describe: Describe,
     sink: _Sink,
     validated: bool,
@@ -133,7 +133,7 @@ async def _start(
                 prediction.version = prediction.version or info.version
                 validated = True
             asked = PredictInput(prediction.id, prediction.input_json)
-            await _stream(prediction, entry, grpc, sink, asked)
+            await _stream(prediction, entry, backend, sink, asked)
             return
         except BackendUnavailable as exc:
             # A model still loading is waited for longer than one that
@@ -171,14 +171,14 @@ def _with_hint(error: BackendUnavailable, entry: ModelEntry) -> BackendUnavailab
 async def _stream(
     prediction: Prediction,
     entry: ModelEntry,
-    grpc: Backend,
+    backend: Backend,
     sink: _Sink,
     asked: PredictInput,
 ) -> None:
     # The target with the fewest calls in flight (see ModelEntry.take_target).
     target = entry.take_target()
     try:
-        await _call(prediction, grpc, sink, target, asked, entry.settings)
+        await _call(prediction, backend, sink, target, asked, entry.settings)
     except BackendUnavailable as exc:
         # Taken out at once: the retry goes to another, if there is one.
         entry.mark(target, "NOT_SERVING" if isinstance(exc, BackendLoading) else "UNAVAILABLE")
@@ -189,14 +189,14 @@ async def _stream(
 
 async def _call(
     prediction: Prediction,
-    grpc: Backend,
+    backend: Backend,
     sink: _Sink,
     target: str,
     asked: PredictInput,
     config: ModelSettings,
 ) -> None:
     first, idle = config.first_output_seconds or math.inf, config.idle_seconds or math.inf
-    async with grpc.predict(target, asked) as stream:
+    async with backend.predict(target, asked) as stream:
         # The messages go to the sink in the wake-up that brings them (no
         # hop through this task per message); this task waits for the end.
         sink.arm(first, idle)

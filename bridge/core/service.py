@@ -50,7 +50,7 @@ class Bridge:
     def __init__(
         self,
         settings: Settings,
-        grpc_loop: Backend,
+        backend: Backend,
         nursery: trio.Nursery,
         store: PredictionStore | None = None,
         offload: Offload | None = None,
@@ -64,10 +64,11 @@ class Bridge:
         self.supervisor = Supervisor(nursery)
         # Another bridge sharing the store asks this one, where it runs.
         self.store.serve_cancels(self._cancel_for_store)
-        self.grpc = grpc_loop
+        #: Every model backend (the gRPC loop, or the tests' fake).
+        self.backend = backend
         self._nursery = nursery
         #: The models, and what their backends say they are.
-        self.catalog = Catalog(settings, grpc_loop, nursery)
+        self.catalog = Catalog(settings, backend, nursery)
         self.admission = Admission(settings.max_running, settings.max_queued)
         #: When this bridge started: what deployments report as their
         #: release's creation (their configuration is this process's).
@@ -197,7 +198,7 @@ class Bridge:
             await runner.run(
                 prediction,
                 entry,
-                grpc=self.grpc,
+                backend=self.backend,
                 describe=self.catalog.describe,
                 observer=self.observer,
                 store=self.store,

@@ -56,7 +56,7 @@ async def _create(
     # before the input (bridge.create) and before anything is created.
     bridge.check_open()
     webhook = body.get("webhook")
-    events = validate_webhook(webhook, body.get("webhook_events_filter"))
+    events_filter = validate_webhook(webhook, body.get("webhook_events_filter"))
     webhooks = context().webhooks
     if webhook is not None:
         await (webhooks.policy if webhooks is not None else WebhookPolicy()).check(webhook)
@@ -71,7 +71,7 @@ async def _create(
     )
     if webhook and webhooks is not None:
         # Its webhooks carry the URLs this request was given.
-        webhooks.start(prediction, webhook, events, partial(_render, bridge, base_url()))
+        webhooks.start(prediction, webhook, events_filter, partial(_render, bridge, base_url()))
     if direct:
         # The OpenAI-style use: this response is the stream, and it owns
         # the prediction.
