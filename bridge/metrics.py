@@ -18,17 +18,8 @@ _SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 
 class Metrics(Observer):
     """The bridge's metrics; gauges are read at scrape time."""
 
-    def __init__(self, bridge: Bridge) -> None:
+    def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
-        Gauge(
-            "bridge_predictions_active", "Predictions running or waiting for a slot.", registry=r
-        ).set_function(lambda: bridge.active)
-        Gauge(
-            "bridge_predictions_queued", "Predictions waiting for a slot.", registry=r
-        ).set_function(lambda: bridge.admission.queued)
-        Gauge(
-            "bridge_grpc_calls_active", "gRPC calls open (Predict, Describe, health).", registry=r
-        ).set_function(lambda: bridge.backend.active_calls)
         self.stream_clients = Gauge("bridge_stream_clients_active", "Open SSE streams.", registry=r)
         self.predictions_total = Counter(
             "bridge_predictions",
@@ -101,6 +92,19 @@ class Metrics(Observer):
             self.duration.labels(prediction.model, status).observe(
                 prediction.completed_clock - prediction.started_clock
             )
+
+    def watch(self, bridge: Bridge) -> None:
+        """Gauges read from *bridge* (which this observes) at scrape time."""
+        r = self.registry
+        Gauge(
+            "bridge_predictions_active", "Predictions running or waiting for a slot.", registry=r
+        ).set_function(lambda: bridge.active)
+        Gauge(
+            "bridge_predictions_queued", "Predictions waiting for a slot.", registry=r
+        ).set_function(lambda: bridge.admission.queued)
+        Gauge(
+            "bridge_grpc_calls_active", "gRPC calls open (Predict, Describe, health).", registry=r
+        ).set_function(lambda: bridge.backend.active_calls)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -118,13 +118,13 @@ async def serve(
         trio.open_nursery() as predictions,
     ):
         _secure_backends(settings, grpc_loop)
-        bridge = Bridge(settings, grpc_loop, predictions, store, offload)
+        metrics = Metrics()  # what the predictions do, counted
+        bridge = Bridge(settings, grpc_loop, predictions, store, offload, metrics)
+        metrics.watch(bridge)
         webhooks = _webhook_sender(settings, http_client, predictions, policy)
         keep_alive = KeepAlive(settings.keepalive_seconds)
         predictions.start_soon(keep_alive.run)
         predictions.start_soon(bridge.watch_targets)
-        metrics = Metrics(bridge)
-        bridge.observer = metrics  # what the predictions do, counted
         app = create_app(bridge, metrics, keep_alive, webhooks)
         stop_http = trio.Event()
         if sockets is None:

@@ -48,7 +48,7 @@ async def test_the_spec_is_valid_and_documents_exactly_the_app_s_routes(
     documented = {(path, method) for path, item in spec["paths"].items() for method in item}
     async with open_fake_backend({}) as backend, trio.open_nursery() as nursery:
         bridge = Bridge(Settings(port=0), backend, nursery)
-        app = create_app(bridge, Metrics(bridge))
+        app = create_app(bridge, Metrics())
     assert documented == _routes(app) - UNDOCUMENTED
     create = spec["paths"]["/v1/predictions"]["post"]["responses"]
     assert {"201", "400", "401", "404", "413", "422", "429", "503"} <= set(create)

@@ -54,6 +54,7 @@ class Bridge:
         nursery: trio.Nursery,
         store: PredictionStore | None = None,
         offload: Offload | None = None,
+        observer: Observer | None = None,
     ) -> None:
         self.settings = settings
         #: Work on many bytes, off the event loop (see bridge.offload).
@@ -73,7 +74,8 @@ class Bridge:
         #: When this bridge started: what deployments report as their
         #: release's creation (their configuration is this process's).
         self.started_at = time.time()
-        self.observer = Observer()
+        #: Told what the predictions do (the metrics; by default, no one).
+        self.observer = observer or Observer()
         self.draining = False
         #: Where the bridge is reached, for URLs outside any request
         #: (webhooks); set by serve() once it knows its port.
