@@ -557,12 +557,7 @@ class MemoryEventLog:
         (never inside a character, nor between the two of a ``\r\n``),
         the head before the first piece and the blank line after the last."""
         data, kind = self._data, self._kinds[index]
-        begin = self._ends[index - 1] if index else 0
-        stop = self._ends[index]
-        a = begin + part
-        b = min(stop, a + max(limit // _framed(1, kind), 1))
-        while b < stop and data[b] & 0xC0 == 0x80:  # a UTF-8 continuation byte
-            b += 1
+        begin, a, b, stop = self._cut(index, part, limit // _framed(1, kind))
         if b < stop and data[b - 1 : b + 1] == b"\r\n":
             b += 1
         piece = bytes(data[a:b])
@@ -616,16 +611,23 @@ class MemoryEventLog:
             out.append(Record(_NAMES[kind], data[a:b].decode(), kind == _JSON))
         return out, stop, 0
 
+    def _cut(self, index: int, part: int, size: int) -> tuple[int, int, int, int]:
+        """Where event *index* begins, and the piece of about *size* of its
+        payload bytes from byte *part* on (never ending inside a UTF-8
+        character): its start and end; and where the event ends."""
+        begin = self._ends[index - 1] if index else 0
+        stop = self._ends[index]
+        a = begin + part
+        b = min(stop, a + max(size, 1))
+        while b < stop and self._data[b] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+            b += 1
+        return begin, a, b, stop
+
     def _record_piece(self, index: int, part: int, limit: int) -> tuple[list[Record], int, int]:
         """About *limit* bytes of event *index*'s data from byte *part* on,
         as a record (see :meth:`_piece`)."""
         data, kind = self._data, self._kinds[index] & ~_BREAKS
-        begin = self._ends[index - 1] if index else 0
-        stop = self._ends[index]
-        a = begin + part
-        b = min(stop, a + max(limit, 1))
-        while b < stop and data[b] & 0xC0 == 0x80:  # a UTF-8 continuation byte
-            b += 1
+        begin, a, b, stop = self._cut(index, part, limit)
         piece = Record(_NAMES[kind], data[a:b].decode(), kind == _JSON)
         if b < stop:
             return [piece], index, b - begin
