@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -523,6 +524,21 @@ async def test_a_client_that_goes_frees_its_connection_at_once(start_bridge: Sta
             assert (await client.get("/health")).status_code == 200
 
 
+async def stall_reading(
+    url: str, asked: bytes, until: bytes, readers: list[trio.socket.SocketType]
+) -> None:
+    """A reader with a 4 kB receive buffer that sends *asked* and reads
+    until *until* has come, then no more (its socket kept in *readers*)."""
+    sock = trio.socket.socket()
+    readers.append(sock)
+    sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    await sock.send(asked)
+    seen = b""
+    while until not in seen:
+        seen = seen[-len(until) :] + await sock.recv(65536)
+
+
 async def test_readers_that_stall_on_large_events_hold_a_slice_each() -> None:
     """Eight output chunks of 1 MB, and 150 readers with a 4 kB receive
     buffer that read the first bytes and no more: each held a whole 1 MB
@@ -541,16 +557,8 @@ async def test_readers_that_stall_on_large_events_hold_a_slice_each() -> None:
             assert whole.count(b"event: output") == 8 and whole.count(b"x") == 8_000_000
             before = rss_bytes(run.pid)
 
-            async def stall() -> None:
-                sock = trio.socket.socket()
-                readers.append(sock)
-                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
-                await sock.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
-                await sock.send(request("GET", path))
-                seen = b""
-                while b"data: xxx" not in seen:  # the bridge is writing its first event
-                    seen = seen[-8:] + await sock.recv(4096)
-
+            # Each stops once the bridge is writing its first event.
+            stall = partial(stall_reading, url, request("GET", path), b"data: xxx", readers)
             with trio.fail_after(60):
                 async with trio.open_nursery() as nursery:
                     for _ in range(150):
@@ -571,7 +579,6 @@ async def test_responses_streams_end_a_slice_at_a_time() -> None:
     sent: 20 readers that stop reading there held +700 MB. Now it is read
     from the log a slice at a time as it is written."""
     run, url, backend_pid = await start_run_demo()
-    port = int(url.rsplit(":", 1)[1])
     ask = {"model": "demo/echo", "input": "x" * 1_000_000, "repeat": 4, "stream": True}
     body = json.dumps(ask).encode()
     head = request("POST", "/v1/responses", body=body, Content_Type="application/json")
@@ -596,16 +603,8 @@ async def test_responses_streams_end_a_slice_at_a_time() -> None:
             assert ended[3]["response"]["output"][0]["content"][0]["text"] == text
             before = rss_bytes(run.pid)
 
-            async def stall_at_the_end() -> None:
-                sock = trio.socket.socket()
-                readers.append(sock)
-                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
-                await sock.connect(("127.0.0.1", port))
-                await sock.send(head)
-                seen = b""
-                while b"event: response.output_text.done" not in seen:
-                    seen = seen[-40:] + await sock.recv(65536)
-
+            at_the_end = b"event: response.output_text.done"
+            stall_at_the_end = partial(stall_reading, url, head, at_the_end, readers)
             with trio.fail_after(120):
                 async with trio.open_nursery() as nursery:
                     for _ in range(20):
