@@ -218,6 +218,9 @@ class ListStore:
         if prediction.output_bytes + cost > cap or not self._fits(cost):
             raise OutputTooLarge("output too large")
 
+    def changed(self, prediction: Prediction) -> None:
+        pass
+
     def ended(self, prediction: Prediction) -> None:
         self._ended.append(prediction)
         self._prune()

@@ -341,11 +341,13 @@ async def test_copies_follow_through_a_span_written_twice_and_a_status_alone(
         first, second = await both_at_once(there.get, prediction.id)
         assert first is second  # one copy, however many ask at once
         prediction.start()  # a status, no event
+        here.changed(prediction)  # as its runner tells the store
         await here.flush()
         with trio.fail_after(5):
             while first.status != "processing":  # noqa: ASYNC110 - no event here for another's read
                 await trio.sleep(0.01)
         prediction.add_output(OutputBatch(["a", "b"]))
+        here.changed(prediction)
         await here.flush()
         client = coredis.Redis.from_url(redis_url)
         async with client:

@@ -21,7 +21,6 @@ import enum
 import json
 import secrets
 import time
-from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -130,9 +129,6 @@ class Prediction:
         self.completed_clock: float | None = None
         #: Its events (its store's kind of log; kept in memory by default).
         self.events: EventLog = events if events is not None else MemoryEventLog()
-        #: Called after each change (status, output, logs, metrics): how a
-        #: store kept outside this process learns what to write.
-        self.on_change: Callable[[Prediction], None] | None = None
 
     # -- as a record ---------------------------------------------------------
 
@@ -222,15 +218,10 @@ class Prediction:
 
     # -- what the model does ------------------------------------------------
 
-    def _changed(self) -> None:
-        if self.on_change is not None:
-            self.on_change(self)
-
     def start(self) -> None:
         self._move(Status.PROCESSING)
         self.started_at = time.time()
         self.started_clock = clock()
-        self._changed()
 
     @property
     def output_count(self) -> int:
@@ -245,19 +236,16 @@ class Prediction:
             self.first_output_clock = clock()
         self.output_bytes += batch.cost
         self.events.append_output(batch)
-        self._changed()
 
     def add_log(self, line: str) -> None:
         self.output_bytes += log_cost(line)
         self.events.append_log(line)
-        self._changed()
 
     def add_metrics(self, values: dict[str, float], cost: int = 0) -> None:
         """Keep the model's metrics; *cost*: what their new names were
         charged (counted with its output, and given back with its data)."""
         self.output_bytes += cost
         self.metrics.update(values)
-        self._changed()
 
     # -- how it ends --------------------------------------------------------
 
@@ -277,7 +265,6 @@ class Prediction:
         self.completed_clock = clock()
         self._record_timing()
         self.events.finish(self.error if status is Status.FAILED else None, done)
-        self._changed()
 
     def _record_timing(self) -> None:
         completed = self.completed_clock

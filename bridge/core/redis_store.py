@@ -334,7 +334,6 @@ class RedisStore:
             raise
         self._local[prediction.id] = prediction
         self._written[prediction.id] = (0, _state(prediction))
-        prediction.on_change = self._changed
 
     async def _undo_add(self, prediction: Prediction) -> None:
         """Take back an add that failed or was cancelled: its writes may
@@ -471,6 +470,10 @@ class RedisStore:
         record["process"] = self.process
         return msgspec.json.encode(record)
 
+    def changed(self, prediction: Prediction) -> None:
+        if prediction.id in self._local:  # else let go of, or its end written
+            self._changed(prediction)
+
     def _changed(self, prediction: Prediction) -> None:
         self._dirty[prediction.id] = prediction
         self._has_dirty.set()
@@ -595,7 +598,6 @@ class RedisStore:
         one under its name then): it is to end in Redis as failed with
         *error* (:meth:`_end_unended`), and here as Redis ends it."""
         pid = prediction.id
-        prediction.on_change = None
         self._local.pop(pid, None)
         self._dirty.pop(pid, None)
         self._written.pop(pid, None)

@@ -259,21 +259,25 @@ class _Sink:
         if prediction.done:  # its store ended it (its cancel is on its way)
             return
         chunks: list[Any] = []
-        for item in batch:
-            if isinstance(item, OutputChunks):
-                chunks += item.chunks
-                continue
+        try:
+            for item in batch:
+                if isinstance(item, OutputChunks):
+                    chunks += item.chunks
+                    continue
+                if chunks:
+                    self.output(chunks)
+                    chunks = []
+                if isinstance(item, LogLine):
+                    self.log(item.line)
+                elif isinstance(item, MetricsUpdate):
+                    self.metrics(item.values)
+                elif isinstance(item, Started) and not prediction.started_at:
+                    prediction.start()
             if chunks:
                 self.output(chunks)
-                chunks = []
-            if isinstance(item, LogLine):
-                self.log(item.line)
-            elif isinstance(item, MetricsUpdate):
-                self.metrics(item.values)
-            elif isinstance(item, Started) and not prediction.started_at:
-                prediction.start()
-        if chunks:
-            self.output(chunks)
+        finally:
+            # Once per batch, even one cut short (over the cap, say).
+            self.store.changed(prediction)
         waited = self.waited
         if waited is not None and waited.deadline > self.deadline():
             waited.deadline = self.deadline()

@@ -86,6 +86,13 @@ class PredictionStore(Protocol):
         past its *cap* or past what the store may keep."""
         ...
 
+    def changed(self, prediction: Prediction) -> None:
+        """*prediction*, which this bridge runs, changed (it started, or
+        took a batch of output, logs or metrics): told by its runner once
+        per batch, so that a store kept elsewhere writes it. (Never waits:
+        it is called where the batch arrives.)"""
+        ...
+
     def ended(self, prediction: Prediction) -> None:
         """*prediction* has ended: its retention windows start. (Called
         where the prediction's task ends, cancelled or not, so it never
@@ -163,6 +170,9 @@ class MemoryStore:
 
     def charge(self, prediction: Prediction, cost: int, cap: int) -> None:
         self._retention.charge(prediction, cost, cap)
+
+    def changed(self, prediction: Prediction) -> None:
+        pass  # kept here: seen as it changes
 
     def ended(self, prediction: Prediction) -> None:
         self._retention.ended(prediction)
