@@ -359,21 +359,31 @@ class WebhookSender:
         self._closed_by: float | None = None
 
     def start(
-        self, prediction: Prediction, url: str, events_filter: frozenset[str], render: Render
+        self,
+        prediction: Prediction,
+        url: str,
+        events_filter: frozenset[str],
+        render: Render,
+        secret: str,
     ) -> None:
         """Deliver *prediction*'s webhooks to *url* in a task of their own
         (see :meth:`follow`)."""
-        self._nursery.start_soon(self._delivering, prediction, url, events_filter, render)
+        self._nursery.start_soon(self._delivering, prediction, url, events_filter, render, secret)
 
     async def _delivering(
-        self, prediction: Prediction, url: str, events_filter: frozenset[str], render: Render
+        self,
+        prediction: Prediction,
+        url: str,
+        events_filter: frozenset[str],
+        render: Render,
+        secret: str,
     ) -> None:
         with trio.CancelScope() as scope:
             self._scopes.add(scope)
             if self._closed_by is not None:
                 scope.deadline = self._closed_by
             try:
-                await self.follow(prediction, url, events_filter, render)
+                await self.follow(prediction, url, events_filter, render, secret)
             finally:
                 self._scopes.discard(scope)
 
@@ -390,11 +400,12 @@ class WebhookSender:
         url: str,
         events_filter: frozenset[str],
         render: Render,
+        secret: str,
     ) -> None:
         """Deliver *prediction*'s webhooks until it has ended and ``completed``
-        is delivered (or given up on), signed with the secret of the token
-        that created it. Never raises but ``Cancelled``."""
-        secret = tenant_secret(self.secret, prediction.owner)
+        is delivered (or given up on), signed with *secret* (that of the
+        token that created it: :func:`tenant_secret`). Never raises but
+        ``Cancelled``."""
         deliver = partial(self._deliver, url, secret, prediction, render)
         try:
             if "start" in events_filter:

@@ -6,7 +6,6 @@ tests/test_store.py."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import uuid
 from functools import partial
@@ -20,7 +19,7 @@ import trio
 
 from bridge.config import ConfigError, Settings
 from bridge.core.events import OutputBatch
-from bridge.core.predictions import Prediction
+from bridge.core.predictions import Prediction, owner_of
 from bridge.core.redis_store import ORPHANED, open_redis_store
 from bridge.errors import Overloaded
 from bridge.http.replicate_json import prediction_json
@@ -385,7 +384,7 @@ async def test_predictions_past_the_metadata_count_leave_the_listings_too(
         made = []
         for _ in range(3):
             prediction = Prediction(
-                model="o/m", version="", input={}, owner=TOKEN, events=store.new_log()
+                model="o/m", version="", input={}, owner=owner_of(TOKEN), events=store.new_log()
             )
             await store.add(prediction)
             prediction.succeed()
@@ -396,9 +395,7 @@ async def test_predictions_past_the_metadata_count_leave_the_listings_too(
         async with client:
             prefix = settings.store_key_prefix
             everyone = await client.zrange(f"{prefix}all", 0, -1)
-            owned = await client.zrange(
-                f"{prefix}own:{hashlib.sha256(TOKEN.encode()).hexdigest()}", 0, -1
-            )
+            owned = await client.zrange(f"{prefix}own:{owner_of(TOKEN)}", 0, -1)
             assert [m.decode() for m in everyone] == [m.decode() for m in owned] == made[-1:]
             assert not await client.exists([f"{prefix}p:{made[0]}", f"{prefix}p:{made[1]}"])
             assert list(await client.hkeys(f"{prefix}owners")) == [made[-1].encode()]

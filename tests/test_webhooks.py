@@ -152,7 +152,7 @@ async def test_output_deliveries_are_throttled(autojump_clock: Any, receiver: Re
     policy = WebhookPolicy(allow_hosts=LOCAL)
     async with open_webhook_client(policy) as client, trio.open_nursery() as nursery:
         sender = WebhookSender(client, SECRET, nursery, throttle=0.5)
-        sender.start(prediction, receiver.url, frozenset(EVENTS), render)
+        sender.start(prediction, receiver.url, frozenset(EVENTS), render, SECRET)
         for i in range(60):  # 3 s of output, a chunk every 50 ms
             await trio.sleep(0.05)
             prediction.add_output(OutputBatch([f"w{i} "]))
@@ -376,7 +376,7 @@ async def test_a_receivers_long_answer_is_not_read(nursery: trio.Nursery) -> Non
     async with open_webhook_client(WebhookPolicy(allow_hosts=LOCAL)) as client:
         sender = WebhookSender(client, SECRET, nursery, timeout=30)
         with trio.fail_after(10):
-            await sender.follow(prediction, url, frozenset({"completed"}), render)
+            await sender.follow(prediction, url, frozenset({"completed"}), render, SECRET)
             await dropped.wait()
     # What the kernel's socket buffers took before the bridge hung up.
     assert sent < 32 << 20, sent

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import hashlib
 import json
 import secrets
 import time
@@ -34,6 +35,7 @@ __all__ = [
     "Status",
     "clock",
     "new_prediction_id",
+    "owner_of",
 ]
 
 
@@ -79,6 +81,12 @@ def new_prediction_id() -> str:
     return base64.b32encode(secrets.token_bytes(20)).decode().lower()[:26]
 
 
+def owner_of(token: str) -> str:
+    """Who *token* is, as predictions record their owner: its SHA-256 (hex),
+    never the token, in memory and in a shared store alike."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
 class Prediction:
     """One prediction: its status, accumulated output and event log."""
 
@@ -97,7 +105,8 @@ class Prediction:
         self.id = id or new_prediction_id()
         #: Creation order, for listing newest first.
         self.seq = seq
-        #: The token that created it (with auth on), the only one that sees it.
+        #: Who created it (with auth on), the only one that sees it: the
+        #: :func:`owner_of` its token.
         self.owner = owner
         self.model = model
         self.version = version

@@ -219,11 +219,6 @@ def _process_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def _owner_key(owner: str) -> str:
-    """What Redis keeps of a token: its SHA-256, never the token."""
-    return hashlib.sha256(owner.encode()).hexdigest()
-
-
 class RedisStore:
     """The :class:`~bridge.core.store.PredictionStore` kept in Redis (open
     it with :func:`open_redis_store`)."""
@@ -324,8 +319,7 @@ class RedisStore:
                 pipe.sadd(self._key("running", self.process), [prediction.id])
                 pipe.zadd(self._key("all"), {prediction.id: prediction.seq})
                 if prediction.owner is not None:
-                    owned = self._key("own", _owner_key(prediction.owner))
-                    pipe.zadd(owned, {prediction.id: prediction.seq})
+                    pipe.zadd(self._key("own", prediction.owner), {prediction.id: prediction.seq})
         except BaseException as exc:
             self._retention.forget(prediction)
             await self._undo_add(prediction)
@@ -347,7 +341,7 @@ class RedisStore:
                     pipe.srem(self._key("running", self.process), [pid])
                     pipe.zrem(self._key("all"), [pid])
                     if prediction.owner is not None:
-                        pipe.zrem(self._key("own", _owner_key(prediction.owner)), [pid])
+                        pipe.zrem(self._key("own", prediction.owner), [pid])
 
     async def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
         prediction = self._local.get(prediction_id)
@@ -365,7 +359,7 @@ class RedisStore:
             except _Gap:
                 log.error("prediction %s: its log in Redis has a gap", prediction_id)
                 raise NotFound(f"prediction {prediction_id} not found") from None
-        if owner is not None and prediction.owner not in (owner, _owner_key(owner)):
+        if owner is not None and prediction.owner != owner:
             raise NotFound(f"prediction {prediction_id} not found")
         return prediction
 
@@ -410,7 +404,7 @@ class RedisStore:
     async def _page(
         self, cursor: str | None, owner: str | None, encode: Callable[[Prediction], Any]
     ) -> Page:
-        index = self._key("own", _owner_key(owner)) if owner is not None else self._key("all")
+        index = self._key("own", owner) if owner is not None else self._key("all")
         direction, seq = parse_cursor(cursor) if cursor else ("b", None)
         taken: list[tuple[Prediction, bytes]] = []
         size = 0
@@ -465,8 +459,6 @@ class RedisStore:
 
     def _record(self, prediction: Prediction) -> bytes:
         record = prediction.record(with_input=False)  # in:<id>, expiring with the data
-        if record["owner"] is not None:
-            record["owner"] = _owner_key(record["owner"])
         record["process"] = self.process
         return msgspec.json.encode(record)
 
@@ -539,9 +531,10 @@ class RedisStore:
                 if held > start or record:
                     span = events.span(start) if held > start else _empty(start)
                     entry = list(_entry(span).values())
-                owner = _owner_key(prediction.owner) if prediction.owner else None
                 keys = [lease, *self._end_keys(pid, self.process)]
-                args = [record, *entry, *self._end_args(pid, now if done else None, owner)]
+                args = [
+                    record, *entry, *self._end_args(pid, now if done else None, prediction.owner)
+                ]  # fmt: skip
                 calls.append((prediction, pipe.evalsha(_WRITE_SHA, keys, args)))
                 sent[pid] = (held, _state(prediction), done)
         lost = ended = forgot = False

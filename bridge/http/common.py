@@ -10,7 +10,7 @@ from quart import Response, current_app, request
 from .. import strictjson
 from .._compat.quart_trio import when_request_ends
 from ..config import Settings
-from ..core.predictions import Prediction
+from ..core.predictions import Prediction, owner_of
 from ..core.service import Bridge
 from ..errors import BadRequest
 from ..metrics import Metrics
@@ -25,6 +25,7 @@ __all__ = [
     "Context",
     "base_url",
     "caller",
+    "caller_owner",
     "context",
     "json_body",
     "json_response",
@@ -100,6 +101,13 @@ def caller(accepted: list[bytes] | None = None) -> str | None:
     [auth] tokens); None when there are none to check against."""
     tokens = context().tokens if accepted is None else accepted
     return bearer_token(request.headers.get("Authorization"), tokens)
+
+
+def caller_owner() -> str | None:
+    """The caller as the predictions it creates record it (their owner:
+    :func:`~bridge.core.predictions.owner_of` its token); None without auth."""
+    token = caller()
+    return None if token is None else owner_of(token)
 
 
 async def prediction_response(

@@ -35,7 +35,7 @@ from ..core.models import ModelEntry
 from ..core.predictions import Prediction, Status
 from ..errors import BackendUnavailable, BridgeError, InvalidInput, NotFound
 from . import stream
-from .common import caller, context, json_body
+from .common import caller_owner, context, json_body
 from .headers import cancel_after
 from .openai_input import (
     Asked,
@@ -116,7 +116,7 @@ async def _create(translate: Callable[[dict[str, Any], dict[str, Any]], Asked]) 
         entry,
         asked.input,
         cancel_after=deadline,
-        owner=caller(),
+        owner=caller_owner(),
         input_size=size,
     )
     when_request_ends(lambda: bridge.cancel(prediction))
@@ -499,7 +499,7 @@ async def get_response(response_id: str) -> Response:
     if not response_id.startswith("resp_"):
         raise NotFound(f"no response {response_id!r}: a response id starts with resp_")
     bridge = context().bridge
-    p = await bridge.get(response_id.removeprefix("resp_"), caller())
+    p = await bridge.get(response_id.removeprefix("resp_"), caller_owner())
     # Only the input is kept of the request: the limit is read from it, as
     # when it was created; instructions and the like are null.
     limit = limit_of(await bridge.offload(p.input_size, lambda: p.input))

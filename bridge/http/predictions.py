@@ -16,11 +16,12 @@ from ..core.predictions import Prediction
 from ..core.service import Bridge
 from ..errors import BadRequest, Gone
 from ..validation import stream_asked, validate_webhook
-from ..webhooks import WebhookPolicy
+from ..webhooks import WebhookPolicy, tenant_secret
 from . import stream
 from .common import (
     base_url,
     caller,
+    caller_owner,
     context,
     json_body,
     no_content,
@@ -66,12 +67,14 @@ async def _create(
         version=version,
         stream=stream_asked(body.get("stream")),
         cancel_after=deadline,
-        owner=caller(),
+        owner=caller_owner(),
         input_size=size,
     )
     if webhook and webhooks is not None:
         # Its webhooks carry the URLs this request was given.
-        webhooks.start(prediction, webhook, events_filter, partial(_render, bridge, base_url()))
+        secret = tenant_secret(webhooks.secret, caller())
+        render = partial(_render, bridge, base_url())
+        webhooks.start(prediction, webhook, events_filter, render, secret)
     if direct:
         # The OpenAI-style use: this response is the stream, and it owns
         # the prediction.
@@ -118,7 +121,7 @@ async def list_predictions() -> Response:
     bridge, base = context().bridge, base_url()
     try:
         page = await bridge.store.page(
-            request.args.get("cursor"), caller(), partial(_render, bridge, base)
+            request.args.get("cursor"), caller_owner(), partial(_render, bridge, base)
         )
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
@@ -139,14 +142,14 @@ async def list_predictions() -> Response:
 
 @blueprint.get("/v1/predictions/<prediction_id>")
 async def get_prediction(prediction_id: str) -> Response:
-    return await prediction_response(await context().bridge.get(prediction_id, caller()))
+    return await prediction_response(await context().bridge.get(prediction_id, caller_owner()))
 
 
 @blueprint.post("/v1/predictions/<prediction_id>/cancel")
 async def cancel_prediction(prediction_id: str) -> Response:
     # No body is read: clients send none, or an empty one.
     bridge = context().bridge
-    prediction = await bridge.get(prediction_id, caller())
+    prediction = await bridge.get(prediction_id, caller_owner())
     return await prediction_response(await bridge.cancel_and_wait(prediction))
 
 
