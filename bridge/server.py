@@ -35,7 +35,6 @@ from hypercorn.config import Sockets
 from ._compat.hypercorn import ConnectionLimits, serve_http
 from .backends.grpc_loop import GrpcLoop, open_grpc_loop
 from .config import Settings
-from .core.redis_store import open_redis_store
 from .core.service import Bridge
 from .core.store import MemoryStore, PredictionStore
 from .errors import ListenError
@@ -43,6 +42,7 @@ from .http import create_app
 from .http.stream import KeepAlive
 from .metrics import Metrics
 from .offload import Offload
+from .store_redis import open_redis_store
 from .webhooks import WebhookPolicy, WebhookSender, load_or_create_secret, open_webhook_client
 
 __all__ = ["StopNow", "connection_limit", "listen", "serve"]

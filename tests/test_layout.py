@@ -128,3 +128,46 @@ def test_no_package_imports_one_that_imports_it_back() -> None:
                 elif target not in path:
                     stack.append((target, [*path, target]))
     assert not cycles, sorted(cycles)[:5]
+
+
+#: What Redis raises when it cannot be reached or answer, by the names the
+#: store's modules could catch it under.
+_REDIS_FAILURES = {"REDIS_ERRORS", "RedisError", "OSError", "ConnectionError", "TimeoutError"}
+
+
+def test_redis_errors_become_the_bridges_in_one_module() -> None:
+    """Only bridge/store_redis/errors.py catches Redis being away (its
+    ``unavailable`` and ``attempt``); the other modules of the store use
+    those, and read their scripts' answers (ResponseError) as answers."""
+    found = []
+    for path in (ROOT / "store_redis").glob("*.py"):
+        if path.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            caught: ast.expr | None = None
+            if isinstance(node, ast.ExceptHandler):
+                caught = node.type
+            elif isinstance(node, ast.Call) and ast.unparse(node.func).endswith("suppress"):
+                caught = ast.Tuple(node.args)
+            names = {
+                n.id if isinstance(n, ast.Name) else n.attr
+                for n in ast.walk(caught) if isinstance(n, ast.Name | ast.Attribute)
+            } if caught is not None else set()  # fmt: skip
+            if names & _REDIS_FAILURES:
+                found.append(f"{path.name}:{node.lineno}: {sorted(names & _REDIS_FAILURES)}")
+    assert not found, found
+
+
+def test_no_class_is_longer_than_a_reader_holds() -> None:
+    """About 300 lines at most: a class past that does several jobs (the
+    Redis store was one class of 37 methods doing five)."""
+    long = []
+    for path in ROOT.rglob("*.py"):
+        if "_proto" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 300:
+                    long.append(f"{path.relative_to(ROOT)}: {node.name}, {lines} lines")
+    assert not long, long

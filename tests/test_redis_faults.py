@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trio
 
-from bridge.core.redis_store import ORPHANED, VANISHED
+from bridge.store_redis import ORPHANED, VANISHED
 from tests.conftest import (
     StartBridge,
     create,

@@ -20,10 +20,10 @@ import trio
 from bridge.config import ConfigError, Settings
 from bridge.core.events import OutputBatch
 from bridge.core.predictions import Prediction, owner_of
-from bridge.core.redis_store import ORPHANED, open_redis_store
 from bridge.errors import Overloaded
 from bridge.http.replicate_json import prediction_json
 from bridge.server import serve
+from bridge.store_redis import ORPHANED, open_redis_store
 
 from .conftest import (
     GATES,

@@ -19,9 +19,9 @@ import trio
 
 from bridge.config import Settings
 from bridge.core.predictions import Prediction
-from bridge.core.redis_store import RedisStore
 from bridge.core.store import MemoryStore, PredictionStore
 from bridge.errors import NotFound, OutputTooLarge, Overloaded
+from bridge.store_redis import RedisStore
 from tests.fakes import ListStore
 
 NewStore = Callable[..., PredictionStore]
@@ -45,9 +45,7 @@ async def new_store(request: pytest.FixtureRequest, redis_url: str) -> AsyncIter
             prefix = f"t{uuid.uuid4().hex[:12]}:"
             config = Settings(port=0, store_url=redis_url, store_key_prefix=prefix, **settings)
             store = RedisStore(config, client, reader)
-            nursery.start_soon(store.hold_lease)  # before its first write
-            nursery.start_soon(store.write_forever)
-            nursery.start_soon(store.read_forever)
+            nursery.start_soon(store.run)  # its writes wait for its lease
             return store
 
         yield new_redis

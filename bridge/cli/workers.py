@@ -43,8 +43,8 @@ RESTART_SECONDS = 1.0
 async def serve_workers(settings: Settings, log_format: str, caught: Signals) -> int:
     """Serve *settings* with ``settings.workers`` processes until *caught*
     sees a signal; the exit status."""
-    from ..core.redis_store import check_reachable
     from ..server import listen
+    from ..store_redis import check_reachable
 
     assert settings.store_url is not None  # the settings require it
     await check_reachable(settings.store_url)  # else one error, not one per worker
@@ -128,7 +128,7 @@ def _worker(settings: Settings, sockets: Sockets, log_format: str) -> None:
 
     from ..backends.grpc_loop import run as run_trio
     from ..config import ConfigError
-    from ..core.redis_store import StoreUnreachable
+    from ..store_redis import StoreUnreachable
     from .logs import setup_logging
     from .signals import lone, serve_until_signal
 

@@ -485,7 +485,7 @@ class MemoryEventLog:
         """The SSE frames of the events from *start* on, at most about
         *limit* bytes of them, and where the next read starts. An event
         whose frame could be larger than *limit* (its payload, or a seventh
-        of it for text with line breaks) is read in pieces (:meth:`_piece`;
+        of it for text with line breaks) is read in pieces (:func:`_piece`;
         *part* is how many of its payload bytes were read)."""
         end = self._count
         data, ends, kinds = self._data, self._ends, self._kinds
@@ -504,7 +504,7 @@ class MemoryEventLog:
         if start >= end:
             return b"", start, 0
         if part or _framed(ends[start] - (ends[start - 1] if start else 0), kinds[start]) > limit:
-            return self._piece(start, part, limit)
+            return _piece(self, start, part, limit)
         frames: list[bytes] = []
         size = 0
         i = start
@@ -551,31 +551,6 @@ class MemoryEventLog:
             i += keep
         return b"".join(frames), i, 0
 
-    def _piece(self, index: int, part: int, limit: int) -> tuple[bytes, int, int]:
-        """About *limit* bytes of the frame of event *index*, one too large
-        to frame whole for each reader: its payload from byte *part* on
-        (never inside a character, nor between the two of a ``\r\n``),
-        the head before the first piece and the blank line after the last."""
-        data, kind = self._data, self._kinds[index]
-        begin, a, b, stop = self._cut(index, part, limit // _framed(1, kind))
-        if b < stop and data[b - 1 : b + 1] == b"\r\n":
-            b += 1
-        piece = bytes(data[a:b])
-        if kind & _BREAKS:  # each line break starts a data: line, as bridge.sse writes it
-            piece = sse.data_lines(piece.decode()).encode()
-        if not part:
-            run = bisect.bisect_right(self._second_starts, index) - 1
-            piece = b"%b%d:%d%b%b" % (
-                _HEADS[kind & ~_BREAKS],
-                self._seconds[run],
-                index,
-                sse.DATA,
-                piece,
-            )
-        if b < stop:
-            return piece, index, b - begin
-        return piece + sse.END, index + 1, 0
-
     def names(self, start: int) -> set[str]:
         """The names of the events from *start* on."""
         return {_NAMES[kind & ~_BREAKS] for kind in set(self._kinds[start : self._count])}
@@ -589,7 +564,7 @@ class MemoryEventLog:
         ends = self._ends
         begin = ends[start - 1] if start else 0
         if part or ends[start] - begin > limit:
-            return self._record_piece(start, part, limit)
+            return _record_piece(self, start, part, limit)
         # Up to the event that reaches the limit (found in C, no step per
         # event), and no more than MAX_RECORDS (empty chunks cost no bytes).
         stop = min(
@@ -611,32 +586,65 @@ class MemoryEventLog:
             out.append(Record(_NAMES[kind], data[a:b].decode(), kind == _JSON))
         return out, stop, 0
 
-    def _cut(self, index: int, part: int, size: int) -> tuple[int, int, int, int]:
-        """Where event *index* begins, and the piece of about *size* of its
-        payload bytes from byte *part* on (never ending inside a UTF-8
-        character): its start and end; and where the event ends."""
-        begin = self._ends[index - 1] if index else 0
-        stop = self._ends[index]
-        a = begin + part
-        b = min(stop, a + max(size, 1))
-        while b < stop and self._data[b] & 0xC0 == 0x80:  # a UTF-8 continuation byte
-            b += 1
-        return begin, a, b, stop
-
-    def _record_piece(self, index: int, part: int, limit: int) -> tuple[list[Record], int, int]:
-        """About *limit* bytes of event *index*'s data from byte *part* on,
-        as a record (see :meth:`_piece`)."""
-        data, kind = self._data, self._kinds[index] & ~_BREAKS
-        begin, a, b, stop = self._cut(index, part, limit)
-        piece = Record(_NAMES[kind], data[a:b].decode(), kind == _JSON)
-        if b < stop:
-            return [piece], index, b - begin
-        return [piece], index + 1, 0
-
     # -- what the prediction object shows -----------------------------------
 
     def snapshot(self) -> LogView:
         return LogView(self._data, self._ends, self._kinds, self._count)
+
+
+# -- an event too large to frame whole: read a piece at a time --------------
+
+
+def _piece(log: MemoryEventLog, index: int, part: int, limit: int) -> tuple[bytes, int, int]:
+    """About *limit* bytes of the frame of *log*'s event *index*, one too large
+    to frame whole for each reader: its payload from byte *part* on
+    (never inside a character, nor between the two of a ``\r\n``),
+    the head before the first piece and the blank line after the last."""
+    data, kind = log._data, log._kinds[index]
+    begin, a, b, stop = _cut(log, index, part, limit // _framed(1, kind))
+    if b < stop and data[b - 1 : b + 1] == b"\r\n":
+        b += 1
+    piece = bytes(data[a:b])
+    if kind & _BREAKS:  # each line break starts a data: line, as bridge.sse writes it
+        piece = sse.data_lines(piece.decode()).encode()
+    if not part:
+        run = bisect.bisect_right(log._second_starts, index) - 1
+        piece = b"%b%d:%d%b%b" % (
+            _HEADS[kind & ~_BREAKS],
+            log._seconds[run],
+            index,
+            sse.DATA,
+            piece,
+        )
+    if b < stop:
+        return piece, index, b - begin
+    return piece + sse.END, index + 1, 0
+
+
+def _cut(log: MemoryEventLog, index: int, part: int, size: int) -> tuple[int, int, int, int]:
+    """Where *log*'s event *index* begins, and the piece of about *size* of its
+    payload bytes from byte *part* on (never ending inside a UTF-8
+    character): its start and end; and where the event ends."""
+    begin = log._ends[index - 1] if index else 0
+    stop = log._ends[index]
+    a = begin + part
+    b = min(stop, a + max(size, 1))
+    while b < stop and log._data[b] & 0xC0 == 0x80:  # a UTF-8 continuation byte
+        b += 1
+    return begin, a, b, stop
+
+
+def _record_piece(
+    log: MemoryEventLog, index: int, part: int, limit: int
+) -> tuple[list[Record], int, int]:
+    """About *limit* bytes of *log*'s event *index*'s data from byte *part* on,
+    as a record (see :func:`_piece`)."""
+    data, kind = log._data, log._kinds[index] & ~_BREAKS
+    begin, a, b, stop = _cut(log, index, part, limit)
+    piece = Record(_NAMES[kind], data[a:b].decode(), kind == _JSON)
+    if b < stop:
+        return [piece], index, b - begin
+    return [piece], index + 1, 0
 
 
 class HeldEventLog(MemoryEventLog):

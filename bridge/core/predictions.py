@@ -34,6 +34,7 @@ __all__ = [
     "Prediction",
     "Status",
     "clock",
+    "failed_record",
     "new_prediction_id",
     "owner_of",
 ]
@@ -64,6 +65,20 @@ _TRANSITIONS: dict[Status, frozenset[Status]] = {
 
 class IllegalTransition(RuntimeError):
     """Raised when a prediction is moved to a status its table forbids."""
+
+
+def _check_move(prediction_id: str, current: Status, status: Status) -> None:
+    if status not in _TRANSITIONS[current]:
+        raise IllegalTransition(f"prediction {prediction_id}: {current} -> {status}")
+
+
+def failed_record(record: dict[str, Any], error: str, completed_at: float) -> dict[str, Any]:
+    """A :meth:`Prediction.record` ended as failed with *error*, through the
+    table (:class:`IllegalTransition` if it has ended): how a store ends a
+    prediction that its own task cannot end (its process stopped, or the
+    store lost track of it)."""
+    _check_move(record["id"], Status(record["status"]), Status.FAILED)
+    return record | {"status": str(Status.FAILED), "error": error, "completed_at": completed_at}
 
 
 def clock() -> float:
@@ -186,7 +201,10 @@ class Prediction:
     def refresh(self, record: dict[str, Any]) -> None:
         """Take what changes as it runs (status, times, metrics) from a
         newer :meth:`record` of it: a copy of a prediction that another
-        process runs follows it so."""
+        process runs follows it so. The record is the store's word, which
+        every process shows (its status went through the table where it
+        was decided): it replaces whatever this object said and no reader
+        was shown (a prediction its store ended otherwise)."""
         self.status = Status(record["status"])
         for name in ("version", "error", "started_at", "completed_at", "output_bytes"):
             setattr(self, name, record[name])
@@ -221,8 +239,7 @@ class Prediction:
         self.data_removed = True
 
     def _move(self, status: Status) -> None:
-        if status not in _TRANSITIONS[self.status]:
-            raise IllegalTransition(f"prediction {self.id}: {self.status} -> {status}")
+        _check_move(self.id, self.status, status)
         self.status = status
 
     # -- what the model does ------------------------------------------------

@@ -1,0 +1,144 @@
+"""The Lua scripts Redis runs for the store, each in one step, and how
+they are called: by their SHA-1, loaded again if Redis forgot them (it
+forgets them when it restarts)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import coredis
+import coredis.exceptions
+
+from ..config import Settings
+
+__all__ = ["FAIL", "LEASE", "WRITE", "Script", "Scripts", "end_args"]
+
+
+class Script:
+    """A script's text and the SHA-1 Redis knows it by."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.sha = hashlib.sha1(text.encode()).hexdigest()
+
+
+# What a prediction's end does to its keys: they expire as retention says,
+# and it joins the ended ones. Its keys are Keys.end's, its arguments
+# end_args'.
+_ENDED = """
+local function ended(p, input, log, ended, kept, running, owners, now, data, metadata, owner, id)
+  redis.call('EXPIRE', p, metadata)
+  redis.call('EXPIRE', input, data)
+  redis.call('EXPIRE', log, data)
+  redis.call('ZADD', ended, now, id)
+  redis.call('ZADD', kept, now, id)
+  redis.call('SREM', running, id)
+  if owner ~= '' then redis.call('HSET', owners, id, owner) end
+end
+"""
+
+#: One prediction's batch (its record if it changed, its new events as one
+#: entry, and its end), written only while this process holds its lease:
+#: once a survivor may have ended the prediction, nothing more is written.
+#: KEYS: lease, then Keys.end's; ARGV: record or '', the entry's i p l k t
+#: ('' for i: no entry), then end_args (now '' unless it ended). Refused as
+#: a whole when Redis is out of memory (no allow-oom).
+WRITE = Script(
+    "#!lua\n"
+    + _ENDED
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('FENCED this bridge process lost its lease')
+end
+if ARGV[1] ~= '' then redis.call('SET', KEYS[2], ARGV[1]) end
+if ARGV[2] ~= '' then
+  local entry = {'i', ARGV[2], 'p', ARGV[3], 'l', ARGV[4], 'k', ARGV[5], 't', ARGV[6]}
+  if ARGV[1] ~= '' then table.insert(entry, 'r'); table.insert(entry, ARGV[1]) end
+  redis.call('XADD', KEYS[4], '*', unpack(entry))
+end
+if ARGV[7] ~= '' then
+  ended(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8],
+        ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+end
+return 1
+"""
+)
+
+#: End a running prediction as failed: its record, an ending entry after
+#: the last one its log has (``error`` and ``done``), its keys' expiry;
+#: unless its record changed since it was read (-1: read again) or is gone
+#: (-2). Returns the index the ending starts at. Runs when Redis is out of
+#: memory too (allow-oom: a few hundred bytes), so that a prediction whose
+#: output Redis refused still ends, for every reader.
+#: KEYS: Keys.end's; ARGV: the record read, the ended record, the ending's
+#: p l k t, then end_args.
+FAIL = Script(
+    "#!lua flags=allow-oom\n"
+    + _ENDED
+    + """
+local current = redis.call('GET', KEYS[1])
+if not current then return -2 end
+if current ~= ARGV[1] then return -1 end
+local start = 0
+local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local fields, i, k = last[1][2], 0, ''
+  for j = 1, #fields, 2 do
+    if fields[j] == 'i' then i = tonumber(fields[j + 1]) end
+    if fields[j] == 'k' then k = fields[j + 1] end
+  end
+  start = i + string.len(k)
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('XADD', KEYS[3], '*', 'i', start, 'p', ARGV[3], 'l', ARGV[4], 'k', ARGV[5],
+           't', ARGV[6], 'r', ARGV[2])
+ended(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
+      ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
+return start
+"""
+)
+
+#: Take a lease: its key, and the process among the processes. Runs when
+#: Redis is out of memory too: a lease never starves behind output.
+#: KEYS: lease processes; ARGV: its life in ms, the process.
+LEASE = Script(
+    """#!lua flags=allow-oom
+redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return 1
+"""
+)
+
+
+def end_args(
+    settings: Settings, prediction_id: str, now: float | None, owner: str | None
+) -> list[str]:
+    """The arguments of a prediction's end (*now* None: it has not ended),
+    in the order the scripts' ``ended`` takes them."""
+    return [
+        "" if now is None else str(now),
+        str(max(1, int(settings.retention_seconds))),
+        str(max(1, int(settings.metadata_retention_seconds))),
+        owner or "",
+        prediction_id,
+    ]
+
+
+class Scripts:
+    """Runs the scripts on a client."""
+
+    def __init__(self, client: coredis.Redis[bytes]) -> None:
+        self._client = client
+
+    async def load(self) -> None:
+        for script in (WRITE, FAIL, LEASE):
+            await self._client.script_load(script.text)
+
+    async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """Run *script*, loading the scripts first if Redis forgot them."""
+        try:
+            return await self._client.evalsha(script.sha, keys, args)
+        except coredis.exceptions.NoScriptError:
+            await self.load()
+            return await self._client.evalsha(script.sha, keys, args)

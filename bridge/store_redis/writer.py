@@ -1,0 +1,301 @@
+"""The predictions this process runs, mirrored to Redis by one task.
+
+Each prediction has one writer, the process running it, which keeps it
+live in memory and mirrors it to Redis. Costs are per batch, not per
+token: every prediction that changed since the last write goes in one
+pipeline, one script call each (:data:`~.scripts.WRITE`: its record if
+what it says changed, and its new events as one ``XADD`` of a
+:class:`~bridge.core.events.Span`, if this process still holds its lease),
+so at load one round trip carries many predictions' batches. Readers here
+see a prediction's events once Redis holds them
+(:class:`~bridge.core.events.HeldEventLog`): one history, whichever
+process a reader is on.
+
+A prediction is *let go of* when it can no longer be written: Redis
+refused its output (out of memory), this process lost its lease (a
+survivor may have ended it), or Redis has been away for ``lease_seconds``.
+Its task is stopped, and it ends as failed in Redis (or as a survivor
+ended it there), and here exactly so (:mod:`.endings`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+import coredis.exceptions
+import trio
+
+from ..backoff import delays
+from ..core.events import HeldEventLog
+from ..core.predictions import Prediction
+from ..core.retention import Retention
+from . import codec
+from .db import Db
+from .endings import ORPHANED, REFUSED, end_as, ending_here, fail_in_store
+from .errors import attempt, brief
+from .leases import Lease
+from .scripts import WRITE, end_args
+from .trim import trim
+
+__all__ = ["Writer"]
+
+log = logging.getLogger("bridge.store_redis")
+
+#: Once Redis refused a write for want of memory, creates get 503 until
+#: its used_memory is below this share of its maxmemory (room for them to
+#: write something), asked at most every REFUSAL_SECONDS.
+ROOM = 0.9
+REFUSAL_SECONDS = 1.0
+
+
+class _LetGo(NamedTuple):
+    """A prediction let go of, whose end Redis does not hold yet."""
+
+    prediction: Prediction
+    process: str  # the name of the process that ran it
+    error: str  # what it ends with
+    shown: str  # its status as Redis last took it (what readers saw)
+
+
+class Writer:
+    """This process's predictions, and the task that writes them."""
+
+    def __init__(self, db: Db, lease: Lease, stop: Callable[[str], object]) -> None:
+        self._db = db
+        self._lease = lease
+        self._stop = stop  # stops a prediction's task here
+        #: The predictions this process runs (until their end is written).
+        self.local: dict[str, Prediction] = {}
+        self.retention = Retention(
+            self.local,
+            max_bytes=db.settings.max_retained_bytes,
+            seconds=float("inf"),
+            count=1 << 62,
+            metadata_seconds=float("inf"),
+            metadata_count=1 << 62,
+        )
+        # Predictions changed since the last write; how many of each one's
+        # events Redis has, and what its record there says.
+        self._dirty: dict[str, Prediction] = {}
+        self._written: dict[str, tuple[int, codec.State]] = {}
+        self._has_dirty = trio.Event()
+        self._writing = False
+        self._wrote = trio.Event()
+        self._let_go: dict[str, _LetGo] = {}
+        # When Redis last refused a write (out of memory), and when it was
+        # last asked whether it has room again (Trio's clock).
+        self._refused_at: float | None = None
+        self._room_asked_at = -math.inf
+        # One task at a time ends what was let go of.
+        self._ending = trio.Lock()
+
+    def running(self, prediction: Prediction) -> None:
+        """*prediction* (in Redis now) runs here."""
+        self.local[prediction.id] = prediction
+        self._written[prediction.id] = (0, codec.state(prediction))
+
+    def changed(self, prediction: Prediction) -> None:
+        """Write *prediction* with the next batch, if it is still written."""
+        if prediction.id in self.local:
+            self._dirty[prediction.id] = prediction
+            self._has_dirty.set()
+
+    async def flush(self) -> None:
+        while self._dirty or self._writing or self._let_go:
+            await self._wrote.wait()
+
+    async def refusing(self) -> bool:
+        """Whether Redis refuses writes for want of memory: it refused one,
+        and has not had room since (see :data:`ROOM`)."""
+        if self._refused_at is None:
+            return False
+        now = trio.current_time()
+        if now - self._room_asked_at >= REFUSAL_SECONDS:
+            self._room_asked_at = now
+            with attempt("ask Redis how much memory it uses") as tried:
+                memory = await self._db.client.info("memory")
+            if tried.failed:
+                return True
+            limit, used = (int(str(memory.get(k) or 0)) for k in ("maxmemory", "used_memory"))
+            if not limit or used < limit * ROOM:
+                self._refused_at = None
+        return self._refused_at is not None
+
+    async def write_forever(self) -> None:
+        """Write what changed, one pipeline at a time, for as long as the
+        store is open; a write that fails is retried (with backoff) with
+        whatever changed meanwhile."""
+        waits, retrying = delays(0.1, 2.0), False
+        await self._lease.tried.wait()
+        while True:
+            if not self._let_go:
+                await self._has_dirty.wait()
+            batch, self._dirty = self._dirty, {}
+            self._has_dirty = trio.Event()
+            self._writing = True
+            try:
+                with attempt("write predictions to Redis (retrying)") as tried:
+                    if retrying:
+                        # Away a while: the lease may have lapsed, and
+                        # survivors may have ended these; not written over.
+                        await self.check_lease()
+                    await self._end_let_go()
+                    await self._write([p for p in batch.values() if p.id in self.local])
+                if tried.failed:
+                    self._dirty = batch | self._dirty
+                    self._has_dirty.set()
+                    retrying = True
+                    await trio.sleep(next(waits))
+                else:
+                    waits, retrying = delays(0.1, 2.0), False
+            finally:
+                self._writing = False
+                self._wrote.set()
+                self._wrote = trio.Event()
+
+    async def _write(self, predictions: list[Prediction]) -> None:
+        """Each prediction's batch, one script call each, in one round trip.
+        What Redis holds is then shown to readers here (and nothing else:
+        one history); a prediction whose batch Redis refused ends as failed;
+        if this process lost its lease, every one it runs does."""
+        if not predictions:
+            return
+        sent: dict[str, tuple[int, codec.State, bool]] = {}
+        calls = []
+        now = time.time()
+        keys, process = self._db.keys, self._lease.process
+        async with self._db.client.pipeline(transaction=False, raise_on_error=False) as pipe:
+            for prediction in predictions:
+                pid = prediction.id
+                start, state = self._written[pid]
+                events = prediction.events
+                assert isinstance(events, HeldEventLog)
+                held, done = events.held, prediction.done
+                # The record only when what it says changed (status, metrics):
+                # not per batch of output (measured: half a paced chunk's
+                # cost in the writer).
+                record = b""
+                if codec.state(prediction) != state or done:
+                    record = codec.encode_record(prediction, process)
+                # A span (maybe empty), and with a new record for its copies
+                # elsewhere to take (the final one with the end).
+                entry: list[bytes] = [b""] * 5
+                if held > start or record:
+                    entry = codec.entry(events.span(start) if held > start else codec.empty(start))
+                ending = end_args(self._db.settings, pid, now if done else None, prediction.owner)
+                call = pipe.evalsha(
+                    WRITE.sha, [keys.lease(process), *keys.end(pid, process)],
+                    [record, *entry, *ending],
+                )  # fmt: skip
+                calls.append((prediction, call))
+                sent[pid] = (held, codec.state(prediction), done)
+        lost = ended = forgot = False
+        for prediction, call in calls:
+            try:
+                await call
+            except coredis.exceptions.NoScriptError:
+                forgot = True  # Redis restarted: written again
+                self.changed(prediction)
+                continue
+            except coredis.exceptions.ResponseError as exc:  # the script's answer
+                if str(exc).startswith("FENCED"):
+                    lost = True
+                elif prediction.id in self.local:
+                    self._refused(prediction, exc)
+                continue
+            if prediction.id not in self.local:
+                continue  # let go of meanwhile (a lost lease)
+            held, state, done = sent[prediction.id]
+            self._written[prediction.id] = (held, state)
+            events = prediction.events
+            assert isinstance(events, HeldEventLog)
+            events.show(held)
+            if done:  # Redis has it all now
+                ended = True
+                self._forget(prediction)
+        if forgot:
+            await self._db.scripts.load()
+        if lost:
+            await self._lost_lease(process)
+        await self._end_let_go()
+        if ended:
+            with attempt("trim ended predictions in Redis"):  # not retried: written already
+                await trim(self._db)
+
+    def _forget(self, prediction: Prediction) -> tuple[int, codec.State]:
+        """No longer write *prediction*: what Redis last took of it."""
+        del self.local[prediction.id]
+        self._dirty.pop(prediction.id, None)
+        self.retention.forget(prediction)
+        return self._written.pop(prediction.id)
+
+    def _refused(self, prediction: Prediction, exc: Exception) -> None:
+        """Redis refused *prediction*'s batch (out of memory, say): it ends
+        as failed, saying why, and only it; creates wait until Redis has
+        room again."""
+        self._refused_at = trio.current_time()
+        log.error(
+            "Redis refused to keep the output of prediction %s (%s): it ends as failed",
+            prediction.id,
+            brief(exc),
+        )
+        self.let_go(prediction, self._lease.process, REFUSED.format(brief(exc, 120)))
+
+    def let_go(self, prediction: Prediction, process: str, error: str) -> None:
+        """Stop running and writing *prediction* (run by *process*: this
+        one, under that name): it is to end in Redis as failed with *error*
+        (:meth:`_end_let_go`), and here as Redis ends it."""
+        _, (shown, _, _) = self._forget(prediction)
+        self._let_go[prediction.id] = _LetGo(prediction, process, error, shown)
+        self._stop(prediction.id)
+
+    def let_go_all(self, process: str, error: str) -> None:
+        for prediction in list(self.local.values()):
+            self.let_go(prediction, process, error)
+
+    async def _end_let_go(self) -> None:
+        """End in Redis the predictions let go of (or find how a survivor
+        ended them), and end them so here: their readers here see what
+        every other process's see."""
+        async with self._ending:
+            for pid, gone in list(self._let_go.items()):
+                ending = await fail_in_store(self._db, pid, gone.process, gone.error)
+                if ending is None:  # Redis no longer has it: ended here alone
+                    ending = ending_here(gone.prediction, gone.shown, gone.error)
+                end_as(gone.prediction, *ending)
+                del self._let_go[pid]
+
+    def end_here(self) -> None:
+        """End here, as Redis will once it answers, what was let go of:
+        their readers here wait for Redis no longer."""
+        for gone in self._let_go.values():
+            if not gone.prediction.events.closed:
+                end_as(gone.prediction, *ending_here(gone.prediction, gone.shown, gone.error))
+
+    async def check_lease(self) -> None:
+        """Refresh the lease; if it lapsed meanwhile, :meth:`_lost_lease`."""
+        if not await self._lease.refresh():
+            await self._lost_lease(self._lease.process)
+
+    async def _lost_lease(self, old: str) -> None:
+        """This process was away from Redis longer than its lease: survivors
+        may have failed its running predictions, and nothing of theirs may
+        be written any more. They are stopped and let go of, and end here
+        as they end in Redis (a survivor's ending, or this process's if
+        none wrote one yet); this process goes on under a new name and
+        lease. (*old*: the name whose lease was lost; nothing to do if this
+        process goes by another already.)"""
+        if old != self._lease.process:
+            return
+        log.error(
+            "this bridge process lost its lease in Redis (away for more than "
+            "lease_seconds): its running predictions end as failed"
+        )
+        self._lease.rename()
+        self.let_go_all(old, ORPHANED)
+        await self._lease.take()
+        await self._end_let_go()
