@@ -171,3 +171,49 @@ def test_no_class_is_longer_than_a_reader_holds() -> None:
                 if lines > 300:
                     long.append(f"{path.relative_to(ROOT)}: {node.name}, {lines} lines")
     assert not long, long
+
+
+def _drawing() -> tuple[dict[str, str], set[tuple[str, str]]]:
+    """docs/architecture.md's drawing of what imports what: each node's
+    module (or package) and the arrows between nodes."""
+    text = (ROOT.parent / "docs" / "architecture.md").read_text()
+    section = text.split("## The packages, and what imports what", 1)[1]
+    chart = section.split("```mermaid", 1)[1].split("```", 1)[0]
+    nodes: dict[str, str] = {}
+    arrows = set()
+    for line in chart.splitlines()[2:]:
+        ends = []
+        for part in line.split("-->"):
+            node = re.fullmatch(r'\s*(\w+)(?:\["([^" ]+)[^"]*"\])?\s*', part)
+            assert node, line
+            if node[2]:
+                nodes[node[1]] = node[2].removesuffix(".py").replace("/", ".")
+            ends.append(node[1])
+        arrows.add((ends[0], ends[1]))
+    return nodes, arrows
+
+
+def test_the_architecture_drawing_shows_every_import_between_its_parts() -> None:
+    """Every arrow of the drawing is an import, every import between two
+    parts is an arrow, and what it does not draw imports nothing drawn."""
+    nodes, drawn = _drawing()
+
+    def part(module: str) -> str | None:
+        for node, prefix in nodes.items():
+            if module == prefix or module.startswith(prefix + "."):
+                return node
+        return None
+
+    real, leaks = set(), []
+    for name, targets in _imports().items():
+        if name in ("bridge", "bridge.__main__"):  # the entry points
+            continue
+        for target in targets:
+            source, dest = part(name), part(target)
+            if source is None and dest is not None:
+                leaks.append(f"{name} (not drawn) imports {target}")
+            elif source is not None and dest is not None and source != dest:
+                real.add((source, dest))
+    assert not leaks, leaks
+    assert sorted(real - drawn) == [], "imports the drawing misses"
+    assert sorted(drawn - real) == [], "arrows that are no import"
