@@ -32,13 +32,13 @@ import hypercorn.config
 import trio
 from hypercorn.config import Sockets
 
-from ._compat.hypercorn import ConnectionLimits, serve_http
 from .backends.grpc_loop import GrpcLoop, open_grpc_loop
 from .config import Settings
 from .core.service import Bridge
 from .core.store import MemoryStore, PredictionStore
 from .errors import ListenError
 from .http import create_app
+from .http.server import ConnectionLimits, serve_http
 from .http.stream import KeepAlive
 from .metrics import Metrics
 from .offload import Offload

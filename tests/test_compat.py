@@ -14,7 +14,7 @@ from hypercorn.protocol.h11 import H11Protocol
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import EventWrapper
 
-from bridge._compat.hypercorn import head_problem
+from bridge.http.heads import head_problem
 
 
 def test_hypercorn_tcp_server_makes_its_protocol_in_run_and_closes_with_close() -> None:

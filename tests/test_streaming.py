@@ -462,10 +462,10 @@ async def test_a_reader_with_no_writer_gets_each_event_as_it_comes() -> None:
 def backed_up(monkeypatch: pytest.MonkeyPatch) -> trio.Event:
     """Set once a write straight to a caught-up reader leaves bytes unsent
     (its socket filled mid-event)."""
-    from bridge._compat import hypercorn as compat
+    from bridge._compat import hypercorn_tcp as compat
 
     event = trio.Event()
-    write_chunk_nowait = compat._Connection.write_chunk_nowait
+    write_chunk_nowait = compat.Connection.write_chunk_nowait
 
     def spy(self: Any, data: bytes) -> bool:
         taken = write_chunk_nowait(self, data)
@@ -473,7 +473,7 @@ def backed_up(monkeypatch: pytest.MonkeyPatch) -> trio.Event:
             event.set()
         return taken
 
-    monkeypatch.setattr(compat._Connection, "write_chunk_nowait", spy)
+    monkeypatch.setattr(compat.Connection, "write_chunk_nowait", spy)
     return event
 
 

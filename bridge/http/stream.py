@@ -14,7 +14,7 @@ closes (after ``done``) it ends.
 A reader that has caught up waits for news as the log's follower
 (:class:`_Follower`). On an HTTP/1.x connection over plain TCP it is
 written to in the log's append itself: the new events go to its socket
-there and then (:class:`bridge._compat.hypercorn.ChunkWriter`), with no
+there and then (:class:`bridge._compat.hypercorn_tcp.ChunkWriter`), with no
 wake-up of the reader's task and no pass through Quart's and hypercorn's
 response machinery, the live stream's hot path (17% less CPU per paced
 event). Its task is woken when that cannot be done (the socket does not
@@ -47,7 +47,7 @@ from prometheus_client import Gauge
 from quart import Response
 
 from .. import sse
-from .._compat.hypercorn import ChunkWriter, chunk_writer
+from .._compat.hypercorn_tcp import ChunkWriter, chunk_writer
 from ..core.events import SLICE_BYTES, EventLog
 
 __all__ = [
