@@ -44,6 +44,7 @@ port: expected `int`, got `str```. Values built in code
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import re
 import tomllib
@@ -52,7 +53,9 @@ from typing import Annotated, Any
 
 import msgspec
 
-__all__ = ["ConfigError", "DeploymentSettings", "ModelSettings", "Settings"]
+__all__ = ["RENAMED", "ConfigError", "DeploymentSettings", "ModelSettings", "Settings"]
+
+log = logging.getLogger(__name__)
 
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*/[a-z0-9][a-z0-9_.-]*$", re.IGNORECASE)
 
@@ -138,8 +141,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: Host names requests may name (``.example.com``: it and any name
     #: under it); empty: any valid one. Others get 400.
     allowed_hosts: tuple[Text, ...] = ()
-    #: Idle streams get a ``: ping`` comment this often.
-    keepalive_seconds: Seconds = 15.0
+    #: Idle streams get a ``: ping`` comment this often (``keepalive_seconds``
+    #: before 2026-12, still read with a warning: see :data:`RENAMED`).
+    ping_seconds: Seconds = 15.0
     #: A reader whose connection accepts no data for this long is cut off
     #: (TCP_USER_TIMEOUT); it can reconnect and resume with Last-Event-ID.
     stall_seconds: Seconds = 30.0
@@ -276,7 +280,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         deployments = _table(data, "deployments")
         values: dict[str, Any] = {}
         for section, prefix in _SECTIONS.items():
-            table = _table(data, section)
+            table = _renamed(section, _table(data, section))
             _check_keys(section, table, _section_keys(section))
             values |= {prefix + key: value for key, value in table.items()}
         values |= {k: v for k, v in overrides.items() if v is not None}
@@ -314,6 +318,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             cors_allow_origins=tuple(o.rstrip("/") for o in settings.cors_allow_origins),
             allowed_hosts=tuple(h.lower().rstrip(".") for h in settings.allowed_hosts),
         )
+
+
+#: Settings renamed, by section: the old name, still read (with a
+#: warning) for a release or two, and the new one.
+RENAMED: dict[str, dict[str, str]] = {
+    # The SSE ping, beside keep_alive_seconds (an idle HTTP connection).
+    "server": {"keepalive_seconds": "ping_seconds"},
+}
+
+
+def _renamed(section: str, table: dict[str, Any]) -> dict[str, Any]:
+    """*table* with each renamed key under its new name, a warning logged
+    for each; both names at once is an error."""
+    for old, new in RENAMED.get(section, {}).items():
+        if old not in table:
+            continue
+        if new in table:
+            raise ConfigError(f"[{section}] {old} is the old name of {new}: set only {new}")
+        log.warning("[%s] %s is deprecated: it is now %s (same meaning)", section, old, new)
+        table = {(new if key == old else key): value for key, value in table.items()}
+    return table
 
 
 #: TOML section -> prefix of its Settings fields ([server] has none).

@@ -167,7 +167,7 @@ class BackendUnavailable(PredictionError):
 
 class BackendLoading(BackendUnavailable):
     """The backend is up but its model is still loading (its ``setup()``
-    runs): ``UNAVAILABLE`` with :data:`bridge.backends.protocol.LOADING`."""
+    runs): ``UNAVAILABLE`` with :data:`bridge.backends.wire.LOADING`."""
 
 
 class BackendTimeout(PredictionError):

@@ -122,7 +122,7 @@ async def serve(
         bridge = Bridge(settings, grpc_loop, predictions, store, offload, metrics)
         metrics.watch(bridge)
         webhooks = _webhook_sender(settings, http_client, predictions, policy)
-        keep_alive = KeepAlive(settings.keepalive_seconds)
+        keep_alive = KeepAlive(settings.ping_seconds)
         predictions.start_soon(keep_alive.run)
         predictions.start_soon(bridge.watch_targets)
         app = create_app(bridge, metrics, keep_alive, webhooks)

@@ -16,7 +16,7 @@ import trio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bridge._proto.v1 import predictor_pb2_grpc
-from bridge.backends import protocol
+from bridge.backends import wire
 
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
 
@@ -44,19 +44,19 @@ class Misbehaving(predictor_pb2_grpc.PredictorServicer):
     after one chunk."""
 
     async def Describe(self, request: Any, context: Any) -> Any:
-        info = protocol.ModelInfo(
+        info = wire.ModelInfo(
             "test/misbehaving",
             "v1",
             {"type": "object"},
             {"type": "array", "x-cog-array-type": "iterator"},
         )
-        return protocol.model_info_to_pb(info)
+        return wire.model_info_to_pb(info)
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        behave = protocol.request_input(request)["behave"]
+        behave = wire.request_input(request)["behave"]
         if behave == "hang":
             await asyncio.sleep(3600)
-        yield protocol.output_response(["one "])
+        yield wire.output_response(["one "])
         if behave == "one then hang":
             await asyncio.sleep(3600)
         await context.abort(grpc.StatusCode[behave], f"told to fail with {behave}")
@@ -170,7 +170,7 @@ class BackendProcess:
             await self.process.wait()
 
 
-SCRIPTED_INFO = protocol.ModelInfo(
+SCRIPTED_INFO = wire.ModelInfo(
     "test/scripted", "v1", {"type": "object"}, {"type": "array", "x-cog-array-type": "iterator"}
 )
 
@@ -191,22 +191,22 @@ class Scripted(predictor_pb2_grpc.PredictorServicer):
             return self.cancelled.setdefault(prediction_id, threading.Event())
 
     async def Describe(self, request: Any, context: Any) -> Any:
-        return protocol.model_info_to_pb(SCRIPTED_INFO)
+        return wire.model_info_to_pb(SCRIPTED_INFO)
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        script = protocol.request_input(request)
+        script = wire.request_input(request)
         await context.send_initial_metadata(())
         # Cancelled in an await (CancelledError) or at a yield (the
         # generator is closed): either way it did not get to the end.
         completed = False
         try:
             if "log" in script:
-                yield protocol.log_response(script["log"])
+                yield wire.log_response(script["log"])
             for chunk in script.get("chunks", []):
                 await asyncio.sleep(script.get("gap_ms", 0) / 1000)
-                yield protocol.output_response([chunk])
+                yield wire.output_response([chunk])
             if "metrics" in script:
-                yield protocol.metrics_response(script["metrics"])
+                yield wire.metrics_response(script["metrics"])
             if script.get("hang"):
                 await asyncio.sleep(3600)
             completed = True

@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from bridge import strictjson
-from bridge.backends import protocol
+from bridge.backends import wire
 from bridge.backends.interface import ModelInfo, PredictInput
 from bridge.config import Settings
 from bridge.core import events as events_module
@@ -297,7 +297,7 @@ def _ended_at(prediction: Prediction) -> float:
 
 class FakeBackend:
     """A :class:`~bridge.backends.interface.Backend` in Trio, with no gRPC: each target
-    serves a :class:`~bridge.backends.protocol.ModelInfo` and runs the script that
+    serves a :class:`~bridge.backends.wire.ModelInfo` and runs the script that
     tests/backends.py's ``Scripted`` runs over gRPC (see there), sleeping
     on Trio's clock, so that an autojump clock runs it in no time. A target
     not in *models* cannot be reached. Its calls run in *nursery* (see
@@ -382,14 +382,14 @@ class FakeBackend:
                 if target not in self.models:
                     raise BackendUnavailable("model backend unavailable: no connection")
                 script = json.loads(asked.input_json)
-                call.push(protocol.Started())
+                call.push(wire.Started())
                 if "log" in script:
-                    call.push(protocol.LogLine(script["log"]))
+                    call.push(wire.LogLine(script["log"]))
                 for chunk in script.get("chunks", []):
                     await trio.sleep(script.get("gap_ms", 0) / 1000)
-                    call.push(protocol.OutputChunks([chunk]))
+                    call.push(wire.OutputChunks([chunk]))
                 if "metrics" in script:
-                    call.push(protocol.MetricsUpdate(script["metrics"]))
+                    call.push(wire.MetricsUpdate(script["metrics"]))
                 if script.get("hang"):
                     await trio.sleep_forever()
                 if "fail" in script:
@@ -418,16 +418,16 @@ class FakeCall:
 
     def __init__(self) -> None:
         self.scope = trio.CancelScope()
-        self._items: list[protocol.StreamItem] = []
+        self._items: list[wire.StreamItem] = []
         self._end: Exception | None = None  # EndOfChannel, or the error
-        self._handle: Callable[[list[protocol.StreamItem]], None] | None = None
+        self._handle: Callable[[list[wire.StreamItem]], None] | None = None
         self._changed = trio.lowlevel.ParkingLot()
 
     @property
     def stopped(self) -> bool:
         return self._end is not None
 
-    def push(self, item: protocol.StreamItem) -> None:
+    def push(self, item: wire.StreamItem) -> None:
         if self._end is not None:
             return  # ended by its handler: nothing more is delivered
         self._items.append(item)
@@ -450,7 +450,7 @@ class FakeCall:
             self._end = exc
             self.scope.cancel()
 
-    def deliver(self, handle: Callable[[list[protocol.StreamItem]], None]) -> None:
+    def deliver(self, handle: Callable[[list[wire.StreamItem]], None]) -> None:
         self._handle = handle
         if self._items:
             self._hand_over()
@@ -464,7 +464,7 @@ class FakeCall:
     def __aiter__(self) -> FakeCall:
         return self
 
-    async def __anext__(self) -> list[protocol.StreamItem]:
+    async def __anext__(self) -> list[wire.StreamItem]:
         while not self._items and self._end is None:
             await self._changed.park()
         if self._items:

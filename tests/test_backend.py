@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 import trio
 
-from bridge.backends import protocol
+from bridge.backends import wire
 from bridge.backends.grpc_loop import open_grpc_loop
 from bridge.backends.interface import Backend
 from bridge.errors import BackendTimeout, BackendUnavailable, ModelError
@@ -59,10 +59,10 @@ async def env(request: pytest.FixtureRequest, scripted: RawServer) -> AsyncItera
 
 SCRIPT = {"log": "starting", "chunks": ["a", "b", "c"], "metrics": {"m": 1.5}}
 EXPECTED = [
-    protocol.Started(),
-    protocol.LogLine("starting"),
-    *(protocol.OutputChunks([c]) for c in "abc"),
-    protocol.MetricsUpdate({"m": 1.5}),
+    wire.Started(),
+    wire.LogLine("starting"),
+    *(wire.OutputChunks([c]) for c in "abc"),
+    wire.MetricsUpdate({"m": 1.5}),
 ]
 
 
@@ -76,7 +76,7 @@ async def test_a_call_yields_what_the_model_sends_in_order(env: Env) -> None:
 
 
 async def test_a_delivered_call_hands_over_the_same_and_ends(env: Env) -> None:
-    items: list[protocol.StreamItem] = []
+    items: list[wire.StreamItem] = []
     request = asked("p2", SCRIPT)
     with trio.fail_after(10):
         async with env.backend.predict(env.target, request) as call:
@@ -88,12 +88,12 @@ async def test_a_delivered_call_hands_over_the_same_and_ends(env: Env) -> None:
 
 async def test_the_model_s_error_ends_the_call_after_what_it_sent(env: Env) -> None:
     request = asked("p3", {"chunks": ["a"], "fail": "it broke"})
-    items: list[protocol.StreamItem] = []
+    items: list[wire.StreamItem] = []
     with trio.fail_after(10), pytest.raises(ModelError, match=r"^it broke$"):
         async with env.backend.predict(env.target, request) as call:
             async for batch in call:
                 items += batch
-    assert items == [protocol.Started(), protocol.OutputChunks(["a"])]
+    assert items == [wire.Started(), wire.OutputChunks(["a"])]
     with trio.fail_after(10), pytest.raises(ModelError, match=r"^it broke$"):
         async with env.backend.predict(env.target, request) as call:
             call.deliver(lambda batch: None)
@@ -105,15 +105,15 @@ async def test_leaving_the_block_cancels_the_call_at_the_backend(env: Env) -> No
     with trio.fail_after(10):
         async with env.backend.predict(env.target, request) as call:
             async for batch in call:
-                if protocol.OutputChunks(["a"]) in batch:
+                if wire.OutputChunks(["a"]) in batch:
                     break
         await env.cancelled("p4")
     assert env.backend.active_calls == 0
 
 
 async def test_a_handler_that_raises_ends_the_call_in_its_owner(env: Env) -> None:
-    def handle(batch: list[protocol.StreamItem]) -> None:
-        if protocol.OutputChunks(["a"]) in batch:
+    def handle(batch: list[wire.StreamItem]) -> None:
+        if wire.OutputChunks(["a"]) in batch:
             raise ValueError("enough")
 
     request = asked("p5", {"chunks": ["a", "b"], "hang": True})

@@ -16,7 +16,7 @@ import pytest
 from bridge import validation as validation_module
 from bridge._proto.v1 import predictor_pb2 as pb
 from bridge._proto.v1 import predictor_pb2_grpc
-from bridge.backends import protocol
+from bridge.backends import wire
 from bridge.errors import BackendProtocolError, InvalidInput
 from bridge.sdk import Model, ModelServer
 from bridge.validation import MAX_JSON_DEPTH, validate_input
@@ -180,7 +180,7 @@ class BadSchema(predictor_pb2_grpc.PredictorServicer):
         )
 
     async def Predict(self, request: Any, context: Any) -> Any:
-        yield protocol.output_response(["never "])
+        yield wire.output_response(["never "])
 
 
 @pytest.mark.parametrize(

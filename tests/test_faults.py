@@ -14,7 +14,7 @@ import httpx
 import pytest
 import trio
 
-from bridge.backends import protocol
+from bridge.backends import wire
 from tests.backends import BackendProcess, Misbehaving, RawServer
 from tests.conftest import StartBridge, closed_port_target, create, read_stream
 
@@ -238,7 +238,7 @@ class SlowDescribe(Misbehaving):
         return await super().Describe(request, context)
 
     async def Predict(self, request: Any, context: Any) -> Any:
-        yield protocol.output_response(["fine "])
+        yield wire.output_response(["fine "])
 
 
 async def test_a_slow_describe_is_shared_not_repeated_per_request(
@@ -279,11 +279,11 @@ def _undecodable(last: bytes) -> grpc.GenericRpcHandler:
 
     async def describe(request: bytes, context: Any) -> bytes:
         streams = {"type": "array", "x-cog-array-type": "iterator"}
-        info = protocol.ModelInfo("test/undecodable", "v1", {"type": "object"}, streams)
-        return protocol.model_info_to_pb(info).SerializeToString()
+        info = wire.ModelInfo("test/undecodable", "v1", {"type": "object"}, streams)
+        return wire.model_info_to_pb(info).SerializeToString()
 
     async def predict(request: bytes, context: Any) -> AsyncIterator[bytes]:
-        yield protocol.output_response(["one "]).SerializeToString()
+        yield wire.output_response(["one "]).SerializeToString()
         yield last
         await asyncio.sleep(3600)  # what the bridge read must end the call, not this
 
@@ -298,7 +298,7 @@ def _undecodable(last: bytes) -> grpc.GenericRpcHandler:
     "last",
     [
         bytes([2 << 3 | 2, 2]) + b"\xff\xfe",  # log: a string that is not UTF-8
-        protocol.output_response(["truncated"]).SerializeToString()[:-3],
+        wire.output_response(["truncated"]).SerializeToString()[:-3],
     ],
     ids=["invalid UTF-8", "truncated"],
 )

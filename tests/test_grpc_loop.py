@@ -16,7 +16,7 @@ import trio.lowlevel
 
 from bridge._proto.v1 import predictor_pb2_grpc
 from bridge.backends import grpc_loop as grpc_loop_module
-from bridge.backends import protocol
+from bridge.backends import wire
 from bridge.backends.grpc_loop import PredictStream, map_rpc_error, open_grpc_loop
 from bridge.errors import (
     BackendLoading,
@@ -34,13 +34,13 @@ class _RawServicer(predictor_pb2_grpc.PredictorServicer):
     """A backend written against the raw stubs, to see what the bridge sends."""
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        messages = protocol.request_input(request).get("messages")
+        messages = wire.request_input(request).get("messages")
         if messages is None:
-            yield protocol.output_response([f"{context.time_remaining()}"])
+            yield wire.output_response([f"{context.time_remaining()}"])
             return
-        gap = float(protocol.request_input(request).get("gap_ms", 0)) / 1000
+        gap = float(wire.request_input(request).get("gap_ms", 0)) / 1000
         for i in range(int(messages)):  # one message per chunk, unbatched
-            yield protocol.output_response([f"{i} "])
+            yield wire.output_response([f"{i} "])
             if gap:
                 await asyncio.sleep(gap)
 
@@ -70,7 +70,7 @@ async def test_loop_thread_and_calls_are_cleaned_up(demo_targets: dict[str, str]
         request = asked("slow", {"prompt": "a b c", "delay_ms": 60_000})
         async with grpc_loop.predict(demo_targets["demo/echo"], request) as stream:
             # The call is under way (the backend started it) ...
-            assert isinstance((await stream.receive_batch())[0], protocol.Started)
+            assert isinstance((await stream.receive_batch())[0], wire.Started)
             assert grpc_loop.active_calls == 1
         # ... and leaving the block, mid-call, ended it.
         assert grpc_loop.active_calls == 0
@@ -94,9 +94,9 @@ async def test_credit_window_bounds_what_is_in_flight(raw_target: str) -> None:
 
 async def test_delivered_batches_never_wake_the_owner_until_the_end(raw_target: str) -> None:
     owner = trio.lowlevel.current_task()
-    seen: list[protocol.StreamItem] = []
+    seen: list[wire.StreamItem] = []
 
-    def handle(batch: list[protocol.StreamItem]) -> None:
+    def handle(batch: list[wire.StreamItem]) -> None:
         assert trio.lowlevel.current_task() is not owner  # in the hub's wake-up
         seen.extend(batch)
 
@@ -106,14 +106,14 @@ async def test_delivered_batches_never_wake_the_owner_until_the_end(raw_target: 
             stream.deliver(handle)
             with trio.fail_after(10):
                 await stream.wait_end()
-    assert seen[0] == protocol.Started()
+    assert seen[0] == wire.Started()
     assert [c for item in seen[1:] for c in item.chunks] == [f"{i} " for i in range(400)]
 
 
 async def test_a_handler_that_raises_ends_the_call_in_its_owner(raw_target: str) -> None:
-    seen: list[protocol.StreamItem] = []
+    seen: list[wire.StreamItem] = []
 
-    def handle(batch: list[protocol.StreamItem]) -> None:
+    def handle(batch: list[wire.StreamItem]) -> None:
         seen.extend(batch)
         if len(seen) > 100:
             raise BackendProtocolError("enough")
@@ -138,10 +138,10 @@ async def test_a_bug_reading_the_call_ends_it_at_once(
     """Whatever the pump raises, the call ends with an error the owner
     sees (an exception left in the task's done callback hung it)."""
 
-    def broken(response: Any) -> protocol.StreamItem:
+    def broken(response: Any) -> wire.StreamItem:
         raise AttributeError("a bug")
 
-    monkeypatch.setattr(protocol, "stream_item_from_pb", broken)
+    monkeypatch.setattr(wire, "stream_item_from_pb", broken)
     async with open_grpc_loop() as grpc_loop:
         with pytest.raises(
             BackendProtocolError, match=r"failed reading the backend: AttributeError\('a bug'\)"
@@ -156,7 +156,7 @@ def test_as_trio_s_guest_the_calls_run_on_its_host_loop(raw_target: str) -> None
     """How the servers run (grpc_loop.run): no loop thread; streams,
     cancels and unary calls as under trio.run."""
 
-    async def main() -> tuple[list[protocol.StreamItem], int, str]:
+    async def main() -> tuple[list[wire.StreamItem], int, str]:
         async with open_grpc_loop(window=8) as grpc_loop:
             assert grpc_loop._thread is None
             assert grpc_loop._loop is asyncio.get_running_loop()
@@ -192,8 +192,8 @@ def test_as_trio_s_guest_delivered_messages_do_not_wake_trio(raw_target: str) ->
     to a delivered stream's handler itself: Trio sleeps through the call
     (no hop through Trio's I/O thread per message) until its end."""
 
-    async def main() -> tuple[list[protocol.StreamItem], int]:
-        seen: list[protocol.StreamItem] = []
+    async def main() -> tuple[list[wire.StreamItem], int]:
+        seen: list[wire.StreamItem] = []
         waits = _IOWaits()
         async with open_grpc_loop() as grpc_loop:
             request = asked("q", {"messages": 20, "gap_ms": 10})
@@ -266,7 +266,7 @@ def test_status_codes_map_in_one_place(code: grpc.StatusCode, error: type, messa
 
 
 def test_a_backend_still_loading_is_told_apart_from_one_away() -> None:
-    details = protocol.LOADING
+    details = wire.LOADING
     exc = grpc.aio.AioRpcError(
         grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details
     )
@@ -299,7 +299,7 @@ async def test_one_trio_wake_up_for_all_streams_with_news() -> None:
 
         def news_for_all() -> None:  # one loop iteration, on the loop thread
             for stream in streams:
-                stream._push(protocol.Started())
+                stream._push(wire.Started())
             pushed.set_result(None)
 
         assert grpc_loop._loop is not None
@@ -311,7 +311,7 @@ async def test_one_trio_wake_up_for_all_streams_with_news() -> None:
         pushed.result(timeout=10)
         with trio.fail_after(10):
             batches = [await stream.receive_batch() for stream in streams]
-    assert batches == [[protocol.Started()]] * 50
+    assert batches == [[wire.Started()]] * 50
     assert len(wake_ups) == 1
 
 
@@ -333,7 +333,7 @@ async def test_no_wake_up_is_lost_between_the_two_threads() -> None:
             def burst(start: int) -> None:  # on the loop thread
                 for stream in streams:
                     for i in range(start, start + 10):
-                        stream._push(protocol.OutputChunks([str(i)]))
+                        stream._push(wire.OutputChunks([str(i)]))
 
             for start in range(0, 200, 10):
                 grpc_loop._loop.call_soon_threadsafe(burst, start)

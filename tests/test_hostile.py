@@ -18,7 +18,7 @@ import httpx
 import pytest
 import trio
 
-from bridge.backends import protocol
+from bridge.backends import wire
 from bridge.cli.logs import TextFormatter
 from bridge.sdk import Metrics, Model, ModelServer
 from bridge.server import FD_RESERVE
@@ -629,8 +629,8 @@ class _ForgingName(Misbehaving):
     NAME = "x\n2026-01-01 00:00:00,000 ERROR bridge: forged\x1b[2J\u2028end"
 
     async def Describe(self, request: Any, context: Any) -> Any:
-        info = protocol.ModelInfo(self.NAME, "v1", {"type": "object"}, {"type": "array"})
-        return protocol.model_info_to_pb(info)
+        info = wire.ModelInfo(self.NAME, "v1", {"type": "object"}, {"type": "array"})
+        return wire.model_info_to_pb(info)
 
 
 async def test_what_a_backend_says_cannot_forge_a_log_line(tmp_path: Path) -> None:

@@ -287,7 +287,7 @@ async def test_auth_limits_and_sizes_answer_in_openai_s_shape(start_bridge: Star
 async def test_no_chunk_breaks_a_line_and_idle_streams_get_keepalives(
     start_bridge: StartBridge,
 ) -> None:
-    url = await start_bridge(keepalive_seconds=0.1)
+    url = await start_bridge(ping_seconds=0.1)
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0)
     tokens = ["a\r\n", "b\rc", "\u2028d\n\n", "data: [DONE]\n\n", ""]
     stream = await client.chat.completions.create(
@@ -351,7 +351,7 @@ async def test_log_lines_and_empty_chunks_do_not_hold_back_keepalives(
     start_bridge: StartBridge,
 ) -> None:
     # Empty chunks every 0.1 s, for 1.5 s: more often than a ping is due.
-    url = await start_bridge(keepalive_seconds=0.3)
+    url = await start_bridge(ping_seconds=0.3)
     body = {
         "model": "demo/echo", "messages": [STORY], "stream": True,
         "tokens": [""] * 15 + ["x"], "delay_ms": 100,

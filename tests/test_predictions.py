@@ -149,7 +149,7 @@ def test_config_from_toml(tmp_path) -> None:
     path = tmp_path / "bridge.toml"
     path.write_text(
         '[models."demo/echo"]\ntargets = ["127.0.0.1:50051"]\n'
-        '[server]\nkeepalive_seconds = 5\npublic_url = "https://x.example/"\n'
+        '[server]\nping_seconds = 5\npublic_url = "https://x.example/"\n'
         '[deployments."acme/teller"]\nmodel = "demo/echo"\n'
         '[metrics]\ntoken = "m_scraper"\n'
     )
@@ -157,8 +157,21 @@ def test_config_from_toml(tmp_path) -> None:
     assert settings.metrics_token == "m_scraper"
     assert settings.deployments["acme/teller"].model == "demo/echo"
     assert settings.models["demo/echo"].targets == ("127.0.0.1:50051",)
-    assert settings.keepalive_seconds == 5 and settings.port == 9000
+    assert settings.ping_seconds == 5 and settings.port == 9000
     assert settings.public_url == "https://x.example"
+
+
+def test_a_renamed_setting_is_read_under_its_old_name_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """keepalive_seconds (the SSE ping, beside keep_alive_seconds: an idle
+    connection) is now ping_seconds; the old name still works, and says so."""
+    with caplog.at_level("WARNING", logger="bridge.config"):
+        settings = Settings.from_dict({"server": {"keepalive_seconds": 7}})
+    assert settings.ping_seconds == 7
+    assert "[server] keepalive_seconds is deprecated: it is now ping_seconds" in caplog.text
+    with pytest.raises(ConfigError, match="set only ping_seconds"):
+        Settings.from_dict({"server": {"keepalive_seconds": 7, "ping_seconds": 7}})
 
 
 @pytest.mark.parametrize(
@@ -172,7 +185,7 @@ def test_config_from_toml(tmp_path) -> None:
         ('[server]\nport = "eighty"', r"\[server\] port: expected `int`, got `str`"),
         ("[server]\nport = 70000", r"\[server\] port: expected `int` <= 65535"),
         ("[server]\nmax_running = -3", r"\[server\] max_running: expected `int` >= 1"),
-        ("[server]\nkeepalive_seconds = 0", r"keepalive_seconds: expected `float` > 0"),
+        ("[server]\nping_seconds = 0", r"ping_seconds: expected `float` > 0"),
         ("[server]\nmax_queued = 1.5", r"max_queued: expected `int`, got `float`"),
         ('[server]\npublic_url = "bridge.example"', r"public_url: expected `str` matching"),
         ('[auth]\ntokens = "r8_abc"', r"\[auth\] tokens: expected `array`, got `str`"),

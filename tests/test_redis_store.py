@@ -95,7 +95,7 @@ async def test_readers_on_another_bridge_see_a_long_prediction_live(
     """Readers of a running prediction on the other bridge get each event
     as it is written, keep-alive comments while it is idle, and the final
     status with the end."""
-    one, two = await start_bridge(**redis), await start_bridge(keepalive_seconds=0.1, **redis)
+    one, two = await start_bridge(**redis), await start_bridge(ping_seconds=0.1, **redis)
     key = f"live-{uuid.uuid4().hex}"
     async with (
         httpx.AsyncClient(base_url=one, timeout=30) as a,

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from bridge._proto.v1 import predictor_pb2_grpc
-from bridge.backends import protocol
+from bridge.backends import wire
 from bridge.backends.grpc_loop import GrpcLoop, open_grpc_loop
 from bridge.errors import ModelError
 from bridge.sdk import Field, Log, Metrics, Model, ModelServer, Predictor, input_schema_for
@@ -28,7 +28,7 @@ async def collect(grpc_loop: GrpcLoop, target: str, input: dict[str, Any]) -> li
 
 
 def outputs(items: list[Any]) -> list[Any]:
-    return [c for i in items if isinstance(i, protocol.OutputChunks) for c in i.chunks]
+    return [c for i in items if isinstance(i, wire.OutputChunks) for c in i.chunks]
 
 
 class Words(Predictor):
@@ -52,7 +52,7 @@ async def test_cog_style_predictor() -> None:
             items = await collect(grpc_loop, server.target, {"prompt": "a b", "shout": True})
             assert await grpc_loop.check_health(server.target) == "SERVING"
     assert Words.setups == 1
-    assert isinstance(items[0], protocol.Started)
+    assert isinstance(items[0], wire.Started)
     assert outputs(items) == ["A!", "B!"]
     assert info.name == "test/words"
     assert info.input_schema["required"] == ["prompt"]
@@ -74,8 +74,8 @@ async def test_plain_function_logs_metrics_and_json_values() -> None:
         async with open_grpc_loop() as grpc_loop:
             items = await collect(grpc_loop, gen.target, {"n": 3})
             assert outputs(await collect(grpc_loop, s.target, {"values": [1, 2, 3]})) == [6]
-    assert protocol.LogLine("starting") in items
-    assert protocol.MetricsUpdate({"input_token_count": 3.0}) in items
+    assert wire.LogLine("starting") in items
+    assert wire.MetricsUpdate({"input_token_count": 3.0}) in items
     assert outputs(items) == [{"n": 3, "half": 1.5}, [1, "two"]]
 
 
@@ -90,7 +90,7 @@ async def test_model_exception_is_grpc_unknown_with_its_message() -> None:
             with grpc.insecure_channel(server.target) as channel:
                 stub = predictor_pb2_grpc.PredictorStub(channel)
                 try:
-                    list(stub.Predict(protocol.predict_request("x", {"prompt": "p"})))
+                    list(stub.Predict(wire.predict_request("x", {"prompt": "p"})))
                 except grpc.RpcError as exc:
                     return exc
             raise AssertionError("the call succeeded")
@@ -207,11 +207,11 @@ def _messages(target: str, input: dict[str, Any]) -> list[list[Any]]:
     gRPC client sees them."""
     with grpc.insecure_channel(target) as channel:
         stub = predictor_pb2_grpc.PredictorStub(channel)
-        responses = stub.Predict(protocol.predict_request("x", input))
+        responses = stub.Predict(wire.predict_request("x", input))
         return [
             item.chunks
-            for item in map(protocol.stream_item_from_pb, responses)
-            if isinstance(item, protocol.OutputChunks)
+            for item in map(wire.stream_item_from_pb, responses)
+            if isinstance(item, wire.OutputChunks)
         ]
 
 
@@ -295,7 +295,7 @@ def test_concurrency_is_one_for_a_class_none_for_a_function_or_what_is_said() ->
     assert Model("t/c", _OneAtATime).info.concurrency == 1  # as Cog
     assert Model("t/f", func).info.concurrency == 0  # not said: no limit
     assert Model("t/c", _OneAtATime, concurrency=4).info.concurrency == 4
-    described = protocol.model_info_from_pb(protocol.model_info_to_pb(Model("t/f", func).info))
+    described = wire.model_info_from_pb(wire.model_info_to_pb(Model("t/f", func).info))
     assert described.concurrency == 0
     with pytest.raises(ValueError, match="concurrency"):
         Model("t/f", func, concurrency=-1)

@@ -202,7 +202,7 @@ async def test_reader_disconnect_does_not_stop_the_prediction(client: httpx.Asyn
 
 
 async def test_idle_stream_gets_keepalive_comments(start_bridge: StartBridge) -> None:
-    async with httpx.AsyncClient(base_url=await start_bridge(keepalive_seconds=0.1)) as client:
+    async with httpx.AsyncClient(base_url=await start_bridge(ping_seconds=0.1)) as client:
         prediction = await create(client, "demo/echo", {"prompt": "slow", "delay_ms": 700})
         events, raw = await read_stream(client, prediction["urls"]["stream"])
     assert b"\n: ping\n" in raw.split(b"event: output")[0]

@@ -78,7 +78,7 @@ from bridge.errors import (
 )
 
 from ..offload import Offload
-from . import protocol
+from . import wire
 from .interface import CLEANUP_TIMEOUT, PredictInput
 
 __all__ = ["GrpcLoop", "PredictStream", "map_rpc_error", "open_grpc_loop", "run"]
@@ -116,7 +116,7 @@ def map_rpc_error(exc: grpc.RpcError) -> PredictionError:
     # Both grpc.Call errors and grpc.aio.AioRpcError (not a grpc.Call) have these.
     code = getattr(exc, "code", lambda: grpc.StatusCode.UNKNOWN)()
     details = getattr(exc, "details", lambda: "")() or ""
-    if code is grpc.StatusCode.UNAVAILABLE and details == protocol.LOADING:
+    if code is grpc.StatusCode.UNAVAILABLE and details == wire.LOADING:
         return BackendLoading(f"model backend unavailable: {details}")
     if code is grpc.StatusCode.UNAVAILABLE:
         return BackendUnavailable(f"model backend unavailable: {details or 'no connection'}")
@@ -148,7 +148,7 @@ class PredictStream:
     Two ways to read it:
 
     * ``async for batch in stream`` yields lists of
-      :data:`~bridge.backends.protocol.StreamItem`; the loop ends when the call
+      :data:`~bridge.backends.wire.StreamItem`; the loop ends when the call
       succeeds and raises a :class:`~bridge.errors.PredictionError` if it
       fails.
     * :meth:`deliver` hands each batch to a synchronous function in the
@@ -161,12 +161,12 @@ class PredictStream:
     def __init__(self, hub: _WakeHub, window: int, call_soon: Callable[..., object]) -> None:
         self._hub = hub
         self._window = window
-        self._items: collections.deque[protocol.StreamItem | _End] = collections.deque()
+        self._items: collections.deque[wire.StreamItem | _End] = collections.deque()
         self._waiters = trio.lowlevel.ParkingLot()
         self._ready = False  # in the hub's ready list; written by both threads, see _push
         self._consumed = 0
         self._ended = False
-        self._handle: Callable[[list[protocol.StreamItem]], None] | None = None
+        self._handle: Callable[[list[wire.StreamItem]], None] | None = None
         #: How a delivered call stopped: EndOfChannel, its PredictionError,
         #: or what the handler raised; None while it goes on.
         self._stop: Exception | None = None
@@ -179,7 +179,7 @@ class PredictStream:
 
     # -- asyncio side ---------------------------------------------------
 
-    def _push(self, item: protocol.StreamItem | _End) -> None:
+    def _push(self, item: wire.StreamItem | _End) -> None:
         self._items.append(item)
         # The append happens before this read, and Trio clears the flag
         # before it wakes the consumer: either this stream is in the hub's
@@ -201,11 +201,11 @@ class PredictStream:
         try:
             await call.initial_metadata()
             if not call.done() or await call.code() is grpc.StatusCode.OK:
-                self._push(protocol.Started())
+                self._push(wire.Started())
             async for response in call:
                 if response is None:  # grpc.aio could not decode it (and logged why)
                     return BackendProtocolError(UNDECODABLE)
-                self._push(protocol.stream_item_from_pb(response))
+                self._push(wire.stream_item_from_pb(response))
                 await self._credits.acquire()
         except grpc.RpcError as exc:
             return map_rpc_error(exc)
@@ -279,7 +279,7 @@ class PredictStream:
             with contextlib.suppress(RuntimeError):  # loop closed
                 self._call_soon(self._return_credits, count)
 
-    async def receive_batch(self) -> list[protocol.StreamItem]:
+    async def receive_batch(self) -> list[wire.StreamItem]:
         """Every message that has arrived, waiting for at least one.
 
         Raises ``trio.EndOfChannel`` after a successful end of the call and
@@ -293,7 +293,7 @@ class PredictStream:
             await self._waiters.park()
         return self._take()
 
-    def deliver(self, handle: Callable[[list[protocol.StreamItem]], None]) -> None:
+    def deliver(self, handle: Callable[[list[wire.StreamItem]], None]) -> None:
         """From now on, call ``handle(batch)`` with each batch as it
         arrives, in the wake-up that brings it (and now, with what has
         already arrived); :meth:`wait_end` reports the end."""
@@ -314,10 +314,10 @@ class PredictStream:
         if not isinstance(self._stop, trio.EndOfChannel):
             raise self._stop
 
-    def _take(self) -> list[protocol.StreamItem]:
+    def _take(self) -> list[wire.StreamItem]:
         """What has arrived, up to the end; raises at the end as
         :meth:`receive_batch` does."""
-        batch: list[protocol.StreamItem] = []
+        batch: list[wire.StreamItem] = []
         while self._items:
             item = self._items[0]
             if isinstance(item, _End):
@@ -340,7 +340,7 @@ class PredictStream:
     def __aiter__(self) -> PredictStream:
         return self
 
-    async def __anext__(self) -> list[protocol.StreamItem]:
+    async def __anext__(self) -> list[wire.StreamItem]:
         try:
             return await self.receive_batch()
         except trio.EndOfChannel:
@@ -574,7 +574,7 @@ class GrpcLoop:
             raise errors[0]
         return values[0]
 
-    async def describe(self, target: str) -> protocol.ModelInfo:
+    async def describe(self, target: str) -> wire.ModelInfo:
         """Ask the backend at *target* what model it serves."""
         timeout = _grpc_timeout()
 
@@ -586,7 +586,7 @@ class GrpcLoop:
             return response
 
         try:
-            return protocol.model_info_from_pb(await self._run(call))
+            return wire.model_info_from_pb(await self._run(call))
         except grpc.RpcError as exc:
             raise map_rpc_error(exc) from exc
         except ValueError as exc:
@@ -638,7 +638,7 @@ class GrpcLoop:
 
 
 def _request(asked: PredictInput) -> predictor_pb2.PredictRequest:
-    return protocol.predict_request(asked.id, json.loads(asked.input_json))
+    return wire.predict_request(asked.id, json.loads(asked.input_json))
 
 
 @contextlib.asynccontextmanager

@@ -128,7 +128,7 @@ def _worker(settings: Settings, sockets: Sockets, log_format: str) -> None:
 
     from ..backends.grpc_loop import run as run_trio
     from ..config import ConfigError
-    from ..store_redis import StoreUnreachable
+    from ..store_redis import BadStoreUrl
     from .logs import setup_logging
     from .signals import lone, serve_until_signal
 
@@ -147,4 +147,4 @@ def _worker(settings: Settings, sockets: Sockets, log_format: str) -> None:
         print(f"error: {error}", file=sys.stderr)
         # Redis away for now (the parent saw it answer): replaced, as a
         # worker that died; wrong settings stop them all.
-        sys.exit(3 if isinstance(error, StoreUnreachable) else 2)
+        sys.exit(3 if isinstance(error, BadStoreUrl) else 2)

@@ -13,7 +13,7 @@ from ..core.service import Bridge
 from ..errors import BridgeError, RetryLater, Unauthorized
 from ..metrics import Metrics
 from ..webhooks import WebhookSender
-from . import models, openai_api, ops, predictions
+from . import models_api, openai_api, ops, predictions_api
 from .common import Context, caller, context, no_content, problem
 from .headers import check_host, cors_origin
 from .stream import KeepAlive
@@ -48,10 +48,15 @@ def create_app(
         metrics=metrics,
         tokens=tokens,
         metrics_tokens=[settings.metrics_token.encode()] if settings.metrics_token else tokens,
-        keep_alive=keep_alive or KeepAlive(settings.keepalive_seconds),
+        keep_alive=keep_alive or KeepAlive(settings.ping_seconds),
         webhooks=webhooks,
     )
-    for blueprint in (predictions.blueprint, models.blueprint, openai_api.blueprint, ops.blueprint):
+    for blueprint in (
+        predictions_api.blueprint,
+        models_api.blueprint,
+        openai_api.blueprint,
+        ops.blueprint,
+    ):
         app.register_blueprint(blueprint)
     app.before_request(_check_request)
     app.after_request(_cors)
@@ -63,7 +68,7 @@ def create_app(
 def _is_stream_route() -> bool:
     """Whether this request is for a stream URL: decided by the route the
     request matched, never by how its path looks."""
-    return request.endpoint == predictions.STREAM_ENDPOINT
+    return request.endpoint == predictions_api.STREAM_ENDPOINT
 
 
 async def _check_request() -> Response | None:

@@ -23,9 +23,9 @@ or the keep-alive clock ticks; it then writes the usual way, the rest of
 a partly written event first.
 
 The keep-alive clock (:class:`KeepAlive`) is one task for every stream:
-every third of ``keepalive_seconds`` it wakes each reader waiting for
+every third of ``ping_seconds`` it wakes each reader waiting for
 news, and one that has been quiet for two thirds of it writes a ``:
-ping`` (:class:`Quiet`), so at least every ``keepalive_seconds``. (A
+ping`` (:class:`Quiet`), so at least every ``ping_seconds``. (A
 timer per reader, a cancel scope per wait, was 5% of a paced stream's
 CPU.)
 

@@ -58,7 +58,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bridge._proto.v1 import predictor_pb2, predictor_pb2_grpc
 
-from ..backends import protocol
+from ..backends import wire
 from ..errors import ListenError
 
 __all__ = [
@@ -95,10 +95,10 @@ class Predictor:
 
 
 #: Yield ``Log("...")`` from ``predict`` to emit a log line.
-Log = protocol.LogLine
+Log = wire.LogLine
 
 #: Yield ``Metrics({...})`` from ``predict`` to report numbers it measured.
-Metrics = protocol.MetricsUpdate
+Metrics = wire.MetricsUpdate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,7 +260,7 @@ class Model:
         if version is None:
             spec = json.dumps([name, in_schema, out_schema], sort_keys=True).encode()
             version = hashlib.sha256(spec).hexdigest()
-        self.info = protocol.ModelInfo(name, version, in_schema, out_schema, concurrency)
+        self.info = wire.ModelInfo(name, version, in_schema, out_schema, concurrency)
 
     def setup(self) -> None:
         if self._setup is not None:
@@ -382,20 +382,20 @@ def _messages(items: list[Any]) -> Iterator[predictor_pb2.PredictResponse]:
     for item in items:
         if isinstance(item, Log | Metrics):
             if chunks:
-                yield protocol.output_response(chunks)
+                yield wire.output_response(chunks)
                 chunks, size = [], 0
             if isinstance(item, Log):
-                yield protocol.log_response(item.line)
+                yield wire.log_response(item.line)
             else:
-                yield protocol.metrics_response(item.values)
+                yield wire.metrics_response(item.values)
             continue
         chunks.append(item)
         size += len(item) if isinstance(item, str) else 64
         if size >= MESSAGE_BYTES:
-            yield protocol.output_response(chunks)
+            yield wire.output_response(chunks)
             chunks, size = [], 0
     if chunks:
-        yield protocol.output_response(chunks)
+        yield wire.output_response(chunks)
 
 
 class _Servicer(predictor_pb2_grpc.PredictorServicer):
@@ -403,7 +403,7 @@ class _Servicer(predictor_pb2_grpc.PredictorServicer):
         self._model = model
         self._executor = executor
         #: Until setup() has returned: predictions are refused (UNAVAILABLE,
-        #: protocol.LOADING), which the bridge waits out.
+        #: wire.LOADING), which the bridge waits out.
         self.loading = True
         #: Predictions running at once, at most the model's concurrency (a
         #: bridge that honours Describe never makes one wait here).
@@ -411,7 +411,7 @@ class _Servicer(predictor_pb2_grpc.PredictorServicer):
         self._slots = asyncio.Semaphore(limit) if limit else None
 
     async def Describe(self, request: Any, context: Any) -> predictor_pb2.DescribeResponse:
-        return protocol.model_info_to_pb(self._model.info)
+        return wire.model_info_to_pb(self._model.info)
 
     async def _produce(self, input: dict[str, Any], outbox: _Outbox) -> None:
         """Everything ``predict`` produces, whatever kind of callable it is,
@@ -455,9 +455,9 @@ class _Servicer(predictor_pb2_grpc.PredictorServicer):
         self, request: predictor_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> None:
         if self.loading:
-            log.info("prediction %s refused: %s", request.id, protocol.LOADING)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, protocol.LOADING)
-        input = self._model.coerce_input(protocol.request_input(request))
+            log.info("prediction %s refused: %s", request.id, wire.LOADING)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, wire.LOADING)
+        input = self._model.coerce_input(wire.request_input(request))
         log.info("prediction %s started", request.id)
         # Headers now tell the bridge the model is running.
         await context.send_initial_metadata(())

@@ -35,7 +35,7 @@ loop's thread and back), and pipelined, what counts here, it costs within
 """
 
 from .endings import LOST_TRACK, ORPHANED, REFUSED, STORE_AWAY, VANISHED
-from .errors import StoreUnreachable, check_reachable
+from .errors import BadStoreUrl, check_reachable
 from .store import RedisStore, open_redis_store
 
 __all__ = [
@@ -44,8 +44,8 @@ __all__ = [
     "REFUSED",
     "STORE_AWAY",
     "VANISHED",
+    "BadStoreUrl",
     "RedisStore",
-    "StoreUnreachable",
     "check_reachable",
     "open_redis_store",
 ]

@@ -21,7 +21,7 @@ from ..errors import StoreUnavailable
 __all__ = [
     "REDIS_ERRORS",
     "Attempt",
-    "StoreUnreachable",
+    "BadStoreUrl",
     "attempt",
     "brief",
     "check_reachable",
@@ -74,16 +74,18 @@ def attempt(what: str) -> Iterator[Attempt]:
         tried.failed = exc
 
 
-class StoreUnreachable(ConfigError):
-    """Redis does not answer at ``[store] url`` (wrong, or down for now)."""
+class BadStoreUrl(ConfigError):
+    """Redis does not answer at ``[store] url`` (wrong, or down for now): a
+    configuration error at start, not :class:`~bridge.errors.StoreUnavailable`
+    (503), Redis away while the bridge runs."""
 
 
 async def check_reachable(url: str) -> None:
-    """Raise :class:`StoreUnreachable` naming *url* unless Redis answers there."""
+    """Raise :class:`BadStoreUrl` naming *url* unless Redis answers there."""
     client: coredis.Redis[bytes] = coredis.Redis.from_url(url)
     try:
         async with client:
             await client.ping()
     except* REDIS_ERRORS as group:
         reason = group.exceptions[0]
-        raise StoreUnreachable(f"[store] url: cannot reach Redis at {url}: {reason}") from None
+        raise BadStoreUrl(f"[store] url: cannot reach Redis at {url}: {reason}") from None
