@@ -86,16 +86,19 @@ test-llm: $(STAMP) $(LLM_STAMP)
 run-llm: $(STAMP) $(LLM_STAMP)
 	exec $(PY) -m bridge run-demo --llm --host 127.0.0.1 --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
 
-# The edit loop's tier (about 15 s): the modules that need no browser, no
-# backend process and no pty: units, the contract tests of the store, the
+# The edit loop's tier (about 25 s here, 3 of them pytest's start): the
+# modules that need no browser, no backend process and no pty: units, the
+# contract tests of the store, the
 # event log and the backend (each real one beside its fake), the core on the
 # fake backend under Trio's autojump clock, the protocol and framing, and
-# the API against in-process bridges. make test runs everything, these included.
+# the API against in-process bridges (the Redis store through its contract
+# tests; two real bridges on one Redis only in make test). make test runs
+# everything, these included.
 FAST := tests/test_events.py tests/test_store.py tests/test_backend.py tests/test_service.py \
 	tests/test_headers.py tests/test_layout.py tests/test_catalog.py \
 	tests/test_sse.py tests/test_compat.py tests/test_exports.py \
 	tests/test_predictions.py tests/test_grpc_loop.py tests/test_sdk.py tests/test_api.py \
-	tests/test_bad_input.py tests/test_limits.py tests/test_auth.py tests/test_metrics.py tests/test_redis_store.py
+	tests/test_bad_input.py tests/test_limits.py tests/test_auth.py tests/test_metrics.py
 
 test-fast: $(STAMP) $(REDIS)
 	$(PY) -m ruff check bridge tests bench

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import httpx
+import trio
 
 from tests.conftest import StartBridge, create, read_stream
 
@@ -18,9 +19,14 @@ def sample(metrics: str, name: str, labels: str) -> float:
 async def test_histograms_per_model(start_bridge: StartBridge) -> None:
     url = await start_bridge()
     async with httpx.AsyncClient(base_url=url) as client:
-        for _ in range(2):
-            p = await create(client, "demo/echo", {"prompt": "one two three four", "delay_ms": 200})
-            await read_stream(client, p["urls"]["stream"])
+        # Two at once: the 200 ms between tokens are waited once, not twice.
+        made = [
+            await create(client, "demo/echo", {"prompt": "one two three four", "delay_ms": 200})
+            for _ in range(2)
+        ]
+        async with trio.open_nursery() as nursery:
+            for p in made:
+                nursery.start_soon(read_stream, client, p["urls"]["stream"])
         failed = await create(client, "demo/echo", {"prompt": "x y", "fail_after": 1})
         await read_stream(client, failed["urls"]["stream"])
         response = await client.get("/metrics")

@@ -291,8 +291,8 @@ async def test_when_redis_stops_mid_stream_every_stream_ends_and_creates_get_503
     """Redis gone for lease_seconds: readers on the bridge running the
     prediction and on the other one get error and done; nothing hangs."""
     with redis_server(tmp_path) as (url, process):
-        one = await start_bridge(store_url=url, store_lease_seconds=1)
-        two = await start_bridge(store_url=url, store_lease_seconds=1)
+        one = await start_bridge(store_url=url, store_lease_seconds=1, shutdown_timeout_seconds=1)
+        two = await start_bridge(store_url=url, store_lease_seconds=1, shutdown_timeout_seconds=1)
         key = f"away-{uuid.uuid4().hex}"
         async with (
             httpx.AsyncClient(base_url=one, timeout=30) as a,
