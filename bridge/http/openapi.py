@@ -7,7 +7,7 @@ from typing import Any
 
 from .schemas import components
 
-__all__ = ["spec"]
+__all__ = ["PATHS", "spec"]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -172,206 +172,208 @@ _NAME = {
 }
 
 
-def spec() -> dict[str, Any]:
-    """The whole OpenAPI document: its schemas generated from the body types
-    (:mod:`bridge.http.schemas`), its paths one literal read as the
-    document it returns (checked against the app's routes by
-    tests/test_openapi.py)."""
-    schemas = components()
-    sse = {"text/event-stream": {"schema": _ref("SSEEvent")}}
-    paths: dict[str, Any] = {
-        "/v1/predictions": {
-            **_create("PredictionRequest", "Create a prediction", []),
-            "get": {
-                "summary": "List predictions, newest first",
-                "parameters": [
-                    {
-                        "name": "cursor",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string"},
-                    }
-                ],
-                "responses": {
-                    "200": _json(_ref("PredictionPage"), "A page."),
-                    **_problems(400, 401),
-                },
+_SSE = {"text/event-stream": {"schema": _ref("SSEEvent")}}
+
+#: Every endpoint: one literal, read as the document it is (checked against
+#: the app's routes by tests/test_openapi.py).
+PATHS: dict[str, Any] = {
+    "/v1/predictions": {
+        **_create("PredictionRequest", "Create a prediction", []),
+        "get": {
+            "summary": "List predictions, newest first",
+            "parameters": [
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                }
+            ],
+            "responses": {
+                "200": _json(_ref("PredictionPage"), "A page."),
+                **_problems(400, 401),
             },
         },
-        "/v1/models/{owner}/{name}/predictions": _create(
-            "ModelPredictionRequest", "Create a prediction of a model", [_OWNER, _NAME]
-        ),
-        "/v1/deployments/{owner}/{name}/predictions": _create(
-            "ModelPredictionRequest",
-            "Create a prediction of the model a deployment serves",
-            [_OWNER, _NAME],
-        ),
-        "/v1/deployments": {
-            "get": {
-                "summary": "The configured deployments",
-                "responses": {
-                    "200": _json(_ref("DeploymentPage"), "Those whose backend answers."),
-                    **_problems(401),
+    },
+    "/v1/models/{owner}/{name}/predictions": _create(
+        "ModelPredictionRequest", "Create a prediction of a model", [_OWNER, _NAME]
+    ),
+    "/v1/deployments/{owner}/{name}/predictions": _create(
+        "ModelPredictionRequest",
+        "Create a prediction of the model a deployment serves",
+        [_OWNER, _NAME],
+    ),
+    "/v1/deployments": {
+        "get": {
+            "summary": "The configured deployments",
+            "responses": {
+                "200": _json(_ref("DeploymentPage"), "Those whose backend answers."),
+                **_problems(401),
+            },
+        }
+    },
+    "/v1/deployments/{owner}/{name}": {
+        "get": {
+            "summary": "A deployment: a second name for a configured model",
+            "parameters": [_OWNER, _NAME],
+            "responses": {
+                "200": _json(_ref("Deployment"), "The deployment."),
+                **_problems(401, 404, 502, 503),
+            },
+        }
+    },
+    "/v1/predictions/{prediction_id}": {
+        "get": {
+            "summary": "Get a prediction as it is now",
+            "parameters": [_ID],
+            "responses": {
+                "200": _json(_ref("Prediction"), "The prediction."),
+                **_problems(401, 404),
+            },
+        }
+    },
+    "/v1/predictions/{prediction_id}/cancel": {
+        "post": {
+            "summary": "Cancel a prediction (idempotent; no body needed)",
+            "parameters": [_ID],
+            "responses": {
+                "200": _json(_ref("Prediction"), "The prediction, ended."),
+                **_problems(401, 404),
+            },
+        }
+    },
+    "/v1/predictions/{prediction_id}/stream": {
+        "get": {
+            "summary": "The prediction's server-sent events (no token needed)",
+            "parameters": [
+                _ID,
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "required": False,
+                    "description": "Resume after this event id (`<seconds>:<n>`).",
+                    "schema": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
                 },
-            }
-        },
-        "/v1/deployments/{owner}/{name}": {
-            "get": {
-                "summary": "A deployment: a second name for a configured model",
-                "parameters": [_OWNER, _NAME],
-                "responses": {
-                    "200": _json(_ref("Deployment"), "The deployment."),
-                    **_problems(401, 404, 502, 503),
+            ],
+            "responses": {
+                "200": {"description": "output, logs, error and done events.", "content": _SSE},
+                "204": {
+                    "description": "Last-Event-ID is at or past the end of a finished "
+                    "prediction: nothing more will come (EventSource stops reconnecting)."
                 },
-            }
-        },
-        "/v1/predictions/{prediction_id}": {
-            "get": {
-                "summary": "Get a prediction as it is now",
-                "parameters": [_ID],
-                "responses": {
-                    "200": _json(_ref("Prediction"), "The prediction."),
-                    **_problems(401, 404),
+                **_problems(400, 404, 410),
+            },
+        }
+    },
+    "/v1/models": {
+        "get": {
+            "summary": "The models this bridge serves",
+            "responses": {"200": _json(_ref("ModelPage"), "All of them."), **_problems(401)},
+        }
+    },
+    "/v1/models/{owner}/{name}": {
+        "get": {
+            "summary": "A model",
+            "parameters": [_OWNER, _NAME],
+            "responses": {
+                "200": _json(_ref("Model"), "The model."),
+                **_problems(401, 404, 502),
+            },
+        }
+    },
+    "/v1/models/{owner}/{name}/versions/{version_id}": {
+        "get": {
+            "summary": "A model version",
+            "parameters": [
+                _OWNER,
+                _NAME,
+                {
+                    "name": "version_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
                 },
-            }
-        },
-        "/v1/predictions/{prediction_id}/cancel": {
-            "post": {
-                "summary": "Cancel a prediction (idempotent; no body needed)",
-                "parameters": [_ID],
-                "responses": {
-                    "200": _json(_ref("Prediction"), "The prediction, ended."),
-                    **_problems(401, 404),
+            ],
+            "responses": {
+                "200": _json(_ref("Version"), "The version."),
+                **_problems(401, 404, 502, 503),
+            },
+        }
+    },
+    "/v1/chat/completions": _openai(
+        "ChatCompletionRequest",
+        "ChatCompletion",
+        {"model": "demo/echo", "messages": _HELLO},
+        "OpenAI's chat completion, as a prediction (chatcmpl-<id>)",
+    ),
+    "/v1/completions": _openai(
+        "CompletionRequest",
+        "TextCompletion",
+        {"model": "demo/echo", "prompt": "Hello there"},
+        "OpenAI's (legacy) completion, as a prediction (cmpl-<id>)",
+    ),
+    "/v1/responses": _openai(
+        "ResponseRequest",
+        "OpenAIResponse",
+        {"model": "demo/echo", "input": "Hello there"},
+        "OpenAI's response, as a prediction (resp_<id>); streamed as named events",
+    ),
+    "/v1/responses/{response_id}": {
+        "get": {
+            "summary": "A response as it is now",
+            "parameters": [
+                {
+                    "name": "response_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                }
+            ],
+            "responses": {
+                "200": _json(_ref("OpenAIResponse"), "The response."),
+                "401": _json(_ref("OpenAIError"), _OPENAI_ERRORS[401]),
+                "404": _json(_ref("OpenAIError"), _OPENAI_ERRORS[404]),
+            },
+        }
+    },
+    "/v1/webhooks/default/secret": {
+        "get": {
+            "summary": "The key webhooks are signed with",
+            "responses": {
+                "200": _json(_ref("WebhookSecret"), "The key."),
+                **_problems(401, 404),
+            },
+        }
+    },
+    "/health": {
+        "get": {
+            "summary": "Liveness and readiness, with each backend's health",
+            "responses": {
+                "200": _json(_ref("Health"), "Serving."),
+                "503": _json(_ref("Health"), "Draining for shutdown."),
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "description": "Needs `[metrics] token`, else one of the `[auth] tokens`, "
+            "when either is set.",
+            "responses": {
+                "200": {
+                    "description": "Prometheus text format.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
                 },
-            }
-        },
-        "/v1/predictions/{prediction_id}/stream": {
-            "get": {
-                "summary": "The prediction's server-sent events (no token needed)",
-                "parameters": [
-                    _ID,
-                    {
-                        "name": "Last-Event-ID",
-                        "in": "header",
-                        "required": False,
-                        "description": "Resume after this event id (`<seconds>:<n>`).",
-                        "schema": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
-                    },
-                ],
-                "responses": {
-                    "200": {"description": "output, logs, error and done events.", "content": sse},
-                    "204": {
-                        "description": "Last-Event-ID is at or past the end of a finished "
-                        "prediction: nothing more will come (EventSource stops reconnecting)."
-                    },
-                    **_problems(400, 404, 410),
-                },
-            }
-        },
-        "/v1/models": {
-            "get": {
-                "summary": "The models this bridge serves",
-                "responses": {"200": _json(_ref("ModelPage"), "All of them."), **_problems(401)},
-            }
-        },
-        "/v1/models/{owner}/{name}": {
-            "get": {
-                "summary": "A model",
-                "parameters": [_OWNER, _NAME],
-                "responses": {
-                    "200": _json(_ref("Model"), "The model."),
-                    **_problems(401, 404, 502),
-                },
-            }
-        },
-        "/v1/models/{owner}/{name}/versions/{version_id}": {
-            "get": {
-                "summary": "A model version",
-                "parameters": [
-                    _OWNER,
-                    _NAME,
-                    {
-                        "name": "version_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
-                ],
-                "responses": {
-                    "200": _json(_ref("Version"), "The version."),
-                    **_problems(401, 404, 502, 503),
-                },
-            }
-        },
-        "/v1/chat/completions": _openai(
-            "ChatCompletionRequest",
-            "ChatCompletion",
-            {"model": "demo/echo", "messages": _HELLO},
-            "OpenAI's chat completion, as a prediction (chatcmpl-<id>)",
-        ),
-        "/v1/completions": _openai(
-            "CompletionRequest",
-            "TextCompletion",
-            {"model": "demo/echo", "prompt": "Hello there"},
-            "OpenAI's (legacy) completion, as a prediction (cmpl-<id>)",
-        ),
-        "/v1/responses": _openai(
-            "ResponseRequest",
-            "OpenAIResponse",
-            {"model": "demo/echo", "input": "Hello there"},
-            "OpenAI's response, as a prediction (resp_<id>); streamed as named events",
-        ),
-        "/v1/responses/{response_id}": {
-            "get": {
-                "summary": "A response as it is now",
-                "parameters": [
-                    {
-                        "name": "response_id",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    }
-                ],
-                "responses": {
-                    "200": _json(_ref("OpenAIResponse"), "The response."),
-                    "401": _json(_ref("OpenAIError"), _OPENAI_ERRORS[401]),
-                    "404": _json(_ref("OpenAIError"), _OPENAI_ERRORS[404]),
-                },
-            }
-        },
-        "/v1/webhooks/default/secret": {
-            "get": {
-                "summary": "The key webhooks are signed with",
-                "responses": {
-                    "200": _json(_ref("WebhookSecret"), "The key."),
-                    **_problems(401, 404),
-                },
-            }
-        },
-        "/health": {
-            "get": {
-                "summary": "Liveness and readiness, with each backend's health",
-                "responses": {
-                    "200": _json(_ref("Health"), "Serving."),
-                    "503": _json(_ref("Health"), "Draining for shutdown."),
-                },
-            }
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus metrics",
-                "description": "Needs `[metrics] token`, else one of the `[auth] tokens`, "
-                "when either is set.",
-                "responses": {
-                    "200": {
-                        "description": "Prometheus text format.",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    },
-                    **_problems(401),
-                },
-            }
-        },
-    }
+                **_problems(401),
+            },
+        }
+    },
+}
+
+
+def spec() -> dict[str, Any]:
+    """The whole OpenAPI document: its schemas generated from the body types
+    (:mod:`bridge.http.schemas`), its paths :data:`PATHS`."""
     return {
         "openapi": "3.1.0",
         "info": {
@@ -381,9 +383,9 @@ def spec() -> dict[str, Any]:
             "completions and responses, in front of gRPC model backends, with live "
             "server-sent event streams.",
         },
-        "paths": paths,
+        "paths": PATHS,
         "components": {
-            "schemas": schemas,
+            "schemas": components(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}, {}],
