@@ -108,16 +108,16 @@ def load_or_create_secret(configured: str | None, path: Path) -> str:
     return secret
 
 
-def tenant_secret(secret: str, owner: str | None) -> str:
-    """The signing secret of the predictions *owner* (an auth token)
-    creates: its own, derived from the bridge's *secret* (HMAC-SHA256 of
-    the token under the secret's key), so stable across restarts and
-    unknown to every other token. Without auth (*owner* None), *secret*
-    itself."""
-    if owner is None:
+def tenant_secret(secret: str, token: str | None) -> str:
+    """The signing secret of the predictions *token* (an auth token, not
+    the owner a prediction records) creates: its own, derived from the
+    bridge's *secret* (HMAC-SHA256 of the token under the secret's key),
+    so stable across restarts and unknown to every other token. Without
+    auth (*token* None), *secret* itself."""
+    if token is None:
         return secret
     key = base64.b64decode(secret.split("_")[-1])
-    derived = hmac.new(key, b"bridge webhook secret\0" + owner.encode(), hashlib.sha256)
+    derived = hmac.new(key, b"bridge webhook secret\0" + token.encode(), hashlib.sha256)
     return "whsec_" + base64.b64encode(derived.digest()).decode()
 
 

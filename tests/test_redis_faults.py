@@ -195,3 +195,21 @@ async def test_redis_restarted_empty_ends_every_reader(
             assert VANISHED in on_b[-2].data
             assert [e.event for e in on_a[-2:]] == ["error", "done"]
             await wait_closed(key)
+
+
+def test_a_copy_that_lost_track_after_its_end_was_taken_closes_its_log() -> None:
+    """A gap in a copy's last entry: its record (taken first) ended it, its
+    log has no end; the copy's log closes with the error, readers wait for
+    nothing more (it raised IllegalTransition, or left them waiting)."""
+    from bridge.core.events import MemoryEventLog
+    from bridge.core.predictions import Prediction
+    from bridge.store_redis import LOST_TRACK
+    from bridge.store_redis.replicas import _end
+
+    copy = Prediction(model="o/m", version="", input={}, events=MemoryEventLog())
+    ended = copy.record() | {"status": "succeeded", "completed_at": 1.0}
+    copy.refresh(ended)
+    assert copy.done and not copy.events.closed
+    _end(copy, LOST_TRACK)
+    assert copy.events.closed and copy.status == "succeeded"
+    assert copy.events.names(0) == {"error", "done"}

@@ -399,3 +399,29 @@ async def test_predictions_past_the_metadata_count_leave_the_listings_too(
             assert [m.decode() for m in everyone] == [m.decode() for m in owned] == made[-1:]
             assert not await client.exists([f"{prefix}p:{made[0]}", f"{prefix}p:{made[1]}"])
             assert list(await client.hkeys(f"{prefix}owners")) == [made[-1].encode()]
+
+
+async def test_two_checks_of_one_lapsed_lease_lose_it_once(
+    redis: dict[str, str], redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease's own task and a retried write can both find the lease
+    lapsed: the process takes one new name, not one per check (a second
+    would let go of what it started under the first)."""
+    from bridge.store_redis.leases import Lease
+
+    renames: list[str] = []
+    rename = Lease.rename
+
+    def counted(self: Lease) -> str:
+        renames.append(self.process)
+        return rename(self)
+
+    monkeypatch.setattr(Lease, "rename", counted)
+    settings = Settings(port=0, **redis)
+    async with open_redis_store(settings) as store:
+        client = coredis.Redis.from_url(redis_url)
+        async with client:
+            await client.delete([f"{settings.store_key_prefix}lease:{store.process}"])
+        writer = store._writer
+        await both_at_once(lambda _: writer.check_lease(), "")
+        assert len(renames) == 1

@@ -48,10 +48,10 @@ class Lease:
         keys = [self._db.keys.lease(self.process), self._db.keys.processes]
         await self._db.scripts.run(LEASE, keys, [str(self.ttl_ms), self.process])
 
-    async def refresh(self) -> bool:
-        """Refresh the lease; False if it had lapsed (a survivor may have
-        ended this process's predictions)."""
-        lease = self._db.keys.lease(self.process)
+    async def refresh(self, process: str) -> bool:
+        """Refresh the lease of *process* (this one's name); False if it had
+        lapsed (a survivor may have ended this process's predictions)."""
+        lease = self._db.keys.lease(process)
         return bool(await self._db.client.pexpire(lease, self.ttl_ms))
 
     def rename(self) -> str:

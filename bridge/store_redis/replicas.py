@@ -57,8 +57,12 @@ class _CopyLog(MemoryEventLog):
 
 
 def _end(prediction: Prediction, error: str) -> None:
+    """End a copy as failed with *error*, or, if the record it took ended
+    it already, at least its log: its readers wait for nothing more."""
     if not prediction.done:
         prediction.fail(error)
+    elif not prediction.events.closed:
+        prediction.events.finish(error, {"reason": "error"})
 
 
 class Replicas:

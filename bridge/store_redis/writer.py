@@ -278,8 +278,11 @@ class Writer:
 
     async def check_lease(self) -> None:
         """Refresh the lease; if it lapsed meanwhile, :meth:`_lost_lease`."""
-        if not await self._lease.refresh():
-            await self._lost_lease(self._lease.process)
+        # The name before the await: two checks of one lapsed lease (the
+        # lease's task and a retried write) lose it once, not once each.
+        process = self._lease.process
+        if not await self._lease.refresh(process):
+            await self._lost_lease(process)
 
     async def _lost_lease(self, old: str) -> None:
         """This process was away from Redis longer than its lease: survivors
