@@ -22,7 +22,7 @@ import json
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 from prometheus_client import Gauge
@@ -34,7 +34,7 @@ from ..core.events import SLICE_BYTES, Record
 from ..core.models import ModelEntry
 from ..core.predictions import Prediction, Status
 from ..errors import BackendUnavailable, BridgeError, InvalidInput, NotFound
-from . import stream
+from . import schemas, stream
 from .common import caller_owner, context, json_body
 from .headers import cancel_after
 from .openai_input import (
@@ -136,7 +136,7 @@ class Started:
         return _token_counts(self.prediction)
 
     @property
-    def finish_reason(self) -> str:
+    def finish_reason(self) -> Finish:
         """``length`` when the model stopped at the token limit it was given."""
         return _finish_reason(self.prediction, self.limit)
 
@@ -149,7 +149,11 @@ class Started:
         return _CANCELED if status is Status.CANCELED else None
 
 
-def _finish_reason(p: Prediction, limit: int | None) -> str:
+#: Why a choice ended.
+Finish = Literal["stop", "length"]
+
+
+def _finish_reason(p: Prediction, limit: int | None) -> Finish:
     return "length" if limit is not None and _token_counts(p)[1] >= limit else "stop"
 
 
@@ -249,7 +253,7 @@ class Failed(BridgeError):
     title = "Prediction failed"
 
 
-async def _answer(p: Prediction, build: Callable[[str], dict[str, Any]]) -> Response:
+async def _answer(p: Prediction, build: Callable[[str], msgspec.Struct]) -> Response:
     """The JSON answer *build* makes of *p*'s output text, in a worker
     thread when the output is large (the snapshot is taken here first)."""
     offload = context().bridge.offload
@@ -316,18 +320,16 @@ async def create_chat_completion() -> Response:
 async def _whole(started: Started, kind: str, prefix: str) -> Response:
     """The non-streaming answer: one choice, once the prediction ended."""
     p = started.prediction
-    head = {"id": f"{prefix}-{p.id}", "object": kind, "created": int(p.created_at)}
-    tail = {"logprobs": None, "finish_reason": started.finish_reason}
-    usage = _usage(started)
+    id, created, finish = f"{prefix}-{p.id}", int(p.created_at), started.finish_reason
+    usage = schemas.Usage(**_usage(started))
 
-    def build(text: str) -> dict[str, Any]:
-        said = (
-            {"message": {"role": "assistant", "content": text, "refusal": None}}
-            if kind == "chat.completion"
-            else {"text": text}
-        )
-        choice = {"index": 0, **said, **tail}
-        return {**head, "model": p.model, "choices": [choice], "usage": usage}
+    def build(text: str) -> msgspec.Struct:
+        if kind == "chat.completion":
+            message = schemas.AssistantMessage("assistant", text, None)
+            chat = schemas.ChatChoice(0, message, None, finish)
+            return schemas.ChatCompletion(id, "chat.completion", created, p.model, [chat], usage)
+        choice = schemas.CompletionChoice(0, text, None, finish)
+        return schemas.TextCompletion(id, "text_completion", created, p.model, [choice], usage)
 
     return await _answer(p, build)
 
@@ -374,7 +376,7 @@ _RESPONSE_STATUS = {
 
 def _response(
     p: Prediction, text: str, limit: int | None, echo: dict[str, Any], status: str = ""
-) -> dict[str, Any]:
+) -> schemas.OpenAIResponse:
     """*p* as OpenAI's response object, its output *text* so far; *limit*:
     the token limit its model was given; *echo*: what it repeats of its
     request."""
@@ -384,31 +386,29 @@ def _response(
         status, incomplete = "incomplete", {"reason": "max_output_tokens"}
     error = None
     if status in ("failed", "cancelled"):
-        error = {"code": "server_error", "message": p.error or _CANCELED}
-    message_status = "completed" if status == "completed" else "in_progress"
+        error = schemas.ResponseError("server_error", p.error or _CANCELED)
+    message_status: Literal["in_progress", "completed", "incomplete"] = (
+        "completed" if status == "completed" else "in_progress"
+    )
     if status not in ("completed", "in_progress"):
         message_status = "incomplete"
-    part = {"type": "output_text", "text": text, "annotations": []}
-    item = {
-        "type": "message", "id": f"msg_{p.id}", "status": message_status,
-        "role": "assistant", "content": [part],
-    }  # fmt: skip
+    part = schemas.OutputText("output_text", text, [])
+    item = schemas.OutputMessage("message", f"msg_{p.id}", message_status, "assistant", [part])
     prompt, completion = _token_counts(p)
-    return {
-        "id": f"resp_{p.id}", "object": "response", "created_at": int(p.created_at),
-        "status": status, "error": error, "incomplete_details": incomplete,
-        "instructions": echo.get("instructions"),
-        "max_output_tokens": echo.get("max_output_tokens"),
-        "model": p.model, "output": [item] if text or status != "in_progress" else [],
-        "parallel_tool_calls": False, "temperature": echo.get("temperature"),
-        "tool_choice": "none", "tools": [], "top_p": echo.get("top_p"),
-        "text": {"format": {"type": "text"}}, "metadata": {},
-        "usage": None if status == "in_progress" else {
-            "input_tokens": prompt, "input_tokens_details": {"cached_tokens": 0},
-            "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
-            "total_tokens": prompt + completion,
-        },
-    }  # fmt: skip
+    usage = None
+    if status != "in_progress":
+        usage = schemas.ResponseUsage(
+            prompt, {"cached_tokens": 0}, completion, {"reasoning_tokens": 0}, prompt + completion
+        )
+    return schemas.OpenAIResponse(
+        id=f"resp_{p.id}", object="response", created_at=int(p.created_at),
+        status=status, error=error, incomplete_details=incomplete,  # type: ignore[arg-type]
+        instructions=echo.get("instructions"), max_output_tokens=echo.get("max_output_tokens"),
+        model=p.model, output=[item] if text or status != "in_progress" else [],
+        parallel_tool_calls=False, temperature=echo.get("temperature"),
+        tool_choice="none", tools=[], top_p=echo.get("top_p"),
+        text={"format": {"type": "text"}}, metadata={}, usage=usage,
+    )  # fmt: skip
 
 
 class _Responses:
@@ -461,14 +461,12 @@ class _Responses:
         if self.started.failure is not None:
             yield from self._with_text(marker, "response.failed", response=response)
             return
-        item = response["output"][0]
+        item = response.output[0]
         at = self._at()
         yield from self._with_text(marker, "response.output_text.done", **at, text=marker)
-        yield from self._with_text(
-            marker, "response.content_part.done", **at, part=item["content"][0]
-        )
+        yield from self._with_text(marker, "response.content_part.done", **at, part=item.content[0])
         yield from self._with_text(marker, "response.output_item.done", output_index=0, item=item)
-        yield from self._with_text(marker, f"response.{response['status']}", response=response)
+        yield from self._with_text(marker, f"response.{response.status}", response=response)
 
     def _with_text(self, marker: str, kind: str, **fields: Any) -> Iterator[bytes]:
         """Event *kind*, the output text written in place of *marker*."""

@@ -249,9 +249,15 @@ class Usage(msgspec.Struct):
     total_tokens: int
 
 
+class AssistantMessage(msgspec.Struct):
+    role: Literal["assistant"]
+    content: str
+    refusal: None
+
+
 class ChatChoice(msgspec.Struct):
     index: int
-    message: dict[str, Any]
+    message: AssistantMessage
     logprobs: None
     finish_reason: Literal["stop", "length"]
 
@@ -266,8 +272,8 @@ class ChatCompletion(msgspec.Struct):
 
 
 class CompletionChoice(msgspec.Struct):
-    text: str
     index: int
+    text: str
     logprobs: None
     finish_reason: Literal["stop", "length"]
 
@@ -281,18 +287,55 @@ class TextCompletion(msgspec.Struct):
     usage: Usage
 
 
+class OutputText(msgspec.Struct):
+    type: Literal["output_text"]
+    text: str
+    annotations: list[Any]
+
+
+class OutputMessage(msgspec.Struct):
+    type: Literal["message"]
+    id: Annotated[str, _Doc(description="msg_<prediction id>")]
+    status: Literal["in_progress", "completed", "incomplete"]
+    role: Literal["assistant"]
+    content: list[OutputText]
+
+
+class ResponseError(msgspec.Struct):
+    code: Literal["server_error"]
+    message: str
+
+
+class ResponseUsage(msgspec.Struct):
+    input_tokens: int
+    input_tokens_details: dict[str, int]
+    output_tokens: int
+    output_tokens_details: dict[str, int]
+    total_tokens: int
+
+
 class OpenAIResponse(msgspec.Struct):
-    """A response (a few of OpenAI's fields, as openai-python reads them)."""
+    """A response, as openai-python reads it (what it echoes of the request
+    is null when the response is read again: only the input is kept)."""
 
     id: Annotated[str, _Doc(description="resp_<prediction id>")]
     object: Literal["response"]
     created_at: int
     status: Literal["in_progress", "completed", "incomplete", "failed", "cancelled"]
-    error: dict[str, Any] | None
-    incomplete_details: dict[str, Any] | None
+    error: ResponseError | None
+    incomplete_details: dict[str, str] | None
+    instructions: str | None
+    max_output_tokens: int | None
     model: str
-    output: list[dict[str, Any]]
-    usage: dict[str, Any] | None
+    output: list[OutputMessage]
+    parallel_tool_calls: bool
+    temperature: float | None
+    tool_choice: Literal["none"]
+    tools: list[Any]
+    top_p: float | None
+    text: dict[str, Any]
+    metadata: dict[str, str]
+    usage: ResponseUsage | None
 
 
 class OpenAIStreamLine(msgspec.Struct):
