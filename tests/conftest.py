@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import random
 import shutil
 import socket
 import subprocess
@@ -170,10 +171,21 @@ async def wait_closed(key: str) -> Probe:
 
 
 def closed_port_target() -> str:
-    """A 127.0.0.1 address nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{sock.getsockname()[1]}"
+    """A 127.0.0.1 address nothing listens on, below the kernel's range of
+    ports it hands out for port 0: a bridge or backend started meanwhile
+    cannot be given it (one was, under make test-busy, and the test that
+    started a backend there later found its port taken)."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        first_ephemeral = int(f.read().split()[0])
+    for _ in range(100):
+        port = random.randrange(max(1024, first_ephemeral - 12000), first_ephemeral)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # something uses it: another
+            return f"127.0.0.1:{port}"
+    raise AssertionError("no free port below the ephemeral range")
 
 
 StartBridge = Callable[..., Awaitable[str]]
