@@ -1,0 +1,187 @@
+"""A protobuf message type as the JSON Schema (2020-12) of its proto3 JSON
+mapping: what a model whose input is that message accepts, checked before
+anything runs and then converted by protobuf's own JSON parser.
+
+Fields go by the names the proto gives them (``infer_response``); the
+lowerCamel name protobuf's parser also accepts is a property too. Scalars
+keep their ranges (64-bit integers as JSON numbers or decimal strings, as
+the mapping allows), enums go by name, bytes as base64, and repeated
+fields, maps, nested and recursive messages (each message type a
+``$defs`` entry, recursion a ``$ref``), ``oneof`` (at most one of its
+fields), proto3 ``optional`` and the well-known types map as protobuf's
+parser reads them. Comments become descriptions where the descriptors
+carry source info (:func:`comments`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+__all__ = ["comments", "message_schema"]
+
+#: Where a message type's schema is, in the document's ``$defs``.
+_REF = "#/$defs/{}"
+
+_INT32 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
+_UINT32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
+_INT64 = {
+    "anyOf": [
+        {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
+        {"type": "string", "pattern": "^-?[0-9]{1,19}$"},
+    ]
+}
+_UINT64 = {
+    "anyOf": [
+        {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
+        {"type": "string", "pattern": "^[0-9]{1,20}$"},
+    ]
+}
+_FLOAT = {"anyOf": [{"type": "number"}, {"enum": ["NaN", "Infinity", "-Infinity"]}]}
+_BYTES = {"type": "string", "contentEncoding": "base64", "pattern": "^[A-Za-z0-9+/_-]*={0,2}$"}
+
+_SCALARS: dict[int, dict[str, Any]] = {
+    FieldDescriptor.TYPE_DOUBLE: _FLOAT,
+    FieldDescriptor.TYPE_FLOAT: _FLOAT,
+    FieldDescriptor.TYPE_INT64: _INT64,
+    FieldDescriptor.TYPE_SINT64: _INT64,
+    FieldDescriptor.TYPE_SFIXED64: _INT64,
+    FieldDescriptor.TYPE_UINT64: _UINT64,
+    FieldDescriptor.TYPE_FIXED64: _UINT64,
+    FieldDescriptor.TYPE_INT32: _INT32,
+    FieldDescriptor.TYPE_SINT32: _INT32,
+    FieldDescriptor.TYPE_SFIXED32: _INT32,
+    FieldDescriptor.TYPE_UINT32: _UINT32,
+    FieldDescriptor.TYPE_FIXED32: _UINT32,
+    FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
+    FieldDescriptor.TYPE_STRING: {"type": "string"},
+    FieldDescriptor.TYPE_BYTES: _BYTES,
+}
+
+#: The well-known types whose JSON is not their fields' (the wrappers are
+#: their one field's: see _wrapped).
+_WELL_KNOWN: dict[str, dict[str, Any]] = {
+    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
+    "google.protobuf.Duration": {"type": "string", "pattern": "^-?[0-9]{1,12}(\\.[0-9]{1,9})?s$"},
+    "google.protobuf.FieldMask": {"type": "string"},
+    "google.protobuf.Struct": {"type": "object"},
+    "google.protobuf.Value": {},
+    "google.protobuf.ListValue": {"type": "array"},
+    "google.protobuf.Empty": {"type": "object", "maxProperties": 0},
+    "google.protobuf.Any": {
+        "type": "object",
+        "properties": {"@type": {"type": "string"}},
+        "required": ["@type"],
+    },
+}
+_WRAPPERS = {
+    f"google.protobuf.{name}Value"
+    for name in ("Double", "Float", "Int64", "UInt64", "Int32", "UInt32", "Bool", "String", "Bytes")
+}
+
+#: Keys of (message full name, field name or "") to a comment.
+Comments = dict[tuple[str, str], str]
+
+
+def message_schema(message: Descriptor, notes: Comments | None = None) -> dict[str, Any]:
+    """The JSON Schema of *message*'s proto3 JSON: its own properties at the
+    top, every message type it reaches (itself too, for recursion) in
+    ``$defs``; *notes* (:func:`comments`) become descriptions."""
+    defs: dict[str, Any] = {}
+    _define(message, defs, notes or {})
+    return {**defs[message.full_name], "$defs": defs}
+
+
+def _define(message: Descriptor, defs: dict[str, Any], notes: Comments) -> None:
+    if message.full_name in defs:
+        return
+    defs[message.full_name] = {}  # placeholder: a recursive field refers to it
+    properties: dict[str, Any] = {}
+    for field in message.fields:
+        one = _field(field, defs, notes)
+        note = notes.get((message.full_name, field.name))
+        if note:
+            one = {**one, "description": note}
+        properties[field.name] = one
+        if field.json_name != field.name:
+            properties[field.json_name] = one  # protobuf's parser takes both
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if notes.get((message.full_name, "")):
+        schema["description"] = notes[(message.full_name, "")]
+    exclusive = [
+        [f.name for f in oneof.fields]
+        for oneof in message.oneofs
+        if not _synthetic(oneof.name, list(oneof.fields))
+    ]
+    pairs = [list(pair) for names in exclusive for pair in itertools.combinations(names, 2)]
+    if pairs:  # at most one field of each oneof
+        schema["not"] = {"anyOf": [{"required": pair} for pair in pairs]}
+    defs[message.full_name] = schema
+
+
+def _synthetic(name: str, fields: list[FieldDescriptor]) -> bool:
+    """Whether a oneof is the one protoc makes for a proto3 ``optional``."""
+    return len(fields) == 1 and name == "_" + fields[0].name
+
+
+def _field(field: FieldDescriptor, defs: dict[str, Any], notes: Comments) -> dict[str, Any]:
+    message = field.message_type
+    if message is not None and message.GetOptions().map_entry:
+        key, value = message.fields_by_name["key"], message.fields_by_name["value"]
+        keys: dict[str, Any] = {}
+        if key.type == FieldDescriptor.TYPE_BOOL:
+            keys = {"propertyNames": {"enum": ["true", "false"]}}
+        elif key.type != FieldDescriptor.TYPE_STRING:
+            keys = {"propertyNames": {"pattern": "^-?[0-9]{1,20}$"}}
+        return {"type": "object", "additionalProperties": _single(value, defs, notes), **keys}
+    single = _single(field, defs, notes)
+    return {"type": "array", "items": single} if field.is_repeated else single
+
+
+def _single(field: FieldDescriptor, defs: dict[str, Any], notes: Comments) -> dict[str, Any]:
+    """One value of *field* (an item of a repeated one)."""
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return {"type": "string", "enum": [value.name for value in field.enum_type.values]}
+    message = field.message_type
+    if message is None:
+        return dict(_SCALARS[field.type])
+    if message.full_name in _WELL_KNOWN:
+        return dict(_WELL_KNOWN[message.full_name])
+    if message.full_name in _WRAPPERS:
+        return _single(message.fields_by_name["value"], defs, notes)
+    _define(message, defs, notes)
+    return {"$ref": _REF.format(message.full_name)}
+
+
+def comments(file: descriptor_pb2.FileDescriptorProto) -> Comments:
+    """The leading (else trailing) comments of *file*'s messages and their
+    fields, from its source info (a descriptor set made with
+    ``--include_source_info``; none without)."""
+    located = {
+        tuple(location.path): (location.leading_comments or location.trailing_comments).strip()
+        for location in file.source_code_info.location
+    }
+    found: Comments = {}
+    prefix = f"{file.package}." if file.package else ""
+
+    def walk(messages: Any, path: tuple[int, ...], scope: str) -> None:
+        for i, message in enumerate(messages):
+            name = scope + message.name
+            here = (*path, i)
+            if located.get(here):
+                found[(name, "")] = located[here]
+            for j, field in enumerate(message.field):
+                note = located.get((*here, 2, j))
+                if note:
+                    found[(name, field.name)] = note
+            walk(message.nested_type, (*here, 3), name + ".")
+
+    walk(file.message_type, (4,), prefix)
+    return found
