@@ -99,7 +99,7 @@ FAST := tests/test_events.py tests/test_store.py tests/test_backend.py tests/tes
 	tests/test_sse.py tests/test_compat.py tests/test_exports.py \
 	tests/test_predictions.py tests/test_grpc_loop.py tests/test_sdk.py tests/test_api.py \
 	tests/test_bad_input.py tests/test_limits.py tests/test_auth.py tests/test_metrics.py \
-	tests/test_generic_schema.py
+	tests/test_generic_schema.py tests/test_generic_descriptors.py
 
 test-fast: $(STAMP) $(REDIS)
 	$(PY) -m ruff check bridge tests bench

@@ -224,3 +224,23 @@ def assert_problem(response: httpx.Response, status: int) -> dict:
     assert isinstance(body["title"], str) and body["title"]
     assert isinstance(body["detail"], str) and body["detail"]
     return body
+
+
+def descriptor_set(where: Path, name: str, proto: str) -> Path:
+    """*proto* (the text of ``<name>.proto``) compiled by grpcio-tools'
+    protoc into a descriptor set in *where*, with its imports (the
+    well-known types) and source info: the file's path."""
+    import grpc_tools
+    from grpc_tools import protoc
+
+    (where / f"{name}.proto").write_text(proto)
+    out = where / f"{name}.binpb"
+    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+    status = protoc.main(
+        [
+            "protoc", f"-I{where}", f"-I{well_known}", "--include_imports",
+            "--include_source_info", f"--descriptor_set_out={out}", str(where / f"{name}.proto"),
+        ]
+    )  # fmt: skip
+    assert status == 0, f"protoc failed on {name}.proto"
+    return out

@@ -4,18 +4,15 @@ refuses is refused before anything runs, by the bridge's own validator."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-import grpc_tools
 import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
-from grpc_tools import protoc
 
 from bridge.backends.generic.schema import comments, message_schema
 from bridge.errors import InvalidInput
 from bridge.validation import check_patterns, validate_input
+from tests.helpers import descriptor_set
 
 PROTO = """
 syntax = "proto3";
@@ -57,20 +54,8 @@ enum Color {
 
 @pytest.fixture(scope="module")
 def kinds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, descriptor_pb2.FileDescriptorSet]:
-    where = tmp_path_factory.mktemp("protos")
-    (where / "kinds.proto").write_text(PROTO)
-    out = where / "kinds.binpb"
-    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
-    assert (
-        protoc.main(
-            [
-                "protoc", f"-I{where}", f"-I{well_known}", "--include_imports",
-                "--include_source_info", f"--descriptor_set_out={out}", str(where / "kinds.proto"),
-            ]
-        )
-        == 0
-    )  # fmt: skip
-    files = descriptor_pb2.FileDescriptorSet.FromString(Path(out).read_bytes())
+    out = descriptor_set(tmp_path_factory.mktemp("protos"), "kinds", PROTO)
+    files = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
     pool = descriptor_pool.DescriptorPool()
     for file in files.file:
         pool.Add(file)
