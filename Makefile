@@ -86,7 +86,7 @@ test-llm: $(STAMP) $(LLM_STAMP)
 run-llm: $(STAMP) $(LLM_STAMP)
 	exec $(PY) -m bridge run-demo --llm --host 127.0.0.1 --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
 
-# The edit loop's tier (about 25 s here, 3 of them pytest's start): the
+# The edit loop's tier (21 to 24 s here, 3 of them pytest's start): the
 # modules that need no browser, no backend process and no pty: units, the
 # contract tests of the store, the
 # event log and the backend (each real one beside its fake), the core on the
