@@ -368,22 +368,17 @@ class WebhookSender:
     ) -> None:
         """Deliver *prediction*'s webhooks to *url* in a task of their own
         (see :meth:`follow`)."""
-        self._nursery.start_soon(self._delivering, prediction, url, events_filter, render, secret)
+        follow = partial(self.follow, prediction, url, events_filter, render, secret)
+        self._nursery.start_soon(self._delivering, follow)
 
-    async def _delivering(
-        self,
-        prediction: Prediction,
-        url: str,
-        events_filter: frozenset[str],
-        render: Render,
-        secret: str,
-    ) -> None:
+    async def _delivering(self, follow: Callable[[], Awaitable[None]]) -> None:
+        """*follow*, under a scope that :meth:`close` bounds."""
         with trio.CancelScope() as scope:
             self._scopes.add(scope)
             if self._closed_by is not None:
                 scope.deadline = self._closed_by
             try:
-                await self.follow(prediction, url, events_filter, render, secret)
+                await follow()
             finally:
                 self._scopes.discard(scope)
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import trio
 
-from bridge.store_redis import ORPHANED, VANISHED
+from bridge.store_redis.endings import ORPHANED, VANISHED
 from tests.conftest import (
     StartBridge,
     create,
@@ -203,7 +203,7 @@ def test_a_copy_that_lost_track_after_its_end_was_taken_closes_its_log() -> None
     nothing more (it raised IllegalTransition, or left them waiting)."""
     from bridge.core.events import MemoryEventLog
     from bridge.core.predictions import Prediction
-    from bridge.store_redis import LOST_TRACK
+    from bridge.store_redis.endings import LOST_TRACK
     from bridge.store_redis.replicas import _end
 
     copy = Prediction(model="o/m", version="", input={}, events=MemoryEventLog())

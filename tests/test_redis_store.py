@@ -23,7 +23,8 @@ from bridge.core.predictions import Prediction, owner_of
 from bridge.errors import Overloaded
 from bridge.http.replicate_json import prediction_json
 from bridge.server import serve
-from bridge.store_redis import ORPHANED, open_redis_store
+from bridge.store_redis import open_redis_store
+from bridge.store_redis.endings import ORPHANED
 
 from .conftest import (
     GATES,

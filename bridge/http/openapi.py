@@ -58,33 +58,44 @@ def _problems(*codes: int) -> dict[str, Any]:
     return out
 
 
+def _param(
+    name: str, where: str, description: str | None = None, example: str | None = None, **schema: Any
+) -> dict[str, Any]:
+    """A parameter: in the path (required), a query or a header (optional);
+    *schema*: its string schema's other keys."""
+    param: dict[str, Any] = {"name": name, "in": where, "required": where == "path"}
+    if description is not None:
+        param["description"] = description
+    param["schema"] = {"type": "string", **schema}
+    if example is not None:
+        param["example"] = example
+    return param
+
+
 def _create(body: str, summary: str, params: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "post": {
             "summary": summary,
             "parameters": [
                 *params,
-                {
-                    "name": "Prefer",
-                    "in": "header",
-                    "required": False,
-                    "description": "`wait` or `wait=N` (RFC 7240; other preferences beside it "
-                    "are ignored): answer when the prediction ends or after N seconds, at "
-                    "least 1 and at most max_wait_seconds (60 by default; `wait` alone is the "
-                    "most); unfinished, it reads as `starting`. A header without `wait` asks "
-                    "for no wait.",
-                    "schema": {"type": "string", "example": "wait=5"},
-                },
-                {
-                    "name": "Cancel-After",
-                    "in": "header",
-                    "required": False,
-                    "description": "Cancel the prediction this long after it is created, "
-                    "queued or running: seconds (`90`, `1.5`) or hours, minutes and seconds "
-                    "(`30s`, `5m`, `1h30m`), from 1 s to 24 h; anything else is a 400. The "
-                    "prediction ends `canceled` (never Replicate's `aborted`).",
-                    "schema": {"type": "string", "example": "5m"},
-                },
+                _param(
+                    "Prefer",
+                    "header",
+                    "`wait` or `wait=N` (RFC 7240; other preferences beside it are ignored): "
+                    "answer when the prediction ends or after N seconds, at least 1 and at most "
+                    "max_wait_seconds (60 by default; `wait` alone is the most); unfinished, it "
+                    "reads as `starting`. A header without `wait` asks for no wait.",
+                    example="wait=5",
+                ),
+                _param(
+                    "Cancel-After",
+                    "header",
+                    "Cancel the prediction this long after it is created, queued or running: "
+                    "seconds (`90`, `1.5`) or hours, minutes and seconds (`30s`, `5m`, `1h30m`), "
+                    "from 1 s to 24 h; anything else is a 400. The prediction ends `canceled` "
+                    "(never Replicate's `aborted`).",
+                    example="5m",
+                ),
             ],
             "requestBody": {
                 "required": True,
@@ -155,21 +166,9 @@ _EXAMPLES = {
     "PredictionRequest": {"version": "demo/echo", "input": {"prompt": "Hello there"}},
     "ModelPredictionRequest": {"input": {"prompt": "Tell me a story"}},
 }
-_ID = {"name": "prediction_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_OWNER = {
-    "name": "owner",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "example": "demo",
-}
-_NAME = {
-    "name": "name",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "example": "echo",
-}
+_ID = _param("prediction_id", "path")
+_OWNER = _param("owner", "path", example="demo")
+_NAME = _param("name", "path", example="echo")
 
 
 _SSE = {"text/event-stream": {"schema": _ref("SSEEvent")}}
@@ -181,14 +180,7 @@ PATHS: dict[str, Any] = {
         **_create("PredictionRequest", "Create a prediction", []),
         "get": {
             "summary": "List predictions, newest first",
-            "parameters": [
-                {
-                    "name": "cursor",
-                    "in": "query",
-                    "required": False,
-                    "schema": {"type": "string"},
-                }
-            ],
+            "parameters": [_param("cursor", "query")],
             "responses": {
                 "200": _json(_ref("PredictionPage"), "A page."),
                 **_problems(400, 401),
@@ -247,13 +239,12 @@ PATHS: dict[str, Any] = {
             "summary": "The prediction's server-sent events (no token needed)",
             "parameters": [
                 _ID,
-                {
-                    "name": "Last-Event-ID",
-                    "in": "header",
-                    "required": False,
-                    "description": "Resume after this event id (`<seconds>:<n>`).",
-                    "schema": {"type": "string", "pattern": "^[0-9]+:[0-9]+$"},
-                },
+                _param(
+                    "Last-Event-ID",
+                    "header",
+                    "Resume after this event id (`<seconds>:<n>`).",
+                    pattern="^[0-9]+:[0-9]+$",
+                ),
             ],
             "responses": {
                 "200": {"description": "output, logs, error and done events.", "content": _SSE},
@@ -287,12 +278,7 @@ PATHS: dict[str, Any] = {
             "parameters": [
                 _OWNER,
                 _NAME,
-                {
-                    "name": "version_id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string"},
-                },
+                _param("version_id", "path"),
             ],
             "responses": {
                 "200": _json(_ref("Version"), "The version."),
@@ -321,14 +307,7 @@ PATHS: dict[str, Any] = {
     "/v1/responses/{response_id}": {
         "get": {
             "summary": "A response as it is now",
-            "parameters": [
-                {
-                    "name": "response_id",
-                    "in": "path",
-                    "required": True,
-                    "schema": {"type": "string"},
-                }
-            ],
+            "parameters": [_param("response_id", "path")],
             "responses": {
                 "200": _json(_ref("OpenAIResponse"), "The response."),
                 "401": _json(_ref("OpenAIError"), _OPENAI_ERRORS[401]),

@@ -34,18 +34,7 @@ loop's thread and back), and pipelined, what counts here, it costs within
 3 µs of redis-py per command.
 """
 
-from .endings import LOST_TRACK, ORPHANED, REFUSED, STORE_AWAY, VANISHED
 from .errors import BadStoreUrl, check_reachable
 from .store import RedisStore, open_redis_store
 
-__all__ = [
-    "LOST_TRACK",
-    "ORPHANED",
-    "REFUSED",
-    "STORE_AWAY",
-    "VANISHED",
-    "BadStoreUrl",
-    "RedisStore",
-    "check_reachable",
-    "open_redis_store",
-]
+__all__ = ["BadStoreUrl", "RedisStore", "check_reachable", "open_redis_store"]
