@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8000
 STAMP  := $(VENV)/.installed
 
-.PHONY: run run-llm test test-fast test-busy test-llm proto lint bench clean screenshot
+.PHONY: run run-llm test test-fast test-busy test-llm proto check lint bench clean screenshot
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ proto:
 		--python_out=. --grpc_python_out=. --pyi_out=. \
 		proto/bridge/v1/predictor.proto
 	touch bridge/_proto/__init__.py bridge/_proto/v1/__init__.py
+	$(if $(CONFIG),$(MAKE) --no-print-directory check CONFIG=$(CONFIG))
+
+# A config checked as serve would: CONFIG=bridge.toml's bridged services'
+# protos compiled and their methods found, or one line saying what is wrong.
+check: $(STAMP)
+	$(PY) -m bridge check --config $(CONFIG)
 
 # The demo backends and the bridge in the foreground; Ctrl-C stops them all.
 # CONFIG=bridge.toml adds its settings and models ([cors], [auth], ...).

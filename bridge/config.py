@@ -81,6 +81,22 @@ Secret = Annotated[str, msgspec.Meta(pattern=r"^whsec_")]
 RedisURL = Annotated[str, msgspec.Meta(pattern=r"^(rediss?|unix)://")]
 
 
+class OutputSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How a bridged service's response messages become a prediction's
+    events: JMESPath expressions over each message's proto3 JSON (see
+    docs/grpc-services.md). None of them set: each message is one output."""
+
+    #: Text chunks: the output concatenates, as a language model's does.
+    text: Text | None = None
+    logs: Text | None = None
+    #: A non-empty value fails the prediction with it.
+    error: Text | None = None
+    #: True: this message is the last of the prediction.
+    done: Text | None = None
+    #: Metric name -> expression of its (numeric) value.
+    metrics: dict[Text, Text] = msgspec.field(default_factory=dict)
+
+
 class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
     #: gRPC targets (``host:port``): replicas of one model. A prediction goes
@@ -117,6 +133,32 @@ class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ca_file: Text | None = None
     client_cert: Text | None = None
     client_key: Text | None = None
+    #: A method of any gRPC service, bridged as this model
+    #: (``package.Service/Method``; None: the backend speaks bridge.v1),
+    #: with its types from .proto files (and their include paths), a
+    #: descriptor set, or the service's reflection: one of the three.
+    #: Relative paths are relative to the config file.
+    method: Text | None = None
+    protos: tuple[Text, ...] = ()
+    proto_path: tuple[Text, ...] = ()
+    descriptor_set: Text | None = None
+    reflection: bool = False
+    #: What its response messages mean (default: each is one output).
+    output: OutputSettings = msgspec.field(default_factory=OutputSettings)
+    #: Request fields set here, which a user may not set.
+    input: dict[Text, Any] = msgspec.field(default_factory=dict)
+    #: gRPC metadata sent with every call, and request headers forwarded
+    #: as metadata (lowercase names).
+    metadata: dict[Text, str] = msgspec.field(default_factory=dict)
+    forward_headers: tuple[Text, ...] = ()
+    #: OpenAI's request fields -> this model's inputs (``prompt = "text"``),
+    #: where its inputs are not named as OpenAI's (docs/openai.md).
+    openai: dict[Text, Text] = msgspec.field(default_factory=dict)
+
+    @property
+    def generic(self) -> bool:
+        """Whether the backend is any gRPC service (a method is named)."""
+        return self.method is not None
 
 
 class DeploymentSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -259,7 +301,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config {path}: {exc}") from exc
         try:
-            return cls.from_dict(data, **overrides)
+            return cls.from_dict(data, base=Path(path).parent, **overrides)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
 
@@ -269,11 +311,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         data: dict[str, Any],
         *,
         extra_models: dict[str, tuple[str, ...]] | None = None,
+        base: Path | None = None,
         **overrides: Any,
     ) -> Settings:
         """Settings from a config file's tables, each value type- and
         range-checked; *extra_models* (name: targets) are served too, unless
-        the file configures a model of the same name."""
+        the file configures a model of the same name. Relative paths of
+        bridged services' types are relative to *base*."""
         _check_keys("top level", data, {"models", "deployments", *_SECTIONS})
         extra = {name: {"targets": list(t)} for name, t in (extra_models or {}).items()}
         models = extra | _table(data, "models")
@@ -284,7 +328,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             _check_keys(section, table, _section_keys(section))
             values |= {prefix + key: value for key, value in table.items()}
         values |= {k: v for k, v in overrides.items() if v is not None}
-        values["models"] = {name: _model(name, spec) for name, spec in models.items()}
+        values["models"] = {name: _model(name, spec, base) for name, spec in models.items()}
         values["deployments"] = {
             name: _deployment(name, spec, values["models"]) for name, spec in deployments.items()
         }
@@ -385,7 +429,7 @@ def _table(data: dict[str, Any], key: str) -> dict[str, Any]:
     return table
 
 
-def _model(name: str, spec: Any) -> ModelSettings:
+def _model(name: str, spec: Any, base: Path | None = None) -> ModelSettings:
     if not _MODEL_NAME.match(name):
         raise ConfigError(f"model name {name!r} is not of the form owner/name")
     if not isinstance(spec, dict) or "targets" not in spec:
@@ -405,7 +449,58 @@ def _model(name: str, spec: Any) -> ModelSettings:
     for key, path in files.items():
         if path is not None and not os.access(path, os.R_OK):
             raise ConfigError(f"{where} {key}: cannot read {path}")
-    return model
+    unknown = set(model.openai) - set(OPENAI_FIELDS)
+    if unknown:
+        raise ConfigError(
+            f"{where} openai: {', '.join(sorted(unknown))} is not one of OpenAI's fields "
+            f"a model may rename ({', '.join(OPENAI_FIELDS)})"
+        )
+    return _service(model, where, base)
+
+
+#: What a model's OpenAI table may rename (bridge/http/openai_input.py's rules).
+OPENAI_FIELDS = (
+    "prompt", "system_prompt", "messages", "max_tokens", "temperature", "top_p", "stop", "seed",
+)  # fmt: skip
+
+
+#: The keys that only a model naming a method may set.
+_SERVICE_KEYS = ("protos", "proto_path", "descriptor_set", "reflection", "output", "input")
+
+
+def _service(model: ModelSettings, where: str, base: Path | None) -> ModelSettings:
+    """*model*, checked as a bridged service (one source of types) with
+    its paths made relative to *base* (the config file's directory)."""
+    if model.method is None:
+        set_ = [key for key in _SERVICE_KEYS if getattr(model, key) != getattr(_NATIVE, key)]
+        if set_:
+            raise ConfigError(f'{where} {", ".join(set_)}: only with method = "pkg.Service/Method"')
+        return model
+    sources = [bool(model.protos), model.descriptor_set is not None, model.reflection]
+    if sum(sources) != 1:
+        raise ConfigError(
+            f"{where} method needs its types from one of protos = [...], "
+            'descriptor_set = "FILE" or reflection = true'
+        )
+    if model.proto_path and not model.protos:
+        raise ConfigError(f"{where} proto_path goes with protos")
+    bad = [h for h in model.forward_headers if h != h.lower() or ":" in h]
+    if bad:
+        raise ConfigError(f"{where} forward_headers: give header names in lowercase ({bad[0]!r})")
+
+    def here(path: str) -> str:
+        return str(base / path) if base is not None and not os.path.isabs(path) else path
+
+    return msgspec.structs.replace(
+        model,
+        protos=tuple(map(here, model.protos)),
+        proto_path=tuple(map(here, model.proto_path)),
+        descriptor_set=model.descriptor_set and here(model.descriptor_set),
+    )
+
+
+#: A model with nothing set: what _SERVICE_KEYS are when not set.
+_NATIVE = ModelSettings(name="-", targets=("-",))
 
 
 def _deployment(name: str, spec: Any, models: dict[str, ModelSettings]) -> DeploymentSettings:

@@ -32,6 +32,7 @@ import hypercorn.config
 import trio
 from hypercorn.config import Sockets
 
+from .backends.generic.backend import ServiceBackend, bind_services
 from .backends.grpc_loop import GrpcLoop, open_grpc_loop
 from .config import Settings
 from .core.service import Bridge
@@ -109,6 +110,8 @@ async def serve(
         settings.webhook_allow_hosts, allow_private=settings.webhook_allow_private
     )
     offload = Offload()  # one worker thread for big work, whoever asks
+    # Bridged services' types (protoc, files): a config error before anything opens.
+    services = await trio.to_thread.run_sync(bind_services, settings)
     async with (
         _open_store(settings, store) as store,
         open_grpc_loop(offload=offload) as grpc_loop,
@@ -119,7 +122,11 @@ async def serve(
     ):
         _secure_backends(settings, grpc_loop)
         metrics = Metrics()  # what the predictions do, counted
-        bridge = Bridge(settings, grpc_loop, predictions, store, offload, metrics)
+        backends = {
+            name: ServiceBackend(grpc_loop, settings.models[name], binding)
+            for name, binding in services.items()
+        }
+        bridge = Bridge(settings, grpc_loop, predictions, store, offload, metrics, backends)
         metrics.watch(bridge)
         webhooks = _webhook_sender(settings, http_client, predictions, policy)
         keep_alive = KeepAlive(settings.ping_seconds)

@@ -230,15 +230,17 @@ def descriptor_set(where: Path, name: str, proto: str) -> Path:
     """*proto* (the text of ``<name>.proto``) compiled by grpcio-tools'
     protoc into a descriptor set in *where*, with its imports (the
     well-known types) and source info: the file's path."""
-    import grpc_tools
     from grpc_tools import protoc
+
+    from bridge.backends.generic.descriptors import googleapis_path, well_known_path
 
     (where / f"{name}.proto").write_text(proto)
     out = where / f"{name}.binpb"
-    well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
+    well_known = well_known_path()
     status = protoc.main(
         [
-            "protoc", f"-I{where}", f"-I{well_known}", "--include_imports",
+            *("protoc", f"-I{where}", f"-I{well_known}", f"-I{googleapis_path()}"),
+            "--include_imports",
             "--include_source_info", f"--descriptor_set_out={out}", str(where / f"{name}.proto"),
         ]
     )  # fmt: skip

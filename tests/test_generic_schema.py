@@ -128,3 +128,117 @@ def test_comments_become_descriptions(kinds: Any) -> None:
     assert schema["properties"]["child"]["description"] == "the same kind, nested"
     assert schema["properties"]["child"]["$ref"] == "#/$defs/acme.kinds.v1.Kinds"
     assert "description" not in message_schema(descriptor)["properties"]["text"]
+
+
+#: protovalidate's annotations, as they travel: the extension (1159 on
+#: FieldOptions) and the rule messages' field numbers of
+#: buf/validate/validate.proto, restated here with only the rules the
+#: bridge reads (a user's descriptor set carries the real file).
+VALIDATE = """
+syntax = "proto2";
+package buf.validate;
+import "google/protobuf/descriptor.proto";
+extend google.protobuf.FieldOptions { optional FieldRules field = 1159; }
+message FieldRules {
+  optional bool required = 25;
+  oneof type {
+    DoubleRules double = 2;
+    Int32Rules int32 = 3;
+    SInt64Rules sint64 = 8;
+    StringRules string = 14;
+    RepeatedRules repeated = 18;
+    MapRules map = 19;
+  }
+}
+message DoubleRules {
+  optional double const = 1;
+  oneof less_than { double lt = 2; double lte = 3; }
+  oneof greater_than { double gt = 4; double gte = 5; }
+  optional bool finite = 8;
+}
+message Int32Rules {
+  optional int32 const = 1;
+  oneof less_than { int32 lt = 2; int32 lte = 3; }
+  oneof greater_than { int32 gt = 4; int32 gte = 5; }
+  repeated int32 in = 6;
+}
+message SInt64Rules { oneof greater_than { sint64 gt = 4; sint64 gte = 5; } }
+message StringRules {
+  optional uint64 min_len = 2;
+  optional uint64 max_len = 3;
+  optional string pattern = 6;
+  oneof well_known { bool email = 12; bool uuid = 22; }
+}
+message RepeatedRules {
+  optional uint64 min_items = 1;
+  optional uint64 max_items = 2;
+  optional bool unique = 3;
+  optional FieldRules items = 4;
+}
+message MapRules { optional uint64 max_pairs = 2; }
+"""
+
+ANNOTATED = """
+syntax = "proto3";
+package acme.rules.v1;
+import "google/api/field_behavior.proto";
+import "validate.proto";
+
+message Ask {
+  string prompt = 1 [(google.api.field_behavior) = REQUIRED,
+                     (buf.validate.field).string = {min_len: 1, max_len: 20, pattern: "^[a-z ]+$"}];
+  int32 max_new_tokens = 2 [(buf.validate.field).int32 = {gt: 0, lte: 512}];
+  double temperature = 3 [(buf.validate.field).double = {gte: 0, lte: 2, finite: true}];
+  repeated string stop = 4 [(buf.validate.field).repeated = {
+    max_items: 2, unique: true, items: {string: {min_len: 1}}}];
+  int32 mode = 5 [(buf.validate.field).int32 = {in: [1, 2, 4]}];
+  sint64 offset = 6 [(buf.validate.field).sint64.gte = -5];
+  string user_id = 7 [
+    (buf.validate.field).required = true, (buf.validate.field).string.uuid = true];
+  map<string, string> tags = 8 [(buf.validate.field).map.max_pairs = 1];
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def annotated(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    where = tmp_path_factory.mktemp("rules")
+    (where / "validate.proto").write_text(VALIDATE)
+    path = descriptor_set(where, "ask", ANNOTATED)
+    files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)
+    return pool.FindMessageTypeByName("acme.rules.v1.Ask")
+
+
+ASK = {"prompt": "once upon", "userId": "0f8e7c8a-3a5e-4c1e-9d0b-5b6f2a1c9e00"}
+
+
+@pytest.mark.parametrize(
+    ("value", "named"),
+    [
+        ({"user_id": ASK["userId"]}, "prompt"),  # REQUIRED, by field_behavior
+        ({"prompt": "x"}, "user"),  # required, by buf.validate (either spelling)
+        ({**ASK, "prompt": ""}, "prompt"),
+        ({**ASK, "prompt": "x" * 21}, "prompt"),
+        ({**ASK, "prompt": "Once"}, "prompt"),  # the pattern
+        ({**ASK, "max_new_tokens": 0}, "max_new_tokens"),
+        ({**ASK, "max_new_tokens": 513}, "max_new_tokens"),
+        ({**ASK, "temperature": 2.5}, "temperature"),
+        ({**ASK, "temperature": "NaN"}, "temperature"),  # finite
+        ({**ASK, "stop": ["a", "b", "c"]}, "stop"),
+        ({**ASK, "stop": ["a", "a"]}, "stop"),
+        ({**ASK, "stop": [""]}, "stop"),
+        ({**ASK, "mode": 3}, "mode"),
+        ({**ASK, "offset": -6}, "offset"),
+        ({**ASK, "tags": {"a": "1", "b": "2"}}, "tags"),
+    ],
+)
+def test_validation_annotations_become_bounds(annotated: Any, value: dict, named: str) -> None:
+    schema = message_schema(annotated)
+    check_patterns(schema, "input")
+    validate_input(schema, ASK)  # the good one passes
+    with pytest.raises(InvalidInput) as refused:
+        validate_input(schema, value)
+    assert named in str(refused.value.detail) + str(refused.value.invalid_fields), refused.value

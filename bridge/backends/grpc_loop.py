@@ -59,8 +59,9 @@ import json
 import logging
 import math
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import grpc
@@ -80,8 +81,17 @@ from bridge.errors import (
 from ..offload import Offload
 from . import wire
 from .interface import CLEANUP_TIMEOUT, PredictInput
+from .rich_status import details_text
 
-__all__ = ["GrpcLoop", "PredictStream", "map_rpc_error", "open_grpc_loop", "run"]
+__all__ = [
+    "Call",
+    "GrpcLoop",
+    "Messages",
+    "PredictStream",
+    "map_rpc_error",
+    "open_grpc_loop",
+    "run",
+]
 
 T = TypeVar("T")
 
@@ -111,11 +121,16 @@ _BALANCED = ("grpc.service_config", json.dumps(
 UNDECODABLE = "model backend sent a message that cannot be decoded"
 
 
-def map_rpc_error(exc: grpc.RpcError) -> PredictionError:
-    """The bridge's error for a failed gRPC call: the one place codes map."""
+def map_rpc_error(exc: grpc.RpcError, method: str = "bridge.v1") -> PredictionError:
+    """The bridge's error for a failed gRPC call: the one place codes map.
+    *method* is what the backend was asked to implement."""
     # Both grpc.Call errors and grpc.aio.AioRpcError (not a grpc.Call) have these.
     code = getattr(exc, "code", lambda: grpc.StatusCode.UNKNOWN)()
     details = getattr(exc, "details", lambda: "")() or ""
+    # A google.rpc.Status trailer's readable details, after the message.
+    rich = details_text(getattr(exc, "trailing_metadata", lambda: None)())
+    if rich:
+        details = f"{details} ({rich})" if details else rich
     if code is grpc.StatusCode.UNAVAILABLE and details == wire.LOADING:
         return BackendLoading(f"model backend unavailable: {details}")
     if code is grpc.StatusCode.UNAVAILABLE:
@@ -123,7 +138,7 @@ def map_rpc_error(exc: grpc.RpcError) -> PredictionError:
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return BackendTimeout("model backend timed out: deadline exceeded")
     if code is grpc.StatusCode.UNIMPLEMENTED:
-        return BackendProtocolError(f"model backend does not implement bridge.v1: {details}")
+        return BackendProtocolError(f"model backend does not implement {method}: {details}")
     if code is grpc.StatusCode.CANCELLED:
         return BackendUnavailable(f"model backend cancelled the call: {details or 'cancelled'}")
     if code is grpc.StatusCode.UNKNOWN:
@@ -135,6 +150,14 @@ def map_rpc_error(exc: grpc.RpcError) -> PredictionError:
 def _grpc_timeout() -> float | None:
     deadline = trio.current_effective_deadline()
     return None if math.isinf(deadline) else max(0.0, deadline - trio.current_time())
+
+
+#: A call's items, read on the loop: they end when the call succeeds, and
+#: raise its PredictionError (or a grpc.RpcError) when it fails. Closing
+#: the iterator cancels the call.
+Messages = AsyncGenerator[wire.StreamItem, None]
+#: Starts a call: given the target's channel and the gRPC timeout.
+Call = Callable[[grpc.aio.Channel, float | None], Messages]
 
 
 @dataclass
@@ -189,44 +212,34 @@ class PredictStream:
             self._ready = True
             self._hub.mark(self)
 
-    async def _pump(
-        self,
-        channel: grpc.aio.Channel,
-        request: predictor_pb2.PredictRequest,
-        grpc_timeout: float | None,
-    ) -> PredictionError | None:
+    async def _pump(self, messages: Messages) -> PredictionError | None:
+        """On the loop: hand the call's items over, one credit each, until
+        it ends; its error, if it failed."""
         assert self._credits is not None
-        stub = predictor_pb2_grpc.PredictorStub(channel)
-        call = stub.Predict(request, timeout=grpc_timeout)
-        try:
-            await call.initial_metadata()
-            if not call.done() or await call.code() is grpc.StatusCode.OK:
-                self._push(wire.Started())
-            async for response in call:
-                if response is None:  # grpc.aio could not decode it (and logged why)
-                    return BackendProtocolError(UNDECODABLE)
-                self._push(wire.stream_item_from_pb(response))
-                await self._credits.acquire()
-        except grpc.RpcError as exc:
-            return map_rpc_error(exc)
-        except ValueError as exc:
-            return BackendProtocolError(f"model backend sent {exc}")
-        finally:
-            call.cancel()  # explicit; a no-op once the call has ended
+        credits = self._credits
+        # Closed here, at once, even when cancelled: its finally cancels
+        # the RPC (an async generator left to the loop's finalizer would
+        # cancel it only some time later).
+        async with contextlib.aclosing(messages) as items:
+            try:
+                async for item in items:
+                    self._push(item)
+                    await credits.acquire()
+            except PredictionError as exc:
+                return exc
+            except grpc.RpcError as exc:
+                return map_rpc_error(exc)
+            except ValueError as exc:
+                return BackendProtocolError(f"model backend sent {exc}")
         return None
 
     def _start(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        channel: grpc.aio.Channel,
-        request: predictor_pb2.PredictRequest,
-        grpc_timeout: float | None,
-        ended: Callable[[], None],
+        self, loop: asyncio.AbstractEventLoop, messages: Messages, ended: Callable[[], None]
     ) -> None:
-        """On the loop: start the call; *ended* is called on the loop when
-        it has ended, before Trio can learn it."""
+        """On the loop: start reading *messages*; *ended* is called on the
+        loop when the call has ended, before Trio can learn it."""
         self._credits = asyncio.Semaphore(self._window)
-        self._task = loop.create_task(self._pump(channel, request, grpc_timeout))
+        self._task = loop.create_task(self._pump(messages))
 
         def done(task: asyncio.Task[PredictionError | None]) -> None:
             ended()
@@ -592,17 +605,21 @@ class GrpcLoop:
         except ValueError as exc:
             raise BackendProtocolError(f"model backend sent {exc}") from exc
 
-    async def check_health(self, target: str) -> str:
-        """The backend's ``grpc.health.v1`` status name, or ``UNAVAILABLE``."""
+    async def check_health(self, target: str, service: str = "") -> str:
+        """The backend's ``grpc.health.v1`` status name for *service* (one
+        it does not know: for the server, ``""``), or ``UNAVAILABLE``."""
         timeout = _grpc_timeout()
 
         async def call() -> Any:
             stub = health_pb2_grpc.HealthStub(self._channel(target))
-            return await stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            request = health_pb2.HealthCheckRequest(service=service)
+            return await stub.Check(request, timeout=timeout)
 
         try:
             response = await self._run(call)
         except grpc.RpcError as exc:
+            if service and exc.code() is grpc.StatusCode.NOT_FOUND:
+                return await self.check_health(target)
             error = map_rpc_error(exc)
             # A backend that answers, but not with a health service, is up
             # in an unknown state; one that cannot be reached is not.
@@ -612,20 +629,38 @@ class GrpcLoop:
         except ValueError:  # a status this grpcio does not know
             return "UNKNOWN"
 
+    async def run_on(
+        self, target: str, make: Callable[[grpc.aio.Channel], Coroutine[Any, Any, T]]
+    ) -> T:
+        """Run ``make(channel)`` on the loop with *target*'s channel (a
+        call that is not a stream of predictions: reflection, say); Trio
+        cancellation cancels it there. Its grpc.RpcError is the caller's
+        to map."""
+        return await self._run(lambda: make(self._channel(target)))
+
     @contextlib.asynccontextmanager
     async def predict(self, target: str, asked: PredictInput) -> AsyncIterator[PredictStream]:
         """Start a ``Predict`` call of *asked*, decoded and encoded as a
         bridge.v1 ``PredictRequest`` (in a worker thread if it is large);
         leaving the block cancels it if running."""
+        request = await self.offload(asked.size, _request, asked)
+        call = partial(_predict, request, asked.metadata or None)
+        async with self.open_stream(target, call) as stream:
+            yield stream
+
+    @contextlib.asynccontextmanager
+    async def open_stream(self, target: str, call: Call) -> AsyncIterator[PredictStream]:
+        """Start ``call(channel, timeout)`` on the loop, with *target*'s
+        channel and the caller's deadline, its items read through the
+        stream; leaving the block cancels it if running."""
         assert self._loop is not None
         loop = self._loop
-        request = await self.offload(asked.size, _request, asked)
         stream = PredictStream(self._hub, self.window, self._call_soon)
         timeout = _grpc_timeout()
 
         def start() -> None:  # on the loop
             self.active_calls += 1
-            stream._start(loop, self._channel(target), request, timeout, ended)
+            stream._start(loop, call(self._channel(target), timeout), ended)
 
         def ended() -> None:  # on the loop, before Trio can learn the call ended
             self.active_calls -= 1
@@ -639,6 +674,27 @@ class GrpcLoop:
 
 def _request(asked: PredictInput) -> predictor_pb2.PredictRequest:
     return wire.predict_request(asked.id, json.loads(asked.input_json))
+
+
+async def _predict(
+    request: predictor_pb2.PredictRequest,
+    metadata: tuple[tuple[str, str], ...] | None,
+    channel: grpc.aio.Channel,
+    seconds: float | None,
+) -> Messages:
+    """On the loop: the bridge.v1 ``Predict`` call, as the stream's items."""
+    stub = predictor_pb2_grpc.PredictorStub(channel)
+    call = stub.Predict(request, timeout=seconds, metadata=metadata)
+    try:
+        await call.initial_metadata()
+        if not call.done() or await call.code() is grpc.StatusCode.OK:
+            yield wire.Started()
+        async for response in call:
+            if response is None:  # grpc.aio could not decode it (and logged why)
+                raise BackendProtocolError(UNDECODABLE)
+            yield wire.stream_item_from_pb(response)
+    finally:
+        call.cancel()  # explicit; a no-op once the call has ended
 
 
 @contextlib.asynccontextmanager

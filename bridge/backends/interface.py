@@ -40,6 +40,9 @@ class PredictInput(NamedTuple):
 
     id: str
     input_json: bytes
+    #: gRPC metadata sent with the call: the model's own, then the
+    #: request headers it forwards (lowercase names).
+    metadata: tuple[tuple[str, str], ...] = ()
 
     @property
     def size(self) -> int:

@@ -5,6 +5,7 @@ python -m bridge demo-backend [--host H] [--port P] [--model demo/echo]
 python -m bridge serve-model predict.py:Predictor --name me/fox [--host H] [--port P]
 python -m bridge run-demo [--host H] [--port P] [--config F] [--workers N] [--llm]   # make run
 python -m bridge predict demo/story prompt="Tell me a story" [--json] [--wait]
+python -m bridge check --config bridge.toml     # a config, its services' protos compiled
 """
 
 from __future__ import annotations
@@ -85,6 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--token", help="API token (default $BRIDGE_TOKEN)")
     predict.add_argument("--json", action="store_true", help="one JSON event per line")
     predict.add_argument("--wait", action="store_true", help="poll instead of streaming")
+
+    check = sub.add_parser(
+        "check", help="check a config: its values, and its services' protos and methods"
+    )
+    check.add_argument("--config", required=True, help="TOML file naming the models")
 
     run = sub.add_parser(
         "run-demo", help="the demo backends and the bridge together", parents=[child]

@@ -37,7 +37,7 @@ log = logging.getLogger("bridge")
 def run(args: argparse.Namespace) -> int:
     """Run the serving command *args* names; its exit status."""
     setup_logging(getattr(args, "log_format", "text"))
-    if args.stop_on_eof:
+    if getattr(args, "stop_on_eof", False):
         stop_on_eof()
 
     # The collector's first threshold, 700 allocations, is made for small
@@ -133,8 +133,33 @@ def _serve_model(args: argparse.Namespace) -> int:
     return serve_file(args)  # a ListenError is reported by run
 
 
+def _check(args: argparse.Namespace) -> int:
+    """Load a config as ``serve`` would, compiling its services' protos and
+    finding their methods (what ``make proto CONFIG=...`` runs): one line
+    per model, or the first error."""
+    from ..backends.generic.backend import bind_services
+
+    settings = Settings.from_toml(args.config)
+    services = bind_services(settings)
+    for name, model in settings.models.items():
+        if name not in services:
+            print(f"{name}: bridge.v1 at {', '.join(model.targets)}")
+            continue
+        binding = services[name]
+        if binding is None:
+            print(f"{name}: {model.method}, its types by reflection at startup")
+            continue
+        method = binding.method
+        shape = ["unary", "server-streaming", "client-streaming", "bidirectional"][
+            method.server_streaming + 2 * method.client_streaming
+        ]
+        print(f"{name}: {model.method} ({shape}), version {binding.info.version}")
+    return 0
+
+
 #: Each serving command, by name: what it runs, returning its exit status.
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "check": _check,
     "serve": _serve,
     "demo-backend": _demo_backend_command,
     "serve-model": _serve_model,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Mapping
 
 import trio
 
@@ -48,12 +49,21 @@ class _Asking:
 class Catalog:
     """Models by name (deployments too), and their backends' answers."""
 
-    def __init__(self, settings: Settings, backend: Backend, nursery: trio.Nursery) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        backend: Backend,
+        nursery: trio.Nursery,
+        backends: Mapping[str, Backend] | None = None,
+    ) -> None:
         self._settings = settings
-        self._backend = backend
         #: Where background refreshes run.
         self._nursery = nursery
-        self.models = {name: ModelEntry(m) for name, m in settings.models.items()}
+        #: Each model with its backend: *backends*' (by model name), else *backend*.
+        self.models = {
+            name: ModelEntry(m, (backends or {}).get(name, backend))
+            for name, m in settings.models.items()
+        }
         #: When each model's answer was last had (Trio's clock).
         self._fresh_until: dict[str, float] = {}
         self._asking: dict[str, _Asking] = {}
@@ -103,7 +113,7 @@ class Catalog:
         return asking.info
 
     async def _ask(self, entry: ModelEntry) -> ModelInfo:
-        info = await self._backend.describe(entry.next_target())
+        info = await entry.backend.describe(entry.next_target())
         check_patterns(info.input_schema, "input")
         check_patterns(info.output_schema, "output")
         if info.name and info.name != entry.name:
@@ -177,7 +187,7 @@ class Catalog:
         async def check(entry: ModelEntry, target: str) -> None:
             status = "UNAVAILABLE"
             with trio.move_on_after(within):
-                status = await self._backend.check_health(target)
+                status = await entry.backend.check_health(target)
             entry.mark(target, status)
 
         async with trio.open_nursery() as nursery:

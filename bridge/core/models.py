@@ -9,7 +9,7 @@ import math
 import time
 from collections.abc import Iterator
 
-from ..backends.interface import ModelInfo
+from ..backends.interface import Backend, ModelInfo
 from ..config import ModelSettings
 
 __all__ = ["ModelEntry"]
@@ -21,8 +21,10 @@ _DOWN = frozenset({"UNAVAILABLE", "NOT_SERVING", "SERVICE_UNKNOWN"})
 class ModelEntry:
     """A configured model and the last thing its backend's Describe said."""
 
-    def __init__(self, settings: ModelSettings) -> None:
+    def __init__(self, settings: ModelSettings, backend: Backend) -> None:
         self.settings = settings
+        #: What calls its backends: bridge.v1's, or a bridged service's.
+        self.backend = backend
         self.name = settings.name
         self.owner, _, self.short_name = settings.name.partition("/")
         self.run_count = 0

@@ -72,24 +72,25 @@ async def run(
     prediction: Prediction,
     entry: ModelEntry,
     *,
-    backend: Backend,
     describe: Describe,
     observer: Observer,
     store: PredictionStore,
     max_output_bytes: int,
     validated: bool,
     offload: Offload = _inline,
+    metadata: tuple[tuple[str, str], ...] = (),
 ) -> None:
     """Run *prediction* under its total deadline (also the gRPC deadline);
     what it appends is charged to *store*, where *max_output_bytes* is
     the server's cap, unless the model has its own. Its input is checked
-    (if not *validated* yet) through *offload*; the backend encodes it."""
+    (if not *validated* yet) through *offload*; the backend encodes it,
+    and sends *metadata* with the call."""
     total = entry.settings.total_seconds
     sink = _Sink(prediction, observer, store, entry.settings.max_output_bytes or max_output_bytes)
     expired = False
     with trio.move_on_after(total or math.inf) as scope:
         try:
-            await _start(prediction, entry, backend, describe, sink, validated, offload)
+            await _start(prediction, entry, describe, sink, validated, offload, metadata)
         except BackendTimeout:
             if not total:
                 raise
@@ -103,11 +104,11 @@ async def run(
 async def _start(
     prediction: Prediction,
     entry: ModelEntry,
-    backend: Backend,
     describe: Describe,
     sink: _Sink,
     validated: bool,
     offload: Offload,
+    metadata: tuple[tuple[str, str], ...],
 ) -> None:
     """Call the backend, retrying one that cannot be reached until the
     model's start_timeout_seconds; once it started, no retry."""
@@ -132,8 +133,8 @@ async def _start(
                 await offload(size, partial(_check_input, info.input_schema, prediction))
                 prediction.version = prediction.version or info.version
                 validated = True
-            asked = PredictInput(prediction.id, prediction.input_json)
-            await _stream(prediction, entry, backend, sink, asked)
+            asked = PredictInput(prediction.id, prediction.input_json, metadata)
+            await _stream(prediction, entry, sink, asked)
             return
         except BackendUnavailable as exc:
             # A model still loading is waited for longer than one that
@@ -171,14 +172,13 @@ def _with_hint(error: BackendUnavailable, entry: ModelEntry) -> BackendUnavailab
 async def _stream(
     prediction: Prediction,
     entry: ModelEntry,
-    backend: Backend,
     sink: _Sink,
     asked: PredictInput,
 ) -> None:
     # The target with the fewest calls in flight (see ModelEntry.take_target).
     target = entry.take_target()
     try:
-        await _call(prediction, backend, sink, target, asked, entry.settings)
+        await _call(prediction, entry.backend, sink, target, asked, entry.settings)
     except BackendUnavailable as exc:
         # Taken out at once: the retry goes to another, if there is one.
         entry.mark(target, "NOT_SERVING" if isinstance(exc, BackendLoading) else "UNAVAILABLE")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from functools import partial
 from typing import Any, TypeVar
 
@@ -55,6 +56,7 @@ class Bridge:
         store: PredictionStore | None = None,
         offload: Offload | None = None,
         observer: Observer | None = None,
+        backends: Mapping[str, Backend] | None = None,
     ) -> None:
         self.settings = settings
         #: Work on many bytes, off the event loop (see bridge.offload).
@@ -65,11 +67,12 @@ class Bridge:
         self.supervisor = Supervisor(nursery)
         # Another bridge sharing the store asks this one, where it runs.
         self.store.serve_cancels(self._cancel_for_store)
-        #: Every model backend (the gRPC loop, or the tests' fake).
+        #: Every bridge.v1 backend (the gRPC loop, or the tests' fake);
+        #: *backends* are other models' (bridged services), by model name.
         self.backend = backend
         self._nursery = nursery
         #: The models, and what their backends say they are.
-        self.catalog = Catalog(settings, backend, nursery)
+        self.catalog = Catalog(settings, backend, nursery, backends)
         self.admission = Admission(settings.max_running, settings.max_queued)
         #: When this bridge started: what deployments report as their
         #: release's creation (their configuration is this process's).
@@ -103,6 +106,7 @@ class Bridge:
         cancel_after: float | None = None,
         owner: str | None = None,
         input_size: int = 0,
+        forwarded: tuple[tuple[str, str], ...] = (),
     ) -> Prediction:
         """Validate *input* against the model's schema (and that the model
         streams, if a *stream* was asked for) and start a prediction of
@@ -111,7 +115,8 @@ class Bridge:
         :data:`bridge.offload.INLINE_BYTES` (*input_size*: the body's
         bytes) is checked in a worker thread. The request's own options
         (a webhook, the shape of ``stream``) are the route's to check, after
-        :meth:`check_open` and before this.
+        :meth:`check_open` and before this. *forwarded* (header, value)
+        pairs go to the backend as gRPC metadata, after the model's own.
 
         If the backend cannot describe the model right now, the prediction is
         still created; it validates and fails (or runs) once the backend
@@ -150,7 +155,7 @@ class Bridge:
         # deadline ends it wherever it is, as a cancel does.
         self.supervisor.start(
             prediction,
-            partial(self._run, prediction, entry, ticket, info is not None),
+            partial(self._run, prediction, entry, ticket, info is not None, forwarded),
             deadline=trio.current_time() + cancel_after if cancel_after is not None else math.inf,
         )
         return prediction
@@ -190,7 +195,12 @@ class Bridge:
         return await self.store.get(prediction_id, owner)
 
     async def _run(
-        self, prediction: Prediction, entry: ModelEntry, ticket: Ticket, validated: bool
+        self,
+        prediction: Prediction,
+        entry: ModelEntry,
+        ticket: Ticket,
+        validated: bool,
+        forwarded: tuple[tuple[str, str], ...] = (),
     ) -> None:
         # Cancelled (a cancel, Cancel-After, shutdown) through the
         # supervisor's scope around this task: the finally records it.
@@ -200,12 +210,12 @@ class Bridge:
             await runner.run(
                 prediction,
                 entry,
-                backend=self.backend,
                 describe=self.catalog.describe,
                 observer=self.observer,
                 store=self.store,
                 max_output_bytes=self.settings.max_output_bytes,
                 validated=validated,
+                metadata=tuple(entry.settings.metadata.items()) + forwarded,
                 offload=self.offload,
             )
         # This task is its prediction's only writer: whatever ends it is

@@ -10,6 +10,7 @@ from quart import Response, current_app, request
 from .. import strictjson
 from .._compat.quart_trio import when_request_ends
 from ..config import Settings
+from ..core.models import ModelEntry
 from ..core.predictions import Prediction, owner_of
 from ..core.service import Bridge
 from ..errors import BadRequest
@@ -108,6 +109,16 @@ def caller_owner() -> str | None:
     :func:`~bridge.core.predictions.owner_of` its token); None without auth."""
     token = caller()
     return None if token is None else owner_of(token)
+
+
+def forwarded(entry: ModelEntry) -> tuple[tuple[str, str], ...]:
+    """The request headers *entry* forwards to its backend (its
+    ``forward_headers``), as gRPC metadata: the ones the request has."""
+    names = entry.settings.forward_headers
+    if not names:
+        return ()
+    headers = request.headers
+    return tuple((name, value) for name in names for value in headers.getlist(name))
 
 
 async def prediction_response(

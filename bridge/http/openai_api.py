@@ -35,7 +35,7 @@ from ..core.models import ModelEntry
 from ..core.predictions import Prediction, Status
 from ..errors import BackendUnavailable, BridgeError, InvalidInput, NotFound
 from . import schemas, stream
-from .common import caller_owner, context, json_body
+from .common import caller_owner, context, forwarded, json_body
 from .headers import cancel_after
 from .openai_input import (
     Asked,
@@ -43,7 +43,9 @@ from .openai_input import (
     chat_input,
     completion_input,
     limit_of,
+    mapped,
     responses_input,
+    takes_text,
 )
 
 __all__ = ["Failed", "blueprint", "error_for", "error_response"]
@@ -111,14 +113,29 @@ async def _create(translate: Callable[[dict[str, Any], dict[str, Any]], Asked]) 
     info = await bridge.catalog.info(entry)
     if info is None:
         raise BackendUnavailable(f"the backend of {entry.name} cannot say what it serves")
-    asked = translate(body, info.input_schema)
-    prediction = await bridge.create(
-        entry,
-        asked.input,
-        cancel_after=deadline,
-        owner=caller_owner(),
-        input_size=size,
+    names = entry.settings.openai
+    asked = mapped(translate, body, info.input_schema, names)
+    # The rule a user cannot guess: where the prompt goes.
+    hint = (
+        f"{entry.name} has no input named prompt or messages: its config can say which "
+        f'input OpenAI\'s prompt goes to ([models."{entry.name}".openai] prompt = "<input>")'
     )
+    if not asked.input and not takes_text(info.input_schema, names):
+        param = next((p for p in ("messages", "prompt", "input") if p in body), "messages")
+        raise BadParam(param, f"the prompt would go nowhere: {hint}")
+    try:
+        prediction = await bridge.create(
+            entry,
+            asked.input,
+            cancel_after=deadline,
+            owner=caller_owner(),
+            input_size=size,
+            forwarded=forwarded(entry),
+        )
+    except InvalidInput as exc:
+        if takes_text(info.input_schema, names):
+            raise
+        raise InvalidInput(f"{exc}; {hint}", exc.invalid_fields) from None
     when_request_ends(lambda: bridge.cancel(prediction))
     return Started(prediction, asked.stream, asked.include_usage, asked.limit, asked.echo)
 
@@ -500,5 +517,7 @@ async def get_response(response_id: str) -> Response:
     p = await bridge.get(response_id.removeprefix("resp_"), caller_owner())
     # Only the input is kept of the request: the limit is read from it, as
     # when it was created; instructions and the like are null.
-    limit = limit_of(await bridge.offload(p.input_size, lambda: p.input))
+    entry = bridge.catalog.models.get(p.model)
+    names = entry.settings.openai if entry is not None else {}
+    limit = limit_of(await bridge.offload(p.input_size, lambda: p.input), names)
     return await _answer(p, lambda text: _response(p, text, limit, {}))

@@ -15,18 +15,32 @@ The rules (docs/openai.md says them to users):
 - Any other top-level field that the schema names is passed as input
   (``extra_body={"delay_ms": 50}``); OpenAI's parameters the model cannot
   use are ignored, as vLLM does.
+- A model's ``[models."x".openai]`` table renames these fields to its own
+  inputs (``prompt = "text"``, ``max_tokens = "max_new_tokens"``,
+  ``messages = "turns"``): :func:`mapped`.
 
 The input is then validated against the schema like any other.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BadRequest
 
-__all__ = ["Asked", "BadParam", "chat_input", "completion_input", "limit_of", "responses_input"]
+__all__ = [
+    "Asked",
+    "BadParam",
+    "chat_input",
+    "completion_input",
+    "limit_of",
+    "mapped",
+    "responses_input",
+    "takes_text",
+]
 
 #: Sampling parameters passed on under their own names.
 _SAMPLING = ("temperature", "top_p", "stop", "seed")
@@ -143,10 +157,45 @@ def _asked(
     )
 
 
-def limit_of(input: dict[str, Any]) -> int | None:
+def limit_of(input: dict[str, Any], names: Mapping[str, str] | None = None) -> int | None:
     """The token limit a model's *input* gives it (``max_tokens``, else
-    ``max_new_tokens``), if any: reaching it is finish_reason ``length``."""
-    return next((v for name in _LIMITS if type(v := input.get(name)) is int), None)
+    ``max_new_tokens``; *names*, its OpenAI table, may call them
+    otherwise), if any: reaching it is finish_reason ``length``."""
+    names = names or {}
+    return next((v for name in _LIMITS if type(v := input.get(names.get(name, name))) is int), None)
+
+
+Translate = Callable[[dict[str, Any], dict[str, Any]], Asked]
+
+
+def mapped(
+    translate: Translate, body: dict[str, Any], schema: dict[str, Any], names: Mapping[str, str]
+) -> Asked:
+    """``translate(body, schema)`` for a model whose OpenAI table *names*
+    its inputs for OpenAI's fields: the translation sees the schema with
+    those inputs under OpenAI's names, and its input gets them back."""
+    if not names:
+        return translate(body, schema)
+    asked = translate(body, {"properties": _view(schema, names)})
+    input = {names.get(name, name): value for name, value in asked.input.items()}
+    return dataclasses.replace(asked, input=input)
+
+
+def takes_text(schema: dict[str, Any], names: Mapping[str, str]) -> bool:
+    """Whether OpenAI's prompt or messages has an input to go to."""
+    view = _view(schema, names)
+    return "prompt" in view or "messages" in view
+
+
+def _view(schema: dict[str, Any], names: Mapping[str, str]) -> dict[str, Any]:
+    """*schema*'s properties with the inputs *names* maps to under
+    OpenAI's names (the rest as they are)."""
+    props = _properties(schema)
+    view = {name: value for name, value in props.items() if name not in names.values()}
+    for openai, own in names.items():
+        if own in props:
+            view[openai] = props[own]
+    return view
 
 
 def _properties(schema: dict[str, Any]) -> dict[str, Any]:

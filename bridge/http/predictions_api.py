@@ -23,6 +23,7 @@ from .common import (
     caller,
     caller_owner,
     context,
+    forwarded,
     json_body,
     no_content,
     prediction_response,
@@ -69,6 +70,7 @@ async def _create(
         cancel_after=deadline,
         owner=caller_owner(),
         input_size=size,
+        forwarded=forwarded(entry),
     )
     if webhook and webhooks is not None:
         # Its webhooks carry the URLs this request was given.

@@ -21,6 +21,8 @@ from typing import Any
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from .rules import field_rules
+
 __all__ = ["comments", "message_schema"]
 
 #: Where a message type's schema is, in the document's ``$defs``.
@@ -100,8 +102,14 @@ def _define(message: Descriptor, defs: dict[str, Any], notes: Comments) -> None:
         return
     defs[message.full_name] = {}  # placeholder: a recursive field refers to it
     properties: dict[str, Any] = {}
+    required: list[FieldDescriptor] = []
     for field in message.fields:
         one = _field(field, defs, notes)
+        must, bounds = field_rules(field)
+        if must:
+            required.append(field)
+        if bounds:
+            one = _bounded(one, bounds, field)
         note = notes.get((message.full_name, field.name))
         if note:
             one = {**one, "description": note}
@@ -123,7 +131,39 @@ def _define(message: Descriptor, defs: dict[str, Any], notes: Comments) -> None:
     pairs = [list(pair) for names in exclusive for pair in itertools.combinations(names, 2)]
     if pairs:  # at most one field of each oneof
         schema["not"] = {"anyOf": [{"required": pair} for pair in pairs]}
+    if required:  # by either of its names
+        schema["required"] = [f.name for f in required if f.json_name == f.name]
+        either = [f for f in required if f.json_name != f.name]
+        if either:
+            # Its proto name is required unless its lowerCamel one is there
+            # (an anyOf would say only "not valid under any").
+            schema["allOf"] = [
+                {"if": {"not": {"required": [f.json_name]}}, "then": {"required": [f.name]}}
+                for f in either
+            ]
     defs[message.full_name] = schema
+
+
+def _bounded(
+    schema: dict[str, Any], bounds: dict[str, Any], field: FieldDescriptor
+) -> dict[str, Any]:
+    """*schema* (a field's) with its annotations' *bounds*: on the array
+    and its items for a repeated field, on the number (not its string
+    form) for a 64-bit integer or a float."""
+    bounds = dict(bounds)
+    if schema.get("type") == "array":
+        items = bounds.pop("items", None)
+        if items:
+            schema = {**schema, "items": _bounded(schema["items"], items, field)}
+        return {**schema, **bounds}
+    finite = bounds.pop("x-finite", False)
+    branches = schema.get("anyOf")
+    if branches and branches[0].get("type") in ("integer", "number"):
+        number = {**branches[0], **bounds}
+        if finite or "enum" in bounds or "const" in bounds:
+            return number  # no NaN, and no string form to bypass them
+        return {**schema, "anyOf": [number, *branches[1:]]}
+    return {**schema, **bounds}
 
 
 def _synthetic(name: str, fields: list[FieldDescriptor]) -> bool:

@@ -1,0 +1,579 @@
+"""Any gRPC service, one config table away: a service written without the
+bridge (its own proto, every RPC shape) bridged as a model, end to end
+through a real bridge, real gRPC servers and HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import trio
+from google.protobuf import message_factory
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from bridge.backends.generic.descriptors import types_from_set
+from bridge.config import ConfigError, ModelSettings, OutputSettings, Settings
+from bridge.server import serve
+from tests.backends import RawServer
+from tests.conftest import StartBridge, create, ended, poll_until, read_stream
+from tests.helpers import descriptor_set
+
+PROTO = """
+syntax = "proto3";
+package acme.llm.v1;
+
+// Ask for a continuation.
+message GenerateRequest {
+  // What to continue.
+  string text = 1;
+  int32 max_new_tokens = 2;
+  string model_id = 3;
+  // Fail after the first token, as the service reports errors.
+  bool fail = 4;
+  // Send one token, then nothing (until cancelled).
+  bool hang = 5;
+  // Fail with this gRPC status (a code name) before any token.
+  string status = 6;
+}
+message Token { string text = 1; bytes raw = 2; }
+message Usage { int64 completion_tokens = 1; }
+message GenerateResponse {
+  Token token = 1;
+  string log_line = 2;
+  string error_message = 3;
+  bool is_final = 4;
+  Usage usage = 5;
+}
+
+service Generator {
+  rpc Generate(GenerateRequest) returns (stream GenerateResponse);
+  rpc Complete(GenerateRequest) returns (GenerateResponse);
+  // Stays open after its last answer, as inference servers' streams do.
+  rpc Chat(stream GenerateRequest) returns (stream GenerateResponse);
+  rpc Collect(stream GenerateRequest) returns (GenerateResponse);
+}
+"""
+
+
+def _rich_status() -> bytes:
+    """A google.rpc.Status with a BadRequest and a DebugInfo detail."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    status = status_pb2.Status(code=3, message="bad request")
+    violation = {"field": "max_new_tokens", "description": "must be at most 512"}
+    status.details.add().Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    status.details.add().Pack(error_details_pb2.DebugInfo(detail="see shard 7"))
+    return status.SerializeToString()
+
+
+LLM = OutputSettings(
+    text="token.text",
+    logs="log_line",
+    error="error_message",
+    done="is_final",
+    metrics={"output_token_count": "usage.completion_tokens"},
+)
+
+
+class Acme:
+    """The service, as its team wrote it: no bridge in sight."""
+
+    def __init__(self, types_file: Path) -> None:
+        pool = types_from_set(types_file).pool
+        self.Request = message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("acme.llm.v1.GenerateRequest")
+        )
+        self.Response = message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("acme.llm.v1.GenerateResponse")
+        )
+        #: Calls the service saw cancelled, by method.
+        self.cancelled: dict[str, threading.Event] = {
+            name: threading.Event() for name in ("Generate", "Chat")
+        }
+        #: The metadata of the last call.
+        self.metadata: dict[str, str] = {}
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def kind(make: Any, fn: Any) -> Any:
+            return make(
+                fn,
+                request_deserializer=self.Request.FromString,
+                response_serializer=self.Response.SerializeToString,
+            )
+
+        return grpc.method_handlers_generic_handler(
+            "acme.llm.v1.Generator",
+            {
+                "Generate": kind(grpc.unary_stream_rpc_method_handler, self.generate),
+                "Complete": kind(grpc.unary_unary_rpc_method_handler, self.complete),
+                "Chat": kind(grpc.stream_stream_rpc_method_handler, self.chat),
+                "Collect": kind(grpc.stream_unary_rpc_method_handler, self.collect),
+            },
+        )
+
+    def _tokens(self, request: Any) -> Iterator[Any]:
+        words = request.text.split()[: request.max_new_tokens or None]
+        for word in words:
+            yield self.Response(token={"text": word + " ", "raw": word.encode()})
+        yield self.Response(is_final=True, usage={"completion_tokens": len(words)})
+
+    async def generate(self, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        self.metadata = {k: v for k, v in context.invocation_metadata()}
+        if request.status == "INVALID_ARGUMENT":  # as Google's APIs answer
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "bad request",
+                trailing_metadata=(("grpc-status-details-bin", _rich_status()),),
+            )
+        if request.status:
+            await context.abort(grpc.StatusCode[request.status], "told to fail")
+        yield self.Response(log_line=f"generating with {request.model_id or 'no model'}")
+        try:
+            for response in self._tokens(request):
+                yield response
+                if request.fail:
+                    yield self.Response(error_message="out of memory")
+                    return
+                if request.hang:
+                    await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            self.cancelled["Generate"].set()
+            raise
+
+    async def complete(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return self.Response(token={"text": request.text.upper()})
+
+    async def chat(self, requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for request in requests:
+                for response in self._tokens(request):
+                    yield response
+            await asyncio.sleep(3600)  # never ends by itself
+        except asyncio.CancelledError:
+            self.cancelled["Chat"].set()
+            raise
+
+    async def collect(self, requests: Any, context: grpc.aio.ServicerContext) -> Any:
+        texts = [request.text async for request in requests]  # until the half-close
+        return self.Response(token={"text": " ".join(texts)})
+
+
+@pytest.fixture(scope="module")
+def acme_types(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return descriptor_set(tmp_path_factory.mktemp("acme"), "generator", PROTO)
+
+
+@pytest.fixture(scope="module")
+def acme(acme_types: Path) -> Iterator[tuple[Acme, str]]:
+    service = Acme(acme_types)
+    with RawServer(service.handler()) as server:
+        yield service, server.target
+
+
+def model(acme_types: Path, method: str, **options: Any) -> dict[str, Any]:
+    return {"method": f"acme.llm.v1.Generator/{method}", "descriptor_set": str(acme_types)} | (
+        options
+    )
+
+
+async def bridged(
+    start_bridge: StartBridge, target: str, options: dict[str, Any]
+) -> httpx.AsyncClient:
+    url = await start_bridge({"acme/llm": target}, {"acme/llm": options})
+    return httpx.AsyncClient(base_url=url, timeout=30)
+
+
+async def test_a_streaming_method_is_a_language_model(
+    start_bridge: StartBridge, acme: tuple[Acme, str], acme_types: Path
+) -> None:
+    _service, target = acme
+    options = model(acme_types, "Generate", output=LLM, input={"model_id": "acme-7b"})
+    async with await bridged(start_bridge, target, options) as client:
+        schema = (await client.get("/v1/models/acme/llm")).json()["latest_version"]
+        properties = schema["openapi_schema"]["components"]["schemas"]["Input"]["properties"]
+        assert properties["text"]["description"] == "What to continue."
+        assert "model_id" not in properties  # fixed by the config
+        prediction = await create(
+            client, "acme/llm", {"text": "Once upon a time", "max_new_tokens": 3}
+        )
+        events, _ = await read_stream(client, prediction["urls"]["stream"])
+        assert [e.data for e in events if e.event == "output"] == ["Once ", "upon ", "a "]
+        assert events[-1].event == "done"
+        done = await ended(client, prediction["id"])
+        assert done["status"] == "succeeded"
+        assert done["output"] == ["Once ", "upon ", "a "]
+        assert done["logs"] == "generating with acme-7b\n"
+        assert done["metrics"]["output_token_count"] == 3
+        refused = await create(client, "acme/llm", {"text": "x", "model_id": "other"}, status=422)
+        assert "model_id" in refused["detail"]
+
+
+async def test_the_error_field_fails_the_prediction_with_its_text(
+    start_bridge: StartBridge, acme: tuple[Acme, str], acme_types: Path
+) -> None:
+    _service, target = acme
+    async with await bridged(
+        start_bridge, target, model(acme_types, "Generate", output=LLM)
+    ) as client:
+        prediction = await create(client, "acme/llm", {"text": "one two", "fail": True})
+        done = await ended(client, prediction["id"])
+        assert (done["status"], done["error"], done["output"]) == (
+            "failed",
+            "out of memory",
+            ["one "],
+        )
+
+
+async def test_a_cancel_reaches_the_service(
+    start_bridge: StartBridge, acme: tuple[Acme, str], acme_types: Path
+) -> None:
+    service, target = acme
+    service.cancelled["Generate"].clear()
+    async with await bridged(
+        start_bridge, target, model(acme_types, "Generate", output=LLM)
+    ) as client:
+        prediction = await create(client, "acme/llm", {"text": "one two", "hang": True})
+        async with client.stream("GET", prediction["urls"]["stream"]) as stream:
+            async for line in stream.aiter_lines():
+                if line == "event: output":
+                    break
+        await client.post(f"/v1/predictions/{prediction['id']}/cancel")
+        done = await ended(client, prediction["id"])
+        assert done["status"] == "canceled"
+        await trio.to_thread.run_sync(service.cancelled["Generate"].wait, 10)
+        assert service.cancelled["Generate"].is_set()
+
+
+async def test_a_status_fails_the_prediction_as_predict_does(
+    start_bridge: StartBridge, acme: tuple[Acme, str], acme_types: Path
+) -> None:
+    _service, target = acme
+    async with await bridged(
+        start_bridge, target, model(acme_types, "Generate", output=LLM)
+    ) as client:
+        prediction = await create(client, "acme/llm", {"text": "x", "status": "RESOURCE_EXHAUSTED"})
+        done = await ended(client, prediction["id"])
+        assert done["status"] == "failed"
+        assert done["error"] == "model backend error RESOURCE_EXHAUSTED: told to fail"
+        # A google.rpc.Status trailer's readable details follow the message.
+        prediction = await create(client, "acme/llm", {"text": "x", "status": "INVALID_ARGUMENT"})
+        done = await ended(client, prediction["id"])
+        assert done["error"] == (
+            "model backend error INVALID_ARGUMENT: bad request "
+            "(max_new_tokens: must be at most 512; see shard 7)"
+        )
+
+
+async def test_each_message_is_an_output_by_default(
+    start_bridge: StartBridge, acme: tuple[Acme, str], acme_types: Path
+) -> None:
+    _service, target = acme
+    async with await bridged(start_bridge, target, model(acme_types, "Generate")) as client:
+        prediction = await create(client, "acme/llm", {"text": "hi", "model_id": "m"})
+        done = await ended(client, prediction["id"])
+        assert done["output"] == [
+            {"log_line": "generating with m"},
+            {"token": {"text": "hi ", "raw": "aGk="}},  # proto names; bytes as base64
+            {"is_final": True, "usage": {"completion_tokens": "1"}},  # int64: a string
+        ]
+
+
+@pytest.mark.parametrize("text", ["token.raw", "not_null(token.raw)"])
+async def test_an_expression_on_bytes_gives_text(
+    start_bridge: StartBridge, acme: tuple[Acme, str], acme_types: Path, text: str
+) -> None:
+    """A plain path (read from the message) and any other expression (over
+    its JSON) alike: bytes as UTF-8, not base64."""
+    _service, target = acme
+    options = model(acme_types, "Generate", output=OutputSettings(text=text))
+    async with await bridged(start_bridge, target, options) as client:
+        prediction = await create(client, "acme/llm", {"text": "one two"})
+        done = await ended(client, prediction["id"])
+        assert done["output"] == ["one", "two"]
+
+
+async def test_a_unary_method_gives_one_output(
+    start_bridge: StartBridge, acme: tuple[Acme, str], acme_types: Path
+) -> None:
+    _service, target = acme
+    async with await bridged(start_bridge, target, model(acme_types, "Complete")) as client:
+        prediction = await create(client, "acme/llm", {"text": "hello"})
+        done = await ended(client, prediction["id"])
+        assert (done["status"], done["output"]) == ("succeeded", {"token": {"text": "HELLO"}})
+
+
+async def test_a_bidirectional_stream_is_read_until_done_then_cancelled(
+    start_bridge: StartBridge, acme: tuple[Acme, str], acme_types: Path
+) -> None:
+    service, target = acme
+    service.cancelled["Chat"].clear()
+    async with await bridged(start_bridge, target, model(acme_types, "Chat", output=LLM)) as client:
+        prediction = await create(client, "acme/llm", {"text": "to and fro"})
+        done = await ended(client, prediction["id"])
+        assert (done["status"], done["output"]) == ("succeeded", ["to ", "and ", "fro "])
+        await trio.to_thread.run_sync(service.cancelled["Chat"].wait, 10)
+        assert service.cancelled["Chat"].is_set()
+
+
+async def test_a_client_stream_is_sent_one_request_then_half_closed(
+    start_bridge: StartBridge, acme: tuple[Acme, str], acme_types: Path
+) -> None:
+    _service, target = acme
+    options = model(acme_types, "Collect", output=OutputSettings(text="token.text"))
+    async with await bridged(start_bridge, target, options) as client:
+        prediction = await create(client, "acme/llm", {"text": "all of it"})
+        done = await ended(client, prediction["id"])
+        assert (done["status"], done["output"]) == ("succeeded", ["all of it"])
+
+
+class _Health:
+    """grpcio-health-checking's own servicer, with reflection: a real
+    service nobody here wrote, whose types come from the service itself."""
+
+    def __init__(self) -> None:
+        self.target = ""
+        self._started = threading.Event()
+
+    def set(self, status: str) -> None:
+        value = health_pb2.HealthCheckResponse.ServingStatus.Value(status)
+        self._loop.call_soon_threadsafe(
+            lambda: self._loop.create_task(self.health.set("acme", value))
+        )
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = grpc.aio.server()
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        await self.health.set("acme", health_pb2.HealthCheckResponse.SERVING)
+        self.target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+        await server.start()
+        self._started.set()
+        await self._stop.wait()
+        await server.stop(None)
+
+    def __enter__(self) -> _Health:
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),))
+        self._thread.start()
+        self._started.wait()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+
+
+async def test_health_watch_by_reflection_is_a_model(start_bridge: StartBridge) -> None:
+    """grpc.health.v1.Health/Watch, a real server-streaming RPC, its types
+    asked of the server by reflection; ``done`` a JMESPath comparison."""
+    with _Health() as served:
+        options = {
+            "method": "grpc.health.v1.Health/Watch",
+            "reflection": True,
+            "output": OutputSettings(done="status == 'NOT_SERVING'"),
+        }
+        async with await bridged(start_bridge, served.target, options) as client:
+            got = (await client.get("/v1/models/acme/llm")).json()
+            assert "latest_version" in got, got
+            version = got["latest_version"]
+            schema = version["openapi_schema"]["components"]["schemas"]["Input"]
+            assert set(schema["properties"]) == {"service"}
+            prediction = await create(client, "acme/llm", {"service": "acme"})
+
+            async def first_output() -> bool:
+                got = (await client.get(f"/v1/predictions/{prediction['id']}")).json()
+                return bool(got["output"])
+
+            await poll_until(first_output)
+            served.set("NOT_SERVING")
+            done = await ended(client, prediction["id"])
+            assert done["status"] == "succeeded"
+            assert done["output"] == [{"status": "SERVING"}, {"status": "NOT_SERVING"}]
+
+
+def test_what_reflection_may_answer_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files and bytes both; and a service the server does not know is
+    said so, not waited for."""
+    from bridge.backends.generic import reflection as asking
+    from bridge.errors import BackendProtocolError
+
+    async def ask(target: str, service: str) -> Any:
+        async with grpc.aio.insecure_channel(target) as channel:
+            return await asking.ask(channel, service)
+
+    with _Health() as served:
+        files = asyncio.run(ask(served.target, "grpc.health.v1.Health"))
+        assert [f.name for f in files.file] == ["grpc_health/v1/health.proto"]
+        with pytest.raises(BackendProtocolError, match="could not answer"):
+            asyncio.run(ask(served.target, "acme.Nope"))
+        monkeypatch.setattr(asking, "MAX_DESCRIPTOR_BYTES", 100)
+        with pytest.raises(BackendProtocolError, match="reflection answered more than"):
+            asyncio.run(ask(served.target, "grpc.health.v1.Health"))
+
+
+async def test_bridge_v1_through_the_generic_path_gives_the_same_events(
+    start_bridge: StartBridge, demo_targets: dict[str, str]
+) -> None:
+    """bridge.v1's own Predict, named as any service's method, with
+    ``text`` its chunks: the same events as the native path."""
+    proto = Path(__file__).parent.parent / "proto"
+    options = {
+        "method": "bridge.v1.Predictor/Predict",
+        "protos": (str(proto / "bridge" / "v1" / "predictor.proto"),),
+        "proto_path": (str(proto),),
+        "output": OutputSettings(text="output.chunks[].text", logs="log"),
+    }
+    url = await start_bridge({"acme/echo": demo_targets["demo/echo"]}, {"acme/echo": options})
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        said = "the same words either way"
+        native = await create(client, "demo/echo", {"prompt": said})
+        generic = await create(client, "acme/echo", {"input": {"prompt": said}})
+        kept = ("output", "logs", "done")
+        events = []
+        for prediction in (native, generic):
+            read, _ = await read_stream(client, prediction["urls"]["stream"])
+            events.append([(e.event, e.data) for e in read if e.event in kept])
+        assert events[0] == events[1]
+        assert next(data for event, data in events[0] if event == "output") == "the "
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"method": "acme.llm.v1.Generator/Nope"}, "has no method Nope"),
+        ({"output": OutputSettings(text="token.nope")}, "acme.llm.v1.Token has no field 'nope'"),
+        ({"output": OutputSettings(text="token[")}, "not a JMESPath expression"),
+        ({"input": {"max_new_tokens": "many"}}, "input"),
+    ],
+)
+async def test_a_model_that_does_not_fit_its_service_is_refused_at_startup(
+    tmp_path: Path, acme_types: Path, options: dict[str, Any], message: str
+) -> None:
+    spec = model(acme_types, "Generate") | options
+    settings = Settings(
+        port=0, models={"acme/llm": ModelSettings("acme/llm", ("127.0.0.1:1",), **spec)}
+    )
+    with pytest.raises(ConfigError, match=message) as caught:
+        await serve(settings)
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).startswith('[models."acme/llm"]')
+
+
+def documented_config() -> str:
+    """The first config block of docs/grpc-services.md, as written."""
+    import re
+
+    doc = (Path(__file__).parent.parent / "docs" / "grpc-services.md").read_text()
+    return re.findall(r"```toml\n(.*?)```", doc, re.DOTALL)[0]
+
+
+def _write_config(where: Path, target: str, proto: str = PROTO) -> Path:
+    protos = where / "protos" / "acme" / "llm" / "v1"
+    protos.mkdir(parents=True, exist_ok=True)
+    (protos / "generator.proto").write_text(proto)
+    config = where / "bridge.toml"
+    config.write_text(documented_config().replace("10.0.0.5:9000", target))
+    return config
+
+
+async def test_the_documented_table_serves_from_proto_files(
+    nursery: trio.Nursery, tmp_path: Path, acme: tuple[Acme, str]
+) -> None:
+    """The config as docs/grpc-services.md writes it: .proto files relative
+    to the config file, compiled by the bridge; metadata sent."""
+    service, target = acme
+    config = _write_config(tmp_path / "project", target)
+    settings = Settings.from_toml(config, port=0, webhook_secret_file=str(tmp_path / "secret"))
+    port = await nursery.start(serve, settings)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        headers = {"X-Request-Id": "req-7", "Authorization": "Bearer not-for-the-service"}
+        prediction = await create(
+            client, "acme/llm", {"text": "a b c d", "max_new_tokens": 2}, headers=headers
+        )
+        done = await ended(client, prediction["id"])
+        assert (done["output"], done["logs"]) == (["a ", "b "], "generating with acme-7b\n")
+        assert service.metadata["x-api-key"] == "..."
+        assert service.metadata["x-request-id"] == "req-7"
+        assert "authorization" not in service.metadata and "traceparent" not in service.metadata
+
+
+def test_check_compiles_a_configs_protos_or_says_where_they_are_wrong(tmp_path: Path) -> None:
+    """``python -m bridge check`` (``make proto CONFIG=...``): a compile
+    error before ``make run``, in one line naming the file and line."""
+    import subprocess
+    import sys
+
+    config = _write_config(tmp_path, "127.0.0.1:1")
+    command = [sys.executable, "-m", "bridge", "check", "--config", str(config)]
+    good = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert good.returncode == 0, good.stderr
+    assert "acme/llm: acme.llm.v1.Generator/Generate (server-streaming), version " in good.stdout
+    _write_config(tmp_path, "127.0.0.1:1", PROTO.replace("bool is_final = 4;", "bool is_final = 4"))
+    bad = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1, bad.stderr
+    assert bad.stderr.startswith('error: [models."acme/llm"] protos: ')
+    assert "acme/llm/v1/generator.proto:25:" in bad.stderr, bad.stderr
+
+
+async def test_the_official_clients_drive_a_bridged_service(
+    start_bridge: StartBridge, acme: tuple[Acme, str], acme_types: Path
+) -> None:
+    """Replicate's and OpenAI's official clients, unchanged, against a
+    bridged method whose text input is not called prompt: its OpenAI table
+    says where OpenAI's fields go."""
+    import openai
+    import replicate
+    from replicate.stream import ServerSentEvent
+
+    from tests.helpers import in_thread
+
+    _service, target = acme
+    table = {"prompt": "text", "max_tokens": "max_new_tokens"}
+    options = model(acme_types, "Generate", output=LLM, openai=table)
+    url = await start_bridge({"acme/llm": target}, {"acme/llm": options})
+    rc = replicate.Client(api_token="r8_test", base_url=url)
+
+    def run() -> list[str]:
+        events = rc.stream("acme/llm", input={"text": "Once upon a time", "max_new_tokens": 3})
+        return [str(e) for e in events if e.event == ServerSentEvent.EventType.OUTPUT]
+
+    assert await in_thread(run) == ["Once ", "upon ", "a "]
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0)
+    stream = await client.chat.completions.create(
+        model="acme/llm",
+        messages=[{"role": "user", "content": "Once upon a time"}],
+        max_tokens=2,
+        stream=True,
+    )
+    chunks = [chunk async for chunk in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Once upon "
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+
+
+async def test_chat_to_a_model_without_a_prompt_input_says_how_to_map_it(
+    start_bridge: StartBridge, acme: tuple[Acme, str], acme_types: Path
+) -> None:
+    _service, target = acme
+    options = model(acme_types, "Generate", output=LLM, input={"max_new_tokens": 1})
+    async with await bridged(start_bridge, target, options) as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json={"model": "acme/llm", "messages": [{"role": "user", "content": "hi"}]},
+        )
+        assert response.status_code == 400, response.text
+        message = response.json()["error"]["message"]
+        assert 'prompt = "<input>"' in message and "acme/llm" in message, message
