@@ -12,9 +12,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
@@ -337,3 +339,109 @@ def test_live_cursor_logs_and_recent_predictions(page: Page, bridge: str) -> Non
     page.goto(bridge + "/")  # a fresh page; reopen it from the list
     page.click(f"#recent-list a[href$='{mine}']")
     replayed(page, "slow and steady words")
+
+
+TELLER = """
+syntax = "proto3";
+package story.v1;
+import "google/api/field_behavior.proto";
+
+// A story, a word at a time.
+message TellRequest {
+  // What the story is about.
+  string topic = 1 [(google.api.field_behavior) = REQUIRED];
+  // The most words it may take.
+  int32 max_words = 2;
+  Tone tone = 3;
+  // Shout it.
+  bool loud = 4;
+  repeated string names = 5;
+  int64 seed = 6;
+  Style style = 7;
+}
+enum Tone { TONE_UNSPECIFIED = 0; GRIM = 1; MERRY = 2; }
+message Style { string voice = 1; }
+message TellResponse { string word = 1; }
+
+service Teller { rpc Tell(TellRequest) returns (stream TellResponse); }
+"""
+
+
+@pytest.fixture(scope="module")
+def teller(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A bridge serving story.v1.Teller/Tell, a service of its own proto
+    (compiled by the bridge from the .proto file), as model acme/teller."""
+    from google.protobuf import message_factory
+
+    from bridge.backends.generic.descriptors import types_from_set
+    from tests.backends import RawServer
+    from tests.helpers import descriptor_set
+
+    tmp = tmp_path_factory.mktemp("teller")
+    pool = types_from_set(descriptor_set(tmp, "teller", TELLER)).pool
+    request, response = (
+        message_factory.GetMessageClass(pool.FindMessageTypeByName(f"story.v1.{name}"))
+        for name in ("TellRequest", "TellResponse")
+    )
+
+    async def tell(asked: Any, context: Any) -> AsyncIterator[Any]:
+        tone = pool.FindEnumTypeByName("story.v1.Tone").values_by_number[asked.tone].name
+        words = [tone, *asked.topic.split(), *asked.names, asked.style.voice, str(asked.seed)]
+        for word in words[: asked.max_words or None]:
+            yield response(word=(word.upper() if asked.loud else word) + " ")
+
+    handler = grpc.method_handlers_generic_handler(
+        "story.v1.Teller",
+        {
+            "Tell": grpc.unary_stream_rpc_method_handler(
+                tell, request.FromString, response.SerializeToString
+            )
+        },
+    )
+    with RawServer(handler) as server:
+        config = tmp / "bridge.toml"
+        config.write_text(
+            f'[models."acme/teller"]\ntargets = ["{server.target}"]\n'
+            'method = "story.v1.Teller/Tell"\nprotos = ["teller.proto"]\nproto_path = ["."]\n'
+            '[models."acme/teller".output]\ntext = "word"\n'
+        )
+        bridge = subprocess.Popen(
+            [*BRIDGE, "serve", "--stop-on-eof", "--config", str(config), "--port", "0"],
+            stdin=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=ENV | {"XDG_STATE_HOME": str(tmp)},
+        )
+        try:
+            yield wait_for(bridge.stderr, rb"Running on (http://\S+)")[1].decode()
+        finally:
+            bridge.terminate()
+            bridge.wait(20)
+
+
+def test_a_bridged_services_form_comes_from_its_proto(page: Page, teller: str) -> None:
+    page.goto(teller + "/")
+    page.wait_for_selector("#inputs [name=topic]")
+    captions = page.locator("#inputs .caption").all_text_contents()
+    assert captions == [
+        "topic string · required",
+        "max_words integer",
+        "tone string",
+        "loud boolean",
+        "names array",
+        "seed any",
+        "style object",
+    ]  # each field once: maxWords, its lowerCamel spelling, is not a second box
+    hints = page.locator("#inputs .hint").all_text_contents()
+    assert hints[0] == "What the story is about."
+    assert hints[1] == "The most words it may take. · -2147483648 to 2147483647"
+    tone = page.locator("#inputs [name=tone] option").all_text_contents()
+    assert tone == ["(default)", "TONE_UNSPECIFIED", "GRIM", "MERRY"]
+    page.fill("#inputs [name=topic]", "the fox")
+    page.select_option("#inputs [name=tone]", "MERRY")
+    page.check("#inputs [name=loud]")
+    page.fill("#inputs [name=names]", "Ann\nBo")
+    page.fill("#inputs [name=seed]", "9007199254740993")  # past a double's exact range
+    page.fill("#inputs [name=style]", '{"voice": "owl"}')
+    page.click("#start")
+    page.wait_for_selector('#status[data-status="succeeded"]', timeout=30_000)
+    assert page.text_content("#output") == "MERRY THE FOX ANN BO OWL 9007199254740993 "

@@ -41,7 +41,12 @@ message GenerateRequest {
   bool hang = 5;
   // Fail with this gRPC status (a code name) before any token.
   string status = 6;
+  // A recursive type: its depth is the answer's one token.
+  Node tree = 7;
+  // Answer one token of this many KiB.
+  int32 big_kib = 8;
 }
+message Node { Node child = 1; }
 message Token { string text = 1; bytes raw = 2; }
 message Usage { int64 completion_tokens = 1; }
 message GenerateResponse {
@@ -134,6 +139,15 @@ class Acme:
             )
         if request.status:
             await context.abort(grpc.StatusCode[request.status], "told to fail")
+        if request.big_kib:
+            yield self.Response(token={"raw": b"x" * (request.big_kib << 10)})
+            return
+        if request.HasField("tree"):
+            depth, node = 0, request.tree
+            while node.HasField("child"):
+                depth, node = depth + 1, node.child
+            yield self.Response(token={"text": f"{depth} deep"})
+            return
         yield self.Response(log_line=f"generating with {request.model_id or 'no model'}")
         try:
             for response in self._tokens(request):
@@ -297,6 +311,52 @@ async def test_an_expression_on_bytes_gives_text(
         prediction = await create(client, "acme/llm", {"text": "one two"})
         done = await ended(client, prediction["id"])
         assert done["output"] == ["one", "two"]
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """A Node *depth* children deep."""
+    node: dict[str, Any] = {}
+    for _ in range(depth):
+        node = {"child": node}
+    return node
+
+
+async def test_recursive_deep_and_huge_messages_are_bounded(
+    start_bridge: StartBridge, acme: tuple[Acme, str], acme_types: Path
+) -> None:
+    _service, target = acme
+    url = await start_bridge(
+        {"acme/llm": target, "acme/raw": target},
+        {
+            "acme/llm": model(acme_types, "Generate", output=LLM),
+            "acme/raw": model(acme_types, "Generate", max_output_bytes=1 << 20),
+        },
+        max_body_bytes=1 << 20,
+    )
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        # A recursive type takes what the body's nesting bound allows...
+        prediction = await create(client, "acme/llm", {"tree": nested(28)})
+        assert (await ended(client, prediction["id"]))["output"] == ["28 deep"]
+        # ... and no more, refused before anything runs.
+        deep = await client.post(
+            "/v1/models/acme/llm/predictions", json={"input": {"tree": nested(40)}}
+        )
+        assert deep.status_code == 400 and "nests deeper than 32 levels" in deep.json()["detail"]
+        huge = await client.post(
+            "/v1/models/acme/llm/predictions", json={"input": {"text": "x " * (1 << 19)}}
+        )
+        assert huge.status_code == 413
+        # An answer over gRPC's 4 MiB message limit fails the prediction.
+        prediction = await create(client, "acme/llm", {"big_kib": 5 << 10})
+        done = await ended(client, prediction["id"])
+        assert done["status"] == "failed"
+        assert done["error"].startswith("model backend error RESOURCE_EXHAUSTED")
+        # One of 3 MiB, whose JSON (bytes as base64) is 4 MiB, is charged as output.
+        prediction = await create(client, "acme/raw", {"big_kib": 3 << 10})
+        done = await ended(client, prediction["id"])
+        assert done["status"] == "failed"
+        assert done["error"].startswith("output exceeded max_output_bytes (1048576 bytes")
+        assert (await client.get("/health")).status_code == 200  # and all is well
 
 
 async def test_a_unary_method_gives_one_output(
@@ -525,7 +585,9 @@ def test_check_compiles_a_configs_protos_or_says_where_they_are_wrong(tmp_path: 
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1, bad.stderr
     assert bad.stderr.startswith('error: [models."acme/llm"] protos: ')
-    assert "acme/llm/v1/generator.proto:25:" in bad.stderr, bad.stderr
+    # protoc reports the missing ";" on the line after it.
+    line = PROTO.splitlines().index("  bool is_final = 4;") + 2
+    assert f"acme/llm/v1/generator.proto:{line}:" in bad.stderr, bad.stderr
 
 
 async def test_the_official_clients_drive_a_bridged_service(

@@ -3,7 +3,8 @@ mapping: what a model whose input is that message accepts, checked before
 anything runs and then converted by protobuf's own JSON parser.
 
 Fields go by the names the proto gives them (``infer_response``); the
-lowerCamel name protobuf's parser also accepts is a property too. Scalars
+lowerCamel name protobuf's parser also accepts is a property too, marked
+``"x-alias-of": "infer_response"`` (the page's form shows the field once). Scalars
 keep their ranges (64-bit integers as JSON numbers or decimal strings, as
 the mapping allows), enums go by name, bytes as base64, and repeated
 fields, maps, nested and recursive messages (each message type a
@@ -23,7 +24,10 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from .rules import field_rules
 
-__all__ = ["comments", "message_schema"]
+__all__ = ["ALIAS", "comments", "message_schema"]
+
+#: Marks a field's lowerCamel property: the name of the field it spells.
+ALIAS = "x-alias-of"
 
 #: Where a message type's schema is, in the document's ``$defs``.
 _REF = "#/$defs/{}"
@@ -115,7 +119,8 @@ def _define(message: Descriptor, defs: dict[str, Any], notes: Comments) -> None:
             one = {**one, "description": note}
         properties[field.name] = one
         if field.json_name != field.name:
-            properties[field.json_name] = one  # protobuf's parser takes both
+            # protobuf's parser takes both; a form shows the proto's name.
+            properties[field.json_name] = {**one, ALIAS: field.name}
     schema: dict[str, Any] = {
         "type": "object",
         "properties": properties,
@@ -197,7 +202,7 @@ def _single(field: FieldDescriptor, defs: dict[str, Any], notes: Comments) -> di
     if message.full_name in _WRAPPERS:
         return _single(message.fields_by_name["value"], defs, notes)
     _define(message, defs, notes)
-    return {"$ref": _REF.format(message.full_name)}
+    return {"type": "object", "$ref": _REF.format(message.full_name)}
 
 
 def comments(file: descriptor_pb2.FileDescriptorProto) -> Comments:

@@ -64,7 +64,10 @@ function limits(prop) {
 function renderInputs(model, values = {}) {
   const schema = inputSchema(model);
   const required = new Set(schema.required || []);
-  const names = Object.keys(schema.properties || {}).sort((a, b) => {
+  // A bridged service's field is one box, by its proto name (its lowerCamel
+  // spelling, which the API takes too, says x-alias-of).
+  const properties = schema.properties || {};
+  const names = Object.keys(properties).filter((name) => !properties[name]["x-alias-of"]).sort((a, b) => {
     if (a === "prompt") return -1; // the prompt box comes first
     if (b === "prompt") return 1;
     return (schema.properties[a]["x-order"] ?? 99) - (schema.properties[b]["x-order"] ?? 99);
