@@ -63,6 +63,10 @@ HERE = Path(__file__).resolve().parent
 PY = sys.executable
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
 TICKS, ECHO = "bench/ticks", "demo/echo"
+#: The same backends' bridge.v1 Predict named as any service's method
+#: (docs/grpc-services.md): the generic path, beside the native one.
+GENERIC = {"generic/ticks": TICKS, "generic/echo": ECHO}
+PROTO = HERE.parent / "proto"
 
 
 # -- processes -------------------------------------------------------------
@@ -149,6 +153,13 @@ def start_bridge(
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "bridge.toml"
     models = "".join(f'[models."{n}"]\ntargets = ["{t}"]\n' for n, t in targets.items())
+    for name, native in GENERIC.items():
+        models += (
+            f'[models."{name}"]\ntargets = ["{targets[native]}"]\n'
+            'method = "bridge.v1.Predictor/Predict"\n'
+            f'protos = ["{PROTO / "bridge/v1/predictor.proto"}"]\nproto_path = ["{PROTO}"]\n'
+            f'[models."{name}".output]\ntext = "output.chunks[].text"\n'
+        )
     shared = f'[store]\nurl = "{store}"\n' if store else ""
     config.write_text(
         "[server]\nmax_running = 4096\nmax_queued = 4096\n"
@@ -362,15 +373,22 @@ def many_streams(urls: dict[str, str], pids: dict[str, int], streams: int, secon
 
 
 def paced(
-    create: str, pids: list[int], streams: int, seconds: float, read: str | None = None
+    create: str,
+    pids: list[int],
+    streams: int,
+    seconds: float,
+    read: str | None = None,
+    model: str = TICKS,
 ) -> dict[str, Any]:
     """*streams* at 20 chunks/s created on *create* (and read from *read*,
     created then read from urls.stream), the CPU of *pids* together."""
     tokens = int(seconds * 20)
-    input = {"tokens": tokens, "interval_ms": 50}
+    input: dict[str, Any] = {"tokens": tokens, "interval_ms": 50}
+    if model in GENERIC:  # bridge.v1's request as JSON: the input is a field
+        input = {"input": input}
     with usage(*pids) as used:
         result = readers(
-            "sse", create, TICKS, input, streams, procs=2, ticks=True,
+            "sse", create, model, input, streams, procs=2, ticks=True,
             get=read is not None, read_addr=read,
         )  # fmt: skip
     whole = [s for s in result["streams"] if s["error"] is None and s["chunks"] == tokens]
@@ -430,6 +448,43 @@ def shared(
             proc.stop()
         redis.terminate()
         redis.wait()
+
+
+def generic(
+    targets: dict[str, str],
+    addr: str,
+    pid: int,
+    chunks: int,
+    rounds: int,
+    streams: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """The same backend's Predict through the native path and through the
+    generic one (its proto compiled by the bridge, its chunks read by the
+    expression ``output.chunks[].text``): one fast stream, and paced
+    streams' server CPU per chunk, taken in turns."""
+    input = {"prompt": "-", "tokens": ["ab"], "repeat": chunks}
+    ends: dict[str, list[float]] = {"direct": [], "native": [], "generic": []}
+    for _ in range(rounds):
+        for name, out in (
+            ("direct", lambda: readers("grpc", targets[ECHO], ECHO, input, 1)),
+            ("native", lambda: readers("sse", addr, ECHO, input, 1)),
+            ("generic", lambda: readers("sse", addr, "generic/echo", {"input": input}, 1)),
+        ):
+            (stream,) = out()["streams"]
+            assert stream["error"] is None and stream["chunks"] == chunks, (name, stream)
+            ends[name].append(stream["end"])
+    rates = {k: round(chunks / statistics.median(v)) for k, v in ends.items()}
+    native = paced(addr, [pid], streams, seconds)
+    made = paced(addr, [pid], streams, seconds, model="generic/ticks")
+    return {
+        "one_stream": {"chunks": chunks, "chunks_per_s": rates,
+                       "generic_vs_native": round(rates["generic"] / rates["native"], 2)},
+        "streams": streams,
+        "native": native,
+        "generic": made,
+        "cpu_vs_native": round(made["cpu_us_per_chunk"] / native["cpu_us_per_chunk"], 2),
+    }  # fmt: skip
 
 
 def capacity(
@@ -667,6 +722,8 @@ def report(r: dict[str, Any]) -> str:
                 f"{row['gap_ms']['p50']} / {row['gap_ms']['p99']}; {row['not_whole']}; "
                 f"{row['cpu_us_per_chunk']} | - |"
             )
+    if ge := r.get("generic"):
+        lines += generic_rows(ge)
     if cap := r.get("capacity"):
 
         def tried(side: dict) -> str:
@@ -711,6 +768,8 @@ def report(r: dict[str, Any]) -> str:
             f"{m['bridge']['not_whole']} not whole, {b['p99']} ms vs {p['p99']} ms",
             m["bridge"]["not_whole"] == 0 and b["p99"] <= 100 and b["p99"] < p["p99"],
         ))  # fmt: skip
+    if ge := r.get("generic"):
+        targets += generic_targets(ge)
     if cap := r.get("capacity"):
         b, p = cap["bridge"]["streams"], cap["peer"]["streams"]
         targets.append(
@@ -733,6 +792,35 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def generic_rows(ge: dict[str, Any]) -> list[str]:
+    o, n = ge["one_stream"], f"{ge['streams']:,} streams at 20 chunks/s"
+    rate = o["chunks_per_s"]
+    lines = [
+        f'| a bridged service (the same Predict by its proto, `text = "output.chunks[].text"`):'
+        f" one stream, {o['chunks']:,} chunks: chunks/s | {rate['direct']:,} | "
+        f"{rate['generic']:,} ({o['generic_vs_native']}x the native path's {rate['native']:,})"
+        " | - |"
+    ]
+    for key, what in (("native", "the native path"), ("generic", "a bridged service")):
+        row = ge[key]
+        lines.append(
+            f"| {n}, {what}: gap p50 / p99 ms; not whole; server CPU µs per chunk | - | "
+            f"{row['gap_ms']['p50']} / {row['gap_ms']['p99']}; {row['not_whole']}; "
+            f"{row['cpu_us_per_chunk']} | - |"
+        )
+    return lines
+
+
+def generic_targets(ge: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    o = ge["one_stream"]
+    return [
+        (f"a bridged service's one stream ({o['chunks']:,} chunks) ≥ 0.5x the native path's",
+         f"{o['generic_vs_native']}x", o["generic_vs_native"] >= 0.5),
+        (f"a bridged service's CPU per chunk at {ge['streams']:,} paced streams ≤ 1.3x the "
+         "native path's", f"{ge['cpu_vs_native']}x", ge["cpu_vs_native"] <= 1.3),
+    ]  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -741,13 +829,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "out")
     parser.add_argument(
         "--only",
-        help="comma-separated: one,streams,capacity,first,cancel,memory,shared (default: all)",
+        help="comma-separated: one,streams,capacity,first,cancel,memory,shared,generic "
+        "(default: all)",
     )
     args = parser.parse_args()
     only = (
         set(args.only.split(","))
         if args.only
-        else {"one", "streams", "capacity", "first", "cancel", "memory", "shared"}
+        else {"one", "streams", "capacity", "first", "cancel", "memory", "shared", "generic"}
     )
     smoke = args.smoke
     results: dict[str, Any] = {
@@ -801,6 +890,12 @@ def main() -> int:
             if "cancel" in only:
                 step("cancel")
                 results["cancel_ms"] = cancel_latency(bridge_addr, backend, 3 if smoke else 50)
+            if "generic" in only:
+                step("a bridged service (the generic path) beside the native path")
+                results["generic"] = generic(
+                    targets, bridge_addr, bridge.pid,
+                    *((2000, 1, 20, 1) if smoke else (200_000, 5, 1000, 8)),
+                )  # fmt: skip
             if "shared" in only:
                 step("shared store (Redis) and --workers 2")
                 results["shared"] = shared(targets, Path(tmp), bridge_addr, bridge.pid, smoke)

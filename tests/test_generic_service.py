@@ -91,7 +91,7 @@ class Acme:
     """The service, as its team wrote it: no bridge in sight."""
 
     def __init__(self, types_file: Path) -> None:
-        pool = types_from_set(types_file).pool
+        self.pool = pool = types_from_set(types_file).pool
         self.Request = message_factory.GetMessageClass(
             pool.FindMessageTypeByName("acme.llm.v1.GenerateRequest")
         )
@@ -461,6 +461,71 @@ async def test_health_watch_by_reflection_is_a_model(start_bridge: StartBridge) 
             done = await ended(client, prediction["id"])
             assert done["status"] == "succeeded"
             assert done["output"] == [{"status": "SERVING"}, {"status": "NOT_SERVING"}]
+
+
+class _Reflected:
+    """A service's handler and reflection over its types' pool, on
+    *address* (a redeploy: the same address again, new types)."""
+
+    def __init__(self, handler: grpc.GenericRpcHandler, pool: Any, address: str) -> None:
+        self._handler, self._pool, self.address = handler, pool, address
+        self._started = threading.Event()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((self._handler,))
+        names = ("acme.llm.v1.Generator", reflection.SERVICE_NAME)
+        reflection.enable_server_reflection(names, server, pool=self._pool)
+        self.address = f"127.0.0.1:{server.add_insecure_port(self.address)}"
+        await server.start()
+        self._started.set()
+        await self._stop.wait()
+        await server.stop(None)
+
+    def __enter__(self) -> _Reflected:
+        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),))
+        self._thread.start()
+        self._started.wait()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+
+
+async def test_a_redeployed_services_new_types_are_taken_by_reflection(
+    start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    """The service comes back on its address with a new field: the next
+    describe (here after describe_ttl_seconds) asks reflection again."""
+    added = PROTO.replace("  int32 big_kib = 8;\n", "  int32 big_kib = 8;\n  string persona = 9;\n")
+    (tmp_path / "v1").mkdir(), (tmp_path / "v2").mkdir()
+    before = Acme(descriptor_set(tmp_path / "v1", "generator", PROTO))
+    after = Acme(descriptor_set(tmp_path / "v2", "generator", added))
+    options = model(Path(), "Generate", output=LLM) | {"descriptor_set": None, "reflection": True}
+    with _Reflected(before.handler(), before.pool, "127.0.0.1:0") as first:
+        url = await start_bridge(
+            {"acme/llm": first.address}, {"acme/llm": options}, describe_ttl_seconds=0.2
+        )
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            old = (await client.get("/v1/models/acme/llm")).json()["latest_version"]
+            refused = await create(client, "acme/llm", {"text": "a", "persona": "x"}, status=422)
+            assert "persona" in refused["detail"]
+    with _Reflected(after.handler(), after.pool, first.address):
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+            async def redescribed() -> bool:
+                got = (await client.get("/v1/models/acme/llm")).json()
+                return got.get("latest_version", old)["id"] != old["id"]
+
+            await poll_until(redescribed)
+            new = (await client.get("/v1/models/acme/llm")).json()["latest_version"]
+            schemas = new["openapi_schema"]["components"]["schemas"]
+            assert "persona" in schemas["Input"]["properties"]
+            prediction = await create(client, "acme/llm", {"text": "a b", "persona": "x"})
+            assert (await ended(client, prediction["id"]))["output"] == ["a ", "b "]
 
 
 def test_what_reflection_may_answer_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,7 +35,8 @@ from .schema import message_schema
 
 __all__ = ["Output", "message_json"]
 
-_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+#: A path of fields, each may be flattened (``output.chunks[].text``).
+_PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\])?(\.[A-Za-z_][A-Za-z0-9_]*(\[\])?)*$")
 _BYTES_VALUE = "google.protobuf.BytesValue"
 
 #: An expression, made ready: the message in, the value out (None: absent).
@@ -95,6 +96,11 @@ def _bytes_as_text(message: Message, doc: dict[str, Any]) -> None:
                     _bytes_as_text(item, item_doc)
 
 
+def _is_map(field: FieldDescriptor) -> bool:
+    kind = field.message_type
+    return kind is not None and kind.GetOptions().map_entry
+
+
 def _json_key(key: Any) -> str:
     """A map key as proto3 JSON writes it."""
     if isinstance(key, bool):
@@ -142,31 +148,44 @@ class Output:
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ConfigError(f"[output] {key}: not a JMESPath expression ({message})") from None
         if _PLAIN.match(expression):
-            return self._path(key, expression.split("."))
+            names = expression.split(".")
+            steps = [(name.removesuffix("[]"), name.endswith("[]")) for name in names]
+            reader = self._path(key, steps)
+            if reader is not None:
+                return reader
         self.needs_json = True
         return lambda message, doc: compiled.search(doc.get())
 
-    def _path(self, key: str, names: list[str]) -> Reader:
-        """A plain path read from the message; checked against its type."""
+    def _path(self, key: str, steps: list[tuple[str, bool]]) -> Reader | None:
+        """A plain path (field names, each maybe flattened with ``[]``)
+        checked against the response type and read from the message; None
+        where it ends on a message or flattens what is not a list (read
+        over the JSON then)."""
         fields: list[FieldDescriptor] = []
         kind: Descriptor | None = self.response
-        for name in names:
-            field = kind.fields_by_name.get(name) if kind is not None else None
+        for name, flat in steps:
+            if kind is None:
+                before = fields[-1].name
+                if fields[-1].is_repeated:
+                    raise ConfigError(
+                        f"[output] {key}: {before} is a list; {before}[].{name} reads each item's"
+                    )
+                raise ConfigError(f"[output] {key}: {before} is not a message")
+            field = kind.fields_by_name.get(name)
             if field is None:
-                where = kind.full_name if kind is not None else fields[-1].name
                 raise ConfigError(
-                    f"[output] {key}: {where} has no field {name!r} "
+                    f"[output] {key}: {kind.full_name} has no field {name!r} "
                     "(fields go by the proto's names)"
                 )
+            if flat and (not field.is_repeated or _is_map(field)):
+                return None
             fields.append(field)
-            kind = None if field.is_repeated else field.message_type
-        last = fields[-1]
-        if last.message_type is not None or any(f.is_repeated for f in fields[:-1]):
-            # A message (its JSON), or a path through a list: over the JSON.
-            self.needs_json = True
-            compiled = jmespath.compile(".".join(names))
-            return lambda message, doc: compiled.search(doc.get())
-        return _field_reader(fields)
+            kind = field.message_type if flat or not field.is_repeated else None
+        if fields[-1].message_type is not None:
+            return None  # a message, a list of them or a map: its JSON
+        if not any(flat for _, flat in steps):
+            return _field_reader(fields)
+        return _projection(fields, flat_end=steps[-1][1])
 
     def items(self, message: Message) -> tuple[list[StreamItem], bool]:
         """*message*'s events, and whether it is the last; raises
@@ -253,6 +272,44 @@ def _field_reader(fields: list[FieldDescriptor]) -> Reader:
 
     if not names and not is_bytes and enum is None and not last.is_repeated:
         return lambda message, doc: getattr(message, name)  # the plainest: one field
+    return read
+
+
+def _projection(fields: list[FieldDescriptor], flat_end: bool) -> Reader:
+    """Read a path through lists (``output.chunks[].text``): the list of
+    what each item has, as JMESPath's projection over the JSON gives (a
+    field the JSON leaves out, unset or proto3's default, is no item); a
+    list at the end is one item, or its items with *flat_end* (``tags[]``)."""
+    *through, last = fields
+    steps = [(f.name, f.is_repeated) for f in through]
+    name, many = last.name, last.is_repeated
+    is_bytes = last.type == FieldDescriptor.TYPE_BYTES
+    enum = last.enum_type
+    presence = last.has_presence
+
+    def convert(value: Any) -> Any:
+        if is_bytes:
+            return _text(value)
+        if enum is not None:
+            found = enum.values_by_number.get(value)
+            return found.name if found is not None else value
+        return value
+
+    def read(message: Message, doc: _Json) -> Any:
+        level = [message]
+        for step, repeated in steps:
+            if repeated:
+                level = [item for m in level for item in getattr(m, step)]
+            else:
+                level = [getattr(m, step) for m in level if m.HasField(step)]
+        if many and flat_end:
+            return [convert(v) for m in level for v in getattr(m, name)]
+        if many:
+            return [[convert(v) for v in vs] for m in level if (vs := getattr(m, name))]
+        if presence:
+            return [convert(getattr(m, name)) for m in level if m.HasField(name)]
+        return [convert(v) for m in level if (v := getattr(m, name))]
+
     return read
 
 

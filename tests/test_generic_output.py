@@ -1,0 +1,109 @@
+"""A plain path in ``[output]`` is read from the message itself, and gives
+what JMESPath over the message's JSON gives (bytes as text)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jmespath
+import pytest
+from google.protobuf import json_format, message_factory
+
+from bridge.backends.generic.descriptors import types_from_set
+from bridge.backends.generic.output import Output, _texts, message_json
+from bridge.config import ConfigError, OutputSettings
+from tests.helpers import descriptor_set
+
+PROTO = """
+syntax = "proto3";
+package out.v1;
+import "google/protobuf/struct.proto";
+
+message Chunk {
+  oneof value { string text = 1; google.protobuf.Value json = 2; }
+  bytes raw = 3;
+  Kind kind = 4;
+  repeated string tags = 5;
+  int64 count = 6;
+}
+enum Kind { KIND_UNSPECIFIED = 0; WORD = 1; }
+message Output { repeated Chunk chunks = 1; Chunk first = 2; }
+message Response {
+  Output output = 1;
+  repeated Output outputs = 2;
+  string log = 3;
+  map<string, Chunk> named = 4;
+}
+"""
+
+EXPRESSIONS = [
+    "output.chunks[].text",
+    "output.chunks[].raw",
+    "output.chunks[].kind",
+    "output.chunks[].tags",
+    "output.chunks[].tags[]",
+    "output.chunks[].count",
+    "outputs[].chunks[].text",
+    "outputs[].first.text",
+    "output.first.text",
+    "output.first.tags",
+    "log",
+]
+
+MESSAGES: list[dict[str, Any]] = [
+    {},
+    {"log": "a line"},
+    {"output": {}},
+    {"output": {"chunks": [{"text": "a"}, {"json": 1}, {"text": ""}, {"raw": "eHk="}]}},
+    {"output": {"chunks": [{"kind": "WORD", "tags": ["p", "q"], "count": "7"}, {"tags": ["r"]}]}},
+    {"outputs": [{"chunks": [{"text": "x"}]}, {}, {"first": {"text": "y"}, "chunks": [{}]}]},
+    {"output": {"first": {"text": "only", "tags": ["t"]}}},
+]
+
+
+@pytest.fixture(scope="module")
+def response(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    pool = types_from_set(descriptor_set(tmp_path_factory.mktemp("out"), "out", PROTO)).pool
+    return pool.FindMessageTypeByName("out.v1.Response")
+
+
+@pytest.mark.parametrize("expression", EXPRESSIONS)
+def test_a_plain_path_reads_the_message_as_jmespath_reads_its_json(
+    response: Any, expression: str
+) -> None:
+    output = Output(OutputSettings(text=expression), response)
+    assert not output.needs_json  # read from the message: no JSON made
+    assert output.text is not None
+    make = message_factory.GetMessageClass(response)
+    for value in MESSAGES:
+        message = json_format.ParseDict(value, make())
+        fast = output.text(message, None)  # type: ignore[arg-type]
+        slow = jmespath.search(expression, message_json(message, text_bytes=True))
+        # The same text pieces (absent may read as None, [] or "", and a
+        # 64-bit integer as a number or JSON's string: the same text).
+        assert _texts(fast) == _texts(slow), (expression, value, fast, slow)
+
+
+@pytest.mark.parametrize(
+    "expression", ["output.chunks", "output.first", "named", "log[]", "output.first[].text"]
+)
+def test_what_a_path_cannot_read_from_the_message_goes_over_the_json(
+    response: Any, expression: str
+) -> None:
+    assert Output(OutputSettings(text=expression), response).needs_json
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("output.chunks.text", "chunks is a list; chunks[].text reads each item's"),
+        ("log.text", "log is not a message"),
+        ("output.chunk[].text", "out.v1.Output has no field 'chunk'"),
+    ],
+)
+def test_a_path_that_does_not_fit_the_type_is_refused(
+    response: Any, expression: str, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Output(OutputSettings(text=expression), response)
