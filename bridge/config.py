@@ -471,6 +471,7 @@ _SERVICE_KEYS = ("protos", "proto_path", "descriptor_set", "reflection", "output
 def _service(model: ModelSettings, where: str, base: Path | None) -> ModelSettings:
     """*model*, checked as a bridged service (one source of types) with
     its paths made relative to *base* (the config file's directory)."""
+    _check_metadata(model, where)
     if model.method is None:
         set_ = [key for key in _SERVICE_KEYS if getattr(model, key) != getattr(_NATIVE, key)]
         if set_:
@@ -484,9 +485,6 @@ def _service(model: ModelSettings, where: str, base: Path | None) -> ModelSettin
         )
     if model.proto_path and not model.protos:
         raise ConfigError(f"{where} proto_path goes with protos")
-    bad = [h for h in model.forward_headers if h != h.lower() or ":" in h]
-    if bad:
-        raise ConfigError(f"{where} forward_headers: give header names in lowercase ({bad[0]!r})")
 
     def here(path: str) -> str:
         return str(base / path) if base is not None and not os.path.isabs(path) else path
@@ -497,6 +495,30 @@ def _service(model: ModelSettings, where: str, base: Path | None) -> ModelSettin
         proto_path=tuple(map(here, model.proto_path)),
         descriptor_set=model.descriptor_set and here(model.descriptor_set),
     )
+
+
+#: A gRPC metadata key the bridge may send as text: lowercase, not grpc's
+#: own (``grpc-*``), not binary (``-bin``, whose values are bytes).
+_METADATA_KEY = re.compile(r"^(?!grpc-)[0-9a-z_.-]+(?<!-bin)$")
+#: A text metadata value: printable ASCII, as gRPC's wire format has it.
+METADATA_VALUE = re.compile(r"^[\x20-\x7e]*$")
+
+
+def _check_metadata(model: ModelSettings, where: str) -> None:
+    for key, value in model.metadata.items():
+        if not _METADATA_KEY.match(key):
+            raise ConfigError(
+                f"{where} metadata {key!r}: gRPC metadata keys are lowercase letters, digits, "
+                "_ . and -, not grpc-* nor -bin"
+            )
+        if not isinstance(value, str) or not METADATA_VALUE.match(value):
+            raise ConfigError(f"{where} metadata {key!r}: a value is printable ASCII text")
+    bad = [h for h in model.forward_headers if not _METADATA_KEY.match(h)]
+    if bad:
+        raise ConfigError(
+            f"{where} forward_headers {bad[0]!r}: a header name in lowercase, as its gRPC "
+            "metadata key (letters, digits, _ . and -; not grpc-* nor -bin)"
+        )
 
 
 #: A model with nothing set: what _SERVICE_KEYS are when not set.

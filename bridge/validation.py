@@ -245,8 +245,10 @@ def _invalid_fields(errors: Iterator[jsonschema.ValidationError]) -> Iterator[di
     lazily (a caller that has enough stops the validation)."""
     for error in errors:
         if error.validator == "required":
+            where = "".join(f"{p}." for p in error.path)  # a nested object's
             for name in (p for p in error.validator_value if p not in error.instance):
-                yield {"type": "required", "field": name, "description": f"{name} is required"}
+                field = f"{where}{name}"[:MAX_DESCRIPTION]
+                yield {"type": "required", "field": field, "description": f"{name} is required"}
         elif error.validator == "additionalProperties" and not error.path:
             known = error.schema.get("properties", {})
             for name in (p for p in error.instance if p not in known):
@@ -255,6 +257,14 @@ def _invalid_fields(errors: Iterator[jsonschema.ValidationError]) -> Iterator[di
                     "field": name[:MAX_DESCRIPTION],
                     "description": f"{name[:MAX_DESCRIPTION]} is not an input of this model",
                 }
+        elif together := _given_together(error):
+            where = "".join(f"{p}." for p in error.path)
+            for a, b in together:
+                yield {
+                    "type": "not",
+                    "field": f"{where}{b}"[:MAX_DESCRIPTION],
+                    "description": f"{a} and {b} cannot both be given"[:MAX_DESCRIPTION],
+                }
         else:
             name = ".".join(str(p) for p in error.path) or "input"
             yield {
@@ -262,6 +272,22 @@ def _invalid_fields(errors: Iterator[jsonschema.ValidationError]) -> Iterator[di
                 "field": name[:MAX_DESCRIPTION],
                 "description": error.message,
             }
+
+
+def _given_together(error: jsonschema.ValidationError) -> list[tuple[str, str]]:
+    """For a ``not: {anyOf: [{required: [a, b]}, ...]}`` refusal (fields
+    that exclude each other: a protobuf oneof's, or one field's two
+    spellings), the pairs the instance has both of."""
+    if error.validator != "not" or not isinstance(error.instance, dict):
+        return []
+    value = error.validator_value
+    branches = value.get("anyOf") if isinstance(value, dict) else None
+    pairs = [b.get("required") for b in branches or () if isinstance(b, dict)]
+    return [
+        (pair[0], pair[1])
+        for pair in pairs
+        if isinstance(pair, list) and len(pair) == 2 and all(n in error.instance for n in pair)
+    ]
 
 
 def validate_webhook(url: Any, events: Any) -> frozenset[str]:

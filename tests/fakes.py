@@ -18,7 +18,7 @@ import trio
 
 from bridge import strictjson
 from bridge.backends import wire
-from bridge.backends.interface import ModelInfo, PredictInput
+from bridge.backends.interface import Metadata, ModelInfo, PredictInput
 from bridge.config import Settings
 from bridge.core import events as events_module
 from bridge.core.events import SLICE_BYTES, EventLog, Follower, OutputBatch, Record
@@ -322,7 +322,7 @@ class FakeBackend:
         self.health_calls = 0
         self.health_seconds = 0.0
 
-    async def describe(self, target: str) -> ModelInfo:
+    async def describe(self, target: str, metadata: Metadata = ()) -> ModelInfo:
         self.describe_calls += 1
         self.active_calls += 1  # every call counts, as the gRPC loop's do
         try:
@@ -333,7 +333,7 @@ class FakeBackend:
             raise BackendUnavailable("model backend unavailable: no connection")
         return self.models[target]
 
-    async def check_health(self, target: str) -> str:
+    async def check_health(self, target: str, metadata: Metadata = ()) -> str:
         self.health_calls += 1
         await trio.sleep(self.health_seconds)
         return self.health if target in self.models else "UNAVAILABLE"

@@ -33,6 +33,7 @@ message Kinds {
   oneof choice {
     string a = 7;
     int32 b = 8;
+    string c_d = 17;
   }
   bytes blob = 9;
   google.protobuf.Timestamp at = 10;
@@ -88,6 +89,7 @@ BAD = [
     ({"count": 2**31}, "count"),
     ({"color": "BLUE"}, "color"),
     ({"a": "x", "b": 1}, "a"),  # two fields of one oneof
+    ({"a": "x", "cD": "y"}, "cD"),  # ... one of them by its lowerCamel name
     ({"unknown": 1}, "unknown"),
     ({"tags": "x"}, "tags"),
     ({"child": {"count": "three"}}, "count"),  # through the recursion
@@ -105,6 +107,21 @@ def test_what_the_schema_accepts_protobuf_parses(kinds: Any, value: dict[str, An
     check_patterns(schema, "input")  # the bridge's bounded engine runs its patterns
     validate_input(schema, value)
     json_format.ParseDict(value, message_factory.GetMessageClass(descriptor)())
+
+
+def test_a_field_by_both_its_names_is_refused(kinds: Any) -> None:
+    """protobuf's parser would take the last silently: refused first, in
+    words (as two fields of one oneof are)."""
+    descriptor, _ = kinds
+    both = {"ids_by_number": {"1": "x"}, "idsByNumber": {"2": "y"}}
+    with pytest.raises(InvalidInput) as refused:
+        validate_input(message_schema(descriptor), both)
+    assert refused.value.detail == (
+        "input.idsByNumber: ids_by_number and idsByNumber cannot both be given"
+    )
+    with pytest.raises(InvalidInput) as refused:
+        validate_input(message_schema(descriptor), {"child": {"a": "x", "cD": "y"}})
+    assert refused.value.detail == "input.child.cD: a and cD cannot both be given"
 
 
 @pytest.mark.parametrize(("value", "named"), BAD, ids=[str(b[0])[:40] for b in BAD])
@@ -242,3 +259,92 @@ def test_validation_annotations_become_bounds(annotated: Any, value: dict, named
     with pytest.raises(InvalidInput) as refused:
         validate_input(schema, value)
     assert named in str(refused.value.detail) + str(refused.value.invalid_fields), refused.value
+
+
+FIXED = """
+syntax = "proto3";
+package acme.fixed.v1;
+import "google/api/field_behavior.proto";
+
+message Ask {
+  string model_id = 1 [(google.api.field_behavior) = REQUIRED];
+  string text = 2;
+  Ask follow_up = 3;  // the same kind: model_id required in it, as the proto says
+  oneof tenant { string team = 4; string user_name = 5; }
+  string region = 6 [(google.api.field_behavior) = REQUIRED];
+}
+message Answer { string text = 1; }
+service Asker { rpc Send(Ask) returns (stream Answer); }
+"""
+
+
+@pytest.mark.parametrize(
+    ("value", "refused"),
+    [
+        ({"text": "hi"}, None),
+        ({"text": "hi", "follow_up": {"model_id": "m2", "region": "eu"}}, None),
+        (
+            {"text": "hi", "follow_up": {"region": "eu"}},
+            "input.follow_up.model_id: model_id is required",
+        ),
+        ({"region": "us"}, "input.region: region is not an input of this model"),
+        ({"modelId": "other"}, "input.modelId: modelId is not an input of this model"),
+        ({"userName": "me"}, "input.userName: userName is not an input of this model"),
+    ],
+)
+def test_a_fixed_input_is_neither_taken_nor_required(
+    tmp_path_factory: pytest.TempPathFactory, value: dict[str, Any], refused: str | None
+) -> None:
+    """A field the config fixes (here one the proto marks REQUIRED, and one
+    of a oneof, whose other fields go with it) is not the user's: not
+    required of them, not accepted from them; a nested message of the
+    same type keeps its own rules."""
+    from bridge.backends.generic.backend import bind
+    from bridge.backends.generic.descriptors import types_from_set
+    from bridge.config import ModelSettings
+
+    types = types_from_set(descriptor_set(tmp_path_factory.mktemp("fixed"), "fixed", FIXED))
+    settings = ModelSettings(
+        "acme/ask", ("127.0.0.1:1",), method="acme.fixed.v1.Asker/Send",
+        descriptor_set="fixed.binpb", input={"model_id": "m7", "team": "red", "region": "eu"},
+    )  # fmt: skip
+    schema = bind(settings, types, "its descriptor set").info.input_schema
+    if refused is None:
+        validate_input(schema, value)
+    else:
+        with pytest.raises(InvalidInput) as error:
+            validate_input(schema, value)
+        assert error.value.detail == refused
+
+
+@pytest.mark.parametrize("pattern", ["^[[:alpha:]]+$", "^a{,3}$", "^(?P<word>[a-z]+)$", "^a\\\\z"])
+def test_a_pattern_in_re2s_own_syntax_is_left_to_the_service(
+    tmp_path_factory: pytest.TempPathFactory, pattern: str
+) -> None:
+    """Read as JSON Schema's (ECMA-262) it would mean something else, or
+    not compile on the bridge's engine: no bound, rather than a wrong one."""
+    where = tmp_path_factory.mktemp("re2")
+    (where / "validate.proto").write_text(VALIDATE)
+    proto = ANNOTATED.replace('pattern: "^[a-z ]+$"', f'pattern: "{pattern}"')
+    files = descriptor_pb2.FileDescriptorSet.FromString(
+        descriptor_set(where, "ask", proto).read_bytes()
+    )
+    pool = descriptor_pool.DescriptorPool()
+    for file in files.file:
+        pool.Add(file)
+    schema = message_schema(pool.FindMessageTypeByName("acme.rules.v1.Ask"))
+    assert "pattern" not in schema["properties"]["prompt"]
+    check_patterns(schema, "input")
+    validate_input(schema, {**ASK, "prompt": "abc"})
+
+
+def test_a_proto2_required_field_is_required(tmp_path_factory: pytest.TempPathFactory) -> None:
+    proto = 'syntax = "proto2";\npackage old.v1;\nmessage Ask { required string q = 1; }\n'
+    out = descriptor_set(tmp_path_factory.mktemp("proto2"), "old", proto)
+    pool = descriptor_pool.DescriptorPool()
+    for file in descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file:
+        pool.Add(file)
+    schema = message_schema(pool.FindMessageTypeByName("old.v1.Ask"))
+    with pytest.raises(InvalidInput) as refused:
+        validate_input(schema, {})  # not a message protobuf can send
+    assert refused.value.detail == "input.q: q is required"

@@ -5,6 +5,7 @@ through a real bridge, real gRPC servers and HTTP."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -281,8 +282,8 @@ async def test_a_status_fails_the_prediction_as_predict_does(
         done = await ended(client, prediction["id"])
         assert done["error"] == (
             "model backend error INVALID_ARGUMENT: bad request "
-            "(max_new_tokens: must be at most 512; see shard 7)"
-        )
+            "(max_new_tokens: must be at most 512)"
+        )  # and not the DebugInfo ("see shard 7"): not for the API's users
 
 
 async def test_each_message_is_an_output_by_default(
@@ -467,17 +468,23 @@ class _Reflected:
     """A service's handler and reflection over its types' pool, on
     *address* (a redeploy: the same address again, new types)."""
 
-    def __init__(self, handler: grpc.GenericRpcHandler, pool: Any, address: str) -> None:
+    def __init__(
+        self, handler: grpc.GenericRpcHandler, pool: Any, address: str, *interceptors: Any
+    ) -> None:
         self._handler, self._pool, self.address = handler, pool, address
+        self._interceptors = interceptors
         self._started = threading.Event()
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = grpc.aio.server()
+        server = grpc.aio.server(interceptors=self._interceptors)
         server.add_generic_rpc_handlers((self._handler,))
         names = ("acme.llm.v1.Generator", reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server, pool=self._pool)
+        served = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(served, server)
+        await served.set(names[0], health_pb2.HealthCheckResponse.SERVING)
         self.address = f"127.0.0.1:{server.add_insecure_port(self.address)}"
         await server.start()
         self._started.set()
@@ -528,6 +535,71 @@ async def test_a_redeployed_services_new_types_are_taken_by_reflection(
             assert (await ended(client, prediction["id"]))["output"] == ["a ", "b "]
 
 
+class _Keys(grpc.aio.ServerInterceptor):
+    """Records each call's method and x-api-key, x-request-id."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str | None, str | None]] = []
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        sent = dict(details.invocation_metadata or ())
+        self.seen.append((details.method, sent.get("x-api-key"), sent.get("x-request-id")))
+        return await continuation(details)
+
+
+async def test_metadata_goes_with_every_call(start_bridge: StartBridge, acme_types: Path) -> None:
+    """The model's [metadata] on reflection, health and the calls; its
+    forward_headers on the calls, and a value gRPC cannot carry refused."""
+    service, keys = Acme(acme_types), _Keys()
+    options = model(Path(), "Generate", output=LLM) | {
+        "descriptor_set": None,
+        "reflection": True,
+        "metadata": {"x-api-key": "k1"},
+        "forward_headers": ("x-request-id",),
+    }
+    with _Reflected(service.handler(), service.pool, "127.0.0.1:0", keys) as served:
+        url = await start_bridge({"acme/llm": served.address}, {"acme/llm": options})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            await client.get("/health")  # asks every target's grpc.health.v1
+            headers = {"x-request-id": "r1"}
+            prediction = await create(client, "acme/llm", {"text": "a"}, headers=headers)
+            assert (await ended(client, prediction["id"]))["status"] == "succeeded"
+            refused = await client.post(
+                "/v1/models/acme/llm/predictions",
+                json={"input": {"text": "a"}},
+                headers={"x-request-id": "caf\u00e9".encode()},
+            )
+            assert refused.status_code == 400
+            assert "x-request-id" in refused.json()["detail"]
+    methods = {method for method, _, _ in keys.seen}
+    assert {
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "/grpc.health.v1.Health/Check",
+        "/acme.llm.v1.Generator/Generate",
+    } <= methods
+    assert {key for _, key, _ in keys.seen} == {"k1"}
+    assert ("/acme.llm.v1.Generator/Generate", "k1", "r1") in keys.seen
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"metadata": {"X-Key": "v"}}, "metadata 'X-Key': gRPC metadata keys are lowercase"),
+        ({"metadata": {"grpc-timeout": "1S"}}, "not grpc-* nor -bin"),
+        ({"metadata": {"x-token-bin": "AAA="}}, "not grpc-* nor -bin"),
+        ({"metadata": {"x-key": "caf\u00e9"}}, "metadata 'x-key': a value is printable ASCII"),
+        ({"forward_headers": ["X-Request-Id"]}, "forward_headers 'X-Request-Id': a header name"),
+    ],
+)
+def test_metadata_grpc_cannot_send_is_refused_in_the_config(
+    table: dict[str, Any], message: str
+) -> None:
+    """On any model, bridge.v1's too: at startup, not as each call fails."""
+    models = {"models": {"me/echo": {"targets": ["127.0.0.1:1"], **table}}}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.from_dict(models)
+
+
 def test_what_reflection_may_answer_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Files and bytes both; and a service the server does not know is
     said so, not waited for."""
@@ -546,6 +618,44 @@ def test_what_reflection_may_answer_is_bounded(monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.setattr(asking, "MAX_DESCRIPTOR_BYTES", 100)
         with pytest.raises(BackendProtocolError, match="reflection answered more than"):
             asyncio.run(ask(served.target, "grpc.health.v1.Health"))
+
+
+def test_a_reflection_that_never_sends_an_import_is_not_waited_for() -> None:
+    """A server that answers every request, but with the wrong file: once
+    every import was asked for and answered, the answer is refused."""
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2 as pb
+
+    from bridge.backends.generic import reflection as asking
+    from bridge.errors import BackendProtocolError
+
+    lying = descriptor_pb2.FileDescriptorProto(name="acme.proto", dependency=["gone.proto"])
+
+    async def answer(requests: Any, context: Any) -> AsyncIterator[Any]:
+        async for _ in requests:  # whatever is asked, the same file
+            files = pb.FileDescriptorResponse(file_descriptor_proto=[lying.SerializeToString()])
+            yield pb.ServerReflectionResponse(file_descriptor_response=files)
+
+    handler = grpc.method_handlers_generic_handler(
+        "grpc.reflection.v1.ServerReflection",
+        {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                answer,
+                pb.ServerReflectionRequest.FromString,
+                pb.ServerReflectionResponse.SerializeToString,
+            )
+        },
+    )
+
+    async def ask(target: str) -> Any:
+        async with grpc.aio.insecure_channel(target) as channel:
+            return await asyncio.wait_for(asking.ask(channel, "acme.Service"), 10)
+
+    with (
+        RawServer(handler) as server,
+        pytest.raises(BackendProtocolError, match=r"reflection did not send gone\.proto"),
+    ):
+        asyncio.run(ask(server.target))
 
 
 async def test_bridge_v1_through_the_generic_path_gives_the_same_events(

@@ -265,10 +265,19 @@ def test_status_codes_map_in_one_place(code: grpc.StatusCode, error: type, messa
     assert message in str(mapped)
 
 
-def test_a_backend_still_loading_is_told_apart_from_one_away() -> None:
-    details = wire.LOADING
+@pytest.mark.parametrize("rich", [False, True])
+def test_a_backend_still_loading_is_told_apart_from_one_away(rich: bool) -> None:
+    """Also when its status carries a google.rpc.Status with details."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    status = status_pb2.Status(code=14, message=wire.LOADING)
+    status.details.add().Pack(error_details_pb2.LocalizedMessage(message="weights: 40%"))
+    trailers = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
     exc = grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        trailers if rich else grpc.aio.Metadata(),
+        details=wire.LOADING,
     )
     mapped = map_rpc_error(exc)
     assert type(mapped) is BackendLoading and isinstance(mapped, BackendUnavailable)

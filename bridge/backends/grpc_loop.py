@@ -80,7 +80,7 @@ from bridge.errors import (
 
 from ..offload import Offload
 from . import wire
-from .interface import CLEANUP_TIMEOUT, PredictInput
+from .interface import CLEANUP_TIMEOUT, Metadata, PredictInput
 from .rich_status import details_text
 
 __all__ = [
@@ -127,12 +127,12 @@ def map_rpc_error(exc: grpc.RpcError, method: str = "bridge.v1") -> PredictionEr
     # Both grpc.Call errors and grpc.aio.AioRpcError (not a grpc.Call) have these.
     code = getattr(exc, "code", lambda: grpc.StatusCode.UNKNOWN)()
     details = getattr(exc, "details", lambda: "")() or ""
+    if code is grpc.StatusCode.UNAVAILABLE and details == wire.LOADING:
+        return BackendLoading(f"model backend unavailable: {details}")
     # A google.rpc.Status trailer's readable details, after the message.
     rich = details_text(getattr(exc, "trailing_metadata", lambda: None)())
     if rich:
         details = f"{details} ({rich})" if details else rich
-    if code is grpc.StatusCode.UNAVAILABLE and details == wire.LOADING:
-        return BackendLoading(f"model backend unavailable: {details}")
     if code is grpc.StatusCode.UNAVAILABLE:
         return BackendUnavailable(f"model backend unavailable: {details or 'no connection'}")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -231,6 +231,8 @@ class PredictStream:
                 return map_rpc_error(exc)
             except ValueError as exc:
                 return BackendProtocolError(f"model backend sent {exc}")
+            except grpc.aio.BaseError as exc:  # grpc refused the call (its metadata, say)
+                return BackendProtocolError(f"the call could not be made: {exc}")
         return None
 
     def _start(
@@ -587,14 +589,14 @@ class GrpcLoop:
             raise errors[0]
         return values[0]
 
-    async def describe(self, target: str) -> wire.ModelInfo:
+    async def describe(self, target: str, metadata: Metadata = ()) -> wire.ModelInfo:
         """Ask the backend at *target* what model it serves."""
         timeout = _grpc_timeout()
 
         async def call() -> predictor_pb2.DescribeResponse:
             stub = predictor_pb2_grpc.PredictorStub(self._channel(target))
             response: predictor_pb2.DescribeResponse = await stub.Describe(
-                predictor_pb2.DescribeRequest(), timeout=timeout
+                predictor_pb2.DescribeRequest(), timeout=timeout, metadata=metadata or None
             )
             return response
 
@@ -605,7 +607,7 @@ class GrpcLoop:
         except ValueError as exc:
             raise BackendProtocolError(f"model backend sent {exc}") from exc
 
-    async def check_health(self, target: str, service: str = "") -> str:
+    async def check_health(self, target: str, metadata: Metadata = (), *, service: str = "") -> str:
         """The backend's ``grpc.health.v1`` status name for *service* (one
         it does not know: for the server, ``""``), or ``UNAVAILABLE``."""
         timeout = _grpc_timeout()
@@ -613,13 +615,13 @@ class GrpcLoop:
         async def call() -> Any:
             stub = health_pb2_grpc.HealthStub(self._channel(target))
             request = health_pb2.HealthCheckRequest(service=service)
-            return await stub.Check(request, timeout=timeout)
+            return await stub.Check(request, timeout=timeout, metadata=metadata or None)
 
         try:
             response = await self._run(call)
         except grpc.RpcError as exc:
             if service and exc.code() is grpc.StatusCode.NOT_FOUND:
-                return await self.check_health(target)
+                return await self.check_health(target, metadata)
             error = map_rpc_error(exc)
             # A backend that answers, but not with a health service, is up
             # in an unknown state; one that cannot be reached is not.

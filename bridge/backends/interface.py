@@ -20,6 +20,7 @@ __all__ = [
     "Backend",
     "Call",
     "LogLine",
+    "Metadata",
     "MetricsUpdate",
     "ModelInfo",
     "OutputChunks",
@@ -33,6 +34,10 @@ __all__ = [
 CLEANUP_TIMEOUT = 5.0
 
 
+#: gRPC metadata: (key, value) pairs, keys lowercase, values text.
+Metadata = tuple[tuple[str, str], ...]
+
+
 class PredictInput(NamedTuple):
     """What a ``Predict`` call asks: a prediction and its (valid) input,
     as the JSON the prediction keeps (decoded by the backend, off the
@@ -42,7 +47,7 @@ class PredictInput(NamedTuple):
     input_json: bytes
     #: gRPC metadata sent with the call: the model's own, then the
     #: request headers it forwards (lowercase names).
-    metadata: tuple[tuple[str, str], ...] = ()
+    metadata: Metadata = ()
 
     @property
     def size(self) -> int:
@@ -125,11 +130,12 @@ class Backend(Protocol):
         running (the model sees the cancel)."""
         ...
 
-    async def describe(self, target: str) -> ModelInfo:
-        """What model the backend at *target* serves."""
+    async def describe(self, target: str, metadata: Metadata = ()) -> ModelInfo:
+        """What model the backend at *target* serves (*metadata*: the
+        model's, sent with the call)."""
         ...
 
-    async def check_health(self, target: str) -> str:
+    async def check_health(self, target: str, metadata: Metadata = ()) -> str:
         """Its ``grpc.health.v1`` status name (``SERVING``,
         ``NOT_SERVING``, ``UNKNOWN``), or ``UNAVAILABLE``."""
         ...

@@ -29,11 +29,7 @@ def _bad_request(d: details.BadRequest) -> list[str]:
     return [f"{v.field}: {v.description}" for v in d.field_violations]
 
 
-def _quota(d: details.QuotaFailure) -> list[str]:
-    return [f"{v.subject}: {v.description}" if v.subject else v.description for v in d.violations]
-
-
-def _precondition(d: details.PreconditionFailure) -> list[str]:
+def _violations(d: details.QuotaFailure | details.PreconditionFailure) -> list[str]:
     return [f"{v.subject}: {v.description}" if v.subject else v.description for v in d.violations]
 
 
@@ -46,12 +42,13 @@ _READERS: list[tuple[type[Message], Callable[[Any], list[str]]]] = [
     (details.LocalizedMessage, lambda d: [d.message]),
     (details.BadRequest, _bad_request),
     (details.ErrorInfo, _error_info),
-    (details.QuotaFailure, _quota),
-    (details.PreconditionFailure, _precondition),
+    (details.QuotaFailure, _violations),
+    (details.PreconditionFailure, _violations),
     (details.ResourceInfo, lambda d: [f"{d.resource_type} {d.resource_name}: {d.description}"]),
     (details.Help, lambda d: [f"{link.description} {link.url}".strip() for link in d.links]),
-    (details.DebugInfo, lambda d: [d.detail]),
 ]
+# DebugInfo is left out: Google's guidance keeps it from the API's users,
+# and a prediction's error is theirs.
 
 
 def details_text(trailing_metadata: Any) -> str | None:

@@ -147,7 +147,7 @@ def _check(args: argparse.Namespace) -> int:
             continue
         binding = services[name]
         if binding is None:
-            print(f"{name}: {model.method}, its types by reflection at startup")
+            print(f"{name}: {model.method}, its types asked by reflection when first described")
             continue
         method = binding.method
         shape = ["unary", "server-streaming", "client-streaming", "bidirectional"][

@@ -113,7 +113,7 @@ class Catalog:
         return asking.info
 
     async def _ask(self, entry: ModelEntry) -> ModelInfo:
-        info = await entry.backend.describe(entry.next_target())
+        info = await entry.backend.describe(entry.next_target(), entry.metadata)
         check_patterns(info.input_schema, "input")
         check_patterns(info.output_schema, "output")
         if info.name and info.name != entry.name:
@@ -187,7 +187,7 @@ class Catalog:
         async def check(entry: ModelEntry, target: str) -> None:
             status = "UNAVAILABLE"
             with trio.move_on_after(within):
-                status = await entry.backend.check_health(target)
+                status = await entry.backend.check_health(target, entry.metadata)
             entry.mark(target, status)
 
         async with trio.open_nursery() as nursery:

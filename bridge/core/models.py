@@ -9,7 +9,7 @@ import math
 import time
 from collections.abc import Iterator
 
-from ..backends.interface import Backend, ModelInfo
+from ..backends.interface import Backend, Metadata, ModelInfo
 from ..config import ModelSettings
 
 __all__ = ["ModelEntry"]
@@ -37,6 +37,11 @@ class ModelEntry:
         #: Each target's ``grpc.health.v1`` status, as last seen (checked,
         #: or a call that could not reach it); None: not known yet.
         self.health: dict[str, str | None] = dict.fromkeys(settings.targets)
+
+    @property
+    def metadata(self) -> Metadata:
+        """What every call to its backends sends (its ``[metadata]``)."""
+        return tuple(self.settings.metadata.items())
 
     @property
     def info(self) -> ModelInfo | None:

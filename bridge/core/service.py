@@ -215,7 +215,7 @@ class Bridge:
                 store=self.store,
                 max_output_bytes=self.settings.max_output_bytes,
                 validated=validated,
-                metadata=tuple(entry.settings.metadata.items()) + forwarded,
+                metadata=entry.metadata + forwarded,
                 offload=self.offload,
             )
         # This task is its prediction's only writer: whatever ends it is

@@ -9,7 +9,7 @@ from quart import Response, current_app, request
 
 from .. import strictjson
 from .._compat.quart_trio import when_request_ends
-from ..config import Settings
+from ..config import METADATA_VALUE, Settings
 from ..core.models import ModelEntry
 from ..core.predictions import Prediction, owner_of
 from ..core.service import Bridge
@@ -118,7 +118,14 @@ def forwarded(entry: ModelEntry) -> tuple[tuple[str, str], ...]:
     if not names:
         return ()
     headers = request.headers
-    return tuple((name, value) for name in names for value in headers.getlist(name))
+    pairs = tuple((name, value) for name in names for value in headers.getlist(name))
+    for name, value in pairs:
+        if not METADATA_VALUE.match(value):
+            raise BadRequest(
+                f"header {name}: its value goes to the model as gRPC metadata, "
+                "which is printable ASCII"
+            )
+    return pairs
 
 
 async def prediction_response(

@@ -28,14 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, message_factory
+import trio
+from google.protobuf import descriptor_pb2, json_format, message_factory
 from google.protobuf.message import Message
 
 from ...config import ConfigError, ModelSettings, Settings
 from ...errors import BackendProtocolError, ModelError
 from ...offload import INLINE_BYTES
 from ..grpc_loop import UNDECODABLE, GrpcLoop, Messages, map_rpc_error
-from ..interface import ModelInfo, PredictInput, Started
+from ..interface import Metadata, ModelInfo, PredictInput, Started
 from . import reflection
 from .descriptors import (
     Method,
@@ -46,7 +47,7 @@ from .descriptors import (
     types_from_set,
 )
 from .output import Output
-from .schema import message_schema
+from .schema import message_schema, without
 
 __all__ = ["Binding", "ServiceBackend", "bind", "bind_services"]
 
@@ -92,6 +93,13 @@ def bind(model: ModelSettings, types: Types, where: str) -> Binding:
     """*model*'s method in *types* with its schemas; a :class:`ConfigError`
     (one line) for a method, an ``[output]`` or an ``input`` that does
     not fit them."""
+    try:
+        return _bind(model, types, where)
+    except RecursionError:  # hundreds of message types, each in the last
+        raise ConfigError(f"the types in {where} nest too deep to map to JSON") from None
+
+
+def _bind(model: ModelSettings, types: Types, where: str) -> Binding:
     assert model.method is not None
     method = find_method(types.pool, model.method, where)
     descriptor = method.descriptor
@@ -102,15 +110,17 @@ def bind(model: ModelSettings, types: Types, where: str) -> Binding:
         json_format.ParseDict(model.input, request())
     except json_format.ParseError as exc:
         raise ConfigError(f'[models."{model.name}".input] {exc}') from None
-    schema = message_schema(descriptor.input_type, types.notes)
     fixed = {}
+    hidden: set[str] = set()
     for name in model.input:
         field = descriptor.input_type.fields_by_name.get(name) or next(
             f for f in descriptor.input_type.fields if f.json_name == name
         )
-        for key in (field.name, field.json_name):
-            schema["properties"].pop(key, None)
         fixed[field.name] = model.input[name]
+        # Not the user's to set: the field, and the rest of its oneof.
+        siblings = field.containing_oneof.fields if field.containing_oneof else [field]
+        hidden |= {n for f in siblings for n in (f.name, f.json_name)}
+    schema = without(message_schema(descriptor.input_type, types.notes), hidden)
     info = ModelInfo(
         name=model.name,
         version=types.digest,
@@ -136,26 +146,31 @@ class ServiceBackend:
     def active_calls(self) -> int:
         return self._loop.active_calls
 
-    async def describe(self, target: str) -> ModelInfo:
+    async def describe(self, target: str, metadata: Metadata = ()) -> ModelInfo:
         if self._model.reflection:
-            ask = partial(reflection.ask, service=self._service)
+            ask = partial(reflection.ask, service=self._service, metadata=metadata)
             files = await self._loop.run_on(target, ask)
-            try:
-                types = types_from_files(files, "reflection")
-                self._binding = bind(self._model, types, "the service's reflection")
-            except ConfigError as exc:
-                raise BackendProtocolError(f"the service's types do not fit: {exc}") from None
+            # Up to 16 MiB of descriptors: a pool, schemas and a digest to
+            # make, in a thread (the event loop serves every stream).
+            self._binding = await trio.to_thread.run_sync(self._bind_answer, files)
         assert self._binding is not None
         return self._binding.info
 
-    async def check_health(self, target: str) -> str:
-        return await self._loop.check_health(target, self._service)
+    def _bind_answer(self, files: descriptor_pb2.FileDescriptorSet) -> Binding:
+        try:
+            types = types_from_files(files, "reflection")
+            return bind(self._model, types, "the service's reflection")
+        except ConfigError as exc:
+            raise BackendProtocolError(f"the service's types do not fit: {exc}") from None
+
+    async def check_health(self, target: str, metadata: Metadata = ()) -> str:
+        return await self._loop.check_health(target, metadata, service=self._service)
 
     @contextlib.asynccontextmanager
     async def predict(self, target: str, asked: PredictInput) -> AsyncIterator[Any]:
         binding = self._binding
         if binding is None:  # reflection not answered yet: ask now
-            await self.describe(target)
+            await self.describe(target, tuple(self._model.metadata.items()))
             binding = self._binding
             assert binding is not None
         request = await self._loop.offload(asked.size, _request, binding, asked)

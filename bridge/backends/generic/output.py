@@ -177,15 +177,15 @@ class Output:
                     f"[output] {key}: {kind.full_name} has no field {name!r} "
                     "(fields go by the proto's names)"
                 )
-            if flat and (not field.is_repeated or _is_map(field)):
+            if _is_map(field) or (field.message_type and not _plain_message(field.message_type)):
+                return None  # its JSON is not its fields (a map, Struct, a wrapper...)
+            if flat and not field.is_repeated:
                 return None
             fields.append(field)
             kind = field.message_type if flat or not field.is_repeated else None
         if fields[-1].message_type is not None:
-            return None  # a message, a list of them or a map: its JSON
-        if not any(flat for _, flat in steps):
-            return _field_reader(fields)
-        return _projection(fields, flat_end=steps[-1][1])
+            return None  # a message or a list of them: its JSON
+        return _field_reader(fields, [flat for _, flat in steps])
 
     def items(self, message: Message) -> tuple[list[StreamItem], bool]:
         """*message*'s events, and whether it is the last; raises
@@ -243,74 +243,77 @@ class Output:
         }
 
 
-def _field_reader(fields: list[FieldDescriptor]) -> Reader:
-    """Read a scalar (or repeated scalar) at the end of singular message
-    fields: absent where a message on the way is not set."""
+def _field_reader(fields: list[FieldDescriptor], flats: list[bool]) -> Reader:
+    """Read a scalar (or a list of them) at the end of *fields*, each step
+    flattened (``[]``) where *flats* says: what JMESPath gives over the
+    message's JSON, which leaves out what is unset or proto3's default
+    (null: None), and whose projections skip nulls."""
     *through, last = fields
-    names = [f.name for f in through]
-    name = last.name
-    is_bytes = last.type == FieldDescriptor.TYPE_BYTES
-    enum = last.enum_type
+    steps = [(f.name, flat) for f, flat in zip(through, flats, strict=False)]
+    flat_end = flats[-1]
+    value = _value_reader(last)
 
-    def convert(value: Any) -> Any:
-        if is_bytes:
-            return _text(value)
-        if enum is not None:
-            found = enum.values_by_number.get(value)
-            return found.name if found is not None else value
-        return value
+    if not any(flats):
 
-    def read(message: Message, doc: _Json) -> Any:
-        for step in names:
-            if not message.HasField(step):
-                return None
-            message = getattr(message, step)
-        value = getattr(message, name)
-        if last.is_repeated:
-            return [convert(v) for v in value]
-        return convert(value)
+        def read(message: Message, doc: _Json) -> Any:
+            for step, _ in steps:
+                if not message.HasField(step):
+                    return None
+                message = getattr(message, step)
+            return value(message)
 
-    if not names and not is_bytes and enum is None and not last.is_repeated:
-        return lambda message, doc: getattr(message, name)  # the plainest: one field
-    return read
+        return read if steps else (lambda message, doc: value(message))
 
-
-def _projection(fields: list[FieldDescriptor], flat_end: bool) -> Reader:
-    """Read a path through lists (``output.chunks[].text``): the list of
-    what each item has, as JMESPath's projection over the JSON gives (a
-    field the JSON leaves out, unset or proto3's default, is no item); a
-    list at the end is one item, or its items with *flat_end* (``tags[]``)."""
-    *through, last = fields
-    steps = [(f.name, f.is_repeated) for f in through]
-    name, many = last.name, last.is_repeated
-    is_bytes = last.type == FieldDescriptor.TYPE_BYTES
-    enum = last.enum_type
-    presence = last.has_presence
-
-    def convert(value: Any) -> Any:
-        if is_bytes:
-            return _text(value)
-        if enum is not None:
-            found = enum.values_by_number.get(value)
-            return found.name if found is not None else value
-        return value
-
-    def read(message: Message, doc: _Json) -> Any:
+    def project(message: Message, doc: _Json) -> Any:
         level = [message]
-        for step, repeated in steps:
-            if repeated:
+        projecting = False
+        for step, flat in steps:
+            if not projecting:  # one message so far
+                (one,) = level
+                if flat:
+                    level = list(getattr(one, step))
+                    if not level:
+                        return None  # an empty list is not in the JSON
+                    projecting = True
+                elif one.HasField(step):
+                    level = [getattr(one, step)]
+                else:
+                    return None
+            elif flat:
                 level = [item for m in level for item in getattr(m, step)]
             else:
                 level = [getattr(m, step) for m in level if m.HasField(step)]
-        if many and flat_end:
-            return [convert(v) for m in level for v in getattr(m, name)]
-        if many:
-            return [[convert(v) for v in vs] for m in level if (vs := getattr(m, name))]
-        if presence:
-            return [convert(getattr(m, name)) for m in level if m.HasField(name)]
-        return [convert(v) for m in level if (v := getattr(m, name))]
+        if not projecting:  # only the last step flattens: its list as it is
+            return value(level[0])
+        if flat_end:
+            return [v for m in level for v in value(m) or ()]
+        return [v for m in level if (v := value(m)) is not None]
 
-    return read
+    return project
+
+
+def _value_reader(field: FieldDescriptor) -> Callable[[Message], Any]:
+    """*field*'s value in a message as its JSON has it (bytes as text, an
+    enum by name), None where the JSON leaves it out."""
+    name = field.name
+    is_bytes = field.type == FieldDescriptor.TYPE_BYTES
+    enum = field.enum_type
+
+    def convert(value: Any) -> Any:
+        if is_bytes:
+            return _text(value)
+        if enum is not None:
+            found = enum.values_by_number.get(value)
+            return found.name if found is not None else value
+        return value
+
+    if field.is_repeated:
+        return lambda m: [convert(v) for v in values] if (values := getattr(m, name)) else None
+    if field.has_presence:
+        return lambda m: convert(getattr(m, name)) if m.HasField(name) else None
+    if not is_bytes and enum is None:  # the plainest: a proto3 scalar
+        return lambda m: getattr(m, name) or None
+    return lambda m: convert(value) if (value := getattr(m, name)) else None
 
 
 def _as_text(value: Any) -> str:

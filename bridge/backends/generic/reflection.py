@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection_pb2 as pb
 
 from ...errors import BackendProtocolError
 from ..grpc_loop import map_rpc_error
+from ..interface import Metadata
 from .descriptors import MAX_DESCRIPTOR_BYTES
 
 __all__ = ["MAX_FILES", "ask"]
@@ -32,13 +33,16 @@ _PATHS = (
 )
 
 
-async def ask(channel: grpc.aio.Channel, service: str) -> descriptor_pb2.FileDescriptorSet:
+async def ask(
+    channel: grpc.aio.Channel, service: str, metadata: Metadata = ()
+) -> descriptor_pb2.FileDescriptorSet:
     """On the gRPC loop: the files of *service* and all they import, from
-    the server's reflection (v1, else v1alpha). Raises
-    :class:`PredictionError`: the server's answer, or that it has none."""
+    the server's reflection (v1, else v1alpha), asked with *metadata*.
+    Raises :class:`PredictionError`: the server's answer, or that it has
+    none."""
     for path in _PATHS:
         try:
-            return await _ask(channel, path, service)
+            return await _ask(channel, path, service, metadata)
         except grpc.RpcError as exc:
             # A server without v1 answers UNIMPLEMENTED, or (when that answer
             # races the request, 10-20% of calls to grpcio's server) the
@@ -49,20 +53,22 @@ async def ask(channel: grpc.aio.Channel, service: str) -> descriptor_pb2.FileDes
 
 
 async def _ask(
-    channel: grpc.aio.Channel, path: str, service: str
+    channel: grpc.aio.Channel, path: str, service: str, metadata: Metadata
 ) -> descriptor_pb2.FileDescriptorSet:
     stream = channel.stream_stream(
         path,
         request_serializer=pb.ServerReflectionRequest.SerializeToString,
         response_deserializer=pb.ServerReflectionResponse.FromString,
     )
-    call = stream()
+    call = stream(metadata=metadata or None)
     try:
         await call.write(pb.ServerReflectionRequest(file_containing_symbol=service))
         files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
         asked: set[str] = set()
         size = 0
+        waiting = 1  # requests not answered yet
         async for answered in _answers(call):
+            waiting -= 1
             for file, raw in answered:
                 size += raw
                 files.setdefault(file.name, file)
@@ -76,7 +82,12 @@ async def _ask(
                 break
             for name in sorted(missing - asked):
                 asked.add(name)
+                waiting += 1
                 await call.write(pb.ServerReflectionRequest(file_by_filename=name))
+            if not waiting:  # every file asked for, and some never came
+                raise BackendProtocolError(
+                    f"reflection did not send {', '.join(sorted(missing))[:200]}"
+                )
         else:
             raise BackendProtocolError(f"reflection ended before it described {service}")
     finally:
@@ -111,18 +122,26 @@ async def _answers(
 def _in_import_order(
     files: dict[str, descriptor_pb2.FileDescriptorProto],
 ) -> list[descriptor_pb2.FileDescriptorProto]:
-    """Each file after the files it imports (a pool is built in order)."""
+    """Each file after the files it imports (a pool is built in order); a
+    loop of imports, which protoc refuses, is broken anywhere."""
     ordered: list[descriptor_pb2.FileDescriptorProto] = []
     placed: set[str] = set()
-
-    def place(name: str, seen: frozenset[str]) -> None:
-        if name in placed or name in seen or name not in files:
-            return
-        for dependency in files[name].dependency:
-            place(dependency, seen | {name})
-        placed.add(name)
-        ordered.append(files[name])
-
-    for name in sorted(files):
-        place(name, frozenset())
+    for first in sorted(files):
+        # Depth first, with a stack of (file, its imports not yet placed):
+        # a chain of MAX_FILES imports is no recursion.
+        stack = [(first, iter(files[first].dependency))] if first not in placed else []
+        on_stack = {first}
+        while stack:
+            name, imports = stack[-1]
+            step = next((d for d in imports if d in files and d not in placed), None)
+            if step is not None and step not in on_stack:
+                stack.append((step, iter(files[step].dependency)))
+                on_stack.add(step)
+                continue
+            if step is not None:  # an import loop: go on without it
+                continue
+            stack.pop()
+            on_stack.discard(name)
+            placed.add(name)
+            ordered.append(files[name])
     return ordered

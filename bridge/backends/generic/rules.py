@@ -26,6 +26,8 @@ from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 
+from ..._compat.jsonschema import unusable
+
 __all__ = ["field_rules"]
 
 #: The extensions' numbers on google.protobuf.FieldOptions.
@@ -136,15 +138,12 @@ def _repeated_rules(data: bytes) -> dict[str, Any]:
 
 def _portable(pattern: str) -> bool:
     """Whether an RE2 pattern reads the same as a JSON Schema one here:
-    it compiles, and uses none of RE2's own syntax (named groups ``(?P``,
-    flags groups, ``\\z``)."""
-    if re.search(r"\(\?[a-zA-Z]|\(\?P|\\[zAQE]", pattern):
+    the bridge's engine compiles it, and it uses none of RE2's own syntax
+    (named groups ``(?P``, flags groups, ``\\z``, POSIX classes
+    ``[[:alpha:]]``, which ECMA-262 reads as a set of characters)."""
+    if re.search(r"\(\?[a-zA-Z]|\(\?P|\\[zAQE]|\[\[:", pattern):
         return False
-    try:
-        re.compile(pattern)
-    except re.error:
-        return False
-    return True
+    return unusable(pattern) is None
 
 
 def _decode(kind: str, raw: Any) -> Any:

@@ -24,7 +24,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from .rules import field_rules
 
-__all__ = ["ALIAS", "comments", "message_schema"]
+__all__ = ["ALIAS", "comments", "message_schema", "without"]
 
 #: Marks a field's lowerCamel property: the name of the field it spells.
 ALIAS = "x-alias-of"
@@ -101,6 +101,23 @@ def message_schema(message: Descriptor, notes: Comments | None = None) -> dict[s
     return {**defs[message.full_name], "$defs": defs}
 
 
+def without(schema: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    """*schema* (:func:`message_schema`'s) whose top level neither takes
+    nor requires *names* (its ``$defs``, where a recursive type may still
+    have them, untouched)."""
+    out = {**schema, "properties": {
+        k: v for k, v in schema["properties"].items() if k not in names
+    }}  # fmt: skip
+    if "required" in out:
+        out["required"] = [n for n in out["required"] if n not in names]
+    if "allOf" in out:  # "the proto name unless the lowerCamel one"
+        out["allOf"] = [r for r in out["allOf"] if r["then"]["required"][0] not in names]
+    for key in ("required", "allOf"):
+        if key in out and not out[key]:
+            del out[key]
+    return out
+
+
 def _define(message: Descriptor, defs: dict[str, Any], notes: Comments) -> None:
     if message.full_name in defs:
         return
@@ -110,6 +127,7 @@ def _define(message: Descriptor, defs: dict[str, Any], notes: Comments) -> None:
     for field in message.fields:
         one = _field(field, defs, notes)
         must, bounds = field_rules(field)
+        must = must or field.is_required  # proto2's `required`
         if must:
             required.append(field)
         if bounds:
@@ -129,12 +147,20 @@ def _define(message: Descriptor, defs: dict[str, Any], notes: Comments) -> None:
     if notes.get((message.full_name, "")):
         schema["description"] = notes[(message.full_name, "")]
     exclusive = [
-        [f.name for f in oneof.fields]
+        [_names(f) for f in oneof.fields]
         for oneof in message.oneofs
         if not _synthetic(oneof.name, list(oneof.fields))
     ]
-    pairs = [list(pair) for names in exclusive for pair in itertools.combinations(names, 2)]
-    if pairs:  # at most one field of each oneof
+    pairs = [
+        [a, b]
+        for fields in exclusive
+        for one, other in itertools.combinations(fields, 2)
+        for a in one
+        for b in other
+    ]
+    # And a field by one spelling only (protobuf's parser would take the last).
+    pairs += [list(_names(f)) for f in message.fields if f.json_name != f.name]
+    if pairs:  # at most one field of each oneof, by either name
         schema["not"] = {"anyOf": [{"required": pair} for pair in pairs]}
     if required:  # by either of its names
         schema["required"] = [f.name for f in required if f.json_name == f.name]
@@ -147,6 +173,11 @@ def _define(message: Descriptor, defs: dict[str, Any], notes: Comments) -> None:
                 for f in either
             ]
     defs[message.full_name] = schema
+
+
+def _names(field: FieldDescriptor) -> tuple[str, ...]:
+    """The names a field goes by in JSON: the proto's, and its lowerCamel."""
+    return (field.name,) if field.json_name == field.name else (field.name, field.json_name)
 
 
 def _bounded(
