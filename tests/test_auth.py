@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 from collections import Counter
+from typing import Any
 
 import httpx
 import pytest
@@ -292,9 +293,9 @@ async def test_health_asks_each_backend_about_once_a_second(
     asked: Counter[str] = Counter()
     real = GrpcLoop.check_health
 
-    async def counted(self: GrpcLoop, target: str) -> str:
+    async def counted(self: GrpcLoop, target: str, *args: Any, **kwargs: Any) -> str:
         asked[target] += 1
-        return await real(self, target)
+        return await real(self, target, *args, **kwargs)
 
     monkeypatch.setattr(GrpcLoop, "check_health", counted)
     monkeypatch.setattr(catalog_module, "HEALTH_MAX_AGE", 3600)
