@@ -129,3 +129,14 @@ def test_a_path_that_does_not_fit_the_type_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         Output(OutputSettings(text=expression), response)
+
+
+def test_an_expression_that_fails_on_a_message_says_which(response: Any) -> None:
+    """join() over a null is JMESPath's error, not the backend's."""
+    from bridge.errors import BackendProtocolError
+
+    output = Output(OutputSettings(text="join('', [log])"), response)
+    make = message_factory.GetMessageClass(response)
+    assert output.items(make(log="a"))[0][0].chunks == ["a"]  # type: ignore[attr-defined]
+    with pytest.raises(BackendProtocolError, match=r"\[output\] text could not be read"):
+        output.items(make())

@@ -43,6 +43,8 @@ message Kinds {
   map<int32, string> ids_by_number = 14;
   repeated Inner inners = 15;
   google.protobuf.Struct extra = 16;
+  float scale = 18;
+  sint64 offset = 19;
   message Inner { bool on = 1; }
 }
 
@@ -83,6 +85,12 @@ GOOD = [
         "extra": {"any": ["json", 1]},
     },
     {"idsByNumber": {"-2": "y"}, "b": 2, "ratio": 0.5, "big": 7},  # lowerCamel, as the parser takes
+    {  # each at its type's edge
+        "offset": "-9223372036854775808",
+        "big": "018446744073709551615",
+        "scale": 3.4e38,
+        "ids_by_number": {"-2147483648": "y", "2147483647": "z"},
+    },
 ]
 
 BAD = [
@@ -94,13 +102,18 @@ BAD = [
     ({"tags": "x"}, "tags"),
     ({"child": {"count": "three"}}, "count"),  # through the recursion
     ({"big": -1}, "big"),
+    ({"big": "18446744073709551616"}, "big"),  # past uint64, as a string
+    ({"offset": "9223372036854775808"}, "offset"),
+    ({"offset": "-9223372036854775809"}, "offset"),
+    ({"scale": 3.5e38}, "scale"),  # past a 32-bit float
+    ({"ids_by_number": {"2147483648": "x"}}, "2147483648"),  # past int32, as a key
     ({"weights": {"x": 1.5}}, "weights"),
     ({"ids_by_number": {"one": "x"}}, "one"),
     ({"inners": [{"on": "yes"}]}, "on"),
 ]
 
 
-@pytest.mark.parametrize("value", GOOD, ids=["empty", "every-field", "camel-case"])
+@pytest.mark.parametrize("value", GOOD, ids=["empty", "every-field", "camel-case", "edges"])
 def test_what_the_schema_accepts_protobuf_parses(kinds: Any, value: dict[str, Any]) -> None:
     descriptor, _ = kinds
     schema = message_schema(descriptor)

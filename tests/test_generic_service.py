@@ -111,7 +111,8 @@ class Acme:
             return make(
                 fn,
                 request_deserializer=self.Request.FromString,
-                response_serializer=self.Response.SerializeToString,
+                # bytes as they are: a message that does not decode
+                response_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString(),
             )
 
         return grpc.method_handlers_generic_handler(
@@ -138,6 +139,9 @@ class Acme:
                 "bad request",
                 trailing_metadata=(("grpc-status-details-bin", _rich_status()),),
             )
+        if request.status == "LONG_ERROR":
+            yield self.Response(error_message="e" * 10_000)
+            return
         if request.status:
             await context.abort(grpc.StatusCode[request.status], "told to fail")
         if request.big_kib:
@@ -163,6 +167,8 @@ class Acme:
             raise
 
     async def complete(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if request.status == "GARBAGE":
+            return b"\xff\xff\xff\xff\x0f\x01"
         return self.Response(token={"text": request.text.upper()})
 
     async def chat(self, requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -244,6 +250,9 @@ async def test_the_error_field_fails_the_prediction_with_its_text(
             "out of memory",
             ["one "],
         )
+        prediction = await create(client, "acme/llm", {"text": "x", "status": "LONG_ERROR"})
+        done = await ended(client, prediction["id"])
+        assert done["error"] == "e" * 1999 + "…"  # bounded
 
 
 async def test_a_cancel_reaches_the_service(
@@ -368,6 +377,12 @@ async def test_a_unary_method_gives_one_output(
         prediction = await create(client, "acme/llm", {"text": "hello"})
         done = await ended(client, prediction["id"])
         assert (done["status"], done["output"]) == ("succeeded", {"token": {"text": "HELLO"}})
+        prediction = await create(client, "acme/llm", {"text": "x", "status": "GARBAGE"})
+        done = await ended(client, prediction["id"])
+        assert (done["status"], done["error"]) == (
+            "failed",
+            "model backend sent a message that cannot be decoded",
+        )
 
 
 async def test_a_bidirectional_stream_is_read_until_done_then_cancelled(
@@ -571,6 +586,13 @@ async def test_metadata_goes_with_every_call(start_bridge: StartBridge, acme_typ
             )
             assert refused.status_code == 400
             assert "x-request-id" in refused.json()["detail"]
+            refused = await client.post(
+                "/v1/models/acme/llm/predictions",
+                json={"input": {"text": "a"}},
+                headers={"x-request-id": "r" * 9000},  # over gRPC's bound on metadata
+            )
+            assert refused.status_code == 400
+            assert "over 8192 bytes" in refused.json()["detail"]
     methods = {method for method, _, _ in keys.seen}
     assert {
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",

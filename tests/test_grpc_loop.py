@@ -284,6 +284,26 @@ def test_a_backend_still_loading_is_told_apart_from_one_away(rich: bool) -> None
     assert str(mapped) == "model backend unavailable: model is loading"
 
 
+def test_status_details_that_do_not_decode_are_skipped_and_controls_dropped() -> None:
+    """A detail that is not what its type says is left out, not the
+    status with it; a detail's text carries no control characters."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    status = status_pb2.Status(code=3, message="bad")
+    broken = status.details.add()
+    broken.type_url = "type.googleapis.com/google.rpc.BadRequest"
+    broken.value = b"\xff\xff\xff"
+    forged = "x\x1b[31m\nERROR forged\u202e"
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=forged))
+    trailers = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
+    exc = grpc.aio.AioRpcError(
+        grpc.StatusCode.INVALID_ARGUMENT, grpc.aio.Metadata(), trailers, details="bad"
+    )
+    assert str(map_rpc_error(exc)) == (
+        "model backend error INVALID_ARGUMENT: bad (x [31m ERROR forged )"
+    )
+
+
 def _no_loop(*args: Any) -> None:
     """What a stream made without a call schedules on the loop: nothing
     (its credits have no pump to go back to)."""

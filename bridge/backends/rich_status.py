@@ -10,6 +10,7 @@ bounded, for the prediction's error.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,9 @@ __all__ = ["MAX_DETAILS_CHARS", "details_text"]
 MAX_DETAILS_CHARS = 1000
 
 _TRAILER = "grpc-status-details-bin"
+#: Characters a line of text should not carry: controls (a NUL, an escape
+#: sequence, a line break to forge a log line) and bidirectional overrides.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def _bad_request(d: details.BadRequest) -> list[str]:
@@ -67,10 +71,13 @@ def details_text(trailing_metadata: Any) -> str | None:
         for kind, read in _READERS:
             if packed.Is(kind.DESCRIPTOR):
                 detail = kind()
-                if packed.Unpack(detail):
-                    lines += [line for line in read(detail) if line]
+                try:
+                    if packed.Unpack(detail):
+                        lines += [line for line in read(detail) if line]
+                except DecodeError:  # a detail that is not what it says: skipped
+                    pass
                 break
-    text = "; ".join(lines)
+    text = _CONTROL.sub(" ", "; ".join(lines))
     if len(text) > MAX_DETAILS_CHARS:
         text = text[: MAX_DETAILS_CHARS - 1] + "…"
     return text or None

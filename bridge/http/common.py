@@ -111,6 +111,12 @@ def caller_owner() -> str | None:
     return None if token is None else owner_of(token)
 
 
+#: The most a request's forwarded headers may carry (names and values):
+#: gRPC's default bound on a call's metadata, beyond which a service
+#: refuses the call.
+MAX_FORWARDED_BYTES = 8192
+
+
 def forwarded(entry: ModelEntry) -> tuple[tuple[str, str], ...]:
     """The request headers *entry* forwards to its backend (its
     ``forward_headers``), as gRPC metadata: the ones the request has."""
@@ -125,6 +131,11 @@ def forwarded(entry: ModelEntry) -> tuple[tuple[str, str], ...]:
                 f"header {name}: its value goes to the model as gRPC metadata, "
                 "which is printable ASCII"
             )
+    if sum(len(name) + len(value) for name, value in pairs) > MAX_FORWARDED_BYTES:
+        raise BadRequest(
+            f"the headers forwarded to the model ({', '.join(names)}) are over "
+            f"{MAX_FORWARDED_BYTES} bytes, gRPC's default bound on metadata"
+        )
     return pairs
 
 

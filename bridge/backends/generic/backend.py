@@ -228,6 +228,8 @@ async def _call(
             yield Started()
         if not method.server_streaming:
             response = await call
+            if response is None:  # grpc.aio could not decode it (and logged why)
+                raise BackendProtocolError(UNDECODABLE)
             items, _ = await _read(output, response)
             for item in items:
                 yield item

@@ -33,11 +33,14 @@ from ...errors import BackendProtocolError, ModelError
 from ..interface import LogLine, MetricsUpdate, OutputChunks, StreamItem
 from .schema import message_schema
 
-__all__ = ["Output", "message_json"]
+__all__ = ["MAX_ERROR_CHARS", "Output", "message_json"]
 
 #: A path of fields, each may be flattened (``output.chunks[].text``).
 _PLAIN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\[\])?(\.[A-Za-z_][A-Za-z0-9_]*(\[\])?)*$")
 _BYTES_VALUE = "google.protobuf.BytesValue"
+
+#: The most of an ``error`` expression's text a prediction's error keeps.
+MAX_ERROR_CHARS = 2000
 
 #: An expression, made ready: the message in, the value out (None: absent).
 Reader = Callable[[Message, "_Json"], Any]
@@ -154,7 +157,17 @@ class Output:
             if reader is not None:
                 return reader
         self.needs_json = True
-        return lambda message, doc: compiled.search(doc.get())
+
+        def search(message: Message, doc: _Json) -> Any:
+            try:
+                return compiled.search(doc.get())
+            except jmespath.exceptions.JMESPathError as exc:  # join() on a null, say
+                detail = str(exc).replace("\n", " ")[:200]
+                raise BackendProtocolError(
+                    f"[output] {key} could not be read from a message: {detail}"
+                ) from None
+
+        return search
 
     def _path(self, key: str, steps: list[tuple[str, bool]]) -> Reader | None:
         """A plain path (field names, each maybe flattened with ``[]``)
@@ -194,7 +207,10 @@ class Output:
             return [OutputChunks([message_json(message)])], False
         doc = _Json(message)
         if self.error is not None and (error := self.error(message, doc)):
-            raise ModelError(_as_text(error))
+            text = _as_text(error)
+            if len(text) > MAX_ERROR_CHARS:
+                text = text[: MAX_ERROR_CHARS - 1] + "…"
+            raise ModelError(text)
         items: list[StreamItem] = []
         if self.logs is not None:
             items += [LogLine(line) for line in _texts(self.logs(message, doc))]

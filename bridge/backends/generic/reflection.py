@@ -105,9 +105,8 @@ async def _answers(
         kind = response.WhichOneof("message_response")
         if kind == "error_response":
             error = response.error_response
-            raise BackendProtocolError(
-                f"reflection could not answer: {error.error_message or error.error_code}"
-            )
+            said = error.error_message[:200].replace("\n", " ") or error.error_code
+            raise BackendProtocolError(f"reflection could not answer: {said}")
         if kind != "file_descriptor_response":
             raise BackendProtocolError(f"reflection answered {kind!r} to a file request")
         try:

@@ -32,25 +32,67 @@ ALIAS = "x-alias-of"
 #: Where a message type's schema is, in the document's ``$defs``.
 _REF = "#/$defs/{}"
 
+
+def _up_to(limit: int) -> str:
+    """A regular expression of the decimal numbers from 0 to *limit*
+    (leading zeros allowed, as protobuf's parser takes them)."""
+    digits = str(limit)
+    shorter = f"0*[0-9]{{1,{len(digits) - 1}}}" if len(digits) > 1 else ""
+    same = [digits]
+    for i, top in enumerate(digits):
+        if top != "0":
+            lower = "0" if top == "1" else f"[0-{int(top) - 1}]"
+            rest = len(digits) - i - 1
+            same.append(digits[:i] + lower + (f"[0-9]{{{rest}}}" if rest else ""))
+    return "|".join(filter(None, [shorter, *(f"0*{n}" for n in same)]))
+
+
+def _integers(low: int, high: int) -> str:
+    """A pattern of the decimal strings from *low* to *high* (0 or below)."""
+    negative = f"|-(?:{_up_to(-low)})" if low < 0 else ""
+    return f"^(?:{_up_to(high)}{negative})$"
+
+
 _INT32 = {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}
 _UINT32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
 _INT64 = {
     "anyOf": [
         {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1},
-        {"type": "string", "pattern": "^-?[0-9]{1,19}$"},
+        {"type": "string", "pattern": _integers(-(2**63), 2**63 - 1)},
     ]
 }
 _UINT64 = {
     "anyOf": [
         {"type": "integer", "minimum": 0, "maximum": 2**64 - 1},
-        {"type": "string", "pattern": "^[0-9]{1,20}$"},
+        {"type": "string", "pattern": _integers(0, 2**64 - 1)},
     ]
 }
-_FLOAT = {"anyOf": [{"type": "number"}, {"enum": ["NaN", "Infinity", "-Infinity"]}]}
+#: A map key's pattern, by its type (proto3 JSON writes every key as a string).
+_KEYS = {
+    FieldDescriptor.TYPE_INT32: _integers(-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SINT32: _integers(-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_SFIXED32: _integers(-(2**31), 2**31 - 1),
+    FieldDescriptor.TYPE_UINT32: _integers(0, 2**32 - 1),
+    FieldDescriptor.TYPE_FIXED32: _integers(0, 2**32 - 1),
+    FieldDescriptor.TYPE_INT64: _integers(-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SINT64: _integers(-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_SFIXED64: _integers(-(2**63), 2**63 - 1),
+    FieldDescriptor.TYPE_UINT64: _integers(0, 2**64 - 1),
+    FieldDescriptor.TYPE_FIXED64: _integers(0, 2**64 - 1),
+}
+_DOUBLE = {"anyOf": [{"type": "number"}, {"enum": ["NaN", "Infinity", "-Infinity"]}]}
+#: The largest finite 32-bit float: beyond it protobuf's parser refuses.
+_FLOAT_MAX = 3.4028234663852886e38
+_FLOAT = {
+    "anyOf": [
+        {"type": "number", "minimum": -_FLOAT_MAX, "maximum": _FLOAT_MAX},
+        {"enum": ["NaN", "Infinity", "-Infinity"]},
+    ]
+}
 _BYTES = {"type": "string", "contentEncoding": "base64", "pattern": "^[A-Za-z0-9+/_-]*={0,2}$"}
 
 _SCALARS: dict[int, dict[str, Any]] = {
-    FieldDescriptor.TYPE_DOUBLE: _FLOAT,
+    FieldDescriptor.TYPE_DOUBLE: _DOUBLE,
     FieldDescriptor.TYPE_FLOAT: _FLOAT,
     FieldDescriptor.TYPE_INT64: _INT64,
     FieldDescriptor.TYPE_SINT64: _INT64,
@@ -215,7 +257,7 @@ def _field(field: FieldDescriptor, defs: dict[str, Any], notes: Comments) -> dic
         if key.type == FieldDescriptor.TYPE_BOOL:
             keys = {"propertyNames": {"enum": ["true", "false"]}}
         elif key.type != FieldDescriptor.TYPE_STRING:
-            keys = {"propertyNames": {"pattern": "^-?[0-9]{1,20}$"}}
+            keys = {"propertyNames": {"pattern": _KEYS[key.type]}}
         return {"type": "object", "additionalProperties": _single(value, defs, notes), **keys}
     single = _single(field, defs, notes)
     return {"type": "array", "items": single} if field.is_repeated else single
