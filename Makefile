@@ -92,7 +92,7 @@ test-llm: $(STAMP) $(LLM_STAMP)
 run-llm: $(STAMP) $(LLM_STAMP)
 	exec $(PY) -m bridge run-demo --llm --host 127.0.0.1 --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
 
-# The edit loop's tier (18 to 20 s here, on both cores with pytest-xdist;
+# The edit loop's tier (17.5 to 23 s here, on both cores with pytest-xdist;
 # 24 to 25 s in one process): the
 # modules that need no browser, no backend process and no pty: units, the
 # contract tests of the store, the
