@@ -77,7 +77,10 @@ def _hypercorn_config(settings: Settings) -> hypercorn.config.Config:
     config.keep_alive_timeout = settings.keep_alive_seconds
     config.graceful_timeout = settings.shutdown_timeout_seconds
     config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
+    # hypercorn's own lines ("Running on ...", the line the README says to
+    # wait for) under the bridge's logger: not "hypercorn.error", whose
+    # name alarms whoever reads it.
+    config.errorlog = logging.getLogger("bridge.server")
     # HTTPS (and with it HTTP/2, by ALPN) when a certificate is configured.
     config.certfile, config.keyfile = settings.certfile, settings.keyfile
     # A TLS handshake not done in time frees its connection (hypercorn

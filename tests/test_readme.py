@@ -64,7 +64,8 @@ async def test_serve_your_own_model_as_the_readme_says(tmp_path: Path) -> None:
         bridge = await trio.lowlevel.open_process(
             bridge_command, cwd=tmp_path, stderr=subprocess.PIPE, env=env
         )
-        found = await read_until(bridge.stderr, rb"Running on (http://\S+)")
+        # The line the README says to wait for, under the bridge's own logger.
+        found = await read_until(bridge.stderr, rb"INFO bridge\.server: Running on (http://\S+)")
         async with httpx.AsyncClient(base_url=found[1].decode(), timeout=30) as client:
             prediction = await create(client, "me/shout", {"prompt": "hello world", "times": 2})
             events, _ = await read_stream(client, prediction["urls"]["stream"])
