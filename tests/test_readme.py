@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -47,9 +48,19 @@ def commands() -> list[list[str]]:
     return argvs
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 async def test_serve_your_own_model_as_the_readme_says(tmp_path: Path) -> None:
-    (tmp_path / "my_model.py").write_text(block("# my_model.py"))
-    (tmp_path / "bridge.toml").write_text(block("# bridge.toml"))
+    # The README's model port, rewritten (something may hold 50061 here).
+    model_file, config = block("# my_model.py"), block("# bridge.toml")
+    assert model_file.count("port=50061") == 1 and config.count("127.0.0.1:50061") == 1
+    port = str(_free_port())
+    (tmp_path / "my_model.py").write_text(model_file.replace("50061", port))
+    (tmp_path / "bridge.toml").write_text(config.replace("50061", port))
     model_command, bridge_command = commands()
     assert model_command[1:] == ["my_model.py"]
     assert bridge_command[-2:] == ["--port", "8000"]
