@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import trio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from bridge._proto.v1 import predictor_pb2_grpc
 from bridge.backends import wire
@@ -73,27 +74,33 @@ class RawServer:
 
     def __init__(
         self,
-        servicer: predictor_pb2_grpc.PredictorServicer | grpc.GenericRpcHandler,
+        servicer: predictor_pb2_grpc.PredictorServicer | grpc.GenericRpcHandler | None,
         *,
         health: bool = False,
         address: str = "127.0.0.1:0",
+        reflect: tuple[tuple[str, ...], Any] | None = None,
+        interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
     ) -> None:
         self.servicer = servicer
         self.address = address
         self.target = ""
         self._started = threading.Event()
         self._with_health = health
+        #: Server reflection of these service names, over this descriptor
+        #: pool (None: protobuf's default one).
+        self._reflect = reflect
+        self._interceptors = interceptors
         #: With *health*: its grpc.health.v1 service (SERVING; see set_health).
         self.health: Any = None
 
-    def set_health(self, status: str) -> None:
-        """Say *status* (``SERVING``, ``NOT_SERVING``) on grpc.health.v1
-        (a server made with ``health=True``)."""
+    def set_health(self, status: str, service: str = "") -> None:
+        """Say *status* (``SERVING``, ``NOT_SERVING``) for *service* on
+        grpc.health.v1 (a server made with ``health=True``)."""
         value = health_pb2.HealthCheckResponse.ServingStatus.Value(status)
         done = threading.Event()
 
         async def set_it() -> None:
-            await self.health.set("", value)
+            await self.health.set(service, value)
             done.set()
 
         self._loop.call_soon_threadsafe(lambda: self._loop.create_task(set_it()))
@@ -112,15 +119,18 @@ class RawServer:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        server = grpc.aio.server()
+        server = grpc.aio.server(interceptors=self._interceptors)
         if isinstance(self.servicer, grpc.GenericRpcHandler):  # bytes as it sends them
             server.add_generic_rpc_handlers((self.servicer,))
-        else:
+        elif self.servicer is not None:
             predictor_pb2_grpc.add_PredictorServicer_to_server(self.servicer, server)
         if self._with_health:
             self.health = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
             await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        if self._reflect is not None:
+            names, pool = self._reflect
+            reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), server, pool)
         host = self.address.rpartition(":")[0]
         self.target = f"{host}:{server.add_insecure_port(self.address)}"
         await server.start()

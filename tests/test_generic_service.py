@@ -16,8 +16,7 @@ import httpx
 import pytest
 import trio
 from google.protobuf import message_factory
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_health.v1 import health_pb2
 
 from bridge.backends.generic.descriptors import types_from_set
 from bridge.config import ConfigError, ModelSettings, OutputSettings, Settings
@@ -409,52 +408,12 @@ async def test_a_client_stream_is_sent_one_request_then_half_closed(
         assert (done["status"], done["output"]) == ("succeeded", ["all of it"])
 
 
-class _Health:
-    """grpcio-health-checking's own servicer, with reflection: a real
-    service nobody here wrote, whose types come from the service itself."""
-
-    def __init__(self) -> None:
-        self.target = ""
-        self._started = threading.Event()
-
-    def set(self, status: str) -> None:
-        value = health_pb2.HealthCheckResponse.ServingStatus.Value(status)
-        self._loop.call_soon_threadsafe(
-            lambda: self._loop.create_task(self.health.set("acme", value))
-        )
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        server = grpc.aio.server()
-        self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
-        await self.health.set("acme", health_pb2.HealthCheckResponse.SERVING)
-        self.target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
-        await server.start()
-        self._started.set()
-        await self._stop.wait()
-        await server.stop(None)
-
-    def __enter__(self) -> _Health:
-        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),))
-        self._thread.start()
-        self._started.wait()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join()
-
-
 async def test_health_watch_by_reflection_is_a_model(start_bridge: StartBridge) -> None:
     """grpc.health.v1.Health/Watch, a real server-streaming RPC, its types
     asked of the server by reflection; ``done`` a JMESPath comparison."""
-    with _Health() as served:
+    names = (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,)
+    with RawServer(None, health=True, reflect=(names, None)) as served:
+        served.set_health("SERVING", "acme")
         options = {
             "method": "grpc.health.v1.Health/Watch",
             "reflection": True,
@@ -473,48 +432,23 @@ async def test_health_watch_by_reflection_is_a_model(start_bridge: StartBridge) 
                 return bool(got["output"])
 
             await poll_until(first_output)
-            served.set("NOT_SERVING")
+            served.set_health("NOT_SERVING", "acme")
             done = await ended(client, prediction["id"])
             assert done["status"] == "succeeded"
             assert done["output"] == [{"status": "SERVING"}, {"status": "NOT_SERVING"}]
 
 
-class _Reflected:
-    """A service's handler and reflection over its types' pool, on
-    *address* (a redeploy: the same address again, new types)."""
-
-    def __init__(
-        self, handler: grpc.GenericRpcHandler, pool: Any, address: str, *interceptors: Any
-    ) -> None:
-        self._handler, self._pool, self.address = handler, pool, address
-        self._interceptors = interceptors
-        self._started = threading.Event()
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        server = grpc.aio.server(interceptors=self._interceptors)
-        server.add_generic_rpc_handlers((self._handler,))
-        names = ("acme.llm.v1.Generator", reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, server, pool=self._pool)
-        served = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(served, server)
-        await served.set(names[0], health_pb2.HealthCheckResponse.SERVING)
-        self.address = f"127.0.0.1:{server.add_insecure_port(self.address)}"
-        await server.start()
-        self._started.set()
-        await self._stop.wait()
-        await server.stop(None)
-
-    def __enter__(self) -> _Reflected:
-        self._thread = threading.Thread(target=asyncio.run, args=(self._main(),))
-        self._thread.start()
-        self._started.wait()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join()
+def _reflected(service: Acme, address: str = "127.0.0.1:0", *intercept: Any) -> RawServer:
+    """*service* with health and reflection over its types, on *address*
+    (a redeploy: the same address again, new types)."""
+    names = ("acme.llm.v1.Generator",)
+    return RawServer(
+        service.handler(),
+        health=True,
+        address=address,
+        reflect=(names, service.pool),
+        interceptors=intercept,
+    )
 
 
 async def test_a_redeployed_services_new_types_are_taken_by_reflection(
@@ -527,15 +461,15 @@ async def test_a_redeployed_services_new_types_are_taken_by_reflection(
     before = Acme(descriptor_set(tmp_path / "v1", "generator", PROTO))
     after = Acme(descriptor_set(tmp_path / "v2", "generator", added))
     options = model(Path(), "Generate", output=LLM) | {"descriptor_set": None, "reflection": True}
-    with _Reflected(before.handler(), before.pool, "127.0.0.1:0") as first:
+    with _reflected(before) as first:
         url = await start_bridge(
-            {"acme/llm": first.address}, {"acme/llm": options}, describe_ttl_seconds=0.2
+            {"acme/llm": first.target}, {"acme/llm": options}, describe_ttl_seconds=0.2
         )
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             old = (await client.get("/v1/models/acme/llm")).json()["latest_version"]
             refused = await create(client, "acme/llm", {"text": "a", "persona": "x"}, status=422)
             assert "persona" in refused["detail"]
-    with _Reflected(after.handler(), after.pool, first.address):
+    with _reflected(after, first.target):
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
 
             async def redescribed() -> bool:
@@ -572,8 +506,8 @@ async def test_metadata_goes_with_every_call(start_bridge: StartBridge, acme_typ
         "metadata": {"x-api-key": "k1"},
         "forward_headers": ("x-request-id",),
     }
-    with _Reflected(service.handler(), service.pool, "127.0.0.1:0", keys) as served:
-        url = await start_bridge({"acme/llm": served.address}, {"acme/llm": options})
+    with _reflected(service, "127.0.0.1:0", keys) as served:
+        url = await start_bridge({"acme/llm": served.target}, {"acme/llm": options})
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             await client.get("/health")  # asks every target's grpc.health.v1
             headers = {"x-request-id": "r1"}
@@ -632,7 +566,8 @@ def test_what_reflection_may_answer_is_bounded(monkeypatch: pytest.MonkeyPatch) 
         async with grpc.aio.insecure_channel(target) as channel:
             return await asking.ask(channel, service)
 
-    with _Health() as served:
+    names = (health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,)
+    with RawServer(None, health=True, reflect=(names, None)) as served:
         files = asyncio.run(ask(served.target, "grpc.health.v1.Health"))
         assert [f.name for f in files.file] == ["grpc_health/v1/health.proto"]
         with pytest.raises(BackendProtocolError, match="could not answer"):

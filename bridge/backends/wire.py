@@ -25,6 +25,7 @@ LOADING = "model is loading"
 
 __all__ = [
     "LOADING",
+    "TEXT_STREAM_SCHEMA",
     "LogLine",
     "MetricsUpdate",
     "ModelInfo",
@@ -111,6 +112,17 @@ def model_info_from_pb(response: pb.DescribeResponse) -> ModelInfo:
         concurrency=response.concurrency,
     )
 
+
+#: The output schema of a model that streams text: chunks that concatenate
+#: (Cog's and Replicate's iterator of strings), as an SDK generator's and a
+#: bridged service's ``[output] text`` are.
+TEXT_STREAM_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "title": "Output",
+    "items": {"type": "string"},
+    "x-cog-array-type": "iterator",
+    "x-cog-array-display": "concatenate",
+}
 
 #: The most a backend's schema may be: characters of its JSON, and levels
 #: of objects and arrays (a schema's nested schema is two). Every use of a

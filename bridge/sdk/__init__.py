@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -207,13 +208,7 @@ def input_schema_for(func: Callable[..., Any]) -> dict[str, Any]:
 def output_schema_for(func: Callable[..., Any]) -> dict[str, Any]:
     """Streaming output (a generator) is a concatenated iterator of strings."""
     if inspect.isgeneratorfunction(func) or inspect.isasyncgenfunction(func):
-        return {
-            "type": "array",
-            "title": "Output",
-            "items": {"type": "string"},
-            "x-cog-array-type": "iterator",
-            "x-cog-array-display": "concatenate",
-        }
+        return copy.deepcopy(wire.TEXT_STREAM_SCHEMA)
     return {"title": "Output"}
 
 

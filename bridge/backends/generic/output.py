@@ -16,6 +16,7 @@ expression runs over the message's JSON, made once per message.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -31,6 +32,7 @@ from google.protobuf.message import Message
 from ...config import ConfigError, OutputSettings
 from ...errors import BackendProtocolError, ModelError
 from ..interface import LogLine, MetricsUpdate, OutputChunks, StreamItem
+from ..wire import TEXT_STREAM_SCHEMA
 from .schema import message_schema
 
 __all__ = ["MAX_ERROR_CHARS", "Output", "message_json"]
@@ -239,13 +241,7 @@ class Output:
         """The output schema: text chunks that concatenate, else each
         message's JSON (an iterator of them from a streaming method)."""
         if self.text is not None:
-            return {
-                "type": "array",
-                "title": "Output",
-                "items": {"type": "string"},
-                "x-cog-array-type": "iterator",
-                "x-cog-array-display": "concatenate",
-            }
+            return copy.deepcopy(TEXT_STREAM_SCHEMA)
         one = message_schema(self.response)
         defs = one.pop("$defs")
         if not server_streaming:
