@@ -92,8 +92,10 @@ test-llm: $(STAMP) $(LLM_STAMP)
 run-llm: $(STAMP) $(LLM_STAMP)
 	exec $(PY) -m bridge run-demo --llm --host 127.0.0.1 --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
 
-# The edit loop's tier (17.5 to 23 s here, on both cores with pytest-xdist;
-# 24 to 25 s in one process): the
+# The edit loop's tier (16 to 18 s here, on both cores with pytest-xdist;
+# 25 s in one process). It writes bytecode even where the environment says
+# PYTHONDONTWRITEBYTECODE (this machine does): recompiling the bridge and
+# assert-rewriting the tests cost each worker 1.5 s of its 4 s start. The
 # modules that need no browser, no backend process and no pty: units, the
 # contract tests of the store, the
 # event log and the backend (each real one beside its fake), the core on the
@@ -111,7 +113,7 @@ FAST := tests/test_events.py tests/test_store.py tests/test_backend.py tests/tes
 test-fast: $(STAMP) $(REDIS)
 	$(PY) -m ruff check bridge tests bench
 	$(PY) -m mypy
-	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q -n 2 -p no:schemathesis $(FAST)
+	PYTHONDONTWRITEBYTECODE= GRPC_VERBOSITY=ERROR $(PY) -m pytest -q -n 2 --dist worksteal -p no:schemathesis $(FAST)
 
 # The suite beside two CPU hogs (one per core here), as on a shared CI
 # machine: timing must come from events and Trio's clocks, not luck. The
