@@ -15,7 +15,8 @@ from bridge._proto.v1 import predictor_pb2_grpc
 from bridge.backends import wire
 from bridge.backends.grpc_loop import GrpcLoop, open_grpc_loop
 from bridge.errors import ModelError
-from bridge.sdk import Field, Log, Metrics, Model, ModelServer, Predictor, input_schema_for
+from bridge.sdk import Field, Log, Metrics, Model, ModelServer, Predictor
+from bridge.sdk.model import input_schema_for
 from tests.helpers import asked
 
 

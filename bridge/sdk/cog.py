@@ -44,7 +44,7 @@ import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from . import Model, input_object, input_property
+from .model import Model, input_object, input_property
 
 __all__ = ["MAX_FILE_BYTES", "ModelLoadError", "load_model"]
 

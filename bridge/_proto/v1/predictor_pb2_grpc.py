@@ -24,6 +24,11 @@ class PredictorStub(object):
                 request_serializer=bridge_dot___proto_dot_v1_dot_predictor__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=bridge_dot___proto_dot_v1_dot_predictor__pb2.DescribeResponse.FromString,
                 )
+        self.Stream = channel.stream_stream(
+                '/bridge.v1.Predictor/Stream',
+                request_serializer=bridge_dot___proto_dot_v1_dot_predictor__pb2.StreamRequest.SerializeToString,
+                response_deserializer=bridge_dot___proto_dot_v1_dot_predictor__pb2.StreamResponse.FromString,
+                )
 
 
 class PredictorServicer(object):
@@ -47,6 +52,20 @@ class PredictorServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Stream(self, request_iterator, context):
+        """Many predictions on one call, for a backend that says so in Describe
+        (`multiplexed`); Predict stays the contract every backend implements.
+        The bridge starts and cancels predictions with StreamRequests; each
+        StreamResponse carries the news of every prediction that has some
+        since the backend's last write: a batching engine's step is one
+        message, not one per sequence. Each prediction keeps Predict's
+        guarantees: its own end (an OK status, or the status that failed it),
+        its own cancel. The call ending ends every prediction still on it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PredictorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +78,11 @@ def add_PredictorServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=bridge_dot___proto_dot_v1_dot_predictor__pb2.DescribeRequest.FromString,
                     response_serializer=bridge_dot___proto_dot_v1_dot_predictor__pb2.DescribeResponse.SerializeToString,
+            ),
+            'Stream': grpc.stream_stream_rpc_method_handler(
+                    servicer.Stream,
+                    request_deserializer=bridge_dot___proto_dot_v1_dot_predictor__pb2.StreamRequest.FromString,
+                    response_serializer=bridge_dot___proto_dot_v1_dot_predictor__pb2.StreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -101,5 +125,22 @@ class Predictor(object):
         return grpc.experimental.unary_unary(request, target, '/bridge.v1.Predictor/Describe',
             bridge_dot___proto_dot_v1_dot_predictor__pb2.DescribeRequest.SerializeToString,
             bridge_dot___proto_dot_v1_dot_predictor__pb2.DescribeResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Stream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(request_iterator, target, '/bridge.v1.Predictor/Stream',
+            bridge_dot___proto_dot_v1_dot_predictor__pb2.StreamRequest.SerializeToString,
+            bridge_dot___proto_dot_v1_dot_predictor__pb2.StreamResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -1,0 +1,249 @@
+"""The model's gRPC service: ``Describe``, ``Predict`` and ``Stream``.
+
+``Predict`` runs one prediction per call. ``Stream`` (which ``Describe``
+advertises) runs many on one call: the bridge starts and cancels them with
+its requests, and each response carries the news of every prediction
+that has some since the last write, so that what the model's predictions
+yield during one write goes out as one message whichever prediction
+yielded it (see :mod:`bridge.sdk.outbox`). A :class:`~bridge.sdk.batch.
+BatchPredictor`'s step is one message that way.
+
+Each prediction keeps ``Predict``'s guarantees on ``Stream``: it ends on
+its own (an ``End`` with the status ``Predict`` would have ended with), a
+cancel reaches its generator only, and the call ending (the bridge gone)
+cancels every prediction still on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from bridge._proto.v1 import predictor_pb2 as pb
+from bridge._proto.v1 import predictor_pb2_grpc
+
+from ..backends import wire
+from .batch import Batcher
+from .outbox import MESSAGE_BYTES, Board, News, Outbox, drain_generator, item_size, messages
+
+if TYPE_CHECKING:
+    from .model import Model
+
+__all__ = ["Servicer"]
+
+log = logging.getLogger("bridge.sdk")
+
+
+class Status(Exception):
+    """A prediction's end with a status other than the model's own error."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _end(error: BaseException | None) -> pb.End:
+    """The ``End`` of a prediction that ended with *error* (None: succeeded)."""
+    if error is None:
+        return pb.End()
+    if isinstance(error, Status):
+        return pb.End(code=error.code.value[0], message=str(error))
+    return pb.End(code=grpc.StatusCode.UNKNOWN.value[0], message=_message(error))
+
+
+def _message(error: BaseException) -> str:
+    return str(error) or type(error).__name__
+
+
+class Servicer(predictor_pb2_grpc.PredictorServicer):
+    def __init__(
+        self, model: Model, executor: concurrent.futures.Executor, multiplexed: bool = True
+    ) -> None:
+        self._model = model
+        self._executor = executor
+        self._multiplexed = multiplexed
+        #: Until setup() has returned: predictions are refused (UNAVAILABLE,
+        #: wire.LOADING), which the bridge waits out.
+        self.loading = True
+        #: Predictions running at once, at most the model's concurrency (a
+        #: bridge that honours Describe never makes one wait here).
+        limit = model.info.concurrency
+        self._slots = asyncio.Semaphore(limit) if limit else None
+        #: A batching model's side of its step loop (run by serve_async).
+        self.batcher = Batcher(model.batch) if model.batch is not None else None
+
+    async def Describe(self, request: Any, context: Any) -> pb.DescribeResponse:
+        response = wire.model_info_to_pb(self._model.info)
+        response.multiplexed = self._multiplexed
+        return response
+
+    # -- one prediction ---------------------------------------------------
+
+    async def _produce(self, prediction_id: str, input: dict[str, Any], outbox: Outbox) -> None:
+        """Everything the model produces for one prediction, whatever kind of
+        callable it is, into *outbox*; its end (or its exception) last."""
+        try:
+            if self.batcher is not None:
+                await self.batcher.predict(prediction_id, input, outbox)
+                return
+            func = self._model.predict
+            if (
+                inspect.isgeneratorfunction(func)
+                or inspect.isasyncgenfunction(func)
+                or inspect.iscoroutinefunction(func)
+            ):
+                result = func(**input)
+            else:
+                # A plain function may block: call it off the event loop.
+                call = functools.partial(func, **input)
+                result = await asyncio.wrap_future(self._executor.submit(call))
+            if inspect.isasyncgen(result):
+                try:
+                    async for item in result:
+                        await outbox.put(item)
+                finally:
+                    await result.aclose()
+            elif inspect.isgenerator(result):
+                try:
+                    await asyncio.wrap_future(
+                        self._executor.submit(drain_generator, result, outbox)
+                    )
+                finally:
+                    outbox.cancel()
+            else:
+                await outbox.put(await result if inspect.isawaitable(result) else result)
+        except Exception as exc:
+            outbox.end(exc)
+        else:
+            outbox.end()
+
+    async def _run(self, prediction_id: str, input: dict[str, Any], outbox: Outbox) -> None:
+        async with self._slot():
+            await self._produce(prediction_id, input, outbox)
+
+    def _slot(self) -> contextlib.AbstractAsyncContextManager[object]:
+        return self._slots if self._slots is not None else contextlib.nullcontext()
+
+    def _input(self, request: pb.PredictRequest) -> dict[str, Any]:
+        return self._model.coerce_input(wire.request_input(request))
+
+    # -- Predict ----------------------------------------------------------
+
+    async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> None:
+        if self.loading:
+            log.info("prediction %s refused: %s", request.id, wire.LOADING)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, wire.LOADING)
+        input = self._input(request)
+        log.info("prediction %s started", request.id)
+        # Headers now tell the bridge the model is running.
+        await context.send_initial_metadata(())
+        board = Board(asyncio.get_running_loop())
+        outbox = Outbox(board)
+        # The producer is this call's child: a cancelled call (or a failed
+        # write) cancels it, which closes the model's generator.
+        error: BaseException | None = None
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._run(request.id, input, outbox))
+            ended = False
+            while not ended:
+                for news in await board.take():
+                    for message in messages(news.items):
+                        await context.write(message)
+                    ended, error = news.ended, news.error
+        if error is not None:
+            log.info("prediction %s failed: %r", request.id, error)
+            context.set_code(grpc.StatusCode.UNKNOWN)
+            context.set_details(_message(error))
+
+    # -- Stream -----------------------------------------------------------
+
+    async def Stream(
+        self, requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
+    ) -> None:
+        board = Board(asyncio.get_running_loop())
+        #: The predictions on this call whose end is not written yet.
+        open: dict[int, Outbox] = {}
+        async with asyncio.TaskGroup() as tasks:
+            reader = tasks.create_task(self._read(requests, board, open, tasks))
+            while not (reader.done() and not open):
+                response = pb.StreamResponse()
+                size = 0
+                for news in await board.take():
+                    size += _add_update(response, news)
+                    if news.ended:
+                        del open[news.outbox.key]
+                    if size >= MESSAGE_BYTES:
+                        await context.write(response)
+                        response, size = pb.StreamResponse(), 0
+                if response.updates:
+                    await context.write(response)
+            reader.result()  # its error, if it failed
+
+    async def _read(
+        self,
+        requests: AsyncIterator[pb.StreamRequest],
+        board: Board,
+        open: dict[int, Outbox],
+        tasks: asyncio.TaskGroup,
+    ) -> None:
+        """Start and cancel what the bridge asks, until it half-closes."""
+        running: dict[int, asyncio.Task[None]] = {}
+        try:
+            async for request in requests:
+                for start in request.start:
+                    self._start(start, board, open, running, tasks)
+                for key in request.cancel:
+                    task = running.pop(key, None)
+                    if task is not None:
+                        task.cancel()
+                    if (outbox := open.get(key)) is not None:
+                        outbox.end(Status(grpc.StatusCode.CANCELLED, "cancelled"))
+        finally:
+            board.wake()  # the writer checks whether it is done
+
+    def _start(
+        self,
+        start: pb.Start,
+        board: Board,
+        open: dict[int, Outbox],
+        running: dict[int, asyncio.Task[None]],
+        tasks: asyncio.TaskGroup,
+    ) -> None:
+        key, prediction_id = start.key, start.request.id
+        if key in open:
+            log.warning("prediction %s refused: key %d is in use on this call", prediction_id, key)
+            return
+        outbox = open[key] = Outbox(board, key)
+        if self.loading:
+            log.info("prediction %s refused: %s", prediction_id, wire.LOADING)
+            outbox.end(Status(grpc.StatusCode.UNAVAILABLE, wire.LOADING))
+            return
+        input = self._input(start.request)
+        log.info("prediction %s started", prediction_id)
+        outbox.start()
+        task = running[key] = tasks.create_task(self._run(prediction_id, input, outbox))
+
+        def ended(task: asyncio.Task[None]) -> None:
+            if running.get(key) is task:
+                del running[key]
+            if not task.cancelled() and outbox.ended and outbox.error is not None:
+                log.info("prediction %s failed: %r", prediction_id, outbox.error)
+
+        task.add_done_callback(ended)
+
+
+def _add_update(response: pb.StreamResponse, news: News) -> int:
+    """Add *news* to *response* as an ``Update``; about the bytes it added."""
+    update = response.updates.add(key=news.outbox.key, started=news.started)
+    update.responses.extend(messages(news.items))
+    if news.ended:
+        update.end.CopyFrom(_end(news.error))
+    return 16 + sum(item_size(item) for item in news.items)
