@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -16,6 +17,7 @@ import trio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from bridge._proto.v1 import predictor_pb2 as pb
 from bridge._proto.v1 import predictor_pb2_grpc
 from bridge.backends import wire
 
@@ -185,27 +187,40 @@ SCRIPTED_INFO = wire.ModelInfo(
 )
 
 
+class Failed(Exception):
+    """A script's ``fail``."""
+
+
 class Scripted(predictor_pb2_grpc.PredictorServicer):
     """A backend that does what its input says (the script tests/fakes.py's
     FakeBackend runs in Trio too): ``log`` a line, then each of ``chunks``
     as a message, ``gap_ms`` before each; then ``metrics``; then ``hang``
     until cancelled, or ``fail`` with that message. It notes the ids of
-    the calls that were cancelled."""
+    the calls that were cancelled.
 
-    def __init__(self) -> None:
+    *multiplexed*: its Describe offers Stream, which it serves by hand (a
+    second implementation of bridge.v1's Stream beside the SDK's: one
+    message per step, no batching), and it refuses Predict unless
+    *predict_too*."""
+
+    def __init__(self, *, multiplexed: bool = False, predict_too: bool = False) -> None:
         self.cancelled: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        self.multiplexed = multiplexed
+        self.predict_too = predict_too
 
     def cancelled_event(self, prediction_id: str) -> threading.Event:
         with self._lock:
             return self.cancelled.setdefault(prediction_id, threading.Event())
 
     async def Describe(self, request: Any, context: Any) -> Any:
-        return wire.model_info_to_pb(SCRIPTED_INFO)
+        response = wire.model_info_to_pb(SCRIPTED_INFO)
+        response.multiplexed = self.multiplexed
+        return response
 
-    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def _run(self, request: Any) -> AsyncIterator[Any]:
+        """The script's messages; raises Failed at a ``fail``."""
         script = wire.request_input(request)
-        await context.send_initial_metadata(())
         # Cancelled in an await (CancelledError) or at a yield (the
         # generator is closed): either way it did not get to the end.
         completed = False
@@ -224,4 +239,42 @@ class Scripted(predictor_pb2_grpc.PredictorServicer):
             if not completed:
                 self.cancelled_event(request.id).set()
         if "fail" in script:
-            await context.abort(grpc.StatusCode.UNKNOWN, script["fail"])
+            raise Failed(script["fail"])
+
+    async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if self.multiplexed and not self.predict_too:  # seen to be unused
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this test's backend serves Stream")
+        await context.send_initial_metadata(())
+        try:
+            async for response in self._run(request):
+                yield response
+        except Failed as exc:
+            await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
+
+    async def Stream(self, requests: Any, context: grpc.aio.ServicerContext) -> None:
+        if not self.multiplexed:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        write = asyncio.Lock()
+
+        async def send(**update: Any) -> None:
+            async with write:
+                await context.write(pb.StreamResponse(updates=[pb.Update(**update)]))
+
+        async def one(key: int, request: Any) -> None:
+            await send(key=key, started=True)
+            end = pb.End()
+            try:
+                async for response in self._run(request):
+                    await send(key=key, responses=[response])
+            except Failed as exc:
+                end = pb.End(code=grpc.StatusCode.UNKNOWN.value[0], message=str(exc))
+            await send(key=key, end=end)
+
+        running: dict[int, asyncio.Task[None]] = {}
+        async with asyncio.TaskGroup() as tasks:
+            async for request in requests:
+                for start in request.start:
+                    running[start.key] = tasks.create_task(one(start.key, start.request))
+                for key in request.cancel:
+                    if key in running:
+                        running.pop(key).cancel()

@@ -35,10 +35,22 @@ def scripted() -> Iterator[RawServer]:
         yield server
 
 
-@pytest.fixture(params=["grpc", "fake"])
-async def env(request: pytest.FixtureRequest, scripted: RawServer) -> AsyncIterator[Env]:
-    if request.param == "grpc":
-        servicer = scripted.servicer
+@pytest.fixture(scope="module")
+def multiplexed() -> Iterator[RawServer]:
+    with RawServer(Scripted(multiplexed=True)) as server:
+        yield server
+
+
+#: The gRPC loop over bridge.v1's two transports (Predict, one call per
+#: prediction; Stream, many on one call, for a backend whose Describe says
+#: so), and the fake.
+@pytest.fixture(params=["grpc", "stream", "fake"])
+async def env(
+    request: pytest.FixtureRequest, scripted: RawServer, multiplexed: RawServer
+) -> AsyncIterator[Env]:
+    if request.param != "fake":
+        server = scripted if request.param == "grpc" else multiplexed
+        servicer = server.servicer
         assert isinstance(servicer, Scripted)
 
         async def seen(prediction_id: str) -> None:
@@ -46,7 +58,9 @@ async def env(request: pytest.FixtureRequest, scripted: RawServer) -> AsyncItera
             assert await trio.to_thread.run_sync(event.wait, 10)
 
         async with open_grpc_loop(window=8) as grpc_loop:
-            yield Env(grpc_loop, scripted.target, closed_port_target(), seen)
+            # As the bridge does before a prediction: which says Stream.
+            await grpc_loop.describe(server.target)
+            yield Env(grpc_loop, server.target, closed_port_target(), seen)
     else:
         async with open_fake_backend({"fake:1": SCRIPTED_INFO}, health="UNKNOWN") as fake:
 

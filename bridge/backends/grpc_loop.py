@@ -70,18 +70,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bridge._proto.v1 import predictor_pb2, predictor_pb2_grpc
 from bridge.errors import (
-    BackendLoading,
     BackendProtocolError,
-    BackendTimeout,
     BackendUnavailable,
-    ModelError,
     PredictionError,
 )
 
 from ..offload import Offload
 from . import wire
 from .interface import CLEANUP_TIMEOUT, Metadata, PredictInput
-from .rich_status import details_text
+from .mux import Lane, Mux
+from .status import UNDECODABLE, map_rpc_error, map_status, status_code
 
 __all__ = [
     "Call",
@@ -89,14 +87,19 @@ __all__ = [
     "Messages",
     "PredictStream",
     "map_rpc_error",
+    "map_status",
     "open_grpc_loop",
     "run",
+    "status_code",
 ]
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
+
+#: The most Stream calls to one target (one per set of call metadata).
+MAX_MUXES = 8
 
 #: Channel options: reconnect fast after a backend restart (grpc's default
 #: backoff grows to two minutes, long after the backend is back).
@@ -114,37 +117,6 @@ _MANY_ADDRESSES = ("dns:", "ipv4:", "ipv6:")
 _BALANCED = ("grpc.service_config", json.dumps(
     {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
 ))  # fmt: skip
-
-
-#: A prediction's error when a backend's message does not decode (not
-#: protobuf, a string that is not UTF-8, cut short).
-UNDECODABLE = "model backend sent a message that cannot be decoded"
-
-
-def map_rpc_error(exc: grpc.RpcError, method: str = "bridge.v1") -> PredictionError:
-    """The bridge's error for a failed gRPC call: the one place codes map.
-    *method* is what the backend was asked to implement."""
-    # Both grpc.Call errors and grpc.aio.AioRpcError (not a grpc.Call) have these.
-    code = getattr(exc, "code", lambda: grpc.StatusCode.UNKNOWN)()
-    details = getattr(exc, "details", lambda: "")() or ""
-    if code is grpc.StatusCode.UNAVAILABLE and details == wire.LOADING:
-        return BackendLoading(f"model backend unavailable: {details}")
-    # A google.rpc.Status trailer's readable details, after the message.
-    rich = details_text(getattr(exc, "trailing_metadata", lambda: None)())
-    if rich:
-        details = f"{details} ({rich})" if details else rich
-    if code is grpc.StatusCode.UNAVAILABLE:
-        return BackendUnavailable(f"model backend unavailable: {details or 'no connection'}")
-    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
-        return BackendTimeout("model backend timed out: deadline exceeded")
-    if code is grpc.StatusCode.UNIMPLEMENTED:
-        return BackendProtocolError(f"model backend does not implement {method}: {details}")
-    if code is grpc.StatusCode.CANCELLED:
-        return BackendUnavailable(f"model backend cancelled the call: {details or 'cancelled'}")
-    if code is grpc.StatusCode.UNKNOWN:
-        # What the model raised: its message, as is.
-        return ModelError(details or "model failed")
-    return ModelError(f"model backend error {code.name}: {details}")
 
 
 def _grpc_timeout() -> float | None:
@@ -392,10 +364,10 @@ class _WakeHub:
         #: thread), or on the loop itself when Trio is its guest (see
         #: GrpcLoop._start).
         self.schedule: Callable[[Callable[[], object]], object] = token.run_sync_soon
-        self._ready: collections.deque[PredictStream] = collections.deque()
+        self._ready: collections.deque[PredictStream | Mux] = collections.deque()
         self._pending = False  # written by both threads; see mark and _wake_all
 
-    def mark(self, stream: PredictStream) -> None:
+    def mark(self, stream: PredictStream | Mux) -> None:
         """On the loop: *stream* has news."""
         self._ready.append(stream)
         # As in PredictStream._push: Trio clears the flag before it drains
@@ -423,7 +395,11 @@ class GrpcLoop:
         self.offload = offload or Offload()
         #: gRPC calls (Predict, Describe, health) not yet ended on the loop
         #: thread; written only there.
-        self.active_calls = 0
+        self._calls = 0
+        #: The targets whose Describe said multiplexed: their predictions go
+        #: on a Stream call (bridge.backends.mux), one per set of metadata.
+        self._multiplexed: set[str] = set()
+        self._muxes: dict[tuple[str, Metadata], Mux] = {}
         self._token = trio.lowlevel.current_trio_token()
         self._hub = _WakeHub(self._token)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -437,6 +413,12 @@ class GrpcLoop:
         self._call_soon: Callable[..., object] = lambda *args: None
         self._started = trio.Event()
         self._stopped = trio.Event()
+
+    @property
+    def active_calls(self) -> int:
+        """Calls not yet ended: Predict, Describe and health calls, and
+        predictions on Stream calls."""
+        return self._calls + sum(mux.running for mux in self._muxes.values())
 
     # -- lifetime ---------------------------------------------------------
 
@@ -554,7 +536,7 @@ class GrpcLoop:
         def done(task: asyncio.Task[T]) -> None:  # on the loop, however the task ended
             # Even a task cancelled before its first step ends here (a
             # finally in the coroutine would never run).
-            self.active_calls -= 1
+            self._calls -= 1
             if task.cancelled():
                 errors.append(asyncio.CancelledError())
             elif (exc := task.exception()) is not None:
@@ -565,7 +547,7 @@ class GrpcLoop:
                 self._hub.schedule(ended.set)
 
         def start() -> None:  # on the loop
-            self.active_calls += 1
+            self._calls += 1
             task: asyncio.Task[T] = loop.create_task(make())
             task.add_done_callback(done)
             tasks.append(task)
@@ -601,11 +583,17 @@ class GrpcLoop:
             return response
 
         try:
-            return wire.model_info_from_pb(await self._run(call))
+            response = await self._run(call)
+            info = wire.model_info_from_pb(response)
         except grpc.RpcError as exc:
             raise map_rpc_error(exc) from exc
         except ValueError as exc:
             raise BackendProtocolError(f"model backend sent {exc}") from exc
+        if response.multiplexed:
+            self._multiplexed.add(target)
+        else:
+            self._multiplexed.discard(target)
+        return info
 
     async def check_health(self, target: str, metadata: Metadata = (), *, service: str = "") -> str:
         """The backend's ``grpc.health.v1`` status name for *service* (one
@@ -641,14 +629,36 @@ class GrpcLoop:
         return await self._run(lambda: make(self._channel(target)))
 
     @contextlib.asynccontextmanager
-    async def predict(self, target: str, asked: PredictInput) -> AsyncIterator[PredictStream]:
+    async def predict(
+        self, target: str, asked: PredictInput
+    ) -> AsyncIterator[PredictStream | Lane]:
         """Start a ``Predict`` call of *asked*, decoded and encoded as a
         bridge.v1 ``PredictRequest`` (in a worker thread if it is large);
         leaving the block cancels it if running."""
         request = await self.offload(asked.size, _request, asked)
+        mux = self._mux(target, asked.metadata) if target in self._multiplexed else None
+        if mux is not None:
+            async with mux.open(request) as lane:
+                yield lane
+            return
         call = partial(_predict, request, asked.metadata or None)
         async with self.open_stream(target, call) as stream:
             yield stream
+
+    def _mux(self, target: str, metadata: Metadata) -> Mux | None:
+        """The Stream call to *target* with *metadata* (a new one if the
+        last has ended); None past :data:`MAX_MUXES` for a target (the
+        metadata forwarded from requests varies: Predict carries those)."""
+        key = (target, metadata)
+        mux = self._muxes.get(key)
+        if mux is not None and not mux.ended:
+            return mux
+        if mux is None and sum(t == target for t, _ in self._muxes) >= MAX_MUXES:
+            return None
+        forget = partial(self._multiplexed.discard, target)
+        mux = self._muxes[key] = Mux(self._hub.mark, self._call_soon, self.window, forget)
+        self._call_soon(lambda: mux.begin(self._channel(target), metadata))
+        return mux
 
     @contextlib.asynccontextmanager
     async def open_stream(self, target: str, call: Call) -> AsyncIterator[PredictStream]:
@@ -661,11 +671,11 @@ class GrpcLoop:
         timeout = _grpc_timeout()
 
         def start() -> None:  # on the loop
-            self.active_calls += 1
+            self._calls += 1
             stream._start(loop, call(self._channel(target), timeout), ended)
 
         def ended() -> None:  # on the loop, before Trio can learn the call ended
-            self.active_calls -= 1
+            self._calls -= 1
 
         self._call_soon(start)
         try:

@@ -213,28 +213,29 @@ def drain_generator(generator: Generator[Any, Any, Any], outbox: Outbox) -> None
         generator.close()
 
 
-def messages(items: list[Any]) -> Iterator[predictor_pb2.PredictResponse]:
-    """The fewest messages for *items*, in order: consecutive outputs share an
-    ``Output`` message (up to :data:`MESSAGE_BYTES` of text)."""
+def messages(items: list[Any]) -> Iterator[tuple[predictor_pb2.PredictResponse, int]]:
+    """The fewest messages for *items*, in order, each with about its
+    bytes: consecutive outputs share an ``Output`` message (up to
+    :data:`MESSAGE_BYTES` of text)."""
     chunks: list[Any] = []
     size = 0
     for item in items:
         if isinstance(item, wire.LogLine | wire.MetricsUpdate):
             if chunks:
-                yield wire.output_response(chunks)
+                yield wire.output_response(chunks), size
                 chunks, size = [], 0
             if isinstance(item, wire.LogLine):
-                yield wire.log_response(item.line)
+                yield wire.log_response(item.line), len(item.line)
             else:
-                yield wire.metrics_response(item.values)
+                yield wire.metrics_response(item.values), 64
             continue
         chunks.append(item)
         size += item_size(item)
         if size >= MESSAGE_BYTES:
-            yield wire.output_response(chunks)
+            yield wire.output_response(chunks), size
             chunks, size = [], 0
     if chunks:
-        yield wire.output_response(chunks)
+        yield wire.output_response(chunks), size
 
 
 def item_size(item: Any) -> int:

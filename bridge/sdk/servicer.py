@@ -32,7 +32,7 @@ from bridge._proto.v1 import predictor_pb2_grpc
 
 from ..backends import wire
 from .batch import Batcher
-from .outbox import MESSAGE_BYTES, Board, News, Outbox, drain_generator, item_size, messages
+from .outbox import MESSAGE_BYTES, Board, News, Outbox, drain_generator, messages
 
 if TYPE_CHECKING:
     from .model import Model
@@ -155,7 +155,7 @@ class Servicer(predictor_pb2_grpc.PredictorServicer):
             ended = False
             while not ended:
                 for news in await board.take():
-                    for message in messages(news.items):
+                    for message, _ in messages(news.items):
                         await context.write(message)
                     ended, error = news.ended, news.error
         if error is not None:
@@ -168,82 +168,110 @@ class Servicer(predictor_pb2_grpc.PredictorServicer):
     async def Stream(
         self, requests: AsyncIterator[pb.StreamRequest], context: grpc.aio.ServicerContext
     ) -> None:
-        board = Board(asyncio.get_running_loop())
-        #: The predictions on this call whose end is not written yet.
-        open: dict[int, Outbox] = {}
         async with asyncio.TaskGroup() as tasks:
-            reader = tasks.create_task(self._read(requests, board, open, tasks))
-            while not (reader.done() and not open):
-                response = pb.StreamResponse()
-                size = 0
-                for news in await board.take():
-                    size += _add_update(response, news)
-                    if news.ended:
-                        del open[news.outbox.key]
-                    if size >= MESSAGE_BYTES:
-                        await context.write(response)
-                        response, size = pb.StreamResponse(), 0
-                if response.updates:
-                    await context.write(response)
-            reader.result()  # its error, if it failed
+            call = _StreamCall(self, context, tasks)
+            reader = tasks.create_task(call.read(requests))
+            await call.write(reader)
 
-    async def _read(
-        self,
-        requests: AsyncIterator[pb.StreamRequest],
-        board: Board,
-        open: dict[int, Outbox],
-        tasks: asyncio.TaskGroup,
+
+#: The most a message may be: what a bridge's gRPC channel receives by
+#: default. A prediction whose one output is larger fails alone (on
+#: Predict, the bridge's refusal of that message would fail it).
+MAX_MESSAGE = 4 * 1024 * 1024 - 1024
+
+
+class _StreamCall:
+    """One ``Stream`` call: its predictions, their starts and cancels (read
+    from the bridge) and their news (written to it)."""
+
+    def __init__(
+        self, servicer: Servicer, context: grpc.aio.ServicerContext, tasks: asyncio.TaskGroup
     ) -> None:
+        self.servicer = servicer
+        self.context = context
+        self.tasks = tasks
+        self.board = Board(asyncio.get_running_loop())
+        #: The predictions whose end is not written yet, by key.
+        self.open: dict[int, Outbox] = {}
+        #: Their tasks, while they run.
+        self.running: dict[int, asyncio.Task[None]] = {}
+
+    async def read(self, requests: AsyncIterator[pb.StreamRequest]) -> None:
         """Start and cancel what the bridge asks, until it half-closes."""
-        running: dict[int, asyncio.Task[None]] = {}
         try:
             async for request in requests:
                 for start in request.start:
-                    self._start(start, board, open, running, tasks)
+                    self.start(start.key, start.request)
                 for key in request.cancel:
-                    task = running.pop(key, None)
-                    if task is not None:
-                        task.cancel()
-                    if (outbox := open.get(key)) is not None:
-                        outbox.end(Status(grpc.StatusCode.CANCELLED, "cancelled"))
+                    self.stop(key, Status(grpc.StatusCode.CANCELLED, "cancelled"))
         finally:
-            board.wake()  # the writer checks whether it is done
+            self.board.wake()  # the writer checks whether it is done
 
-    def _start(
-        self,
-        start: pb.Start,
-        board: Board,
-        open: dict[int, Outbox],
-        running: dict[int, asyncio.Task[None]],
-        tasks: asyncio.TaskGroup,
-    ) -> None:
-        key, prediction_id = start.key, start.request.id
-        if key in open:
-            log.warning("prediction %s refused: key %d is in use on this call", prediction_id, key)
+    def start(self, key: int, request: pb.PredictRequest) -> None:
+        if key in self.open:
+            log.warning("prediction %s refused: key %d is in use on this call", request.id, key)
             return
-        outbox = open[key] = Outbox(board, key)
-        if self.loading:
-            log.info("prediction %s refused: %s", prediction_id, wire.LOADING)
+        outbox = self.open[key] = Outbox(self.board, key)
+        servicer = self.servicer
+        if servicer.loading:
+            log.info("prediction %s refused: %s", request.id, wire.LOADING)
             outbox.end(Status(grpc.StatusCode.UNAVAILABLE, wire.LOADING))
             return
-        input = self._input(start.request)
-        log.info("prediction %s started", prediction_id)
+        input = servicer._input(request)
+        log.info("prediction %s started", request.id)
         outbox.start()
-        task = running[key] = tasks.create_task(self._run(prediction_id, input, outbox))
+        task = self.tasks.create_task(servicer._run(request.id, input, outbox))
+        self.running[key] = task
 
         def ended(task: asyncio.Task[None]) -> None:
-            if running.get(key) is task:
-                del running[key]
-            if not task.cancelled() and outbox.ended and outbox.error is not None:
-                log.info("prediction %s failed: %r", prediction_id, outbox.error)
+            if self.running.get(key) is task:
+                del self.running[key]
+            if not task.cancelled() and outbox.error is not None:
+                log.info("prediction %s failed: %r", request.id, outbox.error)
 
         task.add_done_callback(ended)
 
+    def stop(self, key: int, why: Status) -> None:
+        """End prediction *key* (cancelling the model's work) with *why*."""
+        task = self.running.pop(key, None)
+        if task is not None:
+            task.cancel()
+        if (outbox := self.open.get(key)) is not None:
+            outbox.end(why)
 
-def _add_update(response: pb.StreamResponse, news: News) -> int:
-    """Add *news* to *response* as an ``Update``; about the bytes it added."""
-    update = response.updates.add(key=news.outbox.key, started=news.started)
-    update.responses.extend(messages(news.items))
-    if news.ended:
-        update.end.CopyFrom(_end(news.error))
-    return 16 + sum(item_size(item) for item in news.items)
+    async def write(self, reader: asyncio.Task[None]) -> None:
+        """Each time the last write completed, all the news as one message
+        (or a few of :data:`MESSAGE_BYTES`), until the bridge has
+        half-closed and every prediction's end is written."""
+        while not (reader.done() and not self.open):
+            response = pb.StreamResponse()
+            size = 0
+            for news in await self.board.take():
+                key = news.outbox.key
+                if key not in self.open:  # its end is written
+                    continue
+                update = response.updates.add(key=key, started=news.started)
+                for message, weight in messages(news.items):
+                    if weight >= MESSAGE_BYTES and message.ByteSize() > MAX_MESSAGE:
+                        # Its end now, and nothing more of it.
+                        self.stop(key, Status(grpc.StatusCode.CANCELLED, "too large"))
+                        news = News(news.outbox, False, [], True, _too_large(message.ByteSize()))
+                        break
+                    if size + weight > MESSAGE_BYTES and size:
+                        await self.context.write(response)
+                        response, size = pb.StreamResponse(), 0
+                        update = response.updates.add(key=key)
+                    update.responses.append(message)
+                    size += weight
+                if news.ended:
+                    update.end.CopyFrom(_end(news.error))
+                    del self.open[key]
+            if response.updates:
+                await self.context.write(response)
+
+
+def _too_large(size: int) -> Status:
+    return Status(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"an output of {size} bytes: more than a message may carry ({MAX_MESSAGE} bytes)",
+    )

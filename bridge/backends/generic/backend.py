@@ -35,8 +35,9 @@ from google.protobuf.message import Message
 from ...config import ConfigError, ModelSettings, Settings
 from ...errors import BackendProtocolError, ModelError
 from ...offload import INLINE_BYTES
-from ..grpc_loop import UNDECODABLE, GrpcLoop, Messages, map_rpc_error
+from ..grpc_loop import GrpcLoop, Messages
 from ..interface import Metadata, ModelInfo, PredictInput, Started
+from ..status import UNDECODABLE, map_rpc_error
 from . import reflection
 from .descriptors import (
     Method,

@@ -17,8 +17,8 @@ from google.protobuf.message import DecodeError
 from grpc_reflection.v1alpha import reflection_pb2 as pb
 
 from ...errors import BackendProtocolError
-from ..grpc_loop import map_rpc_error
 from ..interface import Metadata
+from ..status import map_rpc_error
 from .descriptors import MAX_DESCRIPTOR_BYTES
 
 __all__ = ["MAX_FILES", "ask"]
