@@ -142,10 +142,12 @@ class RawServer:
 
 
 class BackendProcess:
-    """``python -m bridge demo-backend --model demo/echo`` as a process."""
+    """``python -m bridge demo-backend --model demo/echo`` as a process
+    (*predict_only*: offering the bridge Predict, not Stream)."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, *, predict_only: bool = False) -> None:
         self.port = port
+        self.predict_only = predict_only
         self.process: trio.Process | None = None
 
     @property
@@ -166,6 +168,7 @@ class BackendProcess:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
+                *["--predict-only"] * self.predict_only,
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

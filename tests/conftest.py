@@ -79,25 +79,53 @@ def upper(text: str) -> str:
     return text.upper()
 
 
-@pytest.fixture(scope="session")
-def demo_targets() -> Iterator[dict[str, str]]:
+@contextlib.contextmanager
+def serve_test_models(multiplexed: bool) -> Iterator[dict[str, str]]:
     """The demo models, ``test/endless``, ``test/gate`` and ``test/upper``,
-    each on its own real gRPC server, for the session."""
-    models = make_models()
+    each on its own real gRPC server (*multiplexed*: offering Stream)."""
+    models = make_models(multiplexed)
     with (
         ModelServer(models["demo/echo"]) as echo,
         ModelServer(models["demo/story"]) as story,
-        ModelServer(Model("test/endless", endless)) as probe,
-        ModelServer(Model("test/gate", gate)) as gated,
-        ModelServer(Model("test/upper", upper)) as single,
+        ModelServer(models["demo/batch"]) as batch,
+        ModelServer(Model("test/endless", endless, multiplexed=multiplexed)) as probe,
+        ModelServer(Model("test/gate", gate, multiplexed=multiplexed)) as gated,
+        ModelServer(Model("test/upper", upper, multiplexed=multiplexed)) as single,
     ):
         yield {
             "demo/echo": echo.target,
             "demo/story": story.target,
+            "demo/batch": batch.target,
             "test/endless": probe.target,
             "test/gate": gated.target,
             "test/upper": single.target,
         }
+
+
+@pytest.fixture(scope="session")
+def demo_targets() -> Iterator[dict[str, str]]:
+    """:func:`serve_test_models` for the session, on Stream (the SDK's default)."""
+    with serve_test_models(multiplexed=True) as targets:
+        yield targets
+
+
+@pytest.fixture(scope="session")
+def predict_only_targets() -> Iterator[dict[str, str]]:
+    """:func:`serve_test_models` for the session, offering Predict only (as a
+    backend written for Predict does)."""
+    with serve_test_models(multiplexed=False) as targets:
+        yield targets
+
+
+@pytest.fixture(params=["stream", "predict"])
+def transport(
+    request: pytest.FixtureRequest,
+    demo_targets: dict[str, str],
+    predict_only_targets: dict[str, str],
+) -> dict[str, str]:
+    """The test models on each of bridge.v1's transports in turn: a test
+    that takes it runs against both."""
+    return demo_targets if request.param == "stream" else predict_only_targets
 
 
 @contextlib.contextmanager

@@ -11,11 +11,13 @@ import grpc
 import pytest
 import trio
 
+from bridge._proto.v1 import predictor_pb2 as pb
 from bridge._proto.v1 import predictor_pb2_grpc
 from bridge.backends import wire
 from bridge.backends.grpc_loop import GrpcLoop, open_grpc_loop
 from bridge.errors import ModelError
 from bridge.sdk import Field, Log, Metrics, Model, ModelServer, Predictor
+from bridge.sdk.demo import make_models
 from bridge.sdk.model import input_schema_for
 from tests.helpers import asked
 
@@ -235,6 +237,73 @@ async def test_a_burst_of_tokens_goes_out_in_few_messages(kind: str) -> None:
         messages = await trio.to_thread.run_sync(_messages, server.target, {"n": 1000})
     assert [c for m in messages for c in m] == [f"{i} " for i in range(1000)]
     assert len(messages) <= 10, [len(m) for m in messages]
+
+
+def _stream_messages(target: str, inputs: list[dict[str, Any]]) -> list[pb.StreamResponse]:
+    """Every message of one Stream call that starts a prediction of each
+    of *inputs* (keys 1, 2, ...), read until all have ended."""
+    starts = [
+        pb.Start(key=key, request=wire.predict_request(f"p{key}", input))
+        for key, input in enumerate(inputs, 1)
+    ]
+    received: list[pb.StreamResponse] = []
+    open_keys = set(range(1, len(inputs) + 1))
+    done = threading.Event()
+
+    def requests() -> Iterator[pb.StreamRequest]:
+        yield pb.StreamRequest(start=starts)
+        done.wait(30)  # half-closing would end the call before they end
+
+    with grpc.insecure_channel(target) as channel:
+        call = predictor_pb2_grpc.PredictorStub(channel).Stream(requests())
+        for response in call:
+            received.append(response)
+            open_keys -= {u.key for u in response.updates if u.HasField("end")}
+            if not open_keys:
+                break
+        done.set()
+        call.cancel()
+    return received
+
+
+def _texts(messages: list[pb.StreamResponse]) -> dict[int, str]:
+    texts: dict[int, str] = {}
+    for message in messages:
+        for update in message.updates:
+            assert not update.end.code, update.end.message
+            for response in update.responses:
+                text = "".join(c.text for c in response.output.chunks)
+                texts[update.key] = texts.get(update.key, "") + text
+    return texts
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_on_a_stream_many_predictions_share_each_message(kind: str) -> None:
+    """What every prediction on a Stream yielded during a write goes out
+    together: 10 bursts of 200 tokens in far fewer messages than tokens,
+    messages carrying several predictions' news."""
+    model = Model("test/burst", _burst_models()[kind])
+    with ModelServer(model) as server:
+        messages = await trio.to_thread.run_sync(_stream_messages, server.target, [{"n": 200}] * 10)
+    expected = "".join(f"{i} " for i in range(200))
+    assert _texts(messages) == dict.fromkeys(range(1, 11), expected)
+    assert len(messages) < 2000 / 10, len(messages)
+    assert max(len({u.key for u in m.updates if u.responses}) for m in messages) >= 2
+
+
+async def test_a_batching_model_s_step_is_one_message() -> None:
+    """demo/batch steps 10 predictions together: each step, one emit,
+    goes out as one message carrying a token of each."""
+    model = make_models()["demo/batch"]
+    inputs = [{"prompt": f"s{n}", "max_tokens": 5, "tokens_per_second": 50} for n in range(10)]
+    with ModelServer(model) as server:
+        messages = await trio.to_thread.run_sync(_stream_messages, server.target, inputs)
+    assert _texts(messages) == {key: f"s{key - 1} " * 5 for key in range(1, 11)}
+    with_output = [m for m in messages if any(u.responses for u in m.updates)]
+    # Five steps (one more if the joins straddled a step of the model's
+    # clock: it takes a join at the next step of its rate).
+    shapes = [len(m.updates) for m in with_output]
+    assert len(with_output) <= 6 and shapes.count(10) >= 4, shapes
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])

@@ -282,6 +282,7 @@ async def test_health_reports_each_backend(
         "models": {
             "demo/echo": "SERVING",
             "demo/story": "SERVING",
+            "demo/batch": "SERVING",
             "test/endless": "SERVING",
             "test/gate": "SERVING",
             "test/upper": "SERVING",

@@ -55,11 +55,17 @@ def _parser() -> argparse.ArgumentParser:
         "--port",
         type=int,
         default=50051,
-        help="first port: demo/echo here, demo/story on the next (0 picks free ports)",
+        help="first port: demo/echo here, demo/story and demo/batch on the next ones "
+        "(0 picks free ports)",
     )
     demo.add_argument("--model", help="serve only this demo model, on --port")
     demo.add_argument(
         "--llm", action="store_true", help="serve demo/fable-gpt2 too (needs the llm extra)"
+    )
+    demo.add_argument(
+        "--predict-only",
+        action="store_true",
+        help="offer the bridge Predict only, not Stream (as a backend written for Predict)",
     )
 
     model = sub.add_parser(

@@ -93,20 +93,23 @@ def _run_demo_command(args: argparse.Namespace) -> int:
 
 
 def _demo_backend_command(args: argparse.Namespace) -> int:
-    asyncio.run(_demo_backend(args.host, args.port, args.model, args.llm))
+    asyncio.run(_demo_backend(args.host, args.port, args.model, args.llm, args.predict_only))
     return 0
 
 
-async def _demo_backend(host: str, port: int, only: str | None, llm: bool = False) -> None:
+async def _demo_backend(
+    host: str, port: int, only: str | None, llm: bool = False, predict_only: bool = False
+) -> None:
     from ..sdk import serve_async, stop_on_signals
     from ..sdk.demo import make_models
 
     stop = stop_on_signals()
-    models = make_models()
+    models = make_models(multiplexed=not predict_only)
     if llm:
         from ..sdk.hf import fable_model
 
         models["demo/fable-gpt2"] = fable_model()
+        models["demo/fable-gpt2"].multiplexed = not predict_only
     if only is not None and only not in models:
         raise ConfigError(f"--model {only!r} is not a demo model: choose from {', '.join(models)}")
     names = [only] if only else list(models)
@@ -191,7 +194,9 @@ async def _run_demo(
     Returns the exit status."""
     command = [sys.executable, "-m", "bridge", "demo-backend", "--stop-on-eof"]
     command += ["--host", "127.0.0.1", "--port", "0", *(["--llm"] if llm else [])]
-    expected = 3 if llm else 2
+    from ..sdk.demo import MODELS
+
+    expected = len(MODELS) + llm  # each says "<model> listening on HOST:PORT"
     status = 0
     async with signals() as caught, trio.open_nursery() as nursery:
         # Its own session: a Ctrl-C at the terminal reaches only the bridge,

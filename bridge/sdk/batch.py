@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from .outbox import Outbox
@@ -63,9 +63,10 @@ class BatchPredictor:
     def setup(self) -> None:
         """Load weights and other slow state; called once before serving."""
 
-    def add(self, id: str, **input: Any) -> None:
-        """A prediction joins (*input* valid for the schema); raising fails it."""
-        raise NotImplementedError
+    #: A prediction joins: called with its id and its input as keyword
+    #: arguments (the signature after ``id`` is the input schema), on the
+    #: server's event loop; raising fails it.
+    add: Callable[..., None]
 
     def abort(self, id: str) -> None:
         """A running prediction was cancelled: drop it (emit nothing more for it)."""

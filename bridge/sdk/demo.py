@@ -1,4 +1,5 @@
-"""The demo models shipped with the bridge: ``demo/echo`` and ``demo/story``.
+"""The demo models shipped with the bridge: ``demo/echo``, ``demo/story``
+and ``demo/batch``.
 
 ``demo/echo`` is the test workhorse: it repeats its prompt word by word (each
 word keeping its trailing whitespace, so the chunks concatenate back to the
@@ -7,21 +8,28 @@ with an optional delay and an optional failure after ``fail_after`` chunks.
 
 ``demo/story`` tells the bundled fables in whole sentences, one word at a
 time at a reading pace; the prompt's words pick the fable.
+
+``demo/batch`` is a stand-in for a batching engine (vLLM, TGI): one loop
+steps every running prediction together, each step one token for each, in
+one call to the SDK (:class:`~bridge.sdk.BatchPredictor`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
 import random
 import re
 from collections import defaultdict
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated
 
-from . import Field, Log, Model, Predictor
+from . import BatchPredictor, Emit, Field, Log, Model, Predictor
 
-__all__ = ["MODELS", "Story", "echo"]
+__all__ = ["MODELS", "Batch", "Story", "echo"]
 
 _WORD = re.compile(r"\S+\s*|\s+")
 
@@ -116,6 +124,77 @@ class Story(Predictor):
             yield word if i == len(words) - 1 or word.endswith("\n") else word + " "
 
 
+@dataclass
+class _Sequence:
+    words: list[str]
+    max_tokens: int
+    interval: float
+    due: float
+    made: int = 0
+
+
+class Batch(BatchPredictor):
+    """``demo/batch``: the prompt's words again and again, ``max_tokens`` of
+    them at ``tokens_per_second``, from one step loop for every running
+    prediction, as a batching engine makes one token for every sequence
+    per step. A prediction's tokens fall due on its rate's grid of the
+    loop's clock, so predictions at one rate share their steps: 1,000 at
+    20 tokens/s are 20 steps a second of 1,000 tokens each."""
+
+    def setup(self) -> None:
+        self.running: dict[str, _Sequence] = {}
+        self.joined = asyncio.Event()
+
+    def add(
+        self,
+        id: str,
+        prompt: Annotated[str, Field("The words to say, again and again")],
+        max_tokens: Annotated[int, Field("How many tokens", ge=1, le=100_000)] = 64,
+        tokens_per_second: Annotated[
+            float, Field("Tokens a second, each prediction", ge=0.1, le=1000)
+        ] = 20.0,
+    ) -> None:
+        interval = 1 / tokens_per_second
+        now = asyncio.get_running_loop().time()
+        due = math.ceil(now / interval) * interval  # the next step of its rate's grid
+        words = _WORD.findall(prompt + " ") or [" "]
+        self.running[id] = _Sequence(words, max_tokens, interval, due)
+        self.joined.set()
+
+    def abort(self, id: str) -> None:
+        self.running.pop(id, None)
+
+    def token(self, sequence: _Sequence) -> str:
+        """The next token of *sequence* (what an engine's step decodes)."""
+        return sequence.words[sequence.made % len(sequence.words)]
+
+    async def run(self, emit: Emit) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.running:
+                self.joined.clear()
+                await self.joined.wait()
+            now = loop.time()
+            step: dict[str, str] = {}
+            finished = []
+            for id, sequence in self.running.items():
+                if sequence.due <= now:
+                    step[id] = self.token(sequence)
+                    sequence.made += 1
+                    sequence.due += sequence.interval
+                    if sequence.made >= sequence.max_tokens:
+                        finished.append(id)
+            for id in finished:
+                del self.running[id]
+            if step:
+                await emit(step, finished=finished)
+            if self.running:
+                due = min(sequence.due for sequence in self.running.values())
+                self.joined.clear()
+                with contextlib.suppress(TimeoutError):  # a join may come due sooner
+                    await asyncio.wait_for(self.joined.wait(), max(0.0, due - loop.time()))
+
+
 _SENTENCE = re.compile(r"[^.!?]+[.!?]+\s*")
 #: Words too common to pick a fable by.
 _COMMON = {"a", "an", "the", "me", "tell", "story", "about", "of", "and", "to", "please", "one"}
@@ -126,11 +205,15 @@ def _plain(word: str) -> str:
 
 
 #: The demo models' names, and what each serves.
-_PREDICTORS: dict[str, object] = {"demo/echo": echo, "demo/story": Story}
+_PREDICTORS: dict[str, object] = {"demo/echo": echo, "demo/story": Story, "demo/batch": Batch}
 MODELS = tuple(_PREDICTORS)
 
 
-def make_models() -> dict[str, Model]:
-    """A fresh ``Model`` for each demo, by name."""
+def make_models(multiplexed: bool = True) -> dict[str, Model]:
+    """A fresh ``Model`` for each demo, by name (*multiplexed*: offering
+    the bridge Stream)."""
     # Demos run no GPU: any number at once, whatever kind of predictor.
-    return {name: Model(name, predictor, concurrency=0) for name, predictor in _PREDICTORS.items()}
+    return {
+        name: Model(name, predictor, concurrency=0, multiplexed=multiplexed)
+        for name, predictor in _PREDICTORS.items()
+    }

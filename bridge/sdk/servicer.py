@@ -218,7 +218,7 @@ class _StreamCall:
             outbox.end(Status(grpc.StatusCode.UNAVAILABLE, wire.LOADING))
             return
         input = servicer._input(request)
-        log.info("prediction %s started", request.id)
+        log.info("prediction %s started (on a Stream call)", request.id)
         outbox.start()
         task = self.tasks.create_task(servicer._run(request.id, input, outbox))
         self.running[key] = task
