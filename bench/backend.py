@@ -1,10 +1,16 @@
-"""The bench's model backend: ``bench/ticks`` and ``demo/echo``, one process.
+"""The bench's model backend: ``bench/ticks``, ``demo/echo``,
+``bench/batch`` and ``bench/batch-predict``, one process.
 
 ``bench/ticks`` yields ``tokens`` chunks, one every ``interval_ms``, each the
 ``time.monotonic()`` it was made at (``"<seconds> "``), so a reader in
 another process of this machine computes each chunk's delay. When its
 generator is closed before the end (the prediction was cancelled), it prints
 ``cancelled <key> <monotonic>``: the moment the model saw the cancel.
+
+``bench/batch`` is ``demo/batch`` (a batching engine's step loop: every
+running prediction's token in one step) whose tokens are such timestamps;
+``bench/batch-predict`` the same model offering the bridge ``Predict``
+only, as a backend written for ``Predict`` would.
 
 Prints ``<model> listening on <host:port>`` for each model, then serves
 until SIGTERM.
@@ -16,10 +22,11 @@ import asyncio
 import signal
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from bridge.cli.lifeline import stop_on_eof
 from bridge.sdk import Model, serve_async
-from bridge.sdk.demo import echo
+from bridge.sdk.demo import Batch, echo
 
 
 async def ticks(key: str = "", tokens: int = 50, interval_ms: int = 20) -> AsyncIterator[str]:
@@ -36,6 +43,13 @@ async def ticks(key: str = "", tokens: int = 50, interval_ms: int = 20) -> Async
             print(f"cancelled {key} {time.monotonic():.6f}", flush=True)
 
 
+class TickBatch(Batch):
+    """demo/batch, each token the monotonic time its step made it."""
+
+    def token(self, sequence: Any) -> str:
+        return f"{time.monotonic():.6f} "
+
+
 async def main() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -45,11 +59,14 @@ async def main() -> None:
     def ready(name: str):
         return lambda port: print(f"{name} listening on 127.0.0.1:{port}", flush=True)
 
+    models = [
+        Model("bench/ticks", ticks),
+        Model("demo/echo", echo),
+        Model("bench/batch", TickBatch),
+        Model("bench/batch-predict", TickBatch, multiplexed=False),
+    ]
     await asyncio.gather(
-        *(
-            serve_async(Model(name, func), ready=ready(name), stop=stop)
-            for name, func in (("bench/ticks", ticks), ("demo/echo", echo))
-        )
+        *(serve_async(model, ready=ready(model.info.name), stop=stop) for model in models)
     )
 
 

@@ -63,6 +63,9 @@ HERE = Path(__file__).resolve().parent
 PY = sys.executable
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR", "PYTHONUNBUFFERED": "1"}
 TICKS, ECHO = "bench/ticks", "demo/echo"
+#: demo/batch's step loop with timestamps for tokens, over Stream and over
+#: Predict only (bench/backend.py).
+BATCH, BATCH_PREDICT = "bench/batch", "bench/batch-predict"
 #: The same backends' bridge.v1 Predict named as any service's method
 #: (docs/grpc-services.md): the generic path, beside the native one.
 GENERIC = {"generic/ticks": TICKS, "generic/echo": ECHO}
@@ -96,6 +99,7 @@ class Proc:
         for line in self.popen.stdout:  # until its first line that says where it is
             if m := regex.search(line):
                 self.found.append(m[1])
+                self.lines.append(line)
                 break
         else:
             raise RuntimeError(f"{argv} exited before saying where it listens")
@@ -137,13 +141,12 @@ class Proc:
 
 
 def start_backend() -> tuple[Proc, dict[str, str]]:
-    proc = Proc([PY, str(HERE / "backend.py")], r"listening on (\S+)")
+    proc = Proc([PY, str(HERE / "backend.py")], r"^(\S+) listening on")
     targets = {}
-    # Two lines: one per model, in order.
-    first = proc.found[0]
-    second = proc.wait_line(r"demo/echo listening on (\S+)", 10)
-    assert second is not None, "backend did not start"
-    targets[TICKS], targets[ECHO] = first, second[1]
+    for name in (TICKS, ECHO, BATCH, BATCH_PREDICT):  # a line each, in any order
+        line = proc.wait_line(rf"^{re.escape(name)} listening on (\S+)", 10)
+        assert line is not None, f"backend did not start {name}"
+        targets[name] = line[1]
     return proc, targets
 
 
@@ -383,9 +386,7 @@ def paced(
     """*streams* at 20 chunks/s created on *create* (and read from *read*,
     created then read from urls.stream), the CPU of *pids* together."""
     tokens = int(seconds * 20)
-    input: dict[str, Any] = {"tokens": tokens, "interval_ms": 50}
-    if model in GENERIC:  # bridge.v1's request as JSON: the input is a field
-        input = {"input": input}
+    input = paced_input(model, tokens)
     with usage(*pids) as used:
         result = readers(
             "sse", create, model, input, streams, procs=2, ticks=True,
@@ -398,6 +399,42 @@ def paced(
         "errors": sorted({s["error"] for s in result["streams"] if s["error"]})[:3],
         "server_cpu_s": round(used["cpu_s"], 2),
         "cpu_us_per_chunk": round(used["cpu_s"] / max(1, streams * tokens) * 1e6, 1),
+    }
+
+
+def paced_input(model: str, tokens: int) -> dict[str, Any]:
+    """The input for *tokens* timestamps at 20 a second from *model*."""
+    if model in (BATCH, BATCH_PREDICT):
+        return {"prompt": "-", "max_tokens": tokens, "tokens_per_second": 20}
+    input: dict[str, Any] = {"tokens": tokens, "interval_ms": 50}
+    if model in GENERIC:  # bridge.v1's request as JSON: the input is a field
+        input = {"input": input}
+    return input
+
+
+def batch(
+    urls: dict[str, str], pids: dict[str, int], streams: int, seconds: float,
+    steps: tuple[int, ...], step_seconds: float,
+) -> dict[str, Any]:  # fmt: skip
+    """A batching model (bench/batch: demo/batch's step loop) at *streams*
+    paced streams: the bridge reading it over Stream (one message a step),
+    the bridge reading the same model over Predict (bench/batch-predict, a
+    call a prediction), and the peer (Predict, as anyone writing it by hand
+    would); server CPU per token of each. Then the capacity of the bridge
+    over Stream and of the peer."""
+    over_stream = paced(urls["bridge"], [pids["bridge"]], streams, seconds, model=BATCH)
+    over_predict = paced(urls["bridge"], [pids["bridge"]], streams, seconds, model=BATCH_PREDICT)
+    peer = paced(urls["peer"], [pids["peer"]], streams, seconds, model=BATCH)
+    return {
+        "streams": streams,
+        "stream": over_stream,
+        "predict": over_predict,
+        "peer": peer,
+        "stream_cpu_vs_peer": round(over_stream["cpu_us_per_chunk"] / peer["cpu_us_per_chunk"], 2),
+        "predict_cpu_vs_peer": round(
+            over_predict["cpu_us_per_chunk"] / peer["cpu_us_per_chunk"], 2
+        ),
+        "capacity": capacity(urls, steps, step_seconds, model=BATCH),
     }
 
 
@@ -488,19 +525,22 @@ def generic(
 
 
 def capacity(
-    urls: dict[str, str], steps: tuple[int, ...], seconds: float, bound_ms: float = 100.0
+    urls: dict[str, str],
+    steps: tuple[int, ...],
+    seconds: float,
+    bound_ms: float = 100.0,
+    model: str = TICKS,
 ) -> dict:
-    """The most paced streams (20 chunks/s) each server carries with every
-    stream whole and the gap between chunks at p99 <= *bound_ms*: *steps*
-    tried in order until one fails."""
-    per_second = 20
-    tokens = int(seconds * per_second)
-    input = {"tokens": tokens, "interval_ms": 1000 // per_second}
+    """The most paced streams (20 chunks/s) of *model* each server carries
+    with every stream whole and the gap between chunks at p99 <=
+    *bound_ms*: *steps* tried in order until one fails."""
+    tokens = int(seconds * 20)
+    input = paced_input(model, tokens)
     out: dict[str, Any] = {"bound_ms": bound_ms}
     for name in ("bridge", "peer"):
         carried, tried = 0, []
         for streams in steps:
-            result = readers("sse", urls[name], TICKS, input, streams, procs=2, ticks=True)
+            result = readers("sse", urls[name], model, input, streams, procs=2, ticks=True)
             whole = all(s["error"] is None and s["chunks"] == tokens for s in result["streams"])
             p99 = ms([g for s in result["streams"] for g in s["gaps"]])["p99"]
             tried.append({"streams": streams, "whole": whole, "gap_p99_ms": p99})
@@ -821,6 +861,20 @@ def generic_targets(ge: dict[str, Any]) -> list[tuple[str, str, bool]]:
     ]  # fmt: skip
 
 
+#: What a run measures, by --only's names.
+ALL_PARTS = [
+    "one",
+    "streams",
+    "capacity",
+    "first",
+    "cancel",
+    "memory",
+    "shared",
+    "generic",
+    "batch",
+]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -829,15 +883,10 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "out")
     parser.add_argument(
         "--only",
-        help="comma-separated: one,streams,capacity,first,cancel,memory,shared,generic "
-        "(default: all)",
+        help=f"comma-separated: {','.join(ALL_PARTS)} (default: all)",
     )
     args = parser.parse_args()
-    only = (
-        set(args.only.split(","))
-        if args.only
-        else {"one", "streams", "capacity", "first", "cancel", "memory", "shared", "generic"}
-    )
+    only = set(args.only.split(",")) if args.only else set(ALL_PARTS)
     smoke = args.smoke
     results: dict[str, Any] = {
         "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}, "
@@ -896,6 +945,10 @@ def main() -> int:
                     targets, bridge_addr, bridge.pid,
                     *((2000, 1, 20, 1) if smoke else (200_000, 5, 1000, 8)),
                 )  # fmt: skip
+            if "batch" in only:
+                step("a batching model: over Stream, over Predict, and the peer")
+                sizes = (20, 1, (5, 10), 1) if smoke else (1000, 8, (500, 1000, 2000, 3000), 5)
+                results["batch"] = batch(urls, pids, *sizes)
             if "shared" in only:
                 step("shared store (Redis) and --workers 2")
                 results["shared"] = shared(targets, Path(tmp), bridge_addr, bridge.pid, smoke)
