@@ -764,6 +764,8 @@ def report(r: dict[str, Any]) -> str:
             )
     if ge := r.get("generic"):
         lines += generic_rows(ge)
+    if ba := r.get("batch"):
+        lines += batch_rows(ba)
     if cap := r.get("capacity"):
 
         def tried(side: dict) -> str:
@@ -810,6 +812,8 @@ def report(r: dict[str, Any]) -> str:
         ))  # fmt: skip
     if ge := r.get("generic"):
         targets += generic_targets(ge)
+    if ba := r.get("batch"):
+        targets += batch_targets(ba)
     if cap := r.get("capacity"):
         b, p = cap["bridge"]["streams"], cap["peer"]["streams"]
         targets.append(
@@ -830,6 +834,43 @@ def report(r: dict[str, Any]) -> str:
     ]  # fmt: skip
     lines += [f"| {name} | {value} | {_mark(ok)} |" for name, value, ok in targets]
     return "\n".join(lines) + "\n"
+
+
+def batch_rows(ba: dict[str, Any]) -> list[str]:
+    n = f"{ba['streams']:,} paced streams of a batching model (`demo/batch`'s step loop)"
+    rows = []
+    for key, what in (("stream", "over Stream"), ("predict", "over Predict")):
+        row, peer = ba[key], ba["peer"]
+        rows.append(
+            f"| {n}, {what}: server CPU µs per token; gap p99 ms; not whole | - | "
+            f"{row['cpu_us_per_chunk']} ({ba[key + '_cpu_vs_peer']}x the peer); "
+            f"{row['gap_ms']['p99']}; {row['not_whole']} | {peer['cpu_us_per_chunk']}; "
+            f"{peer['gap_ms']['p99']}; {peer['not_whole']} |"
+        )
+    cap = ba["capacity"]
+
+    def tried(side: dict) -> str:
+        return ", ".join(f"{t['streams']:,}: {t['gap_p99_ms']}" for t in side["tried"])
+
+    rows.append(
+        f"| capacity, a batching model over Stream: paced streams whole with gap p99 ≤ "
+        f"{cap['bound_ms']:g} ms | - | {cap['bridge']['streams']:,} ({tried(cap['bridge'])}) | "
+        f"{cap['peer']['streams']:,} ({tried(cap['peer'])}) |"
+    )
+    return rows
+
+
+def batch_targets(ba: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    cap = ba["capacity"]
+    b, p = cap["bridge"]["streams"], cap["peer"]["streams"]
+    return [
+        ("a batching model over Stream: CPU per token ≤ 0.5x the peer's",
+         f"{ba['stream_cpu_vs_peer']}x", ba["stream_cpu_vs_peer"] <= 0.5),
+        ("the same over Predict: CPU per token ≤ the peer's",
+         f"{ba['predict_cpu_vs_peer']}x", ba["predict_cpu_vs_peer"] <= 1.0),
+        ("a batching model over Stream: capacity ≥ 2x the peer's", f"{b:,} vs {p:,}",
+         b >= 2 * p),
+    ]  # fmt: skip
 
 
 def generic_rows(ge: dict[str, Any]) -> list[str]:
