@@ -7,8 +7,11 @@ another process of this machine computes each chunk's delay. When its
 generator is closed before the end (the prediction was cancelled), it prints
 ``cancelled <key> <monotonic>``: the moment the model saw the cancel.
 
-``bench/batch`` is ``demo/batch`` (a batching engine's step loop: every
-running prediction's token in one step) whose tokens are such timestamps;
+``bench/ticks-predict`` and ``demo/echo-predict`` are the same two
+offering the bridge ``Predict`` only (a bridged service calls ``Predict``:
+its rows compare with these). ``bench/batch`` is ``demo/batch`` (a
+batching engine's step loop: every running prediction's token in one
+step) whose tokens are such timestamps;
 ``bench/batch-predict`` the same model offering the bridge ``Predict``
 only, as a backend written for ``Predict`` would.
 
@@ -62,6 +65,9 @@ async def main() -> None:
     models = [
         Model("bench/ticks", ticks),
         Model("demo/echo", echo),
+        # The same, Predict only: what a bridged service's rows compare with.
+        Model("bench/ticks-predict", ticks, multiplexed=False),
+        Model("demo/echo-predict", echo, multiplexed=False),
         Model("bench/batch", TickBatch),
         Model("bench/batch-predict", TickBatch, multiplexed=False),
     ]

@@ -211,7 +211,7 @@ async def test_run_demo_takes_a_config_file(tmp_path: Path) -> None:
             origin = {"Origin": "http://app.example"}
             models = await client.get("/v1/models", headers=origin)
             assert models.headers["access-control-allow-origin"] == "http://app.example"
-            assert {m["name"] for m in models.json()["results"]} == {"echo", "story"}
+            assert {m["name"] for m in models.json()["results"]} == {"echo", "story", "batch"}
             deployment = (await client.get("/v1/deployments/acme/teller")).json()
             assert deployment["current_release"]["model"] == "demo/echo"
         os.killpg(run.pid, signal.SIGTERM)

@@ -14,10 +14,12 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
 
+from bridge.sdk import Model, ModelServer
 from tests.backends import ENV, read_until
 from tests.conftest import StartBridge, create, read_stream
 
@@ -191,12 +193,40 @@ WHERE = {
     ("models.md", "python -m bridge serve-model llm.py:Predictor"): (
         "tests/llm runs serve-model llm.py:Predictor on the fable model"
     ),
+    ("models.md", "import asyncio"): RUN_HERE,
     ("models.md", "import uuid"): "compiled: vLLM is not installed here",
     (
         "models.md",
         "from llama_cpp import Llama",
     ): "compiled: llama-cpp-python is not installed here",
 }
+
+
+async def test_the_batching_engine_block_serves_predictions_in_steps(
+    start_bridge: StartBridge,
+) -> None:
+    """docs/models.md's BatchPredictor, as written (its serve() line
+    aside), behind a bridge: three predictions, each its own words."""
+    (body,) = [b for name, _, b in snippets() if name == "models.md" and "BatchPredictor" in b]
+    code, serve_line = body.rsplit("\n\n\n", 1)
+    assert serve_line.startswith('serve(Model("me/engine", Engine)')
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "models.md: the batching engine", "exec"), namespace)
+    with ModelServer(Model("me/engine", namespace["Engine"])) as server:
+        url = await start_bridge(targets={"me/engine": server.target})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            made = [
+                await create(client, "me/engine", {"prompt": f"say {n}", "max_tokens": 4})
+                for n in range(3)
+            ]
+            for n, prediction in enumerate(made):
+                events, _ = await read_stream(client, prediction["urls"]["stream"])
+                assert [e.data for e in events if e.event == "output"] == [
+                    "say ",
+                    f"{n} ",
+                    "say ",
+                    f"{n} ",
+                ]
 
 
 def test_every_snippet_is_run_somewhere() -> None:
