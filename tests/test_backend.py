@@ -177,3 +177,20 @@ async def test_the_caller_s_deadline_is_the_call_s(env: Env) -> None:
     with trio.fail_after(10):
         await env.cancelled("p7")
     assert env.backend.active_calls == 0
+
+
+def test_starts_are_split_into_requests_a_backend_receives() -> None:
+    """Starts asked at once are written as few requests as a backend's
+    4 MiB receive limit allows: five inputs of 900 kB in two."""
+    from bridge._proto.v1 import predictor_pb2 as pb
+    from bridge.backends.mux import MAX_REQUEST, _requests
+
+    starts = [
+        pb.Start(key=n, request=wire.predict_request(f"p{n}", {"prompt": "x" * 900_000}))
+        for n in range(5)
+    ]
+    requests = _requests(starts, [7])
+    assert [len(r.start) for r in requests] == [3, 2]
+    assert list(requests[0].cancel) == [7]
+    assert all(r.ByteSize() <= MAX_REQUEST for r in requests)
+    assert [s.key for r in requests for s in r.start] == list(range(5))

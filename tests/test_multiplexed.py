@@ -23,6 +23,7 @@ from tests.conftest import (
     PROBES,
     StartBridge,
     create,
+    ended,
     gate,
     open_gate,
     poll_until,
@@ -30,6 +31,7 @@ from tests.conftest import (
     wait_closed,
 )
 from tests.helpers import status, wait_status
+from tests.test_limits import gauge
 
 
 @pytest.fixture(autouse=True)
@@ -193,6 +195,8 @@ async def test_the_backend_s_concurrency_bounds_what_runs(
             made = [await create(client, "test/two", {"key": key}) for key in keys]
             await wait_status(client, made[0], "processing")
             await wait_status(client, made[1], "processing")
+            # The third waits in the bridge's queue, not at the backend.
+            assert await gauge(client, "bridge_predictions_queued") == 1
             assert await status(client, made[2]) == "starting"
             open_gate(keys[0])
             await wait_status(client, made[2], "processing")
@@ -255,28 +259,77 @@ async def test_demo_batch_steps_its_predictions_together(
                 assert events[-1].data == "{}"
 
 
-async def test_one_output_too_large_for_a_message_fails_that_prediction_only(
-    start_bridge: StartBridge, transport: dict[str, str], demo_targets: dict[str, str]
-) -> None:
-    async def huge(size: int) -> AsyncIterator[str]:
-        yield "small "
+async def huge(kind: str, size: int = 0, key: str = "") -> AsyncIterator[Any]:
+    """``test/huge``: a first token, then one output of *kind*: ``text`` or
+    ``json`` of about *size* bytes, ``object`` (not JSON), or ``gate`` (the
+    rest of a prediction that waits for GATES[key])."""
+    yield "small "
+    if kind == "text":
         yield "y" * size
+    elif kind == "json":
+        yield {"values": ["z" * 1000] * (size // 1000)}
+    elif kind == "object":
+        yield object()
+    else:
+        async for token in gate(key):
+            yield token
 
+
+@pytest.mark.parametrize(
+    ("kind", "detail"),
+    [
+        ("text", "more than a message may carry"),
+        ("json", "more than a message may carry"),
+        ("object", "an output that is not JSON (object)"),
+    ],
+)
+async def test_an_output_that_cannot_be_sent_fails_that_prediction_only(
+    start_bridge: StartBridge,
+    transport: dict[str, str],
+    demo_targets: dict[str, str],
+    kind: str,
+    detail: str,
+) -> None:
+    """An output over 4 MiB (a message's most), or one that is not JSON,
+    fails its prediction, after what came before it; another prediction
+    of the same backend (on Stream, the same call) goes on to its end."""
     multiplexed = transport is demo_targets
     with ModelServer(Model("test/huge", huge, multiplexed=multiplexed)) as server:
         url = await start_bridge(targets={**transport, "test/huge": server.target})
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            gated_key = uuid.uuid4().hex
-            beside = await create(client, "test/gate", {"key": gated_key})
+            key = uuid.uuid4().hex
+            beside = await create(client, "test/huge", {"kind": "gate", "key": key})
             await wait_status(client, beside, "processing")
-            too_big = await create(client, "test/huge", {"size": 5 * 1024 * 1024})
-            events, _ = await read_stream(client, too_big["urls"]["stream"])
-            assert [e.event for e in events[-2:]] == ["error", "done"]
-            detail = json.loads(events[-2].data)["detail"]
-            assert "larger than" in detail or "more than a message may carry" in detail, detail
-            fine = await create(client, "test/huge", {"size": 1000})
-            events, _ = await read_stream(client, fine["urls"]["stream"])
-            assert outputs(events) == "small " + "y" * 1000
-            open_gate(gated_key)
+            bad = await create(client, "test/huge", {"kind": kind, "size": 5 * 1024 * 1024})
+            events, _ = await read_stream(client, bad["urls"]["stream"])
+            assert [e.event for e in events] == ["output", "error", "done"]
+            assert outputs(events) == "small "
+            assert detail in json.loads(events[-2].data)["detail"]
+            open_gate(key)
             events, _ = await read_stream(client, beside["urls"]["stream"])
-            assert outputs(events) == "waiting through"
+            assert outputs(events) == "small waiting through"
+            fine = await create(client, "test/huge", {"kind": "json", "size": 3000})
+            final = await ended(client, fine["id"])
+            assert final["output"] == ["small ", {"values": ["z" * 1000] * 3}]
+
+
+async def test_large_inputs_at_once_all_reach_the_backend(
+    start_bridge: StartBridge, transport: dict[str, str]
+) -> None:
+    """Five inputs of 900 kB created at once: on Stream their starts would
+    make one request over the backend's 4 MiB; each arrives whole."""
+    url = await start_bridge(targets=transport)
+    got: dict[int, list[Any]] = {}
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def one(n: int) -> None:
+            prompt = f"{n}" * 900_000
+            made = await create(client, "demo/echo", {"prompt": prompt})
+            got[n], _ = await read_stream(client, made["urls"]["stream"])
+
+        with trio.fail_after(30):
+            async with trio.open_nursery() as nursery:
+                for n in range(5):
+                    nursery.start_soon(one, n)
+    for n in range(5):
+        assert outputs(got[n]) == f"{n}" * 900_000 and got[n][-1].data == "{}"

@@ -82,8 +82,8 @@ async def scripted(client: httpx.AsyncClient, n: int) -> None:
 class Counting(Scripted):
     """A Scripted backend that counts the Predict calls it got."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, multiplexed: bool = False) -> None:
+        super().__init__(multiplexed=multiplexed, predict_too=True)
         self.calls = 0
 
     async def Predict(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -158,10 +158,12 @@ async def test_a_target_naming_several_addresses_is_balanced_and_health_gated_by
 ) -> None:
     """``ipv4:a:port,b:port`` (or ``dns:///name:port``): one target whose
     addresses gRPC balances (round_robin) and health-checks itself; one
-    that says NOT_SERVING gets no more calls."""
-    with RawServer(Counting(), health=True) as a:
+    that says NOT_SERVING gets no more calls. Backends that offer Stream
+    get Predict calls all the same: one long Stream call would pin every
+    prediction to one address."""
+    with RawServer(Counting(multiplexed=True), health=True) as a:
         port = a.target.rpartition(":")[2]
-        with RawServer(Counting(), health=True, address=f"127.0.0.2:{port}") as b:
+        with RawServer(Counting(multiplexed=True), health=True, address=f"127.0.0.2:{port}") as b:
             url = await start_bridge(targets={"test/scripted": f"ipv4:{a.target},{b.target}"})
             async with httpx.AsyncClient(base_url=url, timeout=30) as client:
                 run = functools.partial(scripted, client)

@@ -62,7 +62,7 @@ import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import trio
@@ -78,7 +78,7 @@ from bridge.errors import (
 from ..offload import Offload
 from . import wire
 from .interface import CLEANUP_TIMEOUT, Metadata, PredictInput
-from .mux import Lane, Mux
+from .mux import MANY_ADDRESSES, Lane, Muxes
 from .status import UNDECODABLE, map_rpc_error, map_status, status_code
 
 __all__ = [
@@ -98,9 +98,6 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-#: The most Stream calls to one target (one per set of call metadata).
-MAX_MUXES = 8
-
 #: Channel options: reconnect fast after a backend restart (grpc's default
 #: backoff grows to two minutes, long after the backend is back).
 _CHANNEL_OPTIONS = [
@@ -109,11 +106,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
-#: A target that names several addresses (``dns:///name:port``,
-#: ``ipv4:a:port,b:port``) is gRPC's to balance: round_robin over them,
-#: each address's grpc.health.v1 watched (client-side health checking),
-#: so one that is down or NOT_SERVING gets no calls.
-_MANY_ADDRESSES = ("dns:", "ipv4:", "ipv6:")
 _BALANCED = ("grpc.service_config", json.dumps(
     {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
 ))  # fmt: skip
@@ -355,6 +347,10 @@ class PredictStream:
                 await self._waiters.park()
 
 
+class _Wakes(Protocol):
+    def _wake(self) -> None: ...
+
+
 class _WakeHub:
     """Wakes every stream the loop marked ready since the last wake-up: one
     wake-up per loop iteration for all of them."""
@@ -364,10 +360,10 @@ class _WakeHub:
         #: thread), or on the loop itself when Trio is its guest (see
         #: GrpcLoop._start).
         self.schedule: Callable[[Callable[[], object]], object] = token.run_sync_soon
-        self._ready: collections.deque[PredictStream | Mux] = collections.deque()
+        self._ready: collections.deque[_Wakes] = collections.deque()
         self._pending = False  # written by both threads; see mark and _wake_all
 
-    def mark(self, stream: PredictStream | Mux) -> None:
+    def mark(self, stream: _Wakes) -> None:
         """On the loop: *stream* has news."""
         self._ready.append(stream)
         # As in PredictStream._push: Trio clears the flag before it drains
@@ -396,12 +392,10 @@ class GrpcLoop:
         #: gRPC calls (Predict, Describe, health) not yet ended on the loop
         #: thread; written only there.
         self._calls = 0
-        #: The targets whose Describe said multiplexed: their predictions go
-        #: on a Stream call (bridge.backends.mux), one per set of metadata.
-        self._multiplexed: set[str] = set()
-        self._muxes: dict[tuple[str, Metadata], Mux] = {}
         self._token = trio.lowlevel.current_trio_token()
         self._hub = _WakeHub(self._token)
+        #: The Stream calls of the targets whose Describe said multiplexed.
+        self._muxes = Muxes(self._hub.mark, lambda *args: self._call_soon(*args), window)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
         #: TLS credentials of the targets that use TLS (see secure).
@@ -418,7 +412,7 @@ class GrpcLoop:
     def active_calls(self) -> int:
         """Calls not yet ended: Predict, Describe and health calls, and
         predictions on Stream calls."""
-        return self._calls + sum(mux.running for mux in self._muxes.values())
+        return self._calls + self._muxes.running
 
     # -- lifetime ---------------------------------------------------------
 
@@ -508,7 +502,7 @@ class GrpcLoop:
         channel = self._channels.get(target)
         if channel is None:
             credentials = self._credentials.get(target)
-            options = _CHANNEL_OPTIONS + [_BALANCED] * target.startswith(_MANY_ADDRESSES)
+            options = _CHANNEL_OPTIONS + [_BALANCED] * target.startswith(MANY_ADDRESSES)
             if credentials is None:
                 channel = grpc.aio.insecure_channel(target, options=options)
             else:
@@ -589,10 +583,7 @@ class GrpcLoop:
             raise map_rpc_error(exc) from exc
         except ValueError as exc:
             raise BackendProtocolError(f"model backend sent {exc}") from exc
-        if response.multiplexed:
-            self._multiplexed.add(target)
-        else:
-            self._multiplexed.discard(target)
+        self._muxes.said(target, response.multiplexed)
         return info
 
     async def check_health(self, target: str, metadata: Metadata = (), *, service: str = "") -> str:
@@ -636,7 +627,7 @@ class GrpcLoop:
         bridge.v1 ``PredictRequest`` (in a worker thread if it is large);
         leaving the block cancels it if running."""
         request = await self.offload(asked.size, _request, asked)
-        mux = self._mux(target, asked.metadata) if target in self._multiplexed else None
+        mux = self._muxes.get(target, asked.metadata, request, self._channel)
         if mux is not None:
             async with mux.open(request) as lane:
                 yield lane
@@ -644,21 +635,6 @@ class GrpcLoop:
         call = partial(_predict, request, asked.metadata or None)
         async with self.open_stream(target, call) as stream:
             yield stream
-
-    def _mux(self, target: str, metadata: Metadata) -> Mux | None:
-        """The Stream call to *target* with *metadata* (a new one if the
-        last has ended); None past :data:`MAX_MUXES` for a target (the
-        metadata forwarded from requests varies: Predict carries those)."""
-        key = (target, metadata)
-        mux = self._muxes.get(key)
-        if mux is not None and not mux.ended:
-            return mux
-        if mux is None and sum(t == target for t, _ in self._muxes) >= MAX_MUXES:
-            return None
-        forget = partial(self._multiplexed.discard, target)
-        mux = self._muxes[key] = Mux(self._hub.mark, self._call_soon, self.window, forget)
-        self._call_soon(lambda: mux.begin(self._channel(target), metadata))
-        return mux
 
     @contextlib.asynccontextmanager
     async def open_stream(self, target: str, call: Call) -> AsyncIterator[PredictStream]:

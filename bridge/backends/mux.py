@@ -10,7 +10,8 @@ one wake-up per step, not one per prediction per token.
 The two sides, as for a ``Predict`` call (:mod:`bridge.backends.grpc_loop`):
 
 * on the asyncio loop, a :class:`Mux` writes the starts and cancels that
-  Trio asked for since its last write as one request, and reads responses
+  Trio asked for since its last write as one request (or a few of
+  :data:`MAX_REQUEST`), and reads responses
   into a deque, one credit each (a window of messages bounds what is in
   flight), marking itself ready on the loop's wake hub;
 * in Trio's wake-up, it hands each prediction's news to that prediction's
@@ -22,8 +23,10 @@ status in its ``End``, mapped as a call's status is), its own cancel (sent
 when its owner leaves the block; its lane is dropped at once, what comes
 for it later is ignored), its own deadline (the owner's Trio deadline when
 it started: past it the lane ends with ``BackendTimeout`` and is
-cancelled), and a message for it that does not decode fails it alone. The
-call ending, however it ends, ends every prediction on it with
+cancelled), and an update for it that the bridge cannot read (a metric
+that is not a number, say) fails it alone; a message that is not
+protobuf at all ends the call. The call ending, however it ends, ends
+every prediction on it with
 ``BackendUnavailable`` (so that those that had not started are retried),
 and the next prediction opens a new call.
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -48,9 +52,13 @@ from . import wire
 from .interface import Metadata
 from .status import map_status, status_code
 
-__all__ = ["Lane", "Mux"]
+__all__ = ["MANY_ADDRESSES", "MAX_START", "Lane", "Mux", "Muxes"]
 
 log = logging.getLogger(__name__)
+
+#: A prediction whose request is larger goes to Predict (a request to
+#: the backend carries at most 4 MiB by default).
+MAX_START = 2 * 1024 * 1024
 
 #: What a Stream's prediction ends with when the call ends under it.
 ENDED_UNDER = "model backend unavailable: the Stream call ended ({})"
@@ -102,12 +110,16 @@ class Lane:
         return self._stop is not None
 
     def deliver(self, handle: Callable[[list[wire.StreamItem]], None]) -> None:
-        if self._stop is not None and not self._batch:
-            return
-        self._handle = handle
-        if self._batch:
-            batch, self._batch = self._batch, []
-            self.feed(batch)
+        batch, self._batch = self._batch, []
+        if self._stop is None:
+            self._handle = handle
+            if batch:
+                self.feed(batch)
+        elif batch:  # it ended before its owner asked: what came first still goes
+            try:
+                handle(batch)
+            except Exception as exc:
+                self._stop = exc
 
     async def _park(self) -> None:
         """Wait for news, at most until the lane's deadline: past it the
@@ -206,7 +218,13 @@ class Mux:
 
         def done(task: asyncio.Task[_Ended]) -> None:
             writer.cancel()
-            self._push(_Ended("cancelled") if task.cancelled() else task.result())
+            if task.cancelled():
+                end = _Ended("cancelled")
+            elif (exc := task.exception()) is not None:  # grpc refused the call, say
+                end = _Ended(f"{type(exc).__name__}: {exc}")
+            else:
+                end = task.result()
+            self._push(end)
 
         reader.add_done_callback(done)
 
@@ -241,13 +259,19 @@ class Mux:
     async def _write(self) -> None:
         """What Trio asked since the last write, as one request each time."""
         assert self._call is not None
-        with contextlib.suppress(grpc.RpcError, grpc.aio.UsageError):  # the reader says why
+        with contextlib.suppress(Exception):  # the call failed: the reader says why
             while True:
                 await self._asked.wait()
                 self._asked.clear()
                 starts, self._starts = self._starts, []
                 cancels, self._cancels = self._cancels, []
-                await self._call.write(pb.StreamRequest(start=starts, cancel=cancels))
+                for request in _requests(starts, cancels):
+                    await self._call.write(request)
+
+    def close(self) -> None:
+        """On the loop: end the call (its predictions end as it does)."""
+        if self._call is not None:
+            self._call.cancel()
 
     def _ask_start(self, key: int, request: pb.PredictRequest) -> None:
         self._starts.append(pb.Start(key=key, request=request))
@@ -271,8 +295,8 @@ class Mux:
             raise BackendUnavailable(ENDED_UNDER.format("before it started"))
         key, self._next_key = self._next_key, self._next_key + 1
         lane = self._lanes[key] = Lane(trio.current_effective_deadline())
-        self._call_soon(self._ask_start, key, request)
         try:
+            self._call_soon(self._ask_start, key, request)
             yield lane
         finally:
             if self._lanes.pop(key, None) is not None and not self.ended:
@@ -318,6 +342,104 @@ class Mux:
         error = BackendUnavailable(ENDED_UNDER.format(end.why))
         for lane in lanes.values():
             lane.finish(error)
+
+
+#: The most a request to the backend may carry (its server's default limit
+#: is 4 MiB): starts beyond it go in the next request.
+MAX_REQUEST = 3 * 1024 * 1024
+
+
+def _requests(starts: list[pb.Start], cancels: list[int]) -> list[pb.StreamRequest]:
+    """*starts* and *cancels* in as few requests as :data:`MAX_REQUEST` allows."""
+    requests = [pb.StreamRequest(cancel=cancels)]
+    size = 0
+    for start in starts:
+        weight = start.ByteSize()
+        if size + weight > MAX_REQUEST and requests[-1].start:
+            requests.append(pb.StreamRequest())
+            size = 0
+        requests[-1].start.append(start)
+        size += weight
+    return requests
+
+
+#: The most Stream calls to one target (one per set of call metadata).
+MAX_MUXES = 8
+
+#: A target that names several addresses (``dns:///name:port``,
+#: ``ipv4:a:port,b:port``) is gRPC's to balance call by call (round_robin
+#: over them, each address's grpc.health.v1 watched, so one that is down
+#: or NOT_SERVING gets no calls): on Predict, since one long Stream call
+#: would pin them all to one address.
+MANY_ADDRESSES = ("dns:", "ipv4:", "ipv6:")
+
+
+class Muxes:
+    """The Stream calls of one gRPC loop: which targets offer Stream (their
+    Describe said so), and a :class:`Mux` per target and call metadata."""
+
+    def __init__(
+        self, mark: Callable[[Mux], None], call_soon: Callable[..., object], window: int
+    ) -> None:
+        self._mark = mark
+        self._call_soon = call_soon
+        self._window = window
+        self._targets: set[str] = set()
+        #: Targets that said multiplexed and answered Stream UNIMPLEMENTED:
+        #: on Predict from then on, whatever Describe says.
+        self._refused: set[str] = set()
+        self._muxes: dict[tuple[str, Metadata], Mux] = {}
+
+    @property
+    def running(self) -> int:
+        return sum(mux.running for mux in self._muxes.values())
+
+    def said(self, target: str, multiplexed: bool) -> None:
+        """What *target*'s Describe said."""
+        if multiplexed and target not in self._refused:
+            self._targets.add(target)
+        else:
+            self._targets.discard(target)
+
+    def _refuse(self, target: str) -> None:
+        self._refused.add(target)
+        self._targets.discard(target)
+
+    def get(
+        self,
+        target: str,
+        metadata: Metadata,
+        request: pb.PredictRequest,
+        channel: Callable[[str], grpc.aio.Channel],
+    ) -> Mux | None:
+        """The Stream call for *request* to *target* (a new one if the last
+        has ended), or None: Predict. Predict carries a target that does not
+        offer Stream or names several addresses, a request over
+        :data:`MAX_START`, and metadata past :data:`MAX_MUXES` sets at once
+        (forwarded request headers vary), an idle call making room."""
+        if target not in self._targets or target.startswith(MANY_ADDRESSES):
+            return None
+        key = (target, metadata)
+        mux = self._muxes.get(key)
+        if mux is not None and not mux.ended:
+            return mux if request.ByteSize() <= MAX_START else None
+        if request.ByteSize() > MAX_START:
+            return None
+        self._muxes.pop(key, None)
+        mine = [k for k in self._muxes if k[0] == target]
+        for other in mine:
+            if self._muxes[other].ended:
+                del self._muxes[other]
+        mine = [k for k in self._muxes if k[0] == target]
+        if len(mine) >= MAX_MUXES:
+            idle = next((k for k in mine if not self._muxes[k].running), None)
+            if idle is None:
+                return None
+            self._call_soon(self._muxes.pop(idle).close)
+        refuse = functools.partial(self._refuse, target)
+        mux = self._muxes[key] = Mux(self._mark, self._call_soon, self._window, refuse)
+        self._call_soon(lambda: mux.begin(channel(target), metadata))
+        return mux
 
 
 def _ended(end: pb.End) -> PredictionError | None:

@@ -32,6 +32,7 @@ __all__ = [
     "OutputChunks",
     "Started",
     "StreamItem",
+    "json_chunk",
     "log_response",
     "metrics_response",
     "model_info_from_pb",
@@ -87,10 +88,18 @@ def output_response(chunks: list[Any]) -> pb.PredictResponse:
         if isinstance(value, str):
             out.chunks.add(text=value)
         else:
-            json_value = struct_pb2.Value()
-            json_format.ParseDict(value, json_value)
-            out.chunks.add(json=json_value)
+            out.chunks.append(json_chunk(value))
     return pb.PredictResponse(output=out)
+
+
+def json_chunk(value: Any) -> pb.Chunk:
+    """The chunk of a JSON output value; ValueError for one that is not JSON."""
+    json_value = struct_pb2.Value()
+    try:
+        json_format.ParseDict(value, json_value)
+    except (json_format.ParseError, TypeError, AttributeError) as exc:
+        raise ValueError(f"an output that is not JSON ({type(value).__name__}): {exc}") from None
+    return pb.Chunk(json=json_value)
 
 
 def log_response(line: str) -> pb.PredictResponse:

@@ -27,6 +27,7 @@ that knows it), one message per prediction over ``Predict``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -96,9 +97,11 @@ class Batcher:
             except Exception as exc:
                 log.exception("the model's run() failed")
                 error = exc
-            for outbox in list(self._running.values()):
+            running, self._running = self._running, {}
+            for id, outbox in running.items():
                 outbox.end(error)
-            self._running.clear()
+                with contextlib.suppress(Exception):  # the engine drops what it held
+                    self.model.abort(id)
             await asyncio.sleep(RESTART_SECONDS)
 
     async def emit(
@@ -120,10 +123,10 @@ class Batcher:
             if (outbox := running.pop(id, None)) is not None:
                 outbox.end(error if isinstance(error, BaseException) else RuntimeError(error))
         # Past its limit, an outbox's call is not being read: the engine
-        # waits for it, as an engine whose output queue is full does.
-        for outbox in running.values():
-            if outbox.full:
-                await outbox.wait_room()
+        # waits for it, as an engine whose output queue is full does (until
+        # it is taken, or its prediction ends: a call gone cancels it).
+        for outbox in [outbox for outbox in running.values() if outbox.full]:
+            await outbox.wait_room()
         await asyncio.sleep(0)
 
     async def predict(self, prediction_id: str, input: dict[str, Any], outbox: Outbox) -> None:
@@ -144,5 +147,6 @@ class Batcher:
         try:
             await ended.wait()
         finally:
+            outbox.cancel()  # an emit waiting for its room waits no more
             if self._running.pop(id, None) is not None:
                 self.model.abort(id)

@@ -138,8 +138,9 @@ class Batch(BatchPredictor):
     them at ``tokens_per_second``, from one step loop for every running
     prediction, as a batching engine makes one token for every sequence
     per step. A prediction's tokens fall due on its rate's grid of the
-    loop's clock, so predictions at one rate share their steps: 1,000 at
-    20 tokens/s are 20 steps a second of 1,000 tokens each."""
+    loop's clock (from the loop's first pass after it joined), so
+    predictions at one rate share their steps: 1,000 at 20 tokens/s are 20
+    steps a second of 1,000 tokens each."""
 
     def setup(self) -> None:
         self.running: dict[str, _Sequence] = {}
@@ -154,11 +155,9 @@ class Batch(BatchPredictor):
             float, Field("Tokens a second, each prediction", ge=0.1, le=1000)
         ] = 20.0,
     ) -> None:
-        interval = 1 / tokens_per_second
-        now = asyncio.get_running_loop().time()
-        due = math.ceil(now / interval) * interval  # the next step of its rate's grid
         words = _WORD.findall(prompt + " ") or [" "]
-        self.running[id] = _Sequence(words, max_tokens, interval, due)
+        # Due at the loop's next pass, which puts it on its rate's grid.
+        self.running[id] = _Sequence(words, max_tokens, 1 / tokens_per_second, due=-1.0)
         self.joined.set()
 
     def abort(self, id: str) -> None:
@@ -178,6 +177,8 @@ class Batch(BatchPredictor):
             step: dict[str, str] = {}
             finished = []
             for id, sequence in self.running.items():
+                if sequence.due < 0:  # joined since the last pass: the next step of its grid
+                    sequence.due = math.ceil(now / sequence.interval) * sequence.interval
                 if sequence.due <= now:
                     step[id] = self.token(sequence)
                     sequence.made += 1

@@ -31,7 +31,6 @@ __all__ = [
     "News",
     "Outbox",
     "drain_generator",
-    "item_size",
     "messages",
 ]
 
@@ -141,8 +140,9 @@ class Outbox:
         return tell
 
     async def wait_room(self) -> None:
-        """Until this outbox is below its limit (on the loop thread)."""
-        while self.full:
+        """Until this outbox is below its limit, or ended or cancelled (its
+        call gone: nothing will take from it again), on the loop thread."""
+        while self.full and not (self._ended or self._cancelled):
             self._taken.clear()
             await self._taken.wait()
 
@@ -182,6 +182,7 @@ class Outbox:
                 return
             self._ended, self._error = True, error
             tell = self._post()
+        self._taken.set()  # a producer waiting for room: there is none to wait for
         if tell:
             self.board.wake()
         if self.on_end is not None:
@@ -196,10 +197,11 @@ class Outbox:
         return self._error
 
     def cancel(self) -> None:
-        """Stop a producer thread at its next item."""
+        """Stop a producer at its next item (on the loop thread)."""
         with self.board.lock:
             self._cancelled = True
             self._room.notify_all()
+        self._taken.set()
 
 
 def drain_generator(generator: Generator[Any, Any, Any], outbox: Outbox) -> None:
@@ -216,28 +218,38 @@ def drain_generator(generator: Generator[Any, Any, Any], outbox: Outbox) -> None
 def messages(items: list[Any]) -> Iterator[tuple[predictor_pb2.PredictResponse, int]]:
     """The fewest messages for *items*, in order, each with about its
     bytes: consecutive outputs share an ``Output`` message (up to
-    :data:`MESSAGE_BYTES` of text)."""
-    chunks: list[Any] = []
+    :data:`MESSAGE_BYTES`). Raises ValueError at an output that is not JSON."""
+    out: predictor_pb2.Output | None = None
     size = 0
     for item in items:
         if isinstance(item, wire.LogLine | wire.MetricsUpdate):
-            if chunks:
-                yield wire.output_response(chunks), size
-                chunks, size = [], 0
+            if out is not None:
+                yield predictor_pb2.PredictResponse(output=out), size
+                out, size = None, 0
             if isinstance(item, wire.LogLine):
                 yield wire.log_response(item.line), len(item.line)
             else:
                 yield wire.metrics_response(item.values), 64
             continue
-        chunks.append(item)
-        size += item_size(item)
+        try:
+            chunk = None if isinstance(item, str) else wire.json_chunk(item)
+        except ValueError:  # not JSON: what came before it goes first
+            if out is not None:
+                yield predictor_pb2.PredictResponse(output=out), size
+            raise
+        weight = len(item) if chunk is None else chunk.ByteSize()
+        if out is not None and size + weight > MESSAGE_BYTES:  # a large one goes alone
+            yield predictor_pb2.PredictResponse(output=out), size
+            out, size = None, 0
+        if out is None:
+            out = predictor_pb2.Output()
+        if chunk is None:
+            out.chunks.add(text=item)
+        else:
+            out.chunks.append(chunk)
+        size += weight
         if size >= MESSAGE_BYTES:
-            yield wire.output_response(chunks), size
-            chunks, size = [], 0
-    if chunks:
-        yield wire.output_response(chunks), size
-
-
-def item_size(item: Any) -> int:
-    """About what *item* weighs in a message (text: its length)."""
-    return len(item) if isinstance(item, str) else 64
+            yield predictor_pb2.PredictResponse(output=out), size
+            out, size = None, 0
+    if out is not None:
+        yield predictor_pb2.PredictResponse(output=out), size

@@ -151,13 +151,15 @@ class Servicer(predictor_pb2_grpc.PredictorServicer):
         # write) cancels it, which closes the model's generator.
         error: BaseException | None = None
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self._run(request.id, input, outbox))
+            producer = tasks.create_task(self._run(request.id, input, outbox))
             ended = False
             while not ended:
                 for news in await board.take():
-                    for message, _ in messages(news.items):
+                    built, ended, error = _build(news)
+                    for message, _ in built:
                         await context.write(message)
-                    ended, error = news.ended, news.error
+                    if ended and not news.ended:  # its output cannot be sent
+                        producer.cancel()
         if error is not None:
             log.info("prediction %s failed: %r", request.id, error)
             context.set_code(grpc.StatusCode.UNKNOWN)
@@ -217,7 +219,11 @@ class _StreamCall:
             log.info("prediction %s refused: %s", request.id, wire.LOADING)
             outbox.end(Status(grpc.StatusCode.UNAVAILABLE, wire.LOADING))
             return
-        input = servicer._input(request)
+        try:
+            input = servicer._input(request)
+        except Exception as exc:  # this prediction's input: it fails alone
+            outbox.end(exc)
+            return
         log.info("prediction %s started (on a Stream call)", request.id)
         outbox.start()
         task = self.tasks.create_task(servicer._run(request.id, input, outbox))
@@ -251,23 +257,36 @@ class _StreamCall:
                 if key not in self.open:  # its end is written
                     continue
                 update = response.updates.add(key=key, started=news.started)
-                for message, weight in messages(news.items):
-                    if weight >= MESSAGE_BYTES and message.ByteSize() > MAX_MESSAGE:
-                        # Its end now, and nothing more of it.
-                        self.stop(key, Status(grpc.StatusCode.CANCELLED, "too large"))
-                        news = News(news.outbox, False, [], True, _too_large(message.ByteSize()))
-                        break
+                built, ended, error = _build(news)
+                if ended and not news.ended:  # its output cannot be sent: it ends
+                    self.stop(key, Status(grpc.StatusCode.CANCELLED, "cancelled"))
+                for message, weight in built:
                     if size + weight > MESSAGE_BYTES and size:
                         await self.context.write(response)
                         response, size = pb.StreamResponse(), 0
                         update = response.updates.add(key=key)
                     update.responses.append(message)
                     size += weight
-                if news.ended:
-                    update.end.CopyFrom(_end(news.error))
+                if ended:
+                    update.end.CopyFrom(_end(error))
                     del self.open[key]
             if response.updates:
                 await self.context.write(response)
+
+
+def _build(news: News) -> tuple[list[tuple[pb.PredictResponse, int]], bool, BaseException | None]:
+    """The messages of *news*, whether its prediction ended and how. An
+    output that cannot be sent (not JSON, or larger than a message may
+    be) ends that prediction alone, after what came before it."""
+    built: list[tuple[pb.PredictResponse, int]] = []
+    try:
+        for message, weight in messages(news.items):
+            if weight >= MESSAGE_BYTES and (whole := message.ByteSize()) > MAX_MESSAGE:
+                raise _too_large(whole)
+            built.append((message, weight))
+    except Exception as exc:
+        return built, True, exc
+    return built, news.ended, news.error
 
 
 def _too_large(size: int) -> Status:
