@@ -686,6 +686,11 @@ def memory(targets: dict[str, str], tmp: Path, chunks: int, idle: int, stalled: 
 # -- the report ------------------------------------------------------------
 
 
+def tried(side: dict) -> str:
+    """A capacity search's steps: streams and the gap p99 at each."""
+    return ", ".join(f"{t['streams']:,}: {t['gap_p99_ms']}" for t in side["tried"])
+
+
 def _mark(ok: bool) -> str:
     return "met" if ok else "**missed**"
 
@@ -768,10 +773,6 @@ def report(r: dict[str, Any]) -> str:
     if ba := r.get("batch"):
         lines += batch_rows(ba)
     if cap := r.get("capacity"):
-
-        def tried(side: dict) -> str:
-            return ", ".join(f"{t['streams']:,}: {t['gap_p99_ms']}" for t in side["tried"])
-
         lines.append(
             f"| capacity: most paced streams (20 chunks/s) whole with gap p99 ≤ "
             f"{cap['bound_ms']:g} ms (gap p99 ms at each step) | - | "
@@ -849,10 +850,6 @@ def batch_rows(ba: dict[str, Any]) -> list[str]:
             f"{peer['gap_ms']['p99']}; {peer['not_whole']} |"
         )
     cap = ba["capacity"]
-
-    def tried(side: dict) -> str:
-        return ", ".join(f"{t['streams']:,}: {t['gap_p99_ms']}" for t in side["tried"])
-
     rows.append(
         f"| capacity, a batching model over Stream: paced streams whole with gap p99 ≤ "
         f"{cap['bound_ms']:g} ms | - | {cap['bridge']['streams']:,} ({tried(cap['bridge'])}) | "

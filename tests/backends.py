@@ -4,12 +4,13 @@ its own (so that a test can kill it)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -281,3 +282,23 @@ class Scripted(predictor_pb2_grpc.PredictorServicer):
                 for key in request.cancel:
                     if key in running:
                         running.pop(key).cancel()
+
+
+@contextlib.asynccontextmanager
+async def backend_processes(
+    *, predict_only: bool = False
+) -> AsyncIterator[Callable[..., Awaitable[BackendProcess]]]:
+    """Starts demo backend processes (on a port, if given); kills them all
+    at the end, whatever happened."""
+    started: list[BackendProcess] = []
+
+    async def start(port: int = 0) -> BackendProcess:
+        started.append(BackendProcess(port, predict_only=predict_only))
+        return await started[-1].start()
+
+    try:
+        yield start
+    finally:
+        with trio.CancelScope(shield=True):
+            for backend in started:
+                await backend.kill()

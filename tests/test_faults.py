@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from bridge.backends import wire
-from tests.backends import BackendProcess, Misbehaving, RawServer
+from tests.backends import BackendProcess, Misbehaving, RawServer, backend_processes
 from tests.conftest import StartBridge, closed_port_target, create, read_stream
 
 
@@ -23,18 +23,8 @@ from tests.conftest import StartBridge, closed_port_target, create, read_stream
 async def backends() -> AsyncIterator[Callable[..., Awaitable[BackendProcess]]]:
     """Starts demo backend processes (on a port, if given); kills them all
     at the end of the test, whatever happened."""
-    started: list[BackendProcess] = []
-
-    async def start(port: int = 0) -> BackendProcess:
-        started.append(BackendProcess(port))
-        return await started[-1].start()
-
-    try:
+    async with backend_processes() as start:
         yield start
-    finally:
-        with trio.CancelScope(shield=True):
-            for backend in started:
-                await backend.kill()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 import trio
 
 from bridge.sdk import Model, ModelServer
-from tests.backends import BackendProcess
+from tests.backends import BackendProcess, backend_processes
 from tests.conftest import (
     PROBES,
     StartBridge,
@@ -139,19 +139,8 @@ async def backend_process(
 ) -> AsyncIterator[Callable[[int], Awaitable[BackendProcess]]]:
     """Starts ``demo-backend`` processes on the transport of the test (on a
     port, if given), and kills them all at its end."""
-    started: list[BackendProcess] = []
-    predict_only = transport is not demo_targets
-
-    async def start(port: int = 0) -> BackendProcess:
-        started.append(BackendProcess(port, predict_only=predict_only))
-        return await started[-1].start()
-
-    try:
+    async with backend_processes(predict_only=transport is not demo_targets) as start:
         yield start
-    finally:
-        with trio.CancelScope(shield=True):
-            for backend in started:
-                await backend.kill()
 
 
 async def test_a_backend_that_dies_fails_every_prediction_then_serves_again(

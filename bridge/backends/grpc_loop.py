@@ -78,7 +78,7 @@ from bridge.errors import (
 from ..offload import Offload
 from . import wire
 from .interface import CLEANUP_TIMEOUT, Metadata, PredictInput
-from .mux import MANY_ADDRESSES, Lane, Muxes
+from .mux import MANY_ADDRESSES, Batches, Lane, Muxes
 from .status import UNDECODABLE, map_rpc_error, map_status, status_code
 
 __all__ = [
@@ -129,7 +129,7 @@ class _End:
     error: PredictionError | None
 
 
-class PredictStream:
+class PredictStream(Batches):
     """The Trio end of one ``Predict`` call.
 
     Two ways to read it:
@@ -315,15 +315,6 @@ class PredictStream:
         if self._consumed >= self._window // 2:
             self._give_back_credits()
         return batch
-
-    def __aiter__(self) -> PredictStream:
-        return self
-
-    async def __anext__(self) -> list[wire.StreamItem]:
-        try:
-            return await self.receive_batch()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
 
     async def _close(self) -> None:
         """In Trio, as its owner leaves: deliver nothing more, and cancel the

@@ -52,7 +52,7 @@ from . import wire
 from .interface import Metadata
 from .status import map_status, status_code
 
-__all__ = ["MANY_ADDRESSES", "MAX_START", "Lane", "Mux", "Muxes"]
+__all__ = ["MANY_ADDRESSES", "MAX_START", "Batches", "Lane", "Mux", "Muxes"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,24 @@ MAX_START = 2 * 1024 * 1024
 ENDED_UNDER = "model backend unavailable: the Stream call ended ({})"
 
 
-class Lane:
+class Batches:
+    """``async for batch in call``: a call's :meth:`receive_batch` until it
+    ends (what it raises at a failed end is raised)."""
+
+    async def receive_batch(self) -> list[wire.StreamItem]:
+        raise NotImplementedError
+
+    def __aiter__(self) -> Batches:
+        return self
+
+    async def __anext__(self) -> list[wire.StreamItem]:
+        try:
+            return await self.receive_batch()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+class Lane(Batches):
     """The Trio end of one prediction on a ``Stream`` call: a
     :class:`~bridge.backends.interface.Call`."""
 
@@ -146,15 +163,6 @@ class Lane:
             return batch
         assert self._stop is not None
         raise self._stop
-
-    def __aiter__(self) -> Lane:
-        return self
-
-    async def __anext__(self) -> list[wire.StreamItem]:
-        try:
-            return await self.receive_batch()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
 
 
 @dataclass
