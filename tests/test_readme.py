@@ -6,6 +6,7 @@ parsed and checked."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -200,6 +201,45 @@ WHERE = {
         "from llama_cpp import Llama",
     ): "compiled: llama-cpp-python is not installed here",
 }
+
+
+async def test_the_readme_s_model_file_under_serve_model_serves_on_the_command_s_port(
+    start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    """The README's my_model.py as written (its serve() on port 50061,
+    which is held here) given to ``serve-model --port P``: its serve()
+    does nothing, said in one line, and the model is served on P."""
+    (tmp_path / "my_model.py").write_text(block("# my_model.py"))
+    holder = socket.socket()
+    with contextlib.suppress(OSError):  # else something else holds it: as good
+        holder.bind(("127.0.0.1", 50061))
+        holder.listen()
+    port = _free_port()
+    command = [sys.executable, "-m", "bridge", "serve-model", "my_model.py:Shout"]
+    command += ["--name", "me/shout", "--port", str(port)]
+    model = await trio.lowlevel.open_process(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV
+    )
+    try:
+        seen: list[bytes] = []
+        await read_until(model.stdout, rb"me/shout listening on 127\.0\.0\.1:(\d+)", seen)
+        said = b"".join(seen).decode()
+        assert f"listening on 127.0.0.1:{port}" in said
+        assert (
+            "serve(me/shout, port=50061) in the model file does nothing here: the command "
+            f"serves what the file defines, on 127.0.0.1:{port}"
+        ) in said
+        url = await start_bridge(targets={"me/shout": f"127.0.0.1:{port}"})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            prediction = await create(client, "me/shout", {"prompt": "it works"})
+            events, _ = await read_stream(client, prediction["urls"]["stream"])
+        assert "".join(e.data for e in events if e.event == "output") == "IT! WORKS! "
+    finally:
+        holder.close()
+        if model.returncode is None:
+            model.terminate()
+            with trio.fail_after(20):
+                await model.wait()
 
 
 async def test_the_batching_engine_block_serves_predictions_in_steps(

@@ -44,7 +44,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -202,10 +202,38 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
+#: While ``serve-model`` (``python -m bridge.sdk``) loads a model file: the
+#: address it serves on. A ``serve()`` the file makes meanwhile does nothing.
+_file_served_at: str | None = None
+
+
+@contextlib.contextmanager
+def loading_a_model_file(address: str) -> Iterator[None]:
+    """While a command loads a model file to serve it at *address*: the
+    file's own ``serve()`` (the README's pattern) does nothing, said in one
+    line, and the command serves what the file defines where it was told."""
+    global _file_served_at
+    _file_served_at = address
+    try:
+        yield
+    finally:
+        _file_served_at = None
+
+
 def serve(
     model: Model, *, host: str = "127.0.0.1", port: int = 0, tls: ServerTLS | None = None
 ) -> None:
-    """Serve *model* in the foreground until SIGINT or SIGTERM."""
+    """Serve *model* in the foreground until SIGINT or SIGTERM (unless a
+    command is loading the file this is in: see :func:`loading_a_model_file`)."""
+    if _file_served_at is not None:
+        log.info(
+            "serve(%s, port=%d) in the model file does nothing here: the command serves "
+            "what the file defines, on %s",
+            model.info.name,
+            port,
+            _file_served_at,
+        )
+        return
 
     async def main() -> None:
         stop = stop_on_signals()

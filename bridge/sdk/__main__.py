@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ListenError
-from . import ServerTLS, serve
+from . import ServerTLS, loading_a_model_file, serve
 from .cog import ModelLoadError, load_model
 
 __all__ = ["main", "serve_file"]
@@ -31,7 +31,8 @@ def serve_file(args: argparse.Namespace) -> int:
     tls = ServerTLS(args.certfile, args.keyfile, args.client_ca) if args.certfile else None
     name = args.name or f"local/{Path(args.ref.rpartition(':')[0]).stem}"
     try:
-        model = load_model(args.ref, name)
+        with loading_a_model_file(f"{args.host}:{args.port}"):
+            model = load_model(args.ref, name)
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
