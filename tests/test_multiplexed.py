@@ -322,3 +322,38 @@ async def test_large_inputs_at_once_all_reach_the_backend(
                     nursery.start_soon(one, n)
     for n in range(5):
         assert outputs(got[n]) == f"{n}" * 900_000 and got[n][-1].data == "{}"
+
+
+def settings_model(prompt: str) -> Iterator[str]:
+    settings: dict[str, str] = {}
+    yield "start "
+    yield settings["temperature"]
+
+
+async def test_a_model_s_traceback_reaches_its_prediction_s_logs(
+    start_bridge: StartBridge,
+    transport: dict[str, str],
+    demo_targets: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A model that raises KeyError: the error is the line a user reads
+    (``KeyError: 'temperature'``), the prediction's logs get the traceback
+    through the model's own code (not the SDK's), and the model's process
+    logs it whole."""
+    multiplexed = transport is demo_targets
+    with ModelServer(Model("test/settings", settings_model, multiplexed=multiplexed)) as server:
+        url = await start_bridge(targets={**transport, "test/settings": server.target})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            made = await create(client, "test/settings", {"prompt": "hi"})
+            final = await ended(client, made["id"])
+    assert final["status"] == "failed" and final["output"] == ["start "]
+    assert final["error"] == "KeyError: 'temperature'"
+    logs = final["logs"].splitlines()
+    assert logs[0] == "Traceback (most recent call last):"
+    assert logs[-1] == "KeyError: 'temperature'"
+    assert any("in settings_model" in line for line in logs)
+    assert '    yield settings["temperature"]' in logs
+    assert not any("servicer.py" in line or "asyncio" in line for line in logs), logs
+    (record,) = [r for r in caplog.records if r.levelname == "ERROR" and r.name == "bridge.sdk"]
+    assert record.getMessage() == f"prediction {made['id']} failed"
+    assert record.exc_info is not None and record.exc_info[0] is KeyError

@@ -100,10 +100,11 @@ async def test_model_exception_is_grpc_unknown_with_its_message() -> None:
 
         error = await trio.to_thread.run_sync(call)
         assert error.code() is grpc.StatusCode.UNKNOWN
-        assert error.details() == "cannot continue 'p'"
+        # (A ValueError's message with its type, as Python's last traceback line.)
+        assert error.details() == "ValueError: cannot continue 'p'"
         # Seen through the bridge's adapter: a ModelError with that message.
         async with open_grpc_loop() as grpc_loop:
-            with pytest.raises(ModelError, match=r"^cannot continue 'p'$"):
+            with pytest.raises(ModelError, match=r"^ValueError: cannot continue 'p'$"):
                 await collect(grpc_loop, server.target, {"prompt": "p"})
 
 

@@ -93,7 +93,10 @@ async def test_the_bridge_needs_only_the_store_and_event_log_interfaces(
         assert final["logs"] == f"echoing {len(CHUNKS)} chunks\n"
         failed = await create(client, "demo/echo", {"prompt": "a b c", "fail_after": 1})
         events, _ = await read_stream(client, failed["urls"]["stream"])
-        assert [e.event for e in events] == ["logs", "output", "error", "done"]
+        # Its log line, its output, its traceback (logs), its end.
+        kinds = [e.event for e in events]
+        assert kinds[:2] == ["logs", "output"] and kinds[-2:] == ["error", "done"]
+        assert set(kinds[2:-2]) == {"logs"}
         final = (await client.get(failed["urls"]["get"])).json()
         assert (final["status"], final["output"]) == ("failed", ["a "])
         listed = (await client.get("/v1/predictions")).json()["results"]
@@ -113,7 +116,13 @@ async def test_stream_headers(client: httpx.AsyncClient) -> None:
 async def test_fail_after_gives_error_then_done(client: httpx.AsyncClient) -> None:
     prediction = await create(client, "demo/echo", {"prompt": "a b c d", "fail_after": 2})
     events, _ = await read_stream(client, prediction["urls"]["stream"])
-    assert [e.event for e in events] == ["logs", "output", "output", "error", "done"]
+    kinds = [e.event for e in events]
+    assert kinds[:3] == ["logs", "output", "output"] and kinds[-2:] == ["error", "done"]
+    # The model's traceback, between: its own frame, and the line it raised.
+    traceback = [e.data for e in events[3:-2]]
+    assert set(kinds[3:-2]) == {"logs"} and traceback[0] == "Traceback (most recent call last):"
+    assert any("in echo" in line for line in traceback)
+    assert traceback[-1] == "RuntimeError: echo failed after 2 chunks, as asked (fail_after)"
     message = "echo failed after 2 chunks, as asked (fail_after)"
     assert json.loads(events[-2].data) == {"detail": message}
     assert json.loads(events[-1].data) == {"reason": "error"}

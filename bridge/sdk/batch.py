@@ -32,6 +32,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+from .failure import fail
 from .outbox import Outbox
 
 __all__ = ["BatchPredictor", "Emit"]
@@ -99,7 +100,7 @@ class Batcher:
                 error = exc
             running, self._running = self._running, {}
             for id, outbox in running.items():
-                outbox.end(error)
+                fail(id, error, outbox, logged=True)
                 with contextlib.suppress(Exception):  # the engine drops what it held
                     self.model.abort(id)
             await asyncio.sleep(RESTART_SECONDS)
@@ -139,7 +140,7 @@ class Batcher:
         try:
             self.model.add(id, **input)
         except Exception as exc:
-            outbox.end(exc)
+            fail(prediction_id, exc, outbox)
             return
         self._running[id] = outbox
         ended = asyncio.Event()

@@ -32,6 +32,7 @@ from bridge._proto.v1 import predictor_pb2_grpc
 
 from ..backends import wire
 from .batch import Batcher
+from .failure import error_message, fail
 from .outbox import MESSAGE_BYTES, Board, News, Outbox, drain_generator, messages
 
 if TYPE_CHECKING:
@@ -56,11 +57,7 @@ def _end(error: BaseException | None) -> pb.End:
         return pb.End()
     if isinstance(error, Status):
         return pb.End(code=error.code.value[0], message=str(error))
-    return pb.End(code=grpc.StatusCode.UNKNOWN.value[0], message=_message(error))
-
-
-def _message(error: BaseException) -> str:
-    return str(error) or type(error).__name__
+    return pb.End(code=grpc.StatusCode.UNKNOWN.value[0], message=error_message(error))
 
 
 class Servicer(predictor_pb2_grpc.PredictorServicer):
@@ -121,7 +118,7 @@ class Servicer(predictor_pb2_grpc.PredictorServicer):
             else:
                 await outbox.put(await result if inspect.isawaitable(result) else result)
         except Exception as exc:
-            outbox.end(exc)
+            fail(prediction_id, exc, outbox)
         else:
             outbox.end()
 
@@ -161,9 +158,8 @@ class Servicer(predictor_pb2_grpc.PredictorServicer):
                     if ended and not news.ended:  # its output cannot be sent
                         producer.cancel()
         if error is not None:
-            log.info("prediction %s failed: %r", request.id, error)
             context.set_code(grpc.StatusCode.UNKNOWN)
-            context.set_details(_message(error))
+            context.set_details(error_message(error))
 
     # -- Stream -----------------------------------------------------------
 
@@ -232,8 +228,6 @@ class _StreamCall:
         def ended(task: asyncio.Task[None]) -> None:
             if self.running.get(key) is task:
                 del self.running[key]
-            if not task.cancelled() and outbox.error is not None:
-                log.info("prediction %s failed: %r", request.id, outbox.error)
 
         task.add_done_callback(ended)
 
@@ -285,6 +279,7 @@ def _build(news: News) -> tuple[list[tuple[pb.PredictResponse, int]], bool, Base
                 raise _too_large(whole)
             built.append((message, weight))
     except Exception as exc:
+        log.warning("an output cannot be sent to the bridge: %s", exc)
         return built, True, exc
     return built, news.ended, news.error
 
