@@ -91,7 +91,10 @@ class TransformersPredictor(Predictor):
         encoded = self.tokenizer(prompt, return_tensors="pt").to(self.device)
         prompt_tokens = int(encoded["input_ids"].shape[-1])
         stop = _Stop(prompt_tokens)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, timeout=None)
+        # Special tokens (<|endoftext|>, a chat template's markers) are not text for users.
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=None
+        )
         sampling: dict[str, Any] = {"do_sample": False}
         if temperature > 0:
             sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}

@@ -149,6 +149,26 @@ async def test_a_cancel_stops_generate_in_the_model_process(
     assert int(ended[1]) < made / 2, (ended[0], made)
 
 
+async def test_the_end_of_text_token_is_not_output(
+    start_bridge: StartBridge, model: ModelProcess
+) -> None:
+    """A generation that ends at the model's end-of-text token: the token
+    is not part of the output (it showed in OpenAI's content, Replicate's
+    output, ... as ``<|endoftext|>``)."""
+    url = await start_bridge(targets={NAME: model.target})
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        made = await client.post(
+            f"/v1/models/{NAME}/predictions",
+            json={"input": {"prompt": "A crow", "max_new_tokens": 400}},
+            headers={"Prefer": "wait=60"},
+        )
+        final = made.json()
+    assert final["status"] == "succeeded", final
+    assert final["metrics"]["output_token_count"] < 400  # it ended at its end of text
+    text = "".join(final["output"])
+    assert "<|endoftext|>" not in text and len(text.split()) >= 5, text
+
+
 async def test_openai_s_client_sees_the_limit_and_the_model_s_counts(
     start_bridge: StartBridge, model: ModelProcess
 ) -> None:
@@ -175,7 +195,7 @@ async def test_run_demo_llm_serves_it_beside_the_demo_models(cache: Path) -> Non
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             listed = (await client.get("/v1/models")).json()["results"]
             names = {f"{m['owner']}/{m['name']}" for m in listed}
-            assert names == {"demo/echo", "demo/story", NAME}
+            assert names == {"demo/echo", "demo/story", "demo/batch", NAME}
             answer = await client.post(
                 f"/v1/models/{NAME}/predictions",
                 json={"input": {"prompt": "The mouse", "max_new_tokens": 12}},
