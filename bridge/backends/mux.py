@@ -93,8 +93,6 @@ class Lane(Batches):
         #: handler raised; None while it goes on.
         self._stop: Exception | None = None
         self._waiters = trio.lowlevel.ParkingLot()
-        #: The backend (or the call) ended it: no cancel to send.
-        self.finished = False
 
     # -- from the mux, in the wake-up -----------------------------------
 
@@ -111,7 +109,7 @@ class Lane(Batches):
             self._halt(exc)
 
     def finish(self, error: PredictionError | None) -> None:
-        self.finished = True
+        """Its end (the mux has dropped it: no cancel goes to the backend)."""
         self._halt(error if error is not None else trio.EndOfChannel())
 
     def _halt(self, stop: Exception) -> None:

@@ -192,10 +192,6 @@ class Outbox:
     def ended(self) -> bool:
         return self._ended
 
-    @property
-    def error(self) -> BaseException | None:
-        return self._error
-
     def cancel(self) -> None:
         """Stop a producer at its next item (on the loop thread)."""
         with self.board.lock:
