@@ -34,6 +34,10 @@ Measured:
   and created on one bridge and read on another; ``serve --workers 2`` at
   the same load; the in-memory bridge at that load beside them, with the
   server CPU per chunk of each.
+* workers under a CPU quota (``bench/quota.py``, cgroup v1, as root): each
+  bridge process held to 30% of a core, the capacity of one in-memory
+  process and of 1, 2 and 3 workers on Redis (skipped, and said so, where
+  quotas cannot be set).
 
 Writes ``results.md`` and ``results.json`` to ``--out`` (``bench/out``).
 
@@ -70,6 +74,8 @@ BATCH, BATCH_PREDICT = "bench/batch", "bench/batch-predict"
 #: (docs/grpc-services.md): the generic path, beside the native one.
 GENERIC = {"generic/ticks": "bench/ticks-predict", "generic/echo": "demo/echo-predict"}
 PROTO = HERE.parent / "proto"
+#: The share of a core each bridge process gets in the workers' rows.
+QUOTA = 0.3
 
 
 # -- processes -------------------------------------------------------------
@@ -487,6 +493,78 @@ def shared(
         redis.wait()
 
 
+def scaling(targets: dict[str, str], tmp: Path, smoke: bool) -> dict[str, Any]:
+    """Workers under a CPU quota (bench/quota.py): each bridge process held
+    to the same share of a core, the capacity (paced streams of
+    ``bench/ticks`` whole at gap p99 <= 100 ms) of one in-memory process,
+    and of 1, 2 and 3 workers on Redis; the backend, Redis and the readers
+    unlimited."""
+    from quota import quotas, unavailable
+
+    if why := unavailable():
+        return {"skipped": why}
+    share, seconds, start = (0.3, 1, 5) if smoke else (QUOTA, 5, 60)
+    redis, url = start_redis(tmp)
+    out: dict[str, Any] = {"share": share}
+    try:
+        for name, store, workers in (
+            ("memory_1", None, 1), ("redis_1", url, 1), ("redis_2", url, 2), ("redis_3", url, 3),
+        ):  # fmt: skip
+            bridge, addr = start_bridge(targets, tmp / f"q-{name}", store, workers=workers)
+            try:
+                ready = re.compile(r"bridge listening on")
+                while sum(bool(ready.search(line)) for line in bridge.lines) < workers:
+                    assert bridge.wait_line(r"bridge listening on", 20), "a worker did not start"
+                    time.sleep(0.05)  # the next worker's line
+                pids = [bridge.pid, *(_workers(bridge.pid) if workers > 1 else [])]
+                assert len(pids) == workers + (workers > 1), pids
+                with quotas(share) as held:
+                    for pid in pids:
+                        held.hold(pid)
+                    readers("sse", addr, ECHO, {"prompt": "warm up"}, 8 * workers)
+                    out[name] = most_carried(addr, pids, start, seconds)
+                    out[name]["throttled_s"] = round(held.throttled_s(), 1)
+            finally:
+                bridge.stop()
+            start = max(start, out[name]["streams"])  # more workers carry no less
+    finally:
+        redis.terminate()
+        redis.wait()
+    one = max(1, out["memory_1"]["streams"])
+    for name in ("redis_1", "redis_2", "redis_3"):
+        out[name + "_vs_memory"] = round(out[name]["streams"] / one, 2)
+    return out
+
+
+def most_carried(
+    addr: str, pids: list[int], start: int, seconds: float, bound_ms: float = 100.0
+) -> dict[str, Any]:
+    """The most paced streams of ``bench/ticks`` *addr* carries whole with
+    gap p99 <= *bound_ms*: from *start* up by 1.4x until one fails, then
+    once halfway between the last carried and the first failed."""
+    carried, failed, tried = 0, None, []
+    streams = start
+    while True:
+        row = paced(addr, pids, streams, seconds)
+        ok = row["not_whole"] == 0 and (row["gap_ms"]["p99"] or 1e9) <= bound_ms
+        tried.append({"streams": streams, "whole": row["not_whole"] == 0,
+                      "gap_p99_ms": row["gap_ms"]["p99"],
+                      "cpu_us_per_chunk": row["cpu_us_per_chunk"]})  # fmt: skip
+        if ok:
+            carried = streams
+        else:
+            failed = streams
+        if failed is None:
+            streams = int(streams * 1.4)
+        elif failed - carried > max(4, carried // 10) and len(tried) < 12:
+            streams = (carried + failed) // 2
+        else:
+            break
+        if failed is not None and streams <= carried:
+            break
+    return {"streams": carried, "tried": tried}
+
+
 def generic(
     targets: dict[str, str],
     addr: str,
@@ -772,6 +850,8 @@ def report(r: dict[str, Any]) -> str:
         lines += generic_rows(ge)
     if ba := r.get("batch"):
         lines += batch_rows(ba)
+    if sc := r.get("scaling"):
+        lines += scaling_rows(sc)
     if cap := r.get("capacity"):
         lines.append(
             f"| capacity: most paced streams (20 chunks/s) whole with gap p99 ≤ "
@@ -816,6 +896,8 @@ def report(r: dict[str, Any]) -> str:
         targets += generic_targets(ge)
     if ba := r.get("batch"):
         targets += batch_targets(ba)
+    if (sc := r.get("scaling")) and "skipped" not in sc:
+        targets += scaling_targets(sc)
     if cap := r.get("capacity"):
         b, p = cap["bridge"]["streams"], cap["peer"]["streams"]
         targets.append(
@@ -871,6 +953,42 @@ def batch_targets(ba: dict[str, Any]) -> list[tuple[str, str, bool]]:
     ]  # fmt: skip
 
 
+def scaling_rows(sc: dict[str, Any]) -> list[str]:
+    if why := sc.get("skipped"):
+        return [f"| workers under a CPU quota | - | not measured: {why} | - |"]
+    rows = []
+    for name, what in (
+        ("memory_1", "one process in memory"),
+        ("redis_1", "one process on Redis"),
+        ("redis_2", "`--workers 2` on Redis"),
+        ("redis_3", "`--workers 3` on Redis"),
+    ):
+        row = sc[name]
+        steps = ", ".join(
+            f"{t['streams']:,}: {t['gap_p99_ms']}{'' if t['whole'] else ' not whole'}"
+            f" ({t['cpu_us_per_chunk']} µs)"
+            for t in row["tried"]
+        )
+        ratio = f", {sc[name + '_vs_memory']}x one in memory" if name != "memory_1" else ""
+        rows.append(
+            f"| capacity under {sc['share']:.0%} of a core per bridge process, {what}: paced "
+            f"streams whole with gap p99 ≤ 100 ms (each step: gap p99 ms, server CPU µs per "
+            f"chunk); seconds held back | - | {row['streams']:,}{ratio} ({steps}); "
+            f"{row['throttled_s']} | - |"
+        )
+    return rows
+
+
+def scaling_targets(sc: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    two, three = sc["redis_2_vs_memory"], sc["redis_3_vs_memory"]
+    return [
+        ("under a per-process quota, 2 workers on Redis ≥ 1.8x one process in memory",
+         f"{two}x", two >= 1.8),
+        ("under a per-process quota, 3 workers on Redis ≥ 2.6x one process in memory",
+         f"{three}x", three >= 2.6),
+    ]  # fmt: skip
+
+
 def generic_rows(ge: dict[str, Any]) -> list[str]:
     o, n = ge["one_stream"], f"{ge['streams']:,} streams at 20 chunks/s"
     rate = o["chunks_per_s"]
@@ -911,6 +1029,7 @@ ALL_PARTS = [
     "shared",
     "generic",
     "batch",
+    "scaling",
 ]
 
 
@@ -991,6 +1110,9 @@ def main() -> int:
             if "shared" in only:
                 step("shared store (Redis) and --workers 2")
                 results["shared"] = shared(targets, Path(tmp), bridge_addr, bridge.pid, smoke)
+            if "scaling" in only:
+                step(f"workers under {QUOTA:.0%} of a core each")
+                results["scaling"] = scaling(targets, Path(tmp), smoke)
             if "memory" in only:
                 step("memory")
                 results["memory"] = memory(
