@@ -426,3 +426,34 @@ async def test_two_checks_of_one_lapsed_lease_lose_it_once(
         writer = store._writer
         await both_at_once(lambda _: writer.check_lease(), "")
         assert len(renames) == 1
+
+
+async def test_a_step_of_many_predictions_is_one_script_call(
+    start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    """demo/batch steps its running predictions together, so each step
+    brings a token for every one: the bridge writes them all to Redis in
+    one script call, not one call each (which was most of the writer's own
+    CPU). 20 predictions of 20 tokens: 400 tokens, and
+    a call each would be about 400 calls."""
+    with redis_server(tmp_path) as (url, _):
+        base = await start_bridge(store_url=url)
+        async with (
+            httpx.AsyncClient(base_url=base, timeout=30) as client,
+            coredis.Redis.from_url(url) as redis,
+        ):
+            paced = {"prompt": "-", "max_tokens": 20, "tokens_per_second": 20}
+            made = [await create(client, "demo/batch", paced) for _ in range(20)]
+            await redis.config_resetstat()
+            for prediction in made:
+                events, _ = await read_stream(client, f"/v1/predictions/{prediction['id']}/stream")
+                assert [e.event for e in events].count("output") == 20
+                assert events[-1].event == "done"
+            stats = await redis.info("commandstats")
+    calls = stats["cmdstat_evalsha"]
+    calls = (
+        calls["calls"]
+        if isinstance(calls, dict)
+        else int(str(calls).split("calls=")[1].split(",")[0])
+    )
+    assert calls < 100, calls

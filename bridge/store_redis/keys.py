@@ -72,6 +72,10 @@ class Keys:
         """What expires with a prediction's data: its input and events."""
         return [self.input(prediction_id), self.log(prediction_id)]
 
+    def written(self, prediction_id: str) -> tuple[str, str, str]:
+        """A running prediction's keys its writes touch: record, input, log."""
+        return self.record(prediction_id), self.input(prediction_id), self.log(prediction_id)
+
     def end(self, prediction_id: str, process: str) -> list[str]:
         """The keys a prediction's end touches, in the order the scripts'
         ``ended`` takes them (:mod:`.scripts`)."""

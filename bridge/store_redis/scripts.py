@@ -12,7 +12,7 @@ import coredis.exceptions
 
 from ..config import Settings
 
-__all__ = ["FAIL", "LEASE", "WRITE", "Script", "Scripts", "end_args"]
+__all__ = ["FAIL", "LEASE", "WRITE", "Script", "Scripts", "end_args", "retention_args"]
 
 
 class Script:
@@ -38,30 +38,41 @@ local function ended(p, input, log, ended, kept, running, owners, now, data, met
 end
 """
 
-#: One prediction's batch (its record if it changed, its new events as one
-#: entry, and its end), written only while this process holds its lease:
-#: once a survivor may have ended the prediction, nothing more is written.
-#: KEYS: lease, then Keys.end's; ARGV: record or '', the entry's i p l k t
-#: ('' for i: no entry), then end_args (now '' unless it ended). Refused as
-#: a whole when Redis is out of memory (no allow-oom).
+#: Predictions' batches (each one's record if it changed, its new events
+#: as one entry, and its end), written only while this process holds its
+#: lease: once a survivor may have ended a prediction, nothing more is
+#: written. One call carries many predictions (a call each was most of the
+#: writer's own CPU). KEYS: lease, then Keys.end's last four
+#: (ended kept running owners), then each prediction's record input log;
+#: ARGV: data and metadata retention (retention_args), then each
+#: prediction's record or '', its entry's i p l k t ('' for i: no entry),
+#: the time it ended ('' if it runs), its owner and its id. Refused as a
+#: whole, before it writes anything, when Redis is out of memory (no
+#: allow-oom).
 WRITE = Script(
     "#!lua\n"
     + _ENDED
     + """
+local function write(k, a)
+  local record = ARGV[a + 1]
+  if record ~= '' then redis.call('SET', KEYS[k + 1], record) end
+  if ARGV[a + 2] ~= '' then
+    local entry = {'i', ARGV[a + 2], 'p', ARGV[a + 3], 'l', ARGV[a + 4], 'k', ARGV[a + 5],
+                   't', ARGV[a + 6]}
+    if record ~= '' then table.insert(entry, 'r'); table.insert(entry, record) end
+    redis.call('XADD', KEYS[k + 3], '*', unpack(entry))
+  end
+  if ARGV[a + 7] ~= '' then
+    ended(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
+          ARGV[a + 7], ARGV[1], ARGV[2], ARGV[a + 8], ARGV[a + 9])
+  end
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('FENCED this bridge process lost its lease')
 end
-if ARGV[1] ~= '' then redis.call('SET', KEYS[2], ARGV[1]) end
-if ARGV[2] ~= '' then
-  local entry = {'i', ARGV[2], 'p', ARGV[3], 'l', ARGV[4], 'k', ARGV[5], 't', ARGV[6]}
-  if ARGV[1] ~= '' then table.insert(entry, 'r'); table.insert(entry, ARGV[1]) end
-  redis.call('XADD', KEYS[4], '*', unpack(entry))
-end
-if ARGV[7] ~= '' then
-  ended(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8],
-        ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11])
-end
-return 1
+local n = (#ARGV - 2) / 9
+for i = 0, n - 1 do write(5 + 3 * i, 2 + 9 * i) end
+return n
 """
 )
 
@@ -116,13 +127,16 @@ def end_args(
 ) -> list[str]:
     """The arguments of a prediction's end (*now* None: it has not ended),
     in the order the scripts' ``ended`` takes them."""
-    return [
-        "" if now is None else str(now),
+    data, metadata = retention_args(settings)
+    return ["" if now is None else str(now), data, metadata, owner or "", prediction_id]
+
+
+def retention_args(settings: Settings) -> tuple[str, str]:
+    """How long an ended prediction's data and its record are kept, in s."""
+    return (
         str(max(1, int(settings.retention_seconds))),
         str(max(1, int(settings.metadata_retention_seconds))),
-        owner or "",
-        prediction_id,
-    ]
+    )
 
 
 class Scripts:

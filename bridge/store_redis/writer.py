@@ -3,8 +3,8 @@
 Each prediction has one writer, the process running it, which keeps it
 live in memory and mirrors it to Redis. Costs are per batch, not per
 token: every prediction that changed since the last write goes in one
-pipeline, one script call each (:data:`~.scripts.WRITE`: its record if
-what it says changed, and its new events as one ``XADD`` of a
+script call (:data:`~.scripts.WRITE`: for each, its record if what it
+says changed, and its new events as one ``XADD`` of a
 :class:`~bridge.core.events.Span`, if this process still holds its lease),
 so at load one round trip carries many predictions' batches. Readers here
 see a prediction's events once Redis holds them
@@ -38,7 +38,7 @@ from .db import Db
 from .endings import ORPHANED, REFUSED, end_as, ending_here, fail_in_store
 from .errors import attempt, brief
 from .leases import Lease
-from .scripts import WRITE, end_args
+from .scripts import WRITE, retention_args
 from .trim import trim
 
 __all__ = ["Writer"]
@@ -50,6 +50,19 @@ log = logging.getLogger("bridge.store_redis")
 #: write something), asked at most every REFUSAL_SECONDS.
 ROOM = 0.9
 REFUSAL_SECONDS = 1.0
+
+
+#: Predictions written by one script call, at most.
+PER_CALL = 128
+
+
+class _Batch(NamedTuple):
+    """One prediction's part of a write: its arguments of
+    :data:`~.scripts.WRITE`, and what Redis holds once it is written."""
+
+    prediction: Prediction
+    args: list[str | bytes]
+    sent: tuple[int, codec.State, bool]  # events held, state, done
 
 
 class _LetGo(NamedTuple):
@@ -158,65 +171,33 @@ class Writer:
                 self._wrote = trio.Event()
 
     async def _write(self, predictions: list[Prediction]) -> None:
-        """Each prediction's batch, one script call each, in one round trip.
-        What Redis holds is then shown to readers here (and nothing else:
-        one history); a prediction whose batch Redis refused ends as failed;
-        if this process lost its lease, every one it runs does."""
+        """The predictions' batches, :data:`PER_CALL` to a script call, in
+        one round trip. What Redis holds is then shown to readers here (and
+        nothing else: one history); a prediction whose batch Redis refused
+        ends as failed; if this process lost its lease, every one it runs
+        does."""
         if not predictions:
             return
-        sent: dict[str, tuple[int, codec.State, bool]] = {}
-        calls = []
-        now = time.time()
-        keys, process = self._db.keys, self._lease.process
-        async with self._db.client.pipeline(transaction=False, raise_on_error=False) as pipe:
-            for prediction in predictions:
-                pid = prediction.id
-                start, state = self._written[pid]
-                events = prediction.events
-                assert isinstance(events, HeldEventLog)
-                held, done = events.held, prediction.done
-                # The record only when what it says changed (status, metrics):
-                # not per batch of output (measured: half a paced chunk's
-                # cost in the writer).
-                record = b""
-                if codec.state(prediction) != state or done:
-                    record = codec.encode_record(prediction, process)
-                # A span (maybe empty), and with a new record for its copies
-                # elsewhere to take (the final one with the end).
-                entry: list[bytes] = [b""] * 5
-                if held > start or record:
-                    entry = codec.entry(events.span(start) if held > start else codec.empty(start))
-                ending = end_args(self._db.settings, pid, now if done else None, prediction.owner)
-                call = pipe.evalsha(
-                    WRITE.sha, [keys.lease(process), *keys.end(pid, process)],
-                    [record, *entry, *ending],
-                )  # fmt: skip
-                calls.append((prediction, call))
-                sent[pid] = (held, codec.state(prediction), done)
+        now, process = time.time(), self._lease.process
+        calls = [
+            [self._batch(p, now, process) for p in predictions[i : i + PER_CALL]]
+            for i in range(0, len(predictions), PER_CALL)
+        ]
         lost = ended = forgot = False
-        for prediction, call in calls:
-            try:
-                await call
-            except coredis.exceptions.NoScriptError:
+        for batches, answer in zip(calls, await self._send(calls, process), strict=True):
+            if isinstance(answer, coredis.exceptions.NoScriptError):
                 forgot = True  # Redis restarted: written again
-                self.changed(prediction)
-                continue
-            except coredis.exceptions.ResponseError as exc:  # the script's answer
-                if str(exc).startswith("FENCED"):
+                for batch in batches:
+                    self.changed(batch.prediction)
+            elif isinstance(answer, coredis.exceptions.ResponseError):  # the script's
+                if str(answer).startswith("FENCED"):
                     lost = True
-                elif prediction.id in self.local:
-                    self._refused(prediction, exc)
-                continue
-            if prediction.id not in self.local:
-                continue  # let go of meanwhile (a lost lease)
-            held, state, done = sent[prediction.id]
-            self._written[prediction.id] = (held, state)
-            events = prediction.events
-            assert isinstance(events, HeldEventLog)
-            events.show(held)
-            if done:  # Redis has it all now
-                ended = True
-                self._forget(prediction)
+                else:  # refused (out of memory), before it wrote any of them
+                    for batch in batches:
+                        if batch.prediction.id in self.local:
+                            self._refused(batch.prediction, answer)
+            else:
+                ended = self._wrote_batches(batches) or ended
         if forgot:
             await self._db.scripts.load()
         if lost:
@@ -225,6 +206,66 @@ class Writer:
         if ended:
             with attempt("trim ended predictions in Redis"):  # not retried: written already
                 await trim(self._db)
+
+    def _batch(self, prediction: Prediction, now: float, process: str) -> _Batch:
+        """*prediction*'s batch: its record only when what it says changed
+        (status, metrics; not per batch of output: measured, half a paced
+        chunk's cost in the writer), and a span (maybe empty; with a new
+        record, for its copies elsewhere to take; the final one with the
+        end)."""
+        pid = prediction.id
+        start, state = self._written[pid]
+        events = prediction.events
+        assert isinstance(events, HeldEventLog)
+        held, done, now_state = events.held, prediction.done, codec.state(prediction)
+        record = b""
+        if now_state != state or done:
+            record = codec.encode_record(prediction, process)
+        entry: list[bytes] = [b""] * 5
+        if held > start or record:
+            entry = codec.entry(events.span(start) if held > start else codec.empty(start))
+        ending = [str(now), prediction.owner or "", pid] if done else ["", "", ""]
+        return _Batch(prediction, [record, *entry, *ending], (held, now_state, done))
+
+    async def _send(self, calls: list[list[_Batch]], process: str) -> list[object]:
+        """One script call per list of batches, in one round trip: each
+        call's answer, or the error Redis gave it."""
+        keys = self._db.keys
+        shared = [keys.lease(process), keys.ended, keys.kept, keys.running(process), keys.owners]
+        retention = retention_args(self._db.settings)
+        async with self._db.client.pipeline(transaction=False, raise_on_error=False) as pipe:
+            requests = [
+                pipe.evalsha(
+                    WRITE.sha,
+                    [*shared, *(k for b in batches for k in keys.written(b.prediction.id))],
+                    [*retention, *(arg for batch in batches for arg in batch.args)],
+                )
+                for batches in calls
+            ]
+        answers: list[object] = []
+        for request in requests:
+            try:
+                answers.append(await request)
+            except coredis.exceptions.ResponseError as exc:
+                answers.append(exc)
+        return answers
+
+    def _wrote_batches(self, batches: list[_Batch]) -> bool:
+        """Redis holds *batches*: readers here see them; whether any ended."""
+        ended = False
+        for batch in batches:
+            prediction = batch.prediction
+            if prediction.id not in self.local:
+                continue  # let go of meanwhile (a lost lease)
+            held, state, done = batch.sent
+            self._written[prediction.id] = (held, state)
+            events = prediction.events
+            assert isinstance(events, HeldEventLog)
+            events.show(held)
+            if done:  # Redis has it all now
+                ended = True
+                self._forget(prediction)
+        return ended
 
     def _forget(self, prediction: Prediction) -> tuple[int, codec.State]:
         """No longer write *prediction*: what Redis last took of it."""
