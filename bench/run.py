@@ -503,7 +503,7 @@ def scaling(targets: dict[str, str], tmp: Path, smoke: bool) -> dict[str, Any]:
 
     if why := unavailable():
         return {"skipped": why}
-    share, seconds, start = (0.3, 1, 5) if smoke else (QUOTA, 5, 60)
+    share, seconds, start, tries = (0.3, 1, 5, 1) if smoke else (QUOTA, 5, 60, 12)
     redis, url = start_redis(tmp)
     out: dict[str, Any] = {"share": share}
     try:
@@ -522,7 +522,7 @@ def scaling(targets: dict[str, str], tmp: Path, smoke: bool) -> dict[str, Any]:
                     for pid in pids:
                         held.hold(pid)
                     readers("sse", addr, ECHO, {"prompt": "warm up"}, 8 * workers)
-                    out[name] = most_carried(addr, pids, start, seconds)
+                    out[name] = most_carried(addr, pids, start, seconds, tries)
                     out[name]["throttled_s"] = round(held.throttled_s(), 1)
             finally:
                 bridge.stop()
@@ -537,11 +537,12 @@ def scaling(targets: dict[str, str], tmp: Path, smoke: bool) -> dict[str, Any]:
 
 
 def most_carried(
-    addr: str, pids: list[int], start: int, seconds: float, bound_ms: float = 100.0
+    addr: str, pids: list[int], start: int, seconds: float, tries: int, bound_ms: float = 100.0
 ) -> dict[str, Any]:
     """The most paced streams of ``bench/ticks`` *addr* carries whole with
     gap p99 <= *bound_ms*: from *start* up by 1.4x until one fails, then
-    once halfway between the last carried and the first failed."""
+    halfway between the last carried and the first failed until they are
+    within a tenth; at most *tries* steps."""
     carried, failed, tried = 0, None, []
     streams = start
     while True:
@@ -556,11 +557,11 @@ def most_carried(
             failed = streams
         if failed is None:
             streams = int(streams * 1.4)
-        elif failed - carried > max(4, carried // 10) and len(tried) < 12:
+        elif failed - carried > max(4, carried // 10):
             streams = (carried + failed) // 2
         else:
             break
-        if failed is not None and streams <= carried:
+        if len(tried) >= tries or (failed is not None and streams <= carried):
             break
     return {"streams": carried, "tried": tried}
 

@@ -240,6 +240,12 @@ def validate_input(schema: dict[str, Any], input: Any) -> None:
     raise InvalidInput(detail, fields)
 
 
+def _listed(names: list[str], most: int = 20) -> str:
+    """*names*, the first *most* of them, each cut short if long."""
+    listed = ", ".join(name[:40] for name in names[:most])
+    return listed + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
 def _invalid_fields(errors: Iterator[jsonschema.ValidationError]) -> Iterator[dict[str, str]]:
     """Each error of *errors* as one or more ``invalid_fields`` entries,
     lazily (a caller that has enough stops the validation)."""
@@ -251,11 +257,13 @@ def _invalid_fields(errors: Iterator[jsonschema.ValidationError]) -> Iterator[di
                 yield {"type": "required", "field": field, "description": f"{name} is required"}
         elif error.validator == "additionalProperties" and not error.path:
             known = error.schema.get("properties", {})
+            inputs = _listed(sorted(known)) if known else "none"
             for name in (p for p in error.instance if p not in known):
                 yield {
                     "type": "additionalProperties",
                     "field": name[:MAX_DESCRIPTION],
-                    "description": f"{name[:MAX_DESCRIPTION]} is not an input of this model",
+                    "description": f"{name[:MAX_DESCRIPTION]} is not an input of this model "
+                    f"(its inputs: {inputs})",
                 }
         elif together := _given_together(error):
             where = "".join(f"{p}." for p in error.path)

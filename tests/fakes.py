@@ -321,6 +321,8 @@ class FakeBackend:
         #: Health checks so far, and how long each takes.
         self.health_calls = 0
         self.health_seconds = 0.0
+        #: Restarts of each target (see restart).
+        self.restarts: collections.Counter[str] = collections.Counter()
 
     async def describe(self, target: str, metadata: Metadata = ()) -> ModelInfo:
         self.describe_calls += 1
@@ -337,6 +339,14 @@ class FakeBackend:
         self.health_calls += 1
         await trio.sleep(self.health_seconds)
         return self.health if target in self.models else "UNAVAILABLE"
+
+    def lost_connections(self, target: str) -> int:
+        return self.restarts[target]
+
+    def restart(self, target: str, info: ModelInfo) -> None:
+        """*target*'s process restarted, serving *info* now."""
+        self.models[target] = info
+        self.restarts[target] += 1
 
     @contextlib.asynccontextmanager
     async def predict(self, target: str, asked: PredictInput) -> AsyncIterator[FakeCall]:

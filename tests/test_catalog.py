@@ -153,3 +153,43 @@ async def test_a_health_check_is_shared_kept_a_second_and_outlives_its_caller(
         await trio.sleep(0.2)
         await catalog.check_health()
         assert backend.health_calls == 4
+
+
+async def test_a_backend_that_reconnected_or_changed_health_is_asked_again_at_once(
+    autojump_clock: Any,
+) -> None:
+    """Within describe_ttl_seconds, a kept answer is used, unless the
+    backend's connection was lost since (its process restarted) or its
+    health changed: then the next caller gets a new answer."""
+    async with open_catalog(describe_ttl_seconds=60.0) as (catalog, backend):
+        entry = catalog.model("test/a")
+        assert await catalog.info(entry) == SCRIPTED_INFO
+        backend.models["fake:a"] = NEW  # redeployed without a reconnect: kept
+        assert await catalog.info(entry) == SCRIPTED_INFO
+        backend.restart("fake:a", NEW)
+        assert await catalog.info(entry) == NEW
+        assert await catalog.info(entry) == NEW and backend.describe_calls == 2
+        backend.models["fake:a"] = SCRIPTED_INFO
+        entry.mark("fake:a", "NOT_SERVING")  # the first known status: no change
+        assert await catalog.info(entry) == NEW
+        entry.mark("fake:a", "SERVING")
+        assert await catalog.info(entry) == SCRIPTED_INFO
+
+
+async def test_a_changed_backend_that_cannot_answer_is_asked_at_most_every_second(
+    autojump_clock: Any,
+) -> None:
+    """Restarted and not back yet: the kept answer serves, and the
+    backend is not asked again by every request meanwhile."""
+    async with open_catalog(describe_ttl_seconds=60.0) as (catalog, backend):
+        entry = catalog.model("test/a")
+        assert await catalog.info(entry) == SCRIPTED_INFO
+        backend.restart("fake:a", NEW)
+        del backend.models["fake:a"]  # not listening yet
+        for _ in range(5):
+            assert await catalog.info(entry) == SCRIPTED_INFO
+        assert backend.describe_calls == 2
+        backend.models["fake:a"] = NEW  # back
+        assert await catalog.info(entry) == SCRIPTED_INFO  # within the second
+        await trio.sleep(1)
+        assert await catalog.info(entry) == NEW

@@ -79,6 +79,7 @@ from ..offload import Offload
 from . import wire
 from .interface import CLEANUP_TIMEOUT, Metadata, PredictInput
 from .mux import MANY_ADDRESSES, Batches, Lane, Muxes
+from .reconnects import Reconnects
 from .status import UNDECODABLE, map_rpc_error, map_status, status_code
 
 __all__ = [
@@ -389,6 +390,7 @@ class GrpcLoop:
         self._muxes = Muxes(self._hub.mark, lambda *args: self._call_soon(*args), window)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._reconnects = Reconnects()
         #: TLS credentials of the targets that use TLS (see secure).
         self._credentials: dict[str, grpc.ChannelCredentials] = {}
         self._thread: threading.Thread | None = None
@@ -422,6 +424,7 @@ class GrpcLoop:
             self._token.run_sync_soon(self._stopped.set)
 
     async def _close_channels(self) -> None:
+        self._reconnects.stop()
         # Closing a channel cancels the calls still on it.
         for channel in self._channels.values():
             await channel.close(grace=None)
@@ -499,7 +502,12 @@ class GrpcLoop:
             else:
                 channel = grpc.aio.secure_channel(target, credentials, options=options)
             self._channels[target] = channel
+            self._reconnects.watch(target, channel)
         return channel
+
+    def lost_connections(self, target: str) -> int:
+        """How many times the connection to *target* was lost so far."""
+        return self._reconnects.lost(target)
 
     # -- calls ------------------------------------------------------------
 

@@ -139,3 +139,9 @@ class Backend(Protocol):
         """Its ``grpc.health.v1`` status name (``SERVING``,
         ``NOT_SERVING``, ``UNKNOWN``), or ``UNAVAILABLE``."""
         ...
+
+    def lost_connections(self, target: str) -> int:
+        """How many times the connection to *target* was lost so far (its
+        process restarted, say): when this changes, the backend may
+        describe itself differently."""
+        ...

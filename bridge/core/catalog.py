@@ -5,7 +5,10 @@ for ``describe_ttl_seconds``; the first use after that asks again in the
 background (a task in the nursery the catalog is given) and goes on with
 the kept answer meanwhile, so a backend redeployed with a new schema is
 validated against the new one within about that time, without a restart,
-and no request waits for it. One ``Describe`` per model is in flight at a
+and no request waits for it. A backend whose connection was lost since
+(its process restarted: the model author's edit, a redeploy) or whose
+health changed is asked again at once, before the next request is
+validated against its answer. One ``Describe`` per model is in flight at a
 time: callers that need it meanwhile share its answer. A backend that
 cannot answer leaves the last answer in use (logged), or none if it never
 answered.
@@ -32,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: The longest a health check waits for one backend.
 HEALTH_CHECK_SECONDS = 1.0
+#: A backend that changed (see Catalog.info) but cannot answer is asked
+#: again at most this often.
+ASK_AGAIN_SECONDS = 1.0
 #: How long one check of every backend answers ``/health`` (see
 #: :meth:`Catalog.check_health`).
 HEALTH_MAX_AGE = 1.0
@@ -66,6 +72,10 @@ class Catalog:
         }
         #: When each model's answer was last had (Trio's clock).
         self._fresh_until: dict[str, float] = {}
+        #: Each model's ModelEntry.changes() when its answer was asked for,
+        #: and when to ask again, changed since, if it could not answer.
+        self._changes: dict[str, int] = {}
+        self._ask_again_at: dict[str, float] = {}
         self._asking: dict[str, _Asking] = {}
         #: The last check of every target (see check_health): when it ended,
         #: and the one in flight, which callers meanwhile share.
@@ -113,7 +123,8 @@ class Catalog:
         return asking.info
 
     async def _ask(self, entry: ModelEntry) -> ModelInfo:
-        info = await entry.backend.describe(entry.next_target(), entry.metadata)
+        changes = entry.changes()  # before: a loss during the call asks again
+        info = await entry.backend.describe(entry.describe_target(), entry.metadata)
         check_patterns(info.input_schema, "input")
         check_patterns(info.output_schema, "output")
         if info.name and info.name != entry.name:
@@ -122,19 +133,29 @@ class Catalog:
             log.info("backend of %s now serves version %s", entry.name, info.version)
         entry.info = info
         self._fresh_until[entry.name] = trio.current_time() + self._settings.describe_ttl_seconds
+        self._changes[entry.name] = changes
+        self._ask_again_at.pop(entry.name, None)
         return info
 
     async def info(self, entry: ModelEntry) -> ModelInfo | None:
         """The model's answer: the kept one (asked again in the background
         once it is older than ``describe_ttl_seconds``), or, if there is
-        none yet, one asked within ``describe_timeout_seconds``; None if the
-        backend is away (unreachable or slow). A backend that answers
+        none yet or its backend lost its connection or changed health since,
+        one asked within ``describe_timeout_seconds``; the kept one (None if
+        none) if the backend is away (unreachable or slow). A backend that answers
         wrongly (a schema that is not JSON, no bridge.v1, a Describe that
         raised) raises its :class:`PredictionError` (502)."""
+        now = trio.current_time()
         if entry.info is not None:
-            if trio.current_time() >= self._fresh_until.get(entry.name, -math.inf):
-                self._refresh_soon(entry)
-            return entry.info
+            changed = entry.changes() != self._changes.get(entry.name)
+            if not changed or now < self._ask_again_at.get(entry.name, -math.inf):
+                if now >= self._fresh_until.get(entry.name, -math.inf):
+                    self._refresh_soon(entry)
+                return entry.info
+            # Its backend lost its connection (restarted, say) or changed
+            # health since: asked now, before anything is validated against
+            # it; while it cannot answer, at most every ASK_AGAIN_SECONDS.
+            self._ask_again_at[entry.name] = now + ASK_AGAIN_SECONDS
         with trio.move_on_after(self._settings.describe_timeout_seconds):
             try:
                 return await self.describe(entry)

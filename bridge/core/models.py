@@ -32,11 +32,15 @@ class ModelEntry:
         #: When its backend's answer last named a new version (unix time).
         self.described_at = 0.0
         self._targets: Iterator[str] = itertools.cycle(settings.targets)
+        self._describe_targets: Iterator[str] = itertools.cycle(settings.targets)
         #: Predict calls in flight to each target.
         self._calls: collections.Counter[str] = collections.Counter()
         #: Each target's ``grpc.health.v1`` status, as last seen (checked,
         #: or a call that could not reach it); None: not known yet.
         self.health: dict[str, str | None] = dict.fromkeys(settings.targets)
+        #: How many times a target's health changed from one known status
+        #: to another (it may describe itself differently now).
+        self.health_changes = 0
 
     @property
     def metadata(self) -> Metadata:
@@ -56,6 +60,12 @@ class ModelEntry:
     def next_target(self) -> str:
         return next(self._targets)
 
+    def describe_target(self) -> str:
+        """Where a Describe goes: the usable targets in turn (a turn of
+        their own: Describes do not move the predictions' turns on)."""
+        usable = self.usable()
+        return next(t for t in self._describe_targets if t in usable)
+
     def limit(self) -> float:
         """How many of its predictions may run at once: its ``max_running``
         (if set), and what its backends said they run at once
@@ -68,7 +78,15 @@ class ModelEntry:
     def mark(self, target: str, status: str) -> None:
         """*target*'s health is *status* (a ``grpc.health.v1`` name, or
         UNAVAILABLE: it cannot be reached)."""
+        if self.health[target] not in (None, status):
+            self.health_changes += 1
         self.health[target] = status
+
+    def changes(self) -> int:
+        """Its targets' lost connections and health changes so far: when
+        this moves, its backend is asked again what it is."""
+        lost = sum(self.backend.lost_connections(t) for t in self.settings.targets)
+        return lost + self.health_changes
 
     def usable(self) -> list[str]:
         """The targets not known to be down or NOT_SERVING: all of them if

@@ -167,6 +167,9 @@ class ServiceBackend:
     async def check_health(self, target: str, metadata: Metadata = ()) -> str:
         return await self._loop.check_health(target, metadata, service=self._service)
 
+    def lost_connections(self, target: str) -> int:
+        return self._loop.lost_connections(target)
+
     @contextlib.asynccontextmanager
     async def predict(self, target: str, asked: PredictInput) -> AsyncIterator[Any]:
         binding = self._binding

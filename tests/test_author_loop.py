@@ -1,0 +1,73 @@
+"""The model author's loop, with real model processes (``serve-model``)
+behind a real bridge: edit the model file, restart its process, predict."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import trio
+
+from tests.backends import ENV, read_until
+from tests.conftest import StartBridge, create, ended
+
+BEFORE = "def predict(prompt: str):\n    yield prompt\n"
+AFTER = (
+    "def predict(prompt: str, upper: bool = False):\n"
+    "    yield prompt.upper() if upper else prompt\n"
+)
+
+
+async def serve_model(path: Path, port: int) -> tuple[trio.Process, int]:
+    """``serve-model`` of *path*'s ``predict`` as me/shout on *port* (0: a
+    free one): the process, and its port once it listens."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bridge", "serve-model", f"{path.name}:predict",
+         "--name", "me/shout", "--port", str(port), "--stop-on-eof"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV, cwd=path.parent,
+    )  # fmt: skip
+    assert process.stdout is not None
+    found = await read_until(process.stdout, rb"me/shout listening on 127\.0\.0\.1:(\d+)")
+    return process, int(found[1])
+
+
+async def stop(process: trio.Process) -> None:
+    if process.returncode is None:
+        process.kill()  # no goodbye to its clients, as a crash or a Ctrl-C'd restart
+        await process.wait()
+
+
+async def test_a_restarted_model_is_asked_again_before_its_next_prediction(
+    start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    """An input added to the model file and its process restarted is
+    taken by the very next prediction (it was refused for
+    describe_ttl_seconds, 60 s by default); and the 422 before says which
+    inputs the model has."""
+    model = tmp_path / "shout.py"
+    model.write_text(BEFORE)
+    first, port = await serve_model(model, 0)
+    try:
+        url = await start_bridge(targets={"me/shout": f"127.0.0.1:{port}"})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            made = await create(client, "me/shout", {"prompt": "hi"})
+            assert (await ended(client, made["id"]))["output"] == ["hi"]
+            refused = await client.post(
+                "/v1/models/me/shout/predictions", json={"input": {"prompt": "hi", "upper": True}}
+            )
+            assert refused.status_code == 422
+            assert refused.json()["detail"] == (
+                "input.upper: upper is not an input of this model (its inputs: prompt)"
+            )
+            await stop(first)
+            model.write_text(AFTER)
+            second, _ = await serve_model(model, port)
+            try:
+                made = await create(client, "me/shout", {"prompt": "hi", "upper": True})
+                assert (await ended(client, made["id"]))["output"] == ["HI"]
+            finally:
+                await stop(second)
+    finally:
+        await stop(first)
