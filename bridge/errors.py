@@ -46,6 +46,7 @@ __all__ = [
     "DeadlineExceeded",
     "Gone",
     "InvalidInput",
+    "InvalidWebhook",
     "ListenError",
     "ModelError",
     "NotFound",
@@ -108,6 +109,13 @@ class InvalidInput(BridgeError):
 
     def problem(self) -> dict[str, Any]:
         return {**super().problem(), "invalid_fields": self.invalid_fields}
+
+
+class InvalidWebhook(InvalidInput):
+    """A webhook that cannot be taken: not an http(s) URL, an unknown
+    event, or a host deliveries may not go to."""
+
+    title = "Webhook refused"
 
 
 class Unauthorized(BridgeError):

@@ -20,7 +20,7 @@ import referencing.exceptions
 
 from . import strictjson
 from ._compat.jsonschema import bound_patterns, unusable
-from .errors import BackendProtocolError, BadRequest, InvalidInput
+from .errors import BackendProtocolError, BadRequest, InvalidInput, InvalidWebhook
 
 # jsonschema lists what is wrong with an input on jsonschema-rs' regular
 # expressions: no pattern from a backend can hold the server.
@@ -34,6 +34,7 @@ __all__ = [
     "MAX_INVALID_FIELDS",
     "MAX_JSON_DEPTH",
     "check_patterns",
+    "listed_names",
     "parse_json",
     "stream_asked",
     "validate_input",
@@ -240,7 +241,7 @@ def validate_input(schema: dict[str, Any], input: Any) -> None:
     raise InvalidInput(detail, fields)
 
 
-def _listed(names: list[str], most: int = 20) -> str:
+def listed_names(names: list[str], most: int = 20) -> str:
     """*names*, the first *most* of them, each cut short if long."""
     listed = ", ".join(name[:40] for name in names[:most])
     return listed + (f" and {len(names) - most} more" if len(names) > most else "")
@@ -257,7 +258,7 @@ def _invalid_fields(errors: Iterator[jsonschema.ValidationError]) -> Iterator[di
                 yield {"type": "required", "field": field, "description": f"{name} is required"}
         elif error.validator == "additionalProperties" and not error.path:
             known = error.schema.get("properties", {})
-            inputs = _listed(sorted(known)) if known else "none"
+            inputs = listed_names(sorted(known)) if known else "none"
             for name in (p for p in error.instance if p not in known):
                 yield {
                     "type": "additionalProperties",
@@ -299,7 +300,7 @@ def _given_together(error: jsonschema.ValidationError) -> list[tuple[str, str]]:
 
 
 def validate_webhook(url: Any, events: Any) -> frozenset[str]:
-    """The webhook events asked for; raises :class:`InvalidInput` for a URL
+    """The webhook events asked for; raises :class:`InvalidWebhook` for a URL
     that is not absolute http(s) or an unknown event name."""
     fields = []
     if url is not None and not _is_http_url(url):
@@ -324,7 +325,7 @@ def validate_webhook(url: Any, events: Any) -> frozenset[str]:
             }
         )
     if fields:
-        raise InvalidInput("; ".join(f["description"] for f in fields), fields)
+        raise InvalidWebhook("; ".join(f["description"] for f in fields), fields)
     return chosen
 
 

@@ -62,7 +62,7 @@ import trio
 from ._compat.httpx import transport_with_backend
 from .backoff import delays
 from .core.predictions import Prediction
-from .errors import InvalidInput
+from .errors import InvalidWebhook
 from .validation import EVENTS
 
 __all__ = [
@@ -194,14 +194,14 @@ class WebhookPolicy:
         return found
 
     async def check(self, url: str) -> None:
-        """Raises :class:`InvalidInput` (422) unless webhooks may go to *url*."""
+        """Raises :class:`InvalidWebhook` (422) unless webhooks may go to *url*."""
         parts = urlsplit(url)
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
             await self.addresses(parts.hostname or "", port)
         except (WebhookRefused, ValueError) as exc:
             detail = str(exc)
-            raise InvalidInput(
+            raise InvalidWebhook(
                 detail, [{"type": "format", "field": "webhook", "description": detail}]
             ) from None
 

@@ -137,3 +137,22 @@ async def test_input_must_be_an_object(client: httpx.AsyncClient) -> None:
     )
     body = assert_problem(response, 422)
     assert body["invalid_fields"][0]["field"] == "input"
+
+
+async def test_a_mistaken_request_says_what_to_do(client: httpx.AsyncClient) -> None:
+    """An unknown model's 404 lists the served ones; an input sent without
+    its ``input`` object says so; a refused webhook is titled as one."""
+    unknown = await client.get("/v1/models/demo/nope")
+    assert unknown.status_code == 404
+    assert "(served: " in unknown.json()["detail"] and "demo/echo" in unknown.json()["detail"]
+    unwrapped = await client.post("/v1/models/demo/echo/predictions", json={"prompt": "x"})
+    assert unwrapped.status_code == 422
+    assert unwrapped.json()["detail"] == (
+        "input.prompt: prompt is required; prompt given beside input, not in it: "
+        'send {"input": {...}}'
+    )
+    hooked = await client.post(
+        "/v1/models/demo/echo/predictions",
+        json={"input": {"prompt": "x"}, "webhook": "ftp://example.com/hook"},
+    )
+    assert hooked.status_code == 422 and hooked.json()["title"] == "Webhook refused"

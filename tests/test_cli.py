@@ -243,6 +243,10 @@ async def test_help_lists_every_command_in_plain_text() -> None:
     for command in ("serve", "demo-backend", "serve-model", "run-demo", "predict"):
         assert text.index(f"python -m bridge {command} ") < note, command
     assert "``" not in text and "::" not in text  # no reST markup
+    assert text.startswith("usage: python -m bridge ")
+    script = Path(sys.executable).parent / "grpc-sse-bridge"  # the installed command
+    result = await trio.run_process([script, "--help"], capture_stdout=True, env=ENV)
+    assert result.stdout.decode().startswith("usage: grpc-sse-bridge ")
 
 
 @pytest.mark.parametrize("command", ["serve", "run-demo", "demo-backend", "serve-model"])

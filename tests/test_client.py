@@ -84,6 +84,7 @@ async def test_token_from_the_environment_or_the_flag(start_bridge: StartBridge)
     url = await start_bridge(auth_tokens=frozenset({"r8_me"}))
     missing = await predict(url, "demo/echo", "prompt=x")
     assert missing.returncode == 2 and "401" in missing.stderr.decode()
+    assert "(give a token with --token or $BRIDGE_TOKEN)" in missing.stderr.decode()
     by_env = await predict(url, "demo/echo", "prompt=from env", env={"BRIDGE_TOKEN": "r8_me"})
     assert by_env.stdout.decode() == "from env"
     by_flag = await predict(url, "demo/echo", "prompt=from flag", "--token", "r8_me")

@@ -228,10 +228,12 @@ async def test_a_cog_function_and_a_plain_function(
         ("predict.py", "'predict.py': give FILE.py:NAME, e.g. predict.py:Predictor"),
         ("missing.py:Predictor", "missing.py: no such file"),
         ("predict.py:Nothing", "predict.py has no Nothing"),
+        ("broken.py:predict", "broken.py:2: invalid syntax"),
     ],
 )
 def test_serve_model_says_what_is_wrong(tmp_path: Path, ref: str, message: str) -> None:
     write(tmp_path, "predict.py", SEED)
+    write(tmp_path, "broken.py", "def predict(prompt: str):\n    yield prompt +\n")
     result = subprocess.run(
         [sys.executable, "-m", "bridge", "serve-model", ref, "--port", "0"],
         cwd=tmp_path,

@@ -11,7 +11,9 @@ python -m bridge check --config bridge.toml     # a config, its services' protos
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import sys
 from collections.abc import Sequence
 
 __all__ = ["main"]
@@ -20,8 +22,10 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     """Every command and its arguments: one table, read top to bottom
     (long, but flat: splitting it would only scatter the table)."""
+    # As it was started: python -m bridge, or the grpc-sse-bridge script.
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     parser = argparse.ArgumentParser(
-        prog="python -m bridge",
+        prog=script if script and script != "__main__.py" else "python -m bridge",
         description=__doc__,
         epilog="serve, demo-backend, serve-model and run-demo take --stop-on-eof: a process\n"
         "started with a pipe as stdin stops when that pipe closes, so it ends with the\n"

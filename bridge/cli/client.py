@@ -86,6 +86,8 @@ def _check(response: httpx.Response) -> Any:
             message = f"{problem['title']} ({problem['status']}): {problem['detail']}"
         except (ValueError, KeyError):
             message = f"HTTP {response.status_code}: {response.text[:200]}"
+        if response.status_code == 401:
+            message += " (give a token with --token or $BRIDGE_TOKEN)"
         raise Refused(message)
     return response.json()
 

@@ -26,7 +26,7 @@ import trio
 from ..backends.interface import Backend, ModelInfo
 from ..config import Settings
 from ..errors import BackendTimeout, BackendUnavailable, NotFound, PredictionError
-from ..validation import check_patterns
+from ..validation import check_patterns, listed_names
 from .models import ModelEntry
 
 __all__ = ["Catalog"]
@@ -86,7 +86,8 @@ class Catalog:
         try:
             return self.models[name]
         except KeyError:
-            raise NotFound(f"model {name} is not served here") from None
+            served = listed_names(sorted(self.models)) or "none"
+            raise NotFound(f"model {name} is not served here (served: {served})") from None
 
     def deployment(self, name: str) -> ModelEntry:
         """The model a configured deployment serves."""

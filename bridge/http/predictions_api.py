@@ -14,7 +14,7 @@ from quart import Blueprint, Response, request
 from ..core.models import ModelEntry
 from ..core.predictions import Prediction
 from ..core.service import Bridge
-from ..errors import BadRequest, Gone
+from ..errors import BadRequest, Gone, InvalidInput
 from ..validation import stream_asked, validate_webhook
 from ..webhooks import WebhookPolicy, tenant_secret
 from . import stream
@@ -35,6 +35,9 @@ from .replicate_json import encode_prediction
 __all__ = ["STREAM_ENDPOINT", "blueprint"]
 
 blueprint = Blueprint("predictions", __name__)
+
+#: The fields of a create's body (Replicate's); the model's input is in ``input``.
+CREATE_FIELDS = frozenset({"input", "version", "webhook", "webhook_events_filter", "stream"})
 
 
 async def _render(bridge: Bridge, base: str, prediction: Prediction) -> bytes:
@@ -62,16 +65,25 @@ async def _create(
     webhooks = context().webhooks
     if webhook is not None:
         await (webhooks.policy if webhooks is not None else WebhookPolicy()).check(webhook)
-    prediction = await bridge.create(
-        entry,
-        body.get("input", {}),
-        version=version,
-        stream=stream_asked(body.get("stream")),
-        cancel_after=deadline,
-        owner=caller_owner(),
-        input_size=size,
-        forwarded=forwarded(entry),
-    )
+    streamed = stream_asked(body.get("stream"))
+    try:
+        prediction = await bridge.create(
+            entry,
+            body.get("input", {}),
+            version=version,
+            stream=streamed,
+            cancel_after=deadline,
+            owner=caller_owner(),
+            input_size=size,
+            forwarded=forwarded(entry),
+        )
+    except InvalidInput as exc:
+        # {"prompt": "x"} for {"input": {"prompt": "x"}}: say so.
+        unwrapped = sorted(str(k)[:40] for k in body if k not in CREATE_FIELDS)[:5]
+        if "input" in body or not unwrapped:
+            raise
+        hint = f"; {', '.join(unwrapped)} given beside input, not in it"
+        raise InvalidInput(f'{exc}{hint}: send {{"input": {{...}}}}', exc.invalid_fields) from None
     if webhook and webhooks is not None:
         # Its webhooks carry the URLs this request was given.
         secret = tenant_secret(webhooks.secret, caller())

@@ -95,7 +95,14 @@ def _import_file(path: str) -> types.ModuleType:
         raise ModelLoadError(f"{path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # what Cog's inspector imports it by
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as exc:  # one line, not a traceback through importlib
+        del sys.modules[module_name]
+        where = exc.filename or path
+        if os.path.abspath(where) == os.path.abspath(path):
+            where = path  # as it was given
+        raise ModelLoadError(f"{where}:{exc.lineno}: {exc.msg}") from None
     return module
 
 
