@@ -4,12 +4,19 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8000
 STAMP  := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: run run-llm test test-fast test-busy test-llm proto check lint bench clean screenshot
 
-$(STAMP): pyproject.toml
+# What serving needs (make run): the bridge and its dependencies alone.
+$(RUN_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $(RUN_STAMP)
+
+# What the tests, the linters and the bench need besides.
+$(STAMP): $(RUN_STAMP) pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,bench,cog]'
 	touch $(STAMP)
 
@@ -33,14 +40,14 @@ proto:
 
 # A config checked as serve would: CONFIG=bridge.toml's bridged services'
 # protos compiled and their methods found, or one line saying what is wrong.
-check: $(STAMP)
+check: $(RUN_STAMP)
 	$(PY) -m bridge check --config $(CONFIG)
 
 # The demo backends and the bridge in the foreground; Ctrl-C stops them all.
 # CONFIG=bridge.toml adds its settings and models ([cors], [auth], ...).
 # WORKERS=2 runs two bridge processes sharing a Redis: the config's [store]
 # url, else a redis-server started and stopped with them (if installed).
-run: $(STAMP)
+run: $(RUN_STAMP)
 	exec $(PY) -m bridge run-demo --host 127.0.0.1 --port $(PORT) $(if $(CONFIG),--config $(CONFIG)) $(if $(WORKERS),--workers $(WORKERS))
 
 # Replicate's and OpenAI's JS clients, for tests/test_replicate_js.py and
@@ -79,9 +86,9 @@ test: $(STAMP) $(JS_CLIENT) $(CHROMIUM) $(REDIS) $(NGINX)
 # GPT-2 trained on the fables at test time, served through a bridge.
 TORCH ?= torch==2.13.0
 LLM_STAMP := $(VENV)/.llm-installed
-$(LLM_STAMP): $(STAMP)
+$(LLM_STAMP): $(RUN_STAMP)
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[dev,bench,cog,llm]'
+	$(PY) -m pip install --quiet -e '.[llm]'
 	touch $(LLM_STAMP)
 
 test-llm: $(STAMP) $(LLM_STAMP)
@@ -89,7 +96,7 @@ test-llm: $(STAMP) $(LLM_STAMP)
 
 # make run, with demo/fable-gpt2 beside the demo models (trained once, in
 # about 10 s, and kept in ~/.cache/grpc-sse-bridge).
-run-llm: $(STAMP) $(LLM_STAMP)
+run-llm: $(LLM_STAMP)
 	exec $(PY) -m bridge run-demo --llm --host 127.0.0.1 --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
 
 # The edit loop's tier (16 to 18 s here, on both cores with pytest-xdist;
