@@ -186,6 +186,9 @@ WHERE = {
     ("deploy.md", "python -m bridge serve --config bridge.toml --workers 2"): (
         "tests/test_workers.py runs serve --workers 2"
     ),
+    ("deploy.md", "mkdir /sys/fs/cgroup/cpu/bridge-0"): (
+        "bench/quota.py does the same (make bench; tests/test_bench.py's smoke run)"
+    ),
     ("models.md", "from cog import BasePredictor"): "tests/test_cog.py (its SEED: checked equal)",
     ("models.md", ".venv/bin/python -m bridge serve-model predict.py:Predictor"): (
         "tests/test_cog.py runs serve-model predict.py:Predictor"
