@@ -456,3 +456,16 @@ async def test_usage_takes_only_token_counts_that_can_be(start_bridge: StartBrid
     assert answer.choices[0].message.content == "two words"
     assert answer.usage is not None
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (0, 2)
+
+
+async def test_max_tokens_reaches_the_input_a_model_marks_for_it(client: Any) -> None:
+    """demo/story's max_words is marked as its token limit (Field(...,
+    openai="max_tokens")): OpenAI's max_tokens reaches it, as almost every
+    OpenAI tool sends one; it took 104 words for max_tokens=5 before."""
+    answer = await client.chat.completions.create(
+        model="demo/story", messages=[STORY], max_tokens=5, extra_body={"delay_ms": 0}
+    )
+    words = answer.choices[0].message.content.split()
+    assert 0 < len(words) <= 5, answer.choices[0].message.content
+    assert answer.choices[0].finish_reason == "length"
+    assert (await prediction(client, answer.id))["input"]["max_words"] == 5

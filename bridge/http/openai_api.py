@@ -44,6 +44,7 @@ from .openai_input import (
     completion_input,
     limit_of,
     mapped,
+    openai_names,
     responses_input,
     takes_text,
 )
@@ -113,7 +114,7 @@ async def _create(translate: Callable[[dict[str, Any], dict[str, Any]], Asked]) 
     info = await bridge.catalog.info(entry)
     if info is None:
         raise BackendUnavailable(f"the backend of {entry.name} cannot say what it serves")
-    names = entry.settings.openai
+    names = openai_names(info.input_schema, entry.settings.openai)
     asked = mapped(translate, body, info.input_schema, names)
     # The rule a user cannot guess: where the prompt goes.
     hint = (
@@ -518,6 +519,8 @@ async def get_response(response_id: str) -> Response:
     # Only the input is kept of the request: the limit is read from it, as
     # when it was created; instructions and the like are null.
     entry = bridge.catalog.models.get(p.model)
-    names = entry.settings.openai if entry is not None else {}
+    names: dict[str, str] = {}
+    if entry is not None:
+        names = openai_names(entry.info.input_schema if entry.info else {}, entry.settings.openai)
     limit = limit_of(await bridge.offload(p.input_size, lambda: p.input), names)
     return await _answer(p, lambda text: _response(p, text, limit, {}))

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..config import OPENAI_FIELDS
 from ..errors import BadRequest
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "completion_input",
     "limit_of",
     "mapped",
+    "openai_names",
     "responses_input",
     "takes_text",
 ]
@@ -173,12 +175,31 @@ def mapped(
 ) -> Asked:
     """``translate(body, schema)`` for a model whose OpenAI table *names*
     its inputs for OpenAI's fields: the translation sees the schema with
-    those inputs under OpenAI's names, and its input gets them back."""
+    those inputs under OpenAI's names, and its input gets them back. Such
+    an input given by its own name (``extra_body``) is passed too, unless
+    OpenAI's field gave it."""
     if not names:
         return translate(body, schema)
     asked = translate(body, {"properties": _view(schema, names)})
     input = {names.get(name, name): value for name, value in asked.input.items()}
+    props = _properties(schema)
+    for own in names.values():  # an input asked for by its own name, too
+        if own in body and own in props and own not in input and own not in _OPENAI:
+            input[own] = body[own]
     return dataclasses.replace(asked, input=input)
+
+
+def openai_names(schema: dict[str, Any], configured: Mapping[str, str]) -> dict[str, str]:
+    """Which of the model's inputs each OpenAI field goes to: what its
+    schema marks (``"x-openai": "max_tokens"`` on an input: bridge.sdk's
+    ``Field(..., openai=...)``), and over that its ``[models."x".openai]``
+    table."""
+    marked = {
+        mark: name
+        for name, prop in _properties(schema).items()
+        if isinstance(prop, dict) and (mark := prop.get("x-openai")) in OPENAI_FIELDS
+    }
+    return marked | dict(configured)
 
 
 def takes_text(schema: dict[str, Any], names: Mapping[str, str]) -> bool:

@@ -98,7 +98,9 @@ class Story(Predictor):
         prompt: Annotated[
             str, Field("What the story is about, e.g. the lion and the mouse, or sour grapes")
         ],
-        max_words: Annotated[int, Field("The most words it may take", ge=1, le=10_000)] = 120,
+        max_words: Annotated[
+            int, Field("The most words it may take", ge=1, le=10_000, openai="max_tokens")
+        ] = 120,
         delay_ms: Annotated[int, Field("Milliseconds before each word", ge=0, le=60_000)] = 60,
         seed: Annotated[int | None, Field("The same seed tells the same story")] = None,
     ) -> AsyncIterator[str]:

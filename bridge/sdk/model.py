@@ -64,6 +64,9 @@ class Field:
     min_length: int | None = None
     max_length: int | None = None
     choices: tuple[Any, ...] | None = None
+    #: The OpenAI request field this input takes (``"max_tokens"``: the
+    #: token limit): the bridge's OpenAI routes pass it here.
+    openai: str | None = None
 
     def schema(self) -> dict[str, Any]:
         keys = {
@@ -73,6 +76,7 @@ class Field:
             "minLength": self.min_length,
             "maxLength": self.max_length,
             "enum": list(self.choices) if self.choices is not None else None,
+            "x-openai": self.openai,
         }
         return {key: value for key, value in keys.items() if value is not None}
 
