@@ -71,3 +71,58 @@ async def test_a_restarted_model_is_asked_again_before_its_next_prediction(
                 await stop(second)
     finally:
         await stop(first)
+
+
+BROKEN = """from bridge.sdk import Predictor
+
+
+class Broken(Predictor):
+    def setup(self):
+        raise RuntimeError("weights file not found")
+
+    def predict(self, prompt: str):
+        yield prompt
+"""
+
+
+async def test_a_setup_that_fails_says_why_to_the_api_and_health(
+    start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    """A model whose setup() raises keeps serving why (it used to exit, and
+    the bridge said only 'failed to connect'): its predictions fail with
+    the reason, /health and the model object carry it."""
+    model = tmp_path / "broken.py"
+    model.write_text(BROKEN)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bridge", "serve-model", "broken.py:Broken", "--name",
+         "me/broken", "--port", "0", "--stop-on-eof", "--setup-failure-seconds", "inf"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        found = await read_until(process.stdout, rb"listening on 127\.0\.0\.1:(\d+)")
+        url = await start_bridge(targets={"me/broken": f"127.0.0.1:{found[1].decode()}"})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            made = await create(client, "me/broken", {"prompt": "hi"})
+            failed = await ended(client, made["id"])
+            assert failed["status"] == "failed"
+            assert failed["error"] == "model setup failed: weights file not found"
+            health = (await client.get("/health")).json()
+            assert health["setup_failed"] == {"me/broken": "weights file not found"}
+            assert health["models"]["me/broken"] == "SETUP_FAILED" and not health["ready"]
+            described = (await client.get("/v1/models/me/broken")).json()
+            assert described["description"] == "setup failed: weights file not found"
+    finally:
+        await stop(process)
+
+
+def test_a_setup_that_fails_exits_1_after_saying_so(tmp_path: Path) -> None:
+    (tmp_path / "broken.py").write_text(BROKEN)
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge", "serve-model", "broken.py:Broken", "--port", "0",
+         "--setup-failure-seconds", "0"],
+        cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.count("Traceback") == 1  # the model's, once
+    assert "RuntimeError: weights file not found" in done.stderr

@@ -16,6 +16,6 @@ def test_bridge_exports() -> None:
 def test_sdk_exports() -> None:
     assert sorted(bridge.sdk.__all__) == [
         "BatchPredictor", "Emit", "Field", "Log", "Metrics", "Model", "ModelServer", "Predictor",
-        "ServerTLS", "serve", "serve_async",
+        "ServerTLS", "SetupFailed", "serve", "serve_async",
     ]  # fmt: skip
     assert all(hasattr(bridge.sdk, name) for name in bridge.sdk.__all__)

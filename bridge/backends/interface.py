@@ -90,6 +90,8 @@ class ModelInfo:
     output_schema: dict[str, Any] = field(default_factory=dict)
     #: Predictions the backend runs at once; 0: not said (no limit).
     concurrency: int = 0
+    #: Why the model's setup failed, if it did (it then serves nothing).
+    setup_error: str = ""
 
 
 class Call(Protocol):

@@ -55,6 +55,8 @@ def map_status(code: grpc.StatusCode, details: str, method: str = "bridge.v1") -
     ended with *code* and *details*."""
     if code is grpc.StatusCode.UNAVAILABLE and details == wire.LOADING:
         return BackendLoading(f"model backend unavailable: {details}")
+    if code is grpc.StatusCode.FAILED_PRECONDITION and details.startswith(wire.SETUP_FAILED):
+        return ModelError(details)  # as the model said it: not retried
     if code is grpc.StatusCode.UNAVAILABLE:
         return BackendUnavailable(f"model backend unavailable: {details or 'no connection'}")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:

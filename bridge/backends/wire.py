@@ -22,9 +22,13 @@ from .interface import LogLine, MetricsUpdate, ModelInfo, OutputChunks, Started,
 #: (``setup()`` has not returned): the bridge keeps such predictions
 #: waiting, up to the model's ``load_timeout_seconds``.
 LOADING = "model is loading"
+#: How the FAILED_PRECONDITION message of a backend whose model's setup
+#: failed begins (the reason follows: Describe's setup_error).
+SETUP_FAILED = "model setup failed: "
 
 __all__ = [
     "LOADING",
+    "SETUP_FAILED",
     "TEXT_STREAM_SCHEMA",
     "LogLine",
     "MetricsUpdate",
@@ -119,6 +123,7 @@ def model_info_from_pb(response: pb.DescribeResponse) -> ModelInfo:
         input_schema=_schema("input", response.input_schema_json),
         output_schema=_schema("output", response.output_schema_json),
         concurrency=response.concurrency,
+        setup_error=response.setup_error,
     )
 
 
@@ -187,4 +192,5 @@ def model_info_to_pb(info: ModelInfo) -> pb.DescribeResponse:
         input_schema_json=strictjson.dumps(info.input_schema),
         output_schema_json=strictjson.dumps(info.output_schema),
         concurrency=info.concurrency,
+        setup_error=info.setup_error,
     )

@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     model.add_argument(
         "--client-ca", help="mutual TLS: clients must show a certificate from this CA (PEM)"
     )
+    model.add_argument(
+        "--setup-failure-seconds",
+        type=float,
+        help="if setup() fails, say why this long (health NOT_SERVING, the reason in Describe"
+        " and in refused predictions), then exit 1 (default 30; inf: until stopped)",
+    )
 
     predict = sub.add_parser("predict", help="run a prediction, streaming it to the terminal")
     predict.add_argument("model", help="owner/name")

@@ -16,6 +16,7 @@ answered.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -211,6 +212,10 @@ class Catalog:
             with trio.move_on_after(within):
                 status = await entry.backend.check_health(target, entry.metadata)
             entry.mark(target, status)
+            if status == "NOT_SERVING" and not (entry.info and entry.info.setup_error):
+                # Loading, or its setup failed: Describe says which.
+                with trio.move_on_after(within), contextlib.suppress(PredictionError):
+                    await self.describe(entry)
 
         async with trio.open_nursery() as nursery:
             for entry in self.models.values() if entries is None else entries:

@@ -35,13 +35,20 @@ async def health() -> Response:
     # Every target of every model, all at once: the answer takes as long as
     # the slowest backend, not as long as all of them together.
     await bridge.catalog.check_health()
+    failed = {
+        name: entry.info.setup_error
+        for name, entry in bridge.catalog.models.items()
+        if entry.info is not None and entry.info.setup_error
+    }
     targets = {
-        name: {t: _shown(status) for t, status in entry.health.items()}
+        name: {t: _shown(status, name in failed) for t, status in entry.health.items()}
         for name, entry in bridge.catalog.models.items()
     }
     # A model is as well as its best target.
     models = {name: min(seen.values(), key=_RANK.index) for name, seen in targets.items()}
     body = {"models": models, "targets": targets} if _may_see_backends() else {}
+    if failed and body:  # why: the model's setup raised this
+        body["setup_failed"] = failed
     if bridge.draining:
         # Not ready: load balancers stop sending; running streams go on.
         return json_response({"status": "draining", "ready": False} | body, 503)
@@ -66,14 +73,15 @@ def _may_see_backends() -> bool:
 
 
 #: Health, best first.
-_RANK = ["SERVING", "LOADING", "UNKNOWN", "SERVICE_UNKNOWN", "UNAVAILABLE"]
+_RANK = ["SERVING", "LOADING", "SETUP_FAILED", "UNKNOWN", "SERVICE_UNKNOWN", "UNAVAILABLE"]
 
 
-def _shown(status: str | None) -> str:
+def _shown(status: str | None, setup_failed: bool = False) -> str:
     """A target's status as /health shows it: a bridge.sdk backend says
-    NOT_SERVING while its setup() runs (LOADING)."""
+    NOT_SERVING while its setup() runs (LOADING), and after it failed
+    (SETUP_FAILED, as its Describe says)."""
     if status == "NOT_SERVING":
-        return "LOADING"
+        return "SETUP_FAILED" if setup_failed else "LOADING"
     return status if status in _RANK else "UNKNOWN"
 
 

@@ -142,7 +142,12 @@ def model_json(entry: ModelEntry, base_url: str) -> dict[str, Any]:
         "url": f"{base_url}/v1/models/{entry.name}",
         "owner": entry.owner,
         "name": entry.short_name,
-        "description": None,
+        # Why it serves nothing, if its setup failed (the page shows it).
+        "description": (
+            f"setup failed: {entry.info.setup_error}"
+            if entry.info is not None and entry.info.setup_error
+            else None
+        ),
         "visibility": "public",
         "github_url": None,
         "paper_url": None,

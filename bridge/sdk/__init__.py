@@ -45,7 +45,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -54,6 +54,7 @@ from bridge._proto.v1 import predictor_pb2_grpc
 
 from ..errors import ListenError
 from .batch import BatchPredictor, Emit
+from .failure import error_message
 from .model import (
     Field,
     Log,
@@ -73,6 +74,7 @@ __all__ = [
     "ModelServer",
     "Predictor",
     "ServerTLS",
+    "SetupFailed",
     "serve",
     "serve_async",
 ]
@@ -84,6 +86,8 @@ log = logging.getLogger(__name__)
 MODEL_THREADS = "model"
 #: How long serve() waits, once stopped, for model calls still running.
 STUCK_CALL_SECONDS = 5.0
+#: How long a model whose setup() failed goes on saying so, by default.
+SETUP_FAILURE_SECONDS = 30.0
 
 
 async def serve_async(
@@ -96,9 +100,13 @@ async def serve_async(
     max_threads: int = 64,
     tls: ServerTLS | None = None,
     loaded: Callable[[], None] | None = None,
+    setup_failure_seconds: float = SETUP_FAILURE_SECONDS,
 ) -> None:
     """Serve *model* until *stop* is set (or forever); *ready* gets the port
-    once it listens, and *loaded* is called once ``setup()`` is done.
+    once it listens, and *loaded* is called once ``setup()`` is done. If
+    ``setup()`` raises, why is served for *setup_failure_seconds* (health
+    NOT_SERVING, Describe's ``setup_error``, predictions refused with it),
+    then :class:`SetupFailed` is raised.
     With *tls*, over TLS only (and mutual TLS if it names a client CA).
 
     It listens at once and runs ``setup()`` (weights can take minutes to
@@ -130,7 +138,10 @@ async def serve_async(
         if ready is not None:
             ready(bound)
         try:
-            await asyncio.get_running_loop().run_in_executor(executor, model.setup)
+            try:
+                await asyncio.get_running_loop().run_in_executor(executor, model.setup)
+            except Exception as exc:
+                await _say_setup_failed(servicer, exc, stop, setup_failure_seconds)
             async with asyncio.TaskGroup() as tasks:
                 if servicer.batcher is not None:  # a batching model's step loop
                     steps = tasks.create_task(servicer.batcher.run_forever())
@@ -149,6 +160,28 @@ async def serve_async(
         # Not waiting here for a model call stuck in predict (a sync
         # generator's next() cannot be interrupted): see serve.
         executor.shutdown(wait=False, cancel_futures=True)
+
+
+class SetupFailed(Exception):
+    """The model's setup() raised: served as said for a while, then this."""
+
+
+async def _say_setup_failed(
+    servicer: Servicer, error: Exception, stop: asyncio.Event | None, seconds: float
+) -> NoReturn:
+    """Keep serving why setup failed for *seconds* (until *stop*): health
+    stays NOT_SERVING, Describe says it, predictions are refused with it;
+    then raise :class:`SetupFailed`."""
+    servicer.setup_error = error_message(error)
+    log.error(
+        "%s: setup failed; serving that for %g s (the bridge shows it), then exiting",
+        servicer.model_name,
+        seconds,
+        exc_info=error,
+    )
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for((stop or asyncio.Event()).wait(), seconds)
+    raise SetupFailed(servicer.setup_error) from error
 
 
 async def _set_health(servicer: Any, status: Any) -> None:
@@ -221,10 +254,18 @@ def loading_a_model_file(address: str) -> Iterator[None]:
 
 
 def serve(
-    model: Model, *, host: str = "127.0.0.1", port: int = 0, tls: ServerTLS | None = None
+    model: Model,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tls: ServerTLS | None = None,
+    setup_failure_seconds: float = SETUP_FAILURE_SECONDS,
 ) -> None:
     """Serve *model* in the foreground until SIGINT or SIGTERM (unless a
-    command is loading the file this is in: see :func:`loading_a_model_file`)."""
+    command is loading the file this is in: see :func:`loading_a_model_file`).
+    If its ``setup()`` fails, the process says why for
+    *setup_failure_seconds* (see :func:`serve_async`), then exits with
+    status 1."""
     if _file_served_at is not None:
         log.info(
             "serve(%s, port=%d) in the model file does nothing here: the command serves "
@@ -241,9 +282,16 @@ def serve(
         def ready(bound: int) -> None:
             print(f"{model.info.name} listening on {host}:{bound}", flush=True)
 
-        await serve_async(model, host=host, port=port, ready=ready, stop=stop, tls=tls)
+        await serve_async(
+            model, host=host, port=port, ready=ready, stop=stop, tls=tls,
+            setup_failure_seconds=setup_failure_seconds,
+        )  # fmt: skip
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except SetupFailed:  # logged with its traceback as it happened
+        logging.shutdown()
+        sys.exit(1)
     # A model call that is still running (a sync predict stuck in a call
     # that never returns) would keep the process alive for ever: the
     # interpreter joins its thread at exit. It gets a moment, then the

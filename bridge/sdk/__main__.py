@@ -11,10 +11,21 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ListenError
-from . import ServerTLS, loading_a_model_file, serve
+from . import SETUP_FAILURE_SECONDS, ServerTLS, loading_a_model_file, serve
 from .cog import ModelLoadError, load_model
 
-__all__ = ["main", "serve_file"]
+__all__ = ["add_setup_failure_option", "main", "serve_file"]
+
+
+def add_setup_failure_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--setup-failure-seconds",
+        type=float,
+        default=SETUP_FAILURE_SECONDS,
+        help="if setup() fails, say why this long (health NOT_SERVING, the reason in "
+        f"Describe and in refused predictions), then exit 1 (default {SETUP_FAILURE_SECONDS:g};"
+        " inf: until stopped)",
+    )
 
 
 def serve_file(args: argparse.Namespace) -> int:
@@ -36,7 +47,11 @@ def serve_file(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    serve(model, host=args.host, port=args.port, tls=tls)
+    seconds = args.setup_failure_seconds
+    serve(
+        model, host=args.host, port=args.port, tls=tls,
+        setup_failure_seconds=SETUP_FAILURE_SECONDS if seconds is None else seconds,
+    )  # fmt: skip
     return 0
 
 
@@ -53,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--client-ca", help="mutual TLS: clients must show a certificate from this CA"
     )
+    add_setup_failure_option(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -70,6 +70,9 @@ class Servicer(predictor_pb2_grpc.PredictorServicer):
         #: Until setup() has returned: predictions are refused (UNAVAILABLE,
         #: wire.LOADING), which the bridge waits out.
         self.loading = True
+        #: Why setup() failed, if it did: predictions are refused with it
+        #: (FAILED_PRECONDITION), and Describe says it.
+        self.setup_error = ""
         #: Predictions running at once, at most the model's concurrency (a
         #: bridge that honours Describe never makes one wait here).
         limit = model.info.concurrency
@@ -80,7 +83,20 @@ class Servicer(predictor_pb2_grpc.PredictorServicer):
     async def Describe(self, request: Any, context: Any) -> pb.DescribeResponse:
         response = wire.model_info_to_pb(self._model.info)
         response.multiplexed = self._multiplexed
+        response.setup_error = self.setup_error
         return response
+
+    @property
+    def model_name(self) -> str:
+        return self._model.info.name
+
+    def refusal(self) -> tuple[grpc.StatusCode, str] | None:
+        """Why a prediction is refused now, if it is: setup failed, or runs."""
+        if self.setup_error:
+            return grpc.StatusCode.FAILED_PRECONDITION, wire.SETUP_FAILED + self.setup_error
+        if self.loading:
+            return grpc.StatusCode.UNAVAILABLE, wire.LOADING
+        return None
 
     # -- one prediction ---------------------------------------------------
 
@@ -135,9 +151,9 @@ class Servicer(predictor_pb2_grpc.PredictorServicer):
     # -- Predict ----------------------------------------------------------
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> None:
-        if self.loading:
-            log.info("prediction %s refused: %s", request.id, wire.LOADING)
-            await context.abort(grpc.StatusCode.UNAVAILABLE, wire.LOADING)
+        if refused := self.refusal():
+            log.info("prediction %s refused: %s", request.id, refused[1])
+            await context.abort(*refused)
         input = self._input(request)
         log.info("prediction %s started", request.id)
         # Headers now tell the bridge the model is running.
@@ -211,9 +227,9 @@ class _StreamCall:
             return
         outbox = self.open[key] = Outbox(self.board, key)
         servicer = self.servicer
-        if servicer.loading:
-            log.info("prediction %s refused: %s", request.id, wire.LOADING)
-            outbox.end(Status(grpc.StatusCode.UNAVAILABLE, wire.LOADING))
+        if refused := servicer.refusal():
+            log.info("prediction %s refused: %s", request.id, refused[1])
+            outbox.end(Status(*refused))
             return
         try:
             input = servicer._input(request)

@@ -15,7 +15,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n bridge/_proto/v1/predictor.proto\x12\tbridge.v1\x1a\x1cgoogle/protobuf/struct.proto\"D\n\x0ePredictRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"t\n\x0fPredictResponse\x12#\n\x06output\x18\x01 \x01(\x0b\x32\x11.bridge.v1.OutputH\x00\x12\r\n\x03log\x18\x02 \x01(\tH\x00\x12%\n\x07metrics\x18\x03 \x01(\x0b\x32\x12.bridge.v1.MetricsH\x00\x42\x06\n\x04kind\"*\n\x06Output\x12 \n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x10.bridge.v1.Chunk\"H\n\x05\x43hunk\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12&\n\x04json\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x42\x07\n\x05value\"h\n\x07Metrics\x12.\n\x06values\x18\x01 \x03(\x0b\x32\x1e.bridge.v1.Metrics.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x11\n\x0f\x44\x65scribeRequest\"\x92\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x19\n\x11input_schema_json\x18\x03 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x04 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x05 \x01(\r\x12\x13\n\x0bmultiplexed\x18\x06 \x01(\x08\"@\n\rStreamRequest\x12\x1f\n\x05start\x18\x01 \x03(\x0b\x32\x10.bridge.v1.Start\x12\x0e\n\x06\x63\x61ncel\x18\x02 \x03(\x04\"@\n\x05Start\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.bridge.v1.PredictRequest\"4\n\x0eStreamResponse\x12\"\n\x07updates\x18\x01 \x03(\x0b\x32\x11.bridge.v1.Update\"r\n\x06Update\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12\x0f\n\x07started\x18\x02 \x01(\x08\x12-\n\tresponses\x18\x03 \x03(\x0b\x32\x1a.bridge.v1.PredictResponse\x12\x1b\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x0e.bridge.v1.End\"$\n\x03\x45nd\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t2\xd7\x01\n\tPredictor\x12\x42\n\x07Predict\x12\x19.bridge.v1.PredictRequest\x1a\x1a.bridge.v1.PredictResponse0\x01\x12\x43\n\x08\x44\x65scribe\x12\x1a.bridge.v1.DescribeRequest\x1a\x1b.bridge.v1.DescribeResponse\x12\x41\n\x06Stream\x12\x18.bridge.v1.StreamRequest\x1a\x19.bridge.v1.StreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n bridge/_proto/v1/predictor.proto\x12\tbridge.v1\x1a\x1cgoogle/protobuf/struct.proto\"D\n\x0ePredictRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"t\n\x0fPredictResponse\x12#\n\x06output\x18\x01 \x01(\x0b\x32\x11.bridge.v1.OutputH\x00\x12\r\n\x03log\x18\x02 \x01(\tH\x00\x12%\n\x07metrics\x18\x03 \x01(\x0b\x32\x12.bridge.v1.MetricsH\x00\x42\x06\n\x04kind\"*\n\x06Output\x12 \n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x10.bridge.v1.Chunk\"H\n\x05\x43hunk\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12&\n\x04json\x18\x02 \x01(\x0b\x32\x16.google.protobuf.ValueH\x00\x42\x07\n\x05value\"h\n\x07Metrics\x12.\n\x06values\x18\x01 \x03(\x0b\x32\x1e.bridge.v1.Metrics.ValuesEntry\x1a-\n\x0bValuesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x11\n\x0f\x44\x65scribeRequest\"\xa7\x01\n\x10\x44\x65scribeResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x19\n\x11input_schema_json\x18\x03 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x04 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x05 \x01(\r\x12\x13\n\x0bmultiplexed\x18\x06 \x01(\x08\x12\x13\n\x0bsetup_error\x18\x07 \x01(\t\"@\n\rStreamRequest\x12\x1f\n\x05start\x18\x01 \x03(\x0b\x32\x10.bridge.v1.Start\x12\x0e\n\x06\x63\x61ncel\x18\x02 \x03(\x04\"@\n\x05Start\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.bridge.v1.PredictRequest\"4\n\x0eStreamResponse\x12\"\n\x07updates\x18\x01 \x03(\x0b\x32\x11.bridge.v1.Update\"r\n\x06Update\x12\x0b\n\x03key\x18\x01 \x01(\x04\x12\x0f\n\x07started\x18\x02 \x01(\x08\x12-\n\tresponses\x18\x03 \x03(\x0b\x32\x1a.bridge.v1.PredictResponse\x12\x1b\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x0e.bridge.v1.End\"$\n\x03\x45nd\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t2\xd7\x01\n\tPredictor\x12\x42\n\x07Predict\x12\x19.bridge.v1.PredictRequest\x1a\x1a.bridge.v1.PredictResponse0\x01\x12\x43\n\x08\x44\x65scribe\x12\x1a.bridge.v1.DescribeRequest\x1a\x1b.bridge.v1.DescribeResponse\x12\x41\n\x06Stream\x12\x18.bridge.v1.StreamRequest\x1a\x19.bridge.v1.StreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,17 +39,17 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _globals['_DESCRIBEREQUEST']._serialized_start=489
   _globals['_DESCRIBEREQUEST']._serialized_end=506
   _globals['_DESCRIBERESPONSE']._serialized_start=509
-  _globals['_DESCRIBERESPONSE']._serialized_end=655
-  _globals['_STREAMREQUEST']._serialized_start=657
-  _globals['_STREAMREQUEST']._serialized_end=721
-  _globals['_START']._serialized_start=723
-  _globals['_START']._serialized_end=787
-  _globals['_STREAMRESPONSE']._serialized_start=789
-  _globals['_STREAMRESPONSE']._serialized_end=841
-  _globals['_UPDATE']._serialized_start=843
-  _globals['_UPDATE']._serialized_end=957
-  _globals['_END']._serialized_start=959
-  _globals['_END']._serialized_end=995
-  _globals['_PREDICTOR']._serialized_start=998
-  _globals['_PREDICTOR']._serialized_end=1213
+  _globals['_DESCRIBERESPONSE']._serialized_end=676
+  _globals['_STREAMREQUEST']._serialized_start=678
+  _globals['_STREAMREQUEST']._serialized_end=742
+  _globals['_START']._serialized_start=744
+  _globals['_START']._serialized_end=808
+  _globals['_STREAMRESPONSE']._serialized_start=810
+  _globals['_STREAMRESPONSE']._serialized_end=862
+  _globals['_UPDATE']._serialized_start=864
+  _globals['_UPDATE']._serialized_end=978
+  _globals['_END']._serialized_start=980
+  _globals['_END']._serialized_end=1016
+  _globals['_PREDICTOR']._serialized_start=1019
+  _globals['_PREDICTOR']._serialized_end=1234
 # @@protoc_insertion_point(module_scope)

@@ -56,20 +56,22 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("name", "version", "input_schema_json", "output_schema_json", "concurrency", "multiplexed")
+    __slots__ = ("name", "version", "input_schema_json", "output_schema_json", "concurrency", "multiplexed", "setup_error")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUT_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SCHEMA_JSON_FIELD_NUMBER: _ClassVar[int]
     CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     MULTIPLEXED_FIELD_NUMBER: _ClassVar[int]
+    SETUP_ERROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     input_schema_json: str
     output_schema_json: str
     concurrency: int
     multiplexed: bool
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_schema_json: _Optional[str] = ..., output_schema_json: _Optional[str] = ..., concurrency: _Optional[int] = ..., multiplexed: bool = ...) -> None: ...
+    setup_error: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., input_schema_json: _Optional[str] = ..., output_schema_json: _Optional[str] = ..., concurrency: _Optional[int] = ..., multiplexed: bool = ..., setup_error: _Optional[str] = ...) -> None: ...
 
 class StreamRequest(_message.Message):
     __slots__ = ("start", "cancel")

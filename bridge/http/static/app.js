@@ -74,6 +74,13 @@ function renderInputs(model, values = {}) {
   });
   const box = $("inputs");
   box.replaceChildren();
+  if (model && model.description) {
+    // Why the model serves nothing (its setup failed), as /v1/models says.
+    const note = document.createElement("p");
+    note.className = "model-note";
+    note.textContent = model.description;
+    box.append(note);
+  }
   for (const name of names) {
     const prop = schema.properties[name];
     const label = document.createElement("label");
