@@ -95,7 +95,7 @@ test-llm: $(STAMP) $(LLM_STAMP)
 	GRPC_VERBOSITY=ERROR $(PY) -m pytest -q tests/llm
 
 # make run, with demo/fable-gpt2 beside the demo models (trained once, in
-# about 10 s, and kept in ~/.cache/grpc-sse-bridge).
+# about 16 s on 2 cores, and kept in ~/.cache/grpc-sse-bridge).
 run-llm: $(LLM_STAMP)
 	exec $(PY) -m bridge run-demo --llm --host 127.0.0.1 --port $(PORT) $(if $(CONFIG),--config $(CONFIG))
 

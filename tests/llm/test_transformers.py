@@ -32,11 +32,18 @@ NAME = "demo/fable-gpt2"
 class ModelProcess:
     """``python -m bridge serve-model llm.py:Predictor``, its log lines kept."""
 
-    def __init__(self, directory: Path, weights: Path) -> None:
+    def __init__(self, directory: Path, weights: Path, template: str | None = None) -> None:
         (directory / "llm.py").write_text(
             "from bridge.sdk.hf import TransformersPredictor\n\n\n"
             "class Predictor(TransformersPredictor):\n"
             f"    model_path = {str(weights)!r}\n"
+            + (
+                "\n    def setup(self):\n"
+                "        super().setup()\n"
+                f"        self.tokenizer.chat_template = {template!r}\n"
+                if template is not None
+                else ""
+            )
         )
         self.process = subprocess.Popen(
             [
@@ -186,6 +193,41 @@ async def test_openai_s_client_sees_the_limit_and_the_model_s_counts(
     usage = chunks[-1].usage
     assert (usage.prompt_tokens, usage.completion_tokens) == (2, 6)
     await client.close()
+
+
+#: A chat template of the kind an instruct model's tokenizer carries.
+TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+async def test_a_tokenizer_s_chat_template_shapes_the_conversation(
+    start_bridge: StartBridge, tmp_path: Path, cache: Path
+) -> None:
+    """OpenAI's messages reach a model whose tokenizer has a chat template
+    through it (an instruct model got the last user message as raw text):
+    the prompt's token count is the rendered conversation's."""
+    from transformers import AutoTokenizer
+
+    weights = cache / "grpc-sse-bridge" / "fable-gpt2"
+    served = ModelProcess(tmp_path, weights, TEMPLATE)
+    try:
+        url = await start_bridge(targets={NAME: served.target})
+        client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-test", max_retries=0)
+        messages = [
+            {"role": "system", "content": "You tell fables."},
+            {"role": "user", "content": "A fox"},
+        ]
+        answer = await client.chat.completions.create(model=NAME, messages=messages, max_tokens=3)
+        await client.close()
+        tokenizer = AutoTokenizer.from_pretrained(weights)
+        rendered = "<system> You tell fables.\n<user> A fox\n<assistant>"
+        assert answer.usage is not None
+        assert answer.usage.prompt_tokens == len(tokenizer(rendered)["input_ids"])
+        assert answer.usage.prompt_tokens > len(tokenizer("A fox")["input_ids"])
+    finally:
+        served.stop()
 
 
 async def test_run_demo_llm_serves_it_beside_the_demo_models(cache: Path) -> None:
