@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+import replicate
 import trio
 
 from bridge.sdk import Model, ModelServer
@@ -30,7 +31,7 @@ from tests.conftest import (
     read_stream,
     wait_closed,
 )
-from tests.helpers import status, wait_status
+from tests.helpers import in_thread, status, wait_status
 from tests.test_limits import gauge
 
 
@@ -346,6 +347,11 @@ async def test_a_model_s_traceback_reaches_its_prediction_s_logs(
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             made = await create(client, "test/settings", {"prompt": "hi"})
             final = await ended(client, made["id"])
+        # As a user of Replicate's own client reads it.
+        seen = await in_thread(
+            replicate.Client(api_token="r8_test", base_url=url).predictions.get, made["id"]
+        )
+        assert (seen.status, seen.error, seen.logs) == ("failed", final["error"], final["logs"])
     assert final["status"] == "failed" and final["output"] == ["start "]
     assert final["error"] == "KeyError: 'temperature'"
     logs = final["logs"].splitlines()
