@@ -445,3 +445,37 @@ def test_a_bridged_services_form_comes_from_its_proto(page: Page, teller: str) -
     page.click("#start")
     page.wait_for_selector('#status[data-status="succeeded"]', timeout=30_000)
     assert page.text_content("#output") == "MERRY THE FOX ANN BO OWL 9007199254740993 "
+
+
+def test_a_model_whose_setup_failed_says_why_on_the_page(page: Page, tmp_path: Path) -> None:
+    """The page shows why a model serves nothing, as its backend's
+    Describe says it (its setup() raised), above the model's form."""
+    from tests.test_author_loop import BROKEN
+
+    (tmp_path / "broken.py").write_text(BROKEN)
+    procs = []
+    try:
+        model = subprocess.Popen(
+            [*BRIDGE, "serve-model", "broken.py:Broken", "--name", "me/broken", "--port", "0",
+             "--stop-on-eof", "--setup-failure-seconds", "inf"],
+            cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=ENV,
+        )  # fmt: skip
+        procs.append(model)
+        target = wait_for(model.stdout, rb"listening on (\S+)")[1].decode()
+        wait_for(model.stderr, rb"setup failed")
+        config = tmp_path / "bridge.toml"
+        config.write_text(f'[models."me/broken"]\ntargets = ["{target}"]\n')
+        server = subprocess.Popen(
+            [*BRIDGE, "serve", "--stop-on-eof", "--config", str(config), "--port", "0"],
+            stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV,
+        )  # fmt: skip
+        procs.append(server)
+        url = wait_for(server.stderr, rb"Running on (http://\S+)")[1].decode()
+        page.goto(url + "/")
+        page.wait_for_selector(".model-note", timeout=30_000)
+        assert page.text_content(".model-note") == "setup failed: weights file not found"
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(20)
