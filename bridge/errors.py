@@ -39,6 +39,7 @@ from typing import Any
 __all__ = [
     "BackendLoading",
     "BackendProtocolError",
+    "BackendSetupFailed",
     "BackendTimeout",
     "BackendUnavailable",
     "BadRequest",
@@ -176,6 +177,13 @@ class BackendUnavailable(PredictionError):
 class BackendLoading(BackendUnavailable):
     """The backend is up but its model is still loading (its ``setup()``
     runs): ``UNAVAILABLE`` with :data:`bridge.backends.wire.LOADING`."""
+
+
+class BackendSetupFailed(BackendUnavailable):
+    """The backend's model cannot serve: its setup failed
+    (``FAILED_PRECONDITION`` with :data:`bridge.backends.wire.SETUP_FAILED`
+    and why). Another target may; if none is up, the prediction fails with
+    the backend's words."""
 
 
 class BackendTimeout(PredictionError):

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import trio
 
+from bridge.sdk import Model, ModelServer
 from tests.backends import ENV, read_until
 from tests.conftest import StartBridge, create, ended
 
@@ -126,3 +128,36 @@ def test_a_setup_that_fails_exits_1_after_saying_so(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr.count("Traceback") == 1  # the model's, once
     assert "RuntimeError: weights file not found" in done.stderr
+
+
+def shout(prompt: str) -> Iterator[str]:
+    yield prompt
+
+
+async def test_a_replica_whose_setup_failed_is_passed_over(
+    start_bridge: StartBridge, tmp_path: Path
+) -> None:
+    """Of two replicas, one whose setup failed: predictions go to the
+    other (one sent to the failed one is retried there), and /health shows
+    that target SETUP_FAILED with why."""
+    (tmp_path / "broken.py").write_text(BROKEN)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "bridge", "serve-model", "broken.py:Broken", "--name",
+         "me/broken", "--port", "0", "--stop-on-eof", "--setup-failure-seconds", "inf"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        found = await read_until(process.stdout, rb"listening on 127\.0\.0\.1:(\d+)")
+        broken = f"127.0.0.1:{found[1].decode()}"
+        with ModelServer(Model("me/broken", shout)) as good:
+            url = await start_bridge(targets={"me/broken": (broken, good.target)})
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                for n in range(4):
+                    made = await create(client, "me/broken", {"prompt": f"p{n}"})
+                    assert (await ended(client, made["id"]))["output"] == [f"p{n}"]
+                health = (await client.get("/health")).json()
+        assert health["targets"]["me/broken"] == {broken: "SETUP_FAILED", good.target: "SERVING"}
+        assert health["setup_failed"] == {"me/broken": "weights file not found"}
+    finally:
+        await stop(process)

@@ -42,7 +42,7 @@ class Reconnects:
         while state is not _SHUTDOWN:
             await channel.wait_for_state_change(state)
             was, state = state, channel.get_state()
-            if was is _READY and state is not _READY:
+            if was is _READY:  # it left READY (maybe back already: a new connection)
                 self._lost[target] = self.lost(target) + 1
 
     def stop(self) -> None:

@@ -11,6 +11,7 @@ import grpc
 from bridge.errors import (
     BackendLoading,
     BackendProtocolError,
+    BackendSetupFailed,
     BackendTimeout,
     BackendUnavailable,
     ModelError,
@@ -56,7 +57,7 @@ def map_status(code: grpc.StatusCode, details: str, method: str = "bridge.v1") -
     if code is grpc.StatusCode.UNAVAILABLE and details == wire.LOADING:
         return BackendLoading(f"model backend unavailable: {details}")
     if code is grpc.StatusCode.FAILED_PRECONDITION and details.startswith(wire.SETUP_FAILED):
-        return ModelError(details)  # as the model said it: not retried
+        return BackendSetupFailed(details)  # as the backend said it
     if code is grpc.StatusCode.UNAVAILABLE:
         return BackendUnavailable(f"model backend unavailable: {details or 'no connection'}")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:

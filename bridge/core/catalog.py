@@ -150,7 +150,8 @@ class Catalog:
         now = trio.current_time()
         if entry.info is not None:
             changed = entry.changes() != self._changes.get(entry.name)
-            if not changed or now < self._ask_again_at.get(entry.name, -math.inf):
+            waiting = now < self._ask_again_at.get(entry.name, -math.inf)
+            if not changed or (waiting and entry.name not in self._asking):
                 if now >= self._fresh_until.get(entry.name, -math.inf):
                     self._refresh_soon(entry)
                 return entry.info
@@ -212,10 +213,13 @@ class Catalog:
             with trio.move_on_after(within):
                 status = await entry.backend.check_health(target, entry.metadata)
             entry.mark(target, status)
-            if status == "NOT_SERVING" and not (entry.info and entry.info.setup_error):
-                # Loading, or its setup failed: Describe says which.
-                with trio.move_on_after(within), contextlib.suppress(PredictionError):
-                    await self.describe(entry)
+            if status != "NOT_SERVING":
+                entry.setup_errors.pop(target, None)
+                return
+            # Loading, or its setup failed: its Describe says which.
+            with trio.move_on_after(within), contextlib.suppress(PredictionError):
+                info = await entry.backend.describe(target, entry.metadata)
+                entry.setup_errors[target] = info.setup_error
 
         async with trio.open_nursery() as nursery:
             for entry in self.models.values() if entries is None else entries:

@@ -41,6 +41,9 @@ class ModelEntry:
         #: How many times a target's health changed from one known status
         #: to another (it may describe itself differently now).
         self.health_changes = 0
+        #: Why a target's setup failed, as its Describe said (health checks
+        #: ask a NOT_SERVING target); none: it did not, or not known.
+        self.setup_errors: dict[str, str] = {}
 
     @property
     def metadata(self) -> Metadata:
@@ -87,6 +90,10 @@ class ModelEntry:
         this moves, its backend is asked again what it is."""
         lost = sum(self.backend.lost_connections(t) for t in self.settings.targets)
         return lost + self.health_changes
+
+    def any_up(self) -> bool:
+        """Whether a target is not known to be down or NOT_SERVING."""
+        return any(self.health[t] not in _DOWN for t in self.settings.targets)
 
     def usable(self) -> list[str]:
         """The targets not known to be down or NOT_SERVING: all of them if

@@ -35,6 +35,7 @@ from ..config import ModelSettings
 from ..errors import (
     BackendLoading,
     BackendProtocolError,
+    BackendSetupFailed,
     BackendTimeout,
     BackendUnavailable,
     DeadlineExceeded,
@@ -143,6 +144,8 @@ async def _start(
             left = (loaded_by if loading else give_up_at) - trio.current_time()
             if prediction.started_at is not None:
                 raise
+            if isinstance(exc, BackendSetupFailed) and not entry.any_up():
+                raise  # no other target to try: why, as its backend said
             if left <= 0:
                 if loading:
                     seconds = entry.settings.load_timeout_seconds
@@ -181,7 +184,8 @@ async def _stream(
         await _call(prediction, entry.backend, sink, target, asked, entry.settings)
     except BackendUnavailable as exc:
         # Taken out at once: the retry goes to another, if there is one.
-        entry.mark(target, "NOT_SERVING" if isinstance(exc, BackendLoading) else "UNAVAILABLE")
+        refusing = isinstance(exc, (BackendLoading, BackendSetupFailed))
+        entry.mark(target, "NOT_SERVING" if refusing else "UNAVAILABLE")
         raise
     finally:
         entry.give_back(target)

@@ -35,13 +35,18 @@ async def health() -> Response:
     # Every target of every model, all at once: the answer takes as long as
     # the slowest backend, not as long as all of them together.
     await bridge.catalog.check_health()
-    failed = {
-        name: entry.info.setup_error
+    # A target NOT_SERVING whose Describe said why its setup failed.
+    broken = {
+        name: {
+            t: why
+            for t, why in entry.setup_errors.items()
+            if why and entry.health[t] == "NOT_SERVING"
+        }
         for name, entry in bridge.catalog.models.items()
-        if entry.info is not None and entry.info.setup_error
     }
+    failed = {name: next(iter(whys.values())) for name, whys in broken.items() if whys}
     targets = {
-        name: {t: _shown(status, name in failed) for t, status in entry.health.items()}
+        name: {t: _shown(status, t in broken[name]) for t, status in entry.health.items()}
         for name, entry in bridge.catalog.models.items()
     }
     # A model is as well as its best target.

@@ -86,8 +86,10 @@ log = logging.getLogger(__name__)
 MODEL_THREADS = "model"
 #: How long serve() waits, once stopped, for model calls still running.
 STUCK_CALL_SECONDS = 5.0
-#: How long a model whose setup() failed goes on saying so, by default.
+#: How long a model whose setup() failed goes on saying so, by default,
+#: and the most characters of why it says.
 SETUP_FAILURE_SECONDS = 30.0
+MAX_SETUP_ERROR = 2000
 
 
 async def serve_async(
@@ -172,7 +174,9 @@ async def _say_setup_failed(
     """Keep serving why setup failed for *seconds* (until *stop*): health
     stays NOT_SERVING, Describe says it, predictions are refused with it;
     then raise :class:`SetupFailed`."""
-    servicer.setup_error = error_message(error)
+    # Bounded: it travels in a status message (grpc refuses metadata past
+    # 16 KiB, and a torch load error can be longer).
+    servicer.setup_error = error_message(error)[:MAX_SETUP_ERROR]
     log.error(
         "%s: setup failed; serving that for %g s (the bridge shows it), then exiting",
         servicer.model_name,
@@ -380,6 +384,8 @@ class ModelServer:
                 stop=self._stop,
                 tls=self.tls,
                 loaded=self._ready.set,
+                # Waited for: a setup that fails is raised by __enter__ at once.
+                setup_failure_seconds=0 if self.wait_for_setup else SETUP_FAILURE_SECONDS,
             )
 
         try:
