@@ -22,17 +22,28 @@ AFTER = (
 )
 
 
-async def serve_model(path: Path, port: int) -> tuple[trio.Process, int]:
-    """``serve-model`` of *path*'s ``predict`` as me/shout on *port* (0: a
-    free one): the process, and its port once it listens."""
+async def serve_model(
+    path: Path, port: int, name: str = "predict", model: str = "me/shout", *options: str
+) -> tuple[trio.Process, int]:
+    """``serve-model`` of *path*'s *name* as *model* on *port* (0: a free
+    one), with *options*: the process, and its port once it listens."""
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bridge", "serve-model", f"{path.name}:predict",
-         "--name", "me/shout", "--port", str(port), "--stop-on-eof"],
+        [sys.executable, "-m", "bridge", "serve-model", f"{path.name}:{name}",
+         "--name", model, "--port", str(port), "--stop-on-eof", *options],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV, cwd=path.parent,
     )  # fmt: skip
     assert process.stdout is not None
-    found = await read_until(process.stdout, rb"me/shout listening on 127\.0\.0\.1:(\d+)")
+    found = await read_until(process.stdout, rb" listening on 127\.0\.0\.1:(\d+)")
     return process, int(found[1])
+
+
+async def serve_broken(tmp_path: Path) -> tuple[trio.Process, str]:
+    """BROKEN served as me/broken, saying why until stopped: its target."""
+    (tmp_path / "broken.py").write_text(BROKEN)
+    process, port = await serve_model(
+        tmp_path / "broken.py", 0, "Broken", "me/broken", "--setup-failure-seconds", "inf"
+    )
+    return process, f"127.0.0.1:{port}"
 
 
 async def stop(process: trio.Process) -> None:
@@ -93,17 +104,9 @@ async def test_a_setup_that_fails_says_why_to_the_api_and_health(
     """A model whose setup() raises keeps serving why (it used to exit, and
     the bridge said only 'failed to connect'): its predictions fail with
     the reason, /health and the model object carry it."""
-    model = tmp_path / "broken.py"
-    model.write_text(BROKEN)
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bridge", "serve-model", "broken.py:Broken", "--name",
-         "me/broken", "--port", "0", "--stop-on-eof", "--setup-failure-seconds", "inf"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV, cwd=tmp_path,
-    )  # fmt: skip
+    process, target = await serve_broken(tmp_path)
     try:
-        assert process.stdout is not None
-        found = await read_until(process.stdout, rb"listening on 127\.0\.0\.1:(\d+)")
-        url = await start_bridge(targets={"me/broken": f"127.0.0.1:{found[1].decode()}"})
+        url = await start_bridge(targets={"me/broken": target})
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             made = await create(client, "me/broken", {"prompt": "hi"})
             failed = await ended(client, made["id"])
@@ -140,16 +143,8 @@ async def test_a_replica_whose_setup_failed_is_passed_over(
     """Of two replicas, one whose setup failed: predictions go to the
     other (one sent to the failed one is retried there), and /health shows
     that target SETUP_FAILED with why."""
-    (tmp_path / "broken.py").write_text(BROKEN)
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "bridge", "serve-model", "broken.py:Broken", "--name",
-         "me/broken", "--port", "0", "--stop-on-eof", "--setup-failure-seconds", "inf"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV, cwd=tmp_path,
-    )  # fmt: skip
+    process, broken = await serve_broken(tmp_path)
     try:
-        assert process.stdout is not None
-        found = await read_until(process.stdout, rb"listening on 127\.0\.0\.1:(\d+)")
-        broken = f"127.0.0.1:{found[1].decode()}"
         with ModelServer(Model("me/broken", shout)) as good:
             url = await start_bridge(targets={"me/broken": (broken, good.target)})
             async with httpx.AsyncClient(base_url=url, timeout=30) as client:
