@@ -23,7 +23,7 @@ from bridge.core.predictions import Prediction, owner_of
 from bridge.errors import Overloaded
 from bridge.http.replicate_json import prediction_json
 from bridge.server import serve
-from bridge.store_redis import open_redis_store
+from bridge.store_redis import codec, open_redis_store
 from bridge.store_redis.endings import ORPHANED
 
 from .conftest import (
@@ -457,3 +457,75 @@ async def test_a_step_of_many_predictions_is_one_script_call(
         else int(str(calls).split("calls=")[1].split(",")[0])
     )
     assert calls < 100, calls
+
+
+def _calls(stats: dict[str, Any], command: str) -> int:
+    """How many times Redis ran *command* (INFO commandstats)."""
+    found = stats.get(f"cmdstat_{command}")
+    if found is None:
+        return 0
+    if isinstance(found, dict):
+        return int(found["calls"])
+    return int(str(found).split("calls=")[1].split(",")[0])
+
+
+async def test_adds_that_arrive_together_share_one_script_call(
+    redis: dict[str, str], redis_url: str
+) -> None:
+    """300 creates at once: each used to be an INCR and a MULTI of five
+    commands; now the adds waiting together go in one ADD call (at most
+    128 each), numbered in one INCRBY, each record holding its own seq."""
+    settings = Settings(port=0, **redis)
+    prefix = settings.store_key_prefix
+    async with open_redis_store(settings) as store, coredis.Redis.from_url(redis_url) as client:
+        made = [
+            Prediction(
+                model="o/m",
+                version="",
+                input={"i": i},
+                owner="alice" if i % 2 else None,
+                events=store.new_log(),
+            )
+            for i in range(300)
+        ]
+        await client.config_resetstat()
+        async with trio.open_nursery() as nursery:
+            for prediction in made:
+                nursery.start_soon(store.add, prediction)
+        stats = await client.info("commandstats")
+        assert _calls(stats, "incr") == 0
+        assert 3 <= _calls(stats, "incrby") <= 10, stats
+        seqs = sorted(p.seq for p in made)
+        assert seqs == list(range(seqs[0], seqs[0] + 300))
+        for prediction in made[:20]:
+            record = codec.decode(await client.get(f"{prefix}p:{prediction.id}") or b"{}")
+            assert record == {**prediction.record(with_input=False), "process": store.process}
+            assert await client.get(f"{prefix}in:{prediction.id}") == prediction.input_json
+        assert await client.zcard(f"{prefix}all") == 300
+        owned = await client.zrange(f"{prefix}own:alice", 0, -1, withscores=True)
+        assert {(m.decode(), int(s)) for m, s in owned} == {
+            (p.id, p.seq) for p in made if p.owner == "alice"
+        }
+        assert await client.scard(f"{prefix}running:{store.process}") == 300
+
+
+async def test_an_add_cancelled_while_it_waits_leaves_nothing(
+    redis: dict[str, str], redis_url: str
+) -> None:
+    """A create cancelled while its add waits for a write (taken out of the
+    next one, or taken back once the one under way is done) leaves nothing
+    in Redis, and the next add goes on."""
+    settings = Settings(port=0, **redis)
+    prefix = settings.store_key_prefix
+    async with open_redis_store(settings) as store, coredis.Redis.from_url(redis_url) as client:
+        gone, kept = (
+            Prediction(model="o/m", version="", input={}, events=store.new_log()) for _ in range(2)
+        )
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await store.add(gone)
+        assert scope.cancelled_caught
+        await store.add(kept)
+        assert await client.exists([f"{prefix}p:{gone.id}", f"{prefix}in:{gone.id}"]) == 0
+        assert list(await client.zrange(f"{prefix}all", 0, -1)) == [kept.id.encode()]
+        assert await client.smembers(f"{prefix}running:{store.process}") == {kept.id.encode()}

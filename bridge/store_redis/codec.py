@@ -19,6 +19,7 @@ __all__ = [
     "encode_record",
     "entry",
     "raw",
+    "record_around_seq",
     "record_in",
     "span_in",
     "state",
@@ -40,6 +41,22 @@ def encode_record(prediction: Prediction, process: str) -> bytes:
     record = prediction.record(with_input=False)
     record["process"] = process
     return encode_json(record)
+
+
+def record_around_seq(prediction: Prediction, process: str) -> tuple[bytes, bytes]:
+    """*prediction*'s record (:func:`encode_record`) before and after its
+    ``seq``, which Redis numbers when it adds the prediction (the ADD
+    script puts the number between the two)."""
+    record = prediction.record(with_input=False)
+    record["seq"] = 0
+    record["process"] = process
+    head, mark, tail = encode_json(record).partition(_SEQ)
+    assert mark and _SEQ not in head, "a record begins with its id, then its seq"
+    return head + b',"seq":', b"," + tail
+
+
+#: Where a record's seq (0) is: after its id, which has no quotes.
+_SEQ = b',"seq":0,'
 
 
 def encode_json(record: dict[str, Any]) -> bytes:

@@ -25,6 +25,7 @@ __all__ = [
     "attempt",
     "brief",
     "check_reachable",
+    "store_unavailable",
     "unavailable",
 ]
 
@@ -51,9 +52,12 @@ def unavailable() -> Iterator[None]:
     try:
         yield
     except REDIS_ERRORS as exc:
-        raise StoreUnavailable(
-            f"the prediction store (Redis) cannot be reached: {brief(exc)}; retry"
-        ) from exc
+        raise store_unavailable(exc) from exc
+
+
+def store_unavailable(exc: BaseException) -> StoreUnavailable:
+    """What a caller waiting on Redis gets for the Redis error *exc*."""
+    return StoreUnavailable(f"the prediction store (Redis) cannot be reached: {brief(exc)}; retry")
 
 
 class Attempt:

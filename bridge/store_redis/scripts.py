@@ -12,7 +12,7 @@ import coredis.exceptions
 
 from ..config import Settings
 
-__all__ = ["FAIL", "LEASE", "WRITE", "Script", "Scripts", "end_args", "retention_args"]
+__all__ = ["ADD", "FAIL", "LEASE", "WRITE", "Script", "Scripts", "end_args", "retention_args"]
 
 
 class Script:
@@ -110,6 +110,31 @@ return start
 """
 )
 
+#: New predictions' keys, each numbered in creation order (``seq``): its
+#: record, its input, and its place among all predictions, its owner's and
+#: the running ones of its process. One call carries many predictions (an
+#: INCR and a MULTI of five commands each was most of a create's cost in
+#: the store). KEYS: seq all running, then each prediction's record input
+#: and owned key ('' without an owner); ARGV: each prediction's record
+#: around its seq (codec.record_around_seq), input and id. Returns the
+#: first prediction's seq (the others' follow). Refused as a whole, before
+#: it writes anything, when Redis is out of memory (no allow-oom).
+ADD = Script(
+    """#!lua
+local n = #ARGV / 4
+local first = redis.call('INCRBY', KEYS[1], n) - n + 1
+for i = 0, n - 1 do
+  local k, a, seq = 4 + 3 * i, 1 + 4 * i, first + i
+  redis.call('SET', KEYS[k], ARGV[a] .. string.format('%d', seq) .. ARGV[a + 1])
+  redis.call('SET', KEYS[k + 1], ARGV[a + 2])
+  redis.call('SADD', KEYS[3], ARGV[a + 3])
+  redis.call('ZADD', KEYS[2], seq, ARGV[a + 3])
+  if KEYS[k + 2] ~= '' then redis.call('ZADD', KEYS[k + 2], seq, ARGV[a + 3]) end
+end
+return first
+"""
+)
+
 #: Take a lease: its key, and the process among the processes. Runs when
 #: Redis is out of memory too: a lease never starves behind output.
 #: KEYS: lease processes; ARGV: its life in ms, the process.
@@ -146,7 +171,7 @@ class Scripts:
         self._client = client
 
     async def load(self) -> None:
-        for script in (WRITE, FAIL, LEASE):
+        for script in (ADD, WRITE, FAIL, LEASE):
             await self._client.script_load(script.text)
 
     async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:

@@ -17,6 +17,7 @@ from ..core.predictions import Prediction
 from ..core.store import Page
 from ..errors import NotFound, StoreUnavailable
 from . import codec, listing
+from .adds import Adds
 from .db import Db
 from .endings import STORE_AWAY
 from .errors import attempt, check_reachable, unavailable
@@ -44,6 +45,7 @@ class RedisStore:
         self._lease = Lease(db)
         self._cancel: Callable[[str, str | None], object] = lambda prediction_id, error: None
         self._writer = Writer(db, self._lease, self._stop)
+        self._adds = Adds(db, self._lease, COMMAND_SECONDS)
         self._replicas = Replicas(db, reader, self._lease, self._stop)
         # Since when Redis has not answered this process (Trio's clock),
         # and whether it gave up on it for this outage.
@@ -73,17 +75,8 @@ class RedisStore:
                 "the prediction store (Redis) is out of memory and refuses writes; retry later"
             )
         self._writer.retention.admit(prediction)
-        keys, pid = self._db.keys, prediction.id
         try:
-            with unavailable():
-                prediction.seq = await self._db.client.incr(keys.seq)
-                async with self._db.client.pipeline(transaction=True) as pipe:
-                    pipe.set(keys.record(pid), codec.encode_record(prediction, self._lease.process))
-                    pipe.set(keys.input(pid), prediction.input_json)
-                    pipe.sadd(keys.running(self._lease.process), [pid])
-                    pipe.zadd(keys.all, {pid: prediction.seq})
-                    if prediction.owner is not None:
-                        pipe.zadd(keys.owned(prediction.owner), {pid: prediction.seq})
+            await self._adds.add(prediction)
         except BaseException:
             self._writer.retention.forget(prediction)
             await self._undo_add(prediction)
@@ -157,6 +150,7 @@ class RedisStore:
         async with trio.open_nursery() as nursery:
             await nursery.start(self._hold_lease)
             nursery.start_soon(self._writer.write_forever)
+            nursery.start_soon(self._adds.write_forever)
             nursery.start_soon(self._replicas.read_forever)
             nursery.start_soon(self._reap_forever)
             task_status.started()
