@@ -184,6 +184,9 @@ class Connection(TCPServer):
         #: Chunk bytes taken by write_chunk_nowait that the socket did not
         #: take: written first, before anything else (protocol_send).
         self.unsent = b""
+        #: The plain TCP socket (None for TLS), looked up once: the fd is
+        #: asked for on every write.
+        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
 
     async def run(self) -> None:
         _CONNECTION.set(weakref.ref(self))
@@ -225,14 +228,14 @@ class Connection(TCPServer):
     def write_chunk_nowait(self, data: bytes) -> bool:
         """See :meth:`ChunkWriter.write_nowait`."""
         protocol = self._protocol.protocol
-        if self.unsent or self.send_lock.locked() or type(protocol) is not StrictH11:
+        if self.unsent or not data or self.send_lock.locked() or type(protocol) is not StrictH11:
             return False
         h11_connection = protocol.connection
         if h11_connection.our_state is not h11.SEND_BODY:
             return False
         framing = type(h11_connection._writer)
         fd = self.fd
-        if fd < 0 or not data or framing not in _BODY_FRAMES:
+        if fd < 0 or framing not in _BODY_FRAMES:
             return False
         frame = data if framing is Http10Writer else b"%x\r\n%b\r\n" % (len(data), data)
         sent = _write_now(fd, frame)
@@ -268,10 +271,10 @@ class Connection(TCPServer):
     def fd(self) -> int:
         """The socket's descriptor, for writes straight to it: -1 once it
         is closed or shut for writing, and for TLS (the SSL object writes)."""
-        if not isinstance(self.stream, trio.SocketStream):
+        socket = self._socket
+        if socket is None or socket.did_shutdown_SHUT_WR:
             return -1
-        socket = self.stream.socket
-        return -1 if socket.did_shutdown_SHUT_WR else socket.fileno()
+        return socket.fileno()
 
     async def _read_data(self) -> None:
         await super()._read_data()

@@ -96,6 +96,7 @@ _FRAME_IN_SECOND = b"%b%d" + sse.DATA + b"%b" + sse.END
 _MIN_FRAME = len(sse.encode_event("logs", "0:0", ""))
 _WITH_BREAKS = re.compile(b"[\x80-\xff]")  # a kind byte with _BREAKS set
 _WITHOUT_BREAKS = bytes(k & ~_BREAKS for k in range(256))  # a translate table
+_TEXT_ALONE, _TEXT_WITH_BREAKS = bytes([_TEXT]), bytes([_TEXT | _BREAKS])
 
 
 class OutputBatch:
@@ -106,6 +107,11 @@ class OutputBatch:
 
     def __init__(self, chunks: list[Any]) -> None:
         self.count = len(chunks)
+        if self.count == 1 and type(chunks[0]) is str:  # a token: the usual batch
+            self.payload = chunks[0].encode()
+            self.kinds = _TEXT_WITH_BREAKS if LINE_BREAK.search(chunks[0]) else _TEXT_ALONE
+            self.lengths = [len(self.payload)]
+            return
         if all(type(c) is str for c in chunks):
             joined = "".join(chunks)
             self.payload = joined.encode()
@@ -369,8 +375,11 @@ class MemoryEventLog:
             self._stamp()
         start = len(self._data)
         self._data += payload
-        self._ends.extend(itertools.accumulate(lengths, initial=start))
-        del self._ends[len(self._kinds)]  # the initial value, start, is not an end
+        if len(kinds) == 1:  # one event: its payload is the whole
+            self._ends.append(start + len(payload))
+        else:
+            self._ends.extend(itertools.accumulate(lengths, initial=start))
+            del self._ends[len(self._kinds)]  # the initial value, start, is not an end
         self._kinds += kinds
         self._publish()
 
@@ -380,7 +389,8 @@ class MemoryEventLog:
 
     def _show(self, count: int) -> None:
         self._count = count
-        self._waiters.unpark_all()
+        if self._waiters:  # (an empty lot's unpark_all still costs a microsecond)
+            self._waiters.unpark_all()
         if self._followers:
             for follower in tuple(self._followers):
                 try:
