@@ -357,6 +357,26 @@ def test_a_replica_built_from_spans_frames_what_its_writer_does(monkeypatch) -> 
         MemoryEventLog().extend(writer.span(3))
 
 
+def test_a_replica_built_from_one_event_spans_frames_what_its_writer_does(monkeypatch) -> None:
+    """A paced stream's writer sends a span per event (a fast path reads
+    it): replicated one event at a time, across new seconds and seconds
+    with several events, the copy reads back byte for byte."""
+    now = [1700000000.0]
+    monkeypatch.setattr(events_module.time, "time", lambda: now[0])
+    writer, replica = MemoryEventLog(), MemoryEventLog()
+    for step in range(12):
+        if step % 3 == 0:
+            writer.append_log(f"line {step}")
+        else:
+            writer.append_output(OutputBatch([f"{step} " if step % 4 else {"n": step}]))
+        now[0] += step % 2
+        span = writer.span(len(writer) - 1)
+        replica.extend(span)
+    assert replica.read(0, 10**9) == writer.read(0, 10**9)
+    assert read_all(replica, limit=1) == read_all(writer, limit=1)
+    assert replica.snapshot().outputs() == writer.snapshot().outputs()
+
+
 async def test_a_held_log_shows_readers_only_what_its_store_holds() -> None:
     """Appends wait for show(); every way of reading stops there, the end
     included, and waiting readers wake when more is shown."""

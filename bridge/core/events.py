@@ -431,6 +431,17 @@ class MemoryEventLog:
         """The events from *start* on, as bytes (see :class:`Span`)."""
         end = len(self._kinds)
         begin = self._ends[start - 1] if start else 0
+        if end == start + 1 and self._second_starts[-1] <= start:
+            # One event, appended in the last second: a paced stream's
+            # usual span (a writer makes one per token).
+            payload = bytes(self._data[begin : self._ends[start]])
+            return Span(
+                start,
+                payload,
+                array("I", [len(payload)]).tobytes(),
+                bytes(self._kinds[start:]),
+                array("Q", [0, self._seconds[-1]]).tobytes(),
+            )
         ends = self._ends[start:end]
         lengths = array("I", (b - a for a, b in zip([begin, *ends], ends, strict=False)))
         seconds = array("Q")
