@@ -477,8 +477,8 @@ def backed_up(monkeypatch: pytest.MonkeyPatch) -> trio.Event:
     event = trio.Event()
     write_chunk_nowait = compat.Connection.write_chunk_nowait
 
-    def spy(self: Any, data: bytes) -> bool:
-        taken = write_chunk_nowait(self, data)
+    def spy(self: Any, data: bytes, chunked: bool) -> bool:
+        taken = write_chunk_nowait(self, data, chunked)
         if self.unsent:
             event.set()
         return taken

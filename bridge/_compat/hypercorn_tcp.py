@@ -137,12 +137,27 @@ class ChunkWriter:
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
+        #: How the current response's body is framed (True: chunked), as
+        #: :meth:`arm` found it; None: not to be written here.
+        self._chunked: bool | None = None
+
+    def arm(self) -> bool:
+        """Look up, once, whether and how the current response's body can
+        be written here: while the app's task waits for news, nothing
+        else writes the response, so its framing stays as it is (a write
+        asks only what can change meanwhile: the socket, another write).
+        False: :meth:`write_nowait` declines until armed again."""
+        self._chunked = self._connection.body_framing()
+        return self._chunked is not None
 
     def write_nowait(self, data: bytes) -> bool:
         """Write *data* as one chunk now: True if it was taken (what the
         socket did not take at once is kept, see :attr:`backed_up`), False
         if it was not (nothing was written)."""
-        return self._connection.write_chunk_nowait(data)
+        chunked = self._chunked
+        if chunked is None:
+            return False
+        return self._connection.write_chunk_nowait(data, chunked)
 
     @property
     def backed_up(self) -> bool:
@@ -225,19 +240,29 @@ class Connection(TCPServer):
         wrapper.protocol = wrapper.http2() if http2 else wrapper.http11()
         self._protocol = wrapper
 
-    def write_chunk_nowait(self, data: bytes) -> bool:
-        """See :meth:`ChunkWriter.write_nowait`."""
+    def body_framing(self) -> bool | None:
+        """How the current response's body may be written straight to the
+        socket: True chunked (HTTP/1.1), False as it is (HTTP/1.0), None
+        not at all (another protocol, TLS, no body being sent)."""
         protocol = self._protocol.protocol
-        if self.unsent or not data or self.send_lock.locked() or type(protocol) is not StrictH11:
-            return False
+        if self.fd < 0 or type(protocol) is not StrictH11:
+            return None
         h11_connection = protocol.connection
         if h11_connection.our_state is not h11.SEND_BODY:
-            return False
+            return None
         framing = type(h11_connection._writer)
-        fd = self.fd
-        if fd < 0 or framing not in _BODY_FRAMES:
+        if framing not in _BODY_FRAMES:
+            return None
+        return framing is not Http10Writer
+
+    def write_chunk_nowait(self, data: bytes, chunked: bool) -> bool:
+        """See :meth:`ChunkWriter.write_nowait` (*chunked*: its framing)."""
+        if self.unsent or not data or self.send_lock.locked():
             return False
-        frame = data if framing is Http10Writer else b"%x\r\n%b\r\n" % (len(data), data)
+        fd = self.fd
+        if fd < 0:
+            return False
+        frame = b"%x\r\n%b\r\n" % (len(data), data) if chunked else data
         sent = _write_now(fd, frame)
         if sent is None:  # the client is gone: the usual way finds out
             return False

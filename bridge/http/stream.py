@@ -167,7 +167,7 @@ class _Follower:
         self.events = events
         self.cursor = cursor
         self.part = 0  # how far into event cursor it wrote (an event read in pieces)
-        self.writer = writer
+        self.writer = writer if writer is not None and writer.arm() else None
         self.wrote_at = -math.inf
         self.woken = trio.lowlevel.ParkingLot()
         self._awake = False
