@@ -7,6 +7,8 @@ Redis, one module per job:
 
 - :mod:`.store`: :class:`RedisStore`, the interface, and the tasks it runs
   (:func:`open_redis_store`).
+- :mod:`.adds`: new predictions, the creates that arrive together added
+  in one script call.
 - :mod:`.writer`: the predictions this process runs, mirrored to Redis by
   one task, a pipeline per batch; what is let go of when it cannot be.
 - :mod:`.replicas`: copies of other processes' predictions for the
