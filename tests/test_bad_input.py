@@ -4,6 +4,7 @@ created prediction that then fails inside."""
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import threading
@@ -22,7 +23,7 @@ from bridge.sdk import Model, ModelServer
 from bridge.validation import MAX_JSON_DEPTH, validate_input
 from tests.backends import RawServer
 from tests.conftest import StartBridge, create
-from tests.helpers import assert_problem
+from tests.helpers import assert_problem, wait_status
 
 ECHO = "/v1/models/demo/echo/predictions"
 
@@ -274,3 +275,31 @@ def test_a_schema_is_compiled_once_while_it_is_kept(monkeypatch: pytest.MonkeyPa
     assert compiled == [schema]
     validate_input(dict(schema), {"n": 1})
     assert len(compiled) == 2
+
+
+class EmptyOutputs(predictor_pb2_grpc.PredictorServicer):
+    """A backend (not the SDK) that sends an output message with no chunks
+    between two tokens: valid protobuf, and nothing to append."""
+
+    async def Describe(self, request: Any, context: Any) -> Any:
+        output = '{"type": "array", "x-cog-array-type": "iterator"}'
+        return pb.DescribeResponse(name="test/empty", version="v1", output_schema_json=output)
+
+    async def Predict(self, request: Any, context: Any) -> Any:
+        yield wire.output_response(["a "])
+        await asyncio.sleep(0.2)  # each its own batch, mostly (together, as well: no harm)
+        yield pb.PredictResponse(output=pb.Output())
+        await asyncio.sleep(0.2)
+        yield wire.output_response(["b"])
+
+
+async def test_an_output_message_with_no_chunks_is_nothing(start_bridge: StartBridge) -> None:
+    """It adds no event and fails nothing (an empty batch once divided the
+    inter-token gap by zero)."""
+    with RawServer(EmptyOutputs()) as server:
+        url = await start_bridge({"test/empty": server.target})
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            created = await create(client, "test/empty", {})
+            await wait_status(client, created, "succeeded")
+            got = (await client.get(f"/v1/predictions/{created['id']}")).json()
+            assert got["output"] == ["a ", "b"]

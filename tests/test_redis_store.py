@@ -16,6 +16,7 @@ import coredis
 import httpx
 import pytest
 import trio
+import trio.testing
 
 from bridge.config import ConfigError, Settings
 from bridge.core.events import OutputBatch
@@ -31,6 +32,7 @@ from .conftest import (
     StartBridge,
     bridge_settings,
     create,
+    poll_until,
     read_stream,
     redis_server,
     wait_closed,
@@ -529,3 +531,34 @@ async def test_an_add_cancelled_while_it_waits_leaves_nothing(
         assert await client.exists([f"{prefix}p:{gone.id}", f"{prefix}in:{gone.id}"]) == 0
         assert list(await client.zrange(f"{prefix}all", 0, -1)) == [kept.id.encode()]
         assert await client.smembers(f"{prefix}running:{store.process}") == {kept.id.encode()}
+
+
+async def test_an_add_given_up_on_mid_write_is_taken_back_after_it(
+    redis: dict[str, str], redis_url: str
+) -> None:
+    """A create cancelled while the call carrying its add is under way (here
+    Redis holds writes: CLIENT PAUSE) returns at once, not when Redis
+    answers; the task that made the call takes it back once the call is
+    done, never before it (taken back first, the write would outlive it)."""
+    settings = Settings(port=0, **redis)
+    prefix = settings.store_key_prefix
+    async with open_redis_store(settings) as store, coredis.Redis.from_url(redis_url) as client:
+        await store.add(Prediction(model="o/m", version="", input={}, events=store.new_log()))
+        gone = Prediction(model="o/m", version="", input={}, events=store.new_log())
+        await client.client_pause(2000, coredis.PureToken.WRITE)
+        with trio.fail_after(1):  # well before Redis answers
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(store.add, gone)
+                    await trio.testing.wait_all_tasks_blocked()  # its call is under way
+                    assert not store._adds._pending
+                    scope.cancel()
+        assert scope.cancelled_caught
+        assert await client.exists([f"{prefix}p:{gone.id}"]) == 0  # not written yet
+
+        async def taken_back() -> bool:
+            return await client.zcard(f"{prefix}all") == 1
+
+        await poll_until(taken_back)  # written once Redis answers, then taken back
+        assert await client.exists([f"{prefix}p:{gone.id}", f"{prefix}in:{gone.id}"]) == 0
+        assert gone.id.encode() not in await client.smembers(f"{prefix}running:{store.process}")

@@ -263,7 +263,7 @@ class _Sink:
         if prediction.done:  # its store ended it (its cancel is on its way)
             return
         try:
-            if len(batch) == 1 and type(batch[0]) is OutputChunks:  # a token: the usual batch
+            if len(batch) == 1 and type(batch[0]) is OutputChunks and batch[0].chunks:  # a token
                 self.output(batch[0].chunks)
             else:
                 self._take_each(batch)

