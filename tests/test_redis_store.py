@@ -562,3 +562,22 @@ async def test_an_add_given_up_on_mid_write_is_taken_back_after_it(
         await poll_until(taken_back)  # written once Redis answers, then taken back
         assert await client.exists([f"{prefix}p:{gone.id}", f"{prefix}in:{gone.id}"]) == 0
         assert gone.id.encode() not in await client.smembers(f"{prefix}running:{store.process}")
+
+
+async def test_large_inputs_are_added_in_calls_of_about_a_mebibyte(
+    redis: dict[str, str], redis_url: str
+) -> None:
+    """Three creates of 700 kB inputs at once: each its own ADD call (two
+    would pass MAX_ADD_BYTES), so one call stays quick."""
+    settings = Settings(port=0, **redis)
+    async with open_redis_store(settings) as store, coredis.Redis.from_url(redis_url) as client:
+        made = [
+            Prediction(model="o/m", version="", input={"x": "x" * 700_000}, events=store.new_log())
+            for _ in range(3)
+        ]
+        await client.config_resetstat()
+        async with trio.open_nursery() as nursery:
+            for prediction in made:
+                nursery.start_soon(store.add, prediction)
+        assert _calls(await client.info("commandstats"), "incrby") == 3
+        assert sorted(p.seq for p in made) == [1, 2, 3]
