@@ -21,7 +21,7 @@ import trio.testing
 from bridge.config import ConfigError, Settings
 from bridge.core.events import OutputBatch
 from bridge.core.predictions import Prediction, owner_of
-from bridge.errors import Overloaded
+from bridge.errors import Overloaded, StoreUnavailable
 from bridge.http.replicate_json import prediction_json
 from bridge.server import serve
 from bridge.store_redis import codec, open_redis_store
@@ -581,3 +581,27 @@ async def test_large_inputs_are_added_in_calls_of_about_a_mebibyte(
                 nursery.start_soon(store.add, prediction)
         assert _calls(await client.info("commandstats"), "incrby") == 3
         assert sorted(p.seq for p in made) == [1, 2, 3]
+
+
+async def test_an_add_that_cannot_be_encoded_fails_alone(
+    redis: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug encoding a new prediction (none is known: a record holds plain
+    values) fails the creates of that call with 503, and the store's task
+    that adds goes on for the next ones."""
+    settings = Settings(port=0, **redis)
+    encode = codec.record_around_seq
+
+    def broken(prediction: Prediction, process: str) -> tuple[bytes, bytes]:
+        if prediction.input == {"broken": True}:
+            raise TypeError("a bug")
+        return encode(prediction, process)
+
+    monkeypatch.setattr(codec, "record_around_seq", broken)
+    async with open_redis_store(settings) as store:
+        bad = Prediction(model="o/m", version="", input={"broken": True}, events=store.new_log())
+        with pytest.raises(StoreUnavailable):
+            await store.add(bad)
+        good = Prediction(model="o/m", version="", input={}, events=store.new_log())
+        await store.add(good)
+        assert good.seq == 1

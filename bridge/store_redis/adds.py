@@ -115,11 +115,16 @@ class Adds:
         first: int | None = None
         error: StoreUnavailable | None = None
         try:
-            names, args = self._call(batch, self._lease.process)
-            with attempt(f"add {len(batch)} new predictions to Redis") as tried:
-                first = int(await self._db.scripts.run(ADD, names, args))
-            if tried.failed is not None:
-                error = store_unavailable(tried.failed)
+            try:
+                names, args = self._call(batch, self._lease.process)
+            except Exception:  # a bug: these creates fail, the store goes on
+                log.exception("cannot encode %d new predictions for Redis", len(batch))
+                error = StoreUnavailable("the prediction store (Redis) refused this prediction")
+            else:
+                with attempt(f"add {len(batch)} new predictions to Redis") as tried:
+                    first = int(await self._db.scripts.run(ADD, names, args))
+                if tried.failed is not None:
+                    error = store_unavailable(tried.failed)
         finally:  # cancelled too: no add is left waiting
             if first is None and error is None:
                 error = StoreUnavailable("the prediction store (Redis) closed; retry")
