@@ -262,35 +262,29 @@ class _Sink:
         prediction = self.prediction
         if prediction.done:  # its store ended it (its cancel is on its way)
             return
+        chunks: list[Any] = []
         try:
-            if len(batch) == 1 and type(batch[0]) is OutputChunks and batch[0].chunks:  # a token
-                self.output(batch[0].chunks)
-            else:
-                self._take_each(batch)
+            for item in batch:
+                if isinstance(item, OutputChunks):
+                    chunks += item.chunks
+                    continue
+                if chunks:
+                    self.output(chunks)
+                    chunks = []
+                if isinstance(item, LogLine):
+                    self.log(item.line)
+                elif isinstance(item, MetricsUpdate):
+                    self.metrics(item.values)
+                elif isinstance(item, Started) and not prediction.started_at:
+                    prediction.start()
+            if chunks:
+                self.output(chunks)
         finally:
             # Once per batch, even one cut short (over the cap, say).
             self.store.changed(prediction)
         waited = self.waited
         if waited is not None and waited.deadline > self.deadline():
             waited.deadline = self.deadline()
-
-    def _take_each(self, batch: list[StreamItem]) -> None:
-        chunks: list[Any] = []
-        for item in batch:
-            if isinstance(item, OutputChunks):
-                chunks += item.chunks
-                continue
-            if chunks:
-                self.output(chunks)
-                chunks = []
-            if isinstance(item, LogLine):
-                self.log(item.line)
-            elif isinstance(item, MetricsUpdate):
-                self.metrics(item.values)
-            elif isinstance(item, Started) and not self.prediction.started_at:
-                self.prediction.start()
-        if chunks:
-            self.output(chunks)
 
     def output(self, chunks: list[Any]) -> None:
         prediction = self.prediction

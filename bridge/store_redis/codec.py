@@ -47,10 +47,8 @@ def record_around_seq(prediction: Prediction, process: str) -> tuple[bytes, byte
     """*prediction*'s record (:func:`encode_record`) before and after its
     ``seq``, which Redis numbers when it adds the prediction (the ADD
     script puts the number between the two)."""
-    record = prediction.record(with_input=False)
-    record["seq"] = 0
-    record["process"] = process
-    head, mark, tail = encode_json(record).partition(_SEQ)
+    assert prediction.seq == 0, "a prediction is numbered when it is added"
+    head, mark, tail = encode_record(prediction, process).partition(_SEQ)
     assert mark and _SEQ not in head, "a record begins with its id, then its seq"
     return head + b',"seq":', b"," + tail
 
