@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import collections
 import functools
+import random
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,7 +44,9 @@ async def test_replicas_share_predictions_and_one_that_is_down_gets_none(
     start_bridge: StartBridge,
 ) -> None:
     served: collections.Counter[str] = collections.Counter()
-    a, b = ModelServer(replica("a", served)), ModelServer(replica("b", served))
+    # b's port is outside the ephemeral range: once b stops, no server that
+    # another test starts on port 0 meanwhile can take it and answer there.
+    a, b = ModelServer(replica("a", served)), ModelServer(replica("b", served), port=_low_port())
     with a, b:
         url = await start_bridge(
             targets={"test/replica": (a.target, b.target)},
@@ -66,6 +70,19 @@ async def test_replicas_share_predictions_and_one_that_is_down_gets_none(
             }
             assert health["models"]["test/replica"] == "SERVING"
             assert health["status"] == "degraded" and health["ready"]
+
+
+def _low_port() -> int:
+    """A free port below Linux's ephemeral range (32768 on): port 0 never
+    picks it."""
+    for port in random.sample(range(20_000, 32_000), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port between 20000 and 32000")
 
 
 async def scripted(client: httpx.AsyncClient, n: int) -> None:
