@@ -26,6 +26,7 @@ from bridge.http.replicate_json import prediction_json
 from bridge.server import serve
 from bridge.store_redis import codec, open_redis_store
 from bridge.store_redis.endings import ORPHANED
+from bridge.store_redis.scripts import WRITE
 
 from .conftest import (
     GATES,
@@ -459,6 +460,63 @@ async def test_a_step_of_many_predictions_is_one_script_call(
         else int(str(calls).split("calls=")[1].split(",")[0])
     )
     assert calls < 100, calls
+
+
+async def test_a_token_s_write_names_its_log_alone_in_one_argument(
+    redis: dict[str, str], redis_url: str
+) -> None:
+    """At load a write carries about one token for each running
+    prediction, so what a prediction adds to the WRITE call is paid per
+    token: its log's key, and its fields packed into the call's one
+    argument (coredis wraps, checks and packs every argument apart: twelve
+    a prediction were most of the writer's CPU). Whatever bytes its tokens
+    hold (ones that look like the lengths the fields are packed with, one
+    larger than coredis' 6,000-byte pieces, empty lines), another process
+    reads them back exactly."""
+    settings = Settings(port=0, **redis)
+    tokens = ["plain ", "\x00\x01\x00\x00\x00\x09", "é" * 40_000, "\n\n", "\r\n$3\r\n"]
+    async with (
+        open_redis_store(settings) as here,
+        open_redis_store(settings) as there,
+        coredis.Redis.from_url(redis_url) as client,
+    ):
+        made = [
+            Prediction(model="o/m", version="", input={"i": i}, events=here.new_log())
+            for i in range(100)
+        ]
+        for prediction in made:
+            await here.add(prediction)
+            prediction.start()
+            here.changed(prediction)
+        await here.flush()
+        await client.config_set({"slowlog-log-slower-than": 0, "slowlog-max-len": 1024})
+        await client.slowlog_reset()
+        try:
+            for token in tokens:
+                for prediction in made:
+                    prediction.add_output(OutputBatch([token]))
+                    here.changed(prediction)
+                await here.flush()
+            logged = await client.slowlog_get(1024)
+        finally:
+            await client.config_set({"slowlog-log-slower-than": 10_000, "slowlog-max-len": 128})
+        writes = [e for e in logged if e.command[:2] == [b"EVALSHA", WRITE.sha.encode()]]
+        assert len(writes) == len(tokens), logged
+        for write in writes:  # EVALSHA sha numkeys: 5 of the process, a log each; 3 ARGV
+            assert int(write.command[2]) == 5 + len(made)
+            # The slow log keeps 31 arguments, then says how many more.
+            more = int(write.command[-1].split(b"(")[1].split()[0])
+            assert 31 + more == 3 + 5 + len(made) + 3
+        for prediction in made[:3]:
+            prediction.succeed()
+            here.ended(prediction)
+        await here.flush()
+        for prediction in made[:3]:
+            copy = await there.get(prediction.id)
+            with trio.fail_after(5):
+                await copy.events.wait_closed()
+            assert copy.events.read(0, 10**6) == prediction.events.read(0, 10**6)
+            assert copy.events.output_count == len(tokens)
 
 
 def _calls(stats: dict[str, Any], command: str) -> int:

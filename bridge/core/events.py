@@ -34,6 +34,7 @@ import itertools
 import json
 import logging
 import re
+import struct
 import time
 from array import array
 from collections.abc import Iterable
@@ -141,6 +142,11 @@ class OutputBatch:
             Record("output", self.payload[begin:end].decode(), kind & ~_BREAKS == _JSON)
             for begin, end, kind in zip([0, *ends], ends, self.kinds, strict=False)
         ]
+
+
+#: A span's lengths and seconds of one event, as its arrays' bytes.
+_ONE_LENGTH = struct.Struct("I").pack  # array("I", [length])
+_ONE_SECOND = struct.Struct("2Q").pack  # array("Q", [0, second])
 
 
 class Span(NamedTuple):
@@ -438,9 +444,9 @@ class MemoryEventLog:
             return Span(
                 start,
                 payload,
-                array("I", [len(payload)]).tobytes(),
+                _ONE_LENGTH(len(payload)),
                 bytes(self._kinds[start:]),
-                array("Q", [0, self._seconds[-1]]).tobytes(),
+                _ONE_SECOND(0, self._seconds[-1]),
             )
         ends = self._ends[start:end]
         lengths = array("I", (b - a for a, b in zip([begin, *ends], ends, strict=False)))

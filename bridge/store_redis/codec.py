@@ -66,9 +66,9 @@ def decode(record: bytes) -> dict[str, Any]:
     return decoded
 
 
-def entry(span: Span) -> list[bytes]:
+def entry(span: Span) -> tuple[bytes, bytes, bytes, bytes, bytes]:
     """A log entry's ``i p l k t`` values (the record, if any, follows)."""
-    return [str(span.start).encode(), span.payload, span.lengths, span.kinds, span.seconds]
+    return str(span.start).encode(), span.payload, span.lengths, span.kinds, span.seconds
 
 
 def empty(start: int) -> Span:

@@ -73,8 +73,10 @@ class Keys:
         return [self.input(prediction_id), self.log(prediction_id)]
 
     def written(self, prediction_id: str) -> tuple[str, str, str]:
-        """A running prediction's keys its writes touch: record, input, log."""
-        return self.record(prediction_id), self.input(prediction_id), self.log(prediction_id)
+        """A running prediction's keys its writes touch, in the order the
+        WRITE script takes them (:func:`.scripts.write_keys`): log, record,
+        input."""
+        return self.log(prediction_id), self.record(prediction_id), self.input(prediction_id)
 
     def end(self, prediction_id: str, process: str) -> list[str]:
         """The keys a prediction's end touches, in the order the scripts'

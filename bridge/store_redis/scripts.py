@@ -5,6 +5,8 @@ forgets them when it restarts)."""
 from __future__ import annotations
 
 import hashlib
+import struct
+from collections.abc import Sequence
 from typing import Any
 
 import coredis
@@ -12,7 +14,18 @@ import coredis.exceptions
 
 from ..config import Settings
 
-__all__ = ["ADD", "FAIL", "LEASE", "WRITE", "Script", "Scripts", "end_args", "retention_args"]
+__all__ = [
+    "ADD",
+    "FAIL",
+    "LEASE",
+    "WRITE",
+    "Script",
+    "Scripts",
+    "end_args",
+    "retention_args",
+    "write_fields",
+    "write_keys",
+]
 
 
 class Script:
@@ -42,36 +55,51 @@ end
 #: as one entry, and its end), written only while this process holds its
 #: lease: once a survivor may have ended a prediction, nothing more is
 #: written. One call carries many predictions (a call each was most of the
-#: writer's own CPU). KEYS: lease, then Keys.end's last four
-#: (ended kept running owners), then each prediction's record input log;
-#: ARGV: data and metadata retention (retention_args), then each
-#: prediction's record or '', its entry's i p l k t ('' for i: no entry),
-#: the time it ended ('' if it runs), its owner and its id. Refused as a
-#: whole, before it writes anything, when Redis is out of memory (no
-#: allow-oom).
+#: writer's own CPU), their fields packed in one argument (an argument
+#: each cost the bridge more than the rest of a paced token's write:
+#: coredis wraps, checks and packs every argument apart). KEYS: lease,
+#: then Keys.end's last four (ended kept running owners), then each
+#: prediction's write_keys; ARGV: data and metadata retention
+#: (retention_args), then every prediction's write_fields back to back.
+#: Refused as a whole, before it writes anything, when Redis is out of
+#: memory (no allow-oom).
 WRITE = Script(
     "#!lua\n"
     + _ENDED
     + """
-local function write(k, a)
-  local record = ARGV[a + 1]
-  if record ~= '' then redis.call('SET', KEYS[k + 1], record) end
-  if ARGV[a + 2] ~= '' then
-    local entry = {'i', ARGV[a + 2], 'p', ARGV[a + 3], 'l', ARGV[a + 4], 'k', ARGV[a + 5],
-                   't', ARGV[a + 6]}
-    if record ~= '' then table.insert(entry, 'r'); table.insert(entry, record) end
-    redis.call('XADD', KEYS[k + 3], '*', unpack(entry))
+local k = 6
+local function key()
+  k = k + 1
+  return KEYS[k - 1]
+end
+local function write(f)
+  local record, log = f[1], key()
+  local p = record ~= '' and key()
+  if p then redis.call('SET', p, record) end
+  if f[2] ~= '' then
+    local entry = {'i', f[2], 'p', f[3], 'l', f[4], 'k', f[5], 't', f[6]}
+    if p then table.insert(entry, 'r'); table.insert(entry, record) end
+    redis.call('XADD', log, '*', unpack(entry))
   end
-  if ARGV[a + 7] ~= '' then
-    ended(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[2], KEYS[3], KEYS[4], KEYS[5],
-          ARGV[a + 7], ARGV[1], ARGV[2], ARGV[a + 8], ARGV[a + 9])
+  if f[7] ~= '' then
+    ended(p, key(), log, KEYS[2], KEYS[3], KEYS[4], KEYS[5], f[7], ARGV[1], ARGV[2], f[8], f[9])
   end
 end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('FENCED this bridge process lost its lease')
 end
-local n = (#ARGV - 2) / 9
-for i = 0, n - 1 do write(5 + 3 * i, 2 + 9 * i) end
+local data, pos, n = ARGV[3], 1, 0
+while pos <= #data do
+  local f = {struct.unpack('<I4I4I4I4I4I4I4I4I4', data, pos)}
+  pos = f[10]
+  for j = 1, 9 do
+    local size = f[j]
+    f[j] = string.sub(data, pos, pos + size - 1)
+    pos = pos + size
+  end
+  write(f)
+  n = n + 1
+end
 return n
 """
 )
@@ -145,6 +173,28 @@ redis.call('SADD', KEYS[2], ARGV[2])
 return 1
 """
 )
+
+
+#: The nine lengths before a prediction's fields in WRITE's argument.
+_LENGTHS = struct.Struct("<9I").pack
+
+
+def write_fields(record: bytes, entry: Sequence[bytes], ending: Sequence[bytes]) -> bytes:
+    """One prediction's part of :data:`WRITE`'s argument: its record (or
+    b''), its entry's ``i p l k t`` (``i`` b'': no entry) and its end (the
+    time it ended, its owner and its id; b'' each while it runs), each
+    field's length first."""
+    fields = (record, *entry, *ending)
+    assert len(fields) == 9, "a record, five entry fields, three of the end"
+    return _LENGTHS(*map(len, fields)) + b"".join(fields)
+
+
+def write_keys(keys: tuple[bytes, bytes, bytes], record: bytes, ended: bool) -> tuple[bytes, ...]:
+    """The keys of one prediction's part of :data:`WRITE`, of *keys* (its
+    log, record and input): the log; the record if it has one to write;
+    the input if it ended (it has a record then). Most writes carry a
+    token and the log's key alone."""
+    return keys if ended else keys[:2] if record else keys[:1]
 
 
 def end_args(

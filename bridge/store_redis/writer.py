@@ -38,7 +38,7 @@ from .db import Db
 from .endings import ORPHANED, REFUSED, end_as, ending_here, fail_in_store
 from .errors import attempt, brief
 from .leases import Lease
-from .scripts import WRITE, retention_args
+from .scripts import WRITE, retention_args, write_fields, write_keys
 from .trim import trim
 
 __all__ = ["Writer"]
@@ -56,12 +56,18 @@ REFUSAL_SECONDS = 1.0
 PER_CALL = 128
 
 
+#: The fields of a batch with no entry, and of a running prediction's end.
+_NO_ENTRY = (b"",) * 5
+_RUNNING = (b"",) * 3
+
+
 class _Batch(NamedTuple):
     """One prediction's part of a write: its arguments of
     :data:`~.scripts.WRITE`, and what Redis holds once it is written."""
 
     prediction: Prediction
-    args: list[str | bytes]
+    keys: tuple[bytes, ...]  # write_keys
+    fields: bytes  # write_fields
     sent: tuple[int, codec.State, bool]  # events held, state, done
 
 
@@ -95,6 +101,9 @@ class Writer:
         # events Redis has, and what its record there says.
         self._dirty: dict[str, Prediction] = {}
         self._written: dict[str, tuple[int, codec.State]] = {}
+        # Its log's, record's and input's keys (named once: a write per
+        # token each).
+        self._keys: dict[str, tuple[bytes, bytes, bytes]] = {}
         self._has_dirty = trio.Event()
         self._writing = False
         self._wrote = trio.Event()
@@ -110,6 +119,8 @@ class Writer:
         """*prediction* (in Redis now) runs here."""
         self.local[prediction.id] = prediction
         self._written[prediction.id] = (0, codec.state(prediction))
+        log, record, input = self._db.keys.written(prediction.id)
+        self._keys[prediction.id] = (log.encode(), record.encode(), input.encode())
 
     def changed(self, prediction: Prediction) -> None:
         """Write *prediction* with the next batch, if it is still written."""
@@ -221,11 +232,18 @@ class Writer:
         record = b""
         if now_state != state or done:
             record = codec.encode_record(prediction, process)
-        entry: list[bytes] = [b""] * 5
+        entry = _NO_ENTRY
         if held > start or record:
             entry = codec.entry(events.span(start) if held > start else codec.empty(start))
-        ending = [str(now), prediction.owner or "", pid] if done else ["", "", ""]
-        return _Batch(prediction, [record, *entry, *ending], (held, now_state, done))
+        ending = _RUNNING
+        if done:
+            ending = (str(now).encode(), (prediction.owner or "").encode(), pid.encode())
+        return _Batch(
+            prediction,
+            write_keys(self._keys[pid], record, done),
+            write_fields(record, entry, ending),
+            (held, now_state, done),
+        )
 
     async def _send(self, calls: list[list[_Batch]], process: str) -> list[object]:
         """One script call per list of batches, in one round trip: each
@@ -237,8 +255,8 @@ class Writer:
             requests = [
                 pipe.evalsha(
                     WRITE.sha,
-                    [*shared, *(k for b in batches for k in keys.written(b.prediction.id))],
-                    [*retention, *(arg for batch in batches for arg in batch.args)],
+                    [*shared, *(k for batch in batches for k in batch.keys)],
+                    [*retention, b"".join([batch.fields for batch in batches])],
                 )
                 for batches in calls
             ]
@@ -272,6 +290,7 @@ class Writer:
         del self.local[prediction.id]
         self._dirty.pop(prediction.id, None)
         self.retention.forget(prediction)
+        del self._keys[prediction.id]
         return self._written.pop(prediction.id)
 
     def _refused(self, prediction: Prediction, exc: Exception) -> None:
