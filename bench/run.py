@@ -33,7 +33,12 @@ Measured:
   stream through it; 1,000 paced streams read on the bridge running them,
   and created on one bridge and read on another; ``serve --workers 2`` at
   the same load; the in-memory bridge at that load beside them, with the
-  server CPU per chunk of each.
+  server CPU per chunk of each (the in-memory and the same-bridge Redis
+  loads three times in turns, the median: their ratio is a target);
+* a batching model (``bench/batch``, ``demo/batch``'s step loop), 1,000
+  paced streams: server CPU per token of the bridge over ``Stream`` and
+  over ``Predict`` and of the peer, three times in turns (the median), and
+  the capacity of the bridge over ``Stream`` and of the peer.
 * workers under a CPU quota (``bench/quota.py``, cgroup v1, as root): each
   bridge process held to 30% of a core, the capacity of one in-memory
   process and of 1, 2 and 3 workers on Redis (skipped, and said so, where
@@ -418,19 +423,45 @@ def paced_input(model: str, tokens: int) -> dict[str, Any]:
     return input
 
 
+def in_turns(loads: dict[str, Any], rounds: int) -> dict[str, dict[str, Any]]:
+    """Each of *loads* (name: a paced() call) *rounds* times, in turns, for
+    the CPU ratios between them: what the shared machine does meanwhile
+    falls on all alike. Each name's result is its round of median CPU per
+    chunk, with every round's CPU (``cpu_us_samples``)."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in loads}
+    for _ in range(rounds):
+        for name, load in loads.items():
+            runs[name].append(load())
+    out = {}
+    for name, results in runs.items():
+        ordered = sorted(results, key=lambda r: r["cpu_us_per_chunk"])
+        out[name] = {
+            **ordered[len(ordered) // 2],
+            "cpu_us_samples": [r["cpu_us_per_chunk"] for r in results],
+        }
+    return out
+
+
 def batch(
-    urls: dict[str, str], pids: dict[str, int], streams: int, seconds: float,
+    urls: dict[str, str], pids: dict[str, int], streams: int, seconds: float, rounds: int,
     steps: tuple[int, ...], step_seconds: float,
 ) -> dict[str, Any]:  # fmt: skip
     """A batching model (bench/batch: demo/batch's step loop) at *streams*
     paced streams: the bridge reading it over Stream (one message a step),
     the bridge reading the same model over Predict (bench/batch-predict, a
     call a prediction), and the peer (Predict, as anyone writing it by hand
-    would); server CPU per token of each. Then the capacity of the bridge
-    over Stream and of the peer."""
-    over_stream = paced(urls["bridge"], [pids["bridge"]], streams, seconds, model=BATCH)
-    over_predict = paced(urls["bridge"], [pids["bridge"]], streams, seconds, model=BATCH_PREDICT)
-    peer = paced(urls["peer"], [pids["peer"]], streams, seconds, model=BATCH)
+    would); server CPU per token of each, *rounds* times in turns. Then the
+    capacity of the bridge over Stream and of the peer."""
+    on_bridge, on_peer = (urls["bridge"], [pids["bridge"]]), (urls["peer"], [pids["peer"]])
+    turns = in_turns(
+        {
+            "stream": lambda: paced(*on_bridge, streams, seconds, model=BATCH),
+            "predict": lambda: paced(*on_bridge, streams, seconds, model=BATCH_PREDICT),
+            "peer": lambda: paced(*on_peer, streams, seconds, model=BATCH),
+        },
+        rounds,
+    )
+    over_stream, over_predict, peer = turns["stream"], turns["predict"], turns["peer"]
     return {
         "streams": streams,
         "stream": over_stream,
@@ -475,14 +506,23 @@ def shared(
                 assert stream["error"] is None and stream["chunks"] == chunks, (name, stream)
                 ends[name].append(stream["end"])
         rates = {k: round(chunks / statistics.median(v)) for k, v in ends.items()}
-        n, seconds = (20, 1) if smoke else (1000, 8)
+        n, seconds, turns = (20, 1, 1) if smoke else (1000, 8, 3)
         workers = _workers(w.pid)
+        same = in_turns(
+            {
+                "memory": lambda: paced(memory_addr, [memory_pid], n, seconds),
+                "redis_same": lambda: paced(a_addr, [a.pid], n, seconds),
+            },
+            turns,
+        )
         return {
             "one_stream": {"chunks": chunks, "chunks_per_s": rates,
                            "redis_vs_direct": round(rates["redis"] / rates["direct"], 2)},
             "streams": n,
-            "memory": paced(memory_addr, [memory_pid], n, seconds),
-            "redis_same": paced(a_addr, [a.pid], n, seconds),
+            **same,
+            "redis_vs_memory": round(
+                same["redis_same"]["cpu_us_per_chunk"] / same["memory"]["cpu_us_per_chunk"], 2
+            ),
             "redis_other": paced(a_addr, [a.pid, b.pid], n, seconds, read=b_addr),
             "workers_2": paced(w_addr, [w.pid, *workers], n, seconds),
         }  # fmt: skip
@@ -845,7 +885,7 @@ def report(r: dict[str, Any]) -> str:
             lines.append(
                 f"| {n}, {what}: gap p50 / p99 ms; not whole; server CPU µs per chunk | - | "
                 f"{row['gap_ms']['p50']} / {row['gap_ms']['p99']}; {row['not_whole']}; "
-                f"{row['cpu_us_per_chunk']} | - |"
+                f"{row['cpu_us_per_chunk']}{_samples(row)} | - |"
             )
     if ge := r.get("generic"):
         lines += generic_rows(ge)
@@ -897,6 +937,14 @@ def report(r: dict[str, Any]) -> str:
         targets += generic_targets(ge)
     if ba := r.get("batch"):
         targets += batch_targets(ba)
+    if sh := r.get("shared"):
+        in_memory, on_redis = sh["memory"]["cpu_us_per_chunk"], sh["redis_same"]["cpu_us_per_chunk"]
+        targets.append((
+            f"the Redis path, unloaded: CPU per paced chunk ≤ 1.15x in memory "
+            f"({sh['streams']:,} streams)",
+            f"{sh['redis_vs_memory']}x ({on_redis} vs {in_memory} µs)",
+            sh["redis_vs_memory"] <= 1.15,
+        ))  # fmt: skip
     if (sc := r.get("scaling")) and "skipped" not in sc:
         targets += scaling_targets(sc)
     if cap := r.get("capacity"):
@@ -921,6 +969,13 @@ def report(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _samples(row: dict[str, Any]) -> str:
+    """A load measured in turns (:func:`in_turns`): its rounds' CPU, of
+    which the row shows the median."""
+    samples = row.get("cpu_us_samples", [])
+    return f" (median of {' / '.join(map(str, samples))})" if len(samples) > 1 else ""
+
+
 def batch_rows(ba: dict[str, Any]) -> list[str]:
     n = f"{ba['streams']:,} paced streams of a batching model (`demo/batch`'s step loop)"
     rows = []
@@ -928,9 +983,9 @@ def batch_rows(ba: dict[str, Any]) -> list[str]:
         row, peer = ba[key], ba["peer"]
         rows.append(
             f"| {n}, {what}: server CPU µs per token; gap p99 ms; not whole | - | "
-            f"{row['cpu_us_per_chunk']} ({ba[key + '_cpu_vs_peer']}x the peer); "
-            f"{row['gap_ms']['p99']}; {row['not_whole']} | {peer['cpu_us_per_chunk']}; "
-            f"{peer['gap_ms']['p99']}; {peer['not_whole']} |"
+            f"{row['cpu_us_per_chunk']}{_samples(row)} ({ba[key + '_cpu_vs_peer']}x the peer); "
+            f"{row['gap_ms']['p99']}; {row['not_whole']} | {peer['cpu_us_per_chunk']}"
+            f"{_samples(peer)}; {peer['gap_ms']['p99']}; {peer['not_whole']} |"
         )
     cap = ba["capacity"]
     rows.append(
@@ -1106,7 +1161,11 @@ def main() -> int:
                 )  # fmt: skip
             if "batch" in only:
                 step("a batching model: over Stream, over Predict, and the peer")
-                sizes = (20, 1, (5, 10), 1) if smoke else (1000, 8, (250, 500, 1000, 2000, 3000), 5)
+                sizes = (
+                    (20, 1, 1, (5, 10), 1)
+                    if smoke
+                    else (1000, 8, 3, (250, 500, 1000, 2000, 3000), 5)
+                )
                 results["batch"] = batch(urls, pids, *sizes)
             if "shared" in only:
                 step("shared store (Redis) and --workers 2")

@@ -40,6 +40,8 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     shared = results["shared"]
     for row in ("memory", "redis_same", "redis_other", "workers_2"):
         assert shared[row]["not_whole"] == 0, shared
+    assert shared["redis_vs_memory"] > 0
+    assert len(results["batch"]["stream"]["cpu_us_samples"]) == 1  # one turn in a smoke run
     scaling = results["scaling"]
     if "skipped" not in scaling:  # as root with cgroup v1's cpu controller, as here
         for row in ("memory_1", "redis_1", "redis_2", "redis_3"):
@@ -48,4 +50,5 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     assert "| one stream, 2,000 chunks" in table and "| target |" in table
     assert "capacity under 30% of a core per bridge process" in table or "not measured" in table
     assert "created on one bridge, read on another" in table
+    assert "the Redis path, unloaded: CPU per paced chunk ≤ 1.15x in memory" in table
     assert table in done.stdout
