@@ -140,7 +140,7 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 # The bridge against the direct gRPC drain and the FastAPI peer, in one run;
-# writes bench/out/results.md and results.json (about eight minutes).
+# writes bench/out/results.md and results.json (about eleven minutes).
 bench: $(STAMP)
 	GRPC_VERBOSITY=ERROR $(PY) bench/run.py
 
