@@ -438,6 +438,9 @@ def in_turns(loads: dict[str, Any], rounds: int) -> dict[str, dict[str, Any]]:
         out[name] = {
             **ordered[len(ordered) // 2],
             "cpu_us_samples": [r["cpu_us_per_chunk"] for r in results],
+            # A round with streams cut short is seen, whichever is the median.
+            "not_whole": sum(r["not_whole"] for r in results),
+            "errors": sorted({e for r in results for e in r["errors"]})[:3],
         }
     return out
 
@@ -521,7 +524,9 @@ def shared(
             "streams": n,
             **same,
             "redis_vs_memory": round(
-                same["redis_same"]["cpu_us_per_chunk"] / same["memory"]["cpu_us_per_chunk"], 2
+                same["redis_same"]["cpu_us_per_chunk"]
+                / max(0.1, same["memory"]["cpu_us_per_chunk"]),  # (a smoke run's few ticks)
+                2,
             ),
             "redis_other": paced(a_addr, [a.pid, b.pid], n, seconds, read=b_addr),
             "workers_2": paced(w_addr, [w.pid, *workers], n, seconds),

@@ -40,7 +40,7 @@ def test_bench_smoke_run(tmp_path: Path) -> None:
     shared = results["shared"]
     for row in ("memory", "redis_same", "redis_other", "workers_2"):
         assert shared[row]["not_whole"] == 0, shared
-    assert shared["redis_vs_memory"] > 0
+    assert shared["redis_vs_memory"] >= 0
     assert len(results["batch"]["stream"]["cpu_us_samples"]) == 1  # one turn in a smoke run
     scaling = results["scaling"]
     if "skipped" not in scaling:  # as root with cgroup v1's cpu controller, as here

@@ -24,7 +24,7 @@ from bridge.core.predictions import Prediction, owner_of
 from bridge.errors import Overloaded, StoreUnavailable
 from bridge.http.replicate_json import prediction_json
 from bridge.server import serve
-from bridge.store_redis import codec, open_redis_store
+from bridge.store_redis import codec, open_redis_store, writer
 from bridge.store_redis.endings import ORPHANED
 from bridge.store_redis.scripts import WRITE
 
@@ -517,6 +517,53 @@ async def test_a_token_s_write_names_its_log_alone_in_one_argument(
                 await copy.events.wait_closed()
             assert copy.events.read(0, 10**6) == prediction.events.read(0, 10**6)
             assert copy.events.output_count == len(tokens)
+
+
+async def test_a_write_is_cut_into_calls_of_about_call_bytes(
+    redis: dict[str, str], redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call's fields are one argument, and Redis takes at most
+    proto-max-bulk-len (512 MB) in one: a write carrying much (all that
+    came while Redis was away) goes in calls of about CALL_BYTES each,
+    here 2,000 bytes: ten predictions of about 950 bytes, five calls, and
+    another process reads each back whole."""
+    monkeypatch.setattr(writer, "CALL_BYTES", 2000)
+    settings = Settings(port=0, **redis)
+    async with (
+        open_redis_store(settings) as here,
+        open_redis_store(settings) as there,
+        coredis.Redis.from_url(redis_url) as client,
+    ):
+        made = [
+            Prediction(model="o/m", version="", input={"i": i}, events=here.new_log())
+            for i in range(10)
+        ]
+        for prediction in made:
+            await here.add(prediction)
+            prediction.start()
+            here.changed(prediction)
+        await here.flush()
+        await client.config_set({"slowlog-log-slower-than": 0, "slowlog-max-len": 1024})
+        await client.slowlog_reset()
+        try:
+            for prediction in made:
+                prediction.add_output(OutputBatch(["x" * 900]))
+                here.changed(prediction)
+            await here.flush()
+            logged = await client.slowlog_get(1024)
+        finally:
+            await client.config_set({"slowlog-log-slower-than": 10_000, "slowlog-max-len": 128})
+        writes = [e for e in logged if e.command[:2] == [b"EVALSHA", WRITE.sha.encode()]]
+        assert sorted(int(w.command[2]) - 5 for w in writes) == [2] * 5  # each call's logs
+        for prediction in made:
+            prediction.succeed()
+            here.ended(prediction)
+        await here.flush()
+        for prediction in made:
+            copy = await there.get(prediction.id)
+            with trio.fail_after(5):
+                await copy.events.wait_closed()
+            assert copy.events.read(0, 10**6) == prediction.events.read(0, 10**6)
 
 
 def _calls(stats: dict[str, Any], command: str) -> int:

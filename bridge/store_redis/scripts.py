@@ -194,6 +194,7 @@ def write_keys(keys: tuple[bytes, bytes, bytes], record: bytes, ended: bool) -> 
     log, record and input): the log; the record if it has one to write;
     the input if it ended (it has a record then). Most writes carry a
     token and the log's key alone."""
+    assert record or not ended, "an end is written with its record (the script expects both)"
     return keys if ended else keys[:2] if record else keys[:1]
 
 

@@ -54,6 +54,11 @@ REFUSAL_SECONDS = 1.0
 
 #: Predictions written by one script call, at most.
 PER_CALL = 128
+#: Bytes of fields in one call, about (a prediction larger goes alone): a
+#: call's fields are one argument, and Redis takes at most
+#: proto-max-bulk-len (512 MB by default) in one; a write after an outage
+#: carries all that came meanwhile.
+CALL_BYTES = 16 * 1024 * 1024
 
 
 #: The fields of a batch with no entry, and of a running prediction's end.
@@ -69,6 +74,20 @@ class _Batch(NamedTuple):
     keys: tuple[bytes, ...]  # write_keys
     fields: bytes  # write_fields
     sent: tuple[int, codec.State, bool]  # events held, state, done
+
+
+def _calls(batches: list[_Batch]) -> list[list[_Batch]]:
+    """*batches* split into script calls: :data:`PER_CALL` at most, and
+    about :data:`CALL_BYTES` of fields."""
+    calls: list[list[_Batch]] = []
+    size = 0
+    for batch in batches:
+        if not calls or len(calls[-1]) >= PER_CALL or size + len(batch.fields) > CALL_BYTES:
+            calls.append([])
+            size = 0
+        calls[-1].append(batch)
+        size += len(batch.fields)
+    return calls
 
 
 class _LetGo(NamedTuple):
@@ -182,18 +201,15 @@ class Writer:
                 self._wrote = trio.Event()
 
     async def _write(self, predictions: list[Prediction]) -> None:
-        """The predictions' batches, :data:`PER_CALL` to a script call, in
-        one round trip. What Redis holds is then shown to readers here (and
-        nothing else: one history); a prediction whose batch Redis refused
-        ends as failed; if this process lost its lease, every one it runs
-        does."""
+        """The predictions' batches, :data:`PER_CALL` (or about
+        :data:`CALL_BYTES`) to a script call, in one round trip. What Redis
+        holds is then shown to readers here (and nothing else: one
+        history); a prediction whose batch Redis refused ends as failed; if
+        this process lost its lease, every one it runs does."""
         if not predictions:
             return
         now, process = time.time(), self._lease.process
-        calls = [
-            [self._batch(p, now, process) for p in predictions[i : i + PER_CALL]]
-            for i in range(0, len(predictions), PER_CALL)
-        ]
+        calls = _calls([self._batch(p, now, process) for p in predictions])
         lost = ended = forgot = False
         for batches, answer in zip(calls, await self._send(calls, process), strict=True):
             if isinstance(answer, coredis.exceptions.NoScriptError):
