@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -462,6 +464,58 @@ async def test_a_step_of_many_predictions_is_one_script_call(
     assert calls < 100, calls
 
 
+@asynccontextmanager
+async def _two_and_a_client(settings: Settings, url: str) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """Two processes' stores on one Redis, and a client of it."""
+    async with (
+        open_redis_store(settings) as here,
+        open_redis_store(settings) as there,
+        coredis.Redis.from_url(url) as client,
+    ):
+        yield here, there, client
+
+
+async def _running(store: Any, count: int) -> list[Prediction]:
+    """*count* predictions added to *store*, started, written."""
+    made = [
+        Prediction(model="o/m", version="", input={"i": i}, events=store.new_log())
+        for i in range(count)
+    ]
+    for prediction in made:
+        await store.add(prediction)
+        prediction.start()
+        store.changed(prediction)
+    await store.flush()
+    return made
+
+
+async def _writes_during(client: coredis.Redis[bytes], work: Any) -> list[Any]:
+    """The WRITE calls Redis ran while ``await work()`` ran, as its slow
+    log (set to log every command) shows them."""
+    await client.config_set({"slowlog-log-slower-than": 0, "slowlog-max-len": 1024})
+    await client.slowlog_reset()
+    try:
+        await work()
+        logged = await client.slowlog_get(1024)
+    finally:  # Redis' defaults again
+        await client.config_set({"slowlog-log-slower-than": 10_000, "slowlog-max-len": 128})
+    return [e for e in logged if e.command[:2] == [b"EVALSHA", WRITE.sha.encode()]]
+
+
+async def _ended_and_read_elsewhere(here: Any, there: Any, made: list[Prediction]) -> None:
+    """End *made* on *here*; *there* reads each back byte for byte."""
+    for prediction in made:
+        prediction.succeed()
+        here.ended(prediction)
+    await here.flush()
+    for prediction in made:
+        copy = await there.get(prediction.id)
+        with trio.fail_after(5):
+            await copy.events.wait_closed()
+        assert copy.events.read(0, 10**6) == prediction.events.read(0, 10**6)
+        assert copy.events.output_count == prediction.events.output_count
+
+
 async def test_a_token_s_write_names_its_log_alone_in_one_argument(
     redis: dict[str, str], redis_url: str
 ) -> None:
@@ -475,48 +529,25 @@ async def test_a_token_s_write_names_its_log_alone_in_one_argument(
     reads them back exactly."""
     settings = Settings(port=0, **redis)
     tokens = ["plain ", "\x00\x01\x00\x00\x00\x09", "é" * 40_000, "\n\n", "\r\n$3\r\n"]
-    async with (
-        open_redis_store(settings) as here,
-        open_redis_store(settings) as there,
-        coredis.Redis.from_url(redis_url) as client,
-    ):
-        made = [
-            Prediction(model="o/m", version="", input={"i": i}, events=here.new_log())
-            for i in range(100)
-        ]
-        for prediction in made:
-            await here.add(prediction)
-            prediction.start()
-            here.changed(prediction)
-        await here.flush()
-        await client.config_set({"slowlog-log-slower-than": 0, "slowlog-max-len": 1024})
-        await client.slowlog_reset()
-        try:
+    async with _two_and_a_client(settings, redis_url) as (here, there, client):
+        made = await _running(here, 100)
+
+        async def tokens_written() -> None:
             for token in tokens:
                 for prediction in made:
                     prediction.add_output(OutputBatch([token]))
                     here.changed(prediction)
                 await here.flush()
-            logged = await client.slowlog_get(1024)
-        finally:
-            await client.config_set({"slowlog-log-slower-than": 10_000, "slowlog-max-len": 128})
-        writes = [e for e in logged if e.command[:2] == [b"EVALSHA", WRITE.sha.encode()]]
-        assert len(writes) == len(tokens), logged
+
+        writes = await _writes_during(client, tokens_written)
+        assert len(writes) == len(tokens), writes
         for write in writes:  # EVALSHA sha numkeys: 5 of the process, a log each; 3 ARGV
             assert int(write.command[2]) == 5 + len(made)
             # The slow log keeps 31 arguments, then says how many more.
             more = int(write.command[-1].split(b"(")[1].split()[0])
             assert 31 + more == 3 + 5 + len(made) + 3
-        for prediction in made[:3]:
-            prediction.succeed()
-            here.ended(prediction)
-        await here.flush()
-        for prediction in made[:3]:
-            copy = await there.get(prediction.id)
-            with trio.fail_after(5):
-                await copy.events.wait_closed()
-            assert copy.events.read(0, 10**6) == prediction.events.read(0, 10**6)
-            assert copy.events.output_count == len(tokens)
+        await _ended_and_read_elsewhere(here, there, made[:3])
+        assert made[0].events.output_count == len(tokens)
 
 
 async def test_a_write_is_cut_into_calls_of_about_call_bytes(
@@ -529,41 +560,18 @@ async def test_a_write_is_cut_into_calls_of_about_call_bytes(
     another process reads each back whole."""
     monkeypatch.setattr(writer, "CALL_BYTES", 2000)
     settings = Settings(port=0, **redis)
-    async with (
-        open_redis_store(settings) as here,
-        open_redis_store(settings) as there,
-        coredis.Redis.from_url(redis_url) as client,
-    ):
-        made = [
-            Prediction(model="o/m", version="", input={"i": i}, events=here.new_log())
-            for i in range(10)
-        ]
-        for prediction in made:
-            await here.add(prediction)
-            prediction.start()
-            here.changed(prediction)
-        await here.flush()
-        await client.config_set({"slowlog-log-slower-than": 0, "slowlog-max-len": 1024})
-        await client.slowlog_reset()
-        try:
+    async with _two_and_a_client(settings, redis_url) as (here, there, client):
+        made = await _running(here, 10)
+
+        async def one_write() -> None:
             for prediction in made:
                 prediction.add_output(OutputBatch(["x" * 900]))
                 here.changed(prediction)
             await here.flush()
-            logged = await client.slowlog_get(1024)
-        finally:
-            await client.config_set({"slowlog-log-slower-than": 10_000, "slowlog-max-len": 128})
-        writes = [e for e in logged if e.command[:2] == [b"EVALSHA", WRITE.sha.encode()]]
+
+        writes = await _writes_during(client, one_write)
         assert sorted(int(w.command[2]) - 5 for w in writes) == [2] * 5  # each call's logs
-        for prediction in made:
-            prediction.succeed()
-            here.ended(prediction)
-        await here.flush()
-        for prediction in made:
-            copy = await there.get(prediction.id)
-            with trio.fail_after(5):
-                await copy.events.wait_closed()
-            assert copy.events.read(0, 10**6) == prediction.events.read(0, 10**6)
+        await _ended_and_read_elsewhere(here, there, made)
 
 
 def _calls(stats: dict[str, Any], command: str) -> int:
