@@ -24,7 +24,7 @@ from . import codec
 from .db import Db
 from .errors import attempt, store_unavailable
 from .leases import Lease
-from .scripts import ADD
+from .scripts import ADD, one_call
 
 __all__ = ["MAX_ADDS", "MAX_ADD_BYTES", "Adds"]
 
@@ -101,12 +101,8 @@ class Adds:
 
     def _take(self) -> list[_Add]:
         """The next batch: at most MAX_ADDS, about MAX_ADD_BYTES of input."""
-        size = count = 0
-        for entry in self._pending[:MAX_ADDS]:
-            size += entry.prediction.input_size
-            if count and size > MAX_ADD_BYTES:
-                break
-            count += 1
+        sizes = [entry.prediction.input_size for entry in self._pending[:MAX_ADDS]]
+        count = one_call(sizes, MAX_ADDS, MAX_ADD_BYTES)
         batch = self._pending[:count]
         del self._pending[:count]
         return batch

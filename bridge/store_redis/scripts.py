@@ -22,6 +22,7 @@ __all__ = [
     "Script",
     "Scripts",
     "end_args",
+    "one_call",
     "retention_args",
     "write_fields",
     "write_keys",
@@ -179,14 +180,21 @@ return 1
 _LENGTHS = struct.Struct("<9I").pack
 
 
-def write_fields(record: bytes, entry: Sequence[bytes], ending: Sequence[bytes]) -> bytes:
+def write_fields(
+    record: bytes, entry: Sequence[bytes] | None, ending: Sequence[bytes] | None
+) -> bytes:
     """One prediction's part of :data:`WRITE`'s argument: its record (or
-    b''), its entry's ``i p l k t`` (``i`` b'': no entry) and its end (the
-    time it ended, its owner and its id; b'' each while it runs), each
-    field's length first."""
-    fields = (record, *entry, *ending)
+    b''), its entry's ``i p l k t`` (None: no entry) and its end (the time
+    it ended, its owner and its id; None while it runs), each field's
+    length first."""
+    fields = (record, *(entry or _NO_ENTRY), *(ending or _RUNNING))
     assert len(fields) == 9, "a record, five entry fields, three of the end"
     return _LENGTHS(*map(len, fields)) + b"".join(fields)
+
+
+#: No entry, and no end (it runs), in :func:`write_fields`.
+_NO_ENTRY = (b"",) * 5
+_RUNNING = (b"",) * 3
 
 
 def write_keys(keys: tuple[bytes, bytes, bytes], record: bytes, ended: bool) -> tuple[bytes, ...]:
@@ -196,6 +204,20 @@ def write_keys(keys: tuple[bytes, bytes, bytes], record: bytes, ended: bool) -> 
     token and the log's key alone."""
     assert record or not ended, "an end is written with its record (the script expects both)"
     return keys if ended else keys[:2] if record else keys[:1]
+
+
+def one_call(sizes: Sequence[int], most: int, most_bytes: int) -> int:
+    """How many of some items (their *sizes* in bytes, in order) go in one
+    script call: at most *most*, and about *most_bytes* of them (the first
+    goes however large). Redis takes at most proto-max-bulk-len (512 MB)
+    in one argument, and one call holds up the rest of Redis while it runs."""
+    total = count = 0
+    for size in sizes[:most]:
+        total += size
+        if count and total > most_bytes:
+            break
+        count += 1
+    return count
 
 
 def end_args(

@@ -38,7 +38,7 @@ from .db import Db
 from .endings import ORPHANED, REFUSED, end_as, ending_here, fail_in_store
 from .errors import attempt, brief
 from .leases import Lease
-from .scripts import WRITE, retention_args, write_fields, write_keys
+from .scripts import WRITE, one_call, retention_args, write_fields, write_keys
 from .trim import trim
 
 __all__ = ["Writer"]
@@ -54,16 +54,10 @@ REFUSAL_SECONDS = 1.0
 
 #: Predictions written by one script call, at most.
 PER_CALL = 128
-#: Bytes of fields in one call, about (a prediction larger goes alone): a
-#: call's fields are one argument, and Redis takes at most
-#: proto-max-bulk-len (512 MB by default) in one; a write after an outage
-#: carries all that came meanwhile.
+#: Bytes of fields in one call, about (:func:`.scripts.one_call`): a call's
+#: fields are one argument, and a write after an outage carries all that
+#: came meanwhile.
 CALL_BYTES = 16 * 1024 * 1024
-
-
-#: The fields of a batch with no entry, and of a running prediction's end.
-_NO_ENTRY = (b"",) * 5
-_RUNNING = (b"",) * 3
 
 
 class _Batch(NamedTuple):
@@ -79,14 +73,11 @@ class _Batch(NamedTuple):
 def _calls(batches: list[_Batch]) -> list[list[_Batch]]:
     """*batches* split into script calls: :data:`PER_CALL` at most, and
     about :data:`CALL_BYTES` of fields."""
-    calls: list[list[_Batch]] = []
-    size = 0
-    for batch in batches:
-        if not calls or len(calls[-1]) >= PER_CALL or size + len(batch.fields) > CALL_BYTES:
-            calls.append([])
-            size = 0
-        calls[-1].append(batch)
-        size += len(batch.fields)
+    calls = []
+    while batches:
+        count = one_call([len(b.fields) for b in batches[:PER_CALL]], PER_CALL, CALL_BYTES)
+        calls.append(batches[:count])
+        batches = batches[count:]
     return calls
 
 
@@ -248,10 +239,10 @@ class Writer:
         record = b""
         if now_state != state or done:
             record = codec.encode_record(prediction, process)
-        entry = _NO_ENTRY
+        entry = None
         if held > start or record:
             entry = codec.entry(events.span(start) if held > start else codec.empty(start))
-        ending = _RUNNING
+        ending = None
         if done:
             ending = (str(now).encode(), (prediction.owner or "").encode(), pid.encode())
         return _Batch(
