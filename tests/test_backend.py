@@ -179,6 +179,26 @@ async def test_the_caller_s_deadline_is_the_call_s(env: Env) -> None:
     assert env.backend.active_calls == 0
 
 
+async def test_a_caller_cancelled_before_the_call_starts_is_cancelled(env: Env) -> None:
+    """A caller already cancelled when it starts a call (a streaming
+    create whose client reset while it was created) is cancelled, not
+    timed out: its effective deadline then reads -inf, which is not a
+    deadline of the call's."""
+    request = asked("p8", {"chunks": ["a"], "hang": True})
+    raised: BaseException | None = None
+    with trio.fail_after(10), trio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            async with env.backend.predict(env.target, request) as call:
+                async for _ in call:
+                    pass
+        except BaseException as exc:
+            raised = exc
+            raise
+    assert isinstance(raised, trio.Cancelled), raised
+    assert env.backend.active_calls == 0
+
+
 def test_starts_are_split_into_requests_a_backend_receives() -> None:
     """Starts asked at once are written as few requests as a backend's
     4 MiB receive limit allows: five inputs of 900 kB in two."""

@@ -299,6 +299,9 @@ class Mux:
         is running."""
         if self.ended:
             raise BackendUnavailable(ENDED_UNDER.format("before it started"))
+        # A caller cancelled already starts nothing: its effective deadline
+        # would read -inf, which the lane would take for its own deadline.
+        await trio.lowlevel.checkpoint_if_cancelled()
         key, self._next_key = self._next_key, self._next_key + 1
         lane = self._lanes[key] = Lane(trio.current_effective_deadline())
         try:
