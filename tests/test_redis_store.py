@@ -574,6 +574,55 @@ async def test_a_write_is_cut_into_calls_of_about_call_bytes(
         await _ended_and_read_elsewhere(here, there, made)
 
 
+async def test_under_load_writes_start_a_gap_apart_and_news_after_quiet_goes_at_once(
+    redis: dict[str, str], redis_url: str, mock_clock: trio.testing.MockClock
+) -> None:
+    """A script call costs about the same CPU whatever it carries, so a
+    write starts at least [store] write_gap_seconds after the last one
+    did, with all that came meanwhile; news after a quiet spell goes at
+    once, and so do a prediction's first events and its end, whenever they
+    come (time to first token, to done). Readers here see a token once
+    Redis holds it. Trio's clock stands still here unless the test moves
+    it (by little: coredis' own timeouts run on it)."""
+    settings = Settings(port=0, store_write_gap_seconds=0.2, **redis)
+    async with _two_and_a_client(settings, redis_url) as (here, there, client):
+        (prediction,) = await _running(here, 1)  # at once: the clock never moved
+        events = prediction.events
+
+        async def token(text: str) -> None:
+            prediction.add_output(OutputBatch([text]))
+            here.changed(prediction)
+
+        await token("first")
+        await here.flush()  # at once, a write after the last: its first events
+        shown = len(events)  # what readers here see
+
+        await token("lingers")
+        flushed = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def flush() -> None:
+                await here.flush()
+                flushed.set()
+
+            nursery.start_soon(flush)
+            for _ in range(3):  # round trips, time for a write sent too soon to land
+                await client.ping()
+            await trio.testing.wait_all_tasks_blocked()
+            assert not flushed.is_set()
+            assert len(events) == shown  # not in Redis, not shown here
+            mock_clock.jump(0.2)
+        assert len(events) == shown + 1
+
+        mock_clock.jump(0.2)  # quiet
+        await token("after quiet")
+        await here.flush()  # at once: the clock did not move
+        assert len(events) == shown + 2
+        await token("with the end")
+        await _ended_and_read_elsewhere(here, there, [prediction])  # at once, with its end
+        assert events.output_count == 4
+
+
 def _calls(stats: dict[str, Any], command: str) -> int:
     """How many times Redis ran *command* (INFO commandstats)."""
     found = stats.get(f"cmdstat_{command}")
