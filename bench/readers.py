@@ -28,6 +28,7 @@ from typing import Any
 
 TICK = re.compile(rb"(\d+\.\d{6}) ")
 DONE = b"event: done"  # sse-starlette frames with CRLF, the bridge with LF
+ERROR = b"event: error"
 
 
 def _cpu() -> float:
@@ -92,6 +93,7 @@ class SSEReader(asyncio.Protocol):
         self.head = b""
         self.body = False
         self.tail = b""
+        self.failure: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -115,9 +117,12 @@ class SSEReader(asyncio.Protocol):
         buffer = self.tail + data
         consumed = self.stream.chunks_in(buffer, now)
         self.stream.seen(now)
+        failed = buffer.find(ERROR)
+        if failed >= 0 and self.failure is None:  # the prediction failed: what it said
+            self.failure = buffer[failed : failed + 200].decode(errors="replace")
         if self.end in buffer:
             self.stream.ended = now
-            self._finish(None)
+            self._finish(self.failure)
         self.tail = buffer[consumed:][-64:]
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -211,7 +216,14 @@ async def read_grpc(args: argparse.Namespace) -> list[Stream]:
 async def _run(one: Any, args: argparse.Namespace) -> list[Stream]:
     if args.sequential:
         return [await one() for _ in range(args.streams)]
-    return list(await asyncio.gather(*(one() for _ in range(args.streams))))
+    if not args.ramp:
+        return list(await asyncio.gather(*(one() for _ in range(args.streams))))
+
+    async def later(i: int) -> Stream:  # the streams' starts spread evenly over the ramp
+        await asyncio.sleep(i * args.ramp / args.streams)
+        return await one()
+
+    return list(await asyncio.gather(*(later(i) for i in range(args.streams))))
 
 
 def main() -> int:
@@ -223,6 +235,7 @@ def main() -> int:
     parser.add_argument("--input", default="{}", help="the prediction's input, JSON")
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--sequential", action="store_true")
+    parser.add_argument("--ramp", type=float, default=0.0, help="start the streams over S seconds")
     parser.add_argument("--ticks", action="store_true", help="chunks are timestamps")
     parser.add_argument("--count", default="ab", help="the chunk to count (not --ticks)")
     parser.add_argument("--get", action="store_true", help="create, then GET urls.stream")
