@@ -292,10 +292,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     store_lease_seconds: Seconds = 10.0
     #: The least time between the starts of two writes of a process'
     #: predictions to Redis: under load, what came in this long goes in one
-    #: script call (Kafka's ``linger.ms``); 0: each as soon as the last is
-    #: done. Readers see events once Redis holds them, so this is the most
-    #: a token waits for its write beyond the round trip.
-    store_write_gap_seconds: Grace = 0.01
+    #: script call (Kafka's ``linger.ms``). 0, the default: each as soon as
+    #: the last is done (nothing waits to fill a batch). Readers see events
+    #: once Redis holds them, so this is the most a token waits for its
+    #: write beyond the round trip; it buys CPU where CPU is short.
+    store_write_gap_seconds: Grace = 0.0
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:

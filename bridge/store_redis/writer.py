@@ -185,7 +185,7 @@ class Writer:
         while True:
             if not self._let_go:
                 await self._has_dirty.wait()
-            if not self._urgent:
+            if not self._urgent and trio.current_time() < self._next_write:
                 with trio.CancelScope(deadline=self._next_write) as self._linger:
                     await trio.sleep_forever()
                 self._linger = None
