@@ -119,14 +119,16 @@ class SSEReader(asyncio.Protocol):
         self.stream.seen(now)
         failed = buffer.find(ERROR)
         if failed >= 0 and self.failure is None:  # the prediction failed: what it said
-            self.failure = buffer[failed : failed + 200].decode(errors="replace")
+            data = buffer.find(b"data: ", failed)
+            said = buffer[data + 6 : data + 206] if data >= 0 else b"?"
+            self.failure = "error event: " + said.partition(b"\n")[0].decode(errors="replace")
         if self.end in buffer:
             self.stream.ended = now
             self._finish(self.failure)
         self.tail = buffer[consumed:][-64:]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._finish(f"connection lost before done: {exc}")
+        self._finish(self.failure or f"connection lost before done: {exc}")
 
     def _finish(self, error: str | None) -> None:
         if not self.done.done():

@@ -401,8 +401,9 @@ def paced(
 ) -> dict[str, Any]:
     """*streams* at 20 chunks/s created on *create* (and read from *read*,
     created then read from urls.stream), the CPU of *pids* together; with
-    *ramp*, the streams start evenly over that many seconds."""
-    tokens = int(seconds * 20)
+    *ramp*, the streams start evenly over that many seconds, and last that
+    much longer (all of them run together for *seconds*)."""
+    tokens = int((seconds + ramp) * 20)
     input = paced_input(model, tokens)
     with usage(*pids) as used:
         result = readers(

@@ -296,7 +296,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: the last is done (nothing waits to fill a batch). Readers see events
     #: once Redis holds them, so this is the most a token waits for its
     #: write beyond the round trip; it buys CPU where CPU is short.
-    store_write_gap_seconds: Grace = 0.0
+    store_write_gap_seconds: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> Settings:

@@ -350,6 +350,7 @@ class FakeBackend:
 
     @contextlib.asynccontextmanager
     async def predict(self, target: str, asked: PredictInput) -> AsyncIterator[FakeCall]:
+        await trio.lowlevel.checkpoint_if_cancelled()  # as the gRPC loop: nothing starts
         self.active_calls += 1
         self.in_flight[target] += 1
         self.most_in_flight[target] = max(self.most_in_flight[target], self.in_flight[target])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -577,50 +577,73 @@ async def test_a_write_is_cut_into_calls_of_about_call_bytes(
 async def test_under_load_writes_start_a_gap_apart_and_news_after_quiet_goes_at_once(
     redis: dict[str, str], redis_url: str, mock_clock: trio.testing.MockClock
 ) -> None:
-    """A script call costs about the same CPU whatever it carries, so a
-    write starts at least [store] write_gap_seconds after the last one
-    did, with all that came meanwhile; news after a quiet spell goes at
-    once, and so do a prediction's first events and its end, whenever they
-    come (time to first token, to done). Readers here see a token once
-    Redis holds it. Trio's clock stands still here unless the test moves
-    it (by little: coredis' own timeouts run on it)."""
+    """A script call costs about the same CPU whatever it carries, so with
+    [store] write_gap_seconds a write starts at least that long after the
+    last one did, with all that came meanwhile. News after a quiet spell
+    goes at once, and so do a prediction's first output (whatever it
+    logged before) and its end, cutting a wait short (time to first token,
+    to done). Readers here see a token once Redis holds it. Trio's clock
+    stands still here unless the test moves it (by little: coredis' own
+    timeouts run on it)."""
     settings = Settings(port=0, store_write_gap_seconds=0.2, **redis)
     async with _two_and_a_client(settings, redis_url) as (here, there, client):
-        (prediction,) = await _running(here, 1)  # at once: the clock never moved
-        events = prediction.events
+        one, two = await _running(here, 2)  # at once: the clock never moved
 
-        async def token(text: str) -> None:
+        def token(prediction: Prediction, text: str) -> None:
             prediction.add_output(OutputBatch([text]))
             here.changed(prediction)
 
-        await token("first")
-        await here.flush()  # at once, a write after the last: its first events
-        shown = len(events)  # what readers here see
+        token(one, "first")
+        await here.flush()  # at once, right after the last write: its first output
+        two.add_log("setting up")
+        here.changed(two)
+        await here.flush()  # at once too: no output of it in Redis yet
+        shown = len(one.events), len(two.events)  # what readers here see
 
-        await token("lingers")
-        flushed = trio.Event()
-        async with trio.open_nursery() as nursery:
+        async def written_at_once(changes: Callable[[], None]) -> bool:
+            """Whether what *changes* did is written while the clock stands
+            still (within 50 round trips to Redis: time for a write sent,
+            and a trim after an end, to land); if not, the clock moves by
+            the gap, and it is."""
+            flushed = trio.Event()
 
             async def flush() -> None:
                 await here.flush()
                 flushed.set()
 
-            nursery.start_soon(flush)
-            for _ in range(3):  # round trips, time for a write sent too soon to land
-                await client.ping()
-            await trio.testing.wait_all_tasks_blocked()
-            assert not flushed.is_set()
-            assert len(events) == shown  # not in Redis, not shown here
-            mock_clock.jump(0.2)
-        assert len(events) == shown + 1
+            async with trio.open_nursery() as nursery:
+                changes()
+                nursery.start_soon(flush)
+                for _ in range(50):
+                    if flushed.is_set():
+                        break
+                    await client.ping()
+                at_once = flushed.is_set()
+                if not at_once:
+                    mock_clock.jump(0.2)
+            return at_once
 
-        mock_clock.jump(0.2)  # quiet
-        await token("after quiet")
-        await here.flush()  # at once: the clock did not move
-        assert len(events) == shown + 2
-        await token("with the end")
-        await _ended_and_read_elsewhere(here, there, [prediction])  # at once, with its end
-        assert events.output_count == 4
+        assert not await written_at_once(lambda: token(one, "lingers"))
+        assert (len(one.events), len(two.events)) == (shown[0] + 1, shown[1])
+
+        token(one, "lingers again")  # a write just went
+        await trio.testing.wait_all_tasks_blocked()  # the writer waits for the gap
+        assert await written_at_once(lambda: token(two, "first, after its log"))  # cut short
+        assert (len(one.events), len(two.events)) == (shown[0] + 2, shown[1] + 1)
+
+        mock_clock.jump(0.3)  # quiet
+        assert await written_at_once(lambda: token(one, "after quiet"))
+
+        def ends() -> None:
+            one.succeed()
+            here.ended(one)
+
+        token(one, "with the end")  # a write just went
+        await trio.testing.wait_all_tasks_blocked()
+        assert await written_at_once(ends)  # cut short
+        assert one.events.closed and one.events.output_count == 5
+        await _ended_and_read_elsewhere(here, there, [two])
+        assert two.events.output_count == 1
 
 
 def _calls(stats: dict[str, Any], command: str) -> int:

@@ -624,7 +624,9 @@ class GrpcLoop:
     ) -> AsyncIterator[PredictStream | Lane]:
         """Start a ``Predict`` call of *asked*, decoded and encoded as a
         bridge.v1 ``PredictRequest`` (in a worker thread if it is large);
-        leaving the block cancels it if running."""
+        leaving the block cancels it if running. A caller cancelled already
+        starts nothing (nor a Stream call, nor a worker thread)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
         request = await self.offload(asked.size, _request, asked)
         mux = self._muxes.get(target, asked.metadata, request, self._channel)
         if mux is not None:

@@ -67,7 +67,7 @@ class _Batch(NamedTuple):
     prediction: Prediction
     keys: tuple[bytes, ...]  # write_keys
     fields: bytes  # write_fields
-    sent: tuple[int, codec.State, bool]  # events held, state, done
+    sent: tuple[int, codec.State, bool, bool]  # events held, state, done, any output
 
 
 def _calls(batches: list[_Batch]) -> list[list[_Batch]]:
@@ -118,11 +118,13 @@ class Writer:
         # The earliest the next write starts (Trio's clock): a script call
         # costs about 0.3 ms of this process' CPU whatever it carries, so
         # under load each carries what came in [store] write_gap_seconds
-        # (Kafka's linger.ms), and writes cost at most 1 / gap calls a
-        # second however many tokens come. News after a quiet spell goes
-        # at once, and so does an urgent change (a prediction's first
-        # events, its end): it cuts the wait (_linger) short.
+        # (Kafka's linger.ms), and tokens cost at most one write a gap
+        # however many come. News after a quiet spell goes at once, and so
+        # does an urgent change (before a prediction's first output is
+        # in Redis, its end, one let go of): it cuts the wait (_linger)
+        # short.
         self._next_write = -math.inf
+        self._output_held: set[str] = set()  # predictions whose output Redis holds
         self._urgent = False
         self._linger: trio.CancelScope | None = None
         self._writing = False
@@ -144,16 +146,20 @@ class Writer:
 
     def changed(self, prediction: Prediction) -> None:
         """Write *prediction* with the next batch, if it is still written:
-        at once if Redis holds none of its events yet or it ended (time to
+        at once if Redis holds none of its output yet or it ended (time to
         first token, to done), else within [store] write_gap_seconds."""
         pid = prediction.id
         if pid in self.local:
             self._dirty[pid] = prediction
             self._has_dirty.set()
-            if not self._written[pid][0] or prediction.done:
-                self._urgent = True
-                if self._linger is not None:
-                    self._linger.cancel()
+            if pid not in self._output_held or prediction.done:
+                self._hurry()
+
+    def _hurry(self) -> None:
+        """The next write goes at once, cutting a wait for the gap short."""
+        self._urgent = True
+        if self._linger is not None:
+            self._linger.cancel()
 
     async def flush(self) -> None:
         while self._dirty or self._writing or self._let_go:
@@ -186,10 +192,12 @@ class Writer:
             if not self._let_go:
                 await self._has_dirty.wait()
             if not self._urgent and trio.current_time() < self._next_write:
-                with trio.CancelScope(deadline=self._next_write) as self._linger:
-                    await trio.sleep_forever()
-                self._linger = None
-            self._urgent = False
+                try:
+                    with trio.CancelScope(deadline=self._next_write) as self._linger:
+                        await trio.sleep_forever()
+                finally:
+                    self._linger = None
+            urgent, self._urgent = self._urgent, False
             self._next_write = trio.current_time() + self._db.settings.store_write_gap_seconds
             batch, self._dirty = self._dirty, {}
             self._has_dirty = trio.Event()
@@ -205,6 +213,7 @@ class Writer:
                 if tried.failed:
                     self._dirty = batch | self._dirty
                     self._has_dirty.set()
+                    self._urgent |= urgent  # the retry, after its backoff, at once
                     retrying = True
                     await trio.sleep(next(waits))
                 else:
@@ -272,7 +281,7 @@ class Writer:
             prediction,
             write_keys(self._keys[pid], record, done),
             write_fields(record, entry, ending),
-            (held, now_state, done),
+            (held, now_state, done, events.output_count > 0),
         )
 
     async def _send(self, calls: list[list[_Batch]], process: str) -> list[object]:
@@ -305,8 +314,10 @@ class Writer:
             prediction = batch.prediction
             if prediction.id not in self.local:
                 continue  # let go of meanwhile (a lost lease)
-            held, state, done = batch.sent
+            held, state, done, output = batch.sent
             self._written[prediction.id] = (held, state)
+            if output:
+                self._output_held.add(prediction.id)
             events = prediction.events
             assert isinstance(events, HeldEventLog)
             events.show(held)
@@ -321,6 +332,7 @@ class Writer:
         self._dirty.pop(prediction.id, None)
         self.retention.forget(prediction)
         del self._keys[prediction.id]
+        self._output_held.discard(prediction.id)
         return self._written.pop(prediction.id)
 
     def _refused(self, prediction: Prediction, exc: Exception) -> None:
@@ -342,6 +354,7 @@ class Writer:
         _, (shown, _, _) = self._forget(prediction)
         self._let_go[prediction.id] = _LetGo(prediction, process, error, shown)
         self._stop(prediction.id)
+        self._hurry()
 
     def let_go_all(self, process: str, error: str) -> None:
         for prediction in list(self.local.values()):
