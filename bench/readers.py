@@ -119,8 +119,8 @@ class SSEReader(asyncio.Protocol):
         self.stream.seen(now)
         failed = buffer.find(ERROR)
         if failed >= 0 and self.failure is None:  # the prediction failed: what it said
-            data = buffer.find(b"data: ", failed)
-            said = buffer[data + 6 : data + 206] if data >= 0 else b"?"
+            at = buffer.find(b"data: ", failed)
+            said = buffer[at + 6 : at + 206] if at >= 0 else b"?"
             self.failure = "error event: " + said.partition(b"\n")[0].decode(errors="replace")
         if self.end in buffer:
             self.stream.ended = now
